@@ -1,0 +1,76 @@
+"""Erlang-style distributed computing for trio.
+
+Named nodes that authenticate each other with a cookie, connected over TCP
+with one connection per peer. See README.rst for the tour and DESIGN.md for
+the contract.
+"""
+
+from __future__ import annotations
+
+import logging as _logging
+
+from ._ids import Pid as Pid
+from ._ids import Ref as Ref
+from .codec import message as message
+from .config import ElectionConfig as ElectionConfig
+from .config import MembershipConfig as MembershipConfig
+from .config import NodeConfig as NodeConfig
+from .errors import AuthenticationError as AuthenticationError
+from .errors import ConnectError as ConnectError
+from .errors import DecodeError as DecodeError
+from .errors import DistributionError as DistributionError
+from .errors import EncodeError as EncodeError
+from .errors import HandshakeError as HandshakeError
+from .errors import MessageTooLargeError as MessageTooLargeError
+from .errors import NameNotFoundError as NameNotFoundError
+from .errors import NodeDownError as NodeDownError
+from .errors import ProtocolError as ProtocolError
+from .errors import VersionMismatchError as VersionMismatchError
+from .messaging import Process as Process
+from .messaging import current_process as current_process
+from .monitor import ExitKind as ExitKind
+from .monitor import ExitReason as ExitReason
+from .monitor import NodeDown as NodeDown
+from .monitor import NodeDownReason as NodeDownReason
+from .monitor import NodeUp as NodeUp
+from .monitor import ProcessDown as ProcessDown
+from .node import Node as Node
+from .node import NodeStatistics as NodeStatistics
+from .node import open_node as open_node
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AuthenticationError",
+    "ConnectError",
+    "DecodeError",
+    "DistributionError",
+    "ElectionConfig",
+    "EncodeError",
+    "ExitKind",
+    "ExitReason",
+    "HandshakeError",
+    "MembershipConfig",
+    "MessageTooLargeError",
+    "NameNotFoundError",
+    "Node",
+    "NodeConfig",
+    "NodeDown",
+    "NodeDownError",
+    "NodeDownReason",
+    "NodeStatistics",
+    "NodeUp",
+    "Pid",
+    "Process",
+    "ProcessDown",
+    "ProtocolError",
+    "Ref",
+    "VersionMismatchError",
+    "current_process",
+    "message",
+    "open_node",
+]
+
+# A library logs through the stdlib and lets the application decide where
+# records go.
+_logging.getLogger("trio_distribute").addHandler(_logging.NullHandler())

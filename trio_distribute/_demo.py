@@ -1,0 +1,113 @@
+"""``python -m trio_distribute demo``: a narrated local cluster.
+
+Each step prints what happens and checks that it really did, so the demo
+fails loudly instead of telling a story that is not true.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+import trio
+
+from .config import NodeConfig
+from .errors import AuthenticationError
+from .messaging import Process
+from .monitor import NodeDown
+from .node import Node, open_node
+
+COOKIE = "demo-cookie"
+
+
+def _say(step: str, text: str) -> None:
+    print(f"[{step:>7}] {text}", flush=True)
+
+
+async def run(count: int = 3) -> None:
+    """Start ``count`` nodes, connect, ping, run processes that message and
+    monitor each other, stop one node, watch the others see it go down."""
+    config = NodeConfig.local()
+    names = [f"{chr(ord('a') + i)}@127.0.0.1" for i in range(count)]
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            nodes: list[Node] = []
+            for name in names[:-1]:
+                node = await stack.enter_async_context(
+                    open_node(name, cookie=COOKIE, config=config)
+                )
+                nodes.append(node)
+                _say("start", f"{node.name} listening on port {node.address[1]}")
+
+            _say("auth", "an intruder with the wrong cookie tries to connect to a ...")
+            async with open_node("intruder@127.0.0.1", cookie="guess", config=config) as bad:
+                try:
+                    await bad.connect(f"{nodes[0].name}:{nodes[0].address[1]}")
+                except AuthenticationError as exc:
+                    _say("auth", f"  rejected: {exc}")
+                else:
+                    raise AssertionError("a node with the wrong cookie was let in")
+            _say("auth", f"  {nodes[0].name} counted it: {dict(nodes[0].statistics().drops)}")
+
+            for i, node in enumerate(nodes):
+                for other in nodes[i + 1 :]:
+                    peer = await node.connect(f"{other.name}:{other.address[1]}")
+                    _say("connect", f"{node.name} <-> {peer}: cookie proven both ways")
+            for node in nodes:
+                _say("nodes", f"{node.name} sees {', '.join(node.nodes())}")
+
+            for node in nodes:
+                for peer in node.nodes():
+                    rtt = await node.ping(peer)
+                    _say("ping", f"{node.name} -> {peer}: {rtt * 1e6:.0f} us")
+
+            await _processes_demo(nodes)
+
+            # The last node joins, is watched, and then leaves.
+            watchers = [await stack.enter_async_context(n.monitor_nodes()) for n in nodes]
+            async with open_node(names[-1], cookie=COOKIE, config=config) as last:
+                _say("start", f"{last.name} listening on port {last.address[1]}")
+                for node in nodes:
+                    await last.connect(f"{node.name}:{node.address[1]}")
+                _say("connect", f"{last.name} connected to {', '.join(last.nodes())}")
+                _say("stop", f"stopping {last.name} ...")
+            for node, events in zip(nodes, watchers, strict=True):
+                while True:
+                    event = await events.receive()
+                    if isinstance(event, NodeDown) and event.node == names[-1]:
+                        break
+                _say("down", f"{node.name} saw {event.node} go down (reason: {event.reason})")
+                assert last.name not in node.nodes()
+            _say("done", "the cluster carries on: " + ", ".join(n.name for n in nodes))
+
+
+async def _worker(proc: Process, node: Node) -> None:
+    """Answer {"from": pid, "n": int} with n * n; crash on "crash"."""
+    async for message in proc:
+        if message == "crash":
+            raise RuntimeError("told to crash")
+        await node.send(message["from"], {"square": message["n"] ** 2, "by": str(proc.pid)})
+
+
+async def _processes_demo(nodes: list[Node]) -> None:
+    first, second = nodes[0], nodes[1]
+    worker = await second.spawn(_worker, second, name="squarer")
+    _say("spawn", f"{second.name} spawned process {worker} registered as 'squarer'")
+    async with first.open_process() as me:
+        for n in range(1, 4):
+            await first.send(("squarer", second.name), {"from": me.pid, "n": n})
+            reply: Any = await me.receive(timeout=5)
+            _say(
+                "message", f"{me.pid} asked for {n}^2 and got {reply['square']} from {reply['by']}"
+            )
+        ref = me.monitor(worker)
+        _say("monitor", f"{me.pid} monitors {worker}; now telling it to crash ...")
+        await first.send(worker, "crash")
+        down = await me.receive(timeout=5)
+        assert down.ref == ref and down.reason.kind == "exception"
+        _say("monitor", f"ProcessDown for {down.pid}: {down.reason}")
+    assert second.whereis("squarer") is None
+    _say(
+        "monitor",
+        f"{second.name} is still running: ping {await first.ping(second.name) * 1e6:.0f} us",
+    )

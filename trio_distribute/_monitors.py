@@ -1,0 +1,184 @@
+"""Process monitors, local and across nodes.
+
+A monitor fires exactly once: with the watched process's exit reason,
+``noproc`` if it was already dead (or a pid of an earlier run of its node),
+``noconnection`` if its node's connection was lost or never made, or
+``shutdown`` if its node stopped. A monitor on another node's process is
+registered there with a MONITOR frame, and that node sends DOWN back; both
+travel on the one connection, so a DOWN never overtakes the messages the
+process sent before it died.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import codec
+from ._ids import Pid, Ref
+from ._proto.frames import frame
+from ._proto.kinds import Kind
+from .monitor import ExitKind, ExitReason, NodeDownReason, ProcessDown
+
+if TYPE_CHECKING:
+    from .messaging import Processes
+    from .transport import Connection, Transport
+
+__all__ = ["Monitors"]
+
+Deliver = Callable[[ProcessDown], None]
+
+
+@attrs.define(eq=False, kw_only=True)
+class Monitors:
+    """Every monitor this node holds or serves."""
+
+    transport: Transport
+    processes: Processes | None = None
+    _ref_ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
+    # Watches of this node's processes, by pid id: a local callback, or the
+    # name of the node that asked (so DOWN goes back there).
+    _watchers: dict[int, dict[Ref, Deliver | str]] = attrs.field(factory=dict)
+    _targets: dict[Ref, int] = attrs.field(factory=dict)
+    _served_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
+    # Watches this node placed on other nodes' processes.
+    _remote: dict[Ref, tuple[Pid, Deliver]] = attrs.field(factory=dict)
+    _remote_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
+
+    def start(self) -> None:
+        self.transport.add_handler(Kind.MONITOR, self._handle_monitor)
+        self.transport.add_handler(Kind.DEMONITOR, self._handle_demonitor)
+        self.transport.add_handler(Kind.DOWN, self._handle_down)
+
+    def new_ref(self) -> Ref:
+        """A reference unique to this run of this node."""
+        return Ref(self.transport.name, next(self._ref_ids), self.transport.creation)
+
+    def _send(self, conn: Connection, item: list[Any]) -> None:
+        if not conn.closed:
+            conn.write(frame(codec.encode(item)))
+
+    # ------------------------------------------------------------ watching
+
+    def watch(self, pid: Pid, deliver: Deliver) -> Ref:
+        """Start watching ``pid``; ``deliver`` is called exactly once."""
+        ref = self.new_ref()
+        transport = self.transport
+        if pid.node == transport.name:
+            assert self.processes is not None
+            if self.processes.lookup(pid) is None:
+                deliver(ProcessDown(pid, ExitReason(ExitKind.NOPROC), ref))
+            else:
+                self._watchers.setdefault(pid.id, {})[ref] = deliver
+                self._targets[ref] = pid.id
+            return ref
+        conn = transport.connections.get(pid.node)
+        if conn is None or conn.closed:
+            reason = ExitReason(ExitKind.NOCONNECTION, f"not connected to {pid.node}")
+            deliver(ProcessDown(pid, reason, ref))
+            return ref
+        self._remote[ref] = (pid, deliver)
+        self._remote_by_node.setdefault(pid.node, set()).add(ref)
+        self._send(conn, [Kind.MONITOR, ref, pid])
+        return ref
+
+    def unwatch(self, ref: Ref) -> bool:
+        """Stop a watch; ``True`` if it had not fired yet."""
+        pid_id = self._targets.pop(ref, None)
+        if pid_id is not None:
+            watchers = self._watchers.get(pid_id)
+            if watchers is not None:
+                watchers.pop(ref, None)
+                if not watchers:
+                    del self._watchers[pid_id]
+            return True
+        remote = self._remote.pop(ref, None)
+        if remote is None:
+            return False
+        node = remote[0].node
+        self._remote_by_node.get(node, set()).discard(ref)
+        conn = self.transport.connections.get(node)
+        if conn is not None:
+            self._send(conn, [Kind.DEMONITOR, ref])
+        return True
+
+    # -------------------------------------------------------------- firing
+
+    def process_exited(self, pid: Pid, reason: ExitReason) -> None:
+        """A local process ended: fire every watch on it."""
+        watchers = self._watchers.pop(pid.id, None)
+        if not watchers:
+            return
+        for ref, watcher in watchers.items():
+            self._targets.pop(ref, None)
+            if isinstance(watcher, str):
+                self._served_by_node.get(watcher, set()).discard(ref)
+                conn = self.transport.connections.get(watcher)
+                if conn is not None:
+                    self._send(conn, [Kind.DOWN, ref, pid, reason.kind, reason.detail])
+            else:
+                watcher(ProcessDown(pid, reason, ref))
+
+    def node_down(self, node: str, reason: str) -> None:
+        """The connection to ``node`` ended: fire our watches of its
+        processes and forget the watches it held on ours."""
+        kind = ExitKind.SHUTDOWN if reason == NodeDownReason.SHUTDOWN else ExitKind.NOCONNECTION
+        exit_reason = ExitReason(kind, f"node {node} down: {reason}")
+        for ref in sorted(self._remote_by_node.pop(node, ()), key=lambda r: r.id):
+            entry = self._remote.pop(ref, None)
+            if entry is not None:
+                pid, deliver = entry
+                deliver(ProcessDown(pid, exit_reason, ref))
+        for ref in self._served_by_node.pop(node, ()):
+            pid_id = self._targets.pop(ref, None)
+            if pid_id is not None:
+                watchers = self._watchers.get(pid_id)
+                if watchers is not None:
+                    watchers.pop(ref, None)
+                    if not watchers:
+                        del self._watchers[pid_id]
+
+    # ------------------------------------------------------------ handlers
+
+    def _handle_monitor(self, conn: Connection, item: list[Any]) -> None:
+        _, ref, target = item
+        if type(ref) is not Ref or ref.node != conn.peer:
+            raise ValueError(f"MONITOR ref {ref!r} does not belong to {conn.peer}")
+        if type(target) is not Pid or target.node != self.transport.name:
+            raise ValueError(f"MONITOR target {target!r} is not a pid of this node")
+        assert self.processes is not None
+        if self.processes.lookup(target) is None or ref in self._targets:
+            self._send(conn, [Kind.DOWN, ref, target, ExitKind.NOPROC, ""])
+            return
+        self._watchers.setdefault(target.id, {})[ref] = conn.peer
+        self._targets[ref] = target.id
+        self._served_by_node.setdefault(conn.peer, set()).add(ref)
+
+    def _handle_demonitor(self, conn: Connection, item: list[Any]) -> None:
+        _, ref = item
+        if type(ref) is not Ref or ref.node != conn.peer:
+            raise ValueError(f"DEMONITOR ref {ref!r} does not belong to {conn.peer}")
+        if ref in self._served_by_node.get(conn.peer, ()):
+            self._served_by_node[conn.peer].discard(ref)
+            self.unwatch(ref)
+
+    def _handle_down(self, conn: Connection, item: list[Any]) -> None:
+        _, ref, target, kind, detail = item
+        if type(ref) is not Ref or type(target) is not Pid or not isinstance(detail, str):
+            raise TypeError("DOWN needs a ref, a pid, a kind and a detail")
+        entry = self._remote.get(ref)
+        if entry is None:
+            return  # demonitored meanwhile: nothing to deliver
+        pid, deliver = entry
+        if pid != target or pid.node != conn.peer:
+            raise ValueError(f"DOWN for {target!r} does not match the monitor {ref!r}")
+        del self._remote[ref]
+        self._remote_by_node.get(pid.node, set()).discard(ref)
+        deliver(ProcessDown(pid, ExitReason(kind, detail), ref))
+
+    def count(self) -> int:
+        """Monitors held or served now."""
+        return len(self._targets) + len(self._remote)

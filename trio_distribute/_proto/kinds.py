@@ -1,0 +1,25 @@
+"""Frame kinds: the first element of every frame after the handshake.
+
+Each frame is one CBOR array ``[kind, ...]``; the rest of its shape is given
+beside each kind. Kept in one place so the wire vocabulary is easy to audit.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Kind"]
+
+
+class Kind(enum.IntEnum):
+    """What a frame is."""
+
+    INFO = 1  # [INFO, {"host": str, "port": int}]: where the sender listens
+    BYE = 2  # [BYE, reason]: the sender is closing this connection on purpose
+    PING = 3  # [PING, seq]
+    PONG = 4  # [PONG, seq]
+    SEND = 10  # [SEND, dest: Pid, message]
+    SEND_NAMED = 11  # [SEND_NAMED, name: str, message]
+    MONITOR = 12  # [MONITOR, ref: Ref, target: Pid]
+    DEMONITOR = 13  # [DEMONITOR, ref: Ref]
+    DOWN = 14  # [DOWN, ref: Ref, target: Pid, kind: str, detail: str]

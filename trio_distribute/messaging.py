@@ -1,0 +1,375 @@
+"""Processes, mailboxes and sending messages to them, locally or across nodes.
+
+A process is a pid and a mailbox, owned by one task: the body of an
+``open_process`` block, or a function started with ``spawn``. Sending is
+fire-and-forget like Erlang's ``!``: messages from one sender to one process
+arrive in the order sent while the connection stays up; a message to a dead
+pid is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import attrs
+
+from . import codec
+from ._ids import Pid, Ref
+from ._mailbox import Mailbox
+from ._proto.frames import frame
+from ._proto.kinds import Kind
+from .errors import ConnectError, NameNotFoundError, NodeDownError
+from .monitor import ExitKind, ExitReason
+
+if TYPE_CHECKING:
+    from ._monitors import Monitors
+    from .transport import Connection, Transport
+
+__all__ = ["Pid", "Process", "Processes", "current_process"]
+
+logger = logging.getLogger("trio_distribute.messaging")
+
+_current: contextvars.ContextVar[Process | None] = contextvars.ContextVar(
+    "trio_distribute_current_process", default=None
+)
+
+#: Sends made without yielding before ``send`` lets other tasks run once;
+#: yielding on every send would cost a scheduler pass per message.
+_YIELD_EVERY = 64
+
+MAX_NAME_LENGTH = 255
+
+
+def current_process() -> Process | None:
+    """The process whose task (or a task it started) is running, if any."""
+    return _current.get()
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"a process name must be a non-empty str of at most {MAX_NAME_LENGTH} chars"
+        )
+    return name
+
+
+@attrs.define(eq=False, kw_only=True)
+class Process:
+    """A mailbox with a pid. Get one from ``Node.open_process`` or ``Node.spawn``."""
+
+    pid: Pid
+    name: str | None
+    _processes: Processes
+    _mailbox: Mailbox
+    alive: bool = True
+
+    async def receive(
+        self, *, timeout: float | None = None, match: Callable[[Any], bool] | None = None
+    ) -> Any:
+        """Take the oldest message, waiting for one if needed.
+
+        Args:
+            timeout: seconds to wait; ``None`` waits forever.
+            match: selective receive: take the oldest message for which
+                ``match(message)`` is true; the others stay queued in order.
+
+        Raises:
+            TimeoutError: nothing (matching) arrived within ``timeout``.
+        """
+        if timeout is None:
+            return await self._mailbox.take(match)
+        with anyio.fail_after(timeout):
+            return await self._mailbox.take(match)
+
+    def receive_nowait(self, *, match: Callable[[Any], bool] | None = None) -> Any:
+        """Take the oldest (matching) message without waiting.
+
+        Raises:
+            anyio.WouldBlock: nothing (matching) is queued.
+        """
+        return self._mailbox.take_nowait(match)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._mailbox.take()
+
+    def pending(self) -> int:
+        """How many messages wait in the mailbox."""
+        return len(self._mailbox)
+
+    def monitor(self, pid: Pid) -> Ref:
+        """Watch ``pid``; a :class:`ProcessDown` with the returned ref
+        arrives in this mailbox exactly once (unless demonitored first)."""
+        return self._processes.monitors.watch(pid, self._deliver_down)
+
+    def demonitor(self, ref: Ref, *, flush: bool = False) -> bool:
+        """Stop watching. Returns ``True`` if the monitor was still active.
+
+        With ``flush=True`` a ``ProcessDown`` for ``ref`` already queued in
+        the mailbox is removed too (Erlang's ``demonitor(Ref, [flush])``).
+        """
+        active = self._processes.monitors.unwatch(ref)
+        if flush:
+            from .monitor import ProcessDown
+
+            while True:
+                try:
+                    self._mailbox.take_nowait(lambda m: isinstance(m, ProcessDown) and m.ref == ref)
+                except anyio.WouldBlock:
+                    break
+        return active
+
+    def _deliver_down(self, event: object) -> None:
+        if not self._mailbox.put(event):
+            self._processes.dropped(self.pid, "mailbox_full")
+
+
+@attrs.define(eq=False, kw_only=True)
+class Processes:
+    """The node's process table: pids, local names, spawning and sending."""
+
+    transport: Transport
+    monitors: Monitors
+    connect: Callable[[str], Awaitable[str]]
+    _task_group: anyio.abc.TaskGroup | None = None
+    _table: dict[int, Process] = attrs.field(factory=dict)
+    _names: dict[str, Process] = attrs.field(factory=dict)
+    _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
+    _since_yield: int = 0
+    _last_drop_log: float = 0.0
+    _drops_since_log: int = 0
+    exit_hooks: list[Callable[[Pid, ExitReason], None]] = attrs.field(factory=list)
+
+    def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._task_group = task_group
+        self.transport.add_handler(Kind.SEND, self._handle_send)
+        self.transport.add_handler(Kind.SEND_NAMED, self._handle_send_named)
+
+    # ------------------------------------------------------------- lifecycle
+
+    def _new_process(self, name: str | None) -> Process:
+        if name is not None:
+            _check_name(name)
+            if name in self._names:
+                raise ValueError(f"the name {name!r} is already registered on this node")
+        transport = self.transport
+        pid = Pid(transport.name, next(self._ids), transport.creation)
+        process = Process(
+            pid=pid,
+            name=name,
+            processes=self,
+            mailbox=Mailbox(transport.config.max_mailbox),
+        )
+        self._table[pid.id] = process
+        if name is not None:
+            self._names[name] = process
+        return process
+
+    def _exit(self, process: Process, reason: ExitReason) -> None:
+        process.alive = False
+        process._mailbox.close()
+        self._table.pop(process.pid.id, None)
+        if process.name is not None and self._names.get(process.name) is process:
+            del self._names[process.name]
+        self.monitors.process_exited(process.pid, reason)
+        for hook in self.exit_hooks:
+            hook(process.pid, reason)
+
+    def _reason_for(self, exc: BaseException) -> ExitReason:
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            if self.transport.stopping:
+                return ExitReason(ExitKind.SHUTDOWN, "the node stopped")
+            return ExitReason(ExitKind.EXCEPTION, "Cancelled: the process's task was cancelled")
+        return ExitReason.from_exception(exc)
+
+    @asynccontextmanager
+    async def open_process(self, name: str | None = None) -> AsyncIterator[Process]:
+        """See :meth:`Node.open_process`."""
+        process = self._new_process(name)
+        token = _current.set(process)
+        reason = ExitReason(ExitKind.NORMAL)
+        try:
+            yield process
+        except BaseException as exc:
+            reason = self._reason_for(exc)
+            raise
+        finally:
+            _current.reset(token)
+            self._exit(process, reason)
+
+    async def spawn(
+        self, fn: Callable[..., Awaitable[object]], *args: Any, name: str | None = None
+    ) -> Pid:
+        """See :meth:`Node.spawn`."""
+        assert self._task_group is not None
+        pid: Pid = await self._task_group.start(self._run_spawned, fn, args, name)
+        return pid
+
+    async def _run_spawned(
+        self,
+        fn: Callable[..., Awaitable[object]],
+        args: tuple[Any, ...],
+        name: str | None,
+        *,
+        task_status: anyio.abc.TaskStatus[Pid] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        process = self._new_process(name)
+        _current.set(process)  # this task's own context: no reset needed
+        task_status.started(process.pid)
+        reason = ExitReason(ExitKind.NORMAL)
+        try:
+            await fn(process, *args)
+        except anyio.get_cancelled_exc_class() as exc:
+            reason = self._reason_for(exc)
+            raise
+        except Exception as exc:
+            # A crashing process is reported to its monitors and logged; it
+            # does not take the node down.
+            reason = self._reason_for(exc)
+            logger.exception("process %s crashed", process.pid)
+        finally:
+            self._exit(process, reason)
+
+    # --------------------------------------------------------------- sending
+
+    async def send(self, dest: Pid | str | tuple[str, str], message: Any) -> None:
+        """See :meth:`Node.send`."""
+        transport = self.transport
+        if type(dest) is Pid:
+            if dest.node != transport.name:
+                await self._send_remote(dest.node, Kind.SEND, dest, message)
+                return
+            self._deliver(dest, message)
+        elif isinstance(dest, str):
+            process = self._names.get(dest)
+            if process is None:
+                raise NameNotFoundError(dest)
+            self._put(process, message)
+        elif isinstance(dest, tuple) and len(dest) == 2:
+            name, node = dest
+            if node != transport.name:
+                _check_name(name)
+                await self._send_remote(node, Kind.SEND_NAMED, name, message)
+                return
+            # Like Erlang's {Name, node()} ! Msg: no error, only a count.
+            process = self._names.get(name)
+            if process is None:
+                self.dropped(None, "unknown_name")
+            else:
+                self._put(process, message)
+        else:
+            raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
+        await self._maybe_yield()
+
+    async def _send_remote(self, node: str, kind: Kind, dest: Pid | str, message: Any) -> None:
+        transport = self.transport
+        conn = transport.connections.get(node)
+        if conn is None:
+            conn = await self._connection_for(node)
+        payload = codec.encode([kind, dest, message])
+        codec.encoded_size_ok(payload, transport.config.max_message_size)
+        conn.write(frame(payload))
+        if conn.is_congested():
+            await conn.wait_for_space()
+            self._since_yield = 0
+        else:
+            await self._maybe_yield()
+
+    async def _connection_for(self, node: str) -> Connection:
+        if node not in self.transport.addresses:
+            raise NodeDownError(node, "not connected and no address known")
+        try:
+            await self.connect(node)
+        except ConnectError as exc:
+            raise NodeDownError(node, f"cannot connect: {exc}") from exc
+        conn = self.transport.connections.get(node)
+        if conn is None:
+            raise NodeDownError(node, "went down while connecting")
+        return conn
+
+    async def _maybe_yield(self) -> None:
+        self._since_yield += 1
+        if self._since_yield >= _YIELD_EVERY:
+            self._since_yield = 0
+            await anyio.lowlevel.checkpoint()
+        else:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+
+    # ------------------------------------------------------------- receiving
+
+    def _deliver(self, dest: Pid, message: Any) -> None:
+        if dest.creation != self.transport.creation:
+            self.dropped(dest, "dead_pid")  # a pid of an earlier run of this node
+            return
+        process = self._table.get(dest.id)
+        if process is None:
+            self.dropped(dest, "dead_pid")
+            return
+        self._put(process, message)
+
+    def _put(self, process: Process, message: Any) -> None:
+        if not process._mailbox.put(message):
+            self.dropped(process.pid, "mailbox_full")
+
+    def _handle_send(self, conn: Connection, item: list[Any]) -> None:
+        _, dest, message = item
+        if type(dest) is not Pid or dest.node != self.transport.name:
+            raise ValueError(f"SEND to {dest!r}, which is not a pid of this node")
+        self._deliver(dest, message)
+
+    def _handle_send_named(self, conn: Connection, item: list[Any]) -> None:
+        _, name, message = item
+        if not isinstance(name, str):
+            raise TypeError("SEND_NAMED needs a str name")
+        process = self._names.get(name)
+        if process is None:
+            self.dropped(None, "unknown_name")
+        else:
+            self._put(process, message)
+
+    def dropped(self, pid: Pid | None, cause: str) -> None:
+        """Count a dropped message and log it, at most once a second."""
+        self.transport.count_drop(cause)
+        self._drops_since_log += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= 1.0:
+            logger.warning(
+                "%s: dropped %d message(s) in the last %.0fs; latest: %s to %s",
+                self.transport.name,
+                self._drops_since_log,
+                now - self._last_drop_log if self._last_drop_log else 0,
+                cause,
+                pid,
+            )
+            self._last_drop_log = now
+            self._drops_since_log = 0
+
+    # ----------------------------------------------------------- inspection
+
+    def lookup(self, pid: Pid) -> Process | None:
+        """The live local process with this pid, if any."""
+        if pid.node != self.transport.name or pid.creation != self.transport.creation:
+            return None
+        return self._table.get(pid.id)
+
+    def whereis(self, name: str) -> Pid | None:
+        """The pid registered locally under ``name``."""
+        process = self._names.get(name)
+        return None if process is None else process.pid
+
+    def count(self) -> int:
+        return len(self._table)
+
+    def mailbox_depths(self) -> dict[Pid, int]:
+        return {p.pid: len(p._mailbox) for p in self._table.values() if len(p._mailbox)}

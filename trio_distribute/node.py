@@ -1,0 +1,432 @@
+"""The node: a task group that owns a listener, its connections and (in
+later capabilities) every process and service.
+
+``open_node`` is the only way to get one; leaving its ``async with`` block
+says goodbye to every peer (they see ``NodeDown(reason="shutdown")``) and
+stops everything the node started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import secrets
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._ids import Pid, validate_cookie, validate_node_name
+from ._monitors import Monitors
+from ._proto.kinds import Kind
+from .config import NodeConfig
+from .errors import ConnectError, NodeDownError
+from .messaging import Process, Processes
+from .monitor import NodeDown, NodeEvent, NodeUp, ProcessDown
+from .transport import Connection, Transport
+
+__all__ = ["Node", "NodeStatistics", "open_node"]
+
+logger = logging.getLogger("trio_distribute.node")
+
+#: Events a ``monitor_nodes`` subscriber may fall behind by before further
+#: events for it are dropped (and counted as ``monitor_overflow``).
+MONITOR_BUFFER = 1024
+
+
+@attrs.frozen
+class NodeStatistics:
+    """A snapshot of a node's traffic and tables (see :meth:`Node.statistics`).
+
+    Attributes:
+        connections: peers currently connected.
+        bytes_in, bytes_out: bytes read and written on all connections,
+            closed ones included.
+        messages_in, messages_out: frames read and written (ticks excluded
+            on the way out).
+        drops: dropped frames, messages, events and connections, by cause.
+        pending_handshakes: incoming connections not yet authenticated.
+        processes: live processes on this node.
+        monitors: process monitors held or served.
+        mailbox_depths: queued messages per process, for non-empty mailboxes.
+    """
+
+    connections: int
+    bytes_in: int
+    bytes_out: int
+    messages_in: int
+    messages_out: int
+    drops: Mapping[str, int]
+    pending_handshakes: int
+    processes: int
+    monitors: int
+    mailbox_depths: Mapping[Pid, int]
+
+
+@attrs.define(eq=False, kw_only=True)
+class _PendingPing:
+    conn: Connection
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    answered: bool = False
+
+
+@attrs.define(eq=False, kw_only=True)
+class Node:
+    """A running node. Get one from :func:`open_node`."""
+
+    name: str
+    creation: int
+    config: NodeConfig
+    _transport: Transport
+    _processes: Processes
+    _monitors: Monitors
+    _node_monitors: set[MemoryObjectSendStream[NodeEvent]] = attrs.field(factory=set)
+    _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
+    _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
+    _pings: dict[int, _PendingPing] = attrs.field(factory=dict)
+    _ping_seq: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The ``(host, port)`` the listener is actually bound to."""
+        return self._transport.address
+
+    @property
+    def transport(self) -> Transport:
+        """The shared transport every subsystem sends through."""
+        return self._transport
+
+    # ------------------------------------------------------------ connections
+
+    async def connect(self, target: str) -> str:
+        """Connect to another node and return its name.
+
+        Args:
+            target: ``"name@host:port"``, ``"host:port"``, or the name of a
+                node whose address this node already knows.
+
+        Returns at once if already connected. Cancelling it abandons the
+        attempt.
+
+        Raises:
+            ValueError: ``target`` is not one of the forms above.
+            AuthenticationError: the peer does not share our cookie.
+            VersionMismatchError: no common protocol version.
+            HandshakeError: the handshake failed for another reason.
+            ConnectError: refused, unreachable or timed out.
+        """
+        return await self._transport.connect(target)
+
+    async def disconnect(self, name: str) -> None:
+        """Close the connection to ``name``; both sides see
+        ``NodeDown(reason="disconnect")``. Nothing happens if not connected."""
+        await self._transport.disconnect(name)
+
+    def nodes(self) -> list[str]:
+        """Names of the nodes connected now, sorted."""
+        return sorted(self._transport.connections)
+
+    async def ping(self, name: str, timeout: float = 5.0) -> float:
+        """Measure a round trip to ``name`` over its connection, in seconds.
+
+        Connects first if ``name`` is known but not connected.
+
+        Raises:
+            NodeDownError: not connected (and cannot connect), went down
+                meanwhile, or no answer within ``timeout``.
+        """
+        conn = self._transport.connections.get(name)
+        if conn is None:
+            if name not in self._transport.addresses:
+                raise NodeDownError(name, "not connected and no address known")
+            try:
+                with anyio.fail_after(timeout):
+                    await self.connect(name)
+            except (ConnectError, TimeoutError) as exc:
+                raise NodeDownError(name, f"cannot connect: {exc}") from exc
+            conn = self._transport.connections.get(name)
+            if conn is None:
+                raise NodeDownError(name, "went down while connecting")
+        seq = next(self._ping_seq)
+        pending = _PendingPing(conn=conn)
+        self._pings[seq] = pending
+        started = anyio.current_time()
+        try:
+            conn.write(self._transport.encode_frame([Kind.PING, seq]))
+            with anyio.move_on_after(timeout):
+                await pending.done.wait()
+        finally:
+            del self._pings[seq]
+        if not pending.answered:
+            if conn.closed:
+                raise NodeDownError(name, conn.down_reason or "connection closed")
+            raise NodeDownError(name, f"no answer to ping within {timeout}s")
+        return anyio.current_time() - started
+
+    def _handle_ping(self, conn: Connection, item: list[Any]) -> None:
+        seq = item[1]
+        if type(seq) is not int:
+            raise TypeError("ping sequence must be an int")
+        conn.write(self._transport.encode_frame([Kind.PONG, seq]))
+
+    def _handle_pong(self, conn: Connection, item: list[Any]) -> None:
+        pending = self._pings.get(item[1])
+        if pending is not None and pending.conn is conn:
+            pending.answered = True
+            pending.done.set()
+
+    # ---------------------------------------------------------------- events
+
+    @asynccontextmanager
+    async def monitor_nodes(self) -> AsyncIterator[MemoryObjectReceiveStream[NodeEvent]]:
+        """Subscribe to :class:`NodeUp` / :class:`NodeDown` events.
+
+        Yields a receive channel; leaving the block unsubscribes. Events
+        from before the block are not replayed. A subscriber that falls
+        more than ``MONITOR_BUFFER`` events behind loses the newer ones,
+        counted in ``statistics().drops["monitor_overflow"]``.
+        """
+        send, receive = anyio.create_memory_object_stream[NodeEvent](MONITOR_BUFFER)
+        self._node_monitors.add(send)
+        try:
+            yield receive
+        finally:
+            self._node_monitors.discard(send)
+            send.close()
+            receive.close()
+
+    def _publish(self, event: NodeEvent) -> None:
+        for channel in list(self._node_monitors):
+            try:
+                channel.send_nowait(event)
+            except anyio.WouldBlock:
+                self._transport.count_drop("monitor_overflow")
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._node_monitors.discard(channel)
+
+    def _node_up(self, name: str) -> None:
+        logger.info("%s: node up %s", self.name, name)
+        self._publish(NodeUp(name))
+        for hook in self._up_hooks:
+            hook(name)
+
+    def _node_down(self, name: str, reason: str) -> None:
+        logger.info("%s: node down %s (%s)", self.name, name, reason)
+        for seq, pending in list(self._pings.items()):
+            if pending.conn.peer == name:
+                pending.done.set()
+                del self._pings[seq]
+        # Monitors fire before the node-down event, as in Erlang.
+        self._monitors.node_down(name, reason)
+        for hook in self._down_hooks:
+            hook(name, reason)
+        self._publish(NodeDown(name, reason))
+
+    # ------------------------------------------------------------ statistics
+
+    def statistics(self) -> NodeStatistics:
+        """A frozen snapshot of traffic counters and drops."""
+        transport = self._transport
+        bytes_in, bytes_out, frames_in, frames_out = transport.closed_totals
+        for conn in transport.connections.values():
+            bytes_in += conn.bytes_in
+            bytes_out += conn.bytes_out
+            frames_in += conn.frames_in
+            frames_out += conn.frames_out
+        return NodeStatistics(
+            connections=len(transport.connections),
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            messages_in=frames_in,
+            messages_out=frames_out,
+            drops=dict(transport.drops),
+            pending_handshakes=transport._pending_handshakes,
+            processes=self._processes.count(),
+            monitors=self._monitors.count(),
+            mailbox_depths=self._processes.mailbox_depths(),
+        )
+
+    # ------------------------------------------------------------- processes
+
+    def open_process(self, name: str | None = None) -> AbstractAsyncContextManager[Process]:
+        """A process for the current task: a pid and a mailbox.
+
+        ``name``, if given, registers it locally (``send("name", msg)``).
+        Leaving the block ends the process with reason ``normal``, or with
+        the exception that escaped. Monitors fire as it ends.
+
+        Raises:
+            ValueError: the name is invalid or already registered here.
+        """
+        return self._processes.open_process(name)
+
+    async def spawn(
+        self, fn: Callable[..., Awaitable[object]], *args: Any, name: str | None = None
+    ) -> Pid:
+        """Run ``await fn(process, *args)`` as a new process in the node's
+        task group and return its pid once it exists.
+
+        An exception escaping ``fn`` ends the process (monitors see kind
+        ``exception`` with the type and message) and is logged; the node
+        keeps running. The node's stop cancels it (kind ``shutdown``).
+        """
+        return await self._processes.spawn(fn, *args, name=name)
+
+    async def send(self, dest: Pid | str | tuple[str, str], message: Any) -> None:
+        """Send ``message`` to ``dest``: fire and forget, like Erlang's ``!``.
+
+        ``dest`` is a :class:`Pid`, the name of a process registered on this
+        node, or ``(name, node_name)``. Messages from one sender to one
+        process arrive in order while the connection stays up. A message to
+        a dead pid, or to ``(name, node)`` where nothing has that name, is
+        dropped and counted. Yields to the scheduler only now and then, or
+        when the connection's send buffer is full (backpressure).
+
+        Raises:
+            NameNotFoundError: ``dest`` is a local name nobody registered.
+            NodeDownError: the node is not connected and cannot be reached.
+            EncodeError: ``message`` holds a value that cannot travel.
+            MessageTooLargeError: it encodes to more than ``max_message_size``.
+        """
+        await self._processes.send(dest, message)
+
+    def whereis(self, name: str) -> Pid | None:
+        """The pid registered on this node under ``name``, if any."""
+        return self._processes.whereis(name)
+
+    # -------------------------------------------------------------- monitors
+
+    @asynccontextmanager
+    async def monitor(self, pid: Pid) -> AsyncIterator[MemoryObjectReceiveStream[ProcessDown]]:
+        """Watch ``pid``: the channel delivers exactly one :class:`ProcessDown`.
+
+        Connects to the pid's node first if it is known but not connected;
+        if that fails the event (``noconnection``) is there at once.
+        Leaving the block demonitors.
+        """
+        transport = self._transport
+        unconnected = pid.node != self.name and pid.node not in transport.connections
+        if unconnected and pid.node in transport.addresses:
+            with contextlib.suppress(ConnectError):  # the watch reports noconnection
+                await self.connect(pid.node)
+        send, receive = anyio.create_memory_object_stream[ProcessDown](1)
+        ref = self._monitors.watch(pid, send.send_nowait)
+        try:
+            yield receive
+        finally:
+            self._monitors.unwatch(ref)
+            send.close()
+            receive.close()
+
+
+def _fresh_creation() -> int:
+    # Like Erlang's 32-bit creation: a new random value per start makes a
+    # pid from an earlier run of the same name recognisably stale.
+    return secrets.randbelow(2**32 - 1) + 1
+
+
+@asynccontextmanager
+async def open_node(
+    name: str,
+    *,
+    cookie: str | bytes,
+    port: int = 0,
+    host: str | None = None,
+    config: NodeConfig | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    client_ssl_context: ssl.SSLContext | None = None,
+    seeds: Iterable[str] = (),
+) -> AsyncIterator[Node]:
+    """Start a node named ``name`` (``"short@host"``) and yield it.
+
+    Args:
+        name: the node's name; other nodes address it by this.
+        cookie: the shared secret; only nodes with the same cookie connect.
+        port: TCP port to listen on; 0 picks a free one (see ``node.address``).
+        host: interface to bind; defaults to the host part of ``name``.
+        config: a :class:`NodeConfig`; defaults to ``NodeConfig()``.
+        ssl_context: enables TLS on every connection (the cookie check
+            still runs inside it). This is the server-side context used for
+            accepted connections; for mutual TLS load a certificate chain
+            and set ``verify_mode = CERT_REQUIRED``.
+        client_ssl_context: the context for connections this node dials
+            (with its own certificate for mutual TLS); defaults to
+            ``ssl_context``, which then must be usable on both sides.
+        seeds: nodes (``"name@host:port"`` or ``"host:port"``) to connect to
+            on start; failures are logged, not raised.
+
+    Raises:
+        ValueError: ``name``, ``cookie`` or ``port`` is invalid.
+        OSError: the port cannot be bound.
+    """
+    validate_node_name(name)
+    secret = validate_cookie(cookie)
+    if type(port) is not int or not 0 <= port < 65536:
+        raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+    config = NodeConfig() if config is None else config
+    bind_host = name.partition("@")[2] if host is None else host
+    try:
+        async with anyio.create_task_group() as task_group:
+            node = _build_node(name, secret, config, ssl_context, client_ssl_context)
+            await node.transport.start(task_group, bind_host, port)
+            node._processes.start(task_group)
+            node._monitors.start()
+            try:
+                for seed in seeds:
+                    try:
+                        await node.connect(seed)
+                    except (ConnectError, ValueError) as exc:
+                        logger.warning("%s: could not join seed %s: %s", name, seed, exc)
+                yield node
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await node.transport.stop()
+                task_group.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The task group wraps even a lone error from the block's body;
+        # give the caller the error they raised, not a group of one.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+def _build_node(
+    name: str,
+    cookie: bytes,
+    config: NodeConfig,
+    ssl_context: ssl.SSLContext | None,
+    client_ssl_context: ssl.SSLContext | None,
+) -> Node:
+    creation = _fresh_creation()
+    node_ref: list[Node] = []
+    transport = Transport(
+        name=name,
+        creation=creation,
+        cookie=cookie,
+        config=config,
+        ssl_context=ssl_context,
+        client_ssl_context=client_ssl_context,
+        on_node_up=lambda peer: node_ref[0]._node_up(peer),
+        on_node_down=lambda peer, reason: node_ref[0]._node_down(peer, reason),
+    )
+    monitors = Monitors(transport=transport)
+    processes = Processes(transport=transport, monitors=monitors, connect=transport.connect)
+    monitors.processes = processes
+    node = Node(
+        name=name,
+        creation=creation,
+        config=config,
+        transport=transport,
+        processes=processes,
+        monitors=monitors,
+    )
+    node_ref.append(node)
+    transport.add_handler(Kind.PING, node._handle_ping)
+    transport.add_handler(Kind.PONG, node._handle_pong)
+    return node
