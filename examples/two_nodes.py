@@ -32,15 +32,12 @@ PORT = 4370
 async def echo(proc: td.Process, node: td.Node) -> None:
     """Reply to every {"from": pid, "body": ...} until asked to stop."""
     async for message in proc:
-        if isinstance(message, td.ProcessDown):
-            print(f"[server] client process {message.pid} ended: {message.reason}", flush=True)
-            continue
         if message == "stop":
             print("[server] echo asked to stop", flush=True)
             return
         sender = message["from"]
         if message.get("watch"):
-            proc.monitor(sender)
+            await node.send("main", {"client": sender})  # main will monitor it
         await node.send(sender, {"echo": message["body"], "from": proc.pid})
 
 
@@ -48,13 +45,19 @@ async def server(port: int) -> None:
     config = td.NodeConfig.local()
     async with td.open_node(SERVER, cookie=COOKIE, port=port, config=config) as node:
         print(f"[server] {node.name} listening on port {node.address[1]}", flush=True)
-        pid = await node.spawn(echo, node, name="echo")
-        async with node.monitor(pid) as down:
-            event = await down.receive()
-        print(f"[server] echo ended: {event.reason}; waiting for the client to leave", flush=True)
-        async with node.monitor_nodes() as events:
-            while node.nodes():
-                print(f"[server] {await events.receive()}", flush=True)
+        async with node.open_process(name="main") as me:
+            echo_pid = await node.spawn(echo, node, name="echo")
+            me.monitor(echo_pid)
+            downs = 0
+            while downs < 2:  # the echo process and the client's process
+                message = await me.receive()
+                if isinstance(message, td.ProcessDown):
+                    who = "echo" if message.pid == echo_pid else "client process"
+                    print(f"[server] {who} {message.pid} ended: {message.reason}", flush=True)
+                    downs += 1
+                else:
+                    print(f"[server] monitoring client process {message['client']}", flush=True)
+                    me.monitor(message["client"])
         print("[server] done", flush=True)
 
 

@@ -237,3 +237,28 @@ async def test_fifo_per_sender_receiver_pair_across_three_nodes() -> None:
                 assert set(merged) == {"a1", "a2", "b1", "b2"}
                 for seqs in merged.values():
                     assert sorted(seqs) == list(range(count))  # none missing
+
+
+async def test_unknown_message_tags_and_versions_are_refused_at_the_receiver() -> None:
+    import cbor2
+
+    from trio_distribute._proto.frames import frame
+    from trio_distribute._proto.kinds import Kind
+    from trio_distribute.codec import MESSAGE_TAG, PID_TAG
+
+    with anyio.fail_after(5):
+        async with cluster("a", "b") as (a, b), b.open_process() as pb:
+            conn = a.transport.connections["b@127.0.0.1"]
+            dest = cbor2.CBORTag(PID_TAG, [pb.pid.node, pb.pid.id, pb.pid.creation])
+            for body in (
+                ["no.such.tag", 1, {}],  # a tag the receiver never declared
+                ["test.messaging.greeting", 9, {"text": "x", "sender": dest}],  # bad version
+            ):
+                payload = cbor2.dumps([int(Kind.SEND), dest, cbor2.CBORTag(MESSAGE_TAG, body)])
+                conn.write(frame(payload))
+            await a.send(pb.pid, "after")
+            # Never delivered as a dict: the mailbox holds only the good one.
+            assert await pb.receive() == "after"
+            assert pb.pending() == 0
+            assert b.statistics().drops["decode_error"] == 2
+            assert b.nodes() == ["a@127.0.0.1"]  # the connection carries on

@@ -559,7 +559,7 @@ class Transport:
                     port,
                     ssl_context=self.client_ssl_context or self.ssl_context,
                     tls_standard_compatible=False,
-                    tls_hostname=expected.partition("@")[0] if expected else host,
+                    tls_hostname=host,
                 )
             else:
                 stream = await anyio.connect_tcp(host, port)

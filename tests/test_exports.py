@@ -1,0 +1,34 @@
+"""The public API is exactly what DESIGN.md promises, importable from the top."""
+
+from __future__ import annotations
+
+import trio_distribute as td
+
+
+def test_all_names_are_importable_and_listed() -> None:
+    for name in td.__all__:
+        assert getattr(td, name) is not None, name
+    public = {n for n in dir(td) if not n.startswith("_")}
+    modules = {
+        "codec", "config", "errors", "messaging", "monitor", "node", "transport",
+    }  # fmt: skip
+    assert public - modules - {"annotations"} == set(td.__all__)
+
+
+def test_contract_names_exist() -> None:
+    for name in [
+        "open_node", "Node", "NodeConfig", "MembershipConfig", "ElectionConfig",
+        "Pid", "Ref", "message", "Process", "current_process", "NodeUp", "NodeDown",
+        "ProcessDown", "ExitReason", "ConnectError", "AuthenticationError",
+        "HandshakeError", "VersionMismatchError", "NodeDownError", "ProtocolError",
+        "DecodeError", "EncodeError", "MessageTooLargeError", "NameNotFoundError",
+    ]:  # fmt: skip
+        assert name in td.__all__, name
+
+
+def test_connect_errors_share_a_base() -> None:
+    for error in (td.AuthenticationError, td.HandshakeError, td.VersionMismatchError):
+        assert issubclass(error, td.ConnectError)
+    assert issubclass(td.ConnectError, td.DistributionError)
+    assert issubclass(td.DecodeError, td.ProtocolError)
+    assert issubclass(td.EncodeError, TypeError)

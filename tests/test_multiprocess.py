@@ -1,0 +1,99 @@
+"""Real OS processes: the two-node example runs as two processes and passes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+
+import trio_distribute as td
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_two_nodes_example_in_two_processes() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "two_nodes.py"), "both", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "[client] 'hello' came back" in out
+    assert "[client] reply: 2" in out
+    assert "[client] echo process went down: normal" in out
+    assert "[server] client process" in out and "ended: normal" in out
+    assert "[server] done" in out
+
+
+CHILD = """
+import sys, trio, trio_distribute as td
+
+async def sink(proc):
+    async for _ in proc:
+        pass
+
+async def main(port):
+    config = td.NodeConfig.local()
+    async with td.open_node("victim@127.0.0.1", cookie="kill-test", port=port, config=config) as n:
+        pid = await n.spawn(sink, name="sink")
+        print("READY", pid.id, pid.creation, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main, int(sys.argv[1]))
+"""
+
+
+async def test_sigkilled_node_mid_traffic_fires_noconnection() -> None:
+    port = free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        ready, pid_id, creation = child.stdout.readline().split()
+        assert ready == "READY"
+        sink = td.Pid("victim@127.0.0.1", int(pid_id), int(creation))
+        with anyio.fail_after(20):
+            async with (
+                td.open_node(
+                    "killer@127.0.0.1", cookie="kill-test", config=td.NodeConfig.local()
+                ) as node,
+                node.monitor_nodes() as events,
+                node.open_process() as me,
+            ):
+                await node.connect(f"victim@127.0.0.1:{port}")
+                assert await events.receive() == td.NodeUp("victim@127.0.0.1")
+                ref = me.monitor(sink)
+
+                async def traffic() -> None:
+                    while True:
+                        await node.send(sink, b"x" * 100)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(traffic)
+                    await anyio.sleep(0.2)
+                    child.kill()  # SIGKILL: no goodbye, mid-traffic
+                    down = await me.receive(match=lambda m: isinstance(m, td.ProcessDown))
+                    tg.cancel_scope.cancel()
+                assert down.ref == ref
+                assert down.reason.kind == "noconnection"
+                event = await events.receive()
+                assert isinstance(event, td.NodeDown)
+                assert event.reason in ("connection_closed", "tick_timeout")
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
