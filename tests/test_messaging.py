@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -11,6 +10,7 @@ import attrs
 import pytest
 
 import trio_distribute as td
+from trio_distribute.testing import open_cluster
 
 COOKIE = "test-cookie"
 FAST = td.NodeConfig.local()
@@ -23,20 +23,11 @@ class Greeting:
     sender: td.Pid
 
 
-@asynccontextmanager
-async def cluster(*names: str, config: td.NodeConfig = FAST) -> AsyncIterator[list[td.Node]]:
+def cluster(
+    *names: str, config: td.NodeConfig = FAST
+) -> AbstractAsyncContextManager[list[td.Node]]:
     """Nodes connected to each other in a full mesh."""
-    async with AsyncExitStack() as stack:
-        nodes = [
-            await stack.enter_async_context(
-                td.open_node(f"{n}@127.0.0.1", cookie=COOKIE, config=config)
-            )
-            for n in names
-        ]
-        for i, node in enumerate(nodes):
-            for other in nodes[i + 1 :]:
-                await node.connect(f"{other.name}:{other.address[1]}")
-        yield nodes
+    return open_cluster(names, cookie=COOKIE, config=config)
 
 
 async def test_local_send_by_pid_name_and_tuple() -> None:

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
 
 import trio_distribute as td
 from trio_distribute.monitor import ExitKind
+from trio_distribute.testing import open_cluster
 
 COOKIE = "test-cookie"
 FAST = td.NodeConfig.local()
 
 
-@asynccontextmanager
-async def cluster(*names: str) -> AsyncIterator[list[td.Node]]:
-    async with AsyncExitStack() as stack:
-        nodes = [
-            await stack.enter_async_context(
-                td.open_node(f"{n}@127.0.0.1", cookie=COOKIE, config=FAST)
-            )
-            for n in names
-        ]
-        for i, node in enumerate(nodes):
-            for other in nodes[i + 1 :]:
-                await node.connect(f"{other.name}:{other.address[1]}")
-        yield nodes
+def cluster(*names: str) -> AbstractAsyncContextManager[list[td.Node]]:
+    return open_cluster(names, cookie=COOKIE, config=FAST)
 
 
 async def wait_forever(proc: td.Process) -> None:

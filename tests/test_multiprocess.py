@@ -57,12 +57,14 @@ trio.run(main, int(sys.argv[1]))
 
 async def test_sigkilled_node_mid_traffic_fires_noconnection() -> None:
     port = free_port()
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(port)], stdout=subprocess.PIPE, text=True
-    )
+    child = await anyio.open_process([sys.executable, "-c", CHILD, str(port)])
     try:
         assert child.stdout is not None
-        ready, pid_id, creation = child.stdout.readline().split()
+        line = b""
+        with anyio.fail_after(20):
+            while not line.endswith(b"\n"):
+                line += await child.stdout.receive()
+        ready, pid_id, creation = line.decode().split()
         assert ready == "READY"
         sink = td.Pid("victim@127.0.0.1", int(pid_id), int(creation))
         with anyio.fail_after(20):
@@ -93,7 +95,7 @@ async def test_sigkilled_node_mid_traffic_fires_noconnection() -> None:
                 assert isinstance(event, td.NodeDown)
                 assert event.reason in ("connection_closed", "tick_timeout")
     finally:
-        child.kill()
-        child.wait(timeout=10)
-        if child.stdout is not None:
-            child.stdout.close()
+        if child.returncode is None:
+            child.kill()
+        with anyio.fail_after(10):
+            await child.aclose()

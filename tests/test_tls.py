@@ -14,7 +14,8 @@ import pytest
 import trio_distribute as td
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("openssl") is None, reason="the openssl command is needed to make test certificates"
+    shutil.which("openssl") is None,
+    reason="the openssl command is needed to make test certificates",
 )
 
 COOKIE = "tls-cookie"

@@ -21,8 +21,10 @@ __all__ = ["Mailbox"]
 
 #: Messages taken without waiting before ``take`` yields to the scheduler
 #: once, so a busy receiver cannot starve other tasks but does not pay a
-#: scheduler pass per message either.
-_YIELD_EVERY = 64
+#: scheduler pass per message either. It is larger than the number of
+#: messages one socket read delivers (64 KiB of small frames, ~1,800), so a
+#: process keeps up with the connection reader that fills its mailbox.
+_YIELD_EVERY = 2048
 
 
 class Mailbox:

@@ -85,15 +85,21 @@ class Monitors:
         self._send(conn, [Kind.MONITOR, ref, pid])
         return ref
 
+    def _forget_local(self, ref: Ref) -> bool:
+        """Drop a watch of one of our processes; ``True`` if there was one."""
+        pid_id = self._targets.pop(ref, None)
+        if pid_id is None:
+            return False
+        watchers = self._watchers.get(pid_id)
+        if watchers is not None:
+            watchers.pop(ref, None)
+            if not watchers:
+                del self._watchers[pid_id]
+        return True
+
     def unwatch(self, ref: Ref) -> bool:
         """Stop a watch; ``True`` if it had not fired yet."""
-        pid_id = self._targets.pop(ref, None)
-        if pid_id is not None:
-            watchers = self._watchers.get(pid_id)
-            if watchers is not None:
-                watchers.pop(ref, None)
-                if not watchers:
-                    del self._watchers[pid_id]
+        if self._forget_local(ref):
             return True
         remote = self._remote.pop(ref, None)
         if remote is None:
@@ -133,13 +139,7 @@ class Monitors:
                 pid, deliver = entry
                 deliver(ProcessDown(pid, exit_reason, ref))
         for ref in self._served_by_node.pop(node, ()):
-            pid_id = self._targets.pop(ref, None)
-            if pid_id is not None:
-                watchers = self._watchers.get(pid_id)
-                if watchers is not None:
-                    watchers.pop(ref, None)
-                    if not watchers:
-                        del self._watchers[pid_id]
+            self._forget_local(ref)
 
     # ------------------------------------------------------------ handlers
 

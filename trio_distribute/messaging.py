@@ -43,8 +43,9 @@ _current: contextvars.ContextVar[Process | None] = contextvars.ContextVar(
 )
 
 #: Sends made without yielding before ``send`` lets other tasks run once;
-#: yielding on every send would cost a scheduler pass per message.
-_YIELD_EVERY = 64
+#: yielding on every send would cost a scheduler pass per message, and the
+#: frames queued meanwhile go out in one write.
+_YIELD_EVERY = 256
 
 MAX_NAME_LENGTH = 255
 

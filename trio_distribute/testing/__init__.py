@@ -1,0 +1,7 @@
+"""Helpers for testing code that uses trio_distribute (like ``trio.testing``)."""
+
+from __future__ import annotations
+
+from ._cluster import open_cluster as open_cluster
+
+__all__ = ["open_cluster"]

@@ -1,0 +1,50 @@
+"""``open_cluster``: several connected nodes in one process, for tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from ..config import NodeConfig
+from ..node import Node, open_node
+
+__all__ = ["open_cluster"]
+
+
+@asynccontextmanager
+async def open_cluster(
+    n: int | Sequence[str],
+    *,
+    cookie: str = "trio-distribute-test",
+    config: NodeConfig | None = None,
+    host: str = "127.0.0.1",
+    connect: bool = True,
+) -> AsyncIterator[list[Node]]:
+    """Start nodes on loopback and connect every pair (a full mesh).
+
+    Args:
+        n: how many nodes (named ``a``, ``b``, ... ``@host``), or their short
+            names.
+        cookie: the cookie they share.
+        config: defaults to :meth:`NodeConfig.local`, fast timers.
+        host: where they listen.
+        connect: ``False`` starts them unconnected.
+
+    Yields the nodes in order; leaving the block stops them in reverse order.
+    """
+    names = [chr(ord("a") + i) for i in range(n)] if isinstance(n, int) else list(n)
+    if isinstance(n, int) and not 1 <= n <= 26:
+        raise ValueError("open_cluster(n) names nodes a..z: n must be 1..26")
+    config = NodeConfig.local() if config is None else config
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                open_node(f"{name}@{host}", cookie=cookie, config=config)
+            )
+            for name in names
+        ]
+        if connect:
+            for i, node in enumerate(nodes):
+                for other in nodes[i + 1 :]:
+                    await node.connect(f"{other.name}:{other.address[1]}")
+        yield nodes
