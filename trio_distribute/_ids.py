@@ -68,7 +68,7 @@ def _node_name(instance: object, attribute: attrs.Attribute[str], value: str) ->
     validate_node_name(value)
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)
 class Pid:
     """A process identifier: which node, which process, which run of the node.
 

@@ -15,24 +15,35 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import anyio.lowlevel
+
+from ._backend import Checkpoints
 
 __all__ = ["Mailbox"]
 
 #: Messages taken without waiting before ``take`` yields to the scheduler
 #: once, so a busy receiver cannot starve other tasks but does not pay a
 #: scheduler pass per message either. It is larger than the number of
-#: messages one socket read delivers (64 KiB of small frames, ~1,800), so a
-#: process keeps up with the connection reader that fills its mailbox.
-_YIELD_EVERY = 2048
+#: messages the connection reader delivers per turn (two socket reads of
+#: 64 KiB of small frames, ~3,600), so a process keeps up with the reader
+#: that fills its mailbox.
+_YIELD_EVERY = 4096
 
 
 class Mailbox:
     """Messages queued for one process, oldest first."""
 
-    __slots__ = ("_closed", "_limit", "_messages", "_since_yield", "_waiter")
+    __slots__ = (
+        "_checkpoint",
+        "_checkpoint_if_cancelled",
+        "_closed",
+        "_limit",
+        "_messages",
+        "_since_yield",
+        "_waiter",
+    )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, checkpoints: Checkpoints) -> None:
+        self._checkpoint, self._checkpoint_if_cancelled = checkpoints
         self._messages: deque[Any] = deque()
         self._limit = limit
         self._waiter: anyio.Event | None = None
@@ -84,9 +95,9 @@ class Mailbox:
         self._since_yield += 1
         if self._since_yield >= _YIELD_EVERY:
             self._since_yield = 0
-            await anyio.lowlevel.checkpoint()
+            await self._checkpoint()
         else:
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await self._checkpoint_if_cancelled()
         messages = self._messages
         scanned = 0
         while True:

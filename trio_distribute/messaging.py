@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -23,11 +24,11 @@ import anyio.lowlevel
 import attrs
 
 from . import codec
+from ._backend import Checkpoints, checkpoints
 from ._ids import Pid, Ref
 from ._mailbox import Mailbox
-from ._proto.frames import frame
 from ._proto.kinds import Kind
-from .errors import ConnectError, NameNotFoundError, NodeDownError
+from .errors import ConnectError, MessageTooLargeError, NameNotFoundError, NodeDownError
 from .monitor import ExitKind, ExitReason
 
 if TYPE_CHECKING:
@@ -48,6 +49,13 @@ _current: contextvars.ContextVar[Process | None] = contextvars.ContextVar(
 _YIELD_EVERY = 256
 
 MAX_NAME_LENGTH = 255
+
+# Plain ints encode faster than IntEnum members (cbor2 checks subclasses).
+_SEND = int(Kind.SEND)
+_SEND_NAMED = int(Kind.SEND_NAMED)
+_ARRAY_OF_3 = b"\x83"  # CBOR head of a 3-element array
+_LENGTH = struct.Struct(">I")
+_HEAD_CACHE_SIZE = 4096
 
 
 def current_process() -> Process | None:
@@ -148,12 +156,15 @@ class Processes:
     _names: dict[str, Process] = attrs.field(factory=dict)
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _since_yield: int = 0
+    _heads: dict[int, dict[Any, bytes]] = attrs.field(factory=lambda: {_SEND: {}, _SEND_NAMED: {}})
+    _checkpoints: Checkpoints = (anyio.lowlevel.checkpoint, anyio.lowlevel.checkpoint_if_cancelled)
     _last_drop_log: float = 0.0
     _drops_since_log: int = 0
     exit_hooks: list[Callable[[Pid, ExitReason], None]] = attrs.field(factory=list)
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
+        self._checkpoints = checkpoints()
         self.transport.add_handler(Kind.SEND, self._handle_send)
         self.transport.add_handler(Kind.SEND_NAMED, self._handle_send_named)
 
@@ -170,7 +181,7 @@ class Processes:
             pid=pid,
             name=name,
             processes=self,
-            mailbox=Mailbox(transport.config.max_mailbox),
+            mailbox=Mailbox(transport.config.max_mailbox, self._checkpoints),
         )
         self._table[pid.id] = process
         if name is not None:
@@ -249,7 +260,7 @@ class Processes:
         transport = self.transport
         if type(dest) is Pid:
             if dest.node != transport.name:
-                await self._send_remote(dest.node, Kind.SEND, dest, message)
+                await self._send_remote(dest.node, _SEND, dest, message)
                 return
             self._deliver(dest, message)
         elif isinstance(dest, str):
@@ -261,7 +272,7 @@ class Processes:
             name, node = dest
             if node != transport.name:
                 _check_name(name)
-                await self._send_remote(node, Kind.SEND_NAMED, name, message)
+                await self._send_remote(node, _SEND_NAMED, name, message)
                 return
             # Like Erlang's {Name, node()} ! Msg: no error, only a count.
             process = self._names.get(name)
@@ -273,14 +284,31 @@ class Processes:
             raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
         await self._maybe_yield()
 
-    async def _send_remote(self, node: str, kind: Kind, dest: Pid | str, message: Any) -> None:
+    def _frame_head(self, kind: int, dest: Pid | str) -> bytes:
+        """The encoded start of ``[kind, dest, message]``, cached per dest.
+
+        CBOR items concatenate, so a frame is this head plus the encoded
+        message: the destination is encoded once, not once per message.
+        """
+        heads = self._heads[kind]
+        head = heads.get(dest)
+        if head is None:
+            if len(heads) >= _HEAD_CACHE_SIZE:
+                heads.clear()
+            head = heads[dest] = _ARRAY_OF_3 + codec.encode(kind) + codec.encode(dest)
+        return head
+
+    async def _send_remote(self, node: str, kind: int, dest: Pid | str, message: Any) -> None:
         transport = self.transport
         conn = transport.connections.get(node)
         if conn is None:
             conn = await self._connection_for(node)
-        payload = codec.encode([kind, dest, message])
-        codec.encoded_size_ok(payload, transport.config.max_message_size)
-        conn.write(frame(payload))
+        head = self._frame_head(kind, dest)
+        body = codec.encode(message)
+        size = len(head) + len(body)
+        if size > transport.config.max_message_size:
+            raise MessageTooLargeError(size, transport.config.max_message_size)
+        conn.write(b"".join((_LENGTH.pack(size), head, body)))
         if conn.is_congested():
             await conn.wait_for_space()
             self._since_yield = 0
@@ -303,9 +331,9 @@ class Processes:
         self._since_yield += 1
         if self._since_yield >= _YIELD_EVERY:
             self._since_yield = 0
-            await anyio.lowlevel.checkpoint()
+            await self._checkpoints[0]()
         else:
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await self._checkpoints[1]()
 
     # ------------------------------------------------------------- receiving
 

@@ -1,0 +1,69 @@
+"""Helpers shared by the benchmark servers, clients and the orchestrator.
+
+A server prints ``READY <port>`` on stdout once it listens; a client prints
+``RESULT <json>`` with its measurements. Nothing here judges a number.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "BODY",
+    "HOST",
+    "READY",
+    "RESULT",
+    "emit_ready",
+    "emit_result",
+    "latency_summary",
+    "percentile",
+]
+
+HOST = "127.0.0.1"
+#: The W1/W2 message body: 16 bytes, as in the anchors.
+BODY = b"x" * 16
+READY = "READY"
+RESULT = "RESULT"
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of already sorted values, linearly interpolated."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    position = q * (len(sorted_values) - 1)
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    fraction = position - low
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
+
+
+def latency_summary(samples_ns: Sequence[int]) -> dict[str, float]:
+    """p50/p99/mean/min/max in microseconds of round-trip samples in nanoseconds."""
+    values = sorted(s / 1000.0 for s in samples_ns)
+    return {
+        "n": float(len(values)),
+        "p50_us": percentile(values, 0.50),
+        "p99_us": percentile(values, 0.99),
+        "mean_us": sum(values) / len(values),
+        "min_us": values[0],
+        "max_us": values[-1],
+    }
+
+
+def emit_ready(port: int) -> None:
+    """Tell the orchestrator the server listens on ``port``."""
+    print(f"{READY} {port}", flush=True)
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """Hand a client's measurements to the orchestrator."""
+    print(f"{RESULT} {json.dumps(result, sort_keys=True)}", flush=True)
+
+
+def die(message: str) -> None:
+    """Report a usage error and exit with status 2."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,230 @@
+"""The baseline: trio streams + cbor2, no library in between.
+
+As ``raw_trio`` in ``reference/performance-anchors.md``: each frame is a
+4-byte big-endian length and a CBOR payload, written with ONE ``send_all``;
+the receiver reads with ``receive_some`` and splits frames itself.
+
+Usage (the orchestrator ``benchmarks.run`` starts these)::
+
+    python -m benchmarks.raw_trio server PORT          # prints READY <port>
+    python -m benchmarks.raw_trio client PORT w1 --duration 2.5
+    python -m benchmarks.raw_trio client PORT w2 --count 5000 --warmup 300
+
+The first frame a client sends names the workload (``"w1"`` or ``"w2"``).
+W1: the server counts ``{"seq", "body"}`` frames until a ``"done"`` frame
+and replies with the count and the time from first to last message. W2: the
+server decodes every frame and sends it back, re-encoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import struct
+import time
+from typing import Any
+
+import cbor2
+import trio
+
+from ._common import BODY, HOST, emit_ready, emit_result, latency_summary
+
+__all__ = ["FrameReader", "encode_frame", "main"]
+
+_HEADER = struct.Struct(">I")
+_RECEIVE_SIZE = 65536
+
+
+def encode_frame(message: Any) -> bytes:
+    """One frame: length prefix + CBOR payload, ready for a single ``send_all``."""
+    payload: bytes = cbor2.dumps(message)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameReader:
+    """Splits received bytes into decoded CBOR messages."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Add ``data``; return every message it completes, in order."""
+        buf = self._buf + data if self._buf else data
+        out: list[Any] = []
+        pos = 0
+        end = len(buf)
+        unpack = _HEADER.unpack_from
+        loads = cbor2.loads
+        while end - pos >= 4:
+            (size,) = unpack(buf, pos)
+            stop = pos + 4 + size
+            if stop > end:
+                break
+            out.append(loads(buf[pos + 4 : stop]))
+            pos = stop
+        self._buf = buf[pos:]
+        return out
+
+
+async def _receive_one(stream: trio.SocketStream, reader: FrameReader) -> Any:
+    while True:
+        data = await stream.receive_some(_RECEIVE_SIZE)
+        if not data:
+            raise EOFError("the peer closed the connection")
+        messages = reader.feed(data)
+        if messages:
+            if len(messages) != 1:
+                raise RuntimeError(f"expected one reply, got {len(messages)}")
+            return messages[0]
+
+
+# ------------------------------------------------------------------ server
+
+
+async def _handle(stream: trio.SocketStream) -> None:
+    reader = FrameReader()
+    mode: str | None = None
+    count = 0
+    t_first = t_last = 0.0
+    cpu_first = 0.0
+    async with stream:
+        while True:
+            data = await stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                return
+            for message in reader.feed(data):
+                if mode is None:
+                    mode = str(message)
+                elif mode == "w2":
+                    await stream.send_all(encode_frame(message))
+                elif message == "done":
+                    await stream.send_all(
+                        encode_frame(
+                            {
+                                "count": count,
+                                "elapsed": t_last - t_first,
+                                "cpu": time.process_time() - cpu_first,
+                            }
+                        )
+                    )
+                else:
+                    if count == 0:
+                        t_first = time.perf_counter()
+                        cpu_first = time.process_time()
+                    count += 1
+            if count:
+                t_last = time.perf_counter()
+
+
+async def serve(port: int, timeout: float) -> None:
+    """Serve one client connection, then exit."""
+    with trio.fail_after(timeout):
+        async with trio.open_nursery() as nursery:
+
+            async def handle_then_stop(stream: trio.SocketStream) -> None:
+                try:
+                    await _handle(stream)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, handle_then_stop, port, host=HOST)
+            )
+            emit_ready(int(listeners[0].socket.getsockname()[1]))
+
+
+# ------------------------------------------------------------------ client
+
+
+async def client_w1(port: int, duration: float) -> dict[str, Any]:
+    """Send W1 messages for ``duration`` seconds; return both sides' view."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    async with stream:
+        await stream.send_all(encode_frame("w1"))
+        body = BODY
+        seq = 0
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        deadline = start + duration
+        while True:
+            payload: bytes = cbor2.dumps({"seq": seq, "body": body})
+            await stream.send_all(_HEADER.pack(len(payload)) + payload)
+            seq += 1
+            if not seq & 255 and time.perf_counter() >= deadline:
+                break
+        send_elapsed = time.perf_counter() - start
+        send_cpu = time.process_time() - cpu0
+        await stream.send_all(encode_frame("done"))
+        reply = await _receive_one(stream, FrameReader())
+    count = int(reply["count"])
+    elapsed = float(reply["elapsed"])
+    return {
+        "workload": "w1",
+        "sent": seq,
+        "received": count,
+        "msgs_per_s": count / elapsed if elapsed > 0 else 0.0,
+        "receiver_elapsed_s": elapsed,
+        "receiver_cpu_s": float(reply["cpu"]),
+        "sender_elapsed_s": send_elapsed,
+        "sender_cpu_s": send_cpu,
+        "sender_msgs_per_s": seq / send_elapsed,
+        "lost": seq - count,
+    }
+
+
+async def client_w2(port: int, count: int, warmup: int) -> dict[str, Any]:
+    """``warmup`` + ``count`` sequential round trips; return latency stats."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    samples: list[int] = []
+    async with stream:
+        await stream.send_all(encode_frame("w2"))
+        reader = FrameReader()
+        body = BODY
+        clock = time.perf_counter_ns
+        for seq in range(warmup + count):
+            t0 = clock()
+            await stream.send_all(encode_frame({"seq": seq, "body": body}))
+            reply = await _receive_one(stream, reader)
+            t1 = clock()
+            if reply["seq"] != seq:
+                raise RuntimeError(f"echo out of order: sent {seq}, got {reply['seq']}")
+            if seq >= warmup:
+                samples.append(t1 - t0)
+    return {"workload": "w2", **latency_summary(samples)}
+
+
+async def run_client(args: argparse.Namespace) -> dict[str, Any]:
+    with trio.fail_after(args.timeout):
+        if args.workload == "w1":
+            return await client_w1(args.port, args.duration)
+        return await client_w2(args.port, args.count, args.warmup)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.raw_trio")
+    parser.add_argument("--timeout", type=float, default=60.0, help="hard limit, seconds")
+    sub = parser.add_subparsers(dest="role", required=True)
+    server = sub.add_parser("server")
+    server.add_argument("port", type=int, help="0 picks a free port")
+    client = sub.add_parser("client")
+    client.add_argument("port", type=int)
+    client.add_argument("workload", choices=["w1", "w2"])
+    client.add_argument("--duration", type=float, default=2.5, help="W1 seconds")
+    client.add_argument("--count", type=int, default=5000, help="W2 round trips")
+    client.add_argument("--warmup", type=int, default=300, help="W2 unrecorded round trips")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.role == "server":
+        trio.run(serve, args.port, args.timeout)
+    else:
+        result = trio.run(run_client, args)
+        emit_result({"system": "raw_trio", **result})
+
+
+if __name__ == "__main__":
+    main()

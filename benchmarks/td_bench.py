@@ -1,0 +1,271 @@
+"""The same workloads on trio_distribute: two nodes in two OS processes.
+
+Usage (the orchestrator ``benchmarks.run`` starts these)::
+
+    python -m benchmarks.td_bench server PORT          # node a; prints READY <port>
+    python -m benchmarks.td_bench client PORT w1 --duration 2.5
+    python -m benchmarks.td_bench client PORT w2 --count 5000 --warmup 300
+    python -m benchmarks.td_bench client PORT ping --count 5000 --warmup 300
+
+The server (node ``a@127.0.0.1``) spawns two named processes, ``sink`` and
+``echo``, and exits when the client's node goes down. A client (node
+``b@127.0.0.1``) finds them by name: it sends ``{"hello": its_pid}`` to
+``("sink", "a@127.0.0.1")`` (or ``"echo"``) and the process answers with
+``{"pid": its_own_pid}``; from then on every message goes to that pid.
+
+* W1: the client sends ``{"seq": i, "body": b"x"*16}`` with
+  ``await node.send(sink_pid, msg)`` in a tight loop, then ``"done"``; the
+  sink replies with its count and the time from first to last message.
+* W2: sequential round trips: ``node.send`` to the echo process, then
+  ``await me.receive()`` for its reply (the same message, sent back).
+* W2-ping: sequential ``await node.ping(peer)``, frame level, no processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+import trio
+
+import trio_distribute as td
+
+from ._common import BODY, HOST, emit_ready, emit_result, latency_summary
+
+__all__ = ["main"]
+
+COOKIE = "benchmark-cookie"
+SERVER_NODE = f"a@{HOST}"
+CLIENT_NODE = f"b@{HOST}"
+_SETUP_TIMEOUT = 10.0
+#: W1: how many times the client says "done", and how long it waits each time.
+DONE_ATTEMPTS = 5
+DONE_WAIT = 2.0
+
+
+# ------------------------------------------------------------------ server
+
+
+async def _wait_hello(proc: td.Process) -> td.Pid:
+    """The pid in the next ``{"hello": pid}``; anything else (such as a
+    repeated ``"done"``) is ignored."""
+    while True:
+        hello = await proc.receive()
+        if isinstance(hello, dict) and isinstance(hello.get("hello"), td.Pid):
+            pid: td.Pid = hello["hello"]
+            return pid
+
+
+async def sink(proc: td.Process, node: td.Node) -> None:
+    """Count W1 messages; after ``"done"`` report to the sender."""
+    while True:
+        peer = await _wait_hello(proc)
+        await node.send(peer, {"pid": proc.pid})
+        count = 0
+        t_first = t_last = 0.0
+        cpu_first = 0.0
+        clock = time.perf_counter
+        receive = proc.receive
+        while True:
+            message = await receive()
+            if message == "done":
+                break
+            if count == 0:
+                t_first = clock()
+                cpu_first = time.process_time()
+            count += 1
+            t_last = clock()
+        await node.send(
+            peer,
+            {
+                "count": count,
+                "elapsed": t_last - t_first,
+                "cpu": time.process_time() - cpu_first,
+                "drops": dict(node.statistics().drops),
+                "creation": node.creation,
+            },
+        )
+
+
+async def echo(proc: td.Process, node: td.Node) -> None:
+    """Send every message back to whoever said hello last."""
+    while True:
+        peer = await _wait_hello(proc)
+        await node.send(peer, {"pid": proc.pid})
+        while True:
+            message = await proc.receive()
+            if message == "done":
+                break
+            await node.send(peer, message)
+
+
+async def serve(port: int, timeout: float) -> None:
+    """Run node a until the client's node has come and gone."""
+    with trio.fail_after(timeout):
+        async with (
+            td.open_node(SERVER_NODE, cookie=COOKIE, port=port, config=td.NodeConfig()) as node,
+            node.monitor_nodes() as events,
+        ):
+            await node.spawn(sink, node, name="sink")
+            await node.spawn(echo, node, name="echo")
+            emit_ready(node.address[1])
+            try:
+                async for event in events:
+                    if isinstance(event, td.NodeDown) and event.node == CLIENT_NODE:
+                        break
+            finally:
+                stats = node.statistics()
+                if stats.drops:
+                    # Lands in the server log the orchestrator keeps and reports.
+                    print(f"server drops={dict(stats.drops)}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ client
+
+
+async def _hello(node: td.Node, me: td.Process, name: str) -> td.Pid:
+    await node.send((name, SERVER_NODE), {"hello": me.pid})
+    reply = await me.receive(timeout=_SETUP_TIMEOUT)
+    pid = reply["pid"]
+    if not isinstance(pid, td.Pid):
+        raise RuntimeError(f"{name} answered {reply!r}, not its pid")
+    return pid
+
+
+async def client_w1(node: td.Node, duration: float) -> dict[str, Any]:
+    """Send W1 messages to the sink for ``duration`` seconds."""
+    async with node.open_process() as me:
+        sink_pid = await _hello(node, me, "sink")
+        send = node.send
+        body = BODY
+        seq = 0
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        deadline = start + duration
+        while True:
+            await send(sink_pid, {"seq": seq, "body": body})
+            seq += 1
+            if not seq & 255 and time.perf_counter() >= deadline:
+                break
+        send_elapsed = time.perf_counter() - start
+        send_cpu = time.process_time() - cpu0
+        # The sink's mailbox is bounded and drops what does not fit, so the
+        # "done" marker itself may be lost: say it again until it is heard.
+        reply: Any = None
+        for _ in range(DONE_ATTEMPTS):
+            await send(sink_pid, "done")
+            with trio.move_on_after(DONE_WAIT):
+                reply = await me.receive()
+            if reply is not None:
+                break
+        else:
+            raise RuntimeError(
+                f"the sink did not answer {DONE_ATTEMPTS} 'done' markers after {seq} messages"
+            )
+    count = int(reply["count"])
+    elapsed = float(reply["elapsed"])
+    return {
+        "workload": "w1",
+        "sent": seq,
+        "received": count,
+        "msgs_per_s": count / elapsed if elapsed > 0 else 0.0,
+        "receiver_elapsed_s": elapsed,
+        "receiver_cpu_s": float(reply["cpu"]),
+        "sender_elapsed_s": send_elapsed,
+        "sender_cpu_s": send_cpu,
+        "sender_msgs_per_s": seq / send_elapsed,
+        "lost": seq - count,
+        "server_drops": reply["drops"],
+        "server_creation": reply["creation"],
+    }
+
+
+async def client_w2(node: td.Node, count: int, warmup: int) -> dict[str, Any]:
+    """Sequential round trips through the echo process."""
+    samples: list[int] = []
+    async with node.open_process() as me:
+        echo_pid = await _hello(node, me, "echo")
+        send = node.send
+        receive = me.receive
+        body = BODY
+        clock = time.perf_counter_ns
+        for seq in range(warmup + count):
+            t0 = clock()
+            await send(echo_pid, {"seq": seq, "body": body})
+            reply = await receive()
+            t1 = clock()
+            if reply["seq"] != seq:
+                raise RuntimeError(f"echo out of order: sent {seq}, got {reply['seq']}")
+            if seq >= warmup:
+                samples.append(t1 - t0)
+        await send(echo_pid, "done")
+    return {"workload": "w2", **latency_summary(samples)}
+
+
+async def client_ping(node: td.Node, peer: str, count: int, warmup: int) -> dict[str, Any]:
+    """Sequential ``node.ping`` round trips."""
+    samples: list[int] = []
+    reported: list[int] = []
+    clock = time.perf_counter_ns
+    for index in range(warmup + count):
+        t0 = clock()
+        rtt = await node.ping(peer)
+        t1 = clock()
+        if index >= warmup:
+            samples.append(t1 - t0)
+            reported.append(int(rtt * 1e9))
+    summary = latency_summary(samples)
+    reported_summary = latency_summary(reported)
+    return {
+        "workload": "ping",
+        **summary,
+        "reported_p50_us": reported_summary["p50_us"],
+        "reported_p99_us": reported_summary["p99_us"],
+    }
+
+
+async def run_client(args: argparse.Namespace) -> dict[str, Any]:
+    with trio.fail_after(args.timeout):
+        async with td.open_node(CLIENT_NODE, cookie=COOKIE, port=0, config=td.NodeConfig()) as node:
+            peer = await node.connect(f"{SERVER_NODE}:{args.port}")
+            if args.workload == "w1":
+                result = await client_w1(node, args.duration)
+            elif args.workload == "w2":
+                result = await client_w2(node, args.count, args.warmup)
+            else:
+                result = await client_ping(node, peer, args.count, args.warmup)
+            stats = node.statistics()
+            result["client_drops"] = dict(stats.drops)
+            return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.td_bench")
+    parser.add_argument("--timeout", type=float, default=60.0, help="hard limit, seconds")
+    sub = parser.add_subparsers(dest="role", required=True)
+    server = sub.add_parser("server")
+    server.add_argument("port", type=int, help="0 picks a free port")
+    client = sub.add_parser("client")
+    client.add_argument("port", type=int)
+    client.add_argument("workload", choices=["w1", "w2", "ping"])
+    client.add_argument("--duration", type=float, default=2.5, help="W1 seconds")
+    client.add_argument("--count", type=int, default=5000, help="W2/ping round trips")
+    client.add_argument("--warmup", type=int, default=300, help="W2/ping unrecorded round trips")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    if args.role == "server":
+        trio.run(serve, args.port, args.timeout)
+    else:
+        result = trio.run(run_client, args)
+        emit_result({"system": "trio_distribute", **result})
+
+
+if __name__ == "__main__":
+    main()
