@@ -7,7 +7,9 @@ classes registered inside a test get a tag unique to that test.
 
 from __future__ import annotations
 
+import array
 import collections
+import contextlib
 import datetime
 import decimal
 import email.mime.text
@@ -22,6 +24,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +47,7 @@ from trio_distribute.codec import (
     REF_TAG,
     decode,
     encode,
+    encode_frame,
     encoded_size_ok,
     message,
     registered_messages,
@@ -245,7 +249,7 @@ def test_subclasses_of_allowed_builtins_travel_as_the_base_type() -> None:
     class Color(enum.IntEnum):
         RED = 1
 
-    class Name(str, enum.Enum):
+    class Name(enum.StrEnum):
         ALICE = "alice"
 
     pair = collections.namedtuple("pair", "a b")
@@ -408,6 +412,17 @@ REFUSED: list[tuple[object, str]] = [
     (_generator(), "generator"),
     ({}.keys(), "dict_keys"),
     (..., "ellipsis"),
+    (bytearray(b"x"), "bytearray"),
+    (memoryview(b"x"), "memoryview"),
+    (collections.deque([1]), "collections.deque"),
+    (range(3), "range"),
+    (collections.UserDict(a=1), "collections.UserDict"),
+    (collections.UserList([1]), "collections.UserList"),
+    (collections.UserString("s"), "collections.UserString"),  # crashes cbor2 6.3
+    (collections.ChainMap({"a": 1}), "collections.ChainMap"),
+    (types.MappingProxyType({"a": 1}), "mappingproxy"),
+    (cbor2.frozendict({"a": 1}), "frozendict"),
+    (array.array("i", [1]), "array.array"),
 ]
 
 
@@ -421,7 +436,7 @@ def test_encode_refuses_type(value: object, type_name: str) -> None:
 def test_encode_refuses_refused_types_as_dict_keys() -> None:
     with pytest.raises(EncodeError, match="of type frozenset"):
         encode({frozenset({1}): 1})
-    with pytest.raises(EncodeError, match="of type uuid.UUID"):
+    with pytest.raises(EncodeError, match=r"of type uuid\.UUID"):
         encode({(1, uuid.UUID(int=1)): 1})
 
 
@@ -454,6 +469,51 @@ def test_encode_refuses_cycles() -> None:
     env.body = env
     with pytest.raises(EncodeError):
         encode(env)
+
+
+def nested_lists(levels: int, leaf: object = 1) -> object:
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_encode_depth_limit_matches_decode() -> None:
+    for leaf, cost in ((1, 0), (PID, 2), (Point(1, 2), 3)):
+        fits = nested_lists(DEFAULT_MAX_DEPTH - cost, leaf)
+        assert decode(encode(fits)) == fits
+        too_deep = nested_lists(DEFAULT_MAX_DEPTH - cost + 1, leaf)
+        with pytest.raises(EncodeError, match=f"nested deeper than {DEFAULT_MAX_DEPTH}"):
+            encode(too_deep)
+        # ... and the decoder agrees.
+        plain = cbor2.dumps(nested_lists(DEFAULT_MAX_DEPTH - cost + 1, 1))
+        if cost == 0:
+            with pytest.raises(DecodeError, match="max_depth"):
+                decode(plain)
+
+
+def test_encode_depth_counts_dicts_keys_and_message_fields() -> None:
+    deep_key: object = ()
+    for _ in range(DEFAULT_MAX_DEPTH):
+        deep_key = (deep_key,)
+    with pytest.raises(EncodeError, match="nested deeper"):
+        encode({deep_key: 1})
+    with pytest.raises(EncodeError, match="nested deeper"):
+        encode(Envelope(sender=PID, body=nested_lists(DEFAULT_MAX_DEPTH - 2)))
+    # Tag, array and field map, then the body: exactly the limit.
+    fits = Envelope(sender=PID, body=nested_lists(DEFAULT_MAX_DEPTH - 3))
+    assert roundtrip(fits) == fits
+
+
+def test_very_deep_values_are_refused_not_crashing() -> None:
+    # cbor2 6.3's encoder would overflow the C stack on these.
+    with pytest.raises(EncodeError, match="nested deeper"):
+        encode(nested_lists(100_000))
+    deep: dict[str, object] = {}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    with pytest.raises(EncodeError, match="nested deeper"):
+        encode(deep)
 
 
 def test_encode_error_is_a_type_error() -> None:
@@ -552,20 +612,22 @@ def test_bignums_are_refused_on_decode() -> None:
 
 
 def test_unknown_message_tag() -> None:
-    with pytest.raises(DecodeError, match="unknown message tag 'test_codec.nope'"):
+    with pytest.raises(DecodeError, match=r"unknown message tag 'test_codec\.nope'"):
         decode(message_bytes("test_codec.nope", 1, {}))
 
 
 @pytest.mark.parametrize("version", [1, 4, -1, "3", 3.0, True, None])
 def test_message_version_not_accepted(version: object) -> None:
     data = cbor2.dumps(cbor2.CBORTag(MESSAGE_TAG, ["test_codec.envelope", version, {}]))
-    with pytest.raises(DecodeError, match=r"version .* is not accepted \(this node accepts \[2, 3\]\)"):
+    with pytest.raises(
+        DecodeError, match=r"version .* is not accepted \(this node accepts \[2, 3\]\)"
+    ):
         decode(data)
 
 
 def test_message_validator_rejects_fields() -> None:
     assert decode(message_bytes("test_codec.positive", 1, {"n": 5})) == Positive(5)
-    with pytest.raises(DecodeError, match="test_codec.positive.*ValueError"):
+    with pytest.raises(DecodeError, match=r"test_codec\.positive.*ValueError"):
         decode(message_bytes("test_codec.positive", 1, {"n": -5}))
 
 
@@ -660,7 +722,11 @@ def test_depth_counts_maps_and_tags() -> None:
 
 def test_depth_bomb_fails_fast() -> None:
     start = time.perf_counter()
-    for bomb in (b"\x81" * 1_000_000 + b"\x01", b"\xa1\x01" * 500_000 + b"\x01", b"\xd9\xf4\xa2" * 100_000):
+    for bomb in (
+        b"\x81" * 1_000_000 + b"\x01",
+        b"\xa1\x01" * 500_000 + b"\x01",
+        b"\xd9\xf4\xa2" * 100_000,
+    ):
         with pytest.raises(DecodeError):
             decode(bomb)
     assert time.perf_counter() - start < 1.0
@@ -747,7 +813,16 @@ def test_indefinite_lengths_are_refused(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x82\x01", b"\x63ab", b"\x19\x01", b"\x1b\x00", b"\xd9\xf4\xa1", b"\xa1\x01", b"\xfb\x00"],
+    [
+        b"",
+        b"\x82\x01",
+        b"\x63ab",
+        b"\x19\x01",
+        b"\x1b\x00",
+        b"\xd9\xf4\xa1",
+        b"\xa1\x01",
+        b"\xfb\x00",
+    ],
     ids=bytes.hex,
 )
 def test_truncated_input(data: bytes) -> None:
@@ -756,7 +831,9 @@ def test_truncated_input(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "suffix", [b"\x00", b"\x01\x02", b"\xf7", b"\xf7\x01", b"\xf6", b"\xff", b"\x82", b"\xf7\xf7"], ids=bytes.hex
+    "suffix",
+    [b"\x00", b"\x01\x02", b"\xf7", b"\xf7\x01", b"\xf6", b"\xff", b"\x82", b"\xf7\xf7"],
+    ids=bytes.hex,
 )
 @pytest.mark.parametrize("value", [1, [PID, {"a": b"x"}], Point(1, 2)], ids=repr)
 def test_trailing_bytes_are_refused(value: object, suffix: bytes) -> None:
@@ -769,30 +846,26 @@ def test_concatenated_payloads_are_refused() -> None:
         decode(encode({"a": 1}) + encode({"a": 1}))
 
 
-@pytest.mark.parametrize(
-    "data",
-    [b"\xe0", b"\xf3", b"\xf7", b"\xf8\x20", b"\xf8\xff", b"\x82\x01\xf7", b"\xa1\xe5\x01", b"\xa1\x01\xf7"],
-    ids=bytes.hex,
-)
-def test_simple_values_and_undefined_are_refused(data: bytes) -> None:
-    with pytest.raises(DecodeError, match="simple value|undefined"):
-        decode(data)
-
-
-def test_simple_value_inside_a_message_is_refused() -> None:
-    data = cbor2.dumps(
-        cbor2.CBORTag(
-            MESSAGE_TAG,
-            ["test_codec.envelope", 3, {"sender": cbor2.CBORTag(PID_TAG, ["a@b", 1, 1]), "body": cbor2.undefined}],
-        )
-    )
-    with pytest.raises(DecodeError, match="undefined"):
-        decode(data)
+def test_simple_values_decode_as_cbor2_objects() -> None:
+    # Documented gap: encode never produces simple values or undefined, and
+    # refusing them from a foreign encoder would need a walk of every
+    # decoded value.
+    assert decode(b"\x82\xe5\xf7") == [cbor2.CBORSimpleValue(5), cbor2.undefined]
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"\xff", b"\xfc", b"\xfd", b"\xfe", b"\x1c", b"\x3e", b"\xf8\x05", b"\x62\xff\xfe", b"\x81\xff"],
+    [
+        b"\xff",
+        b"\xfc",
+        b"\xfd",
+        b"\xfe",
+        b"\x1c",
+        b"\x3e",
+        b"\xf8\x05",
+        b"\x62\xff\xfe",
+        b"\x81\xff",
+    ],
     ids=bytes.hex,
 )
 def test_malformed_cbor(data: bytes) -> None:
@@ -861,14 +934,14 @@ def test_duplicate_tag_for_another_class() -> None:
     class Other:
         x: int
 
-    with pytest.raises(ValueError, match="already registered for .*Point"):
+    with pytest.raises(ValueError, match=r"already registered for .*Point"):
         message("test_codec.point")(Other)
     assert registered_messages()["test_codec.point"].cls is Point
 
 
 def test_registering_the_same_class_again_is_allowed_but_not_under_a_new_tag() -> None:
     assert message("test_codec.point")(Point) is Point
-    with pytest.raises(ValueError, match="already registered as message 'test_codec.point'"):
+    with pytest.raises(ValueError, match=r"already registered as message 'test_codec\.point'"):
         message("test_codec.point_again")(Point)
 
 
@@ -906,13 +979,44 @@ def test_message_class_is_returned_unchanged() -> None:
     class Unchanged:
         a: int
 
-    assert attrs.has(Unchanged)
     assert Unchanged(1).a == 1
+    assert attrs.has(Unchanged)  # last: it narrows the type for mypy
 
 
 # ---------------------------------------------------------------------------
 # Size check
 # ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        (1, PID, {"seq": 1, "body": b"x"}),
+        (0, REF, None),
+        (23, "name", [PID]),
+        (24, ("name", "n@h"), Point(1, 2)),
+        (-1, 2**64 - 1, {PID: REF}),
+        (True, 1.5, b""),
+    ],
+    ids=repr,
+)
+def test_encode_frame_matches_encode(items: tuple[object, object, object]) -> None:
+    data = encode_frame(*items)
+    assert data == encode(list(items))
+    assert same(decode(data), roundtrip(list(items)))
+
+
+def test_encode_frame_refuses_like_encode() -> None:
+    with pytest.raises(EncodeError, match="of type set"):
+        encode_frame(1, PID, {"a": {1}})
+    with pytest.raises(EncodeError, match="of type object"):
+        encode_frame(object(), PID, None)
+    with pytest.raises(EncodeError, match="integers must be within"):
+        encode_frame(1, 2**64, None)
+    fits = nested_lists(DEFAULT_MAX_DEPTH - 1)
+    assert decode(encode_frame(1, PID, fits)) == [1, PID, fits]
+    with pytest.raises(EncodeError, match="nested deeper"):
+        encode_frame(1, PID, [fits])
 
 
 def test_encoded_size_ok() -> None:
@@ -941,7 +1045,11 @@ floats = st.floats(allow_nan=False)
 hashable_leaves = st.one_of(
     st.none(), st.booleans(), ints, floats, st.text(), st.binary(), pids, refs
 )
-keys = st.one_of(hashable_leaves, st.tuples(hashable_leaves, hashable_leaves))
+keys = st.one_of(
+    hashable_leaves,
+    st.tuples(hashable_leaves, hashable_leaves),
+    st.builds(Point, ints, ints),
+)
 values = st.recursive(
     hashable_leaves,
     lambda children: st.one_of(
@@ -957,6 +1065,12 @@ values = st.recursive(
 @given(values)
 def test_allowed_values_round_trip_exactly(value: object) -> None:
     assert same(roundtrip(value), value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values, st.one_of(pids, refs, values), values)
+def test_encode_frame_is_encode_of_a_list(kind: object, dest: object, payload: object) -> None:
+    assert encode_frame(kind, dest, payload) == encode([kind, dest, payload])
 
 
 def _mutations() -> st.SearchStrategy[bytes]:
@@ -980,19 +1094,14 @@ def _mutations() -> st.SearchStrategy[bytes]:
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.binary(max_size=64), _mutations()))
 def test_garbage_decodes_or_raises_decode_error(data: bytes) -> None:
-    try:
+    with contextlib.suppress(DecodeError):
         decode(data)
-    except DecodeError:
-        pass
 
 
-def test_garbage_tests_reach_the_interesting_paths() -> None:
-    # A smoke check that decode copes with every single-byte input.
+def test_every_single_byte_input() -> None:
     for byte in range(256):
-        try:
+        with contextlib.suppress(DecodeError):
             decode(bytes([byte]))
-        except DecodeError:
-            pass
 
 
 def test_threads_decoding_messages() -> None:
