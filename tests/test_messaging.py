@@ -253,3 +253,22 @@ async def test_unknown_message_tags_and_versions_are_refused_at_the_receiver() -
             assert pb.pending() == 0
             assert b.statistics().drops["decode_error"] == 2
             assert b.nodes() == ["a@127.0.0.1"]  # the connection carries on
+
+
+async def test_several_waiters_on_one_mailbox_and_a_cancelled_one() -> None:
+    with anyio.fail_after(5):
+        async with cluster("a") as (a,), a.open_process() as proc:
+            got: list[Any] = []
+
+            async def take() -> None:
+                got.append(await proc.receive())
+
+            with anyio.move_on_after(0.05):  # a waiter that gives up
+                await proc.receive()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(take)
+                tg.start_soon(take)
+                await anyio.wait_all_tasks_blocked()
+                await a.send(proc.pid, "one")
+                await a.send(proc.pid, "two")
+            assert sorted(got) == ["one", "two"]

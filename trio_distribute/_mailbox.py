@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from ._backend import Checkpoints
+from ._backend import Checkpoints, Parker
 
 __all__ = ["Mailbox"]
 
@@ -38,15 +38,15 @@ class Mailbox:
         "_closed",
         "_limit",
         "_messages",
+        "_parker",
         "_since_yield",
-        "_waiter",
     )
 
-    def __init__(self, limit: int, checkpoints: Checkpoints) -> None:
+    def __init__(self, limit: int, checkpoints: Checkpoints, parker: Parker) -> None:
         self._checkpoint, self._checkpoint_if_cancelled = checkpoints
+        self._parker = parker
         self._messages: deque[Any] = deque()
         self._limit = limit
-        self._waiter: anyio.Event | None = None
         self._since_yield = 0
         self._closed = False
 
@@ -58,10 +58,7 @@ class Mailbox:
         if self._closed or len(self._messages) >= self._limit:
             return False
         self._messages.append(message)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set()
+        self._parker.unpark_all()
         return True
 
     def close(self) -> None:
@@ -112,8 +109,5 @@ class Mailbox:
                         del messages[index]
                         return message
                 scanned = len(messages)
-            waiter = self._waiter
-            if waiter is None:
-                waiter = self._waiter = anyio.Event()
-            await waiter.wait()
+            await self._parker.park()
             self._since_yield = 0

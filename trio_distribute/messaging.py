@@ -24,7 +24,7 @@ import anyio.lowlevel
 import attrs
 
 from . import codec
-from ._backend import Checkpoints, checkpoints
+from ._backend import Checkpoints, checkpoints, new_parker, running_on_trio
 from ._ids import Pid, Ref
 from ._mailbox import Mailbox
 from ._proto.kinds import Kind
@@ -156,6 +156,7 @@ class Processes:
     _names: dict[str, Process] = attrs.field(factory=dict)
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _since_yield: int = 0
+    _on_trio: bool = False
     _heads: dict[int, dict[Any, bytes]] = attrs.field(factory=lambda: {_SEND: {}, _SEND_NAMED: {}})
     _checkpoints: Checkpoints = (anyio.lowlevel.checkpoint, anyio.lowlevel.checkpoint_if_cancelled)
     _last_drop_log: float = 0.0
@@ -165,6 +166,7 @@ class Processes:
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
         self._checkpoints = checkpoints()
+        self._on_trio = running_on_trio()
         self.transport.add_handler(Kind.SEND, self._handle_send)
         self.transport.add_handler(Kind.SEND_NAMED, self._handle_send_named)
 
@@ -181,7 +183,9 @@ class Processes:
             pid=pid,
             name=name,
             processes=self,
-            mailbox=Mailbox(transport.config.max_mailbox, self._checkpoints),
+            mailbox=Mailbox(
+                transport.config.max_mailbox, self._checkpoints, new_parker(self._on_trio)
+            ),
         )
         self._table[pid.id] = process
         if name is not None:
