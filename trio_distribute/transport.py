@@ -66,7 +66,6 @@ PROTOCOL_VERSIONS = (1,)
 DIRECT_WRITE_GAP = 50e-6
 _monotonic = time.monotonic
 _RECEIVE_SIZE = 65536
-_EAGER_READS = 2
 
 
 FrameHandler = Callable[["Connection", list[Any]], None]
@@ -140,7 +139,6 @@ class Connection:
     _out_bytes: int = 0
     _writing: bool = False
     _last_direct: float = -1.0
-    _eager_reads: int = 0
     _writer_wake: anyio.Event = attrs.field(factory=anyio.Event)
     _wake_pending: bool = False
     _space: anyio.Event | None = None
@@ -268,6 +266,7 @@ class Connection:
         decoder = self.decoder
         data = self.initial_data
         while True:
+            payloads: list[bytes] = []
             if data:
                 self.received_since_tick = True
                 self.bytes_in += len(data)
@@ -285,31 +284,27 @@ class Connection:
                         return
             try:
                 if self.sock is not None:
-                    data = await self._receive_raw(self.sock)
+                    data = await self._receive_raw(self.sock, bool(payloads))
                 else:
                     data = await self.stream.receive(_RECEIVE_SIZE)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
                 return
 
-    async def _receive_raw(self, sock: socket.socket) -> bytes:
+    async def _receive_raw(self, sock: socket.socket, delivered: bool) -> bytes:
         """Read from the socket, waiting only if nothing is there.
 
-        trio's ``receive`` yields once more after every successful read; on
-        the request/reply path that is a whole scheduler pass per message.
-        Here a read that finds data returns at once; a reader that keeps
-        finding data yields every second read, so the processes it fills
-        get to run (a read can carry ~1,800 small frames).
+        When the last read delivered frames, yield once first: the processes
+        those frames woke run now, so a reply goes out before this task
+        spends a system call finding the socket empty and re-arming its
+        wait. trio's own ``receive`` instead yields *after* every read.
         """
-        self._eager_reads += 1
-        if self._eager_reads >= _EAGER_READS:
-            self._eager_reads = 0
-            await anyio.lowlevel.checkpoint()
+        if delivered:
+            await self.transport.checkpoint()
         while True:
             try:
                 data = sock.recv(_RECEIVE_SIZE)
             except BlockingIOError:
-                self._eager_reads = 0
                 await self.transport.wait_readable(sock)
                 continue
             if not data:
@@ -399,6 +394,7 @@ class Transport:
     #: The backend's own socket waits (bound at start, used by the fast path).
     wait_readable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_readable
     wait_writable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_writable
+    checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
 
     def __attrs_post_init__(self) -> None:
         self._handlers[Kind.INFO] = self._handle_info
@@ -424,6 +420,7 @@ class Transport:
 
             self.wait_readable = trio.lowlevel.wait_readable
             self.wait_writable = trio.lowlevel.wait_writable
+            self.checkpoint = trio.lowlevel.checkpoint
         try:
             listener: anyio.abc.Listener[Any] = await anyio.create_tcp_listener(
                 local_host=host, local_port=port, reuse_port=False
