@@ -312,3 +312,27 @@ async def test_statistics_count_traffic() -> None:
             assert after.messages_out - before.messages_out >= 10
             assert after.bytes_out > before.bytes_out
             assert after.bytes_in > before.bytes_in
+
+
+async def test_a_peer_that_stops_reading_makes_senders_wait() -> None:
+    config = td.NodeConfig.local(send_buffer_size=64 * 1024, tick_timeout=30.0)
+    with anyio.fail_after(10):
+        async with started("a", config=config) as (a,):
+            stream, done = await handshake_as("stuck@127.0.0.1", a)
+            dest = td.Pid("stuck@127.0.0.1", 1, 7)
+            conn = a.transport.connections["stuck@127.0.0.1"]
+            chunk = b"x" * 4096
+            sent = 0
+            with anyio.move_on_after(1.0) as scope:
+                for _ in range(100_000):  # ~400 MiB if nothing pushed back
+                    await a.send(dest, chunk)
+                    sent += 1
+            assert scope.cancelled_caught  # the sender was made to wait
+            # Kernel buffers took some; our queue stayed near its limit.
+            assert conn._out_bytes <= config.send_buffer_size + len(chunk) + 64
+            assert sent * len(chunk) < 64 * 1024 * 1024
+            # Other work on the node goes on while that sender waits.
+            async with a.open_process() as proc:
+                await a.send(proc.pid, "local still works")
+                assert await proc.receive() == "local still works"
+            await stream.aclose()
