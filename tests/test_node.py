@@ -318,7 +318,7 @@ async def test_a_peer_that_stops_reading_makes_senders_wait() -> None:
     config = td.NodeConfig.local(send_buffer_size=64 * 1024, tick_timeout=30.0)
     with anyio.fail_after(10):
         async with started("a", config=config) as (a,):
-            stream, done = await handshake_as("stuck@127.0.0.1", a)
+            stream, _ = await handshake_as("stuck@127.0.0.1", a)
             dest = td.Pid("stuck@127.0.0.1", 1, 7)
             conn = a.transport.connections["stuck@127.0.0.1"]
             chunk = b"x" * 4096
