@@ -64,7 +64,10 @@ Decisions
   (refusing them would need a Python-level walk of every decoded value,
   which costs more than the decoding itself): a CBOR simple value or
   ``undefined`` decodes as ``cbor2.CBORSimpleValue`` / ``cbor2.undefined``,
-  and a map used as a map key decodes as ``cbor2.frozendict``.
+  and a map used as a map key decodes as ``cbor2.frozendict``. Like any
+  Python decoder of maps, this one can be made slow by a peer that crafts
+  many keys with equal hashes (tuples of ints can be); ``max_message_size``
+  bounds how slow.
 
 How it stays fast
 -----------------
@@ -80,7 +83,7 @@ is arranged around cbor2 6.3's costs, measured on this machine:
 * ``cbor2.dumps`` builds an encoder per call; a per-thread reusable
   encoder's ``encode_to_bytes`` is about 90 ns cheaper.
 * Objects the C encoder does not know reach the ``default`` hook only after
-  a chain of isinstance checks (about 700 ns for a Pid); the hook then
+  a chain of isinstance checks (several hundred ns per Pid); the hook then
   writes the Pid's cached bytes. :func:`encode_frame` skips all that for the
   frame's destination pid.
 * Every keyword argument costs ``cbor2.loads`` about 30 ns, and a tag
@@ -459,34 +462,20 @@ def encode(obj: object) -> bytes:
             nested deeper than :data:`DEFAULT_MAX_DEPTH` levels.
     """
     _check(obj, DEFAULT_MAX_DEPTH)
-    try:
-        return _encoder.encode(obj)
-    except Exception as exc:
-        raise _encode_failure(exc) from exc
-    except BaseException:
-        _encoder.encode = _new_encoder()
-        raise
+    return _encode_checked(obj)
 
 
 def _encode_checked(obj: object) -> bytes:
-    """Encode a value :func:`_check` accepted (same as the end of encode)."""
+    """Encode a value :func:`_check` accepted."""
     try:
         return _encoder.encode(obj)
-    except Exception as exc:
-        raise _encode_failure(exc) from exc
-    except BaseException:
+    except BaseException as exc:
+        # Whatever went wrong, don't reuse an encoder that stopped midway.
         _encoder.encode = _new_encoder()
+        if isinstance(exc, Exception) and not isinstance(exc, (EncodeError, MemoryError)):
+            # e.g. a str with lone surrogates
+            raise EncodeError(f"cannot encode value: {type(exc).__name__}: {exc}") from exc
         raise
-
-
-def _encode_failure(exc: Exception) -> Exception:
-    """The exception to raise when cbor2 failed on a checked value (e.g. a
-    str with lone surrogates). Also replaces the thread's encoder: don't
-    reuse one that stopped midway."""
-    _encoder.encode = _new_encoder()
-    if isinstance(exc, (EncodeError, MemoryError)):
-        return exc
-    return EncodeError(f"cannot encode value: {type(exc).__name__}: {exc}")
 
 
 _UINT_BYTES: Final = tuple(bytes([n]) for n in range(24))  # CBOR uints 0-23: one byte
@@ -494,12 +483,12 @@ _UINT_BYTES: Final = tuple(bytes([n]) for n in range(24))  # CBOR uints 0-23: on
 
 def encode_frame(kind: object, dest: object, payload: object) -> bytes:
     """Encode ``[kind, dest, payload]``: the same bytes as
-    ``encode([kind, dest, payload])``, in about half the time when ``dest``
-    is a Pid.
+    ``encode([kind, dest, payload])``, about 40% faster when ``dest`` is a
+    Pid.
 
-    Meant for the frames of the wire protocol. A Pid costs cbor2 about
-    700 ns on its way to our ``default`` hook (cbor2 first tries a chain of
-    isinstance checks); here its cached bytes are pasted in directly, and
+    Meant for the frames of the wire protocol. A Pid costs cbor2 several
+    hundred ns on its way to our ``default`` hook (cbor2 first tries a chain
+    of isinstance checks); here its cached bytes are pasted in directly, and
     only the payload goes through cbor2.
 
     Raises:
@@ -732,16 +721,25 @@ _loads: Final = cbor2.loads
 def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX_DEPTH) -> object:
     """Decode one CBOR payload produced by :func:`encode`.
 
+    Args:
+        data: exactly one encoded item.
+        max_depth: the nesting limit (positive); arrays, maps and tags each
+            count one level.
+
     Raises:
         DecodeError: the payload is malformed or truncated, has trailing
             bytes, uses a refused tag or an indefinite length, is nested
             deeper than ``max_depth``, names an unknown message tag or
             version, or a message constructor rejected its fields.
+        ValueError: ``max_depth`` is not a positive int.
     """
     buf = b"".join((_OPEN, data, _SENTINEL))
+    # n bytes cannot nest deeper than n levels: no limit to pass.
+    shallow = len(buf) - _WRAPPING <= max_depth <= _FAST_DEPTH_BYTES
+    if not shallow and (type(max_depth) is not int or max_depth < 1):
+        raise ValueError(f"max_depth must be a positive int, got {max_depth!r}")
     try:
-        if len(buf) - _WRAPPING <= max_depth <= _FAST_DEPTH_BYTES:
-            # n bytes cannot nest deeper than n levels: no limit to pass.
+        if shallow:
             value, end = _loads(buf, semantic_decoders=_SEMANTIC, allow_indefinite=False)
         else:
             value, end = _loads(
