@@ -67,3 +67,24 @@ def die(message: str) -> None:
     """Report a usage error and exit with status 2."""
     print(message, file=sys.stderr)
     raise SystemExit(2)
+
+
+def w1_result(
+    sent: int, reply: dict[str, Any], send_elapsed: float, send_cpu: float
+) -> dict[str, Any]:
+    """The W1 record both systems report: the receiver's count and timing
+    (from its ``"done"`` reply) beside the sender's."""
+    count = int(reply["count"])
+    elapsed = float(reply["elapsed"])
+    return {
+        "workload": "w1",
+        "sent": sent,
+        "received": count,
+        "msgs_per_s": count / elapsed if elapsed > 0 else 0.0,
+        "receiver_elapsed_s": elapsed,
+        "receiver_cpu_s": float(reply["cpu"]),
+        "sender_elapsed_s": send_elapsed,
+        "sender_cpu_s": send_cpu,
+        "sender_msgs_per_s": sent / send_elapsed,
+        "lost": sent - count,
+    }

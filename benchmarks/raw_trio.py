@@ -27,7 +27,7 @@ from typing import Any
 import cbor2
 import trio
 
-from ._common import BODY, HOST, emit_ready, emit_result, latency_summary
+from ._common import BODY, HOST, emit_ready, emit_result, latency_summary, w1_result
 
 __all__ = ["FrameReader", "encode_frame", "main"]
 
@@ -158,20 +158,7 @@ async def client_w1(port: int, duration: float) -> dict[str, Any]:
         send_cpu = time.process_time() - cpu0
         await stream.send_all(encode_frame("done"))
         reply = await _receive_one(stream, FrameReader())
-    count = int(reply["count"])
-    elapsed = float(reply["elapsed"])
-    return {
-        "workload": "w1",
-        "sent": seq,
-        "received": count,
-        "msgs_per_s": count / elapsed if elapsed > 0 else 0.0,
-        "receiver_elapsed_s": elapsed,
-        "receiver_cpu_s": float(reply["cpu"]),
-        "sender_elapsed_s": send_elapsed,
-        "sender_cpu_s": send_cpu,
-        "sender_msgs_per_s": seq / send_elapsed,
-        "lost": seq - count,
-    }
+    return w1_result(seq, reply, send_elapsed, send_cpu)
 
 
 async def client_w2(port: int, count: int, warmup: int) -> dict[str, Any]:

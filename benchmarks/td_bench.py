@@ -33,7 +33,7 @@ import trio
 
 import trio_distribute as td
 
-from ._common import BODY, HOST, emit_ready, emit_result, latency_summary
+from ._common import BODY, HOST, emit_ready, emit_result, latency_summary, w1_result
 
 __all__ = ["main"]
 
@@ -165,19 +165,8 @@ async def client_w1(node: td.Node, duration: float) -> dict[str, Any]:
             raise RuntimeError(
                 f"the sink did not answer {DONE_ATTEMPTS} 'done' markers after {seq} messages"
             )
-    count = int(reply["count"])
-    elapsed = float(reply["elapsed"])
     return {
-        "workload": "w1",
-        "sent": seq,
-        "received": count,
-        "msgs_per_s": count / elapsed if elapsed > 0 else 0.0,
-        "receiver_elapsed_s": elapsed,
-        "receiver_cpu_s": float(reply["cpu"]),
-        "sender_elapsed_s": send_elapsed,
-        "sender_cpu_s": send_cpu,
-        "sender_msgs_per_s": seq / send_elapsed,
-        "lost": seq - count,
+        **w1_result(seq, reply, send_elapsed, send_cpu),
         "server_drops": reply["drops"],
         "server_creation": reply["creation"],
     }

@@ -1,0 +1,27 @@
+"""The benchmark harness still runs end to end (it reports; nothing here
+judges a number)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmarks_run_quickly_and_report_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--runs", "1", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "td / raw" in result.stdout
+    data = json.loads(out.read_text())
+    assert set(data["median"]) == {"raw_trio", "trio_distribute"}
+    assert data["failures"] == []
