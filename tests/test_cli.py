@@ -60,7 +60,7 @@ async def test_node_command_serves_until_stopped() -> None:
                 "--local",
                 "--join",
                 f"{probe.name}:{probe.address[1]}",
-            ]  # fmt: skip
+            ]
         )
         try:
             with anyio.fail_after(20):
