@@ -9,9 +9,8 @@ def test_all_names_are_importable_and_listed() -> None:
     for name in td.__all__:
         assert getattr(td, name) is not None, name
     public = {n for n in dir(td) if not n.startswith("_")}
-    modules = {
-        "codec", "config", "errors", "messaging", "monitor", "node", "testing", "transport",
-    }  # fmt: skip
+    modules = {"codec", "config", "errors", "groups", "messaging", "monitor", "node"}
+    modules |= {"testing", "transport"}
     assert public - modules - {"annotations"} == set(td.__all__)
 
 

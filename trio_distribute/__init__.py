@@ -26,6 +26,8 @@ from .errors import NameNotFoundError as NameNotFoundError
 from .errors import NodeDownError as NodeDownError
 from .errors import ProtocolError as ProtocolError
 from .errors import VersionMismatchError as VersionMismatchError
+from .groups import GroupJoined as GroupJoined
+from .groups import GroupLeft as GroupLeft
 from .messaging import Process as Process
 from .messaging import current_process as current_process
 from .monitor import ExitKind as ExitKind
@@ -49,6 +51,8 @@ __all__ = [
     "EncodeError",
     "ExitKind",
     "ExitReason",
+    "GroupJoined",
+    "GroupLeft",
     "HandshakeError",
     "MembershipConfig",
     "MessageTooLargeError",

@@ -27,6 +27,7 @@ from ._monitors import Monitors
 from ._proto.kinds import Kind
 from .config import NodeConfig
 from .errors import ConnectError, NodeDownError
+from .groups import Groups
 from .messaging import Process, Processes
 from .monitor import NodeDown, NodeEvent, NodeUp, ProcessDown
 from .transport import Connection, Transport
@@ -86,6 +87,7 @@ class Node:
     _transport: Transport
     _processes: Processes
     _monitors: Monitors
+    groups: Groups
     _node_monitors: set[MemoryObjectSendStream[NodeEvent]] = attrs.field(factory=set)
     _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
     _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
@@ -377,6 +379,7 @@ async def open_node(
             await node.transport.start(task_group, bind_host, port)
             node._processes.start(task_group)
             node._monitors.start()
+            node.groups.start()
             try:
                 for seed in seeds:
                     try:
@@ -418,6 +421,7 @@ def _build_node(
     monitors = Monitors(transport=transport)
     processes = Processes(transport=transport, monitors=monitors, connect=transport.connect)
     monitors.processes = processes
+    groups = Groups(transport=transport, processes=processes)
     node = Node(
         name=name,
         creation=creation,
@@ -425,7 +429,10 @@ def _build_node(
         transport=transport,
         processes=processes,
         monitors=monitors,
+        groups=groups,
     )
+    node._up_hooks.append(groups.node_up)
+    node._down_hooks.append(groups.node_down)
     node_ref.append(node)
     transport.add_handler(Kind.PING, node._handle_ping)
     transport.add_handler(Kind.PONG, node._handle_pong)

@@ -23,3 +23,6 @@ class Kind(enum.IntEnum):
     MONITOR = 12  # [MONITOR, ref: Ref, target: Pid]
     DEMONITOR = 13  # [DEMONITOR, ref: Ref]
     DOWN = 14  # [DOWN, ref: Ref, target: Pid, kind: str, detail: str]
+    GROUP_SYNC = 20  # [GROUP_SYNC, {group: [Pid, ...]}]: all of the sender's memberships
+    GROUP_JOIN = 21  # [GROUP_JOIN, group, [Pid, ...]]
+    GROUP_LEAVE = 22  # [GROUP_LEAVE, group, [Pid, ...]]
