@@ -23,6 +23,7 @@ from .errors import EncodeError as EncodeError
 from .errors import HandshakeError as HandshakeError
 from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import NameNotFoundError as NameNotFoundError
+from .errors import NameTakenError as NameTakenError
 from .errors import NodeDownError as NodeDownError
 from .errors import ProtocolError as ProtocolError
 from .errors import VersionMismatchError as VersionMismatchError
@@ -39,6 +40,7 @@ from .monitor import ProcessDown as ProcessDown
 from .node import Node as Node
 from .node import NodeStatistics as NodeStatistics
 from .node import open_node as open_node
+from .registry import NameConflict as NameConflict
 
 __version__ = "0.1.0.dev0"
 
@@ -56,7 +58,9 @@ __all__ = [
     "HandshakeError",
     "MembershipConfig",
     "MessageTooLargeError",
+    "NameConflict",
     "NameNotFoundError",
+    "NameTakenError",
     "Node",
     "NodeConfig",
     "NodeDown",

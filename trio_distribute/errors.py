@@ -16,6 +16,7 @@ __all__ = [
     "HandshakeError",
     "MessageTooLargeError",
     "NameNotFoundError",
+    "NameTakenError",
     "NodeDownError",
     "ProtocolError",
     "VersionMismatchError",
@@ -85,4 +86,13 @@ class NameNotFoundError(DistributionError, LookupError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"no process is registered as {name!r}")
+        self.name = name
+
+
+class NameTakenError(DistributionError):
+    """The name is already registered (or the pid already has a name)."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        text = f"the name {name!r} is already registered"
+        super().__init__(f"{text}: {detail}" if detail else text)
         self.name = name

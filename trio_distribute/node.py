@@ -30,6 +30,7 @@ from .errors import ConnectError, NodeDownError
 from .groups import Groups
 from .messaging import Process, Processes
 from .monitor import NodeDown, NodeEvent, NodeUp, ProcessDown
+from .registry import Registry
 from .transport import Connection, Transport
 
 __all__ = ["Node", "NodeStatistics", "open_node"]
@@ -88,6 +89,7 @@ class Node:
     _processes: Processes
     _monitors: Monitors
     groups: Groups
+    registry: Registry
     _node_monitors: set[MemoryObjectSendStream[NodeEvent]] = attrs.field(factory=set)
     _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
     _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
@@ -302,6 +304,15 @@ class Node:
         """The pid registered on this node under ``name``, if any."""
         return self._processes.whereis(name)
 
+    async def send_global(self, name: str, message: Any) -> None:
+        """Send ``message`` to the process registered globally as ``name``.
+
+        Raises:
+            NameNotFoundError: the name is not registered (in this node's
+                replica of the registry).
+        """
+        await self.registry.send(name, message)
+
     # -------------------------------------------------------------- monitors
 
     @asynccontextmanager
@@ -380,6 +391,7 @@ async def open_node(
             node._processes.start(task_group)
             node._monitors.start()
             node.groups.start()
+            node.registry.start()
             try:
                 for seed in seeds:
                     try:
@@ -422,6 +434,7 @@ def _build_node(
     processes = Processes(transport=transport, monitors=monitors, connect=transport.connect)
     monitors.processes = processes
     groups = Groups(transport=transport, processes=processes)
+    registry = Registry(transport=transport, processes=processes)
     node = Node(
         name=name,
         creation=creation,
@@ -430,9 +443,12 @@ def _build_node(
         processes=processes,
         monitors=monitors,
         groups=groups,
+        registry=registry,
     )
     node._up_hooks.append(groups.node_up)
+    node._up_hooks.append(registry.node_up)
     node._down_hooks.append(groups.node_down)
+    node._down_hooks.append(registry.node_down)
     node_ref.append(node)
     transport.add_handler(Kind.PING, node._handle_ping)
     transport.add_handler(Kind.PONG, node._handle_pong)

@@ -1,0 +1,156 @@
+"""The global registry across nodes (Erlang global semantics)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+import trio_distribute as td
+from trio_distribute.registry import default_resolver
+from trio_distribute.testing import open_cluster
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait (bounded by the caller's fail_after) until ``condition()`` holds."""
+    while not condition():
+        await anyio.sleep(0.01)
+
+
+async def wait_forever(proc: td.Process) -> None:
+    await anyio.sleep_forever()
+
+
+async def test_register_whereis_send_and_unregister() -> None:
+    with anyio.fail_after(10):
+        async with open_cluster(3) as nodes, nodes[1].open_process() as proc:
+            a, b, c = nodes
+            await b.registry.register("svc", proc.pid)
+            for node in nodes:  # the commit went to everyone before returning
+                await eventually(lambda n=node: n.registry.whereis("svc") == proc.pid)  # type: ignore[misc]
+            assert a.registry.names() == ["svc"]
+            await a.send_global("svc", "hello")
+            assert await proc.receive(timeout=2) == "hello"
+            with pytest.raises(td.NameTakenError):
+                await b.registry.register("svc", await b.spawn(wait_forever))
+            with pytest.raises(td.NameTakenError, match="already registered as"):
+                await b.registry.register("other", proc.pid)
+            with pytest.raises(ValueError, match="another node"):
+                await a.registry.unregister("svc")
+            await b.registry.unregister("svc")
+            for node in nodes:
+                await eventually(lambda n=node: n.registry.whereis("svc") is None)  # type: ignore[misc]
+            with pytest.raises(td.NameNotFoundError):
+                await c.send_global("svc", "lost")
+
+
+async def test_invalid_registrations() -> None:
+    with anyio.fail_after(10):
+        async with open_cluster(2) as (a, b), b.open_process() as remote:
+            async with a.open_process() as gone:
+                pass
+            await a.registry.register("ghost", gone.pid)  # dead: nothing kept
+            assert a.registry.whereis("ghost") is None
+            with pytest.raises(ValueError, match="only pids of this node"):
+                await a.registry.register("x", remote.pid)
+            for bad in ("", "n" * 256, 7):
+                with pytest.raises(ValueError, match="global name"):
+                    await a.registry.register(bad, remote.pid)  # type: ignore[arg-type]
+
+
+async def attempt(node: td.Node, name: str, pid: td.Pid, i: int, outcomes: dict[int, str]) -> None:
+    try:
+        await node.registry.register(name, pid)
+        outcomes[i] = "won"
+    except td.NameTakenError:
+        outcomes[i] = "taken"
+
+
+async def test_concurrent_registrations_have_exactly_one_winner() -> None:
+    with anyio.fail_after(120):
+        async with open_cluster(4) as nodes:
+            pids = [await node.spawn(wait_forever) for node in nodes]
+            for round_ in range(100):
+                name = f"leader-{round_ % 3}"
+                outcomes: dict[int, str] = {}
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(4):
+                        tg.start_soon(attempt, nodes[i], name, pids[i], i, outcomes)
+                winners = [i for i, o in outcomes.items() if o == "won"]
+                assert len(winners) == 1, outcomes
+                winner = pids[winners[0]]
+                for node in nodes:
+                    await eventually(lambda n=node, x=name, w=winner: n.registry.whereis(x) == w)  # type: ignore[misc]
+                await nodes[winners[0]].registry.unregister(name)
+                for node in nodes:
+                    await eventually(lambda n=node, x=name: n.registry.whereis(x) is None)  # type: ignore[misc]
+
+
+async def test_names_vanish_when_the_process_exits_or_the_node_stops() -> None:
+    with anyio.fail_after(20):
+        async with open_cluster(3) as (a, b, c):
+            async with b.open_process() as proc:
+                await b.registry.register("short", proc.pid)
+                await eventually(lambda: a.registry.whereis("short") == proc.pid)
+            for node in (a, b, c):
+                await eventually(lambda n=node: n.registry.whereis("short") is None)  # type: ignore[misc]
+
+            async with td.open_node("d@127.0.0.1", cookie="trio-distribute-test") as d:
+                for node in (a, b, c):
+                    await d.connect(f"{node.name}:{node.address[1]}")
+                pid = await d.spawn(wait_forever)
+                await d.registry.register("on-d", pid)
+                for node in (a, b, c):
+                    await eventually(lambda n=node: n.registry.whereis("on-d") == pid)  # type: ignore[misc]
+            for node in (a, b, c):
+                await eventually(lambda n=node: n.registry.whereis("on-d") is None)  # type: ignore[misc]
+
+
+async def test_partition_heal_keeps_one_name_everywhere_and_tells_the_loser() -> None:
+    with anyio.fail_after(20):
+        async with open_cluster(4) as nodes:
+            a, b, c, d = nodes
+            for left in (a, b):
+                for right in (c, d):
+                    await left.disconnect(right.name)
+            for node in nodes:
+                await eventually(lambda n=node: len(n.nodes()) == 1)  # type: ignore[misc]
+            async with a.open_process() as pa, c.open_process() as pc:
+                # Each side registers the name while it cannot see the other.
+                await a.registry.register("svc", pa.pid)
+                await c.registry.register("svc", pc.pid)
+                await eventually(lambda: b.registry.whereis("svc") == pa.pid)
+                await eventually(lambda: d.registry.whereis("svc") == pc.pid)
+                for left in (a, b):  # heal: a full mesh again
+                    for right in (c, d):
+                        await left.connect(f"{right.name}:{right.address[1]}")
+                winner = default_resolver("svc", pa.pid, pc.pid)
+                loser = pc if winner == pa.pid else pa
+                for node in nodes:
+                    await eventually(lambda n=node: n.registry.whereis("svc") == winner)  # type: ignore[misc]
+                conflict = await loser.receive(timeout=5)
+                assert conflict == td.NameConflict("svc", winner)
+                with pytest.raises(TimeoutError):  # told once
+                    await loser.receive(timeout=0.2)
+                winner_proc = pa if loser is pc else pc
+                assert winner_proc.pending() == 0  # the winner hears nothing
+
+
+async def test_a_custom_resolver_is_applied_on_every_node() -> None:
+    with anyio.fail_after(20):
+        async with open_cluster(2) as (a, b):
+            for node in (a, b):
+                node.registry.resolver = lambda name, p1, p2: max(p1, p2)
+            await a.disconnect(b.name)
+            await eventually(lambda: a.nodes() == [] and b.nodes() == [])
+            async with a.open_process() as pa, b.open_process() as pb:
+                await a.registry.register("svc", pa.pid)
+                await b.registry.register("svc", pb.pid)
+                await a.connect(f"{b.name}:{b.address[1]}")
+                winner = max(pa.pid, pb.pid)
+                for node in (a, b):
+                    await eventually(lambda n=node: n.registry.whereis("svc") == winner)  # type: ignore[misc]
+                loser = pa if winner == pb.pid else pb
+                assert await loser.receive(timeout=5) == td.NameConflict("svc", winner)

@@ -1,0 +1,418 @@
+"""The global name registry, like Erlang's ``global``.
+
+Every node keeps a replica of the name table. To register a name a node
+locks it on every connected node, starting with the *boss* (the greatest
+node name, itself included), and commits only when every node granted the
+lock; if another node holds a lock anywhere, it releases what it got, waits
+a random moment and tries again. Because every contender asks the same boss
+first, contention is settled there and exactly one of several concurrent
+registrations succeeds. Reads (``whereis``, ``names``) are local and may be
+briefly stale.
+
+A name disappears everywhere when its process exits (its node tells the
+others) or its node goes down (each node notices by itself). When two
+partitions that both registered a name reconnect, the nodes exchange their
+tables and each applies the same resolver to the clash, so all agree on the
+winner; the losing process gets a :class:`NameConflict` message and keeps
+running.
+
+The registry assumes the nodes that share it are all connected to each
+other (a full mesh, as ``open_cluster`` and ``connect_all`` make).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from . import codec
+from ._ids import Pid
+from ._proto.frames import frame
+from ._proto.kinds import Kind
+from .codec import message
+from .errors import NameNotFoundError, NameTakenError
+from .monitor import ExitReason
+
+if TYPE_CHECKING:
+    from .messaging import Processes
+    from .transport import Connection, Transport
+
+__all__ = ["NameConflict", "Registry", "Resolver", "default_resolver"]
+
+logger = logging.getLogger("trio_distribute.registry")
+
+#: Longest registered name, in characters.
+MAX_NAME_LENGTH = 255
+#: Names a node's replica may hold; names beyond it from peers are dropped
+#: and counted as ``registry_limit``.
+MAX_NAMES = 1_000_000
+#: How long one lock request may wait for a node's answer before the
+#: attempt is abandoned and retried.
+LOCK_TIMEOUT = 5.0
+#: Attempts before ``register`` gives up with TimeoutError.
+MAX_ATTEMPTS = 50
+
+Resolver = Callable[[str, Pid, Pid], Pid]
+
+
+def default_resolver(name: str, first: Pid, second: Pid) -> Pid:
+    """Keep the pid that sorts first by (node name, creation, id).
+
+    It depends only on the two pids, not on which side asks, so every node
+    picks the same winner (Erlang's built-in resolvers likewise prefer the
+    pid on the smaller node name).
+    """
+    return min(first, second)
+
+
+@message("trio_distribute.NameConflict", version=1)
+@attrs.frozen
+class NameConflict:
+    """Sent to a process that lost its global name to ``winner`` when two
+    partitions that both registered ``name`` merged."""
+
+    name: str
+    winner: Pid
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"a global name must be a non-empty str of at most {MAX_NAME_LENGTH} "
+            f"characters, got {name!r}"
+        )
+    return name
+
+
+@attrs.define(eq=False)
+class _Pending:
+    node: str
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    answer: str = "down"
+
+
+@attrs.define(eq=False, kw_only=True)
+class Registry:
+    """The global registry of one node (``node.registry``)."""
+
+    transport: Transport
+    processes: Processes
+    #: Chooses the survivor when a name was registered on both sides of a
+    #: healed partition. It must give the same answer on every node for
+    #: the same two pids, whatever their order.
+    resolver: Resolver = default_resolver
+    _names: dict[str, Pid] = attrs.field(factory=dict)
+    _locks: dict[str, str] = attrs.field(factory=dict)
+    _pending: dict[int, _Pending] = attrs.field(factory=dict)
+    _request_ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
+    _local_busy: dict[str, anyio.Event] = attrs.field(factory=dict)
+    _abandoned: dict[int, tuple[str, str]] = attrs.field(factory=dict)
+    _rng: random.Random = attrs.field(factory=random.Random)
+
+    def start(self) -> None:
+        add = self.transport.add_handler
+        add(Kind.REG_LOCK, self._handle_lock)
+        add(Kind.REG_REPLY, self._handle_reply)
+        add(Kind.REG_COMMIT, self._handle_commit)
+        add(Kind.REG_RELEASE, self._handle_release)
+        add(Kind.REG_UNREGISTER, self._handle_unregister)
+        add(Kind.REG_SYNC, self._handle_sync)
+        self.processes.exit_hooks.append(self._process_exited)
+
+    # ---------------------------------------------------------------- reads
+
+    def whereis(self, name: str) -> Pid | None:
+        """The pid registered under ``name``, from this node's replica."""
+        return self._names.get(name)
+
+    def names(self) -> list[str]:
+        """Every registered name this node knows, sorted."""
+        return sorted(self._names)
+
+    # -------------------------------------------------------------- writes
+
+    async def register(self, name: str, pid: Pid) -> None:
+        """Register ``pid`` (a process of this node) as ``name`` on every
+        connected node.
+
+        Registering a process that has already exited does nothing (as in
+        Erlang, where such a name vanishes at once).
+
+        Raises:
+            NameTakenError: ``name`` is registered, or ``pid`` already has a
+                global name.
+            ValueError: ``name`` is invalid or ``pid`` is not local.
+            TimeoutError: the name stayed contended for too long.
+        """
+        _check_name(name)
+        self._check_local(pid)
+        if self.processes.lookup(pid) is None:
+            await anyio.lowlevel.checkpoint()
+            return
+        for other, owner in self._names.items():
+            if owner == pid:
+                raise NameTakenError(name, f"{pid} is already registered as {other!r}")
+        while name in self._local_busy:  # one attempt per name from this node
+            await self._local_busy[name].wait()
+        self._local_busy[name] = anyio.Event()
+        try:
+            for attempt in range(MAX_ATTEMPTS):
+                outcome = await self._try_register(name, pid)
+                if outcome == "registered":
+                    return
+                if outcome == "taken":
+                    raise NameTakenError(name)
+                # Busy: someone else holds a lock. Back off and retry.
+                await anyio.sleep(self._rng.uniform(0.001, 0.01) * min(2**attempt, 32))
+            raise TimeoutError(f"registering {name!r}: the name stayed contended")
+        finally:
+            self._local_busy.pop(name).set()
+
+    async def _try_register(self, name: str, pid: Pid) -> str:
+        me = self.transport.name
+        if name in self._names:
+            return "taken"
+        peers = sorted(self.transport.connections)
+        boss = max([me, *peers])
+        granted: list[str] = []
+        try:
+            # The boss first: every contender asks it first, so it decides.
+            answer = await self._lock_on(boss, name)
+            if answer != "granted":
+                return answer
+            granted.append(boss)
+            others = [n for n in [me, *peers] if n != boss]
+            answers: dict[str, str] = {}
+
+            async def ask(node: str) -> None:
+                answers[node] = await self._lock_on(node, name)
+
+            async with anyio.create_task_group() as tg:
+                for node in others:
+                    tg.start_soon(ask, node)
+            granted.extend(n for n, a in answers.items() if a == "granted")
+            if "taken" in answers.values():
+                return "taken"
+            if "busy" in answers.values():
+                return "busy"
+            # Every node granted (or left the cluster meanwhile): commit.
+            granted.clear()
+            self._apply(name, pid)
+            self._locks.pop(name, None)
+            self._broadcast([Kind.REG_COMMIT, name, pid])
+            return "registered"
+        finally:
+            # Whatever happened (lost, contended, cancelled), give back
+            # every lock we still hold.
+            for node in granted:
+                self._release(node, name)
+
+    async def _lock_on(self, node: str, name: str) -> str:
+        me = self.transport.name
+        if node == me:
+            return self._grant(name, me)
+        conn = self.transport.connections.get(node)
+        if conn is None:
+            return "down"
+        request = next(self._request_ids)
+        pending = self._pending[request] = _Pending(node)
+        try:
+            conn.write(frame(codec.encode([Kind.REG_LOCK, request, name])))
+            with anyio.move_on_after(LOCK_TIMEOUT):
+                await pending.done.wait()
+                return pending.answer
+            return "busy"  # no answer in time: retry rather than hang
+        finally:
+            del self._pending[request]
+            if not pending.done.is_set():
+                # A grant may still come; remember to hand it back.
+                if len(self._abandoned) >= 1024:
+                    self._abandoned.clear()
+                self._abandoned[request] = (node, name)
+
+    def _grant(self, name: str, requester: str) -> str:
+        if name in self._names:
+            return "taken"
+        holder = self._locks.get(name)
+        if holder is not None and holder != requester:
+            return "busy"
+        self._locks[name] = requester
+        return "granted"
+
+    def _release(self, node: str, name: str) -> None:
+        me = self.transport.name
+        if node == me:
+            if self._locks.get(name) == me:
+                del self._locks[name]
+            return
+        conn = self.transport.connections.get(node)
+        if conn is not None and not conn.closed:
+            conn.write(frame(codec.encode([Kind.REG_RELEASE, name])))
+
+    async def unregister(self, name: str) -> None:
+        """Remove ``name`` everywhere if this node's process holds it.
+
+        Does nothing if the name is not registered (as in Erlang).
+
+        Raises:
+            ValueError: the name belongs to a process of another node (only
+                its node may unregister it).
+        """
+        _check_name(name)
+        await anyio.lowlevel.checkpoint()
+        pid = self._names.get(name)
+        if pid is None:
+            return
+        if pid.node != self.transport.name:
+            raise ValueError(f"{name!r} belongs to {pid}, which lives on another node")
+        del self._names[name]
+        self._broadcast([Kind.REG_UNREGISTER, name, pid])
+
+    async def send(self, name: str, msg: Any) -> Pid:
+        """Send ``msg`` to the process registered as ``name``; return its pid.
+
+        Raises:
+            NameNotFoundError: the name is not registered (here).
+        """
+        pid = self._names.get(name)
+        if pid is None:
+            raise NameNotFoundError(name)
+        await self.processes.send(pid, msg)
+        return pid
+
+    def _check_local(self, pid: Pid) -> None:
+        transport = self.transport
+        if type(pid) is not Pid or pid.node != transport.name:
+            raise ValueError(f"only pids of this node can be registered here; {pid!r} is not")
+
+    # --------------------------------------------------------- replication
+
+    def _broadcast(self, item: list[Any]) -> None:
+        data = frame(codec.encode(item))
+        for conn in list(self.transport.connections.values()):
+            if not conn.closed:
+                conn.write(data)
+
+    def _apply(self, name: str, pid: Pid) -> None:
+        """Record ``name -> pid``, resolving a clash with what we had."""
+        current = self._names.get(name)
+        if current is None:
+            if len(self._names) >= MAX_NAMES:
+                self.transport.count_drop("registry_limit")
+                return
+            self._names[name] = pid
+            return
+        if current == pid:
+            return
+        winner = self._resolve(name, current, pid)
+        if winner == current:
+            return
+        self._names[name] = winner
+        logger.info(
+            "%s: name %r clash: %s kept, %s lost", self.transport.name, name, winner, current
+        )
+        self._notify_loser(name, current, winner)
+        # Tell our peers, so nodes that only we connect them to learn it.
+        self._broadcast([Kind.REG_SYNC, {name: winner}])
+
+    def _resolve(self, name: str, first: Pid, second: Pid) -> Pid:
+        try:
+            winner = self.resolver(name, first, second)
+        except Exception:
+            logger.exception("name resolver failed for %r; using the default", name)
+            winner = default_resolver(name, first, second)
+        if winner != first and winner != second:
+            logger.warning("name resolver returned neither pid for %r; using the default", name)
+            winner = default_resolver(name, first, second)
+        return winner
+
+    def _notify_loser(self, name: str, loser: Pid, winner: Pid) -> None:
+        process = self.processes.lookup(loser)
+        if process is not None:
+            process._deliver_down(NameConflict(name, winner))
+
+    def node_up(self, node: str) -> None:
+        """Send a newly connected node our whole table."""
+        conn = self.transport.connections.get(node)
+        if conn is not None and self._names:
+            conn.write(frame(codec.encode([Kind.REG_SYNC, dict(self._names)])))
+
+    def node_down(self, node: str, reason: str) -> None:
+        """Forget the names of ``node``'s processes and its locks; answer
+        our requests waiting on it."""
+        for name in [n for n, pid in self._names.items() if pid.node == node]:
+            del self._names[name]
+        for name in [n for n, holder in self._locks.items() if holder == node]:
+            del self._locks[name]
+        for pending in self._pending.values():
+            if pending.node == node:
+                pending.answer = "down"
+                pending.done.set()
+
+    def _process_exited(self, pid: Pid, reason: ExitReason) -> None:
+        for name in [n for n, owner in self._names.items() if owner == pid]:
+            del self._names[name]
+            self._broadcast([Kind.REG_UNREGISTER, name, pid])
+
+    # ------------------------------------------------------------ handlers
+
+    def _handle_lock(self, conn: Connection, item: list[Any]) -> None:
+        _, request, name = item
+        if type(request) is not int:
+            raise TypeError("REG_LOCK needs an int request id")
+        answer = self._grant(_check_name(name), conn.peer)
+        conn.write(frame(codec.encode([Kind.REG_REPLY, request, answer])))
+
+    def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
+        _, request, answer = item
+        if answer not in ("granted", "taken", "busy"):
+            raise ValueError(f"unknown lock answer {answer!r}")
+        pending = self._pending.get(request)
+        if pending is None or pending.node != conn.peer:
+            abandoned = self._abandoned.pop(request, None)
+            if abandoned is not None and answer == "granted" and abandoned[0] == conn.peer:
+                self._release(conn.peer, abandoned[1])  # we gave up waiting: hand it back
+            return
+        pending.answer = answer
+        pending.done.set()
+
+    def _handle_commit(self, conn: Connection, item: list[Any]) -> None:
+        _, name, pid = item
+        _check_name(name)
+        if type(pid) is not Pid or pid.node != conn.peer:
+            raise ValueError(f"{conn.peer} may only register its own pids, not {pid!r}")
+        if self._locks.get(name) == conn.peer:
+            del self._locks[name]
+        self._apply(name, pid)
+
+    def _handle_release(self, conn: Connection, item: list[Any]) -> None:
+        _, name = item
+        if self._locks.get(_check_name(name)) == conn.peer:
+            del self._locks[name]
+
+    def _handle_unregister(self, conn: Connection, item: list[Any]) -> None:
+        _, name, pid = item
+        _check_name(name)
+        if type(pid) is not Pid or pid.node != conn.peer:
+            raise ValueError(f"{conn.peer} may only unregister its own pids, not {pid!r}")
+        if self._names.get(name) == pid:
+            del self._names[name]
+
+    def _handle_sync(self, conn: Connection, item: list[Any]) -> None:
+        _, table = item
+        if not isinstance(table, dict):
+            raise TypeError("REG_SYNC needs a map of name -> pid")
+        for name, pid in table.items():
+            _check_name(name)
+            if type(pid) is not Pid:
+                raise TypeError(f"REG_SYNC entry {name!r} is not a pid")
+            if pid.node == self.transport.name and self.processes.lookup(pid) is None:
+                continue  # one of ours that has since exited
+            self._apply(name, pid)
