@@ -27,6 +27,9 @@ def test_demo_runs_and_tells_the_story() -> None:
         "asked for 3^2 and got 9",
         "ProcessDown for",
         "exception (RuntimeError: told to crash)",
+        "called 'squares' by name: 12^2 = 144",
+        "'everyone' has",
+        "heard 'hello, everyone'",
         "go down (reason: shutdown)",
         "the cluster carries on",
     ]:

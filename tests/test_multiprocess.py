@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -80,8 +81,10 @@ async def test_sigkilled_node_mid_traffic_fires_noconnection() -> None:
                 ref = me.monitor(sink)
 
                 async def traffic() -> None:
-                    while True:
-                        await node.send(sink, b"x" * 100)
+                    # Sends fail with NodeDownError once the kill is noticed.
+                    with contextlib.suppress(td.NodeDownError):
+                        while True:
+                            await node.send(sink, b"x" * 100)
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(traffic)
@@ -99,3 +102,20 @@ async def test_sigkilled_node_mid_traffic_fires_noconnection() -> None:
             child.kill()
         with anyio.fail_after(10):
             await child.aclose()
+
+
+def test_groups_chat_example_in_two_processes() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "groups_chat.py"), "both", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "[client] lobby says: {'welcome':" in out
+    assert "[client] broadcast reached 2 members" in out
+    assert "[server] heard 'hello, room'" in out
+    assert "[client] heard 'hello, room'" in out
+    assert "[server] GroupLeft" in out
+    assert "[server] done" in out

@@ -62,6 +62,7 @@ async def run(count: int = 3) -> None:
                     _say("ping", f"{node.name} -> {peer}: {rtt * 1e6:.0f} us")
 
             await _processes_demo(nodes)
+            await _registry_and_groups_demo(nodes)
 
             # The last node joins, is watched, and then leaves.
             watchers = [await stack.enter_async_context(n.monitor_nodes()) for n in nodes]
@@ -111,3 +112,39 @@ async def _processes_demo(nodes: list[Node]) -> None:
         "monitor",
         f"{second.name} is still running: ping {await first.ping(second.name) * 1e6:.0f} us",
     )
+
+
+async def _member(proc: Process, label: str, heard: list[str]) -> None:
+    async for message in proc:
+        heard.append(f"{label} heard {message!r}")
+
+
+async def _registry_and_groups_demo(nodes: list[Node]) -> None:
+    first, second = nodes[0], nodes[-1]
+    service = await second.spawn(_worker, second)
+    await second.registry.register("squares", service)
+    _say("global", f"{second.name} registered {service} globally as 'squares'")
+    for node in nodes:
+        while node.registry.whereis("squares") != service:
+            await trio.sleep(0.01)
+        _say("global", f"{node.name}: whereis('squares') -> {node.registry.whereis('squares')}")
+    async with first.open_process() as me:
+        await first.send_global("squares", {"from": me.pid, "n": 12})
+        reply: Any = await me.receive(timeout=5)
+        _say("global", f"{first.name} called 'squares' by name: 12^2 = {reply['square']}")
+
+    heard: list[str] = []
+    for node in nodes:
+        pid = await node.spawn(_member, node.name, heard)
+        await node.groups.join("everyone", pid)
+    while any(len(node.groups.members("everyone")) < len(nodes) for node in nodes):
+        await trio.sleep(0.01)
+    _say(
+        "group",
+        f"'everyone' has {len(first.groups.members('everyone'))} members on {len(nodes)} nodes",
+    )
+    sent = await first.groups.broadcast("everyone", "hello, everyone")
+    while len(heard) < sent:
+        await trio.sleep(0.01)
+    for line in sorted(heard):
+        _say("group", line)
