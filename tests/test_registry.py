@@ -154,3 +154,18 @@ async def test_a_custom_resolver_is_applied_on_every_node() -> None:
                     await eventually(lambda n=node: n.registry.whereis("svc") == winner)  # type: ignore[misc]
                 loser = pa if winner == pb.pid else pb
                 assert await loser.receive(timeout=5) == td.NameConflict("svc", winner)
+
+
+async def test_a_peer_registering_foreign_pids_loses_its_connection() -> None:
+    from trio_distribute import codec
+    from trio_distribute._proto.frames import frame
+    from trio_distribute._proto.kinds import Kind
+
+    with anyio.fail_after(10):
+        async with open_cluster(3) as (a, b, c), b.monitor_nodes() as events:
+            victim = await c.spawn(wait_forever)
+            conn = a.transport.connections["b@127.0.0.1"]
+            conn.write(frame(codec.encode([int(Kind.REG_COMMIT), "stolen", victim])))
+            assert await events.receive() == td.NodeDown("a@127.0.0.1", "protocol_error")
+            assert b.registry.whereis("stolen") is None
+            assert b.nodes() == ["c@127.0.0.1"]  # everyone else is still served
