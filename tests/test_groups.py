@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 import anyio.abc
 import pytest
@@ -12,13 +10,7 @@ import trio_distribute as td
 from trio_distribute import codec
 from trio_distribute._proto.frames import frame
 from trio_distribute._proto.kinds import Kind
-from trio_distribute.testing import open_cluster
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait (bounded by the caller's fail_after) until ``condition()`` holds."""
-    while not condition():
-        await anyio.sleep(0.01)
+from trio_distribute.testing import open_cluster, wait_until
 
 
 async def wait_forever(proc: td.Process) -> None:
@@ -33,14 +25,14 @@ async def test_multiset_joins_and_leaves() -> None:
             for _ in range(4):
                 assert await a.groups.leave("g", p.pid) is True
             assert a.groups.local_members("g") == [p.pid] * 12
-            await eventually(lambda: len(b.groups.members("g")) == 12)
+            await wait_until(lambda: len(b.groups.members("g")) == 12)
             assert b.groups.members("g") == [p.pid] * 12
             assert b.groups.local_members("g") == []
             assert a.groups.which_groups() == b.groups.which_groups() == ["g"]
             for _ in range(12):
                 await a.groups.leave("g", p.pid)
             assert await a.groups.leave("g", p.pid) is False  # not_joined
-            await eventually(lambda: b.groups.which_groups() == [])
+            await wait_until(lambda: b.groups.which_groups() == [])
 
 
 async def test_a_new_node_receives_the_full_view() -> None:
@@ -54,12 +46,12 @@ async def test_a_new_node_receives_the_full_view() -> None:
                 await b.connect(f"{a.name}:{a.address[1]}")
                 event = await events.receive()
             assert event == td.GroupJoined("workers", (pids[0], pids[1]))
-            await eventually(lambda: b.groups.which_groups() == ["other", "workers"])
+            await wait_until(lambda: b.groups.which_groups() == ["other", "workers"])
             assert sorted(b.groups.members("workers")) == sorted(pids[:2])
             # And the other way round: a learns b's members.
             pb = await b.spawn(wait_forever)
             await b.groups.join("workers", pb)
-            await eventually(lambda: pb in a.groups.members("workers"))
+            await wait_until(lambda: pb in a.groups.members("workers"))
 
 
 async def test_exit_and_node_down_remove_members_everywhere() -> None:
@@ -74,23 +66,23 @@ async def test_exit_and_node_down_remove_members_everywhere() -> None:
             short_lived = await b.spawn(stop_on_message)
             await b.groups.join("g", short_lived)
             await b.groups.join("g", short_lived)
-            await eventually(lambda: len(a.groups.members("g")) == 2)
-            await eventually(lambda: len(c.groups.members("g")) == 2)
+            await wait_until(lambda: len(a.groups.members("g")) == 2)
+            await wait_until(lambda: len(c.groups.members("g")) == 2)
             await a.send(short_lived, "exit")
             await stopped.wait()
             for node in (a, b, c):
-                await eventually(lambda n=node: n.groups.members("g") == [])  # type: ignore[misc]
+                await wait_until(lambda n=node: n.groups.members("g") == [])  # type: ignore[misc]
 
             async with td.open_node("d@127.0.0.1", cookie="trio-distribute-test") as d:
                 await d.connect(f"{a.name}:{a.address[1]}")
                 await d.connect(f"{c.name}:{c.address[1]}")
                 member = await d.spawn(wait_forever)
                 await d.groups.join("g", member)
-                await eventually(lambda: a.groups.members("g") == [member])
-                await eventually(lambda: c.groups.members("g") == [member])
+                await wait_until(lambda: a.groups.members("g") == [member])
+                await wait_until(lambda: c.groups.members("g") == [member])
             # Removed with the node-down, on every survivor.
-            await eventually(lambda: a.groups.members("g") == [])
-            await eventually(lambda: c.groups.members("g") == [])
+            await wait_until(lambda: a.groups.members("g") == [])
+            await wait_until(lambda: c.groups.members("g") == [])
 
 
 async def test_event_sequence_at_local_and_remote_subscribers() -> None:
@@ -106,7 +98,7 @@ async def test_event_sequence_at_local_and_remote_subscribers() -> None:
                     await done.wait()
 
                 pid = await a.spawn(member)
-                await eventually(lambda: len(b.groups.members("g")) == 1)
+                await wait_until(lambda: len(b.groups.members("g")) == 1)
                 done.set()
                 expected = [
                     td.GroupJoined("g", (pid,)),
@@ -127,7 +119,7 @@ async def test_broadcast_reaches_every_membership() -> None:
                 await a.groups.join("room", pa.pid)
                 await b.groups.join("room", pb.pid)
                 await b.groups.join("room", pb.pid)
-                await eventually(lambda: len(a.groups.members("room")) == 3)
+                await wait_until(lambda: len(a.groups.members("room")) == 3)
                 assert await a.groups.broadcast("room", "hello") == 3
                 assert await pa.receive(timeout=2) == "hello"
                 assert [await pb.receive(timeout=2) for _ in range(2)] == ["hello", "hello"]

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 import pytest
 
 import trio_distribute as td
 from trio_distribute.registry import default_resolver
-from trio_distribute.testing import open_cluster
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait (bounded by the caller's fail_after) until ``condition()`` holds."""
-    while not condition():
-        await anyio.sleep(0.01)
+from trio_distribute.testing import open_cluster, wait_until
 
 
 async def wait_forever(proc: td.Process) -> None:
@@ -28,7 +20,7 @@ async def test_register_whereis_send_and_unregister() -> None:
             a, b, c = nodes
             await b.registry.register("svc", proc.pid)
             for node in nodes:  # the commit went to everyone before returning
-                await eventually(lambda n=node: n.registry.whereis("svc") == proc.pid)  # type: ignore[misc]
+                await wait_until(lambda n=node: n.registry.whereis("svc") == proc.pid)  # type: ignore[misc]
             assert a.registry.names() == ["svc"]
             await a.send_global("svc", "hello")
             assert await proc.receive(timeout=2) == "hello"
@@ -40,7 +32,7 @@ async def test_register_whereis_send_and_unregister() -> None:
                 await a.registry.unregister("svc")
             await b.registry.unregister("svc")
             for node in nodes:
-                await eventually(lambda n=node: n.registry.whereis("svc") is None)  # type: ignore[misc]
+                await wait_until(lambda n=node: n.registry.whereis("svc") is None)  # type: ignore[misc]
             with pytest.raises(td.NameNotFoundError):
                 await c.send_global("svc", "lost")
 
@@ -82,10 +74,10 @@ async def test_concurrent_registrations_have_exactly_one_winner() -> None:
                 assert len(winners) == 1, outcomes
                 winner = pids[winners[0]]
                 for node in nodes:
-                    await eventually(lambda n=node, x=name, w=winner: n.registry.whereis(x) == w)  # type: ignore[misc]
+                    await wait_until(lambda n=node, x=name, w=winner: n.registry.whereis(x) == w)  # type: ignore[misc]
                 await nodes[winners[0]].registry.unregister(name)
                 for node in nodes:
-                    await eventually(lambda n=node, x=name: n.registry.whereis(x) is None)  # type: ignore[misc]
+                    await wait_until(lambda n=node, x=name: n.registry.whereis(x) is None)  # type: ignore[misc]
 
 
 async def test_names_vanish_when_the_process_exits_or_the_node_stops() -> None:
@@ -93,9 +85,9 @@ async def test_names_vanish_when_the_process_exits_or_the_node_stops() -> None:
         async with open_cluster(3) as (a, b, c):
             async with b.open_process() as proc:
                 await b.registry.register("short", proc.pid)
-                await eventually(lambda: a.registry.whereis("short") == proc.pid)
+                await wait_until(lambda: a.registry.whereis("short") == proc.pid)
             for node in (a, b, c):
-                await eventually(lambda n=node: n.registry.whereis("short") is None)  # type: ignore[misc]
+                await wait_until(lambda n=node: n.registry.whereis("short") is None)  # type: ignore[misc]
 
             async with td.open_node("d@127.0.0.1", cookie="trio-distribute-test") as d:
                 for node in (a, b, c):
@@ -103,9 +95,9 @@ async def test_names_vanish_when_the_process_exits_or_the_node_stops() -> None:
                 pid = await d.spawn(wait_forever)
                 await d.registry.register("on-d", pid)
                 for node in (a, b, c):
-                    await eventually(lambda n=node: n.registry.whereis("on-d") == pid)  # type: ignore[misc]
+                    await wait_until(lambda n=node: n.registry.whereis("on-d") == pid)  # type: ignore[misc]
             for node in (a, b, c):
-                await eventually(lambda n=node: n.registry.whereis("on-d") is None)  # type: ignore[misc]
+                await wait_until(lambda n=node: n.registry.whereis("on-d") is None)  # type: ignore[misc]
 
 
 async def test_partition_heal_keeps_one_name_everywhere_and_tells_the_loser() -> None:
@@ -116,20 +108,20 @@ async def test_partition_heal_keeps_one_name_everywhere_and_tells_the_loser() ->
                 for right in (c, d):
                     await left.disconnect(right.name)
             for node in nodes:
-                await eventually(lambda n=node: len(n.nodes()) == 1)  # type: ignore[misc]
+                await wait_until(lambda n=node: len(n.nodes()) == 1)  # type: ignore[misc]
             async with a.open_process() as pa, c.open_process() as pc:
                 # Each side registers the name while it cannot see the other.
                 await a.registry.register("svc", pa.pid)
                 await c.registry.register("svc", pc.pid)
-                await eventually(lambda: b.registry.whereis("svc") == pa.pid)
-                await eventually(lambda: d.registry.whereis("svc") == pc.pid)
+                await wait_until(lambda: b.registry.whereis("svc") == pa.pid)
+                await wait_until(lambda: d.registry.whereis("svc") == pc.pid)
                 for left in (a, b):  # heal: a full mesh again
                     for right in (c, d):
                         await left.connect(f"{right.name}:{right.address[1]}")
                 winner = default_resolver("svc", pa.pid, pc.pid)
                 loser = pc if winner == pa.pid else pa
                 for node in nodes:
-                    await eventually(lambda n=node: n.registry.whereis("svc") == winner)  # type: ignore[misc]
+                    await wait_until(lambda n=node: n.registry.whereis("svc") == winner)  # type: ignore[misc]
                 conflict = await loser.receive(timeout=5)
                 assert conflict == td.NameConflict("svc", winner)
                 with pytest.raises(TimeoutError):  # told once
@@ -144,14 +136,14 @@ async def test_a_custom_resolver_is_applied_on_every_node() -> None:
             for node in (a, b):
                 node.registry.resolver = lambda name, p1, p2: max(p1, p2)
             await a.disconnect(b.name)
-            await eventually(lambda: a.nodes() == [] and b.nodes() == [])
+            await wait_until(lambda: a.nodes() == [] and b.nodes() == [])
             async with a.open_process() as pa, b.open_process() as pb:
                 await a.registry.register("svc", pa.pid)
                 await b.registry.register("svc", pb.pid)
                 await a.connect(f"{b.name}:{b.address[1]}")
                 winner = max(pa.pid, pb.pid)
                 for node in (a, b):
-                    await eventually(lambda n=node: n.registry.whereis("svc") == winner)  # type: ignore[misc]
+                    await wait_until(lambda n=node: n.registry.whereis("svc") == winner)  # type: ignore[misc]
                 loser = pa if winner == pb.pid else pb
                 assert await loser.receive(timeout=5) == td.NameConflict("svc", winner)
 

@@ -10,7 +10,7 @@ import re
 
 import attrs
 
-__all__ = ["Pid", "Ref", "validate_cookie", "validate_node_name"]
+__all__ = ["Pid", "Ref", "check_label", "validate_cookie", "validate_node_name"]
 
 _SHORT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HOST = re.compile(r"[A-Za-z0-9._-]{1,253}")
@@ -57,6 +57,20 @@ def validate_cookie(cookie: object) -> bytes:
     if len(raw) > MAX_COOKIE_BYTES:
         raise ValueError(f"cookie must be at most {MAX_COOKIE_BYTES} bytes")
     return raw
+
+
+def check_label(value: object, what: str, limit: int = 255) -> str:
+    """Return ``value`` if it is a non-empty str of at most ``limit``
+    characters (process names, global names, group names).
+
+    Raises:
+        ValueError: naming ``what`` and the rule.
+    """
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ValueError(
+            f"{what} must be a non-empty str of at most {limit} characters, got {value!r}"
+        )
+    return value
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:

@@ -23,7 +23,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import codec
-from ._ids import Pid
+from ._ids import Pid, check_label
 from ._proto.frames import frame
 from ._proto.kinds import Kind
 from .errors import NodeDownError
@@ -65,12 +65,7 @@ GroupEvent = GroupJoined | GroupLeft
 
 
 def _check_group(group: object) -> str:
-    if not isinstance(group, str) or not group or len(group) > MAX_GROUP_NAME:
-        raise ValueError(
-            f"a group name must be a non-empty str of at most {MAX_GROUP_NAME} characters, "
-            f"got {group!r}"
-        )
-    return group
+    return check_label(group, "a group name", MAX_GROUP_NAME)
 
 
 @attrs.define(eq=False, kw_only=True)

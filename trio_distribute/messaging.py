@@ -25,7 +25,7 @@ import attrs
 
 from . import codec
 from ._backend import Checkpoints, checkpoints, new_parker, running_on_trio
-from ._ids import Pid, Ref
+from ._ids import Pid, Ref, check_label
 from ._mailbox import Mailbox
 from ._proto.kinds import Kind
 from .errors import ConnectError, MessageTooLargeError, NameNotFoundError, NodeDownError
@@ -64,11 +64,7 @@ def current_process() -> Process | None:
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
-        raise ValueError(
-            f"a process name must be a non-empty str of at most {MAX_NAME_LENGTH} chars"
-        )
-    return name
+    return check_label(name, "a process name", MAX_NAME_LENGTH)
 
 
 @attrs.define(eq=False, kw_only=True)

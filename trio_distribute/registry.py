@@ -33,7 +33,7 @@ import anyio.lowlevel
 import attrs
 
 from . import codec
-from ._ids import Pid
+from ._ids import Pid, check_label
 from ._proto.frames import frame
 from ._proto.kinds import Kind
 from .codec import message
@@ -83,12 +83,7 @@ class NameConflict:
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
-        raise ValueError(
-            f"a global name must be a non-empty str of at most {MAX_NAME_LENGTH} "
-            f"characters, got {name!r}"
-        )
-    return name
+    return check_label(name, "a global name", MAX_NAME_LENGTH)
 
 
 @attrs.define(eq=False)

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from ._cluster import open_cluster as open_cluster
+from ._cluster import wait_until as wait_until
 
-__all__ = ["open_cluster"]
+__all__ = ["open_cluster", "wait_until"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio
 
 from ..config import NodeConfig
 from ..node import Node, open_node
 
-__all__ = ["open_cluster"]
+__all__ = ["open_cluster", "wait_until"]
 
 
 @asynccontextmanager
@@ -48,3 +50,16 @@ async def open_cluster(
                 for other in nodes[i + 1 :]:
                     await node.connect(f"{other.name}:{other.address[1]}")
         yield nodes
+
+
+async def wait_until(condition: Callable[[], bool], *, poll: float = 0.01) -> None:
+    """Wait until ``condition()`` is true, checking every ``poll`` seconds.
+
+    For eventually consistent state (registry and group replicas, node
+    lists after a disconnect). It never gives up by itself: bound it with
+    ``fail_after``.
+    """
+    # Polling is the point: replicas change on frames from other nodes and
+    # have no event to wait on.
+    while not condition():  # noqa: ASYNC110
+        await anyio.sleep(poll)
