@@ -66,12 +66,14 @@ async def test_exit_and_node_down_remove_members_everywhere() -> None:
             short_lived = await b.spawn(stop_on_message)
             await b.groups.join("g", short_lived)
             await b.groups.join("g", short_lived)
+            await b.groups.join("h", short_lived)
             await wait_until(lambda: len(a.groups.members("g")) == 2)
+            await wait_until(lambda: a.groups.members("h") == [short_lived])
             await wait_until(lambda: len(c.groups.members("g")) == 2)
             await a.send(short_lived, "exit")
             await stopped.wait()
             for node in (a, b, c):
-                await wait_until(lambda n=node: n.groups.members("g") == [])  # type: ignore[misc]
+                await wait_until(lambda n=node: n.groups.which_groups() == [])  # type: ignore[misc]
 
             async with td.open_node("d@127.0.0.1", cookie="trio-distribute-test") as d:
                 await d.connect(f"{a.name}:{a.address[1]}")

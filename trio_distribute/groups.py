@@ -75,6 +75,9 @@ class Groups:
     transport: Transport
     processes: Processes
     _local: dict[str, list[Pid]] = attrs.field(factory=dict)
+    # The groups each local process is in, so an exit costs a lookup rather
+    # than a scan of every group.
+    _groups_of: dict[Pid, set[str]] = attrs.field(factory=dict)
     _remote: dict[str, dict[str, list[Pid]]] = attrs.field(factory=dict)
     _remote_counts: dict[str, int] = attrs.field(factory=dict)
     _subscribers: dict[str, set[MemoryObjectSendStream[GroupEvent]]] = attrs.field(factory=dict)
@@ -102,6 +105,7 @@ class Groups:
         if self.processes.lookup(pid) is None:
             return
         self._local.setdefault(group, []).append(pid)
+        self._groups_of.setdefault(pid, set()).add(group)
         self._broadcast([Kind.GROUP_JOIN, group, [pid]])
         self._publish(GroupJoined(group, (pid,)))
         await anyio.lowlevel.checkpoint()
@@ -124,6 +128,11 @@ class Groups:
         members.remove(pid)
         if not members:
             del self._local[group]
+        if pid not in members:
+            groups = self._groups_of[pid]
+            groups.discard(group)
+            if not groups:
+                del self._groups_of[pid]
         self._broadcast([Kind.GROUP_LEAVE, group, [pid]])
         self._publish(GroupLeft(group, (pid,)))
         return True
@@ -223,7 +232,7 @@ class Groups:
             self._publish(GroupLeft(group, tuple(pids)))
 
     def _process_exited(self, pid: Pid, reason: ExitReason) -> None:
-        for group in [g for g, pids in self._local.items() if pid in pids]:
+        for group in sorted(self._groups_of.pop(pid, ())):
             members = self._local[group]
             gone = tuple(p for p in members if p == pid)
             members[:] = [p for p in members if p != pid]

@@ -104,6 +104,9 @@ class Registry:
     #: the same two pids, whatever their order.
     resolver: Resolver = default_resolver
     _names: dict[str, Pid] = attrs.field(factory=dict)
+    # The name each local process holds (at most one), so an exit costs a
+    # lookup rather than a scan of the whole table.
+    _owned: dict[Pid, str] = attrs.field(factory=dict)
     _locks: dict[str, str] = attrs.field(factory=dict)
     _pending: dict[int, _Pending] = attrs.field(factory=dict)
     _request_ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
@@ -151,9 +154,9 @@ class Registry:
         if self.processes.lookup(pid) is None:
             await anyio.lowlevel.checkpoint()
             return
-        for other, owner in self._names.items():
-            if owner == pid:
-                raise NameTakenError(name, f"{pid} is already registered as {other!r}")
+        other = self._owned.get(pid)
+        if other is not None and self._names.get(other) == pid:
+            raise NameTakenError(name, f"{pid} is already registered as {other!r}")
         while name in self._local_busy:  # one attempt per name from this node
             await self._local_busy[name].wait()
         self._local_busy[name] = anyio.Event()
@@ -268,6 +271,7 @@ class Registry:
         if pid.node != self.transport.name:
             raise ValueError(f"{name!r} belongs to {pid}, which lives on another node")
         del self._names[name]
+        self._owned.pop(pid, None)
         self._broadcast([Kind.REG_UNREGISTER, name, pid])
 
     async def send(self, name: str, msg: Any) -> Pid:
@@ -303,6 +307,8 @@ class Registry:
                 self.transport.count_drop("registry_limit")
                 return
             self._names[name] = pid
+            if pid.node == self.transport.name:
+                self._owned[pid] = name
             return
         if current == pid:
             return
@@ -310,6 +316,9 @@ class Registry:
         if winner == current:
             return
         self._names[name] = winner
+        self._owned.pop(current, None)
+        if winner.node == self.transport.name:
+            self._owned[winner] = name
         logger.info(
             "%s: name %r clash: %s kept, %s lost", self.transport.name, name, winner, current
         )
@@ -352,7 +361,8 @@ class Registry:
                 pending.done.set()
 
     def _process_exited(self, pid: Pid, reason: ExitReason) -> None:
-        for name in [n for n, owner in self._names.items() if owner == pid]:
+        name = self._owned.pop(pid, None)
+        if name is not None and self._names.get(name) == pid:
             del self._names[name]
             self._broadcast([Kind.REG_UNREGISTER, name, pid])
 
