@@ -259,8 +259,29 @@ class Processes:
         """See :meth:`Node.send`."""
         transport = self.transport
         if type(dest) is Pid:
-            if dest.node != transport.name:
-                await self._send_remote(dest.node, _SEND, dest, message)
+            node = dest.node
+            if node != transport.name:
+                # The hot path, written out flat: every call layer here is
+                # paid once per message.
+                conn = transport.connections.get(node)
+                if conn is None:
+                    conn = await self._connection_for(node)
+                head = self._heads[_SEND].get(dest) or self._frame_head(_SEND, dest)
+                body = codec.encode(message)
+                size = len(head) + len(body)
+                if size > transport.config.max_message_size:
+                    raise MessageTooLargeError(size, transport.config.max_message_size)
+                conn.write(b"".join((_LENGTH.pack(size), head, body)))
+                if conn.is_congested():
+                    await conn.wait_for_space()
+                    self._since_yield = 0
+                    return
+                self._since_yield += 1
+                if self._since_yield >= _YIELD_EVERY:
+                    self._since_yield = 0
+                    await self._checkpoints[0]()
+                else:
+                    await self._checkpoints[1]()
                 return
             self._deliver(dest, message)
         elif isinstance(dest, str):
@@ -353,9 +374,15 @@ class Processes:
 
     def _handle_send(self, conn: Connection, item: list[Any]) -> None:
         _, dest, message = item
-        if type(dest) is not Pid or dest.node != self.transport.name:
+        transport = self.transport
+        if type(dest) is not Pid or dest.node != transport.name:
             raise ValueError(f"SEND to {dest!r}, which is not a pid of this node")
-        self._deliver(dest, message)
+        # _deliver, written out flat (once per received message).
+        process = self._table.get(dest.id) if dest.creation == transport.creation else None
+        if process is None:
+            self.dropped(dest, "dead_pid")
+        elif not process._mailbox.put(message):
+            self.dropped(dest, "mailbox_full")
 
     def _handle_send_named(self, conn: Connection, item: list[Any]) -> None:
         _, name, message = item
