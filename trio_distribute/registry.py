@@ -138,7 +138,7 @@ class Registry:
 
     async def register(self, name: str, pid: Pid) -> None:
         """Register ``pid`` (a process of this node) as ``name`` on every
-        connected node.
+        connected node; on return every one of them has it (or went down).
 
         Registering a process that has already exited does nothing (as in
         Erlang, where such a name vanishes at once).
@@ -190,21 +190,24 @@ class Registry:
             answers: dict[str, str] = {}
 
             async def ask(node: str) -> None:
-                answers[node] = await self._lock_on(node, name)
+                answer = answers[node] = await self._lock_on(node, name)
+                if answer == "granted":
+                    # Recorded at once, so a cancellation still releases it.
+                    granted.append(node)
 
             async with anyio.create_task_group() as tg:
                 for node in others:
                     tg.start_soon(ask, node)
-            granted.extend(n for n, a in answers.items() if a == "granted")
             if "taken" in answers.values():
                 return "taken"
             if "busy" in answers.values():
                 return "busy"
-            # Every node granted (or left the cluster meanwhile): commit.
+            # Every node granted (or left the cluster meanwhile): commit,
+            # and return once every node has it (as Erlang's global does).
             granted.clear()
             self._apply(name, pid)
             self._locks.pop(name, None)
-            self._broadcast([Kind.REG_COMMIT, name, pid])
+            await self._confirm(Kind.REG_COMMIT, name, pid)
             return "registered"
         finally:
             # Whatever happened (lost, contended, cancelled), give back
@@ -213,27 +216,41 @@ class Registry:
                 self._release(node, name)
 
     async def _lock_on(self, node: str, name: str) -> str:
-        me = self.transport.name
-        if node == me:
-            return self._grant(name, me)
+        if node == self.transport.name:
+            return self._grant(name, node)
+        return await self._ask(node, Kind.REG_LOCK, name)
+
+    async def _ask(self, node: str, kind: Kind, *args: Any) -> str:
+        """Send ``[kind, request_id, *args]`` to ``node`` and wait for its
+        answer: ``"down"`` if it is (or goes) down, ``"busy"`` if it does
+        not answer within ``LOCK_TIMEOUT``."""
         conn = self.transport.connections.get(node)
         if conn is None:
             return "down"
         request = next(self._request_ids)
         pending = self._pending[request] = _Pending(node)
         try:
-            conn.write(frame(codec.encode([Kind.REG_LOCK, request, name])))
+            conn.write(frame(codec.encode([kind, request, *args])))
             with anyio.move_on_after(LOCK_TIMEOUT):
                 await pending.done.wait()
                 return pending.answer
             return "busy"  # no answer in time: retry rather than hang
         finally:
             del self._pending[request]
-            if not pending.done.is_set():
+            if kind == Kind.REG_LOCK and not pending.done.is_set():
                 # A grant may still come; remember to hand it back.
                 if len(self._abandoned) >= 1024:
                     self._abandoned.clear()
-                self._abandoned[request] = (node, name)
+                self._abandoned[request] = (node, args[0])
+
+    async def _confirm(self, kind: Kind, name: str, pid: Pid) -> None:
+        """Tell every connected node and wait until each has applied it (or
+        gone down). Shielded: once a commit has started it is finished, so
+        the replicas never disagree because a caller was cancelled."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(LOCK_TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                for node in sorted(self.transport.connections):
+                    tg.start_soon(self._ask, node, kind, name, pid)
 
     def _grant(self, name: str, requester: str) -> str:
         if name in self._names:
@@ -255,7 +272,8 @@ class Registry:
             conn.write(frame(codec.encode([Kind.REG_RELEASE, name])))
 
     async def unregister(self, name: str) -> None:
-        """Remove ``name`` everywhere if this node's process holds it.
+        """Remove ``name`` everywhere if this node's process holds it; on
+        return every connected node has dropped it.
 
         Does nothing if the name is not registered (as in Erlang).
 
@@ -272,7 +290,7 @@ class Registry:
             raise ValueError(f"{name!r} belongs to {pid}, which lives on another node")
         del self._names[name]
         self._owned.pop(pid, None)
-        self._broadcast([Kind.REG_UNREGISTER, name, pid])
+        await self._confirm(Kind.REG_UNREGISTER, name, pid)
 
     async def send(self, name: str, msg: Any) -> Pid:
         """Send ``msg`` to the process registered as ``name``; return its pid.
@@ -364,7 +382,7 @@ class Registry:
         name = self._owned.pop(pid, None)
         if name is not None and self._names.get(name) == pid:
             del self._names[name]
-            self._broadcast([Kind.REG_UNREGISTER, name, pid])
+            self._broadcast([Kind.REG_UNREGISTER, 0, name, pid])  # 0: no answer wanted
 
     # ------------------------------------------------------------ handlers
 
@@ -377,7 +395,7 @@ class Registry:
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
         _, request, answer = item
-        if answer not in ("granted", "taken", "busy"):
+        if answer not in ("granted", "taken", "busy", "done"):
             raise ValueError(f"unknown lock answer {answer!r}")
         pending = self._pending.get(request)
         if pending is None or pending.node != conn.peer:
@@ -388,14 +406,21 @@ class Registry:
         pending.answer = answer
         pending.done.set()
 
+    def _acknowledge(self, conn: Connection, request: object) -> None:
+        if type(request) is not int:
+            raise TypeError("a registry request id must be an int")
+        if request:
+            conn.write(frame(codec.encode([Kind.REG_REPLY, request, "done"])))
+
     def _handle_commit(self, conn: Connection, item: list[Any]) -> None:
-        _, name, pid = item
+        _, request, name, pid = item
         _check_name(name)
         if type(pid) is not Pid or pid.node != conn.peer:
             raise ValueError(f"{conn.peer} may only register its own pids, not {pid!r}")
         if self._locks.get(name) == conn.peer:
             del self._locks[name]
         self._apply(name, pid)
+        self._acknowledge(conn, request)
 
     def _handle_release(self, conn: Connection, item: list[Any]) -> None:
         _, name = item
@@ -403,12 +428,13 @@ class Registry:
             del self._locks[name]
 
     def _handle_unregister(self, conn: Connection, item: list[Any]) -> None:
-        _, name, pid = item
+        _, request, name, pid = item
         _check_name(name)
         if type(pid) is not Pid or pid.node != conn.peer:
             raise ValueError(f"{conn.peer} may only unregister its own pids, not {pid!r}")
         if self._names.get(name) == pid:
             del self._names[name]
+        self._acknowledge(conn, request)
 
     def _handle_sync(self, conn: Connection, item: list[Any]) -> None:
         _, table = item

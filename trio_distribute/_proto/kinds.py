@@ -27,8 +27,8 @@ class Kind(enum.IntEnum):
     GROUP_JOIN = 21  # [GROUP_JOIN, group, [Pid, ...]]
     GROUP_LEAVE = 22  # [GROUP_LEAVE, group, [Pid, ...]]
     REG_LOCK = 30  # [REG_LOCK, request_id, name]: may the sender register name?
-    REG_REPLY = 31  # [REG_REPLY, request_id, "granted" | "taken" | "busy"]
-    REG_COMMIT = 32  # [REG_COMMIT, name, Pid]: registered; releases the sender's lock
+    REG_REPLY = 31  # [REG_REPLY, request_id, "granted" | "taken" | "busy" | "done"]
+    REG_COMMIT = 32  # [REG_COMMIT, request_id, name, Pid]: registered; releases the lock
     REG_RELEASE = 33  # [REG_RELEASE, name]: the sender gives its lock up
-    REG_UNREGISTER = 34  # [REG_UNREGISTER, name, Pid]
+    REG_UNREGISTER = 34  # [REG_UNREGISTER, request_id, name, Pid]; request_id 0: no reply
     REG_SYNC = 35  # [REG_SYNC, {name: Pid}]: every name the sender knows
