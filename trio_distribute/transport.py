@@ -284,22 +284,29 @@ class Connection:
                         return
             try:
                 if self.sock is not None:
-                    data = await self._receive_raw(self.sock, bool(payloads))
+                    data = await self._receive_raw(
+                        self.sock, bool(payloads), len(data) < _RECEIVE_SIZE
+                    )
                 else:
                     data = await self.stream.receive(_RECEIVE_SIZE)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
                 return
 
-    async def _receive_raw(self, sock: socket.socket, delivered: bool) -> bytes:
+    async def _receive_raw(self, sock: socket.socket, delivered: bool, drained: bool) -> bytes:
         """Read from the socket, waiting only if nothing is there.
 
-        When the last read delivered frames, yield once first: the processes
-        those frames woke run now, so a reply goes out before this task
-        spends a system call finding the socket empty and re-arming its
-        wait. trio's own ``receive`` instead yields *after* every read.
+        If the last read did not fill the buffer, the socket is (almost
+        surely) empty: wait for it to become readable instead of spending a
+        system call to find nothing; the wait is level-triggered, so bytes
+        that came meanwhile end it at once. Otherwise, when the last read
+        delivered frames, yield once first: the processes those frames woke
+        run now, so a reply goes out before this task reads again. (trio's
+        own ``receive`` yields after every read and tries the socket first.)
         """
-        if delivered:
+        if drained:
+            await self.transport.wait_readable(sock)
+        elif delivered:
             await self.transport.checkpoint()
         while True:
             try:
