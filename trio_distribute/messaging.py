@@ -266,12 +266,7 @@ class Processes:
                 conn = transport.connections.get(node)
                 if conn is None:
                     conn = await self._connection_for(node)
-                head = self._heads[_SEND].get(dest) or self._frame_head(_SEND, dest)
-                body = codec.encode(message)
-                size = len(head) + len(body)
-                if size > transport.config.max_message_size:
-                    raise MessageTooLargeError(size, transport.config.max_message_size)
-                conn.write(b"".join((_LENGTH.pack(size), head, body)))
+                self._write_frame(conn, _SEND, dest, message)
                 if conn.is_congested():
                     await conn.wait_for_space()
                     self._since_yield = 0
@@ -319,17 +314,22 @@ class Processes:
             head = heads[dest] = _ARRAY_OF_3 + codec.encode(kind) + codec.encode(dest)
         return head
 
-    async def _send_remote(self, node: str, kind: int, dest: Pid | str, message: Any) -> None:
-        transport = self.transport
-        conn = transport.connections.get(node)
-        if conn is None:
-            conn = await self._connection_for(node)
-        head = self._frame_head(kind, dest)
+    def _write_frame(self, conn: Connection, kind: int, dest: Pid | str, message: Any) -> None:
+        """Encode ``[kind, dest, message]`` (the head from the cache) and
+        write it; a plain call, so the hot path pays no await layer."""
+        head = self._heads[kind].get(dest) or self._frame_head(kind, dest)
         body = codec.encode(message)
         size = len(head) + len(body)
-        if size > transport.config.max_message_size:
-            raise MessageTooLargeError(size, transport.config.max_message_size)
+        limit = self.transport.config.max_message_size
+        if size > limit:
+            raise MessageTooLargeError(size, limit)
         conn.write(b"".join((_LENGTH.pack(size), head, body)))
+
+    async def _send_remote(self, node: str, kind: int, dest: Pid | str, message: Any) -> None:
+        conn = self.transport.connections.get(node)
+        if conn is None:
+            conn = await self._connection_for(node)
+        self._write_frame(conn, kind, dest, message)
         if conn.is_congested():
             await conn.wait_for_space()
             self._since_yield = 0
