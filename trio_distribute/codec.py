@@ -547,33 +547,31 @@ def _make_id(kind: type[_T], cache: dict[tuple[str, int, int], _T], value: Any) 
     return made
 
 
-def _finish_pid(value: Any) -> Pid:
-    """The hot path: every frame carries a destination pid, and the same
-    pids come back again and again. A cached pid is returned without
+def _id_finisher(kind: type[_T], cache: dict[tuple[str, int, int], _T]) -> Callable[[Any], _T]:
+    """The tag decoder for Pid or Ref content ``[node, id, creation]``.
+
+    The hot path: every frame carries a destination pid, and the same pids
+    come back again and again. A cached one is returned without
     revalidation; the exact type checks keep ``True`` or ``1.0`` (equal to
-    1 as dict keys) from matching a cached ``1``."""
-    try:
-        node, id_, creation = value
-    except (TypeError, ValueError):
-        return _make_id(Pid, _PID_CACHE, value)
-    if type(node) is str and type(id_) is int and type(creation) is int:
-        pid = _PID_CACHE.get((node, id_, creation))
-        if pid is not None:
-            return pid
-    return _make_id(Pid, _PID_CACHE, value)
+    1 as dict keys) from matching a cached ``1``.
+    """
+
+    def finish(value: Any) -> _T:
+        try:
+            node, id_, creation = value
+        except (TypeError, ValueError):
+            return _make_id(kind, cache, value)
+        if type(node) is str and type(id_) is int and type(creation) is int:
+            found = cache.get((node, id_, creation))
+            if found is not None:
+                return found
+        return _make_id(kind, cache, value)
+
+    return finish
 
 
-def _finish_ref(value: Any) -> Ref:
-    """Like :func:`_finish_pid`, for refs."""
-    try:
-        node, id_, creation = value
-    except (TypeError, ValueError):
-        return _make_id(Ref, _REF_CACHE, value)
-    if type(node) is str and type(id_) is int and type(creation) is int:
-        ref = _REF_CACHE.get((node, id_, creation))
-        if ref is not None:
-            return ref
-    return _make_id(Ref, _REF_CACHE, value)
+_finish_pid = _id_finisher(Pid, _PID_CACHE)
+_finish_ref = _id_finisher(Ref, _REF_CACHE)
 
 
 def _finish_message(value: Any) -> object:
