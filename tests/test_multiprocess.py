@@ -22,15 +22,20 @@ def free_port() -> int:
         return port
 
 
-def test_two_nodes_example_in_two_processes() -> None:
+def run_example(script: str) -> str:
+    """Run an example in ``both`` mode (two OS processes); return its output."""
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "two_nodes.py"), "both", str(free_port())],
+        [sys.executable, str(EXAMPLES / script), "both", str(free_port())],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_two_nodes_example_in_two_processes() -> None:
+    out = run_example("two_nodes.py")
     assert "[client] 'hello' came back" in out
     assert "[client] reply: 2" in out
     assert "[client] echo process went down: normal" in out
@@ -105,14 +110,7 @@ async def test_sigkilled_node_mid_traffic_fires_noconnection() -> None:
 
 
 def test_groups_chat_example_in_two_processes() -> None:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "groups_chat.py"), "both", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
+    out = run_example("groups_chat.py")
     assert "[client] lobby says: {'welcome':" in out
     assert "[client] broadcast reached 2 members" in out
     assert "[server] heard 'hello, room'" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio
@@ -57,19 +58,25 @@ def contexts(pki: Pki, *, with_cert: bool = True) -> tuple[ssl.SSLContext, ssl.S
     return server, client
 
 
+def tls_node(
+    name: str, server: ssl.SSLContext, client: ssl.SSLContext, *, cookie: str = COOKIE
+) -> AbstractAsyncContextManager[td.Node]:
+    return td.open_node(
+        f"{name}@127.0.0.1",
+        cookie=cookie,
+        config=FAST,
+        ssl_context=server,
+        client_ssl_context=client,
+    )
+
+
 async def test_tls_nodes_connect_ping_and_message(pki: Pki) -> None:
     server, client = contexts(pki)
     with anyio.fail_after(10):
         async with (
-            td.open_node(
-                "a@127.0.0.1", cookie=COOKIE, config=FAST, ssl_context=server,
-                client_ssl_context=client,
-            ) as a,
-            td.open_node(
-                "b@127.0.0.1", cookie=COOKIE, config=FAST, ssl_context=server,
-                client_ssl_context=client,
-            ) as b,
-        ):  # fmt: skip
+            tls_node("a", server, client) as a,
+            tls_node("b", server, client) as b,
+        ):
             assert await a.connect(f"b@127.0.0.1:{b.address[1]}") == "b@127.0.0.1"
             assert await a.ping("b@127.0.0.1") > 0
             async with b.open_process() as proc:
@@ -82,11 +89,9 @@ async def test_tls_still_checks_the_cookie(pki: Pki) -> None:
     server, client = contexts(pki)
     with anyio.fail_after(10):
         async with (
-            td.open_node("a@127.0.0.1", cookie=COOKIE, config=FAST, ssl_context=server,
-                         client_ssl_context=client) as a,
-            td.open_node("b@127.0.0.1", cookie="wrong", config=FAST, ssl_context=server,
-                         client_ssl_context=client) as b,
-        ):  # fmt: skip
+            tls_node("a", server, client) as a,
+            tls_node("b", server, client, cookie="wrong") as b,
+        ):
             with pytest.raises(td.AuthenticationError):
                 await b.connect(f"a@127.0.0.1:{a.address[1]}")
             assert a.nodes() == []
@@ -96,15 +101,14 @@ async def test_plain_and_tls_nodes_cannot_talk(pki: Pki) -> None:
     server, client = contexts(pki)
     with anyio.fail_after(10):
         async with (
-            td.open_node("a@127.0.0.1", cookie=COOKIE, config=FAST, ssl_context=server,
-                         client_ssl_context=client) as tls_node,
+            tls_node("a", server, client) as secure,
             td.open_node("b@127.0.0.1", cookie=COOKIE, config=FAST) as plain,
-        ):  # fmt: skip
+        ):
             with pytest.raises(td.ConnectError):
-                await plain.connect(f"a@127.0.0.1:{tls_node.address[1]}")
+                await plain.connect(f"a@127.0.0.1:{secure.address[1]}")
             with pytest.raises(td.ConnectError):
-                await tls_node.connect(f"b@127.0.0.1:{plain.address[1]}")
-            assert tls_node.nodes() == [] and plain.nodes() == []
+                await secure.connect(f"b@127.0.0.1:{plain.address[1]}")
+            assert secure.nodes() == [] and plain.nodes() == []
 
 
 async def test_mutual_tls_refuses_a_client_without_a_certificate(pki: Pki) -> None:
@@ -112,11 +116,9 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(pki: Pki) -> No
     _, anonymous = contexts(pki, with_cert=False)
     with anyio.fail_after(10):
         async with (
-            td.open_node("a@127.0.0.1", cookie=COOKIE, config=FAST, ssl_context=server,
-                         client_ssl_context=client) as a,
-            td.open_node("b@127.0.0.1", cookie=COOKIE, config=FAST, ssl_context=server,
-                         client_ssl_context=anonymous) as b,
-        ):  # fmt: skip
+            tls_node("a", server, client) as a,
+            tls_node("b", server, anonymous) as b,
+        ):
             with pytest.raises(td.ConnectError):
                 await b.connect(f"a@127.0.0.1:{a.address[1]}")
             assert a.nodes() == []
