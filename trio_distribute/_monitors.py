@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import codec
 from ._ids import Pid, Ref
-from ._proto.frames import frame
 from ._proto.kinds import Kind
 from .monitor import ExitKind, ExitReason, NodeDownReason, ProcessDown
 
@@ -59,7 +57,7 @@ class Monitors:
 
     def _send(self, conn: Connection, item: list[Any]) -> None:
         if not conn.closed:
-            conn.write(frame(codec.encode(item)))
+            conn.write(self.transport.encode_frame(item))
 
     # ------------------------------------------------------------ watching
 

@@ -212,7 +212,7 @@ class Groups:
     # ------------------------------------------------------- replication
 
     def _broadcast(self, item: list[Any]) -> None:
-        data = frame(codec.encode(item))
+        data = self.transport.encode_frame(item)
         for conn in list(self.transport.connections.values()):
             if not conn.closed:
                 conn.write(data)
@@ -222,6 +222,9 @@ class Groups:
         conn = self.transport.connections.get(node)
         if conn is not None:
             snapshot = {group: list(pids) for group, pids in self._local.items()}
+            # Not encode_frame: this runs inside the node-up hook, where a size
+            # error would escape into the connection set-up; an oversized
+            # snapshot is refused by the peer's frame limit instead.
             conn.write(frame(codec.encode([Kind.GROUP_SYNC, snapshot])))
 
     def node_down(self, node: str, reason: str) -> None:

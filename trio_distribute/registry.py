@@ -230,7 +230,7 @@ class Registry:
         request = next(self._request_ids)
         pending = self._pending[request] = _Pending(node)
         try:
-            conn.write(frame(codec.encode([kind, request, *args])))
+            conn.write(self.transport.encode_frame([kind, request, *args]))
             with anyio.move_on_after(LOCK_TIMEOUT):
                 await pending.done.wait()
                 return pending.answer
@@ -269,7 +269,7 @@ class Registry:
             return
         conn = self.transport.connections.get(node)
         if conn is not None and not conn.closed:
-            conn.write(frame(codec.encode([Kind.REG_RELEASE, name])))
+            conn.write(self.transport.encode_frame([Kind.REG_RELEASE, name]))
 
     async def unregister(self, name: str) -> None:
         """Remove ``name`` everywhere if this node's process holds it; on
@@ -312,7 +312,7 @@ class Registry:
     # --------------------------------------------------------- replication
 
     def _broadcast(self, item: list[Any]) -> None:
-        data = frame(codec.encode(item))
+        data = self.transport.encode_frame(item)
         for conn in list(self.transport.connections.values()):
             if not conn.closed:
                 conn.write(data)
@@ -364,6 +364,9 @@ class Registry:
         """Send a newly connected node our whole table."""
         conn = self.transport.connections.get(node)
         if conn is not None and self._names:
+            # Not encode_frame: this runs inside the node-up hook, where a size
+            # error would escape into the connection set-up; an oversized
+            # snapshot is refused by the peer's frame limit instead.
             conn.write(frame(codec.encode([Kind.REG_SYNC, dict(self._names)])))
 
     def node_down(self, node: str, reason: str) -> None:
@@ -391,7 +394,7 @@ class Registry:
         if type(request) is not int:
             raise TypeError("REG_LOCK needs an int request id")
         answer = self._grant(_check_name(name), conn.peer)
-        conn.write(frame(codec.encode([Kind.REG_REPLY, request, answer])))
+        conn.write(self.transport.encode_frame([Kind.REG_REPLY, request, answer]))
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
         _, request, answer = item
@@ -410,7 +413,7 @@ class Registry:
         if type(request) is not int:
             raise TypeError("a registry request id must be an int")
         if request:
-            conn.write(frame(codec.encode([Kind.REG_REPLY, request, "done"])))
+            conn.write(self.transport.encode_frame([Kind.REG_REPLY, request, "done"]))
 
     def _handle_commit(self, conn: Connection, item: list[Any]) -> None:
         _, request, name, pid = item
