@@ -58,7 +58,7 @@ async def test_two_nodes_connect_list_ping_disconnect() -> None:
                 assert await a.connect(target(b)) == "b@127.0.0.1"
                 assert await a.connect("b@127.0.0.1") == "b@127.0.0.1"
                 rtt = await a.ping("b@127.0.0.1")
-                assert 0 < rtt < 5
+                assert rtt > 0
                 assert await b.ping("a@127.0.0.1") > 0
                 await a.disconnect("b@127.0.0.1")
                 assert await next_event(a_events) == td.NodeDown("b@127.0.0.1", "disconnect")
@@ -199,7 +199,9 @@ async def test_silent_peer_is_declared_down_after_tick_timeout() -> None:
             # Socket open, nothing sent: down after about tick_timeout.
             assert await next_event(events) == td.NodeDown("silent@127.0.0.1", "tick_timeout")
             silent_for = anyio.current_time() - started_at
-            assert 0.3 - 0.1 <= silent_for <= 0.4 + 0.1 + 1.0
+            # Never before the detection window opens (3 of 4 tick intervals);
+            # how late it comes is left to fail_after, not asserted.
+            assert silent_for >= 0.3 - 0.1
             await stream.aclose()
 
 
