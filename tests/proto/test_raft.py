@@ -1,0 +1,761 @@
+"""Tests for the raft-lite election core (trio_distribute._proto.raft).
+
+One test per rule, in the spirit of etcd's raft_paper_test.go. Most drive a
+single core by hand; a few use ``Pump``, which delivers queued sends between
+a handful of cores instantly (optionally dropping some links) so a whole
+exchange can be followed step by step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_distribute._proto.raft import (
+    MAX_MESSAGE_SIZE,
+    MAX_TERM,
+    ElectionCore,
+    Heartbeat,
+    HeartbeatAck,
+    LeaderChange,
+    Message,
+    Persist,
+    PreVote,
+    PreVoteReply,
+    RaftDecodeError,
+    Role,
+    Send,
+    Vote,
+    VoteReply,
+    decode_message,
+    default_lease_timeout,
+    encode_message,
+)
+
+E = 1.0
+H = 0.1
+L = default_lease_timeout(E, H)
+
+
+def make(
+    name: str = "a",
+    voters: Iterable[str] = ("a", "b", "c"),
+    *,
+    now: float = 0.0,
+    seed: int = 0,
+    **options: Any,
+) -> ElectionCore:
+    return ElectionCore(
+        name=name,
+        voters=voters,
+        election_timeout=E,
+        heartbeat_interval=H,
+        rng=random.Random(seed),
+        now=now,
+        **options,
+    )
+
+
+def sends(actions: list[Persist | Send]) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send)]
+
+
+def leads(core: ElectionCore) -> bool:
+    """``core.is_leader``, read through a call so mypy does not narrow it."""
+    return core.is_leader
+
+
+def fire(core: ElectionCore) -> float:
+    """Tick the core at its next deadline; return that time."""
+    deadline = core.next_deadline()
+    assert deadline is not None
+    core.tick(deadline)
+    return deadline
+
+
+def make_leader(core: ElectionCore) -> float:
+    """Drive a 3-voter core ``a`` to leadership with b's help; return the time."""
+    now = fire(core)
+    core.receive(now, "b", PreVoteReply(core.term, core.term + 1, granted=True))
+    core.receive(now, "b", VoteReply(core.term, granted=True))
+    assert core.is_leader
+    core.take_actions()
+    core.take_events()
+    return now
+
+
+class Pump:
+    """Cores connected by an instant network that delivers every send."""
+
+    def __init__(self, names: list[str], seed: int = 0, **options: Any) -> None:
+        self.now = 0.0
+        self.cores = {
+            n: make(n, names, seed=seed * 100 + i, **options) for i, n in enumerate(names)
+        }
+        self.cut: set[tuple[str, str]] = set()
+        self.events: dict[str, list[LeaderChange]] = {n: [] for n in names}
+        self.persisted: dict[str, list[Persist]] = {n: [] for n in names}
+
+    def isolate(self, name: str) -> None:
+        for other in self.cores:
+            if other != name:
+                self.cut |= {(name, other), (other, name)}
+
+    def flush(self) -> None:
+        queue: list[tuple[str, Send]] = []
+        while True:
+            for name, core in self.cores.items():
+                for action in core.take_actions():
+                    if isinstance(action, Persist):
+                        self.persisted[name].append(action)
+                    else:
+                        queue.append((name, action))
+                self.events[name] += core.take_events()
+            if not queue:
+                return
+            source, send = queue.pop(0)
+            if (source, send.to) not in self.cut and send.to in self.cores:
+                self.cores[send.to].receive(self.now, source, send.message)
+
+    def run_until(self, t: float) -> None:
+        self.flush()
+        while True:
+            due = [
+                (d, n)
+                for n, c in self.cores.items()
+                if (d := c.next_deadline()) is not None and d <= t
+            ]
+            if not due:
+                break
+            self.now, name = min(due)
+            self.cores[name].tick(self.now)
+            self.flush()
+        self.now = t
+
+    def leaders(self) -> list[str]:
+        return [n for n, c in self.cores.items() if c.is_leader]
+
+
+# ------------------------------------------------------------ timeouts
+
+
+def test_election_timeout_is_uniform_in_e_2e_and_redrawn_each_time() -> None:
+    draws = []
+    for seed in range(200):
+        core = make(seed=seed)
+        for _ in range(5):
+            start = core.next_deadline()
+            assert start is not None
+            draws.append(start)
+            fire(core)  # a lonely pre-vote round, re-arms the timer
+            deadline = core.next_deadline()
+            assert deadline is not None
+            draws[-1] = deadline - start
+    assert all(E <= d < 2 * E for d in draws)
+    # The empirical CDF looks uniform (etcd's TestPastElectionTimeout checks 0.1/0.4/0.6/0.9).
+    for fraction in (0.1, 0.4, 0.6, 0.9):
+        share = sum(d < E * (1 + fraction) for d in draws) / len(draws)
+        assert abs(share - fraction) < 0.06
+    assert len(set(draws)) == len(draws)
+
+
+def test_timeout_draw_at_upper_bound_is_kept_below_2e() -> None:
+    class Top(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return b
+
+    core = ElectionCore(
+        name="a", voters=["a"], election_timeout=E, heartbeat_interval=H, rng=Top(), now=5.0
+    )
+    deadline = core.next_deadline()
+    assert deadline is not None and 5.0 + E <= deadline < 5.0 + 2 * E
+
+
+def test_rejects_inconsistent_timing() -> None:
+    with pytest.raises(ValueError, match="lease_timeout"):
+        make(lease_timeout=E)
+    with pytest.raises(ValueError, match="lease_timeout"):
+        make(lease_timeout=H / 2)
+    with pytest.raises(ValueError, match="election_timeout"):
+        ElectionCore(
+            name="a", voters=[], election_timeout=0, heartbeat_interval=H,
+            rng=random.Random(0), now=0,
+        )  # fmt: skip
+    assert H < L < E
+    assert default_lease_timeout(1.0, 0.9) == pytest.approx(0.95)
+
+
+# ------------------------------------------------------------ pre-vote
+
+
+def test_timeout_starts_pre_vote_without_bumping_term_or_persisting() -> None:
+    core = make()
+    fire(core)
+    assert core.role is Role.PRE_CANDIDATE
+    assert core.term == 0 and core.voted_for is None
+    assert core.take_actions() == [Send("b", PreVote(1)), Send("c", PreVote(1))]
+
+
+def test_pre_vote_request_never_bumps_the_receivers_term() -> None:
+    core = make(persisted=(4, None))
+    core.receive(0.0, "b", PreVote(50))
+    assert core.term == 4 and core.voted_for is None and core.role is Role.FOLLOWER
+    assert core.take_actions() == [Send("b", PreVoteReply(4, 50, granted=True))]
+
+
+def test_pre_vote_refused_for_a_term_not_above_ours() -> None:
+    core = make(persisted=(4, None))
+    core.receive(0.0, "b", PreVote(4))
+    assert core.take_actions() == [Send("b", PreVoteReply(4, 4, granted=False))]
+
+
+def test_pre_candidate_behind_learns_term_from_refusal() -> None:
+    core = make()
+    now = fire(core)
+    core.take_actions()
+    core.receive(now, "b", PreVoteReply(7, 1, granted=False))
+    assert core.term == 7 and core.role is Role.FOLLOWER
+    assert core.take_actions() == [Persist(7, None)]
+
+
+def test_pre_vote_majority_starts_campaign_persisting_before_vote_requests() -> None:
+    core = make()
+    now = fire(core)
+    core.take_actions()
+    core.receive(now, "b", PreVoteReply(0, 1, granted=True))
+    assert core.role is Role.CANDIDATE and core.term == 1 and core.voted_for == "a"
+    assert core.take_actions() == [
+        Persist(1, "a"),
+        Send("b", Vote(1)),
+        Send("c", Vote(1)),
+    ]
+
+
+def test_stale_pre_vote_grants_do_not_count() -> None:
+    core = make(persisted=(3, None))
+    now = fire(core)
+    core.receive(now, "b", PreVoteReply(3, 3, granted=True))  # answer to an older round
+    core.receive(now, "c", PreVoteReply(3, 4, granted=False))
+    assert core.role is Role.PRE_CANDIDATE and core.term == 3
+
+
+def test_without_pre_vote_timeout_campaigns_directly() -> None:
+    core = make(pre_vote=False)
+    fire(core)
+    assert core.role is Role.CANDIDATE and core.term == 1
+    assert core.take_actions()[0] == Persist(1, "a")
+
+
+# ------------------------------------------------------------ votes
+
+
+def test_vote_persisted_before_the_reply() -> None:
+    core = make()
+    core.receive(0.5, "b", Vote(1))
+    assert core.take_actions() == [Persist(1, "b"), Send("b", VoteReply(1, granted=True))]
+    assert (core.term, core.voted_for) == (1, "b")
+
+
+def test_granting_a_vote_restarts_the_election_timer() -> None:
+    core = make()
+    core.receive(0.9, "b", Vote(1))
+    deadline = core.next_deadline()
+    assert deadline is not None and 0.9 + E <= deadline < 0.9 + 2 * E
+
+
+def test_one_vote_per_term() -> None:
+    core = make()
+    core.receive(0.0, "b", Vote(1))
+    core.take_actions()
+    core.receive(0.0, "c", Vote(1))
+    assert core.take_actions() == [Send("c", VoteReply(1, granted=False))]
+    core.receive(0.0, "b", Vote(1))  # a retransmission: same answer, nothing to write
+    assert core.take_actions() == [Send("b", VoteReply(1, granted=True))]
+    core.receive(0.0, "c", Vote(2))  # a new term: a new vote
+    assert core.take_actions() == [Persist(2, "c"), Send("c", VoteReply(2, granted=True))]
+
+
+def test_vote_for_a_lower_term_refused_with_our_term() -> None:
+    core = make(persisted=(5, None))
+    core.receive(0.0, "b", Vote(4))
+    assert core.take_actions() == [Send("b", VoteReply(5, granted=False))]
+    assert core.voted_for is None
+
+
+def test_candidate_refuses_rivals_of_its_term() -> None:
+    core = make(pre_vote=False)
+    now = fire(core)
+    core.take_actions()
+    core.receive(now, "b", Vote(1))
+    assert core.take_actions() == [Send("b", VoteReply(1, granted=False))]
+    assert core.role is Role.CANDIDATE
+
+
+def test_persisted_state_restores_term_and_vote() -> None:
+    core = make(persisted=(3, "b"))
+    assert (core.term, core.voted_for) == (3, "b")
+    core.receive(0.0, "c", Vote(3))
+    assert core.take_actions() == [Send("c", VoteReply(3, granted=False))]
+    with pytest.raises(ValueError, match="persisted term"):
+        make(persisted=(-1, None))
+
+
+def test_candidate_with_majority_becomes_leader_and_heartbeats_at_once() -> None:
+    core = make(pre_vote=False)
+    now = fire(core)
+    core.take_actions()
+    core.receive(now, "c", VoteReply(1, granted=False))
+    assert core.role is Role.CANDIDATE
+    core.receive(now, "b", VoteReply(1, granted=True))
+    assert core.is_leader and core.leader == "a"
+    assert core.take_actions() == [Send("b", Heartbeat(1, now)), Send("c", Heartbeat(1, now))]
+    assert core.take_events() == [LeaderChange(1, "a")]
+
+
+def test_votes_from_outside_the_voter_set_do_not_count() -> None:
+    core = make(pre_vote=False)
+    now = fire(core)
+    core.receive(now, "z", VoteReply(1, granted=True))
+    assert core.role is Role.CANDIDATE
+
+
+def test_vote_requests_from_outside_the_voter_set_are_refused() -> None:
+    core = make()
+    core.receive(0.0, "z", Vote(9))
+    core.receive(0.0, "z", PreVote(9))
+    assert core.term == 0 and core.voted_for is None
+    assert core.take_actions() == [
+        Send("z", VoteReply(0, granted=False)),
+        Send("z", PreVoteReply(0, 9, granted=False)),
+    ]
+
+
+# ------------------------------------------------------------ heartbeats and terms
+
+
+def test_leader_heartbeats_every_interval() -> None:
+    core = make()
+    start = make_leader(core)
+    times = []
+    for _ in range(5):
+        now = fire(core)
+        core.receive(now, "b", HeartbeatAck(core.term, now))
+        times.append(now)
+        assert sends(core.take_actions()) == [
+            Send("b", Heartbeat(1, now)),
+            Send("c", Heartbeat(1, now)),
+        ]
+    assert times == pytest.approx([start + H * (i + 1) for i in range(5)])
+
+
+def test_heartbeat_makes_follower_and_is_acknowledged() -> None:
+    core = make(pre_vote=False)
+    now = fire(core)  # candidate in term 1
+    core.take_actions()
+    core.receive(now, "b", Heartbeat(1, 123.0))
+    assert core.role is Role.FOLLOWER and core.leader == "b" and core.term == 1
+    assert core.take_actions() == [Send("b", HeartbeatAck(1, 123.0))]
+    assert core.take_events() == [LeaderChange(1, "b")]
+
+
+def test_higher_term_heartbeat_is_adopted_and_persisted_before_ack() -> None:
+    core = make()
+    core.receive(0.0, "b", Heartbeat(6, 1.0))
+    assert core.take_actions() == [Persist(6, None), Send("b", HeartbeatAck(6, 1.0))]
+    assert (core.term, core.leader) == (6, "b")
+
+
+def test_stale_leader_is_told_the_current_term() -> None:
+    core = make(persisted=(5, None))
+    core.receive(0.0, "b", Heartbeat(3, 2.5))
+    assert core.take_actions() == [Send("b", HeartbeatAck(5, 2.5))]
+    assert core.leader is None
+
+
+def test_leader_steps_down_on_higher_term() -> None:
+    core = make()
+    now = make_leader(core)
+    core.receive(now, "c", HeartbeatAck(core.term + 1, now))
+    assert core.role is Role.FOLLOWER and core.leader is None and core.term == 2
+    assert core.take_events() == [LeaderChange(2, None)]
+
+
+def test_terms_never_decrease() -> None:
+    core = make(persisted=(9, None))
+    for message in (Heartbeat(2, 0.0), Vote(3), VoteReply(4, True), HeartbeatAck(1, 0.0)):
+        core.receive(0.0, "b", message)
+        assert core.term == 9
+
+
+def test_follower_forgets_a_silent_leader_after_its_timeout() -> None:
+    core = make()
+    core.receive(0.0, "b", Heartbeat(1, 0.0))
+    core.take_events()
+    fire(core)
+    assert core.leader is None and core.role is Role.PRE_CANDIDATE
+    assert core.take_events() == [LeaderChange(1, None)]
+
+
+def test_same_leader_in_a_new_term_is_announced() -> None:
+    core = make()
+    core.receive(0.0, "b", Heartbeat(1, 0.0))
+    core.receive(0.1, "b", Heartbeat(2, 0.1))
+    assert core.take_events() == [LeaderChange(1, "b"), LeaderChange(2, "b")]
+
+
+# ------------------------------------------------------------ stickiness
+
+
+def test_stickiness_ignores_votes_within_e_of_the_leader() -> None:
+    core = make()
+    core.receive(0.0, "b", Heartbeat(1, 0.0))
+    core.take_actions()
+    core.receive(E * 0.99, "c", Vote(2))
+    core.receive(E * 0.99, "c", PreVote(2))
+    assert core.take_actions() == []
+    assert core.term == 1 and core.voted_for is None and core.leader == "b"
+    # Past E without news from the leader (and before our own timeout fired):
+    core.receive(E, "c", PreVote(2))
+    core.receive(E, "c", Vote(2))
+    assert core.take_actions() == [
+        Send("c", PreVoteReply(1, 2, granted=True)),
+        Persist(2, "c"),
+        Send("c", VoteReply(2, granted=True)),
+    ]
+
+
+def test_leader_ignores_vote_requests() -> None:
+    core = make()
+    now = make_leader(core)
+    core.receive(now, "c", Vote(5))
+    core.receive(now, "c", PreVote(5))
+    assert core.take_actions() == [] and core.is_leader and core.term == 1
+
+
+# ------------------------------------------------------------ check-quorum
+
+
+def test_leader_without_acks_steps_down_after_lease() -> None:
+    core = make()
+    won = make_leader(core)
+    while core.is_leader:
+        now = fire(core)
+    assert now == pytest.approx(won + L)
+    assert core.take_events() == [LeaderChange(1, None)]
+    assert core.lease_expiry() is None
+
+
+def test_check_quorum_step_down_time_is_acked_send_time_plus_lease() -> None:
+    core = make()
+    won = make_leader(core)
+    assert core.lease_expiry() == pytest.approx(won + L)
+    last_acked = won
+    now = won
+    while now < won + 0.5:
+        now = fire(core)
+        core.receive(now + 0.001, "b", HeartbeatAck(1, now))
+        last_acked = now
+    assert core.lease_expiry() == pytest.approx(last_acked + L)
+    # b goes silent: heartbeats continue until exactly last_acked + L.
+    while core.is_leader:
+        now = fire(core)
+    assert now == pytest.approx(last_acked + L)
+
+
+def test_acks_with_implausible_stamps_are_ignored() -> None:
+    core = make()
+    won = make_leader(core)
+    core.receive(won, "b", HeartbeatAck(1, won + 100.0))  # from the future
+    core.receive(won, "c", HeartbeatAck(1, won - 100.0))  # before we led
+    assert core.lease_expiry() == pytest.approx(won + L)
+
+
+def test_check_quorum_off_never_steps_down() -> None:
+    core = make(check_quorum=False)
+    won = make_leader(core)
+    for _ in range(100):
+        fire(core)
+    assert core.is_leader and core.next_deadline() == pytest.approx(won + 101 * H)
+
+
+# ------------------------------------------------------------ abstention
+
+
+def test_abstaining_node_neither_votes_nor_campaigns() -> None:
+    core = make(abstain_until=2 * E)
+    core.receive(0.1, "b", Vote(1))
+    core.receive(0.1, "b", PreVote(1))
+    assert core.take_actions() == [] and core.voted_for is None
+    while (deadline := core.next_deadline()) is not None and deadline < 2 * E:
+        fire(core)
+        assert core.role is Role.FOLLOWER and core.take_actions() == []
+    core.receive(2 * E, "b", Vote(1))
+    assert core.take_actions() == [Persist(1, "b"), Send("b", VoteReply(1, granted=True))]
+
+
+def test_abstaining_node_follows_a_leader() -> None:
+    core = make(abstain_until=2 * E)
+    core.receive(0.1, "b", Heartbeat(4, 0.1))
+    assert core.leader == "b" and core.term == 4
+    assert sends(core.take_actions()) == [Send("b", HeartbeatAck(4, 0.1))]
+
+
+def test_abstaining_node_campaigns_after_abstention() -> None:
+    core = make(abstain_until=2 * E)
+    while core.role is Role.FOLLOWER:
+        now = fire(core)
+    assert now >= 2 * E and core.role is Role.PRE_CANDIDATE
+
+
+# ------------------------------------------------------------ voter sets
+
+
+def test_node_outside_the_voter_set_never_campaigns() -> None:
+    core = make("z")
+    assert core.next_deadline() is None
+    core.tick(100.0)
+    assert core.role is Role.FOLLOWER and core.take_actions() == []
+    core.receive(100.0, "a", Heartbeat(3, 100.0))  # but it follows the leader
+    assert core.leader == "a"
+
+
+def test_added_to_voter_set_arms_the_timer() -> None:
+    core = make("z")
+    core.set_voters(10.0, ["a", "b", "c", "z"])
+    deadline = core.next_deadline()
+    assert deadline is not None and 10.0 + E <= deadline < 10.0 + 2 * E
+
+
+def test_leader_removed_from_voter_set_steps_down() -> None:
+    core = make()
+    now = make_leader(core)
+    core.set_voters(now, ["b", "c"])
+    assert core.role is Role.FOLLOWER and core.leader is None
+    assert core.next_deadline() is None
+    assert core.take_events() == [LeaderChange(1, None)]
+
+
+def test_shrinking_voter_set_can_complete_an_election() -> None:
+    core = make(voters=["a", "b", "c", "d", "e"], pre_vote=False)
+    now = fire(core)
+    core.receive(now, "b", VoteReply(1, True))
+    assert core.role is Role.CANDIDATE  # 2 of 5
+    core.set_voters(now, ["a", "b", "c"])  # 2 of 3
+    assert core.is_leader
+
+
+def test_growing_voter_set_makes_leader_heartbeat_newcomers() -> None:
+    core = make(voters=["a"])
+    won = fire(core)
+    assert core.is_leader and core.next_deadline() is None  # alone: nothing to do
+    core.take_actions()
+    core.set_voters(5.0, ["a", "b"])
+    assert core.take_actions() == [Send("b", Heartbeat(1, 5.0))]
+    # A newcomer gets a lease's grace from when it was added.
+    assert won < 5.0 - L and core.is_leader
+    assert core.lease_expiry() == pytest.approx(5.0 + L)
+
+
+def test_acks_from_removed_voters_stop_counting() -> None:
+    core = make()
+    won = make_leader(core)
+    core.receive(won + 0.2, "b", HeartbeatAck(1, won + 0.1))
+    assert core.lease_expiry() == pytest.approx(won + 0.1 + L)
+    core.set_voters(won + 0.2, ["a", "c"])
+    assert core.lease_expiry() == pytest.approx(won + L)
+    core.set_voters(won + 0.3, ["a", "c", "b"])  # back, but its old ack is forgotten
+    assert core.lease_expiry() == pytest.approx(won + 0.3 + L)
+
+
+# ------------------------------------------------------------ cluster sizes
+
+
+def test_one_voter_elects_itself_after_its_timeout_and_stays() -> None:
+    core = make(voters=["a"])
+    deadline = core.next_deadline()
+    assert deadline is not None and E <= deadline < 2 * E
+    core.tick(deadline - 1e-9)
+    assert not leads(core)
+    core.tick(deadline)
+    assert leads(core)
+    assert core.term == 1
+    assert core.take_actions() == [Persist(1, "a")]
+    core.tick(1e6)
+    assert core.is_leader
+
+
+def test_two_voters_need_both() -> None:
+    pump = Pump(["a", "b"])
+    pump.isolate("b")
+    pump.run_until(20 * E)
+    assert pump.leaders() == []
+    assert all(c.term == 0 for c in pump.cores.values())  # pre-vote kept terms still
+    pump.cut.clear()
+    pump.run_until(23 * E)
+    assert len(pump.leaders()) == 1
+    leader = pump.leaders()[0]
+    follower = "b" if leader == "a" else "a"
+    pump.isolate(follower)
+    pump.run_until(pump.now + L + H)
+    assert pump.leaders() == []
+
+
+def test_three_voters_tolerate_one_failure() -> None:
+    pump = Pump(["a", "b", "c"], seed=3)
+    pump.run_until(3 * E)
+    [first] = pump.leaders()
+    pump.isolate(first)
+    pump.run_until(pump.now + 4 * E)
+    others = [n for n in pump.leaders() if n != first]
+    assert len(others) == 1
+    assert not pump.cores[first].is_leader  # check-quorum deposed it
+    assert pump.cores[others[0]].term > pump.cores[first].term
+
+
+# ------------------------------------------------------------ R4 by hand
+
+
+def disrupted(pre_vote: bool) -> tuple[int, int, int]:
+    """Isolate a follower for 10 E, heal; return (term before, term after,
+    leader changes seen by the majority after the heal)."""
+    pump = Pump(["a", "b", "c"], seed=7, pre_vote=pre_vote)
+    pump.run_until(3 * E)
+    [leader] = pump.leaders()
+    follower = next(n for n in pump.cores if n != leader)
+    term = pump.cores[leader].term
+    pump.isolate(follower)
+    pump.run_until(pump.now + 10 * E)
+    changes_before = sum(len(pump.events[n]) for n in pump.cores if n != follower)
+    pump.cut.clear()
+    pump.run_until(pump.now + 5 * E)
+    changes = sum(len(pump.events[n]) for n in pump.cores if n != follower) - changes_before
+    return term, pump.cores[leader].term, changes
+
+
+def test_isolated_follower_rejoins_without_disruption() -> None:
+    before, after, changes = disrupted(pre_vote=True)
+    assert after == before and changes == 0
+
+
+def test_without_pre_vote_rejoiner_deposes_the_leader() -> None:
+    # The contrast that shows the previous test can fail.
+    before, after, changes = disrupted(pre_vote=False)
+    assert after > before and changes > 0
+
+
+def test_pump_elects_exactly_one_leader_per_term() -> None:
+    for seed in range(30):
+        pump = Pump(["a", "b", "c", "d", "e"], seed=seed)
+        pump.run_until(5 * E)
+        assert len(pump.leaders()) == 1
+        term = pump.cores[pump.leaders()[0]].term
+        voters_for = [p.voted_for for ps in pump.persisted.values() for p in ps if p.term == term]
+        assert voters_for.count(pump.leaders()[0]) >= 3
+
+
+# ------------------------------------------------------------ wire
+
+
+messages = st.one_of(
+    st.builds(PreVote, st.integers(0, MAX_TERM)),
+    st.builds(PreVoteReply, st.integers(0, MAX_TERM), st.integers(0, MAX_TERM), st.booleans()),
+    st.builds(Vote, st.integers(0, MAX_TERM)),
+    st.builds(VoteReply, st.integers(0, MAX_TERM), st.booleans()),
+    st.builds(
+        Heartbeat, st.integers(0, MAX_TERM), st.floats(allow_nan=False, allow_infinity=False)
+    ),
+    st.builds(
+        HeartbeatAck, st.integers(0, MAX_TERM), st.floats(allow_nan=False, allow_infinity=False)
+    ),
+)
+
+
+@given(messages)
+def test_wire_round_trip(message: Message) -> None:
+    data = encode_message(message)
+    assert len(data) <= MAX_MESSAGE_SIZE
+    assert decode_message(data) == message
+    assert isinstance(cbor2.loads(data), list)
+
+
+def check_garbage(data: bytes) -> None:
+    try:
+        message = decode_message(data)
+    except RaftDecodeError:
+        return
+    assert encode_message(message) == data or decode_message(encode_message(message)) == message
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=80))
+def test_garbage_bytes_raise_only_raft_decode_error(data: bytes) -> None:
+    check_garbage(data)
+
+
+scalars = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.none(),
+    st.floats(),
+    st.binary(max_size=4),
+    st.text(max_size=4),
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.one_of(scalars, st.lists(scalars, max_size=2)), max_size=5))
+def test_garbage_structures_raise_only_raft_decode_error(value: list[object]) -> None:
+    check_garbage(cbor2.dumps(value))
+
+
+@given(messages, st.data())
+def test_mutated_messages_raise_only_raft_decode_error(
+    message: Message, data: st.DataObject
+) -> None:
+    encoded = bytearray(encode_message(message))
+    index = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[index] = data.draw(st.integers(0, 255))
+    check_garbage(bytes(encoded[: data.draw(st.integers(0, len(encoded)))]))
+    check_garbage(bytes(encoded))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff",
+        cbor2.dumps([5, 1, math.nan]),
+        cbor2.dumps([5, 1, math.inf]),
+        cbor2.dumps([1, True]),  # a bool is not a term
+        cbor2.dumps([4, 1, 1]),  # an int is not a flag
+        cbor2.dumps([1, -1]),
+        cbor2.dumps([1, 2**63]),
+        cbor2.dumps([9, 1]),
+        cbor2.dumps((1, 2)) + b"\x00",  # trailing bytes
+        cbor2.dumps({"kind": 1}),
+        cbor2.dumps(cbor2.CBORTag(1, 5)),
+        b"\xd8\x1c\x81\xd8\x1d\x00",  # a self-referencing shared value
+        b"\x9f\x01\x01\xff",  # indefinite length
+        bytes(MAX_MESSAGE_SIZE + 1),
+    ],
+)
+def test_known_garbage(data: bytes) -> None:
+    with pytest.raises(RaftDecodeError):
+        decode_message(data)
+
+
+def test_decode_refuses_non_bytes() -> None:
+    with pytest.raises(RaftDecodeError):
+        decode_message("text")  # type: ignore[arg-type]
+
+
+def test_encode_refuses_non_messages() -> None:
+    with pytest.raises(TypeError):
+        encode_message("nope")  # type: ignore[arg-type]
