@@ -21,6 +21,8 @@ def test_contract_names_exist() -> None:
         "ProcessDown", "ExitReason", "ConnectError", "AuthenticationError",
         "HandshakeError", "VersionMismatchError", "NodeDownError", "ProtocolError",
         "DecodeError", "EncodeError", "MessageTooLargeError", "NameNotFoundError",
+        "RpcTimeoutError", "BadRpcError", "RemoteError", "Ok", "Err", "rpc", "remote_call",
+        "settings", "log",
     ]:  # fmt: skip
         assert name in td.__all__, name
 

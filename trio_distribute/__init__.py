@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import logging as _logging
 
+from . import log as log
+from . import remote_call as remote_call
+from . import remote_call as rpc
+from . import settings as settings
 from ._ids import Pid as Pid
 from ._ids import Ref as Ref
 from .codec import message as message
@@ -16,6 +20,7 @@ from .config import ElectionConfig as ElectionConfig
 from .config import MembershipConfig as MembershipConfig
 from .config import NodeConfig as NodeConfig
 from .errors import AuthenticationError as AuthenticationError
+from .errors import BadRpcError as BadRpcError
 from .errors import ConnectError as ConnectError
 from .errors import DecodeError as DecodeError
 from .errors import DistributionError as DistributionError
@@ -26,6 +31,9 @@ from .errors import NameNotFoundError as NameNotFoundError
 from .errors import NameTakenError as NameTakenError
 from .errors import NodeDownError as NodeDownError
 from .errors import ProtocolError as ProtocolError
+from .errors import RemoteError as RemoteError
+from .errors import RpcError as RpcError
+from .errors import RpcTimeoutError as RpcTimeoutError
 from .errors import VersionMismatchError as VersionMismatchError
 from .groups import GroupJoined as GroupJoined
 from .groups import GroupLeft as GroupLeft
@@ -41,16 +49,22 @@ from .node import Node as Node
 from .node import NodeStatistics as NodeStatistics
 from .node import open_node as open_node
 from .registry import NameConflict as NameConflict
+from .remote_call import Err as Err
+from .remote_call import Ok as Ok
+from .remote_call import Rpc as Rpc
+from .remote_call import RpcStatistics as RpcStatistics
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AuthenticationError",
+    "BadRpcError",
     "ConnectError",
     "DecodeError",
     "DistributionError",
     "ElectionConfig",
     "EncodeError",
+    "Err",
     "ExitKind",
     "ExitReason",
     "GroupJoined",
@@ -68,15 +82,25 @@ __all__ = [
     "NodeDownReason",
     "NodeStatistics",
     "NodeUp",
+    "Ok",
     "Pid",
     "Process",
     "ProcessDown",
     "ProtocolError",
     "Ref",
+    "RemoteError",
+    "Rpc",
+    "RpcError",
+    "RpcStatistics",
+    "RpcTimeoutError",
     "VersionMismatchError",
     "current_process",
+    "log",
     "message",
     "open_node",
+    "remote_call",
+    "rpc",
+    "settings",
 ]
 
 # A library logs through the stdlib and lets the application decide where

@@ -17,8 +17,28 @@ from typing import Any
 import anyio
 
 from ._backend import Checkpoints, Parker
+from ._correlation import Traced, correlation_id
 
 __all__ = ["Mailbox"]
+
+_current_id = correlation_id.get
+
+
+def _received(message: Any) -> Any:
+    """Unwrap a traced message, making its correlation id current; any
+    other message clears the current id (as Erlang's ``seq_trace`` does),
+    so a server loop never logs one request under another's id."""
+    if type(message) is Traced:
+        correlation_id.set(message.correlation_id)
+        return message.message
+    if _current_id() is not None:
+        correlation_id.set(None)
+    return message
+
+
+def _inner(message: Any) -> Any:
+    return message.message if type(message) is Traced else message
+
 
 #: Messages taken without waiting before ``take`` yields to the scheduler
 #: once, so a busy receiver cannot starve other tasks but does not pay a
@@ -75,12 +95,12 @@ class Mailbox:
         messages = self._messages
         if match is None:
             if messages:
-                return messages.popleft()
+                return _received(messages.popleft())
             raise anyio.WouldBlock
         for index, message in enumerate(messages):
-            if match(message):
+            if match(_inner(message)):
                 del messages[index]
-                return message
+                return _received(message)
         raise anyio.WouldBlock
 
     async def take(self, match: Callable[[Any], bool] | None = None) -> Any:
@@ -100,14 +120,17 @@ class Mailbox:
         while True:
             if match is None:
                 if messages:
-                    return messages.popleft()
+                    message = messages.popleft()
+                    if type(message) is Traced or _current_id() is not None:
+                        return _received(message)
+                    return message
             else:
                 # Only messages that arrived since the last scan can match.
                 for index in range(scanned, len(messages)):
                     message = messages[index]
-                    if match(message):
+                    if match(_inner(message)):
                         del messages[index]
-                        return message
+                        return _received(message)
                 scanned = len(messages)
             await self._parker.park()
             self._since_yield = 0

@@ -13,6 +13,8 @@ from typing import Any
 import attrs
 from attrs import validators as v
 
+from . import settings
+
 __all__ = ["ElectionConfig", "MembershipConfig", "NodeConfig"]
 
 _positive = v.gt(0)
@@ -113,11 +115,14 @@ class NodeConfig:
         handshake_timeout: deadline for a whole handshake.
         max_pending_handshakes: unauthenticated connections allowed at once;
             more are closed on accept.
-        max_message_size: largest encoded message accepted or sent.
+        max_message_size: largest encoded message accepted or sent
+            (default: ``settings.max_message_size()`` when the config is made).
         max_mailbox: messages a process mailbox holds before new ones are
             dropped (and counted).
         send_buffer_size: bytes queued per connection before senders wait.
         connect_all: connect to every member learned through membership.
+        allow_any_module: let RPC resolve ``"module.function"`` by import
+            (default: ``settings.allow_any_module()`` when the config is made).
         state_dir: where the election persists ``(term, voted_for)``.
         metadata: up to 512 bytes gossiped with this node's membership.
     """
@@ -128,13 +133,16 @@ class NodeConfig:
     handshake_timeout: float = attrs.field(default=5.0, converter=float, validator=_positive_float)
     max_pending_handshakes: int = attrs.field(default=64, validator=[v.instance_of(int), _positive])
     max_message_size: int = attrs.field(
-        default=16 * 1024 * 1024, validator=[v.instance_of(int), v.ge(1024)]
+        factory=settings.max_message_size, validator=[v.instance_of(int), v.ge(1024)]
     )
     max_mailbox: int = attrs.field(default=100_000, validator=[v.instance_of(int), _positive])
     send_buffer_size: int = attrs.field(
         default=256 * 1024, validator=[v.instance_of(int), v.ge(1024)]
     )
     connect_all: bool = True
+    allow_any_module: bool = attrs.field(
+        factory=settings.allow_any_module, validator=v.instance_of(bool)
+    )
     state_dir: Path | None = attrs.field(default=None, converter=_state_dir)
     metadata: bytes = attrs.field(default=b"", validator=_metadata)
 

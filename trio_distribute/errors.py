@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "BadRpcError",
     "ConnectError",
     "DecodeError",
     "DistributionError",
@@ -19,6 +20,9 @@ __all__ = [
     "NameTakenError",
     "NodeDownError",
     "ProtocolError",
+    "RemoteError",
+    "RpcError",
+    "RpcTimeoutError",
     "VersionMismatchError",
 ]
 
@@ -96,3 +100,50 @@ class NameTakenError(DistributionError):
         text = f"the name {name!r} is already registered"
         super().__init__(f"{text}: {detail}" if detail else text)
         self.name = name
+
+
+class RpcError(DistributionError):
+    """Base class of the errors an RPC call raises on top of ``NodeDownError``."""
+
+
+class RpcTimeoutError(RpcError, TimeoutError):
+    """No answer within the call's timeout; the remote task was told to stop."""
+
+    def __init__(self, node: str, function: str, timeout: float) -> None:
+        super().__init__(f"rpc {function!r} on {node!r} timed out after {timeout}s")
+        self.node = node
+        self.function = function
+        self.timeout = timeout
+
+
+class BadRpcError(RpcError):
+    """The call could not be made: no such exported function on that node,
+    or arguments that do not fit its signature."""
+
+    def __init__(self, node: str, function: str, reason: str) -> None:
+        super().__init__(f"bad rpc {function!r} on {node!r}: {reason}")
+        self.node = node
+        self.function = function
+        self.reason = reason
+
+
+class RemoteError(RpcError):
+    """The remote function raised.
+
+    Attributes:
+        node: where it ran.
+        function: the exported name that was called.
+        type_name: the remote exception's qualified type name.
+        message: ``str()`` of the remote exception.
+        remote_traceback: the remote traceback, formatted.
+    """
+
+    def __init__(
+        self, node: str, function: str, type_name: str, message: str, remote_traceback: str
+    ) -> None:
+        super().__init__(f"rpc {function!r} on {node!r} raised {type_name}: {message}")
+        self.node = node
+        self.function = function
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback

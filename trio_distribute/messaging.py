@@ -25,6 +25,7 @@ import attrs
 
 from . import codec
 from ._backend import Checkpoints, checkpoints, new_parker, running_on_trio
+from ._correlation import Traced, correlation_id
 from ._ids import Pid, Ref, check_label
 from ._mailbox import Mailbox
 from ._proto.kinds import Kind
@@ -56,6 +57,7 @@ _SEND_NAMED = int(Kind.SEND_NAMED)
 _ARRAY_OF_3 = b"\x83"  # CBOR head of a 3-element array
 _LENGTH = struct.Struct(">I")
 _HEAD_CACHE_SIZE = 4096
+_current_id = correlation_id.get
 
 
 def current_process() -> Process | None:
@@ -165,6 +167,8 @@ class Processes:
         self._on_trio = running_on_trio()
         self.transport.add_handler(Kind.SEND, self._handle_send)
         self.transport.add_handler(Kind.SEND_NAMED, self._handle_send_named)
+        self.transport.add_handler(Kind.SEND_TRACED, self._handle_send_traced)
+        self.transport.add_handler(Kind.SEND_NAMED_TRACED, self._handle_send_named_traced)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -257,6 +261,10 @@ class Processes:
 
     async def send(self, dest: Pid | str | tuple[str, str], message: Any) -> None:
         """See :meth:`Node.send`."""
+        cid = _current_id()
+        if cid is not None:
+            await self._send_traced(dest, message, cid)
+            return
         transport = self.transport
         if type(dest) is Pid:
             node = dest.node
@@ -265,7 +273,7 @@ class Processes:
                 # paid once per message.
                 conn = transport.connections.get(node)
                 if conn is None:
-                    conn = await self._connection_for(node)
+                    conn = await self.connection_for(node)
                 self._write_frame(conn, _SEND, dest, message)
                 if conn.is_congested():
                     await conn.wait_for_space()
@@ -300,6 +308,46 @@ class Processes:
             raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
         await self._maybe_yield()
 
+    async def _send_traced(self, dest: Pid | str | tuple[str, str], message: Any, cid: str) -> None:
+        """``send`` when a correlation id is current: the message carries it
+        (the frame kinds without one keep the common path lean)."""
+        transport = self.transport
+        if type(dest) is Pid:
+            if dest.node != transport.name:
+                await self._send_item(dest.node, [Kind.SEND_TRACED, dest, message, cid])
+                return
+            self._deliver(dest, Traced(message, cid))
+        elif isinstance(dest, str):
+            process = self._names.get(dest)
+            if process is None:
+                raise NameNotFoundError(dest)
+            self._put(process, Traced(message, cid))
+        elif isinstance(dest, tuple) and len(dest) == 2:
+            name, node = dest
+            if node != transport.name:
+                _check_name(name)
+                await self._send_item(node, [Kind.SEND_NAMED_TRACED, name, message, cid])
+                return
+            process = self._names.get(name)
+            if process is None:
+                self.dropped(None, "unknown_name")
+            else:
+                self._put(process, Traced(message, cid))
+        else:
+            raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
+        await self._maybe_yield()
+
+    async def _send_item(self, node: str, item: list[Any]) -> None:
+        conn = self.transport.connections.get(node)
+        if conn is None:
+            conn = await self.connection_for(node)
+        conn.write(self.transport.encode_frame(item))
+        if conn.is_congested():
+            await conn.wait_for_space()
+            self._since_yield = 0
+        else:
+            await self._maybe_yield()
+
     def _frame_head(self, kind: int, dest: Pid | str) -> bytes:
         """The encoded start of ``[kind, dest, message]``, cached per dest.
 
@@ -328,7 +376,7 @@ class Processes:
     async def _send_remote(self, node: str, kind: int, dest: Pid | str, message: Any) -> None:
         conn = self.transport.connections.get(node)
         if conn is None:
-            conn = await self._connection_for(node)
+            conn = await self.connection_for(node)
         self._write_frame(conn, kind, dest, message)
         if conn.is_congested():
             await conn.wait_for_space()
@@ -336,7 +384,12 @@ class Processes:
         else:
             await self._maybe_yield()
 
-    async def _connection_for(self, node: str) -> Connection:
+    async def connection_for(self, node: str) -> Connection:
+        """The connection to ``node``, dialling it if its address is known.
+
+        Raises:
+            NodeDownError: not connected and cannot be reached.
+        """
         if node not in self.transport.addresses:
             raise NodeDownError(node, "not connected and no address known")
         try:
@@ -393,6 +446,24 @@ class Processes:
             self.dropped(None, "unknown_name")
         else:
             self._put(process, message)
+
+    def _handle_send_traced(self, conn: Connection, item: list[Any]) -> None:
+        _, dest, message, cid = item
+        if type(dest) is not Pid or dest.node != self.transport.name:
+            raise ValueError(f"SEND_TRACED to {dest!r}, which is not a pid of this node")
+        if type(cid) is not str:
+            raise TypeError("SEND_TRACED needs a str correlation id")
+        self._deliver(dest, Traced(message, cid))
+
+    def _handle_send_named_traced(self, conn: Connection, item: list[Any]) -> None:
+        _, name, message, cid = item
+        if not isinstance(name, str) or type(cid) is not str:
+            raise TypeError("SEND_NAMED_TRACED needs a str name and a str correlation id")
+        process = self._names.get(name)
+        if process is None:
+            self.dropped(None, "unknown_name")
+        else:
+            self._put(process, Traced(message, cid))
 
     def dropped(self, pid: Pid | None, cause: str) -> None:
         """Count a dropped message and log it, at most once a second."""

@@ -31,6 +31,7 @@ from .groups import Groups
 from .messaging import Process, Processes
 from .monitor import NodeDown, NodeEvent, NodeUp, ProcessDown
 from .registry import Registry
+from .remote_call import Rpc
 from .transport import Connection, Transport
 
 __all__ = ["Node", "NodeStatistics", "open_node"]
@@ -90,6 +91,7 @@ class Node:
     _monitors: Monitors
     groups: Groups
     registry: Registry
+    rpc: Rpc
     _node_monitors: set[MemoryObjectSendStream[NodeEvent]] = attrs.field(factory=set)
     _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
     _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
@@ -392,6 +394,7 @@ async def open_node(
             node._monitors.start()
             node.groups.start()
             node.registry.start()
+            node.rpc.start(task_group)
             try:
                 for seed in seeds:
                     try:
@@ -435,6 +438,7 @@ def _build_node(
     monitors.processes = processes
     groups = Groups(transport=transport, processes=processes)
     registry = Registry(transport=transport, processes=processes)
+    rpc = Rpc(transport=transport, processes=processes, allow_any_module=config.allow_any_module)
     node = Node(
         name=name,
         creation=creation,
@@ -444,11 +448,13 @@ def _build_node(
         monitors=monitors,
         groups=groups,
         registry=registry,
+        rpc=rpc,
     )
     node._up_hooks.append(groups.node_up)
     node._up_hooks.append(registry.node_up)
     node._down_hooks.append(groups.node_down)
     node._down_hooks.append(registry.node_down)
+    node._down_hooks.append(rpc.node_down)
     node_ref.append(node)
     transport.add_handler(Kind.PING, node._handle_ping)
     transport.add_handler(Kind.PONG, node._handle_pong)

@@ -23,6 +23,8 @@ class Kind(enum.IntEnum):
     MONITOR = 12  # [MONITOR, ref: Ref, target: Pid]
     DEMONITOR = 13  # [DEMONITOR, ref: Ref]
     DOWN = 14  # [DOWN, ref: Ref, target: Pid, kind: str, detail: str]
+    SEND_TRACED = 15  # [SEND_TRACED, dest: Pid, message, correlation_id: str]
+    SEND_NAMED_TRACED = 16  # [SEND_NAMED_TRACED, name: str, message, correlation_id: str]
     GROUP_SYNC = 20  # [GROUP_SYNC, {group: [Pid, ...]}]: all of the sender's memberships
     GROUP_JOIN = 21  # [GROUP_JOIN, group, [Pid, ...]]
     GROUP_LEAVE = 22  # [GROUP_LEAVE, group, [Pid, ...]]
@@ -32,3 +34,7 @@ class Kind(enum.IntEnum):
     REG_RELEASE = 33  # [REG_RELEASE, name]: the sender gives its lock up
     REG_UNREGISTER = 34  # [REG_UNREGISTER, request_id, name, Pid]; request_id 0: no reply
     REG_SYNC = 35  # [REG_SYNC, {name: Pid}]: every name the sender knows
+    RPC_CALL = 40  # [RPC_CALL, request_id, function, args: list, kwargs: map, correlation_id|None]
+    RPC_CAST = 41  # [RPC_CAST, function, args: list, kwargs: map, correlation_id|None]
+    RPC_CANCEL = 42  # [RPC_CANCEL, request_id]: the caller gave up; stop the task
+    RPC_REPLY = 43  # [RPC_REPLY, request_id, status: int, value]; see remote_call
