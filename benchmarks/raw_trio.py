@@ -10,10 +10,14 @@ Usage (the orchestrator ``benchmarks.run`` starts these)::
     python -m benchmarks.raw_trio client PORT w1 --duration 2.5
     python -m benchmarks.raw_trio client PORT w2 --count 5000 --warmup 300
 
-The first frame a client sends names the workload (``"w1"`` or ``"w2"``).
-W1: the server counts ``{"seq", "body"}`` frames until a ``"done"`` frame
-and replies with the count and the time from first to last message. W2: the
-server decodes every frame and sends it back, re-encoded.
+The first frame a client sends names the workload (``"w1"``, ``"w2"`` or
+``"w3"``). W1: the server counts ``{"seq", "body"}`` frames until a
+``"done"`` frame and replies with the count and the time from first to last
+message. W2: the server decodes every frame and sends it back, re-encoded.
+W3 (the RPC baseline): the server answers ``[seq, a, b]`` with
+``[seq, a + b]``; W3a makes the calls one at a time, W3b from 64 tasks that
+share the stream under a ``trio.Lock`` held for each request and its reply
+(as ``reference/performance-anchors.md`` measured it).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import trio
 
 from ._common import BODY, HOST, emit_ready, emit_result, latency_summary, w1_result
 
-__all__ = ["FrameReader", "encode_frame", "main"]
+__all__ = ["W3B_IN_FLIGHT", "FrameReader", "encode_frame", "main", "run_calls"]
 
 _HEADER = struct.Struct(">I")
 _RECEIVE_SIZE = 65536
+#: W3b: calls outstanding at once.
+W3B_IN_FLIGHT = 64
 
 
 def encode_frame(message: Any) -> bytes:
@@ -99,6 +105,9 @@ async def _handle(stream: trio.SocketStream) -> None:
                     mode = str(message)
                 elif mode == "w2":
                     await stream.send_all(encode_frame(message))
+                elif mode == "w3":
+                    seq, a, b = message
+                    await stream.send_all(encode_frame([seq, a + b]))
                 elif message == "done":
                     await stream.send_all(
                         encode_frame(
@@ -182,10 +191,65 @@ async def client_w2(port: int, count: int, warmup: int) -> dict[str, Any]:
     return {"workload": "w2", **latency_summary(samples)}
 
 
+async def client_w3(port: int, count: int, warmup: int, in_flight: int) -> dict[str, Any]:
+    """``add`` requests from ``in_flight`` tasks sharing one stream under a
+    lock; calls per second over ``count`` calls after ``warmup``."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    lock = trio.Lock()
+    reader = FrameReader()
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+
+    async def add(seq: int) -> None:
+        t0 = clock()
+        async with lock:
+            await stream.send_all(encode_frame([seq, seq, 1]))
+            reply = await _receive_one(stream, reader)
+        if reply != [seq, seq + 1]:
+            raise RuntimeError(f"add({seq}, 1) answered {reply!r}")
+        samples.append(clock() - t0)
+
+    async with stream:
+        await stream.send_all(encode_frame("w3"))
+        for seq in range(warmup):
+            await add(seq)
+        samples.clear()
+        return await run_calls(add, warmup, count, in_flight, samples)
+
+
+async def run_calls(
+    call: Any, first: int, count: int, in_flight: int, samples: list[int]
+) -> dict[str, Any]:
+    """Make ``count`` calls numbered from ``first`` with ``in_flight`` of them
+    outstanding at a time; the W3 result record (shared with td_bench)."""
+    numbers = iter(range(first, first + count))
+
+    async def worker() -> None:
+        for seq in numbers:
+            await call(seq)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(in_flight):
+            nursery.start_soon(worker)
+    elapsed = time.perf_counter() - start
+    return {
+        "workload": "w3a" if in_flight == 1 else "w3b",
+        "calls": count,
+        "in_flight": in_flight,
+        "calls_per_s": count / elapsed,
+        **latency_summary(samples),
+    }
+
+
 async def run_client(args: argparse.Namespace) -> dict[str, Any]:
     with trio.fail_after(args.timeout):
         if args.workload == "w1":
             return await client_w1(args.port, args.duration)
+        if args.workload == "w3a":
+            return await client_w3(args.port, args.count, args.warmup, 1)
+        if args.workload == "w3b":
+            return await client_w3(args.port, args.count, args.warmup, W3B_IN_FLIGHT)
         return await client_w2(args.port, args.count, args.warmup)
 
 
@@ -197,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     server.add_argument("port", type=int, help="0 picks a free port")
     client = sub.add_parser("client")
     client.add_argument("port", type=int)
-    client.add_argument("workload", choices=["w1", "w2"])
+    client.add_argument("workload", choices=["w1", "w2", "w3a", "w3b"])
     client.add_argument("--duration", type=float, default=2.5, help="W1 seconds")
     client.add_argument("--count", type=int, default=5000, help="W2 round trips")
     client.add_argument("--warmup", type=int, default=300, help="W2 unrecorded round trips")

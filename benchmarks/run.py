@@ -51,10 +51,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 #: system name -> (module, workloads it runs)
 SYSTEMS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "raw_trio": ("benchmarks.raw_trio", ("w1", "w2")),
-    "trio_distribute": ("benchmarks.td_bench", ("w1", "w2", "ping")),
+    "raw_trio": ("benchmarks.raw_trio", ("w1", "w2", "w3a", "w3b")),
+    "trio_distribute": ("benchmarks.td_bench", ("w1", "w2", "ping", "w3a", "w3b")),
 }
-WORKLOADS = ("w1", "w2", "ping")
+WORKLOADS = ("w1", "w2", "ping", "w3a", "w3b")
 
 #: Seconds a server gets to print READY (interpreter start + imports).
 READY_TIMEOUT = 20.0
@@ -79,24 +79,27 @@ class Settings:
 
     duration: float  # W1 seconds
     count: int  # W2 / ping recorded round trips
-    warmup: int  # W2 / ping round trips before recording
+    warmup: int  # W2 / ping / W3 round trips before recording
+    w3b_calls: int  # W3b calls (64 in flight)
 
 
-FULL = Settings(duration=2.5, count=5000, warmup=300)
-QUICK = Settings(duration=0.5, count=500, warmup=100)
+FULL = Settings(duration=2.5, count=5000, warmup=300, w3b_calls=20000)
+QUICK = Settings(duration=0.5, count=500, warmup=100, w3b_calls=2000)
 
 
 def _client_budget(workload: str, settings: Settings) -> float:
     if workload == "w1":
         return settings.duration + SETUP_ALLOWANCE
     # Even at 1 ms per round trip (10x the expected) this is generous.
-    return (settings.count + settings.warmup) * 0.001 + SETUP_ALLOWANCE
+    count = settings.w3b_calls if workload == "w3b" else settings.count
+    return (count + settings.warmup) * 0.001 + SETUP_ALLOWANCE
 
 
 def _client_args(workload: str, settings: Settings) -> list[str]:
     if workload == "w1":
         return ["--duration", str(settings.duration)]
-    return ["--count", str(settings.count), "--warmup", str(settings.warmup)]
+    count = settings.w3b_calls if workload == "w3b" else settings.count
+    return ["--count", str(count), "--warmup", str(settings.warmup)]
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -265,6 +268,9 @@ METRICS = (
     ("w2_p99_us", "w2", "p99_us"),
     ("ping_p50_us", "ping", "p50_us"),
     ("ping_p99_us", "ping", "p99_us"),
+    ("w3a_calls_per_s", "w3a", "calls_per_s"),
+    ("w3a_p50_us", "w3a", "p50_us"),
+    ("w3b_calls_per_s", "w3b", "calls_per_s"),
 )
 
 
@@ -296,6 +302,10 @@ def _ratios(medians: dict[str, dict[str, float]]) -> dict[str, float | None]:
         "w2_p50_td_over_raw": _ratio(td.get("w2_p50_us"), raw.get("w2_p50_us")),
         "w2_p99_td_over_raw": _ratio(td.get("w2_p99_us"), raw.get("w2_p99_us")),
         "ping_p50_td_over_raw_w2_p50": _ratio(td.get("ping_p50_us"), raw.get("w2_p50_us")),
+        # higher is better; W3b is judged against the raw sequential rate
+        "w3a_td_over_raw": _ratio(td.get("w3a_calls_per_s"), raw.get("w3a_calls_per_s")),
+        "w3b_td_over_raw_w3a": _ratio(td.get("w3b_calls_per_s"), raw.get("w3a_calls_per_s")),
+        "w3b_td_over_raw_w3b": _ratio(td.get("w3b_calls_per_s"), raw.get("w3b_calls_per_s")),
     }
 
 
@@ -335,6 +345,24 @@ def render_table(
         "(medians over runs; W1 ratio: higher is better; W2 ratios: lower is better;"
         " ping p50 is compared with raw_trio's W2 p50)"
     )
+    lines.append("")
+    header3 = f"{'system':<18}{'W3a calls/s':>13}{'W3a p50 µs':>12}{'W3b calls/s':>13}"
+    lines += [header3, "-" * len(header3)]
+    for system in SYSTEMS:
+        row = medians.get(system, {})
+        lines.append(
+            f"{system:<18}{_fmt(row.get('w3a_calls_per_s'), ',.0f'):>13}"
+            f"{_fmt(row.get('w3a_p50_us'), '.1f'):>12}"
+            f"{_fmt(row.get('w3b_calls_per_s'), ',.0f'):>13}"
+        )
+    lines.append(
+        f"{'td / raw':<18}{_fmt(ratios['w3a_td_over_raw'], '.2f') + 'x':>13}{'':>12}"
+        f"{_fmt(ratios['w3b_td_over_raw_w3b'], '.2f') + 'x':>13}"
+    )
+    lines.append(
+        f"(W3 ratios: higher is better; td W3b over raw W3a:"
+        f" {_fmt(ratios['w3b_td_over_raw_w3a'], '.2f')}x)"
+    )
     if lossy:
         lines.append("* messages were lost in at least one W1 run (see the notes)")
     lines.append("")
@@ -343,7 +371,7 @@ def render_table(
         for column, workload, key in METRICS:
             values = [r[key] for r in runs.get(system, {}).get(workload, [])]
             if values:
-                spec = ",.0f" if workload == "w1" else ".1f"
+                spec = ",.0f" if workload == "w1" or column.endswith("per_s") else ".1f"
                 shown = " / ".join(format(v, spec) for v in values)
                 lines.append(f"  {system:<16} {column:<14} {shown}")
     return "\n".join(lines)
@@ -467,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
                     runs[system].setdefault(workload, []).append(result)
                     if workload == "w1":
                         shown = f"{result['msgs_per_s']:,.0f} msg/s"
+                    elif workload.startswith("w3"):
+                        shown = (
+                            f"{result['calls_per_s']:,.0f} calls/s, p50 {result['p50_us']:.1f} µs"
+                        )
                     else:
                         shown = f"p50 {result['p50_us']:.1f} µs, p99 {result['p99_us']:.1f} µs"
                     foreign = result.get("foreign_cpus", 0.0)

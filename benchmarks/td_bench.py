@@ -19,6 +19,9 @@ The server (node ``a@127.0.0.1``) spawns two named processes, ``sink`` and
 * W2: sequential round trips: ``node.send`` to the echo process, then
   ``await me.receive()`` for its reply (the same message, sent back).
 * W2-ping: sequential ``await node.ping(peer)``, frame level, no processes.
+* W3a: sequential ``await node.rpc.call(a, "add", i, 1)`` (``add`` is a
+  plain function exported by the server). W3b: the same from 64 tasks, so
+  64 calls are in flight on the one connection.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import trio
 import trio_distribute as td
 
 from ._common import BODY, HOST, emit_ready, emit_result, latency_summary, w1_result
+from .raw_trio import W3B_IN_FLIGHT, run_calls
 
 __all__ = ["main"]
 
@@ -102,6 +106,11 @@ async def echo(proc: td.Process, node: td.Node) -> None:
             await node.send(peer, message)
 
 
+def add(a: int, b: int) -> int:
+    """The W3 function."""
+    return a + b
+
+
 async def serve(port: int, timeout: float) -> None:
     """Run node a until the client's node has come and gone."""
     with trio.fail_after(timeout):
@@ -109,6 +118,7 @@ async def serve(port: int, timeout: float) -> None:
             td.open_node(SERVER_NODE, cookie=COOKIE, port=port, config=td.NodeConfig()) as node,
             node.monitor_nodes() as events,
         ):
+            node.rpc.export(add)
             await node.spawn(sink, node, name="sink")
             await node.spawn(echo, node, name="echo")
             emit_ready(node.address[1])
@@ -216,6 +226,25 @@ async def client_ping(node: td.Node, peer: str, count: int, warmup: int) -> dict
     }
 
 
+async def client_w3(node: td.Node, count: int, warmup: int, in_flight: int) -> dict[str, Any]:
+    """``add`` RPCs, ``in_flight`` at a time; calls per second."""
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    rpc_call = node.rpc.call
+
+    async def add_call(seq: int) -> None:
+        t0 = clock()
+        result = await rpc_call(SERVER_NODE, "add", seq, 1)
+        if result != seq + 1:
+            raise RuntimeError(f"add({seq}, 1) answered {result!r}")
+        samples.append(clock() - t0)
+
+    for seq in range(warmup):
+        await add_call(seq)
+    samples.clear()
+    return await run_calls(add_call, warmup, count, in_flight, samples)
+
+
 async def run_client(args: argparse.Namespace) -> dict[str, Any]:
     with trio.fail_after(args.timeout):
         async with td.open_node(CLIENT_NODE, cookie=COOKIE, port=0, config=td.NodeConfig()) as node:
@@ -224,6 +253,9 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
                 result = await client_w1(node, args.duration)
             elif args.workload == "w2":
                 result = await client_w2(node, args.count, args.warmup)
+            elif args.workload in ("w3a", "w3b"):
+                in_flight = 1 if args.workload == "w3a" else W3B_IN_FLIGHT
+                result = await client_w3(node, args.count, args.warmup, in_flight)
             else:
                 result = await client_ping(node, peer, args.count, args.warmup)
             stats = node.statistics()
@@ -239,7 +271,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     server.add_argument("port", type=int, help="0 picks a free port")
     client = sub.add_parser("client")
     client.add_argument("port", type=int)
-    client.add_argument("workload", choices=["w1", "w2", "ping"])
+    client.add_argument("workload", choices=["w1", "w2", "ping", "w3a", "w3b"])
     client.add_argument("--duration", type=float, default=2.5, help="W1 seconds")
     client.add_argument("--count", type=int, default=5000, help="W2/ping round trips")
     client.add_argument("--warmup", type=int, default=300, help="W2/ping unrecorded round trips")

@@ -213,6 +213,8 @@ def _failure(
 
 
 def _check_timeout(timeout: float | None) -> float:
+    if type(timeout) is float and timeout >= 0:  # the common case, checked first
+        return timeout
     if timeout is None:
         return math.inf
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
@@ -257,7 +259,10 @@ class Rpc:
             import trio
 
             # trio's own scope skips anyio's wrapper on every call.
-            self._move_on_after = trio.move_on_after
+            def move_on_after(seconds: float) -> trio.CancelScope:
+                return trio.CancelScope(relative_deadline=seconds)
+
+            self._move_on_after = move_on_after
         transport = self.transport
         transport.add_handler(Kind.RPC_CALL, self._handle_call)
         transport.add_handler(Kind.RPC_CAST, self._handle_cast)
