@@ -1,0 +1,761 @@
+"""Raft-lite election scenarios on the deterministic simulator (targets R1-R8).
+
+:class:`ElectionHost` adapts one :class:`~trio_distribute._proto.raft.ElectionCore`
+to the simulator: messages travel encoded on the ``"stream"`` channel (they
+go over TCP in a real node), :class:`~trio_distribute._proto.raft.Persist`
+actions are written at once to an in-simulation "disk" (a dict that survives
+restarts when the cluster runs with state-dir semantics), and a restarted
+node without a disk abstains for ``2E``, as the node driver does.
+
+:class:`Oracle` checks, after every simulator event, that no term has two
+leaders (a node "acts as leader" when it sends heartbeats or reports itself
+leader, as hashicorp/raft's fuzzy ``appendEntriesVerifier`` does) and that no
+voter grants two candidates a vote in one term, across restarts.
+
+Each ``r*`` function runs one target's scenario and returns plain numbers;
+:mod:`benchmarks.sim_election` turns them into the results table and
+``tests/sim/test_election_sim.py`` asserts CI-sized versions. Times in the
+results are in units of ``E`` (the election timeout) unless a name says
+otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+
+from trio_distribute._proto.raft import (
+    ElectionCore,
+    Heartbeat,
+    LeaderChange,
+    Persist,
+    Role,
+    Send,
+    VoteReply,
+    decode_message,
+    encode_message,
+)
+from trio_distribute.testing.simulator import Outgoing, Simulator
+
+__all__ = [
+    "FLAVORS",
+    "ElectionCluster",
+    "ElectionHost",
+    "FailoverResult",
+    "FencingResult",
+    "Oracle",
+    "RejoinResult",
+    "SafetyResult",
+    "StepDownResult",
+    "r1_safety",
+    "r2_failover",
+    "r3_timeout_conflicts",
+    "r4_rejoin",
+    "r5_step_down",
+    "r6_stability",
+    "r7_restart_safety",
+    "r8_fencing",
+    "run_schedule",
+]
+
+NAMES: Final = ("n1", "n2", "n3", "n4", "n5")
+STORE: Final = "store"
+
+
+# ------------------------------------------------------------------ oracle
+
+
+@attrs.define(eq=False, kw_only=True)
+class Oracle:
+    """Election safety (R1) and one vote per term (R7), checked continuously."""
+
+    leaders_by_term: dict[int, set[str]] = attrs.field(factory=dict)
+    grants: dict[tuple[str, int], set[str]] = attrs.field(factory=dict)
+    violations: list[str] = attrs.field(factory=list)
+
+    def leader_acted(self, now: float, term: int, name: str) -> None:
+        leaders = self.leaders_by_term.setdefault(term, set())
+        if name not in leaders:
+            leaders.add(name)
+            if len(leaders) > 1:
+                self.violations.append(f"t={now:.4f}: term {term} has leaders {sorted(leaders)}")
+
+    def vote_granted(self, now: float, voter: str, term: int, candidate: str) -> None:
+        granted = self.grants.setdefault((voter, term), set())
+        if candidate not in granted:
+            granted.add(candidate)
+            if len(granted) > 1:
+                self.violations.append(
+                    f"t={now:.4f}: {voter} voted for {sorted(granted)} in term {term}"
+                )
+
+    @property
+    def two_leader_terms(self) -> int:
+        return sum(len(leaders) > 1 for leaders in self.leaders_by_term.values())
+
+    @property
+    def double_votes(self) -> int:
+        return sum(len(granted) > 1 for granted in self.grants.values())
+
+
+# ------------------------------------------------------------------ host
+
+
+@attrs.define(eq=False, kw_only=True)
+class ElectionHost:
+    """A :class:`~trio_distribute.testing.simulator.SimHost` around one core."""
+
+    name: str
+    core: ElectionCore
+    oracle: Oracle
+    disk: dict[str, tuple[int, str | None]] | None
+    #: If set, the address of this node's application: whenever the node
+    #: sends heartbeats as leader it tells the application ``(term, name)``
+    #: (the moment an application would act on its leadership).
+    app: str | None = None
+    events: list[tuple[float, LeaderChange]] = attrs.field(factory=list)
+    decode_errors: int = 0
+    _outgoing: list[Outgoing] = attrs.field(factory=list)
+
+    def datagram_received(self, now: float, source: str, payload: object) -> None:
+        self.decode_errors += 1  # elections never use datagrams
+
+    def stream_received(self, now: float, source: str, payload: object) -> None:
+        assert isinstance(payload, bytes)
+        self.core.receive(now, source, decode_message(payload))
+        self._drain(now)
+
+    def timer(self, now: float) -> None:
+        self.core.tick(now)
+        self._drain(now)
+
+    def next_deadline(self) -> float | None:
+        return self.core.next_deadline()
+
+    def take_outgoing(self) -> list[Outgoing]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def _drain(self, now: float) -> None:
+        led = False
+        for action in self.core.take_actions():
+            if isinstance(action, Persist):
+                if self.disk is not None:
+                    self.disk[self.name] = (action.term, action.voted_for)
+                continue
+            assert isinstance(action, Send)
+            message = action.message
+            if isinstance(message, Heartbeat):
+                self.oracle.leader_acted(now, message.term, self.name)
+                led = True
+            elif isinstance(message, VoteReply) and message.granted:
+                self.oracle.vote_granted(now, self.name, message.term, action.to)
+            self._outgoing.append(Outgoing("stream", action.to, encode_message(message)))
+        for event in self.core.take_events():
+            self.events.append((now, event))
+        if led and self.app is not None:
+            self._outgoing.append(Outgoing("stream", self.app, (self.core.term, self.name)))
+
+
+# ------------------------------------------------------------------ cluster
+
+
+@attrs.define(eq=False, kw_only=True)
+class ElectionCluster:
+    """``n`` voters on one simulator, with crash/restart and invariant checks.
+
+    ``persist=True`` models ``config.state_dir``: ``(term, voted_for)``
+    survives a restart. Otherwise a restarted node starts at term 0 and
+    abstains until ``now + 2E``.
+    """
+
+    seed: int
+    n: int = 5
+    election_timeout: float = 1.0
+    heartbeat_interval: float = 0.1
+    persist: bool = True
+    pre_vote: bool = True
+    check_quorum: bool = True
+    latency: tuple[float, float] = (0.0005, 0.002)
+    sim: Simulator = attrs.field(init=False)
+    oracle: Oracle = attrs.field(factory=Oracle, init=False)
+    disk: dict[str, tuple[int, str | None]] = attrs.field(factory=dict, init=False)
+    hosts: dict[str, ElectionHost] = attrs.field(factory=dict, init=False)
+    names: list[str] = attrs.field(init=False)
+    #: Leaders tell an application host at "<name>/app" (see r8_fencing).
+    with_apps: bool = False
+    #: Without ``persist``, restarted nodes abstain for 2 E; False models a
+    #: broken driver that forgets its vote and votes again at once.
+    abstain: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        self.sim = Simulator(self.seed, latency=self.latency)
+        self.names = [f"n{i + 1}" for i in range(self.n)]
+        self.sim.observe(self._check)
+
+    @property
+    def e(self) -> float:
+        return self.election_timeout
+
+    def start(self) -> None:
+        for name in self.names:
+            self.sim.add(name, self._host(name, persisted=None, abstain_until=None))
+
+    def _host(
+        self, name: str, *, persisted: tuple[int, str | None] | None, abstain_until: float | None
+    ) -> ElectionHost:
+        core = ElectionCore(
+            name=name,
+            voters=self.names,
+            election_timeout=self.election_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+            rng=self.sim.spawn_rng(),
+            now=self.sim.now,
+            persisted=persisted,
+            abstain_until=abstain_until,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+        )
+        host = ElectionHost(
+            name=name,
+            core=core,
+            oracle=self.oracle,
+            disk=self.disk if self.persist else None,
+            app=f"{name}/app" if self.with_apps else None,
+        )
+        self.hosts[name] = host
+        return host
+
+    def crash(self, name: str) -> None:
+        self.sim.crash(name)
+
+    def restart(self, name: str) -> None:
+        if self.persist:
+            host = self._host(name, persisted=self.disk.get(name), abstain_until=None)
+        else:
+            abstain_until = self.sim.now + 2 * self.e if self.abstain else None
+            host = self._host(name, persisted=None, abstain_until=abstain_until)
+        self.sim.restart(name, host)
+
+    def up(self) -> list[str]:
+        return [name for name in self.names if self.sim.is_up(name)]
+
+    def core(self, name: str) -> ElectionCore:
+        return self.hosts[name].core
+
+    def leader(self) -> str | None:
+        """The up node that believes it leads, in the highest term."""
+        leaders = [n for n in self.up() if self.core(n).is_leader]
+        return max(leaders, key=lambda n: self.core(n).term, default=None)
+
+    def acknowledged_leader(self) -> str | None:
+        """A leader that a majority of the voters (itself included) follows."""
+        leader = self.leader()
+        if leader is None:
+            return None
+        term = self.core(leader).term
+        followers = sum(
+            1 for n in self.up() if self.core(n).leader == leader and self.core(n).term == term
+        )
+        return leader if followers >= self.n // 2 + 1 else None
+
+    def wait_for_leader(self, timeout: float) -> bool:
+        """Run until a leader is acknowledged by a majority (or ``timeout``)."""
+        return self.sim.run_until_true(
+            lambda: self.acknowledged_leader() is not None, timeout=timeout
+        )
+
+    def wait_for_leader_among(self, names: Sequence[str], timeout: float) -> bool:
+        """Run until one of ``names`` believes it leads (or ``timeout``)."""
+        group = [n for n in names if self.sim.is_up(n)]
+        return self.sim.run_until_true(
+            lambda: any(self.core(n).is_leader for n in group), timeout=timeout
+        )
+
+    def wait_for_step_down(self, name: str, timeout: float) -> bool:
+        """Run until ``name`` no longer believes it leads (or ``timeout``)."""
+        core = self.core(name)
+        return self.sim.run_until_true(lambda: not core.is_leader, timeout=timeout)
+
+    def heal(self) -> None:
+        """Undo every network fault and restart every crashed voter."""
+        self.sim.heal()
+        for name in self.names:
+            if not self.sim.is_up(name):
+                self.restart(name)
+
+    def leader_changes(self, names: Sequence[str], since: float) -> int:
+        """LeaderChange events seen by ``names`` after ``since``."""
+        return sum(1 for n in names for t, _ in self.hosts[n].events if t > since)
+
+    def _check(self) -> None:
+        for name in self.sim.addresses():
+            host = self.hosts.get(name)
+            if host is not None and host.core.role is Role.LEADER:
+                self.oracle.leader_acted(self.sim.now, host.core.term, name)
+
+
+# ------------------------------------------------------------------ R1: safety under faults
+
+FLAVORS: Final = (
+    "halves",
+    "isolate-leader",
+    "majorities-ring",
+    "bridge",
+    "one-way",
+    "pause",
+    "kill-restart",
+    "mixed",
+)
+
+
+@attrs.frozen
+class SafetyResult:
+    schedules: int
+    terms_with_leader: int
+    two_leader_terms: int
+    double_votes: int
+    no_leader_after_heal: int
+    violations: tuple[str, ...]
+
+
+def _apply_fault(cluster: ElectionCluster, kind: str, rng: random.Random) -> None:
+    sim, names, e = cluster.sim, cluster.names, cluster.e
+    if kind == "halves":
+        sim.partition(rng.sample(names, len(names) // 2))
+    elif kind == "isolate-leader":
+        sim.partition([cluster.leader() or rng.choice(names)])
+    elif kind == "majorities-ring":
+        ring = rng.sample(names, len(names))
+        reach = len(names) // 2 // 2 or 1
+        for i, j in itertools.permutations(range(len(ring)), 2):
+            distance = min((i - j) % len(ring), (j - i) % len(ring))
+            if distance > reach:
+                sim.block(ring[i], ring[j])
+    elif kind == "bridge":
+        order = rng.sample(names, len(names))
+        half = len(order) // 2
+        left, right = order[:half], order[half + 1 :]
+        for a, b in itertools.product(left, right):
+            sim.block(a, b)
+            sim.block(b, a)
+    elif kind == "one-way":
+        for _ in range(rng.randint(1, 4)):
+            source, destination = rng.sample(names, 2)
+            leader = cluster.leader()
+            if leader is not None and rng.random() < 0.5:
+                source = leader if rng.random() < 0.5 else source
+            if source != destination:
+                sim.block(source, destination)
+    elif kind == "pause":
+        up = cluster.up()
+        victim = cluster.leader() if rng.random() < 0.5 else None
+        victim = victim or rng.choice(up)
+        sim.pause(victim, rng.uniform(0.2 * e, 3 * e))
+    elif kind == "kill-restart":
+        # Aim at an election in progress: wait for a (pre-)candidate, then
+        # kill it or a voter, and bring the victim back soon after.
+        sim.run_until_true(
+            lambda: any(
+                cluster.core(n).role in (Role.CANDIDATE, Role.PRE_CANDIDATE) for n in cluster.up()
+            ),
+            timeout=3 * e,
+        )
+        up = cluster.up()
+        if len(up) > 1:
+            candidates = [n for n in up if cluster.core(n).role is not Role.FOLLOWER]
+            victim = rng.choice(candidates if candidates and rng.random() < 0.5 else up)
+            cluster.crash(victim)
+            sim.run_for(rng.uniform(0.0, e))
+            if rng.random() < 0.8:
+                cluster.restart(victim)
+    else:  # pragma: no cover - a typo in a scenario
+        raise ValueError(f"unknown fault {kind!r}")
+
+
+def run_schedule(
+    seed: int,
+    *,
+    persist: bool = True,
+    abstain: bool = True,
+    n: int = 5,
+    phases: int = 5,
+    flavor: str | None = None,
+) -> ElectionCluster:
+    """One seeded fault schedule; returns the cluster (its oracle has the verdict)."""
+    rng = random.Random(seed)
+    flavor = flavor or FLAVORS[seed % len(FLAVORS)]
+    e = 0.3
+    latency = (0.0005, 0.002) if rng.random() < 0.5 else (0.001, e / 6)
+    cluster = ElectionCluster(
+        seed=seed, n=n, election_timeout=e, heartbeat_interval=0.05, persist=persist,
+        abstain=abstain, latency=latency,
+    )  # fmt: skip
+    cluster.start()
+    cluster.sim.run_for(rng.uniform(0.5 * e, 3 * e))
+    for _ in range(phases):
+        kind = rng.choice(FLAVORS[:-1]) if flavor == "mixed" else flavor
+        _apply_fault(cluster, kind, rng)
+        cluster.sim.run_for(rng.uniform(0.5 * e, 4 * e))
+        if rng.random() < 0.4:
+            cluster.heal()
+            cluster.sim.run_for(rng.uniform(0.0, 2 * e))
+    cluster.heal()
+    cluster.wait_for_leader(12 * e)
+    return cluster
+
+
+def r1_safety(schedules: int, *, first_seed: int = 0, persist: bool = True) -> SafetyResult:
+    violations: list[str] = []
+    terms = two = double = leaderless = 0
+    for seed in range(first_seed, first_seed + schedules):
+        cluster = run_schedule(seed, persist=persist)
+        oracle = cluster.oracle
+        terms += len(oracle.leaders_by_term)
+        two += oracle.two_leader_terms
+        double += oracle.double_votes
+        leaderless += cluster.acknowledged_leader() is None
+        violations += [f"seed {seed}: {v}" for v in oracle.violations]
+    return SafetyResult(schedules, terms, two, double, leaderless, tuple(violations))
+
+
+# ------------------------------------------------------------------ R2/R3/R6: failover
+
+
+@attrs.frozen
+class FailoverResult:
+    trials: int
+    latencies: tuple[float, ...]  # seconds from crash to a majority-acknowledged new leader
+    failed: int  # no new leader within 10 E
+    election_rounds: tuple[int, ...]  # terms used per failover
+    leader_changes: tuple[int, ...]  # distinct new leaders seen per failover
+    election_timeout: float
+    rtt: float
+
+    def quantile(self, q: float) -> float:
+        values = sorted(self.latencies)
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def r2_failover(
+    trials: int, *, adversarial: bool = False, first_seed: int = 0, n: int = 5
+) -> FailoverResult:
+    """Crash a settled leader; time until a new leader is acknowledged by a majority.
+
+    Plain: the crash falls at a random point of the heartbeat period, with
+    0.5-2 ms link latency. Adversarial (Raft paper Fig. 16): the leader
+    crashes right after broadcasting a heartbeat over links with a fixed
+    latency, so every follower restarted its timer at the same instant.
+    """
+    e, h = 1.0, 0.1
+    latency = (0.001, 0.001) if adversarial else (0.0005, 0.002)
+    latencies: list[float] = []
+    rounds: list[int] = []
+    changes: list[int] = []
+    failed = 0
+    for seed in range(first_seed, first_seed + trials):
+        rng = random.Random(seed)
+        cluster = ElectionCluster(
+            seed=seed, n=n, election_timeout=e, heartbeat_interval=h, latency=latency
+        )
+        cluster.start()
+        cluster.wait_for_leader(20)
+        cluster.sim.run_for(rng.uniform(2 * e, 4 * e))
+        old = cluster.leader()
+        assert old is not None
+        old_term = cluster.core(old).term
+        if adversarial:
+            # Run to the leader's next heartbeat, crash just after it went out.
+            deadline = cluster.core(old).next_deadline()
+            assert deadline is not None
+            cluster.sim.run_until(deadline)
+        else:
+            cluster.sim.run_for(rng.uniform(0, h))
+        crashed_at = cluster.sim.now
+        cluster.crash(old)
+        survivors = [x for x in cluster.names if x != old]
+        if cluster.wait_for_leader(10 * e):
+            latencies.append(cluster.sim.now - crashed_at)
+            new = cluster.leader()
+            assert new is not None
+            rounds.append(cluster.core(new).term - old_term)
+            cluster.sim.run_for(2 * e)
+            seen = {
+                ev.leader
+                for x in survivors
+                for t, ev in cluster.hosts[x].events
+                if t > crashed_at and ev.leader is not None
+            }
+            changes.append(len(seen))
+        else:
+            failed += 1
+    return FailoverResult(
+        trials, tuple(latencies), failed, tuple(rounds), tuple(changes), e, 2 * latency[1]
+    )
+
+
+def r3_timeout_conflicts(rounds: int, *, n: int = 5, ticks: int = 10, seed: int = 0) -> float:
+    """etcd's testNonleadersElectionTimeoutNonconflict: the share of rounds in
+    which two or more of ``n`` fresh followers time out on the same first tick
+    (timeouts drawn by the core, quantized to ``E / ticks``)."""
+    rng = random.Random(seed)
+    e = 1.0
+    tick = e / ticks
+    conflicts = 0
+    for _ in range(rounds):
+        first_ticks = []
+        for i in range(n):
+            core = ElectionCore(
+                name=f"n{i}",
+                voters=[f"n{j}" for j in range(n)],
+                election_timeout=e,
+                heartbeat_interval=0.1,
+                rng=random.Random(rng.getrandbits(64)),
+                now=0.0,
+            )
+            deadline = core.next_deadline()
+            assert deadline is not None
+            first_ticks.append(int(deadline // tick) + 1)  # the tick that notices it
+        earliest = min(first_ticks)
+        conflicts += first_ticks.count(earliest) >= 2
+    return conflicts / rounds
+
+
+def r6_stability(duration: float, *, seed: int = 0, n: int = 5) -> tuple[int, int]:
+    """Fault-free run for ``duration`` virtual seconds at E = 1 s:
+    (leader changes after the first election, elections won)."""
+    cluster = ElectionCluster(seed=seed, n=n)
+    cluster.start()
+    cluster.wait_for_leader(20)
+    settled = cluster.sim.now + 1.0
+    cluster.sim.run_until(settled)
+    cluster.sim.run_until(settled + duration)
+    return (
+        cluster.leader_changes(cluster.names, settled),
+        len(cluster.oracle.leaders_by_term),
+    )
+
+
+# ------------------------------------------------------------------ R4: rejoin
+
+
+@attrs.frozen
+class RejoinResult:
+    trials: int
+    term_changed: int
+    leader_changes: int
+    isolated_term_bumps: int  # how far the isolated node's term moved (pre-vote: 0)
+
+
+def r4_rejoin(trials: int, *, first_seed: int = 0, pre_vote: bool = True) -> RejoinResult:
+    """Isolate a follower for 10 E, heal, watch the majority for 5 E."""
+    term_changed = changes = bumps = 0
+    for seed in range(first_seed, first_seed + trials):
+        rng = random.Random(seed)
+        cluster = ElectionCluster(seed=seed, pre_vote=pre_vote)
+        cluster.start()
+        cluster.wait_for_leader(20)
+        cluster.sim.run_for(rng.uniform(1.0, 2.0))
+        leader = cluster.leader()
+        assert leader is not None
+        term = cluster.core(leader).term
+        isolated = rng.choice([x for x in cluster.names if x != leader])
+        majority = [x for x in cluster.names if x != isolated]
+        cluster.sim.partition([isolated])
+        cluster.sim.run_for(10 * cluster.e)
+        bumps += cluster.core(isolated).term - term
+        healed = cluster.sim.now
+        cluster.sim.heal()
+        cluster.sim.run_for(5 * cluster.e)
+        term_changed += any(cluster.core(x).term != term for x in majority)
+        changes += cluster.leader_changes(majority, healed)
+    return RejoinResult(trials, term_changed, changes, bumps)
+
+
+# ------------------------------------------------------------------ R5: deposed leader
+
+
+@attrs.frozen
+class StepDownResult:
+    trials: int
+    lease: float
+    delays: tuple[float, ...]  # partition -> old leader steps down (s)
+    gaps: tuple[float, ...]  # old leader stepped down -> new leader elected (s)
+    never_stepped_down: int
+
+
+def r5_step_down(trials: int, *, first_seed: int = 0) -> StepDownResult:
+    """Cut the leader (with one follower) off from the majority of 5."""
+    delays: list[float] = []
+    gaps: list[float] = []
+    never = 0
+    lease = 0.0
+    for seed in range(first_seed, first_seed + trials):
+        rng = random.Random(seed)
+        cluster = ElectionCluster(seed=seed)
+        cluster.start()
+        cluster.wait_for_leader(20)
+        cluster.sim.run_for(rng.uniform(1.0, 2.0))
+        old = cluster.leader()
+        assert old is not None
+        lease = cluster.core(old).lease_timeout
+        minority = [old, *rng.sample([x for x in cluster.names if x != old], rng.randint(0, 1))]
+        cluster.sim.partition(minority)
+        cut = cluster.sim.now
+        if not cluster.wait_for_step_down(old, 10):
+            never += 1
+            continue
+        stepped = cluster.sim.now
+        delays.append(stepped - cut)
+        # A majority-side leader elected before this instant would make the
+        # gap 0 (run_until_true checks first): the lease windows overlapped.
+        if cluster.wait_for_leader_among([x for x in cluster.names if x not in minority], 10):
+            gaps.append(cluster.sim.now - stepped)
+    return StepDownResult(trials, lease, tuple(delays), tuple(gaps), never)
+
+
+# ------------------------------------------------------------------ R7: restarts
+
+
+def r7_restart_safety(
+    schedules: int, *, persist: bool, abstain: bool = True, first_seed: int = 0
+) -> SafetyResult:
+    """Kill/restart voters mid-election (the kill-restart and mixed flavors)."""
+    violations: list[str] = []
+    terms = two = double = leaderless = 0
+    for seed in range(first_seed, first_seed + schedules):
+        flavor = "kill-restart" if seed % 2 == 0 else "mixed"
+        cluster = run_schedule(seed, persist=persist, abstain=abstain, flavor=flavor, phases=8)
+        oracle = cluster.oracle
+        terms += len(oracle.leaders_by_term)
+        two += oracle.two_leader_terms
+        double += oracle.double_votes
+        leaderless += cluster.acknowledged_leader() is None
+        violations += [f"seed {seed}: {v}" for v in oracle.violations]
+    return SafetyResult(schedules, terms, two, double, leaderless, tuple(violations))
+
+
+# ------------------------------------------------------------------ R8: fencing
+
+
+@attrs.frozen
+class FencingResult:
+    trials: int
+    writes: int  # writes that reached the store
+    stale_arrivals: int  # arrived after a write of a higher term: refused by fencing
+    token_conflicts: int  # terms whose writes came from two nodes (must be 0)
+    not_the_leader: int  # writes whose term the oracle saw led by someone else (must be 0)
+    history_monotone: bool  # the terms the store applied never decrease
+
+
+@attrs.define(eq=False, kw_only=True)
+class _Store:
+    """A consumer of leadership-dependent writes that fences by term.
+
+    Without fencing it would apply every write it receives; ``stale`` counts
+    the ones that would have overwritten a newer leader's write.
+    """
+
+    highest: int = -1
+    applied: list[int] = attrs.field(factory=list)
+    writers: dict[int, set[str]] = attrs.field(factory=dict)
+    writes: int = 0
+    stale: int = 0
+
+    def datagram_received(self, now: float, source: str, payload: object) -> None:
+        raise AssertionError("the store only takes stream writes")
+
+    def stream_received(self, now: float, source: str, payload: object) -> None:
+        assert isinstance(payload, tuple)
+        term, writer = payload
+        assert isinstance(term, int) and isinstance(writer, str)
+        self.writes += 1
+        self.writers.setdefault(term, set()).add(writer)
+        if term < self.highest:
+            self.stale += 1
+            return
+        self.highest = term
+        self.applied.append(term)
+
+    def timer(self, now: float) -> None:
+        pass
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def take_outgoing(self) -> list[Outgoing]:
+        return []
+
+
+@attrs.define(eq=False, kw_only=True)
+class _App:
+    """The application beside a node: told "you lead term T" by its node, it
+    writes to the store carrying T. Pausing it (a GC pause between deciding
+    and writing) is what makes writes stale."""
+
+    outgoing: list[Outgoing] = attrs.field(factory=list)
+
+    def datagram_received(self, now: float, source: str, payload: object) -> None:
+        raise AssertionError("apps only take streams")
+
+    def stream_received(self, now: float, source: str, payload: object) -> None:
+        self.outgoing.append(Outgoing("stream", STORE, payload))
+
+    def timer(self, now: float) -> None:
+        pass
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def take_outgoing(self) -> list[Outgoing]:
+        out, self.outgoing = self.outgoing, []
+        return out
+
+
+def r8_fencing(trials: int, *, first_seed: int = 0) -> FencingResult:
+    """Jepsen-style pause nemesis: pause the leader (its check-quorum must stop
+    it acting) or the leader's application (a pause between deciding and
+    writing, which no lease can prevent: only the term fences it)."""
+    writes = stale = conflicts = imposters = 0
+    monotone = True
+    for seed in range(first_seed, first_seed + trials):
+        rng = random.Random(seed)
+        store = _Store()
+        cluster = ElectionCluster(seed=seed, with_apps=True)
+        cluster.sim.add(STORE, store)
+        for name in cluster.names:
+            cluster.sim.add(f"{name}/app", _App())
+        cluster.start()
+        cluster.wait_for_leader(20)
+        for _ in range(6):
+            cluster.sim.run_for(rng.uniform(0.5, 2.0))
+            leader = cluster.leader() or rng.choice(cluster.names)
+            victim = f"{leader}/app" if rng.random() < 0.6 else leader
+            cluster.sim.pause(victim, rng.uniform(1.0, 4.0))
+        cluster.sim.run_for(8.0)
+        writes += store.writes
+        stale += store.stale
+        conflicts += sum(len(w) > 1 for w in store.writers.values())
+        imposters += sum(
+            not w <= cluster.oracle.leaders_by_term.get(t, set()) for t, w in store.writers.items()
+        )
+        monotone &= all(a <= b for a, b in itertools.pairwise(store.applied))
+    return FencingResult(trials, writes, stale, conflicts, imposters, monotone)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """p50, p99, max and mean of ``values`` (0 for all if empty)."""
+    if not values:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
+    ordered = sorted(values)
+    return {
+        "p50": statistics.median(ordered),
+        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "max": ordered[-1],
+        "mean": statistics.fmean(ordered),
+    }
