@@ -30,6 +30,11 @@ def test_demo_runs_and_tells_the_story() -> None:
         "called 'squares' by name: 12^2 = 144",
         "'everyone' has",
         "heard 'hello, everyone'",
+        "math.multiply(6, 7) on b@127.0.0.1: 42",
+        "timed out after 0.3s",
+        "cancelled the remote task and acknowledged it",
+        "Ok(9)",
+        "Err(BadRpcError)",
         "go down (reason: shutdown)",
         "the cluster carries on",
     ]:

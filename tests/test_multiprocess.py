@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 
 import trio_distribute as td
 
@@ -117,3 +118,71 @@ def test_groups_chat_example_in_two_processes() -> None:
     assert "[client] heard 'hello, room'" in out
     assert "[server] GroupLeft" in out
     assert "[server] done" in out
+
+
+def test_rpc_example_in_two_processes() -> None:
+    out = run_example("rpc.py")
+    assert "[client] 2 + 3 = 5" in out
+    assert "same id: True" in out
+    assert "timed out after 0.5s" in out
+    assert "[server] reports.build(60) was cancelled by its caller" in out
+    assert "[client] the server acknowledged the cancellation" in out
+    assert "[client] remote RuntimeError: disk on fire at File" in out
+    assert "[client] refused: no exported function named 'os.system'" in out
+    assert "[client] multicall: ['Ok', 'Err']" in out
+    assert "[client] 64 concurrent calls answered" in out
+    assert "[server] served 70 calls; done" in out
+
+
+RPC_CHILD = """
+import sys, trio, trio_distribute as td
+
+async def slow():
+    print("CALLED", flush=True)
+    await trio.sleep(60)
+
+async def main(port):
+    config = td.NodeConfig.local()
+    async with td.open_node("callee@127.0.0.1", cookie="kill-test", port=port, config=config) as n:
+        n.rpc.export(slow)
+        print("READY", flush=True)
+        await trio.sleep_forever()
+
+trio.run(main, int(sys.argv[1]))
+"""
+
+
+async def test_sigkilled_node_mid_rpc_gives_node_down() -> None:
+    port = free_port()
+    child = await anyio.open_process([sys.executable, "-c", RPC_CHILD, str(port)])
+    try:
+        assert child.stdout is not None
+        stdout = child.stdout
+
+        async def line() -> str:
+            data = b""
+            while not data.endswith(b"\n"):
+                data += await stdout.receive(1)
+            return data.decode().strip()
+
+        with anyio.fail_after(20):
+            assert await line() == "READY"
+            async with td.open_node(
+                "caller@127.0.0.1", cookie="kill-test", config=td.NodeConfig.local()
+            ) as node:
+                await node.connect(f"callee@127.0.0.1:{port}")
+                async with anyio.create_task_group() as tg:
+
+                    async def kill_when_called() -> None:
+                        assert await line() == "CALLED"
+                        child.kill()  # SIGKILL mid-call: no goodbye, no reply
+
+                    tg.start_soon(kill_when_called)
+                    with pytest.raises(td.NodeDownError):
+                        await node.rpc.call("callee@127.0.0.1", "slow", timeout=None)
+                assert node.rpc.statistics().in_flight == 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+        with anyio.fail_after(10):
+            await child.aclose()

@@ -326,6 +326,7 @@ async def test_connection_lost_mid_call_fails_the_call_and_cancels_the_remote_ta
                 tg.start_soon(drop_link)
                 with pytest.raises(td.NodeDownError):
                     await a.rpc.call(b.name, "sleep", 30, timeout=None)
+            assert a.rpc.statistics().in_flight == 0
             # Nobody is left to receive the result: b stops serving it.
             await wait_until(lambda: watch.cancelled)
 

@@ -11,11 +11,13 @@ from typing import Any
 
 import trio
 
+from . import log
 from .config import NodeConfig
-from .errors import AuthenticationError
+from .errors import AuthenticationError, RpcTimeoutError
 from .messaging import Process
 from .monitor import NodeDown
 from .node import Node, open_node
+from .remote_call import Ok
 
 COOKIE = "demo-cookie"
 
@@ -63,6 +65,7 @@ async def run(count: int = 3) -> None:
 
             await _processes_demo(nodes)
             await _registry_and_groups_demo(nodes)
+            await _rpc_demo(nodes)
 
             # The last node joins, is watched, and then leaves.
             watchers = [await stack.enter_async_context(n.monitor_nodes()) for n in nodes]
@@ -148,3 +151,47 @@ async def _registry_and_groups_demo(nodes: list[Node]) -> None:
         await trio.sleep(0.01)
     for line in sorted(heard):
         _say("group", line)
+
+
+async def _rpc_demo(nodes: list[Node]) -> None:
+    first, second = nodes[0], nodes[-1]
+    cancelled = trio.Event()
+
+    def multiply(a: int, b: int) -> int:
+        return a * b
+
+    async def lookup(key: str) -> str:
+        await trio.sleep(0.01)
+        return f"{key} (handled under correlation id {log.current_correlation_id()})"
+
+    async def slow_report() -> None:
+        try:
+            await trio.sleep(60)
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+
+    second.rpc.export(multiply, name="math.multiply")
+    second.rpc.export(lookup)
+    second.rpc.export(slow_report, name="reports.slow")
+    product = await first.rpc.call(second.name, "math.multiply", 6, 7)
+    _say("rpc", f"{first.name} called math.multiply(6, 7) on {second.name}: {product}")
+    with log.correlation() as cid:
+        _say("rpc", f"calling lookup under correlation id {cid} ...")
+        _say("rpc", f"  {await first.rpc.call(second.name, 'lookup', 'user:42')}")
+    try:
+        await first.rpc.call(second.name, "reports.slow", timeout=0.3)
+    except RpcTimeoutError as exc:
+        _say("rpc", f"{exc}")
+    with trio.fail_after(5):
+        await cancelled.wait()
+        while first.rpc.statistics().cancel_acks < 1:
+            await trio.sleep(0.01)
+    _say("rpc", f"  ... and {second.name} cancelled the remote task and acknowledged it")
+    results = await first.rpc.multicall([n.name for n in nodes], "math.multiply", 3, 3)
+    shown = ", ".join(
+        f"{n.name}: "
+        + (f"Ok({r.value})" if isinstance(r, Ok) else f"Err({type(r.error).__name__})")
+        for n, r in zip(nodes, results, strict=True)
+    )
+    _say("rpc", f"multicall of math.multiply(3, 3), exported on {second.name} only -> {shown}")

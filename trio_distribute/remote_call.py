@@ -351,9 +351,9 @@ class Rpc:
                 while not call.done:
                     await call.parker.park()
         finally:
+            del self._calls[req]
             if not call.done:
                 # Timed out or cancelled: stop the remote task as well.
-                del self._calls[req]
                 self._abandon(conn, req)
         if not call.done:
             raise RpcTimeoutError(node, function, limit)
@@ -578,12 +578,11 @@ class Rpc:
         if status not in (OK, RAISED, BAD, CANCELLED):
             raise ValueError(f"RPC_REPLY with unknown status {status!r}")
         call = self._calls.get(req)
-        if call is not None and call.conn is conn and status != CANCELLED:
+        if call is not None and call.conn is conn and status != CANCELLED and not call.done:
             if status == RAISED and not (
                 type(value) is list and len(value) == 3 and all(type(v) is str for v in value)
             ):
                 raise ValueError("RPC_REPLY of a raised call needs [type, message, traceback]")
-            del self._calls[req]
             call.finish(status, value)
             return
         if status == CANCELLED and self._awaiting_ack.pop(req, None) is not None:
