@@ -135,10 +135,12 @@ def reset_correlation_id(token: Token[str | None]) -> None:
 
 @contextlib.contextmanager
 def correlation(value: str | None = None) -> Iterator[str]:
-    """Within the block, ``value`` (a new id if ``None``) is current::
+    """Within the block, ``value`` (a new id if ``None``) is current.
 
-    with log.correlation() as cid:
-        await node.rpc.call(peer, "orders.place", order)   # carries cid
+    .. code-block:: python
+
+        with log.correlation() as cid:
+            await node.rpc.call(peer, "orders.place", order)  # carries cid
     """
     cid = generate_correlation_id() if value is None else value
     token = set_correlation_id(cid)
