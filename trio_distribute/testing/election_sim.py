@@ -22,6 +22,7 @@ otherwise.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import statistics
 from collections.abc import Sequence
@@ -119,6 +120,9 @@ class ElectionHost:
     #: (the moment an application would act on its leadership).
     app: str | None = None
     events: list[tuple[float, LeaderChange]] = attrs.field(factory=list)
+    #: If set, timers fire only on multiples of this (a driver that ticks
+    #: the core periodically, as etcd's does), not at the exact deadline.
+    tick: float | None = None
     decode_errors: int = 0
     _outgoing: list[Outgoing] = attrs.field(factory=list)
 
@@ -135,7 +139,11 @@ class ElectionHost:
         self._drain(now)
 
     def next_deadline(self) -> float | None:
-        return self.core.next_deadline()
+        deadline = self.core.next_deadline()
+        if deadline is None or self.tick is None:
+            return deadline
+        due = math.ceil(deadline / self.tick) * self.tick
+        return due if due >= deadline else due + self.tick  # rounding in the division
 
     def take_outgoing(self) -> list[Outgoing]:
         out, self._outgoing = self._outgoing, []
@@ -192,6 +200,8 @@ class ElectionCluster:
     #: Without ``persist``, restarted nodes abstain for 2 E; False models a
     #: broken driver that forgets its vote and votes again at once.
     abstain: bool = True
+    #: Timer granularity of every host (None: exact deadlines).
+    tick: float | None = None
 
     def __attrs_post_init__(self) -> None:
         self.sim = Simulator(self.seed, latency=self.latency)
@@ -227,6 +237,7 @@ class ElectionCluster:
             oracle=self.oracle,
             disk=self.disk if self.persist else None,
             app=f"{name}/app" if self.with_apps else None,
+            tick=self.tick,
         )
         self.hosts[name] = host
         return host
@@ -443,7 +454,12 @@ class FailoverResult:
 
 
 def r2_failover(
-    trials: int, *, adversarial: bool = False, first_seed: int = 0, n: int = 5
+    trials: int,
+    *,
+    adversarial: bool = False,
+    first_seed: int = 0,
+    n: int = 5,
+    ticks: int | None = None,
 ) -> FailoverResult:
     """Crash a settled leader; time until a new leader is acknowledged by a majority.
 
@@ -451,6 +467,8 @@ def r2_failover(
     0.5-2 ms link latency. Adversarial (Raft paper Fig. 16): the leader
     crashes right after broadcasting a heartbeat over links with a fixed
     latency, so every follower restarted its timer at the same instant.
+    ``ticks``: timers fire only every ``E / ticks`` (etcd-style tick driver),
+    which makes simultaneous timeouts, hence split votes, far more likely.
     """
     e, h = 1.0, 0.1
     latency = (0.001, 0.001) if adversarial else (0.0005, 0.002)
@@ -461,7 +479,12 @@ def r2_failover(
     for seed in range(first_seed, first_seed + trials):
         rng = random.Random(seed)
         cluster = ElectionCluster(
-            seed=seed, n=n, election_timeout=e, heartbeat_interval=h, latency=latency
+            seed=seed,
+            n=n,
+            election_timeout=e,
+            heartbeat_interval=h,
+            latency=latency,
+            tick=None if ticks is None else e / ticks,
         )
         cluster.start()
         cluster.wait_for_leader(20)
