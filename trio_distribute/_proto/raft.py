@@ -50,8 +50,13 @@ Rules (Ongaro's thesis, chapters 3, 4.2.3, 6.4 and 9.6)
   ``(heartbeat_interval, E)`` when the heartbeat interval is above that):
   five missed heartbeats at the default 0.1 s / 1 s, a margin of ``E / 4``
   for drift and scheduling delay. A fresh leader gets ``L`` of grace from
-  the moment it won. A pause (SIGSTOP, GC, blocked fsync) of the leader
-  breaks any lease argument; the term is the fencing token that stays safe.
+  the moment it won, and so does a voter added to a leader's set. The lease
+  argument also assumes voters remember when they last heard from the
+  leader: a voter restarted *with* persisted state has forgotten, so a
+  driver that relies on :meth:`ElectionCore.lease_expiry` should pass
+  ``abstain_until = now + E`` on every restart. A pause (SIGSTOP, GC,
+  blocked fsync) of the leader breaks any lease argument; the term is the
+  fencing token that stays safe.
 * **Abstention after a restart without persisted state**: a node built with
   ``abstain_until`` neither votes, pre-votes nor campaigns before that time
   (the driver passes ``now + 2E``). It follows a leader it hears from.
