@@ -88,6 +88,8 @@ class BroadcastQueue:
         """Broadcasts totalling at most ``space`` bytes (each costing
         ``overhead`` more), counting one transmission for each; those sent
         ``limit`` times are dropped."""
+        if len(self._buckets) > limit:
+            self.prune(limit)  # the cluster shrank: those were sent often enough
         taken: list[bytes] = []
         moved: list[tuple[int, _Key]] = []
         for transmits, bucket in enumerate(self._buckets):
