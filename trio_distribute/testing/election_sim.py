@@ -464,9 +464,11 @@ def r2_failover(
     """Crash a settled leader; time until a new leader is acknowledged by a majority.
 
     Plain: the crash falls at a random point of the heartbeat period, with
-    0.5-2 ms link latency. Adversarial (Raft paper Fig. 16): the leader
-    crashes right after broadcasting a heartbeat over links with a fixed
-    latency, so every follower restarted its timer at the same instant.
+    0.5-2 ms link latency. Adversarial (Raft paper Fig. 16): links have a
+    fixed latency, so every heartbeat restarts all follower timers at the
+    same instant, and the leader crashes at the instant of a heartbeat
+    broadcast (that last burst dies with it, as TCP data in flight does when
+    the simulator's sender goes down: the previous one was the last heard).
     ``ticks``: timers fire only every ``E / ticks`` (etcd-style tick driver),
     which makes simultaneous timeouts, hence split votes, far more likely.
     """
