@@ -10,7 +10,7 @@ def test_all_names_are_importable_and_listed() -> None:
         assert getattr(td, name) is not None, name
     public = {n for n in dir(td) if not n.startswith("_")}
     modules = {"codec", "config", "errors", "groups", "messaging", "monitor", "node"}
-    modules |= {"registry", "testing", "transport"}
+    modules |= {"registry", "testing", "transport", "cluster"}
     assert public - modules - {"annotations"} == set(td.__all__)
 
 

@@ -17,6 +17,7 @@ import pytest
 import trio_distribute as td
 from trio_distribute._proto.frames import frame
 from trio_distribute._proto.handshake import HandshakeCompleted, HandshakeMachine, Role
+from trio_distribute.testing import wait_until
 
 COOKIE = "test-cookie"
 FAST = td.NodeConfig.local(handshake_timeout=1.0)
@@ -76,7 +77,8 @@ async def test_three_nodes_and_reconnect_by_name() -> None:
             assert a.nodes() == ["b@127.0.0.1", "c@127.0.0.1"]
             await b.connect(target(c))
             for node in (a, b, c):
-                assert len(node.nodes()) == 2
+                # Membership may be connecting b and c at the same moment.
+                await wait_until(lambda n=node: len(n.nodes()) == 2)  # type: ignore[misc]
             await a.disconnect("b@127.0.0.1")
             # The address was learned, so the name alone is enough now.
             assert await a.connect("b@127.0.0.1") == "b@127.0.0.1"

@@ -7,7 +7,7 @@ import pytest
 
 import trio_distribute as td
 from trio_distribute.registry import default_resolver
-from trio_distribute.testing import open_cluster, wait_until
+from trio_distribute.testing import open_cluster, partition, wait_until
 
 
 async def wait_forever(proc: td.Process) -> None:
@@ -101,17 +101,15 @@ async def test_partition_heal_keeps_one_name_everywhere_and_tells_the_loser() ->
     with anyio.fail_after(20):
         async with open_cluster(4) as nodes:
             a, b, c, d = nodes
-            for left in (a, b):
-                for right in (c, d):
-                    await left.disconnect(right.name)
-            for node in nodes:
-                await wait_until(lambda n=node: len(n.nodes()) == 1)  # type: ignore[misc]
             async with a.open_process() as pa, c.open_process() as pc:
-                # Each side registers the name while it cannot see the other.
-                await a.registry.register("svc", pa.pid)
-                await c.registry.register("svc", pc.pid)
-                await wait_until(lambda: b.registry.whereis("svc") == pa.pid)
-                await wait_until(lambda: d.registry.whereis("svc") == pc.pid)
+                async with partition([a, b], [c, d]):
+                    for node in nodes:
+                        await wait_until(lambda n=node: len(n.nodes()) == 1)  # type: ignore[misc]
+                    # Each side registers the name while it cannot see the other.
+                    await a.registry.register("svc", pa.pid)
+                    await c.registry.register("svc", pc.pid)
+                    await wait_until(lambda: b.registry.whereis("svc") == pa.pid)
+                    await wait_until(lambda: d.registry.whereis("svc") == pc.pid)
                 for left in (a, b):  # heal: a full mesh again
                     for right in (c, d):
                         await left.connect(f"{right.name}:{right.address[1]}")
@@ -132,11 +130,11 @@ async def test_a_custom_resolver_is_applied_on_every_node() -> None:
         async with open_cluster(2) as (a, b):
             for node in (a, b):
                 node.registry.resolver = lambda name, p1, p2: max(p1, p2)
-            await a.disconnect(b.name)
-            await wait_until(lambda: a.nodes() == [] and b.nodes() == [])
             async with a.open_process() as pa, b.open_process() as pb:
-                await a.registry.register("svc", pa.pid)
-                await b.registry.register("svc", pb.pid)
+                async with partition([a], [b]):
+                    await wait_until(lambda: a.nodes() == [] and b.nodes() == [])
+                    await a.registry.register("svc", pa.pid)
+                    await b.registry.register("svc", pb.pid)
                 await a.connect(f"{b.name}:{b.address[1]}")
                 winner = max(pa.pid, pb.pid)
                 for node in (a, b):

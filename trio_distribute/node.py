@@ -25,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._ids import Pid, validate_cookie, validate_node_name
 from ._monitors import Monitors
 from ._proto.kinds import Kind
+from .cluster.membership import Membership
 from .config import NodeConfig
 from .errors import ConnectError, NodeDownError
 from .groups import Groups
@@ -92,6 +93,7 @@ class Node:
     groups: Groups
     registry: Registry
     rpc: Rpc
+    membership: Membership
     _node_monitors: set[MemoryObjectSendStream[NodeEvent]] = attrs.field(factory=set)
     _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
     _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
@@ -395,12 +397,9 @@ async def open_node(
             node.groups.start()
             node.registry.start()
             node.rpc.start(task_group)
+            await node.membership.start(task_group, _advertised_host(name, node.address[0]))
             try:
-                for seed in seeds:
-                    try:
-                        await node.connect(seed)
-                    except (ConnectError, ValueError) as exc:
-                        logger.warning("%s: could not join seed %s: %s", name, seed, exc)
+                await _join_seeds(node, list(seeds))
                 yield node
             finally:
                 with anyio.CancelScope(shield=True):
@@ -412,6 +411,27 @@ async def open_node(
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+def _advertised_host(name: str, bound: str) -> str:
+    # A wildcard bind is not an address others can reach: use the name's host.
+    return name.partition("@")[2] if bound in ("0.0.0.0", "::", "") else bound
+
+
+async def _join_seeds(node: Node, seeds: list[str]) -> None:
+    if not seeds:
+        return
+    if node.membership.enabled:
+        try:
+            await node.membership.join(seeds)
+        except (ConnectError, ValueError) as exc:
+            logger.warning("%s: could not join any seed of %s: %s", node.name, seeds, exc)
+        return
+    for seed in seeds:
+        try:
+            await node.connect(seed)
+        except (ConnectError, ValueError) as exc:
+            logger.warning("%s: could not join seed %s: %s", node.name, seed, exc)
 
 
 def _build_node(
@@ -439,6 +459,14 @@ def _build_node(
     groups = Groups(transport=transport, processes=processes)
     registry = Registry(transport=transport, processes=processes)
     rpc = Rpc(transport=transport, processes=processes, allow_any_module=config.allow_any_module)
+    membership = Membership(
+        transport=transport,
+        config=config.membership,
+        cookie=cookie,
+        metadata=config.metadata,
+        connect_all=config.connect_all,
+    )
+    transport.address_hooks.append(membership.peer_address)
     node = Node(
         name=name,
         creation=creation,
@@ -449,6 +477,7 @@ def _build_node(
         groups=groups,
         registry=registry,
         rpc=rpc,
+        membership=membership,
     )
     node._up_hooks.append(groups.node_up)
     node._up_hooks.append(registry.node_up)

@@ -394,6 +394,10 @@ class Transport:
     _dialing: dict[str, _DialAttempt] = attrs.field(factory=dict)
     _up_events: dict[str, anyio.Event] = attrs.field(factory=dict)
     _pending_handshakes: int = 0
+    #: Called with a peer's name when it tells us where it listens.
+    address_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
+    #: Peers this node refuses to connect with (see :meth:`block`).
+    blocked: set[str] = attrs.field(factory=set)
     _task_group: anyio.abc.TaskGroup | None = None
     _listener: anyio.abc.Listener[Any] | None = None
     _fast_path: bool = False
@@ -513,6 +517,8 @@ class Transport:
         if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
             raise ValueError("INFO needs a str host and a port number")
         self.addresses[conn.peer] = (host, port)
+        for hook in self.address_hooks:
+            hook(conn.peer)
 
     def _handle_bye(self, conn: Connection, item: list[Any]) -> None:
         reason = item[1]
@@ -551,6 +557,8 @@ class Transport:
         name, host, port = parse_target(target)
         if name == self.name:
             return self.name
+        if name in self.blocked:
+            raise ConnectError(f"connections with {name} are blocked")
         if name is not None and name in self.connections:
             return name
         if host is None or port is None:
@@ -625,6 +633,10 @@ class Transport:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             raise
+        if done.name in self.blocked:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise ConnectError(f"connections with {done.name} are blocked")
         conn = self._new_connection(stream, done, leftover, initiated_by_me=True)
         self._register(conn)
         return conn.peer
@@ -741,6 +753,8 @@ class Transport:
         name = hello.name
         if self.stopping:
             return "shutting down"
+        if name in self.blocked:
+            return "blocked"
         existing = self.connections.get(name)
         if existing is not None:
             if existing.peer_creation != hello.creation:
@@ -814,6 +828,19 @@ class Transport:
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
             self.on_node_down(conn.peer, reason)
+
+    async def block(self, name: str) -> None:
+        """Refuse every connection with ``name`` (dialled or accepted) and
+        drop the current one, until :meth:`unblock`. For partition tests:
+        an in-process stand-in for a firewall rule."""
+        self.blocked.add(name)
+        conn = self.connections.get(name)
+        if conn is not None:
+            conn.close(NodeDownReason.CONNECTION_CLOSED)
+
+    def unblock(self, name: str) -> None:
+        """Allow connections with ``name`` again (nothing reconnects by itself)."""
+        self.blocked.discard(name)
 
     async def disconnect(self, name: str) -> None:
         """Close the connection to ``name`` with a goodbye (both sides see

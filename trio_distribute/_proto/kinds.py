@@ -38,3 +38,5 @@ class Kind(enum.IntEnum):
     RPC_CAST = 41  # [RPC_CAST, function, args: list, kwargs: map, correlation_id|None]
     RPC_CANCEL = 42  # [RPC_CANCEL, request_id]: the caller gave up; stop the task
     RPC_REPLY = 43  # [RPC_REPLY, request_id, status: int, value]; see remote_call
+    MEMBER_STREAM = 50  # [MEMBER_STREAM, payload: bytes]: a SWIM stream message (push-pull, probe)
+    ELECTION = 55  # [ELECTION, payload: bytes]: a raft-lite election message

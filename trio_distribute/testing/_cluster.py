@@ -10,7 +10,7 @@ import anyio
 from ..config import NodeConfig
 from ..node import Node, open_node
 
-__all__ = ["open_cluster", "wait_until"]
+__all__ = ["open_cluster", "partition", "wait_until"]
 
 
 @asynccontextmanager
@@ -50,6 +50,31 @@ async def open_cluster(
                 for other in nodes[i + 1 :]:
                     await node.connect(f"{other.name}:{other.address[1]}")
         yield nodes
+
+
+@asynccontextmanager
+async def partition(*groups: Sequence[Node]) -> AsyncIterator[None]:
+    """Cut the nodes of each group off from the other groups until the
+    block ends: connections between groups are closed and refused, and
+    membership datagrams between them are dropped (an in-process stand-in
+    for firewall rules). Leaving the block lifts the cut; nothing reconnects
+    at once, but membership heals the cluster (or connect yourself)."""
+    pairs = [
+        (x, y)
+        for index, group in enumerate(groups)
+        for other in groups[index + 1 :]
+        for x in group
+        for y in other
+    ]
+    for x, y in pairs:
+        await x.transport.block(y.name)
+        await y.transport.block(x.name)
+    try:
+        yield
+    finally:
+        for x, y in pairs:
+            x.transport.unblock(y.name)
+            y.transport.unblock(x.name)
 
 
 async def wait_until(condition: Callable[[], bool], *, poll: float = 0.01) -> None:

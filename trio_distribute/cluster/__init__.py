@@ -1,0 +1,1 @@
+"""Cluster services: SWIM membership, its authenticated gossip channel, and health."""

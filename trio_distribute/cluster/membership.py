@@ -1,0 +1,509 @@
+"""SWIM membership: the driver that runs the sans-IO core on a node.
+
+The protocol lives in :mod:`trio_distribute._proto.swim`; this module feeds
+it datagrams (UDP on the node's port, authenticated by
+:mod:`~trio_distribute.cluster.gossip`), stream messages (frames on the
+node's TCP connections: push-pull anti-entropy and the fallback probe) and
+the time, and carries out what it asks for. One task owns the core's
+timers and every send, so the core is never driven from two tasks at once.
+
+How membership meets the rest of the node:
+
+* Connecting to a node (``node.connect``) joins its cluster: the dialler
+  exchanges full state with it, and both learn every member.
+* A member declared dead (or that left) is disconnected, so monitors,
+  registry and groups react through the one node-down path.
+* With ``NodeConfig.connect_all`` (the default) a node connects to every
+  member that comes up (full mesh, like Erlang). A connection the user
+  drops is not redialled for as long as the member stays up: only a member
+  that (re)appears is connected to.
+* Streams to live members go over existing connections; membership dials
+  only seed addresses and dead members (healing), so it never undoes a
+  deliberate disconnect on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._proto.kinds import Kind
+from .._proto.swim import (
+    DEFAULT_DATAGRAM_BUDGET,
+    Member,
+    MemberChange,
+    MemberStatus,
+    SendDatagram,
+    SendStream,
+    SwimCore,
+    SwimDecodeError,
+)
+from ..config import MembershipConfig
+from ..errors import ConnectError
+from ..transport import Connection, Transport
+from .gossip import DatagramSealer
+
+__all__ = [
+    "Member",
+    "MemberDown",
+    "MemberEvent",
+    "MemberLeft",
+    "MemberStatus",
+    "MemberSuspect",
+    "MemberUp",
+    "Membership",
+]
+
+logger = logging.getLogger("trio_distribute.membership")
+
+#: Events a subscriber may fall behind by before newer ones are dropped
+#: (counted as ``membership_subscriber_overflow``).
+SUBSCRIBER_BUFFER: Final = 1024
+#: Stream sends (push-pull, fallback pings, joins) in flight at once; more
+#: fail at once, as memberlist caps concurrent push-pulls.
+MAX_STREAMS_IN_FLIGHT: Final = 128
+
+
+@attrs.frozen
+class MemberUp:
+    """A member joined, or came back after being declared dead."""
+
+    name: str
+    address: str
+    incarnation: int
+    metadata: bytes
+
+
+@attrs.frozen
+class MemberSuspect:
+    """A member did not answer probes; it is dead unless it refutes in time."""
+
+    name: str
+    incarnation: int
+
+
+@attrs.frozen
+class MemberDown:
+    """A member was declared dead (its node is disconnected)."""
+
+    name: str
+    incarnation: int
+
+
+@attrs.frozen
+class MemberLeft:
+    """A member left gracefully."""
+
+    name: str
+    incarnation: int
+
+
+MemberEvent = MemberUp | MemberSuspect | MemberDown | MemberLeft
+
+
+def _event_for(change: MemberChange) -> MemberEvent | None:
+    member, previous = change.member, change.previous
+    status = member.status
+    if status is MemberStatus.ALIVE:
+        if previous is MemberStatus.SUSPECT:
+            return None  # a refuted suspicion: it never went away
+        return MemberUp(member.name, member.address, member.incarnation, member.metadata)
+    if status is previous:
+        return None  # an address or metadata update
+    if status is MemberStatus.SUSPECT:
+        return MemberSuspect(member.name, member.incarnation)
+    if status is MemberStatus.DEAD:
+        return MemberDown(member.name, member.incarnation)
+    return MemberLeft(member.name, member.incarnation)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` → ``(host, port)``; ``ValueError`` if malformed."""
+    host, colon, port_text = address.rpartition(":")
+    if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"a member address is 'host:port', got {address!r}")
+    return host.strip("[]"), int(port_text)
+
+
+@attrs.define(eq=False, kw_only=True)
+class Membership:
+    """A node's SWIM membership: ``node.membership``."""
+
+    transport: Transport
+    config: MembershipConfig
+    cookie: bytes
+    metadata: bytes = b""
+    connect_all: bool = True
+    _core: SwimCore | None = None
+    _socket: anyio.abc.UDPSocket | None = None
+    _sealer: DatagramSealer | None = None
+    _task_group: anyio.abc.TaskGroup | None = None
+    _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
+    _subscribers: set[MemoryObjectSendStream[MemberEvent]] = attrs.field(factory=set)
+    _listeners: list[Callable[[MemberChange], None]] = attrs.field(factory=list)
+    _streams_in_flight: int = 0
+    _names_by_address: dict[str, str] = attrs.field(factory=dict)
+
+    # ---------------------------------------------------------------- set-up
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    @property
+    def core(self) -> SwimCore:
+        """The protocol state machine (for inspection and tests)."""
+        if self._core is None:
+            raise RuntimeError("membership is disabled on this node (MembershipConfig.enabled)")
+        return self._core
+
+    @property
+    def address(self) -> str:
+        """This member's ``"host:port"`` (UDP and TCP share the port)."""
+        return self.core.address
+
+    async def start(self, task_group: anyio.abc.TaskGroup, advertise_host: str) -> None:
+        """Bind UDP on the node's port and start the protocol."""
+        if not self.enabled:
+            return
+        host, port = self.transport.address
+        try:
+            self._socket = await anyio.create_udp_socket(local_host=host, local_port=port)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"membership cannot bind UDP {host}:{port}: {exc.strerror}"
+            ) from exc
+        self._sealer = DatagramSealer(self.cookie)
+        self._core = SwimCore(
+            name=self.transport.name,
+            address=f"{advertise_host}:{port}",
+            config=self.config,
+            rng=random.Random(secrets.randbits(64)),
+            now=anyio.current_time(),
+            metadata=self.metadata,
+            datagram_budget=DEFAULT_DATAGRAM_BUDGET,
+        )
+        self._task_group = task_group
+        self.transport.add_handler(Kind.MEMBER_STREAM, self._handle_stream)
+        task_group.start_soon(self._receive_datagrams)
+        task_group.start_soon(self._drive)
+
+    def add_listener(self, listener: Callable[[MemberChange], None]) -> None:
+        """Call ``listener`` with every membership change (the election's
+        voter set follows them)."""
+        self._listeners.append(listener)
+
+    # ----------------------------------------------------------------- query
+
+    def members(self) -> list[Member]:
+        """Every known member, this node included, sorted by name."""
+        return sorted(self.core.members(), key=lambda m: m.name)
+
+    def member(self, name: str) -> Member | None:
+        """What this node knows of ``name`` (status, incarnation, metadata)."""
+        return self.core.member(name)
+
+    def members_with_status(self) -> list[tuple[str, MemberStatus, int]]:
+        """``[(name, status, incarnation), ...]``, this node included, sorted."""
+        return [(m.name, m.status, m.incarnation) for m in self.members()]
+
+    def alive(self) -> list[str]:
+        """Names of live members (alive or suspect: not yet declared dead),
+        this node included, sorted."""
+        live = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+        return [m.name for m in self.members() if m.status in live]
+
+    def current_leader(self) -> str | None:
+        """The lexicographically greatest live name: the seed library's
+        leader. Not partition safe; use ``node.election`` for that."""
+        alive = self.alive()
+        return alive[-1] if alive else None
+
+    # -------------------------------------------------------------- commands
+
+    async def join(self, addresses: Iterable[str]) -> int:
+        """Join the cluster through seed nodes (``"host:port"`` or
+        ``"name@host:port"``): exchange full state with each.
+
+        Returns how many seeds were reached. The seeds are remembered: while
+        this node sees fewer members than it once did, it rejoins them.
+
+        Raises:
+            ConnectError: none of them could be reached.
+            ValueError: an address is malformed.
+        """
+        core = self.core
+        seeds = []
+        for address in addresses:
+            _, _, hostport = address.rpartition("@")
+            split_address(hostport)
+            seeds.append(hostport)
+        if not seeds:
+            return 0
+        reached = 0
+        async with anyio.create_task_group() as task_group:
+
+            async def dial(address: str) -> None:
+                nonlocal reached
+                name = self._name_at(address)
+                if await self._connection_to(address, name=name, dial=True) is not None:
+                    reached += 1
+
+            for address in seeds:
+                task_group.start_soon(dial, address)
+        core.join(anyio.current_time(), seeds)
+        self._wake()
+        if not reached:
+            raise ConnectError(f"could not reach any seed of {seeds}")
+        return reached
+
+    async def leave(self, timeout: float | None = None) -> None:
+        """Leave gracefully: others see this node as *left*, not dead.
+
+        Waits until the departure was gossiped as often as any news is
+        (at most ``timeout`` seconds; default: three probe intervals). The
+        node keeps running but no longer probes or answers as a member.
+        """
+        core = self.core
+        core.leave(anyio.current_time())
+        self._wake()
+        limit = 3 * self.config.probe_interval if timeout is None else timeout
+        with anyio.move_on_after(limit):
+            # The core has no event for "sent often enough": poll at gossip pace.
+            while not core.left_complete(anyio.current_time()):  # noqa: ASYNC110
+                await anyio.sleep(self.config.gossip_interval / 2)
+
+    async def remove(self, name: str) -> None:
+        """Forget a dead or left member: it leaves the election's voter set.
+
+        Raises:
+            ValueError: ``name`` is alive or suspect (only the dead can be
+                removed) or this node itself.
+        """
+        self.core.remove(anyio.current_time(), name)
+        self._wake()
+
+    def update_metadata(self, metadata: bytes) -> None:
+        """Gossip new metadata for this node (at most 512 bytes)."""
+        self.core.update_metadata(anyio.current_time(), metadata)
+        self._wake()
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[MemberEvent]]:
+        """Membership events (``MemberUp``, ``MemberSuspect``, ``MemberDown``,
+        ``MemberLeft``) from now on, on a channel; leaving the block
+        unsubscribes."""
+        send, receive = anyio.create_memory_object_stream[MemberEvent](SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)
+        try:
+            yield receive
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+            receive.close()
+
+    # ------------------------------------------------------------ node hooks
+
+    def peer_address(self, name: str) -> None:
+        """A connected node told us where it listens: exchange state with it
+        unless it is already a live member (connecting joins clusters)."""
+        core = self._core
+        if core is None or core.leaving or name in self.transport.blocked:
+            return
+        if core.status_of(name) in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
+            return
+        host, port = self.transport.addresses[name]
+        core.join(anyio.current_time(), [f"{host}:{port}"])
+        self._wake()
+
+    # ----------------------------------------------------------------- tasks
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def _drive(self) -> None:
+        """Run the core's timers and carry out its actions (the only task
+        that sends, so sends never race)."""
+        core = self.core
+        while True:
+            deadline = core.next_deadline()
+            wait = math.inf if deadline is None else deadline - anyio.current_time()
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            core.tick(anyio.current_time())
+            await self._flush()
+
+    async def _flush(self) -> None:
+        core = self.core
+        assert self._socket is not None and self._sealer is not None
+        for action in core.take_actions():
+            if isinstance(action, SendDatagram):
+                if self._names_by_address.get(action.address) in self.transport.blocked:
+                    continue
+                try:
+                    host, port = split_address(action.address)
+                    await self._socket.sendto(self._sealer.seal(action.payload), host, port)
+                except (OSError, ValueError) as exc:
+                    self.transport.count_drop("membership_send_failed")
+                    logger.debug("datagram to %s failed: %s", action.address, exc)
+            elif self._streams_in_flight >= MAX_STREAMS_IN_FLIGHT:
+                core.stream_failed(anyio.current_time(), action.name, action.address)
+            else:
+                self._streams_in_flight += 1
+                assert self._task_group is not None
+                self._task_group.start_soon(self._send_stream, action)
+        for change in core.take_events():
+            self._publish(change)
+
+    async def _receive_datagrams(self) -> None:
+        assert self._socket is not None and self._sealer is not None
+        core = self.core
+        sealer = self._sealer
+        blocked = self.transport.blocked
+        async with self._socket:  # closed when the node stops
+            await self._receive_loop(core, sealer, blocked)
+
+    async def _receive_loop(
+        self, core: SwimCore, sealer: DatagramSealer, blocked: set[str]
+    ) -> None:
+        assert self._socket is not None
+        while True:
+            try:
+                datagram, (host, port) = await self._socket.receive()
+            except OSError as exc:  # e.g. an ICMP error reported on the socket
+                logger.debug("membership socket: %s", exc)
+                continue
+            payload = sealer.open(datagram)
+            if payload is None:
+                cause = "datagram_oversized" if len(datagram) > 1400 else "datagram_unauthenticated"
+                self.transport.count_drop(cause)
+                continue
+            source = f"{host}:{port}"
+            if blocked and self._names_by_address.get(source) in blocked:
+                self.transport.count_drop("datagram_blocked")
+                continue
+            try:
+                core.datagram_received(anyio.current_time(), source, payload)
+            except SwimDecodeError as exc:
+                self.transport.count_drop("datagram_malformed")
+                logger.warning("malformed membership datagram from %s: %s", source, exc)
+                continue
+            self._wake()
+
+    # --------------------------------------------------------------- streams
+
+    def _handle_stream(self, conn: Connection, item: list[Any]) -> None:
+        _, payload = item
+        if type(payload) is not bytes:
+            raise TypeError("MEMBER_STREAM needs a bytes payload")
+        known = self.transport.addresses.get(conn.peer)
+        if known is None:
+            self.transport.count_drop("member_stream_unknown_address")
+            return
+        try:
+            self.core.stream_received(anyio.current_time(), f"{known[0]}:{known[1]}", payload)
+        except SwimDecodeError as exc:
+            self.transport.count_drop("member_stream_malformed")
+            logger.warning("malformed membership stream message from %s: %s", conn.peer, exc)
+            return
+        self._wake()
+
+    async def _send_stream(self, action: SendStream) -> None:
+        try:
+            core = self.core
+            name = action.name or self._name_at(action.address)
+            # Dial only addresses of nodes never met (seeds) and dead members
+            # (healing). A live member we are not connected to stays so: the
+            # user or the network dropped that connection, and undoing it is
+            # not membership's call.
+            dial = not name or core.status_of(name) in (MemberStatus.DEAD, MemberStatus.LEFT)
+            conn = await self._connection_to(action.address, name=name, dial=dial)
+            if conn is None:
+                core.stream_failed(anyio.current_time(), action.name, action.address)
+            else:
+                conn.write(self.transport.encode_frame([Kind.MEMBER_STREAM, action.payload]))
+            self._wake()
+        finally:
+            self._streams_in_flight -= 1
+
+    def _name_at(self, address: str) -> str:
+        """The node known to listen at ``address``, or ``""``."""
+        name = self._names_by_address.get(address)
+        if name:
+            return name
+        host, port = split_address(address)
+        for peer, known in self.transport.addresses.items():
+            if known == (host, port):
+                return peer
+        return ""
+
+    async def _connection_to(self, address: str, *, name: str, dial: bool) -> Connection | None:
+        transport = self.transport
+        conn = transport.connections.get(name) if name else None
+        if conn is not None or not dial or name in transport.blocked:
+            return conn
+        host, port = split_address(address)
+        with contextlib.suppress(ConnectError, TimeoutError, ValueError):
+            if name:
+                transport.addresses[name] = (host, port)
+                peer = await transport.connect(name)
+            else:
+                peer = await transport.connect(f"{host}:{port}")
+            return transport.connections.get(peer)
+        return None
+
+    # ---------------------------------------------------------------- events
+
+    def _publish(self, change: MemberChange) -> None:
+        member = change.member
+        if member.name != self.transport.name:
+            self._names_by_address[member.address] = member.name
+        for listener in self._listeners:
+            listener(change)
+        event = _event_for(change)
+        if event is None:
+            return
+        if member.name != self.transport.name:
+            self._act_on(event)
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except anyio.WouldBlock:
+                self.transport.count_drop("membership_subscriber_overflow")
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscribers.discard(channel)
+
+    def _act_on(self, event: MemberEvent) -> None:
+        transport = self.transport
+        assert self._task_group is not None
+        if isinstance(event, MemberDown | MemberLeft):
+            logger.info("%s: member %s is %s", transport.name, event.name, type(event).__name__)
+            conn = transport.connections.get(event.name)
+            if conn is not None:
+                self._task_group.start_soon(transport.disconnect, event.name)
+        elif (
+            isinstance(event, MemberUp)
+            and self.connect_all
+            and event.name not in transport.connections
+            and event.name not in transport.blocked
+        ):
+            self._task_group.start_soon(self._connect_member, event.name, event.address)
+
+    async def _connect_member(self, name: str, address: str) -> None:
+        with contextlib.suppress(ConnectError, TimeoutError, ValueError):
+            host, port = split_address(address)
+            self.transport.addresses[name] = (host, port)
+            await self.transport.connect(name)
