@@ -7,6 +7,7 @@ profile with fast timers for loopback clusters and tests.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,19 @@ class MembershipConfig:
                 f"probe_timeout ({self.probe_timeout}) must be below "
                 f"probe_interval ({self.probe_interval})"
             )
+
+    def suspicion_timeouts(self, n: int) -> tuple[float, float]:
+        """Lifeguard's (min, max) suspicion timeout in a cluster of ``n``:
+        ``suspicion_mult * max(1, log10 n) * probe_interval`` and
+        ``suspicion_max_timeout_mult`` times that."""
+        low = self.suspicion_mult * max(1.0, math.log10(max(n, 1))) * self.probe_interval
+        return low, low * self.suspicion_max_timeout_mult
+
+    def dead_bound(self, n: int) -> float:
+        """The worst case from a silent crash to "dead" at every member of a
+        cluster of ``n`` (target M3): the longest suspicion timeout plus
+        four probe intervals to notice and spread it."""
+        return self.suspicion_timeouts(n)[1] + 4 * self.probe_interval
 
     @classmethod
     def local(cls) -> MembershipConfig:

@@ -30,7 +30,7 @@ from .config import NodeConfig
 from .errors import ConnectError, NodeDownError
 from .groups import Groups
 from .messaging import Process, Processes
-from .monitor import NodeDown, NodeEvent, NodeUp, ProcessDown
+from .monitor import NodeDown, NodeDownReason, NodeEvent, NodeUp, ProcessDown
 from .registry import Registry
 from .remote_call import Rpc
 from .transport import Connection, Transport
@@ -97,6 +97,7 @@ class Node:
     _node_monitors: set[MemoryObjectSendStream[NodeEvent]] = attrs.field(factory=set)
     _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
     _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
+    _task_group: anyio.abc.TaskGroup | None = None
     _pings: dict[int, _PendingPing] = attrs.field(factory=dict)
     _ping_seq: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
 
@@ -342,6 +343,20 @@ class Node:
             receive.close()
 
 
+def crash(node: Node) -> None:
+    """Stop ``node`` the way a killed OS process stops: every connection is
+    dropped without a goodbye, membership falls silent, and every task of
+    the node is cancelled (so is the body of its ``open_node`` block).
+    Peers see ``connection_closed`` and, later, the member declared dead.
+    For tests: :func:`trio_distribute.testing.crash`."""
+    transport = node._transport
+    transport.stopping = True
+    for conn in list(transport.connections.values()):
+        conn.close(NodeDownReason.CONNECTION_CLOSED)
+    if node._task_group is not None:
+        node._task_group.cancel_scope.cancel()
+
+
 def _fresh_creation() -> int:
     # Like Erlang's 32-bit creation: a new random value per start makes a
     # pid from an earlier run of the same name recognisably stale.
@@ -391,6 +406,7 @@ async def open_node(
     try:
         async with anyio.create_task_group() as task_group:
             node = _build_node(name, secret, config, ssl_context, client_ssl_context)
+            node._task_group = task_group
             await node.transport.start(task_group, bind_host, port)
             node._processes.start(task_group)
             node._monitors.start()

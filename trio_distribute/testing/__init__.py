@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from ._cluster import crash as crash
 from ._cluster import open_cluster as open_cluster
 from ._cluster import partition as partition
 from ._cluster import wait_until as wait_until
 
-__all__ = ["open_cluster", "partition", "wait_until"]
+__all__ = ["crash", "open_cluster", "partition", "wait_until"]

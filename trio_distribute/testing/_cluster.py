@@ -8,9 +8,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 
 from ..config import NodeConfig
-from ..node import Node, open_node
+from ..node import Node, crash, open_node
 
-__all__ = ["open_cluster", "partition", "wait_until"]
+__all__ = ["crash", "open_cluster", "partition", "wait_until"]
 
 
 @asynccontextmanager
