@@ -61,6 +61,7 @@ def measure(sizes: Sizes, log: Callable[[str], None]) -> list[Row]:
             "R1 election safety",
             "0 terms with >1 leader over ≥ 1000 seeded fault schedules (persisted state)",
             f"{r1.two_leader_terms} of {r1.terms_with_leader} terms over {r1.schedules} "
+            f"(concurrent: {r1.concurrent_two_leader_terms}) "
             f"schedules; {r1.double_votes} double votes; {r1.no_leader_after_heal} "
             "without a leader 12 E after the final heal",
             r1.two_leader_terms == 0 and r1.double_votes == 0 and r1.schedules >= 1000,
@@ -193,7 +194,9 @@ def measure(sizes: Sizes, log: Callable[[str], None]) -> list[Row]:
             "informational: no persisted state, restarted voters abstain 2 E (narrows, "
             "cannot close the window)",
             f"{without.double_votes} double votes, {without.two_leader_terms} two-leader "
-            f"terms over {without.schedules} schedules",
+            f"terms over {without.schedules} schedules, of which "
+            f"{without.concurrent_two_leader_terms} had both leaders leading at one instant "
+            "(the others reused a term after the voters that elected the first forgot it)",
             None,
         )
     )

@@ -60,6 +60,7 @@ def test_oracle_catches_a_core_that_votes_twice(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(ElectionCore, "_on_vote", vote_for_anyone)
     result = es.r1_safety(40)
     assert result.two_leader_terms > 0 and result.double_votes > 0
+    assert result.concurrent_two_leader_terms > 0
 
 
 def test_restart_without_state_can_vote_twice_and_the_oracle_sees_it() -> None:
@@ -67,6 +68,7 @@ def test_restart_without_state_can_vote_twice_and_the_oracle_sees_it() -> None:
     # section 4): this seed is one schedule where it stays open.
     cluster = es.run_schedule(258, persist=False, flavor="kill-restart", phases=8)
     assert cluster.oracle.double_votes > 0 and cluster.oracle.two_leader_terms > 0
+    assert not cluster.oracle.concurrent_terms  # here the term was reused, not shared live
     # The same schedule with (term, voted_for) on disk is safe.
     cluster = es.run_schedule(258, persist=True, flavor="kill-restart", phases=8)
     assert cluster.oracle.violations == []

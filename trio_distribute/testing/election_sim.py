@@ -25,7 +25,7 @@ import itertools
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 import attrs
@@ -78,6 +78,9 @@ class Oracle:
     leaders_by_term: dict[int, set[str]] = attrs.field(factory=dict)
     grants: dict[tuple[str, int], set[str]] = attrs.field(factory=dict)
     violations: list[str] = attrs.field(factory=list)
+    #: Terms in which two up nodes believed they led at the same instant
+    #: (the sharper failure: not just a reused term, two live leaders).
+    concurrent_terms: set[int] = attrs.field(factory=set)
 
     def leader_acted(self, now: float, term: int, name: str) -> None:
         leaders = self.leaders_by_term.setdefault(term, set())
@@ -305,10 +308,15 @@ class ElectionCluster:
         return sum(1 for n in names for t, _ in self.hosts[n].events if t > since)
 
     def _check(self) -> None:
+        terms: set[int] = set()
         for name in self.sim.addresses():
             host = self.hosts.get(name)
             if host is not None and host.core.role is Role.LEADER:
-                self.oracle.leader_acted(self.sim.now, host.core.term, name)
+                term = host.core.term
+                self.oracle.leader_acted(self.sim.now, term, name)
+                if term in terms:
+                    self.oracle.concurrent_terms.add(term)
+                terms.add(term)
 
 
 # ------------------------------------------------------------------ R1: safety under faults
@@ -333,6 +341,9 @@ class SafetyResult:
     double_votes: int
     no_leader_after_heal: int
     violations: tuple[str, ...]
+    #: Of the two-leader terms, those whose two leaders were alive and
+    #: leading at the same instant (the rest reused a term after restarts).
+    concurrent_two_leader_terms: int = 0
 
 
 def _apply_fault(cluster: ElectionCluster, kind: str, rng: random.Random) -> None:
@@ -422,17 +433,25 @@ def run_schedule(
 
 
 def r1_safety(schedules: int, *, first_seed: int = 0, persist: bool = True) -> SafetyResult:
+    return _safety(
+        run_schedule(seed, persist=persist) for seed in range(first_seed, first_seed + schedules)
+    )
+
+
+def _safety(clusters: Iterable[ElectionCluster]) -> SafetyResult:
+    """Sum the oracles' verdicts, one cluster at a time (they are dropped as we go)."""
     violations: list[str] = []
-    terms = two = double = leaderless = 0
-    for seed in range(first_seed, first_seed + schedules):
-        cluster = run_schedule(seed, persist=persist)
+    count = terms = two = double = leaderless = concurrent = 0
+    for cluster in clusters:
+        count += 1
         oracle = cluster.oracle
         terms += len(oracle.leaders_by_term)
         two += oracle.two_leader_terms
         double += oracle.double_votes
+        concurrent += len(oracle.concurrent_terms)
         leaderless += cluster.acknowledged_leader() is None
-        violations += [f"seed {seed}: {v}" for v in oracle.violations]
-    return SafetyResult(schedules, terms, two, double, leaderless, tuple(violations))
+        violations += [f"seed {cluster.seed}: {v}" for v in oracle.violations]
+    return SafetyResult(count, terms, two, double, leaderless, tuple(violations), concurrent)
 
 
 # ------------------------------------------------------------------ R2/R3/R6: failover
@@ -651,18 +670,16 @@ def r7_restart_safety(
     schedules: int, *, persist: bool, abstain: bool = True, first_seed: int = 0
 ) -> SafetyResult:
     """Kill/restart voters mid-election (the kill-restart and mixed flavors)."""
-    violations: list[str] = []
-    terms = two = double = leaderless = 0
-    for seed in range(first_seed, first_seed + schedules):
-        flavor = "kill-restart" if seed % 2 == 0 else "mixed"
-        cluster = run_schedule(seed, persist=persist, abstain=abstain, flavor=flavor, phases=8)
-        oracle = cluster.oracle
-        terms += len(oracle.leaders_by_term)
-        two += oracle.two_leader_terms
-        double += oracle.double_votes
-        leaderless += cluster.acknowledged_leader() is None
-        violations += [f"seed {seed}: {v}" for v in oracle.violations]
-    return SafetyResult(schedules, terms, two, double, leaderless, tuple(violations))
+    return _safety(
+        run_schedule(
+            seed,
+            persist=persist,
+            abstain=abstain,
+            flavor="kill-restart" if seed % 2 == 0 else "mixed",
+            phases=8,
+        )
+        for seed in range(first_seed, first_seed + schedules)
+    )
 
 
 # ------------------------------------------------------------------ R8: fencing
