@@ -256,6 +256,7 @@ PRECEDENCE = [
     (SUSPECT, 1, alive(1), SUSPECT, 1),
     (SUSPECT, 1, alive(2), ALIVE, 2),
     (SUSPECT, 1, suspect(1), SUSPECT, 1),
+    (SUSPECT, 1, suspect(2), SUSPECT, 2),
     (SUSPECT, 1, dead(1), DEAD, 1),
     (SUSPECT, 2, dead(1), SUSPECT, 2),
     (ALIVE, 1, dead(1), DEAD, 1),
@@ -361,6 +362,39 @@ def test_suspicion_echo_is_not_refuted_twice() -> None:
         core.datagram_received(1.0, "c", datagram(wire.Suspect("a", 0, "c")))
     assert core.incarnation == 1
     assert core.counters["refutes"] == 1
+
+
+def test_stale_accusation_after_the_refutation_faded_repeats_it() -> None:
+    """A member that missed our refutation still gossips the old suspicion;
+    once our own alive has had its transmissions, we queue it again."""
+    core = make("a")
+    core.datagram_received(0.0, "b", datagram(wire.Alive("b", "b", 0, b"")))
+    core.datagram_received(1.0, "b", datagram(wire.Suspect("a", 0, "b")))
+    assert core.incarnation == 1
+    for i in range(20):  # send everything queued until the refutation is spent
+        core.datagram_received(1.0, "b", datagram(wire.Ping(i, "a")))
+    core.take_actions()
+    assert broadcasts_about(core, "a", 1.0) == []
+    core.datagram_received(2.0, "c", datagram(wire.Dead("a", 0, "c")))
+    assert core.incarnation == 1  # no new incarnation...
+    assert broadcasts_about(core, "a", 2.0) == [wire.Alive("a", "a", 1, b"")]  # ...just repeated
+    assert core.counters["stale_news_of_self"] == 1
+
+
+def test_higher_incarnation_suspicion_restarts_the_timer() -> None:
+    core = make("a")
+    for name in "bcdefg":
+        core.datagram_received(0.0, name, datagram(wire.Alive(name, name, 1, b"")))
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 1, "x")))
+    core.datagram_received(0.0, "y", datagram(wire.Suspect("b", 1, "y")))
+    core.datagram_received(0.0, "z", datagram(wire.Suspect("b", 1, "z")))
+    assert core.suspicion_deadline("b") == pytest.approx(4.0)
+    # b refuted (incarnation 2) and someone suspects it again: not a
+    # confirmation of the old suspicion but a new one, from the start.
+    core.datagram_received(3.0, "y", datagram(wire.Suspect("b", 2, "y")))
+    assert core.suspicion_deadline("b") == pytest.approx(3.0 + 24.0)
+    core.tick(4.0)
+    assert core.status_of("b") is SUSPECT
 
 
 def test_conflicting_alive_at_same_incarnation_is_refuted() -> None:

@@ -214,6 +214,8 @@ class SwimCore:
             ``config.push_pull_interval``, as memberlist's profiles set it).
         seeds: addresses to rejoin while fewer members are alive than were
             seen (also learned from :meth:`join`).
+        stream_fallback: send the fallback ping over a stream alongside the
+            indirect probes (False: UDP only, as in the SWIM paper's model).
     """
 
     def __init__(
@@ -230,6 +232,7 @@ class SwimCore:
         lifeguard: bool = True,
         gossip_to_the_dead_time: float | None = None,
         seeds: Sequence[str] = (),
+        stream_fallback: bool = True,
     ) -> None:
         _check_text(name, "name")
         _check_text(address, "address")
@@ -240,6 +243,7 @@ class SwimCore:
         self.address: Final = address
         self.config: Final = config
         self.lifeguard: Final = lifeguard
+        self.stream_fallback: Final = stream_fallback
         self.datagram_budget: Final = datagram_budget
         if gossip_to_the_dead_time is None:
             gossip_to_the_dead_time = config.push_pull_interval
@@ -276,6 +280,9 @@ class SwimCore:
         self._suspicion_timers: list[tuple[float, str, int]] = []  # (deadline, name, id(timer))
         self._seq = rng.getrandbits(32)
         self._gossip_at = now + config.gossip_interval
+        # The latest time any input carried, so news queued in a handler can
+        # find the next gossip tick (the ticker keeps its phase while idle).
+        self._clock = now
         self._push_pull_at = now + rng.uniform(0.0, config.push_pull_interval)
         self._reconnect_at = now + config.reconnect_interval
         self._seeds: list[str] = [s for s in seeds if s != address]
@@ -343,6 +350,12 @@ class SwimCore:
             return None
         return record.suspicion.deadline()
 
+    @property
+    def current_probe(self) -> tuple[str, float] | None:
+        """The member being probed now and when its probe started, if any."""
+        probe = self._probe
+        return None if probe is None else (probe.target, probe.started)
+
     def take_actions(self) -> list[SendDatagram | SendStream]:
         actions, self._actions = self._actions, []
         return actions
@@ -356,6 +369,7 @@ class SwimCore:
     def join(self, now: float, seed_addresses: Sequence[str]) -> None:
         """Exchange full state with each seed over a stream (and remember the
         seeds, to rejoin them after a partition)."""
+        self._clock = max(self._clock, now)
         for address in seed_addresses:
             _check_text(address, "seed address")
             if address == self.address:
@@ -364,8 +378,33 @@ class SwimCore:
                 self._seeds.append(address)
             self._send_push_pull("", address, reply=False)
 
+    def add_known_members(self, now: float, members: Sequence[Member]) -> None:
+        """Record members known out of band (a converged snapshot) without
+        gossiping them or emitting events: simulations start from a settled
+        cluster this way instead of replaying a join storm. Only members we
+        do not know yet are added, and only as alive or suspect."""
+        for member in members:
+            if member.name in self._members or member.status not in _LIVE:
+                continue
+            _check_text(member.name, "name")
+            _check_text(member.address, "address")
+            _check_metadata(member.metadata)
+            record = _Record(
+                name=member.name,
+                address=member.address,
+                status=MemberStatus.ALIVE,
+                incarnation=member.incarnation,
+                metadata=member.metadata,
+                changed_at=now,
+            )
+            self._members[member.name] = record
+            self._status_counts[MemberStatus.ALIVE] += 1
+            self._add_live(member.name)
+        self._probe_order = []  # reshuffle at the next probe
+
     def leave(self, now: float) -> None:
         """Leave gracefully: stop probing and gossip our own departure."""
+        self._clock = max(self._clock, now)
         if self._leaving:
             return
         self._leaving = True
@@ -382,6 +421,7 @@ class SwimCore:
 
     def update_metadata(self, now: float, metadata: bytes) -> None:
         """Gossip new metadata (with a new incarnation, so it takes precedence)."""
+        self._clock = max(self._clock, now)
         _check_metadata(metadata)
         record = self._self
         candidate = attrs.evolve(record, metadata=metadata)
@@ -406,12 +446,14 @@ class SwimCore:
     def datagram_received(self, now: float, source_address: str, payload: bytes) -> None:
         """Handle one datagram; :class:`SwimDecodeError` if it is malformed
         (then nothing changed: the driver counts it and moves on)."""
+        self._clock = max(self._clock, now)
         messages = wire.decode_datagram(payload)
         for message in messages:
             self._on_datagram_message(now, source_address, message)
 
     def stream_received(self, now: float, source_address: str, payload: bytes) -> None:
         """Handle one stream message; :class:`SwimDecodeError` if malformed."""
+        self._clock = max(self._clock, now)
         message = wire.decode_stream(payload)
         if isinstance(message, wire.StreamPing):
             if message.target == self.name:
@@ -454,15 +496,17 @@ class SwimCore:
 
     def tick(self, now: float) -> None:
         """Do everything due at ``now``."""
+        self._clock = max(self._clock, now)
         self._run_relay_timers(now)
         self._run_suspicion_timers(now)
         self._run_probe(now)
         if now >= self._gossip_at:
             if len(self._queue):
                 self._gossip(now)
-            self._gossip_at = max(self._gossip_at + self.config.gossip_interval, now)
+            interval = self.config.gossip_interval
+            self._gossip_at += interval
             if self._gossip_at <= now:
-                self._gossip_at = now + self.config.gossip_interval
+                self._gossip_at += math.ceil((now - self._gossip_at) / interval + 1e-9) * interval
         if now >= self._push_pull_at:
             self._periodic_push_pull()
             self._push_pull_at = now + self._push_pull_interval()
@@ -534,6 +578,8 @@ class SwimCore:
         for helper in helpers:
             self._send_datagram(helper.address, [request])
         probe.expected_nacks = len(helpers) if self.lifeguard else 0
+        if not self.stream_fallback:
+            return
         # A fallback ping over a stream catches "UDP blocked, TCP open".
         fallback = wire.StreamPing(probe.seq, probe.target, self.name, self.address)
         self._actions.append(SendStream(probe.target, probe.address, wire.encode(fallback)))
@@ -691,14 +737,25 @@ class SwimCore:
 
     def _on_suspect(self, now: float, name: str, incarnation: int, source: str) -> None:
         if name == self.name:
-            if self._leaving or incarnation < self._self.incarnation:
-                return  # an echo of a suspicion we already refuted
+            if self._leaving:
+                return
+            if incarnation < self._self.incarnation:
+                self._stale_news_of_self()
+                return
             self._refute(incarnation)
             return
         record = self._members.get(name)
         if record is None or incarnation < record.incarnation:
             return
         suspicion = record.suspicion
+        if suspicion is not None and incarnation > record.incarnation:
+            # Suspect(i) overrides Suspect(j) for i > j (SWIM §4.2): the member
+            # refuted the old suspicion, so this is a new one with a fresh timer.
+            record.incarnation = incarnation
+            record.suspicion = self._new_suspicion(now, source)
+            self._push_suspicion_timer(record, record.suspicion)
+            self._broadcast(name, self._suspect_message(name, incarnation, source))
+            return
         if suspicion is not None:
             if suspicion.confirm(source):
                 # An independent confirmation shortens our timer; pass it on
@@ -717,7 +774,10 @@ class SwimCore:
 
     def _on_dead(self, now: float, name: str, incarnation: int, *, left: bool) -> None:
         if name == self.name:
-            if self._leaving or incarnation < self._self.incarnation:
+            if self._leaving:
+                return
+            if incarnation < self._self.incarnation:
+                self._stale_news_of_self()
                 return
             self._refute(incarnation)
             return
@@ -738,6 +798,15 @@ class SwimCore:
             self._broadcast(name, self._left_message(name, incarnation))
         else:
             self._broadcast(name, wire.encode(wire.Dead(name, incarnation, self.name)))
+
+    def _stale_news_of_self(self) -> None:
+        """Someone still gossips a suspicion or death we already refuted. If
+        our refutation finished its transmissions, a member that missed it
+        may act on the stale news: say it again (same incarnation, so no
+        new precedence fight; queued at most once at a time)."""
+        self.counters["stale_news_of_self"] += 1
+        if self.name not in self._queue:
+            self._broadcast(self.name, self._alive_message(self._self))
 
     def _refute(self, incarnation: int) -> None:
         if incarnation + 1 >= wire.MAX_INCARNATION:
@@ -857,6 +926,13 @@ class SwimCore:
 
     def _broadcast(self, name: str, message: bytes) -> None:
         self._queue.queue(name, message)
+        if self._gossip_at < self._clock:
+            # The gossip ticker idles while there is nothing to send; resume
+            # it on its own grid rather than at once, so news travels one
+            # gossip round per hop as in memberlist.
+            interval = self.config.gossip_interval
+            behind = self._clock - self._gossip_at
+            self._gossip_at += math.ceil(behind / interval) * interval
 
     def _retransmit_limit(self) -> int:
         return retransmit_limit(self.config.retransmit_mult, self.cluster_size())
