@@ -786,7 +786,7 @@ def run_all(*, full: bool = False, seed: int = 1) -> list[Result]:
     for n in [32, 128, 512] if full else [32, 128]:
         for loss in (0.0, 0.10):
             results += measure_dissemination(n, 200 if full else 20, loss, seed=seed + n)
-    results += measure_load([8, 32, 128], 300.0 if full else 60.0, seed=seed)
+    results += measure_load([8, 32, 128], 300.0 if full else 120.0, seed=seed)
     return results
 
 
