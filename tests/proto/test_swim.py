@@ -746,3 +746,79 @@ def test_every_datagram_fits_the_budget(members: list[tuple[str, bytes]], budget
                 wire.decode_datagram(action.payload)
     # Members whose alive news could never fit are refused, not queued forever.
     assert core.counters["alive_too_large"] >= 0
+
+
+# -- healing and push-pull ------------------------------------------------------------
+
+
+def streams(actions: list[SendDatagram | SendStream]) -> list[SendStream]:
+    """The push-pull streams among ``actions`` (not fallback pings)."""
+    return [
+        a
+        for a in actions
+        if isinstance(a, SendStream) and isinstance(wire.decode_stream(a.payload), wire.PushPull)
+    ]
+
+
+def test_reconnect_retries_the_dead_and_rejoins_seeds_then_gives_up() -> None:
+    config = MembershipConfig(
+        push_pull_interval=1000.0, reconnect_interval=10.0, reconnect_timeout=25.0
+    )
+    core = make("a", config=config, seeds=["seed"])
+    for name in ("b", "c"):
+        core.datagram_received(0.0, name, datagram(wire.Alive(name, name, 1, b"")))
+    core.datagram_received(1.0, "x", datagram(wire.Dead("b", 1, "x")))
+    core.take_actions()
+    core.tick(10.0)
+    pushed = {(s.name, s.address) for s in streams(core.take_actions())}
+    # One random dead member, and the seed since fewer are alive than were.
+    assert pushed == {("b", "b"), ("", "seed")}
+    core.tick(20.0)
+    assert {s.address for s in streams(core.take_actions())} == {"b", "seed"}
+    core.tick(30.0)  # b has been dead for longer than reconnect_timeout: forgotten
+    assert core.member("b") is None
+    assert "b" not in {s.address for s in streams(core.take_actions())}
+
+
+def test_push_pull_period_scales_beyond_32_members() -> None:
+    config = MembershipConfig(push_pull_interval=30.0, reconnect_interval=1000.0)
+    core = make("a", config=config)
+    members = [
+        Member(name=f"m{i}", address=f"m{i}", status=ALIVE, incarnation=0, metadata=b"")
+        for i in range(99)
+    ]
+    core.add_known_members(0.0, members)
+    assert core.cluster_size() == 100
+    assert core.take_events() == []  # learned out of band: no events, no gossip
+    times: list[float] = []
+    now = 0.0
+    while len(times) < 3:
+        deadline = core.next_deadline()
+        assert deadline is not None
+        now = deadline
+        core.tick(now)
+        if streams(core.take_actions()):
+            times.append(now)
+    # 30 s x (ceil(log2(100) - 5) + 1) = 90 s
+    assert times[2] - times[1] == pytest.approx(90.0)
+
+
+def test_push_pull_reports_remote_dead_as_suspect_so_it_can_refute() -> None:
+    core = make("a")
+    core.datagram_received(0.0, "b", datagram(wire.Alive("b", "b", 1, b"")))
+    state = wire.PushPull(
+        reply=True,
+        name="c",
+        address="c",
+        members=(wire.MemberState("b", "b", 1, wire.STATUS_DEAD, b""),),
+    )
+    core.stream_received(1.0, "c", wire.encode(state))
+    assert core.status_of("b") is SUSPECT
+    assert core.status_of("c") is None  # its sender only lists members; c was not in it
+    assert streams(core.take_actions()) == []  # a reply is not answered
+
+
+def test_join_to_own_address_is_skipped() -> None:
+    core = make("a")
+    core.join(0.0, ["a"])
+    assert streams(core.take_actions()) == []

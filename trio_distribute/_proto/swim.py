@@ -34,7 +34,9 @@ What it does, per protocol period:
 
 Hardening against memberlist's reported bugs: a member's stored incarnation
 never decreases; incarnations are validated below 2**63, so refuting always
-fits; an echo of a suspicion we already refuted is ignored.
+fits; an echo of a suspicion we already refuted does not cause another
+refutation (but if our refutation has finished its transmissions, the same
+alive is queued again, so a member that missed it learns it).
 """
 
 from __future__ import annotations
@@ -970,18 +972,19 @@ class SwimCore:
     ) -> list[_Record]:
         """Up to ``count`` distinct random live members (not us), optionally
         with the recently dead too (to gossip to them)."""
-        candidates: Sequence[str] = self._live
+        live = self._live
+        recent: list[str] = []
         if include_dead_since is not None and self._down:
             horizon = include_dead_since - self.gossip_to_the_dead_time
-            recent = [
-                name
-                for name, when in reversed(self._down.items())
-                if when > horizon and self._members[name].status is MemberStatus.DEAD
-            ]
-            if recent:
-                candidates = self._live + recent
+            # _down is in the order members went down: stop at the first old one.
+            for name, when in reversed(self._down.items()):
+                if when <= horizon:
+                    break
+                if self._members[name].status is MemberStatus.DEAD:
+                    recent.append(name)
         chosen: list[_Record] = []
-        total = len(candidates)
+        live_count = len(live)
+        total = live_count + len(recent)
         if total == 0 or count <= 0:
             return chosen
         # Sample by index without building a copy; a few extra draws cover
@@ -994,7 +997,8 @@ class SwimCore:
             if index in seen:
                 continue
             seen.add(index)
-            record = self._members[candidates[index]]
+            name = live[index] if index < live_count else recent[index - live_count]
+            record = self._members[name]
             if record.name == exclude or (alive_only and record.status is not MemberStatus.ALIVE):
                 continue
             chosen.append(record)
