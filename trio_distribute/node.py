@@ -27,6 +27,7 @@ from ._monitors import Monitors
 from ._proto.kinds import Kind
 from .cluster.membership import Membership
 from .config import NodeConfig
+from .election.raft_lite import Election
 from .errors import ConnectError, NodeDownError
 from .groups import Groups
 from .messaging import Process, Processes
@@ -94,6 +95,7 @@ class Node:
     registry: Registry
     rpc: Rpc
     membership: Membership
+    election: Election
     _node_monitors: set[MemoryObjectSendStream[NodeEvent]] = attrs.field(factory=set)
     _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
     _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
@@ -414,6 +416,7 @@ async def open_node(
             node.registry.start()
             node.rpc.start(task_group)
             await node.membership.start(task_group, _advertised_host(name, node.address[0]))
+            node.election.start(task_group)
             try:
                 await _join_seeds(node, list(seeds))
                 yield node
@@ -483,6 +486,12 @@ def _build_node(
         connect_all=config.connect_all,
     )
     transport.address_hooks.append(membership.peer_address)
+    election = Election(
+        transport=transport,
+        membership=membership,
+        config=config.election,
+        state_dir=config.state_dir,
+    )
     node = Node(
         name=name,
         creation=creation,
@@ -494,6 +503,7 @@ def _build_node(
         registry=registry,
         rpc=rpc,
         membership=membership,
+        election=election,
     )
     node._up_hooks.append(groups.node_up)
     node._up_hooks.append(registry.node_up)

@@ -1,0 +1,198 @@
+"""Raft-lite election on real loopback sockets (the simulator covers R1-R8)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+import trio_distribute as td
+from trio_distribute.election.raft_lite import (
+    Leader,
+    LeaderChanged,
+    NoLeader,
+    load_state,
+    state_file,
+)
+from trio_distribute.testing import crash, open_cluster, partition, wait_until
+
+COOKIE = "election-cookie"
+FAST = td.NodeConfig.local()
+E = FAST.election.election_timeout
+
+
+async def _run_node(
+    name: str,
+    config: td.NodeConfig,
+    seeds: list[str],
+    *,
+    task_status: anyio.abc.TaskStatus[td.Node] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    async with td.open_node(name, cookie=COOKIE, config=config, seeds=seeds) as node:
+        task_status.started(node)
+        await anyio.sleep_forever()
+
+
+@asynccontextmanager
+async def cluster(n: int, config: td.NodeConfig = FAST) -> AsyncIterator[list[td.Node]]:
+    """``n`` nodes in their own tasks, joined through the first, every
+    membership view complete before it yields."""
+    async with anyio.create_task_group() as tg:
+        first: td.Node = await tg.start(_run_node, "n0@127.0.0.1", config, [])
+        seed = [f"127.0.0.1:{first.address[1]}"]
+        nodes = [first]
+        for i in range(1, n):
+            nodes.append(await tg.start(_run_node, f"n{i}@127.0.0.1", config, seed))
+        for node in nodes:
+            await wait_until(lambda n=node: len(n.election.voters()) == len(nodes))  # type: ignore[misc]
+        yield nodes
+        tg.cancel_scope.cancel()
+
+
+def leaders(nodes: list[td.Node]) -> set[tuple[str, int]]:
+    return {
+        (current.name, current.term)
+        for current in (node.election.leader for node in nodes)
+        if isinstance(current, Leader)
+    }
+
+
+def agreed_leader(nodes: list[td.Node]) -> Leader | None:
+    views = [node.election.leader for node in nodes]
+    first = views[0]
+    if isinstance(first, Leader) and all(view == first for view in views):
+        return first
+    return None
+
+
+async def test_three_nodes_elect_exactly_one_leader() -> None:
+    with anyio.fail_after(20):
+        async with cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None
+            assert [node.election.is_leader for node in nodes].count(True) == 1
+            assert leader.term >= 1
+            for node in nodes:
+                assert node.election.term == leader.term
+                assert node.election.elect() == leader
+                assert await node.election.wait_for_leader(timeout=1) == leader
+                assert node.election.has_quorum()
+
+
+async def test_a_crashed_leader_is_replaced_within_the_bound() -> None:
+    with anyio.fail_after(30):
+        async with cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            old = agreed_leader(nodes)
+            assert old is not None
+            victim = next(n for n in nodes if n.name == old.name)
+            survivors = [n for n in nodes if n is not victim]
+            async with survivors[0].election.subscribe() as events:
+                crash(victim)
+
+                # Followers time out within 2E of the last heartbeat, then a
+                # pre-vote and a vote round trip: R2's bound is 3E + RTT.
+                # Room is left for a loaded test machine: the assertion is
+                # that a new leader appears, not how fast.
+                def replaced() -> bool:
+                    current = agreed_leader(survivors)
+                    return current is not None and current.name != old.name
+
+                with anyio.fail_after(3 * E + 5):
+                    await wait_until(replaced)
+                new = agreed_leader(survivors)
+                assert new is not None and new.name != old.name and new.term > old.term
+                changes = []
+                while True:
+                    try:
+                        changes.append(events.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                assert LeaderChanged(new.term, new.name) in changes
+            # The crashed node still counts as a voter: the quorum did not shrink.
+            assert len(survivors[0].election.voters()) == 3
+
+
+async def test_a_split_cluster_has_a_leader_only_on_the_majority_side() -> None:
+    with anyio.fail_after(40):
+        async with cluster(5) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            # Put the current leader on the minority side: it must step down.
+            old = agreed_leader(nodes)
+            assert old is not None
+            by_name = {n.name: n for n in nodes}
+            minority = [by_name[old.name], *[n for n in nodes if n.name != old.name][:1]]
+            majority = [n for n in nodes if n not in minority]
+            async with partition(minority, majority):
+
+                def majority_elected() -> bool:
+                    current = agreed_leader(majority)
+                    return current is not None and current.term > old.term
+
+                await wait_until(majority_elected)
+                await wait_until(lambda: all(not n.election.is_leader for n in minority))
+                # Give the minority every chance to (wrongly) elect someone.
+                await anyio.sleep(4 * E)
+                assert all(not n.election.is_leader for n in minority)
+                assert all(n.election.leader == NoLeader() for n in minority)
+                new = agreed_leader(majority)
+                assert new is not None and new.term > old.term
+            # Healed: one leader for everyone, in one term.
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            assert len(leaders(nodes)) == 1
+            assert [n.election.is_leader for n in nodes].count(True) == 1
+
+
+async def test_a_lone_node_elects_itself_after_abstaining() -> None:
+    with anyio.fail_after(10):
+        async with cluster(1) as (node,):
+            assert node.election.voters() == [node.name]
+            # Started without a state_dir: it abstains for 2E first.
+            assert node.election.leader == NoLeader()
+            with pytest.raises(TimeoutError):
+                await node.election.wait_for_leader(timeout=E / 2)
+            leader = await node.election.wait_for_leader(timeout=6 * E + 2)
+            assert leader == Leader(node.name, 1)
+
+
+async def test_term_and_vote_are_persisted_with_a_state_dir(tmp_path: Path) -> None:
+    config = td.NodeConfig.local(state_dir=tmp_path)
+    with anyio.fail_after(20):
+        async with cluster(3, config) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None
+            state = load_state(state_file(tmp_path, leader.name))
+            assert state is not None
+            term, voted_for = state
+            assert term == leader.term and voted_for == leader.name
+    (tmp_path / "election-broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        load_state(tmp_path / "election-broken.json")
+    assert load_state(tmp_path / "missing.json") is None
+
+
+async def test_malformed_election_messages_are_dropped_and_counted() -> None:
+    with anyio.fail_after(20):
+        async with cluster(3) as nodes:
+            a, b, _ = nodes
+            conn = a.transport.connections[b.name]
+            conn.write(a.transport.encode_frame([55, b"\xff\x00garbage"]))
+            await wait_until(lambda: b.statistics().drops.get("election_malformed") == 1)
+            assert a.name in b.nodes()  # the connection survived
+            conn.write(a.transport.encode_frame([55, "not bytes"]))
+            await wait_until(lambda: a.name not in b.nodes())  # a protocol error closes it
+
+
+async def test_election_needs_membership() -> None:
+    config = td.NodeConfig.local(membership=td.MembershipConfig(enabled=False))
+    with anyio.fail_after(10):
+        async with open_cluster(1, config=config) as (node,):
+            assert not node.election.enabled
+            with pytest.raises(RuntimeError, match="disabled"):
+                node.election.leader  # noqa: B018

@@ -1,0 +1,1 @@
+"""Leader election: raft-lite (terms, votes, heartbeats; no log)."""

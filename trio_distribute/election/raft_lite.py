@@ -1,0 +1,322 @@
+"""Raft-lite leader election: the driver that runs the sans-IO core on a node.
+
+The rules live in :mod:`trio_distribute._proto.raft`; this module feeds the
+core the election messages that arrive on the node's connections and the
+time, carries out its actions in order (a :class:`~trio_distribute._proto.raft.Persist`
+is written and fsynced before any send queued after it), keeps its voter
+set equal to the membership's, and publishes leader changes.
+
+* **Voters**: every member that joined and has not gracefully left or been
+  removed (``await node.membership.remove(name)``). A crash does not
+  shrink the set, so a minority can never elect a leader. A node alone is
+  a cluster of one and elects itself; two voters need each other; three
+  tolerate one failure (see the core's docstring).
+* **Persistence**: with ``NodeConfig.state_dir`` set, ``(term, voted_for)``
+  is written atomically (temporary file, fsync, rename, fsync of the
+  directory) before any vote leaves the node, and read back on start.
+  Without it a node cannot tell a restart from a first start, so every
+  start abstains (no vote, no campaign) for one maximum election timeout
+  (``2E``); during that time it only follows a leader it hears from.
+* **Terms are fencing tokens**: anything that acts on leadership should
+  carry the term and refuse older ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._proto.kinds import Kind
+from .._proto.raft import (
+    ElectionCore,
+    Persist,
+    RaftDecodeError,
+    Send,
+    decode_message,
+    encode_message,
+)
+from .._proto.swim import MemberChange, MemberStatus
+from ..cluster.membership import Membership
+from ..config import ElectionConfig
+from ..transport import Connection, Transport
+
+__all__ = [
+    "Election",
+    "Leader",
+    "LeaderChanged",
+    "NoLeader",
+    "load_state",
+    "save_state",
+    "state_file",
+]
+
+logger = logging.getLogger("trio_distribute.election")
+
+SUBSCRIBER_BUFFER: Final = 256
+
+
+@attrs.frozen
+class Leader:
+    """The cluster has a leader: ``name``, elected in ``term``."""
+
+    name: str
+    term: int
+
+
+@attrs.frozen
+class NoLeader:
+    """No leader is known (an election is running, or no majority is reachable)."""
+
+
+@attrs.frozen
+class LeaderChanged:
+    """The leader this node knows changed: ``leader`` (``None``: none) in ``term``."""
+
+    term: int
+    leader: str | None
+
+
+def state_file(state_dir: Path, name: str) -> Path:
+    """Where the node ``name`` keeps its election state under ``state_dir``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return state_dir / f"election-{safe}.json"
+
+
+def load_state(path: Path) -> tuple[int, str | None] | None:
+    """``(term, voted_for)`` from ``path``; ``None`` if it does not exist.
+
+    Raises:
+        ValueError: the file exists but does not hold a valid state.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"unreadable election state {path}: {exc}") from exc
+    term, voted_for = data.get("term"), data.get("voted_for")
+    if type(term) is not int or term < 0 or not (voted_for is None or isinstance(voted_for, str)):
+        raise ValueError(f"invalid election state in {path}: {data!r}")
+    return term, voted_for
+
+
+def save_state(path: Path, term: int, voted_for: str | None) -> None:
+    """Write ``(term, voted_for)`` durably and atomically: a crash leaves
+    either the old state or the new one, never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as file:
+        json.dump({"term": term, "voted_for": voted_for}, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@attrs.define(eq=False, kw_only=True)
+class Election:
+    """A node's leader election: ``node.election``."""
+
+    transport: Transport
+    membership: Membership
+    config: ElectionConfig
+    state_dir: Path | None = None
+    _core: ElectionCore | None = None
+    _task_group: anyio.abc.TaskGroup | None = None
+    _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
+    _changed: anyio.Event = attrs.field(factory=anyio.Event)
+    _subscribers: set[MemoryObjectSendStream[LeaderChanged]] = attrs.field(factory=set)
+
+    @property
+    def enabled(self) -> bool:
+        """Election runs when it and membership are both enabled."""
+        return self.config.enabled and self.membership.enabled
+
+    @property
+    def core(self) -> ElectionCore:
+        """The election state machine (for inspection and tests)."""
+        if self._core is None:
+            raise RuntimeError(
+                "election is disabled on this node (ElectionConfig.enabled; it needs membership)"
+            )
+        return self._core
+
+    def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        if not self.enabled:
+            return
+        now = anyio.current_time()
+        persisted: tuple[int, str | None] | None = None
+        if self.state_dir is not None:
+            path = state_file(self.state_dir, self.transport.name)
+            try:
+                persisted = load_state(path)
+            except ValueError as exc:
+                logger.error("%s; starting as if restarted without state", exc)
+        timeout = self.config.election_timeout
+        self._core = ElectionCore(
+            name=self.transport.name,
+            voters=self._voters(),
+            election_timeout=timeout,
+            heartbeat_interval=self.config.heartbeat_interval,
+            rng=random.Random(secrets.randbits(64)),
+            now=now,
+            persisted=persisted,
+            # Without durable state a restart cannot be told from a first
+            # start: abstain for one maximum election timeout every time.
+            abstain_until=None if persisted is not None else now + 2 * timeout,
+        )
+        self._task_group = task_group
+        self.membership.add_listener(self._membership_changed)
+        self.transport.add_handler(Kind.ELECTION, self._handle_message)
+        task_group.start_soon(self._drive)
+
+    # ----------------------------------------------------------------- query
+
+    @property
+    def leader(self) -> Leader | NoLeader:
+        """The leader this node knows of, with its term, or ``NoLeader()``."""
+        core = self.core
+        return NoLeader() if core.leader is None else Leader(core.leader, core.term)
+
+    def elect(self) -> Leader | NoLeader:
+        """The seed library's name for :attr:`leader`."""
+        return self.leader
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node is the leader now."""
+        return self.core.is_leader
+
+    @property
+    def term(self) -> int:
+        """The current term: a fencing token for anything done as leader."""
+        return self.core.term
+
+    def voters(self) -> list[str]:
+        """The voter set, sorted."""
+        return sorted(self.core.voters)
+
+    def has_quorum(self) -> bool:
+        """Whether a majority of the voters is alive (or suspect) as far as
+        membership knows."""
+        core = self.core
+        live = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+        alive = sum(1 for v in core.voters if self.membership.core.status_of(v) in live)
+        return alive >= core.quorum
+
+    async def wait_for_leader(self, timeout: float | None = None) -> Leader:
+        """Wait until a leader is known and return it.
+
+        Raises:
+            TimeoutError: none within ``timeout`` seconds.
+        """
+        with anyio.fail_after(math.inf if timeout is None else timeout):
+            while True:
+                current = self.leader
+                if isinstance(current, Leader):
+                    return current
+                await self._changed.wait()
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[LeaderChanged]]:
+        """``LeaderChanged(term, leader)`` events from now on."""
+        send, receive = anyio.create_memory_object_stream[LeaderChanged](SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)
+        try:
+            yield receive
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+            receive.close()
+
+    # --------------------------------------------------------------- driving
+
+    def _voters(self) -> list[str]:
+        # Everyone known except the members that left: the dead still vote
+        # (a crash must not shrink the quorum); removal forgets them.
+        return [
+            member.name
+            for member in self.membership.core.members()
+            if member.status is not MemberStatus.LEFT
+        ]
+
+    def _membership_changed(self, change: MemberChange) -> None:
+        core = self._core
+        if core is None:
+            return
+        voters = frozenset(self._voters())
+        if voters != core.voters:
+            core.set_voters(anyio.current_time(), voters)
+            self._wakeup.set()
+
+    def _handle_message(self, conn: Connection, item: list[Any]) -> None:
+        _, payload = item
+        if type(payload) is not bytes:
+            raise TypeError("ELECTION needs a bytes payload")
+        try:
+            message = decode_message(payload)
+        except RaftDecodeError as exc:
+            self.transport.count_drop("election_malformed")
+            logger.warning("malformed election message from %s: %s", conn.peer, exc)
+            return
+        self.core.receive(anyio.current_time(), conn.peer, message)
+        self._wakeup.set()
+
+    async def _drive(self) -> None:
+        core = self.core
+        while True:
+            self._flush()
+            deadline = core.next_deadline()
+            wait = math.inf if deadline is None else deadline - anyio.current_time()
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            core.tick(anyio.current_time())
+
+    def _flush(self) -> None:
+        core = self.core
+        transport = self.transport
+        for action in core.take_actions():
+            if isinstance(action, Persist):
+                if self.state_dir is not None:
+                    # Synchronous on purpose: nothing may leave before it is durable.
+                    save_state(
+                        state_file(self.state_dir, transport.name), action.term, action.voted_for
+                    )
+            elif isinstance(action, Send):
+                conn = transport.connections.get(action.to)
+                if conn is not None and not conn.closed:
+                    conn.write(
+                        transport.encode_frame([Kind.ELECTION, encode_message(action.message)])
+                    )
+        for change in core.take_events():
+            logger.info("%s: leader is %s in term %d", transport.name, change.leader, change.term)
+            event = LeaderChanged(change.term, change.leader)
+            changed, self._changed = self._changed, anyio.Event()
+            changed.set()
+            for channel in list(self._subscribers):
+                try:
+                    channel.send_nowait(event)
+                except anyio.WouldBlock:
+                    transport.count_drop("election_subscriber_overflow")
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._subscribers.discard(channel)
