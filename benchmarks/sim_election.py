@@ -60,9 +60,9 @@ def measure(sizes: Sizes, log: Callable[[str], None]) -> list[Row]:
         Row(
             "R1 election safety",
             "0 terms with >1 leader over ≥ 1000 seeded fault schedules (persisted state)",
-            f"{r1.two_leader_terms} of {r1.terms_with_leader} terms over {r1.schedules} "
-            f"(concurrent: {r1.concurrent_two_leader_terms}) "
-            f"schedules; {r1.double_votes} double votes; {r1.no_leader_after_heal} "
+            f"{r1.two_leader_terms} of {r1.terms_with_leader} terms "
+            f"({r1.concurrent_two_leader_terms} with two live leaders at once) over "
+            f"{r1.schedules} schedules; {r1.double_votes} double votes; {r1.no_leader_after_heal} "
             "without a leader 12 E after the final heal",
             r1.two_leader_terms == 0 and r1.double_votes == 0 and r1.schedules >= 1000,
         )
