@@ -196,3 +196,32 @@ async def test_election_needs_membership() -> None:
             assert not node.election.enabled
             with pytest.raises(RuntimeError, match="disabled"):
                 node.election.leader  # noqa: B018
+
+
+async def test_health_reports_members_quorum_and_leader() -> None:
+    with anyio.fail_after(30):
+        async with cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None
+            a, b, c = nodes
+            await wait_until(lambda: a.health.node(b.name).last_rtt is not None)
+            view = a.health.node(b.name)
+            assert view.status is td.MemberStatus.ALIVE and view.connected
+            assert view.last_rtt is not None and view.last_rtt > 0
+            assert a.health.node("nobody@127.0.0.1") == td.NodeHealth(
+                "nobody@127.0.0.1", None, None, None, False
+            )
+            health = a.health.cluster()
+            assert (health.alive, health.suspect, health.dead, health.left) == (3, 0, 0, 0)
+            assert health.has_quorum and health.leader == leader.name
+            assert health.term == leader.term
+            assert a.health.is_healthy()
+            crash(c)
+            await wait_until(lambda: a.health.cluster().dead == 1)
+            assert a.health.cluster().has_quorum  # two of three voters live
+            crash(b)
+            await wait_until(lambda: a.health.cluster().dead == 2)
+            assert not a.health.cluster().has_quorum
+            assert not a.health.is_healthy()
+            await wait_until(lambda: a.election.leader == NoLeader())

@@ -10,7 +10,7 @@ def test_all_names_are_importable_and_listed() -> None:
         assert getattr(td, name) is not None, name
     public = {n for n in dir(td) if not n.startswith("_")}
     modules = {"codec", "config", "errors", "groups", "messaging", "monitor", "node"}
-    modules |= {"registry", "testing", "transport", "cluster"}
+    modules |= {"registry", "testing", "transport", "cluster", "election"}
     assert public - modules - {"annotations"} == set(td.__all__)
 
 
@@ -22,7 +22,8 @@ def test_contract_names_exist() -> None:
         "HandshakeError", "VersionMismatchError", "NodeDownError", "ProtocolError",
         "DecodeError", "EncodeError", "MessageTooLargeError", "NameNotFoundError",
         "RpcTimeoutError", "BadRpcError", "RemoteError", "Ok", "Err", "rpc", "remote_call",
-        "settings", "log",
+        "settings", "log", "Leader", "NoLeader", "LeaderChanged", "MemberStatus", "MemberUp",
+        "MemberSuspect", "MemberDown", "MemberLeft", "NodeHealth", "ClusterHealth",
     ]:  # fmt: skip
         assert name in td.__all__, name
 

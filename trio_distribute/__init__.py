@@ -15,10 +15,24 @@ from . import remote_call as rpc
 from . import settings as settings
 from ._ids import Pid as Pid
 from ._ids import Ref as Ref
+from .cluster.health import ClusterHealth as ClusterHealth
+from .cluster.health import Health as Health
+from .cluster.health import NodeHealth as NodeHealth
+from .cluster.membership import Member as Member
+from .cluster.membership import MemberDown as MemberDown
+from .cluster.membership import MemberLeft as MemberLeft
+from .cluster.membership import Membership as Membership
+from .cluster.membership import MemberStatus as MemberStatus
+from .cluster.membership import MemberSuspect as MemberSuspect
+from .cluster.membership import MemberUp as MemberUp
 from .codec import message as message
 from .config import ElectionConfig as ElectionConfig
 from .config import MembershipConfig as MembershipConfig
 from .config import NodeConfig as NodeConfig
+from .election.raft_lite import Election as Election
+from .election.raft_lite import Leader as Leader
+from .election.raft_lite import LeaderChanged as LeaderChanged
+from .election.raft_lite import NoLeader as NoLeader
 from .errors import AuthenticationError as AuthenticationError
 from .errors import BadRpcError as BadRpcError
 from .errors import ConnectError as ConnectError
@@ -59,9 +73,11 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AuthenticationError",
     "BadRpcError",
+    "ClusterHealth",
     "ConnectError",
     "DecodeError",
     "DistributionError",
+    "Election",
     "ElectionConfig",
     "EncodeError",
     "Err",
@@ -70,16 +86,28 @@ __all__ = [
     "GroupJoined",
     "GroupLeft",
     "HandshakeError",
+    "Health",
+    "Leader",
+    "LeaderChanged",
+    "Member",
+    "MemberDown",
+    "MemberLeft",
+    "MemberStatus",
+    "MemberSuspect",
+    "MemberUp",
+    "Membership",
     "MembershipConfig",
     "MessageTooLargeError",
     "NameConflict",
     "NameNotFoundError",
     "NameTakenError",
+    "NoLeader",
     "Node",
     "NodeConfig",
     "NodeDown",
     "NodeDownError",
     "NodeDownReason",
+    "NodeHealth",
     "NodeStatistics",
     "NodeUp",
     "Ok",

@@ -25,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._ids import Pid, validate_cookie, validate_node_name
 from ._monitors import Monitors
 from ._proto.kinds import Kind
+from .cluster.health import Health
 from .cluster.membership import Membership
 from .config import NodeConfig
 from .election.raft_lite import Election
@@ -96,6 +97,7 @@ class Node:
     rpc: Rpc
     membership: Membership
     election: Election
+    health: Health
     _node_monitors: set[MemoryObjectSendStream[NodeEvent]] = attrs.field(factory=set)
     _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
     _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
@@ -504,6 +506,7 @@ def _build_node(
         rpc=rpc,
         membership=membership,
         election=election,
+        health=Health(transport=transport, membership=membership, election=election),
     )
     node._up_hooks.append(groups.node_up)
     node._up_hooks.append(registry.node_up)
