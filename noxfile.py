@@ -43,6 +43,25 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def sim(session: nox.Session) -> None:
+    """Full simulations: SWIM at N = 1,000 and the election's R1-R8 sets;
+    prints measured values against each target and writes the tables."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "benchmarks.sim_swim", "--full", *session.posargs)
+    session.run("python", "-m", "benchmarks.sim_election", "--full")
+    session.run("pytest", "-q", "-m", "slow", "tests/sim")
+
+
+@nox.session(python=PYTHON)
+def multinode(session: nox.Session) -> None:
+    """Real OS processes: examples across processes, SIGKILL and restart."""
+    session.install("-e", ".[test]")
+    session.run("python", "examples/swim_cluster.py", "both", "24380")
+    session.run("python", "examples/leader_election.py", "both", "24390")
+    session.run("pytest", "-q", "tests/test_multiprocess.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks between two OS processes, beside a raw trio + cbor2 baseline."""
     session.install("-e", ".")

@@ -186,3 +186,36 @@ async def test_sigkilled_node_mid_rpc_gives_node_down() -> None:
             child.kill()
         with anyio.fail_after(10):
             await child.aclose()
+
+
+def run_orchestrated(script: str) -> str:
+    """Run an example that starts and kills its own child processes."""
+    with socket.socket() as s:  # a free block of three ports, probably
+        s.bind(("127.0.0.1", 0))
+        base = s.getsockname()[1]
+    base = 20000 + base % 20000
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "both", str(base)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_swim_cluster_example_sigkill_and_restart() -> None:
+    out = run_orchestrated("swim_cluster.py")
+    assert "[main] 3 processes converged" in out
+    assert "[main] n0 declared n2 dead" in out and "[main] n1 declared n2 dead" in out
+    assert "[main] n0 sees n2 alive again with incarnation" in out
+    assert "[main] n1 sees n2 alive again with incarnation" in out
+    assert "[main] the restarted n2 sees everyone alive; done" in out
+
+
+def test_leader_election_example_sigkill_leader_and_restart() -> None:
+    out = run_orchestrated("leader_election.py")
+    assert "[main] all three agree:" in out
+    assert "[main] SIGKILLed the leader" in out
+    assert "after the kill" in out
+    assert "restarted with its saved term and follows: LEADER" in out
