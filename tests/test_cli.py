@@ -35,6 +35,12 @@ def test_demo_runs_and_tells_the_story() -> None:
         "cancelled the remote task and acknowledged it",
         "Ok(9)",
         "Err(BadRpcError)",
+        "membership converged: everyone sees 3 alive members",
+        "elected in term 1; all three agree",
+        "(the leader) without a goodbye",
+        "elected in term 2",
+        "declared dead by both survivors",
+        "quorum True",
         "go down (reason: shutdown)",
         "the cluster carries on",
     ]:

@@ -6,17 +6,20 @@ fails loudly instead of telling a story that is not true.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
 
 from . import log
+from .cluster.membership import MemberStatus
 from .config import NodeConfig
+from .election.raft_lite import Leader
 from .errors import AuthenticationError, RpcTimeoutError
 from .messaging import Process
 from .monitor import NodeDown
-from .node import Node, open_node
+from .node import Node, crash, open_node
 from .remote_call import Ok
 
 COOKIE = "demo-cookie"
@@ -83,6 +86,8 @@ async def run(count: int = 3) -> None:
                 _say("down", f"{node.name} saw {event.node} go down (reason: {event.reason})")
                 assert last.name not in node.nodes()
             _say("done", "the cluster carries on: " + ", ".join(n.name for n in nodes))
+    with trio.fail_after(60):
+        await _membership_and_election_demo(config)
 
 
 async def _worker(proc: Process, node: Node) -> None:
@@ -195,3 +200,98 @@ async def _rpc_demo(nodes: list[Node]) -> None:
         for n, r in zip(nodes, results, strict=True)
     )
     _say("rpc", f"multicall of math.multiply(3, 3), exported on {second.name} only -> {shown}")
+
+
+async def _run_member(
+    name: str,
+    config: NodeConfig,
+    seeds: list[str],
+    *,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with open_node(name, cookie=COOKIE, config=config, seeds=seeds) as node:
+        task_status.started(node)
+        await trio.sleep_forever()
+
+
+def _table(node: Node) -> None:
+    _say("members", f"as {node.name} sees it:")
+    leader = node.election.leader
+    for name, status, incarnation in node.membership.members_with_status():
+        health = node.health.node(name)
+        rtt = "-" if health.last_rtt is None else f"{health.last_rtt * 1e6:.0f} us"
+        mark = "  <- leader" if isinstance(leader, Leader) and leader.name == name else ""
+        _say(
+            "members",
+            f"  {name:<16} {status.value:<8} incarnation {incarnation:<3} rtt {rtt}{mark}",
+        )
+
+
+async def _wait_for(condition: Callable[[], bool]) -> None:
+    # Replicas change on datagrams and frames, with no event to wait on.
+    while not condition():
+        await trio.sleep(0.01)
+
+
+async def _membership_and_election_demo(config: NodeConfig) -> None:
+    """A fresh cluster of three members: SWIM convergence, a leader, the
+    leader killed, declared dead, and replaced."""
+    names = [f"m{i}@127.0.0.1" for i in range(3)]
+    async with trio.open_nursery() as nursery:
+        first: Node = await nursery.start(_run_member, names[0], config, [])
+        seed = [f"127.0.0.1:{first.address[1]}"]
+        nodes = [first]
+        for name in names[1:]:
+            nodes.append(await nursery.start(_run_member, name, config, seed))
+        _say("swim", f"started {', '.join(names)}; m1 and m2 know only m0's address")
+        await _wait_for(lambda: all(len(n.membership.alive()) == 3 for n in nodes))
+        _say("swim", "membership converged: everyone sees 3 alive members (and connects to them)")
+        leader = await first.election.wait_for_leader(timeout=10)
+        await _wait_for(lambda: all(n.election.leader == leader for n in nodes))
+        _say("elect", f"{leader.name} elected in term {leader.term}; all three agree")
+        await _wait_for(lambda: all(first.health.node(n).last_rtt for n in names[1:]))
+        _table(first)
+
+        victim = next(n for n in nodes if n.name == leader.name)
+        survivors = [n for n in nodes if n is not victim]
+        _say("kill", f"killing {victim.name} (the leader) without a goodbye ...")
+        killed_at = trio.current_time()
+        crash(victim)
+
+        def replaced() -> bool:
+            current = survivors[0].election.leader
+            return (
+                isinstance(current, Leader)
+                and current.name != leader.name
+                and all(n.election.leader == current for n in survivors)
+            )
+
+        await _wait_for(replaced)
+        new = survivors[0].election.leader
+        assert isinstance(new, Leader) and new.term > leader.term
+        bound = 3 * config.election.election_timeout
+        _say(
+            "elect",
+            f"{new.name} elected in term {new.term},"
+            f" {trio.current_time() - killed_at:.2f}s after the kill (bound 3E = {bound:.2f}s)",
+        )
+        await _wait_for(
+            lambda: all(
+                n.membership.member(victim.name).status is MemberStatus.DEAD  # type: ignore[union-attr]
+                for n in survivors
+            )
+        )
+        dead_bound = config.membership.dead_bound(3)
+        _say(
+            "swim",
+            f"{victim.name} declared dead by both survivors,"
+            f" {trio.current_time() - killed_at:.2f}s after the kill (bound {dead_bound:.2f}s)",
+        )
+        health = survivors[0].health.cluster()
+        _say(
+            "health",
+            f"alive {health.alive}, dead {health.dead}, quorum {health.has_quorum},"
+            f" leader {health.leader}, term {health.term}",
+        )
+        _table(survivors[0])
+        nursery.cancel_scope.cancel()
