@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 import trio_distribute as td
+import trio_distribute.testing
 
 
 def test_demo_runs_and_tells_the_story() -> None:
@@ -99,3 +100,46 @@ async def test_seeds_are_connected_on_start() -> None:
             async with td.open_node("s2@127.0.0.1", cookie="c", config=config, seeds=seeds) as s2:
                 # The unreachable seed is logged and skipped, not raised.
                 assert s2.nodes() == ["s1@127.0.0.1"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_status_command_shows_members_leader_and_health() -> None:
+    async with td.testing.open_cluster(2, cookie="status-cookie") as (a, b):
+        with anyio.fail_after(20):
+            leader = await a.election.wait_for_leader(timeout=10)
+            result = await anyio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "trio_distribute",
+                    "status",
+                    "--node",
+                    f"127.0.0.1:{a.address[1]}",
+                    "--cookie",
+                    "status-cookie",
+                ],
+                check=False,
+            )
+            out = result.stdout.decode()
+            assert result.returncode == 0, out + result.stderr.decode()
+            assert f"node {a.name}" in out
+            assert f"leader {leader.name} (term {leader.term}), quorum True" in out
+            assert "members: 2 alive, 0 suspect, 0 dead, 0 left" in out
+            assert f"{b.name}" in out and "alive" in out
+            # The status node took no part in the cluster.
+            assert all(not m.name.startswith("status-") for m in a.membership.members())
+            wrong = await anyio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "trio_distribute",
+                    "status",
+                    "--node",
+                    f"127.0.0.1:{a.address[1]}",
+                    "--cookie",
+                    "wrong",
+                ],
+                check=False,
+            )
+            assert wrong.returncode == 2
+            assert "cookie" in wrong.stderr.decode()

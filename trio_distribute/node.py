@@ -241,6 +241,38 @@ class Node:
             hook(name, reason)
         self._publish(NodeDown(name, reason))
 
+    def status_report(self) -> dict[str, Any]:
+        """Members, leader and health as plain values (what the ``status``
+        command shows; every node exports it by RPC as
+        ``"trio_distribute.status"``)."""
+        report: dict[str, Any] = {"node": self.name, "connections": self.nodes()}
+        if self.membership.enabled:
+            report["members"] = [
+                {
+                    "name": health.name,
+                    "status": None if health.status is None else health.status.value,
+                    "incarnation": health.incarnation,
+                    "rtt": health.last_rtt,
+                    "connected": health.connected,
+                }
+                for health in (
+                    self.health.node(member.name) for member in self.membership.members()
+                )
+            ]
+        cluster = self.health.cluster()
+        report["health"] = {
+            "alive": cluster.alive,
+            "suspect": cluster.suspect,
+            "dead": cluster.dead,
+            "left": cluster.left,
+            "has_quorum": cluster.has_quorum,
+            "leader": cluster.leader,
+            "term": cluster.term,
+            "health_multiplier": cluster.health_multiplier,
+            "healthy": self.health.is_healthy(),
+        }
+        return report
+
     # ------------------------------------------------------------ statistics
 
     def statistics(self) -> NodeStatistics:
@@ -508,6 +540,7 @@ def _build_node(
         election=election,
         health=Health(transport=transport, membership=membership, election=election),
     )
+    rpc.export(node.status_report, name="trio_distribute.status")
     node._up_hooks.append(groups.node_up)
     node._up_hooks.append(registry.node_up)
     node._down_hooks.append(groups.node_down)

@@ -176,6 +176,8 @@ class Membership:
     async def start(self, task_group: anyio.abc.TaskGroup, advertise_host: str) -> None:
         """Bind UDP on the node's port and start the protocol."""
         if not self.enabled:
+            # Peers with membership on still send us their state: drop it.
+            self.transport.add_handler(Kind.MEMBER_STREAM, self._ignore_stream)
             return
         host, port = self.transport.address
         try:
@@ -404,6 +406,9 @@ class Membership:
             self._wake()
 
     # --------------------------------------------------------------- streams
+
+    def _ignore_stream(self, conn: Connection, item: list[Any]) -> None:
+        self.transport.count_drop("membership_disabled")
 
     def _handle_stream(self, conn: Connection, item: list[Any]) -> None:
         _, payload = item

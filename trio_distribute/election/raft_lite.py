@@ -161,6 +161,8 @@ class Election:
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         if not self.enabled:
+            # Peers with the election on still send us votes: drop them.
+            self.transport.add_handler(Kind.ELECTION, self._ignore_message)
             return
         now = anyio.current_time()
         persisted: tuple[int, str | None] | None = None
@@ -266,6 +268,9 @@ class Election:
         if voters != core.voters:
             core.set_voters(anyio.current_time(), voters)
             self._wakeup.set()
+
+    def _ignore_message(self, conn: Connection, item: list[Any]) -> None:
+        self.transport.count_drop("election_disabled")
 
     def _handle_message(self, conn: Connection, item: list[Any]) -> None:
         _, payload = item
