@@ -387,6 +387,29 @@ def test_leader_steps_down_on_higher_term() -> None:
     assert core.take_events() == [LeaderChange(2, None)]
 
 
+def test_two_leaders_of_one_term_both_step_down() -> None:
+    # Only possible with diverged voter sets: a and b each led alone in term 1.
+    a = make("a", voters=["a"])
+    b = make("b", voters=["b"], seed=1)
+    fire(a)
+    fire(b)
+    assert a.is_leader and b.is_leader and a.term == b.term == 1
+    a.set_voters(10.0, ["a", "b"])
+    b.set_voters(10.0, ["a", "b"])
+    for core, other in ((a, "b"), (b, "a")):
+        for action in sends(core.take_actions()):
+            assert action.to == other
+            (b if other == "b" else a).receive(10.001, core.name, action.message)
+    assert not leads(a) and not leads(b)
+    assert a.leader is None and b.leader is None and a.term == b.term == 1
+    # A fresh election over the merged set elects exactly one.
+    pump = Pump(["a", "b"])
+    pump.cores = {"a": a, "b": b}
+    pump.now = 10.001
+    pump.run_until(20.0)
+    assert len(pump.leaders()) == 1 and a.term == b.term == 2
+
+
 def test_terms_never_decrease() -> None:
     core = make(persisted=(9, None))
     for message in (Heartbeat(2, 0.0), Vote(3), VoteReply(4, True), HeartbeatAck(1, 0.0)):

@@ -80,7 +80,10 @@ Voter-set changes
 whose voter sets differ by more than one member may compute disjoint
 majorities, so election safety across a change assumes members are added
 or removed one at a time (as raft's single-server changes do) and that the
-sets converge before the next change.
+sets converge before the next change. If it was violated anyway (say two
+nodes each elected themselves alone before learning of each other), a
+leader that hears a heartbeat from another leader of its own term steps
+down, so the overlap lasts one message, not a lease.
 
 Wire
 ----
@@ -629,7 +632,13 @@ class ElectionCore:
             self._send(source, HeartbeatAck(self.term, message.stamp))
             return
         if message.term == self.term and self.role is Role.LEADER:
-            return  # cannot happen (one leader per term); never follow a rival
+            # Two leaders in one term: impossible while every voter set
+            # agrees, possible when they diverged (two nodes that each led
+            # alone before membership merged them). Never follow the rival;
+            # both step down (it gets our heartbeat too) and a fresh
+            # election over the merged set settles it.
+            self._become_follower(now, leader=None)
+            return
         if message.term > self.term:
             self._adopt_term(now, message.term, leader=source)
         elif self.role is not Role.FOLLOWER or self.leader != source:
