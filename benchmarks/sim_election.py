@@ -34,10 +34,11 @@ class Sizes(NamedTuple):
     r6_seconds: float
     r7_schedules: int
     r8_trials: int
+    startup_trials: int
 
 
-CI = Sizes(1000, 300, 1000, 50, 50, 3600.0, 300, 50)
-FULL = Sizes(10_000, 1000, 1000, 500, 500, 3600.0, 3000, 500)
+CI = Sizes(1000, 300, 1000, 50, 50, 3600.0, 300, 50, 300)
+FULL = Sizes(10_000, 1000, 1000, 500, 500, 3600.0, 3000, 500, 1000)
 
 
 class Row(NamedTuple):
@@ -65,6 +66,32 @@ def measure(sizes: Sizes, log: Callable[[str], None]) -> list[Row]:
             f"{r1.schedules} schedules; {r1.double_votes} double votes; {r1.no_leader_after_heal} "
             "without a leader 12 E after the final heal",
             r1.two_leader_terms == 0 and r1.double_votes == 0 and r1.schedules >= 1000,
+        )
+    )
+
+    log("R1 at cluster formation ...")
+    parts = []
+    for label, discovery, abstain, gate in (
+        ("learn within E, abstain 2E", 1.0, True, False),
+        ("within 3E, no abstention", 3.0, False, False),
+        ("within 3E, abstain 2E", 3.0, True, False),
+        ("within 6E, abstain 2E", 6.0, True, False),
+        ("within 10E, voter only once all are known", 10.0, False, True),
+    ):
+        result = sim.r1_startup(
+            sizes.startup_trials, discovery=discovery, abstain=abstain, gate=gate
+        )
+        parts.append(
+            f"{label}: {result.two_leader_terms} ({result.concurrent_two_leader_terms} with "
+            "both leading at once)"
+        )
+    rows.append(
+        Row(
+            "R1 at cluster formation",
+            "informational: nodes boot knowing only themselves and learn the others over time; "
+            "terms with two leaders",
+            f"{'; '.join(parts)}; {sizes.startup_trials} trials each",
+            None,
         )
     )
 

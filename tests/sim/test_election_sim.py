@@ -77,6 +77,21 @@ def test_restart_without_state_can_vote_twice_and_the_oracle_sees_it() -> None:
     assert cluster.oracle.violations == []
 
 
+def test_cluster_formation_with_prompt_discovery_is_safe() -> None:
+    result = es.r1_startup(100, discovery=1.0)
+    assert result.two_leader_terms == 0 and result.no_leader_after_heal == 0
+
+
+def test_cluster_formation_slow_discovery_hazard_and_join_gate() -> None:
+    # Nodes that stay alone past their abstention elect themselves: two
+    # one-voter "clusters" lead the same term until they learn of each other.
+    lonely = es.r1_startup(50, discovery=6.0)
+    assert lonely.concurrent_two_leader_terms > 0
+    # Staying out of the voter set until the join completed avoids it.
+    gated = es.r1_startup(50, discovery=10.0, abstain=False, gate=True)
+    assert gated.two_leader_terms == 0 and gated.no_leader_after_heal == 0
+
+
 def test_schedules_are_deterministic() -> None:
     first = es.run_schedule(17)
     second = es.run_schedule(17)

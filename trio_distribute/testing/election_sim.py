@@ -54,6 +54,7 @@ __all__ = [
     "SafetyResult",
     "StepDownResult",
     "r1_safety",
+    "r1_startup",
     "r2_failover",
     "r3_timeout_conflicts",
     "r4_rejoin",
@@ -220,11 +221,16 @@ class ElectionCluster:
             self.sim.add(name, self._host(name, persisted=None, abstain_until=None))
 
     def _host(
-        self, name: str, *, persisted: tuple[int, str | None] | None, abstain_until: float | None
+        self,
+        name: str,
+        *,
+        persisted: tuple[int, str | None] | None,
+        abstain_until: float | None,
+        voters: Iterable[str] | None = None,
     ) -> ElectionHost:
         core = ElectionCore(
             name=name,
-            voters=self.names,
+            voters=self.names if voters is None else voters,
             election_timeout=self.election_timeout,
             heartbeat_interval=self.heartbeat_interval,
             rng=self.sim.spawn_rng(),
@@ -757,6 +763,57 @@ class _App:
     def take_outgoing(self) -> list[Outgoing]:
         out, self.outgoing = self.outgoing, []
         return out
+
+
+def r1_startup(
+    trials: int,
+    *,
+    discovery: float = 1.0,
+    abstain: bool = True,
+    gate: bool = False,
+    first_seed: int = 0,
+) -> SafetyResult:
+    """Cluster formation as a node sees it: five nodes boot at random times
+    within 2 E, each knowing only itself (voters = {self}), and learn of each
+    other one by one (as membership joins and gossip would tell them) up to
+    ``discovery`` seconds after both are up. With ``abstain`` every node
+    abstains for 2 E after booting (what the driver does on a first start).
+
+    A node alone is a one-voter cluster and may elect itself before it learns
+    of the others; two such leaders of one term are exactly the divergent
+    voter-set hazard the core's docstring describes. With ``gate`` a node
+    keeps itself out of its voter set (so it cannot campaign) until it knows
+    every other member: a driver that waits for its join to complete.
+    """
+
+    def one(seed: int) -> ElectionCluster:
+        rng = random.Random(seed)
+        cluster = ElectionCluster(seed=seed)
+        e = cluster.e
+        boots = {name: rng.uniform(0.0, 2 * e) for name in cluster.names}
+        timeline: list[tuple[float, str, str]] = [(t, name, name) for name, t in boots.items()]
+        for a, b in itertools.permutations(cluster.names, 2):
+            timeline.append((max(boots[a], boots[b]) + rng.uniform(0.0, discovery), a, b))
+        known: dict[str, set[str]] = {name: {name} for name in cluster.names}
+        for when, name, learned in sorted(timeline):
+            cluster.sim.run_until(when)
+            if learned == name:
+                abstain_until = when + 2 * e if abstain else None
+                voters = [] if gate else [name]
+                host = cluster._host(
+                    name, persisted=None, abstain_until=abstain_until, voters=voters
+                )
+                cluster.sim.add(name, host)
+            else:
+                known[name].add(learned)
+                if not gate or len(known[name]) == cluster.n:
+                    cluster.core(name).set_voters(when, known[name])
+                    cluster.sim.wake(name)
+        cluster.wait_for_leader(12 * e)
+        cluster.sim.run_for(2 * e)
+        return cluster
+
+    return _safety(one(seed) for seed in range(first_seed, first_seed + trials))
 
 
 def r8_fencing(trials: int, *, first_seed: int = 0) -> FencingResult:
