@@ -822,3 +822,21 @@ def test_join_to_own_address_is_skipped() -> None:
     core = make("a")
     core.join(0.0, ["a"])
     assert streams(core.take_actions()) == []
+
+
+def test_a_timely_ack_counts_as_direct_even_from_another_source_address() -> None:
+    """The driver may report a peer's address differently from how the peer
+    advertises it (e.g. 0.0.0.0 vs 127.0.0.1); before the ping-reqs go out
+    only the target can have answered."""
+    core = make("a")
+    put(core, ALIVE, 1)
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("a", 0, "x")))  # refute: LHM 1
+    assert core.health_multiplier == 1
+    core.take_actions()
+    start, action = tick_until_ping(core)
+    ping = decoded(action)[0]
+    assert isinstance(ping, wire.Ping)
+    core.datagram_received(start + 0.01, "b-as-seen-by-the-driver", datagram(wire.Ack(ping.seq)))
+    assert core.last_rtt("b") == pytest.approx(0.01)
+    core.tick(start + 2.0)  # the probe period ends: a good probe
+    assert core.health_multiplier == 0

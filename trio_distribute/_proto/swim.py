@@ -642,7 +642,10 @@ class SwimCore:
         if probe is not None and probe.seq == seq:
             if not probe.acked:
                 probe.acked = True
-                if source_address == probe.address:
+                # Before the ping-reqs went out only the target can have
+                # answered (whatever source address the driver reports).
+                direct = source_address == probe.address or not probe.indirect_sent
+                if direct:
                     self._rtt[probe.target] = now - probe.started
                     probe.acked_directly = now <= probe.timeout_at
             return
