@@ -154,6 +154,7 @@ class Membership:
     _listeners: list[Callable[[MemberChange], None]] = attrs.field(factory=list)
     _streams_in_flight: int = 0
     _names_by_address: dict[str, str] = attrs.field(factory=dict)
+    _stopped: bool = False
 
     # ---------------------------------------------------------------- set-up
 
@@ -347,6 +348,8 @@ class Membership:
             self._wakeup = anyio.Event()
             core.tick(anyio.current_time())
             await self._flush()
+            if self._stopped:
+                return
 
     async def _flush(self) -> None:
         core = self.core
@@ -358,6 +361,9 @@ class Membership:
                 try:
                     host, port = split_address(action.address)
                     await self._socket.sendto(self._sealer.seal(action.payload), host, port)
+                except anyio.ClosedResourceError:
+                    self._stopped = True  # the node is stopping: the receiver closed the socket
+                    return
                 except (OSError, ValueError) as exc:
                     self.transport.count_drop("membership_send_failed")
                     logger.debug("datagram to %s failed: %s", action.address, exc)
