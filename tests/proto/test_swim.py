@@ -840,3 +840,27 @@ def test_a_timely_ack_counts_as_direct_even_from_another_source_address() -> Non
     assert core.last_rtt("b") == pytest.approx(0.01)
     core.tick(start + 2.0)  # the probe period ends: a good probe
     assert core.health_multiplier == 0
+
+
+def test_hearing_a_suspicion_pings_the_suspect_which_refutes_in_its_ack() -> None:
+    net = joined(["a", "b", "c"])
+    net.run(1.0)
+    a, b = net.cores["a"], net.cores["b"]
+    a.datagram_received(1.0, "c", datagram(wire.Suspect("b", 0, "c")))
+    [check] = [x for x in a.take_actions() if x.address == "b"]
+    assert isinstance(check, SendDatagram)
+    messages = decoded(check)
+    assert isinstance(messages[0], wire.Ping) and wire.Suspect("b", 0, "a") in messages
+    b.datagram_received(1.0, "a", check.payload)
+    [ack] = [x for x in b.take_actions() if x.address == "a"]
+    reply = decoded(ack)
+    assert isinstance(reply[0], wire.Ack) and wire.Alive("b", "b", 1, b"") in reply
+    a.datagram_received(1.001, "b", ack.payload)
+    assert a.status_of("b") is ALIVE
+    assert a.counters["suspect_checks"] == 1
+    # Plain SWIM does not do this.
+    plain = make("p", lifeguard=False)
+    put(plain, ALIVE, 1)
+    plain.take_actions()
+    plain.datagram_received(1.0, "c", datagram(wire.Suspect("b", 1, "c")))
+    assert plain.take_actions() == []

@@ -95,6 +95,7 @@ _WIRE_STATUS: Final = {
     MemberStatus.LEFT: wire.STATUS_LEFT,
 }
 _LIVE: Final = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+_NEWS: Final = (wire.Alive, wire.Suspect, wire.Dead, wire.Left)
 _DOWN: Final = (MemberStatus.DEAD, MemberStatus.LEFT)
 
 
@@ -218,6 +219,9 @@ class SwimCore:
             seen (also learned from :meth:`join`).
         stream_fallback: send the fallback ping over a stream alongside the
             indirect probes (False: UDP only, as in the SWIM paper's model).
+        suspect_check: with Lifeguard, ping a member once when we first hear
+            someone else suspect it, with the suspicion attached, so it can
+            refute to us directly (see :meth:`_check_suspect`).
     """
 
     def __init__(
@@ -235,6 +239,7 @@ class SwimCore:
         gossip_to_the_dead_time: float | None = None,
         seeds: Sequence[str] = (),
         stream_fallback: bool = True,
+        suspect_check: bool = True,
     ) -> None:
         _check_text(name, "name")
         _check_text(address, "address")
@@ -246,6 +251,7 @@ class SwimCore:
         self.config: Final = config
         self.lifeguard: Final = lifeguard
         self.stream_fallback: Final = stream_fallback
+        self.suspect_check: Final = suspect_check
         self.datagram_budget: Final = datagram_budget
         if gossip_to_the_dead_time is None:
             gossip_to_the_dead_time = config.push_pull_interval
@@ -450,8 +456,14 @@ class SwimCore:
         (then nothing changed: the driver counts it and moves on)."""
         self._clock = max(self._clock, now)
         messages = wire.decode_datagram(payload)
+        # News first, then the probe traffic: a suspect who gets a ping with
+        # its suspicion attached (buddy system) refutes in the very ack.
         for message in messages:
-            self._on_datagram_message(now, source_address, message)
+            if isinstance(message, _NEWS):
+                self._on_datagram_message(now, source_address, message)
+        for message in messages:
+            if not isinstance(message, _NEWS):
+                self._on_datagram_message(now, source_address, message)
 
     def stream_received(self, now: float, source_address: str, payload: bytes) -> None:
         """Handle one stream message; :class:`SwimDecodeError` if malformed."""
@@ -760,6 +772,8 @@ class SwimCore:
             record.suspicion = self._new_suspicion(now, source)
             self._push_suspicion_timer(record, record.suspicion)
             self._broadcast(name, self._suspect_message(name, incarnation, source))
+            if source != self.name:
+                self._check_suspect(record)
             return
         if suspicion is not None:
             if suspicion.confirm(source):
@@ -776,6 +790,20 @@ class SwimCore:
         self._set_status(record, MemberStatus.SUSPECT, now)
         self._events.append(MemberChange(record.snapshot(), MemberStatus.ALIVE))
         self._broadcast(name, self._suspect_message(name, incarnation, source))
+        if source != self.name:
+            self._check_suspect(record)
+
+    def _check_suspect(self, record: _Record) -> None:
+        """We heard someone else suspect ``record``: ping it once with the
+        suspicion attached. If it is alive it refutes in its ack, so we learn
+        the refutation directly even if its gossip never reaches us (an
+        extension of Lifeguard's buddy system; the ack itself is not awaited)."""
+        if not (self.lifeguard and self.suspect_check) or self._leaving:
+            return
+        self.counters["suspect_checks"] += 1
+        ping = wire.encode(wire.Ping(self._next_seq(), record.name))
+        suspect = self._suspect_message(record.name, record.incarnation, self.name)
+        self._send_datagram(record.address, [ping, suspect])
 
     def _on_dead(self, now: float, name: str, incarnation: int, *, left: bool) -> None:
         if name == self.name:

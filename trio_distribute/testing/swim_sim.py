@@ -643,7 +643,6 @@ def measure_dissemination(n: int, trials: int, loss: float, *, seed: int) -> lis
     sim = cluster.sim
     rng = sim.spawn_rng()
     rounds: list[float] = []
-    repair_times: list[float] = []
     interval = cluster.config.gossip_interval
     push_pull = cluster.core(node_name(0))._push_pull_interval()
     for trial in range(trials):
@@ -664,31 +663,32 @@ def measure_dissemination(n: int, trials: int, loss: float, *, seed: int) -> lis
                 for o in names
             )
 
-        ok = sim.run_until_true(informed, timeout=20 * interval * math.ceil(math.log2(n)))
-        if not ok:
-            ok = sim.run_until_true(informed, timeout=push_pull * 4)
-            repair_times.append(sim.now - start if ok else math.inf)
+        ok = sim.run_until_true(informed, timeout=4 * push_pull)
         rounds.append((sim.now - start) / interval if ok else math.inf)
     log_n = math.ceil(math.log2(n))
     factor = 2 if loss == 0 else 3
+    bound = factor * log_n
+    # Updates gossip left short of 100% within the bound (the retransmit
+    # budget ran out first): push-pull must finish the job.
+    stragglers = [r * interval for r in rounds if r > bound]
     p99 = percentile(rounds, 99)
     results = [
         Result(
             "M10",
-            f"N={n}, {loss:.0%} loss: p99 rounds to 100% ≤ {factor}·⌈log2 N⌉ = {factor * log_n}",
+            f"N={n}, {loss:.0%} loss: p99 rounds to 100% ≤ {factor}·⌈log2 N⌉ = {bound}",
             f"p99 {p99:.1f}, p50 {statistics.median(rounds):.1f} rounds ({trials} updates); "
-            f"{len(repair_times)} left to push-pull",
-            p99 <= factor * log_n,
+            f"{len(stragglers)} finished by push-pull",
+            p99 <= bound,
         )
     ]
-    if repair_times:
+    if stragglers:
         results.append(
             Result(
                 "M10",
                 f"N={n}, {loss:.0%} loss: stragglers repaired by push-pull within "
                 f"{push_pull:.0f} s",
-                f"{len(repair_times)} of {trials} updates; slowest {max(repair_times):.1f} s",
-                max(repair_times) <= push_pull + factor * log_n * interval,
+                f"{len(stragglers)} of {trials} updates; slowest {max(stragglers):.1f} s",
+                max(stragglers) <= push_pull + bound * interval,
             )
         )
     return results
