@@ -864,3 +864,25 @@ def test_hearing_a_suspicion_pings_the_suspect_which_refutes_in_its_ack() -> Non
     plain.take_actions()
     plain.datagram_received(1.0, "c", datagram(wire.Suspect("b", 1, "c")))
     assert plain.take_actions() == []
+
+
+def test_suspect_check_is_repeated_while_no_refutation_arrives() -> None:
+    core = make("a")
+    put(core, ALIVE, 1)
+    core.take_actions()
+    core.datagram_received(0.0, "c", datagram(wire.Suspect("b", 1, "c")))
+    checks: list[float] = []
+    now = 0.0
+    while now < 6.0:
+        for action in core.take_actions():
+            messages = decoded(action)
+            if action.address == "b" and wire.Suspect("b", 1, "a") in messages:
+                checks.append(now)
+        deadline = core.next_deadline()
+        assert deadline is not None
+        now = deadline
+        core.tick(now)
+    # Three checks a probe interval apart (regular probes of b carry the
+    # suspicion too: those are the buddy system, not counted here).
+    assert core.counters["suspect_checks"] == 3
+    assert checks[0] == 0.0

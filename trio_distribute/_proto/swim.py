@@ -77,6 +77,9 @@ DEFAULT_DATAGRAM_BUDGET: Final = 1400 - 32
 # the indirect path, so the nack can arrive in time (a proposal in the
 # Lifeguard paper, as swift-cluster-membership does).
 NACK_FRACTION: Final = 0.8
+# How often a member pings a suspect it heard about from others (once per
+# probe interval), so one lost ping or ack does not leave it waiting for gossip.
+SUSPECT_CHECKS: Final = 3
 # Room kept in every datagram for the compound header and the probe message.
 _COMPOUND_HEADER: Final = 2
 
@@ -286,6 +289,7 @@ class SwimCore:
         self._relays: dict[int, _Relay] = {}
         self._relay_timers: list[tuple[float, int, bool]] = []  # (when, seq, is_expiry)
         self._suspicion_timers: list[tuple[float, str, int]] = []  # (deadline, name, id(timer))
+        self._check_timers: list[tuple[float, str, int, int]] = []  # (when, name, inc, sent)
         self._seq = rng.getrandbits(32)
         self._gossip_at = now + config.gossip_interval
         # The latest time any input carried, so news queued in a handler can
@@ -506,6 +510,8 @@ class SwimCore:
             deadline = self._suspicion_timers[0][0]
         if self._relay_timers and self._relay_timers[0][0] < deadline:
             deadline = self._relay_timers[0][0]
+        if self._check_timers and self._check_timers[0][0] < deadline:
+            deadline = self._check_timers[0][0]
         return deadline
 
     def tick(self, now: float) -> None:
@@ -513,6 +519,7 @@ class SwimCore:
         self._clock = max(self._clock, now)
         self._run_relay_timers(now)
         self._run_suspicion_timers(now)
+        self._run_check_timers(now)
         self._run_probe(now)
         if now >= self._gossip_at:
             if len(self._queue):
@@ -794,16 +801,42 @@ class SwimCore:
             self._check_suspect(record)
 
     def _check_suspect(self, record: _Record) -> None:
-        """We heard someone else suspect ``record``: ping it once with the
+        """We heard someone else suspect ``record``: ping it with the
         suspicion attached. If it is alive it refutes in its ack, so we learn
         the refutation directly even if its gossip never reaches us (an
-        extension of Lifeguard's buddy system; the ack itself is not awaited)."""
+        extension of Lifeguard's buddy system). The ack itself is not awaited:
+        the check is repeated each probe interval, up to SUSPECT_CHECKS times,
+        while the member stays suspect at that incarnation."""
         if not (self.lifeguard and self.suspect_check) or self._leaving:
             return
+        self._send_suspect_check(record)
+        heapq.heappush(
+            self._check_timers,
+            (self._clock + self.config.probe_interval, record.name, record.incarnation, 1),
+        )
+
+    def _send_suspect_check(self, record: _Record) -> None:
         self.counters["suspect_checks"] += 1
         ping = wire.encode(wire.Ping(self._next_seq(), record.name))
         suspect = self._suspect_message(record.name, record.incarnation, self.name)
         self._send_datagram(record.address, [ping, suspect])
+
+    def _run_check_timers(self, now: float) -> None:
+        timers = self._check_timers
+        while timers and timers[0][0] <= now:
+            _, name, incarnation, sent = heapq.heappop(timers)
+            record = self._members.get(name)
+            if (
+                record is None
+                or record.status is not MemberStatus.SUSPECT
+                or record.incarnation != incarnation
+                or self._leaving
+            ):
+                continue
+            self._send_suspect_check(record)
+            if sent + 1 < SUSPECT_CHECKS:
+                interval = self.config.probe_interval
+                heapq.heappush(timers, (now + interval, name, incarnation, sent + 1))
 
     def _on_dead(self, now: float, name: str, incarnation: int, *, left: bool) -> None:
         if name == self.name:
