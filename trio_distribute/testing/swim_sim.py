@@ -781,7 +781,7 @@ def run_all(*, full: bool = False, seed: int = 1) -> list[Result]:
         detection = {8: 1000, 32: 1000, 128: 300, 1000: 30}
     else:
         sizes = [8, 32, 128]
-        detection = {8: 60, 32: 30, 128: 12}
+        detection = {8: 300, 32: 100, 128: 100}
     results += measure_detection(sizes, detection, seed=seed)
     results.append(measure_probe_coverage(32, 200 if not full else 2000, seed=seed))
     periods = 10_000 if full else 600
