@@ -27,6 +27,9 @@ What it does, per protocol period:
   of a member that misses acks/nacks or has to refute; suspicion timeouts
   start long and shrink with independent confirmations; a ping to a suspect
   carries the suspicion so the suspect can refute at once (buddy system).
+  Beyond memberlist: a member that hears someone else's suspicion pings the
+  suspect itself (suspicion attached), so it gets the refutation in the ack
+  even when the refutation's gossip misses it.
 * **Healing.** Dead members are retried with push-pull every
   ``reconnect_interval`` until ``reconnect_timeout`` (then forgotten), and
   the seed addresses are rejoined while fewer members are alive than were
@@ -222,9 +225,10 @@ class SwimCore:
             seen (also learned from :meth:`join`).
         stream_fallback: send the fallback ping over a stream alongside the
             indirect probes (False: UDP only, as in the SWIM paper's model).
-        suspect_check: with Lifeguard, ping a member once when we first hear
+        suspect_check: with Lifeguard, ping a member when we first hear
             someone else suspect it, with the suspicion attached, so it can
-            refute to us directly (see :meth:`_check_suspect`).
+            refute to us directly (up to SUSPECT_CHECKS times, one probe
+            interval apart, while it stays suspect; see :meth:`_check_suspect`).
     """
 
     def __init__(
