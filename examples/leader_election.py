@@ -108,7 +108,11 @@ def orchestrate(base_port: int) -> None:
                 flush=True,
             )
             children[old_short] = start(old_short)
-            line = children[old_short].wait_for(f"LEADER {new_leader} {new_term}")
+            try:
+                line = children[old_short].wait_for(f"LEADER {new_leader} {new_term}")
+            except TimeoutError:
+                print(f"[main] {old_short} printed: {children[old_short].seen}", flush=True)
+                raise
             print(f"[main] {leader} restarted with its saved term and follows: {line}", flush=True)
         finally:
             for child in children.values():

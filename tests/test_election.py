@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -225,3 +226,57 @@ async def test_health_reports_members_quorum_and_leader() -> None:
             assert not a.health.cluster().has_quorum
             assert not a.health.is_healthy()
             await wait_until(lambda: a.election.leader == NoLeader())
+
+
+async def test_a_restarted_node_rejoins_from_its_snapshot_and_follows(tmp_path: Path) -> None:
+    with anyio.fail_after(40), anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            dirs = [tmp_path / f"n{i}" for i in range(3)]
+            configs = [td.NodeConfig.local(state_dir=d) for d in dirs]
+            first: td.Node = await tg.start(_run_node, "n0@127.0.0.1", configs[0], [])
+            port = first.address[1]
+            seed = [f"127.0.0.1:{port}"]
+            others = [
+                await tg.start(_run_node, f"n{i}@127.0.0.1", configs[i], seed) for i in (1, 2)
+            ]
+            nodes = [first, *others]
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            crash(first)
+
+            def others_agree_without_n0() -> bool:
+                current = agreed_leader(others)
+                return current is not None and current.name != first.name
+
+            await wait_until(others_agree_without_n0)
+            await wait_until(lambda: _port_is_free(port))  # the crashed listener is closing
+            # Same name, port and state_dir, and no seeds: the snapshot of
+            # its members is how it finds its cluster again.
+            again: td.Node = await tg.start(_run_node_on_port, "n0@127.0.0.1", configs[0], port)
+            # Before it heard from anyone it already counts them as voters,
+            # so it cannot elect itself as a cluster of one.
+            assert again.election.voters() == sorted(n.name for n in nodes)
+            await wait_until(lambda: agreed_leader([again, *others]) is not None)
+            assert len(again.membership.alive()) == 3
+            scope.cancel()
+
+
+async def _run_node_on_port(
+    name: str,
+    config: td.NodeConfig,
+    port: int,
+    *,
+    task_status: anyio.abc.TaskStatus[td.Node] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    async with td.open_node(name, cookie=COOKIE, config=config, port=port) as node:
+        task_status.started(node)
+        await anyio.sleep_forever()
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

@@ -340,3 +340,17 @@ async def test_a_peer_that_stops_reading_makes_senders_wait() -> None:
                 await a.send(proc.pid, "local still works")
                 assert await proc.receive() == "local still works"
             await stream.aclose()
+
+
+async def test_a_dial_by_address_leaves_no_attempt_behind() -> None:
+    # Regression: a dial by "host:port" registered its attempt under the
+    # name learned in the handshake and never removed it, so the greater
+    # node refused every later connection from that peer as "simultaneous".
+    config = td.NodeConfig.local(membership=td.MembershipConfig(enabled=False))
+    with anyio.fail_after(10):
+        async with started("z", "a", config=config) as (z, a):
+            assert await z.connect(f"127.0.0.1:{a.address[1]}") == a.name
+            assert z.transport._dialing == {}
+            await z.disconnect(a.name)
+            await wait_until(lambda: a.nodes() == [] and z.nodes() == [])
+            assert await a.connect(target(z)) == z.name

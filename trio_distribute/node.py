@@ -26,7 +26,7 @@ from ._ids import Pid, validate_cookie, validate_node_name
 from ._monitors import Monitors
 from ._proto.kinds import Kind
 from .cluster.health import Health
-from .cluster.membership import Membership
+from .cluster.membership import Membership, member_snapshot_file
 from .config import NodeConfig
 from .election.raft_lite import Election
 from .errors import ConnectError, NodeDownError
@@ -449,6 +449,7 @@ async def open_node(
             node.groups.start()
             node.registry.start()
             node.rpc.start(task_group)
+            node.membership.load_snapshot()
             await node.membership.start(task_group, _advertised_host(name, node.address[0]))
             node.election.start(task_group)
             try:
@@ -518,6 +519,7 @@ def _build_node(
         cookie=cookie,
         metadata=config.metadata,
         connect_all=config.connect_all,
+        snapshot=None if config.state_dir is None else member_snapshot_file(config.state_dir, name),
     )
     transport.address_hooks.append(membership.peer_address)
     election = Election(

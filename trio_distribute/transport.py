@@ -596,8 +596,11 @@ class Transport:
             ) from None
         finally:
             attempt.done.set()
-            if name is not None and self._dialing.get(name) is attempt:
-                del self._dialing[name]
+            # By name, or under the name learned mid-handshake (a dial by
+            # address): a stale entry would make every later connection from
+            # that peer look like a crossing attempt and be refused.
+            for peer in [peer for peer, other in self._dialing.items() if other is attempt]:
+                del self._dialing[peer]
 
     async def _wait_up(self, name: str) -> None:
         while name not in self.connections:

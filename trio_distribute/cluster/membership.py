@@ -20,17 +20,24 @@ How membership meets the rest of the node:
 * Streams to live members go over existing connections; membership dials
   only seed addresses and dead members (healing), so it never undoes a
   deliberate disconnect on its own.
+* With ``NodeConfig.state_dir`` the addresses of known members are kept in
+  a snapshot file (as serf does); a restarted node rejoins them, so it finds
+  its cluster (and its leader) without being given seeds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 import random
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final
 
 import anyio
@@ -128,6 +135,43 @@ def _event_for(change: MemberChange) -> MemberEvent | None:
     return MemberLeft(member.name, member.incarnation)
 
 
+def safe_file_name(name: str) -> str:
+    """``name`` with every character a file name should not hold replaced."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def member_snapshot_file(state_dir: Path, name: str) -> Path:
+    """Where the node ``name`` keeps the addresses of the members it knows."""
+    return state_dir / f"members-{safe_file_name(name)}.json"
+
+
+def load_snapshot(path: Path) -> dict[str, str]:
+    """``{name: address}`` of the members a previous run knew (empty if none
+    or unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.warning("ignoring an unreadable member snapshot %s: %s", path, exc)
+        return {}
+    members = data.get("members") if isinstance(data, dict) else None
+    if not isinstance(members, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in members.items()
+    ):
+        logger.warning("ignoring a malformed member snapshot %s", path)
+        return {}
+    return members
+
+
+def save_snapshot(path: Path, members: dict[str, str]) -> None:
+    """Replace the snapshot atomically (a crash leaves the old or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"members": members}, sort_keys=True))
+    os.replace(temporary, path)
+
+
 def split_address(address: str) -> tuple[str, int]:
     """``"host:port"`` → ``(host, port)``; ``ValueError`` if malformed."""
     host, colon, port_text = address.rpartition(":")
@@ -151,10 +195,17 @@ class Membership:
     _task_group: anyio.abc.TaskGroup | None = None
     _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
     _subscribers: set[MemoryObjectSendStream[MemberEvent]] = attrs.field(factory=set)
-    _listeners: list[Callable[[MemberChange], None]] = attrs.field(factory=list)
+    _listeners: list[Callable[[MemberChange | None], None]] = attrs.field(factory=list)
     _streams_in_flight: int = 0
     _names_by_address: dict[str, str] = attrs.field(factory=dict)
     _stopped: bool = False
+    #: Where the addresses of known members are kept (``state_dir``), so a
+    #: restarted node rejoins its cluster without being given seeds.
+    snapshot: Path | None = None
+    #: ``{name: address}`` from the snapshot at start: the cluster this node
+    #: belonged to before it restarted (the election counts them as voters).
+    remembered: dict[str, str] = attrs.field(factory=dict)
+    _snapshot_saved: dict[str, str] = attrs.field(factory=dict)
 
     # ---------------------------------------------------------------- set-up
 
@@ -201,10 +252,28 @@ class Membership:
         self.transport.add_handler(Kind.MEMBER_STREAM, self._handle_stream)
         task_group.start_soon(self._receive_datagrams)
         task_group.start_soon(self._drive)
+        if self.remembered:
+            task_group.start_soon(self._rejoin, sorted(set(self.remembered.values())))
 
-    def add_listener(self, listener: Callable[[MemberChange], None]) -> None:
-        """Call ``listener`` with every membership change (the election's
-        voter set follows them)."""
+    def load_snapshot(self) -> None:
+        """Read the snapshot (before ``start``, so the election sees it)."""
+        if self.snapshot is not None and self.enabled:
+            self.remembered = load_snapshot(self.snapshot)
+            self._snapshot_saved = dict(self.remembered)
+
+    async def _rejoin(self, addresses: list[str]) -> None:
+        """Rejoin the members this node knew before it restarted (serf's
+        snapshot); the seeds it was given, if any, are joined as well."""
+        try:
+            reached = await self.join(addresses)
+        except (ConnectError, ValueError) as exc:
+            logger.info("%s: no member of the snapshot answered: %s", self.transport.name, exc)
+        else:
+            logger.info("%s: rejoined through %d known member(s)", self.transport.name, reached)
+
+    def add_listener(self, listener: Callable[[MemberChange | None], None]) -> None:
+        """Call ``listener`` with every membership change, and with ``None``
+        when a member is removed (the election's voter set follows them)."""
         self._listeners.append(listener)
 
     # ----------------------------------------------------------------- query
@@ -262,6 +331,16 @@ class Membership:
                 name = self._name_at(address)
                 if await self._connection_to(address, name=name, dial=True) is not None:
                     reached += 1
+                    return
+                # Our dial may have lost to the peer dialling us at the same
+                # moment (it is reconnecting to us): its connection counts.
+                with anyio.move_on_after(self.transport.config.handshake_timeout):
+                    # No event marks "a connection from that address": poll.
+                    while not (  # noqa: ASYNC110
+                        (peer := self._name_at(address)) and peer in self.transport.connections
+                    ):
+                        await anyio.sleep(0.05)
+                    reached += 1
 
             for address in seeds:
                 task_group.start_soon(dial, address)
@@ -295,6 +374,11 @@ class Membership:
                 removed) or this node itself.
         """
         self.core.remove(anyio.current_time(), name)
+        self.remembered.pop(name, None)
+        for listener in self._listeners:
+            listener(None)
+        if self.snapshot is not None:
+            self._save_snapshot()
         self._wake()
 
     def update_metadata(self, metadata: bytes) -> None:
@@ -478,10 +562,27 @@ class Membership:
 
     # ---------------------------------------------------------------- events
 
+    def _save_snapshot(self) -> None:
+        assert self.snapshot is not None
+        live = (MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD)
+        members = {
+            m.name: m.address
+            for m in self.core.members()
+            if m.status in live and m.name != self.transport.name
+        }
+        if members != self._snapshot_saved:
+            save_snapshot(self.snapshot, members)
+            self._snapshot_saved = members
+
     def _publish(self, change: MemberChange) -> None:
         member = change.member
         if member.name != self.transport.name:
             self._names_by_address[member.address] = member.name
+        if self.snapshot is not None and change.previous is not change.member.status:
+            try:
+                self._save_snapshot()
+            except OSError as exc:
+                logger.warning("cannot save the member snapshot: %s", exc)
         for listener in self._listeners:
             listener(change)
         event = _event_for(change)

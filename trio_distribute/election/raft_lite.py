@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import random
-import re
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,7 +53,7 @@ from .._proto.raft import (
     encode_message,
 )
 from .._proto.swim import MemberChange, MemberStatus
-from ..cluster.membership import Membership
+from ..cluster.membership import Membership, safe_file_name
 from ..config import ElectionConfig
 from ..transport import Connection, Transport
 
@@ -96,8 +95,7 @@ class LeaderChanged:
 
 def state_file(state_dir: Path, name: str) -> Path:
     """Where the node ``name`` keeps its election state under ``state_dir``."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    return state_dir / f"election-{safe}.json"
+    return state_dir / f"election-{safe_file_name(name)}.json"
 
 
 def load_state(path: Path) -> tuple[int, str | None] | None:
@@ -259,16 +257,17 @@ class Election:
 
     # --------------------------------------------------------------- driving
 
-    def _voters(self) -> list[str]:
+    def _voters(self) -> set[str]:
         # Everyone known except the members that left: the dead still vote
-        # (a crash must not shrink the quorum); removal forgets them.
-        return [
-            member.name
-            for member in self.membership.core.members()
-            if member.status is not MemberStatus.LEFT
-        ]
+        # (a crash must not shrink the quorum); removal forgets them. Members
+        # remembered from before a restart vote too until membership hears of
+        # them, so a restarted node never mistakes itself for a cluster of one.
+        members = self.membership.core.members()
+        known = {member.name for member in members}
+        voters = {m.name for m in members if m.status is not MemberStatus.LEFT}
+        return voters | (self.membership.remembered.keys() - known)
 
-    def _membership_changed(self, change: MemberChange) -> None:
+    def _membership_changed(self, change: MemberChange | None) -> None:
         core = self._core
         if core is None:
             return
