@@ -102,24 +102,19 @@ async def test_seeds_are_connected_on_start() -> None:
                 assert s2.nodes() == ["s1@127.0.0.1"]
 
 
+async def status(node: td.Node, cookie: str) -> subprocess.CompletedProcess[bytes]:
+    """Run ``python -m trio_distribute status`` against ``node``."""
+    command = [sys.executable, "-m", "trio_distribute", "status"]
+    command += ["--node", f"127.0.0.1:{node.address[1]}", "--cookie", cookie]
+    return await anyio.run_process(command, check=False)
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_status_command_shows_members_leader_and_health() -> None:
     async with td.testing.open_cluster(2, cookie="status-cookie") as (a, b):
         with anyio.fail_after(20):
             leader = await a.election.wait_for_leader(timeout=10)
-            result = await anyio.run_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "trio_distribute",
-                    "status",
-                    "--node",
-                    f"127.0.0.1:{a.address[1]}",
-                    "--cookie",
-                    "status-cookie",
-                ],
-                check=False,
-            )
+            result = await status(a, "status-cookie")
             out = result.stdout.decode()
             assert result.returncode == 0, out + result.stderr.decode()
             assert f"node {a.name}" in out
@@ -128,18 +123,6 @@ async def test_status_command_shows_members_leader_and_health() -> None:
             assert f"{b.name}" in out and "alive" in out
             # The status node took no part in the cluster.
             assert all(not m.name.startswith("status-") for m in a.membership.members())
-            wrong = await anyio.run_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "trio_distribute",
-                    "status",
-                    "--node",
-                    f"127.0.0.1:{a.address[1]}",
-                    "--cookie",
-                    "wrong",
-                ],
-                check=False,
-            )
+            wrong = await status(a, "wrong")
             assert wrong.returncode == 2
             assert "cookie" in wrong.stderr.decode()

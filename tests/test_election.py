@@ -19,23 +19,11 @@ from trio_distribute.election.raft_lite import (
     load_state,
     state_file,
 )
-from trio_distribute.testing import crash, open_cluster, partition, wait_until
+from trio_distribute.testing import crash, open_cluster, partition, start_node, wait_until
 
 COOKIE = "election-cookie"
 FAST = td.NodeConfig.local()
 E = FAST.election.election_timeout
-
-
-async def _run_node(
-    name: str,
-    config: td.NodeConfig,
-    seeds: list[str],
-    *,
-    task_status: anyio.abc.TaskStatus[td.Node] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    async with td.open_node(name, cookie=COOKIE, config=config, seeds=seeds) as node:
-        task_status.started(node)
-        await anyio.sleep_forever()
 
 
 @asynccontextmanager
@@ -43,11 +31,13 @@ async def cluster(n: int, config: td.NodeConfig = FAST) -> AsyncIterator[list[td
     """``n`` nodes in their own tasks, joined through the first, every
     membership view complete before it yields."""
     async with anyio.create_task_group() as tg:
-        first: td.Node = await tg.start(_run_node, "n0@127.0.0.1", config, [])
+        first = await start_node(tg, "n0@127.0.0.1", cookie=COOKIE, config=config)
         seed = [f"127.0.0.1:{first.address[1]}"]
         nodes = [first]
         for i in range(1, n):
-            nodes.append(await tg.start(_run_node, f"n{i}@127.0.0.1", config, seed))
+            nodes.append(
+                await start_node(tg, f"n{i}@127.0.0.1", cookie=COOKIE, config=config, seeds=seed)
+            )
         for node in nodes:
             await wait_until(lambda n=node: len(n.election.voters()) == len(nodes))  # type: ignore[misc]
         yield nodes
@@ -233,11 +223,14 @@ async def test_a_restarted_node_rejoins_from_its_snapshot_and_follows(tmp_path: 
         async with anyio.create_task_group() as tg:
             dirs = [tmp_path / f"n{i}" for i in range(3)]
             configs = [td.NodeConfig.local(state_dir=d) for d in dirs]
-            first: td.Node = await tg.start(_run_node, "n0@127.0.0.1", configs[0], [])
+            first = await start_node(tg, "n0@127.0.0.1", cookie=COOKIE, config=configs[0])
             port = first.address[1]
             seed = [f"127.0.0.1:{port}"]
             others = [
-                await tg.start(_run_node, f"n{i}@127.0.0.1", configs[i], seed) for i in (1, 2)
+                await start_node(
+                    tg, f"n{i}@127.0.0.1", cookie=COOKIE, config=configs[i], seeds=seed
+                )
+                for i in (1, 2)
             ]
             nodes = [first, *others]
             await wait_until(lambda: agreed_leader(nodes) is not None)
@@ -251,25 +244,15 @@ async def test_a_restarted_node_rejoins_from_its_snapshot_and_follows(tmp_path: 
             await wait_until(lambda: _port_is_free(port))  # the crashed listener is closing
             # Same name, port and state_dir, and no seeds: the snapshot of
             # its members is how it finds its cluster again.
-            again: td.Node = await tg.start(_run_node_on_port, "n0@127.0.0.1", configs[0], port)
+            again = await start_node(
+                tg, "n0@127.0.0.1", cookie=COOKIE, config=configs[0], port=port
+            )
             # Before it heard from anyone it already counts them as voters,
             # so it cannot elect itself as a cluster of one.
             assert again.election.voters() == sorted(n.name for n in nodes)
             await wait_until(lambda: agreed_leader([again, *others]) is not None)
             assert len(again.membership.alive()) == 3
             scope.cancel()
-
-
-async def _run_node_on_port(
-    name: str,
-    config: td.NodeConfig,
-    port: int,
-    *,
-    task_status: anyio.abc.TaskStatus[td.Node] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    async with td.open_node(name, cookie=COOKIE, config=config, port=port) as node:
-        task_status.started(node)
-        await anyio.sleep_forever()
 
 
 def _port_is_free(port: int) -> bool:

@@ -14,23 +14,11 @@ import pytest
 import trio_distribute as td
 from trio_distribute.cluster.gossip import DatagramSealer
 from trio_distribute.cluster.membership import MemberDown, MemberLeft, MemberStatus, MemberUp
-from trio_distribute.testing import crash, open_cluster, partition, wait_until
+from trio_distribute.testing import crash, open_cluster, partition, start_node, wait_until
 
 COOKIE = "membership-cookie"
 FAST = td.NodeConfig.local()
 ALIVE = MemberStatus.ALIVE
-
-
-async def _run_node(
-    name: str,
-    config: td.NodeConfig,
-    seeds: list[str],
-    *,
-    task_status: anyio.abc.TaskStatus[td.Node] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    async with td.open_node(name, cookie=COOKIE, config=config, seeds=seeds) as node:
-        task_status.started(node)
-        await anyio.sleep_forever()
 
 
 @asynccontextmanager
@@ -38,11 +26,13 @@ async def cluster(n: int, config: td.NodeConfig = FAST) -> AsyncIterator[list[td
     """``n`` nodes, each in its own task (so one can crash), every one
     joined through the first only: the rest is membership's work."""
     async with anyio.create_task_group() as tg:
-        first: td.Node = await tg.start(_run_node, "n0@127.0.0.1", config, [])
+        first = await start_node(tg, "n0@127.0.0.1", cookie=COOKIE, config=config)
         seed = [f"127.0.0.1:{first.address[1]}"]
         nodes = [first]
         for i in range(1, n):
-            nodes.append(await tg.start(_run_node, f"n{i}@127.0.0.1", config, seed))
+            nodes.append(
+                await start_node(tg, f"n{i}@127.0.0.1", cookie=COOKIE, config=config, seeds=seed)
+            )
         yield nodes
         tg.cancel_scope.cancel()
 
@@ -214,14 +204,14 @@ async def test_a_restarted_node_comes_back_alive_with_a_new_incarnation() -> Non
             await wait_until(lambda: converged(nodes, everyone))
             seed = [f"127.0.0.1:{nodes[0].address[1]}"]
             # The one to restart runs in its own task group.
-            extra: td.Node = await tg.start(_run_node, "phoenix@127.0.0.1", FAST, seed)
+            extra = await start_node(tg, "phoenix@127.0.0.1", cookie=COOKIE, seeds=seed)
             everyone[extra.name] = ALIVE
             await wait_until(lambda: converged(nodes, everyone))
             first_incarnation = nodes[0].membership.member(extra.name).incarnation  # type: ignore[union-attr]
             crash(extra)
             await wait_until(lambda: statuses(nodes[0])[extra.name] is MemberStatus.DEAD)
             async with nodes[0].membership.subscribe() as events:
-                again: td.Node = await tg.start(_run_node, "phoenix@127.0.0.1", FAST, seed)
+                again = await start_node(tg, "phoenix@127.0.0.1", cookie=COOKIE, seeds=seed)
                 await wait_until(lambda: converged([*nodes, again], everyone))
                 event = await events.receive()
                 while not isinstance(event, MemberUp):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio
 import trio
 
 from . import log
@@ -21,6 +22,7 @@ from .messaging import Process
 from .monitor import NodeDown
 from .node import Node, crash, open_node
 from .remote_call import Ok
+from .testing import start_node
 
 COOKIE = "demo-cookie"
 
@@ -202,18 +204,6 @@ async def _rpc_demo(nodes: list[Node]) -> None:
     _say("rpc", f"multicall of math.multiply(3, 3), exported on {second.name} only -> {shown}")
 
 
-async def _run_member(
-    name: str,
-    config: NodeConfig,
-    seeds: list[str],
-    *,
-    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    async with open_node(name, cookie=COOKIE, config=config, seeds=seeds) as node:
-        task_status.started(node)
-        await trio.sleep_forever()
-
-
 def _table(node: Node) -> None:
     _say("members", f"as {node.name} sees it:")
     leader = node.election.leader
@@ -237,12 +227,12 @@ async def _membership_and_election_demo(config: NodeConfig) -> None:
     """A fresh cluster of three members: SWIM convergence, a leader, the
     leader killed, declared dead, and replaced."""
     names = [f"m{i}@127.0.0.1" for i in range(3)]
-    async with trio.open_nursery() as nursery:
-        first: Node = await nursery.start(_run_member, names[0], config, [])
+    async with anyio.create_task_group() as nursery:
+        first = await start_node(nursery, names[0], cookie=COOKIE, config=config)
         seed = [f"127.0.0.1:{first.address[1]}"]
         nodes = [first]
         for name in names[1:]:
-            nodes.append(await nursery.start(_run_member, name, config, seed))
+            nodes.append(await start_node(nursery, name, cookie=COOKIE, config=config, seeds=seed))
         _say("swim", f"started {', '.join(names)}; m1 and m2 know only m0's address")
         await _wait_for(lambda: all(len(n.membership.alive()) == 3 for n in nodes))
         _say("swim", "membership converged: everyone sees 3 alive members (and connects to them)")

@@ -20,8 +20,9 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._events import Subscribers
 from ._ids import Pid, validate_cookie, validate_node_name
 from ._monitors import Monitors
 from ._proto.kinds import Kind
@@ -98,7 +99,7 @@ class Node:
     membership: Membership
     election: Election
     health: Health
-    _node_monitors: set[MemoryObjectSendStream[NodeEvent]] = attrs.field(factory=set)
+    _node_monitors: Subscribers[NodeEvent]
     _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
     _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
     _task_group: anyio.abc.TaskGroup | None = None
@@ -196,8 +197,7 @@ class Node:
 
     # ---------------------------------------------------------------- events
 
-    @asynccontextmanager
-    async def monitor_nodes(self) -> AsyncIterator[MemoryObjectReceiveStream[NodeEvent]]:
+    def monitor_nodes(self) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[NodeEvent]]:
         """Subscribe to :class:`NodeUp` / :class:`NodeDown` events.
 
         Yields a receive channel; leaving the block unsubscribes. Events
@@ -205,23 +205,10 @@ class Node:
         more than ``MONITOR_BUFFER`` events behind loses the newer ones,
         counted in ``statistics().drops["monitor_overflow"]``.
         """
-        send, receive = anyio.create_memory_object_stream[NodeEvent](MONITOR_BUFFER)
-        self._node_monitors.add(send)
-        try:
-            yield receive
-        finally:
-            self._node_monitors.discard(send)
-            send.close()
-            receive.close()
+        return self._node_monitors.subscribe()
 
     def _publish(self, event: NodeEvent) -> None:
-        for channel in list(self._node_monitors):
-            try:
-                channel.send_nowait(event)
-            except anyio.WouldBlock:
-                self._transport.count_drop("monitor_overflow")
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._node_monitors.discard(channel)
+        self._node_monitors.publish(event)
 
     def _node_up(self, name: str) -> None:
         logger.info("%s: node up %s", self.name, name)
@@ -529,6 +516,9 @@ def _build_node(
         state_dir=config.state_dir,
     )
     node = Node(
+        node_monitors=Subscribers[NodeEvent](
+            MONITOR_BUFFER, lambda: transport.count_drop("monitor_overflow")
+        ),
         name=name,
         creation=creation,
         config=config,

@@ -35,16 +35,17 @@ import os
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
 import anyio.abc
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .._events import Subscribers
 from .._proto.kinds import Kind
 from .._proto.swim import (
     DEFAULT_DATAGRAM_BUDGET,
@@ -194,7 +195,15 @@ class Membership:
     _sealer: DatagramSealer | None = None
     _task_group: anyio.abc.TaskGroup | None = None
     _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
-    _subscribers: set[MemoryObjectSendStream[MemberEvent]] = attrs.field(factory=set)
+    _subscribers: Subscribers[MemberEvent] = attrs.field(
+        default=attrs.Factory(
+            lambda self: Subscribers[MemberEvent](
+                SUBSCRIBER_BUFFER,
+                lambda: self.transport.count_drop("membership_subscriber_overflow"),
+            ),
+            takes_self=True,
+        )
+    )
     _listeners: list[Callable[[MemberChange | None], None]] = attrs.field(factory=list)
     _streams_in_flight: int = 0
     _names_by_address: dict[str, str] = attrs.field(factory=dict)
@@ -386,19 +395,11 @@ class Membership:
         self.core.update_metadata(anyio.current_time(), metadata)
         self._wake()
 
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[MemberEvent]]:
+    def subscribe(self) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[MemberEvent]]:
         """Membership events (``MemberUp``, ``MemberSuspect``, ``MemberDown``,
         ``MemberLeft``) from now on, on a channel; leaving the block
         unsubscribes."""
-        send, receive = anyio.create_memory_object_stream[MemberEvent](SUBSCRIBER_BUFFER)
-        self._subscribers.add(send)
-        try:
-            yield receive
-        finally:
-            self._subscribers.discard(send)
-            send.close()
-            receive.close()
+        return self._subscribers.subscribe()
 
     # ------------------------------------------------------------ node hooks
 
@@ -590,13 +591,7 @@ class Membership:
             return
         if member.name != self.transport.name:
             self._act_on(event)
-        for channel in list(self._subscribers):
-            try:
-                channel.send_nowait(event)
-            except anyio.WouldBlock:
-                self.transport.count_drop("membership_subscriber_overflow")
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._subscribers.discard(channel)
+        self._subscribers.publish(event)
 
     def _act_on(self, event: MemberEvent) -> None:
         transport = self.transport

@@ -33,16 +33,16 @@ import math
 import os
 import random
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
 import anyio.abc
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .._events import Subscribers
 from .._proto.kinds import Kind
 from .._proto.raft import (
     ElectionCore,
@@ -145,7 +145,15 @@ class Election:
     _task_group: anyio.abc.TaskGroup | None = None
     _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
     _changed: anyio.Event = attrs.field(factory=anyio.Event)
-    _subscribers: set[MemoryObjectSendStream[LeaderChanged]] = attrs.field(factory=set)
+    _subscribers: Subscribers[LeaderChanged] = attrs.field(
+        default=attrs.Factory(
+            lambda self: Subscribers[LeaderChanged](
+                SUBSCRIBER_BUFFER,
+                lambda: self.transport.count_drop("election_subscriber_overflow"),
+            ),
+            takes_self=True,
+        )
+    )
 
     @property
     def enabled(self) -> bool:
@@ -243,17 +251,9 @@ class Election:
                     return current
                 await self._changed.wait()
 
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[LeaderChanged]]:
+    def subscribe(self) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[LeaderChanged]]:
         """``LeaderChanged(term, leader)`` events from now on."""
-        send, receive = anyio.create_memory_object_stream[LeaderChanged](SUBSCRIBER_BUFFER)
-        self._subscribers.add(send)
-        try:
-            yield receive
-        finally:
-            self._subscribers.discard(send)
-            send.close()
-            receive.close()
+        return self._subscribers.subscribe()
 
     # --------------------------------------------------------------- driving
 
@@ -325,10 +325,4 @@ class Election:
             event = LeaderChanged(change.term, change.leader)
             changed, self._changed = self._changed, anyio.Event()
             changed.set()
-            for channel in list(self._subscribers):
-                try:
-                    channel.send_nowait(event)
-                except anyio.WouldBlock:
-                    transport.count_drop("election_subscriber_overflow")
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._subscribers.discard(channel)
+            self._subscribers.publish(event)

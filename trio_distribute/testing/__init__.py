@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._cluster import crash as crash
 from ._cluster import open_cluster as open_cluster
 from ._cluster import partition as partition
+from ._cluster import start_node as start_node
 from ._cluster import wait_until as wait_until
 
-__all__ = ["crash", "open_cluster", "partition", "wait_until"]
+__all__ = ["crash", "open_cluster", "partition", "start_node", "wait_until"]

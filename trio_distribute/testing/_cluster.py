@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
+import anyio.abc
 
 from ..config import NodeConfig
 from ..node import Node, crash, open_node
 
-__all__ = ["crash", "open_cluster", "partition", "wait_until"]
+__all__ = ["crash", "open_cluster", "partition", "start_node", "wait_until"]
 
 
 @asynccontextmanager
@@ -50,6 +51,39 @@ async def open_cluster(
                 for other in nodes[i + 1 :]:
                     await node.connect(f"{other.name}:{other.address[1]}")
         yield nodes
+
+
+async def start_node(
+    task_group: anyio.abc.TaskGroup,
+    name: str,
+    *,
+    cookie: str = "trio-distribute-test",
+    config: NodeConfig | None = None,
+    seeds: Sequence[str] = (),
+    port: int = 0,
+) -> Node:
+    """Run a node in a task of its own in ``task_group`` and return it once
+    it is up (``config`` defaults to :meth:`NodeConfig.local`). Such a node
+    can be :func:`crash`-ed without cancelling the test itself; cancelling
+    ``task_group`` stops it."""
+    node: Node = await task_group.start(
+        _run_node, name, cookie, NodeConfig.local() if config is None else config, seeds, port
+    )
+    return node
+
+
+async def _run_node(
+    name: str,
+    cookie: str,
+    config: NodeConfig,
+    seeds: Sequence[str],
+    port: int,
+    *,
+    task_status: anyio.abc.TaskStatus[Node] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    async with open_node(name, cookie=cookie, config=config, seeds=seeds, port=port) as node:
+        task_status.started(node)
+        await anyio.sleep_forever()
 
 
 @asynccontextmanager
