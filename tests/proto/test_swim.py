@@ -886,3 +886,29 @@ def test_suspect_check_is_repeated_while_no_refutation_arrives() -> None:
     # suspicion too: those are the buddy system, not counted here).
     assert core.counters["suspect_checks"] == 3
     assert checks[0] == 0.0
+
+
+def test_gossip_walks_a_shuffled_round_of_all_live_members() -> None:
+    config = MembershipConfig(
+        gossip_nodes=3, retransmit_mult=4, push_pull_interval=1000.0, reconnect_interval=1000.0
+    )
+    core = make("a", config=config)
+    peers = [f"p{i}" for i in range(9)]
+    core.add_known_members(
+        0.0,
+        [Member(name=p, address=p, status=ALIVE, incarnation=0, metadata=b"") for p in peers],
+    )
+    targets: list[str] = []
+    now = 0.0
+    for round_number in range(6):
+        # Fresh news every round, so every gossip round sends something.
+        news = wire.Alive(f"new{round_number}", f"new{round_number}", 0, b"")
+        core.datagram_received(now, "x", datagram(news))
+        core.take_actions()
+        now = (round_number + 1) * config.gossip_interval
+        core.tick(now)
+        for action in core.take_actions():
+            if isinstance(decoded(action)[0], wire.Alive):  # gossip, not a probe
+                targets.append(action.address)
+    first_round = [t for t in targets if t in peers][:9]
+    assert sorted(first_round) == peers  # no member twice before all had one

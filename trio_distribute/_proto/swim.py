@@ -288,6 +288,10 @@ class SwimCore:
         self._down: dict[str, float] = {}
         self._probe_order: list[str] = []
         self._probe_index = 0
+        # Gossip walks its own shuffled round of the live members, so each
+        # member's copies of a piece of news go to distinct members.
+        self._gossip_order: list[str] = []
+        self._gossip_index = 0
         self._probe: _Probe | None = None
         self._next_probe_at = now + rng.uniform(0.0, config.probe_interval)
         self._relays: dict[int, _Relay] = {}
@@ -417,6 +421,7 @@ class SwimCore:
             self._status_counts[MemberStatus.ALIVE] += 1
             self._add_live(member.name)
         self._probe_order = []  # reshuffle at the next probe
+        self._gossip_order = []
 
     def leave(self, now: float) -> None:
         """Leave gracefully: stop probing and gossip our own departure."""
@@ -737,6 +742,7 @@ class SwimCore:
             # Newcomers go to a random place in the rest of this round.
             position = self._rng.randint(self._probe_index, len(self._probe_order))
             self._probe_order.insert(position, name)
+            self._insert_gossip_target(name)
             self._events.append(MemberChange(record.snapshot(), None))
             self._broadcast(name, message)
             return
@@ -937,6 +943,8 @@ class SwimCore:
             return
         name = record.name
         if status in _LIVE:
+            if previous in _DOWN:
+                self._insert_gossip_target(name)
             self._add_live(name)
             self._down.pop(name, None)
             self._max_live_seen = max(self._max_live_seen, self.cluster_size())
@@ -1021,7 +1029,7 @@ class SwimCore:
         self._actions.append(SendDatagram(address, wire.pack(parts)))
 
     def _gossip(self, now: float) -> None:
-        targets = self._random_live(self.config.gossip_nodes, include_dead_since=now)
+        targets = self._gossip_targets(now)
         limit = self._retransmit_limit()
         space = self.datagram_budget - _COMPOUND_HEADER
         for target in targets:
@@ -1030,29 +1038,68 @@ class SwimCore:
                 break
             self._actions.append(SendDatagram(target.address, wire.pack(news)))
 
-    def _random_live(
-        self,
-        count: int,
-        *,
-        exclude: str | None = None,
-        alive_only: bool = False,
-        include_dead_since: float | None = None,
-    ) -> list[_Record]:
-        """Up to ``count`` distinct random live members (not us), optionally
-        with the recently dead too (to gossip to them)."""
-        live = self._live
-        recent: list[str] = []
-        if include_dead_since is not None and self._down:
-            horizon = include_dead_since - self.gossip_to_the_dead_time
-            # _down is in the order members went down: stop at the first old one.
-            for name, when in reversed(self._down.items()):
-                if when <= horizon:
-                    break
-                if self._members[name].status is MemberStatus.DEAD:
-                    recent.append(name)
-        chosen: list[_Record] = []
-        live_count = len(live)
+    def _gossip_targets(self, now: float) -> list[_Record]:
+        """``gossip_nodes`` distinct members: the next ones of the shuffled
+        gossip round, or now and then a recently dead member (so it hears
+        of its death and can refute), in proportion to their numbers."""
+        recent = self._recently_dead(now)
+        live_count = len(self._live)
         total = live_count + len(recent)
+        wanted = min(self.config.gossip_nodes, total)
+        chosen: list[_Record] = []
+        picked: set[str] = set()
+        attempts = 0
+        while len(chosen) < wanted and attempts < 2 * wanted + 2:
+            attempts += 1
+            if recent and self._rng.randrange(total) >= live_count:
+                name: str | None = self._rng.choice(recent)
+            else:
+                name = self._next_gossip_target()
+            if name is None or name in picked:
+                continue
+            picked.add(name)
+            chosen.append(self._members[name])
+        return chosen
+
+    def _next_gossip_target(self) -> str | None:
+        order = self._gossip_order
+        for _ in range(2):
+            while self._gossip_index < len(order):
+                name = order[self._gossip_index]
+                self._gossip_index += 1
+                record = self._members.get(name)
+                if record is not None and record.status in _LIVE:
+                    return name
+            order = self._gossip_order = list(self._live)
+            self._rng.shuffle(order)
+            self._gossip_index = 0
+            if not order:
+                return None
+        return None
+
+    def _insert_gossip_target(self, name: str) -> None:
+        """A new (or returning) member joins the rest of this gossip round."""
+        position = self._rng.randint(self._gossip_index, len(self._gossip_order))
+        self._gossip_order.insert(position, name)
+
+    def _recently_dead(self, now: float) -> list[str]:
+        horizon = now - self.gossip_to_the_dead_time
+        recent: list[str] = []
+        # _down is in the order members went down: stop at the first old one.
+        for name, when in reversed(self._down.items()):
+            if when <= horizon:
+                break
+            if self._members[name].status is MemberStatus.DEAD:
+                recent.append(name)
+        return recent
+
+    def _random_live(
+        self, count: int, *, exclude: str | None = None, alive_only: bool = False
+    ) -> list[_Record]:
+        """Up to ``count`` distinct random live members (not us)."""
+        live = self._live
+        chosen: list[_Record] = []
+        total = len(live)
         if total == 0 or count <= 0:
             return chosen
         # Sample by index without building a copy; a few extra draws cover
@@ -1065,8 +1112,7 @@ class SwimCore:
             if index in seen:
                 continue
             seen.add(index)
-            name = live[index] if index < live_count else recent[index - live_count]
-            record = self._members[name]
+            record = self._members[live[index]]
             if record.name == exclude or (alive_only and record.status is not MemberStatus.ALIVE):
                 continue
             chosen.append(record)
