@@ -608,6 +608,10 @@ class Transport:
             await event.wait()
 
     async def _dial(self, host: str, port: int, expected: str | None, attempt: _DialAttempt) -> str:
+        # Dial from the address we listen on, so every packet of this node
+        # carries its own address (multi-homed hosts, firewall rules).
+        bound = self.address[0]
+        local = None if bound in ("", "0.0.0.0", "::") else bound
         try:
             if self.ssl_context is not None:
                 stream: anyio.abc.ByteStream = await anyio.connect_tcp(
@@ -616,9 +620,10 @@ class Transport:
                     ssl_context=self.client_ssl_context or self.ssl_context,
                     tls_standard_compatible=False,
                     tls_hostname=host,
+                    local_host=local,
                 )
             else:
-                stream = await anyio.connect_tcp(host, port)
+                stream = await anyio.connect_tcp(host, port, local_host=local)
         except OSError as exc:
             raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         machine = HandshakeMachine(
