@@ -112,7 +112,7 @@ async def main() -> None:
         nft("flush chain inet td input")  # heal: nobody acts, membership merges
         healed = await eventually(lambda: all(n.membership.alive() == everyone for n in nodes), 30)
         check("healed: everyone alive everywhere again", healed)
-        check("healed: one leader", await eventually(lambda: leader_of(nodes) is not None, 10))
+        check("healed: one leader", await eventually(lambda: leader_of(nodes) is not None, 30))
         check(
             "healed: one node believes it leads",
             [n.election.is_leader for n in nodes].count(True) == 1,

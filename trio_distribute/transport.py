@@ -18,7 +18,10 @@ writer task. While a write is pending, frames queue in a list; senders wait
 from __future__ import annotations
 
 import contextlib
+import errno
+import ipaddress
 import logging
+import os
 import socket
 import ssl
 import time
@@ -29,7 +32,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-from anyio.streams.tls import TLSListener
+from anyio.streams.tls import TLSListener, TLSStream
 
 from . import codec
 from ._backend import running_on_trio
@@ -360,6 +363,36 @@ class Connection:
         self.close(reason)
 
 
+async def _open_tcp(host: str, port: int, bound: str) -> anyio.abc.SocketStream:
+    """Connect from ``bound``, the address this node listens on, so every
+    packet of a node carries its own address (multi-homed hosts, firewall
+    rules). anyio's ``connect_tcp(local_host=...)`` leaks its socket when
+    cancelled while binding, so the socket is made here."""
+    try:
+        remote = ipaddress.ip_address(host)
+        local = ipaddress.ip_address(bound)
+    except ValueError:
+        return await anyio.connect_tcp(host, port)  # a host name, or no single address
+    if local.is_unspecified or local.version != remote.version:
+        return await anyio.connect_tcp(host, port)
+    family = socket.AF_INET6 if remote.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((bound, 0))
+        error = sock.connect_ex((host, port))
+        if error == errno.EINPROGRESS:
+            await anyio.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
+        return await anyio.abc.SocketStream.from_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 class _LostTieBreak(Exception):
     """Our connection attempt lost a simultaneous-connect tie-break."""
 
@@ -608,22 +641,21 @@ class Transport:
             await event.wait()
 
     async def _dial(self, host: str, port: int, expected: str | None, attempt: _DialAttempt) -> str:
-        # Dial from the address we listen on, so every packet of this node
-        # carries its own address (multi-homed hosts, firewall rules).
-        bound = self.address[0]
-        local = None if bound in ("", "0.0.0.0", "::") else bound
         try:
+            stream: anyio.abc.ByteStream = await _open_tcp(host, port, self.address[0])
             if self.ssl_context is not None:
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                    host,
-                    port,
-                    ssl_context=self.client_ssl_context or self.ssl_context,
-                    tls_standard_compatible=False,
-                    tls_hostname=host,
-                    local_host=local,
-                )
-            else:
-                stream = await anyio.connect_tcp(host, port, local_host=local)
+                plain = stream
+                try:
+                    stream = await TLSStream.wrap(
+                        plain,
+                        server_side=False,
+                        hostname=host,
+                        ssl_context=self.client_ssl_context or self.ssl_context,
+                        standard_compatible=False,
+                    )
+                except BaseException:
+                    await anyio.aclose_forcefully(plain)
+                    raise
         except OSError as exc:
             raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         machine = HandshakeMachine(
