@@ -261,3 +261,37 @@ async def test_membership_can_be_disabled() -> None:
             assert a.nodes() == [b.name]
             with pytest.raises(RuntimeError, match="disabled"):
                 a.membership.alive()
+
+
+async def test_malformed_member_streams_are_dropped_and_counted() -> None:
+    with anyio.fail_after(15):
+        async with cluster(3) as nodes:
+            everyone = {node.name: ALIVE for node in nodes}
+            await wait_until(lambda: converged(nodes, everyone))
+            a, b, _ = nodes
+            conn = a.transport.connections[b.name]
+            conn.write(a.transport.encode_frame([50, b"\xff\x00not swim"]))
+            await wait_until(lambda: b.statistics().drops.get("member_stream_malformed") == 1)
+            assert a.name in b.nodes()  # a bad payload costs only itself
+            assert statuses(b)[a.name] is ALIVE
+            conn.write(a.transport.encode_frame([50, "not bytes"]))
+            await wait_until(lambda: a.name not in b.nodes())  # a broken frame: protocol error
+
+
+async def test_nodes_without_membership_or_election_drop_those_frames() -> None:
+    off = td.NodeConfig.local(
+        membership=td.MembershipConfig(enabled=False), election=td.ElectionConfig(enabled=False)
+    )
+    with anyio.fail_after(15):
+        async with (
+            td.open_node("on@127.0.0.1", cookie=COOKIE, config=FAST) as on,
+            td.open_node("off@127.0.0.1", cookie=COOKIE, config=off) as plain,
+        ):
+            await on.connect(f"{plain.name}:{plain.address[1]}")
+            # "on" tries to join "off" (push-pull) and may send election traffic.
+            await wait_until(lambda: plain.statistics().drops.get("membership_disabled", 0) >= 1)
+            conn = on.transport.connections[plain.name]
+            conn.write(on.transport.encode_frame([55, b"\x82\x01\x02"]))
+            await wait_until(lambda: plain.statistics().drops.get("election_disabled", 0) >= 1)
+            assert plain.name in on.nodes() and on.name in plain.nodes()
+            assert plain.name not in on.membership.alive()
