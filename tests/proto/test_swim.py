@@ -912,3 +912,16 @@ def test_gossip_walks_a_shuffled_round_of_all_live_members() -> None:
                 targets.append(action.address)
     first_round = [t for t in targets if t in peers][:9]
     assert sorted(first_round) == peers  # no member twice before all had one
+
+
+def test_a_join_not_remembered_is_not_rejoined() -> None:
+    config = MembershipConfig(push_pull_interval=1000.0, reconnect_interval=10.0)
+    core = make("a", config=config)
+    core.join(0.0, ["passer-by"], remember=False)
+    assert {s.address for s in streams(core.take_actions())} == {"passer-by"}
+    for name in ("b", "c"):
+        core.datagram_received(0.0, name, datagram(wire.Alive(name, name, 1, b"")))
+    core.datagram_received(1.0, "x", datagram(wire.Dead("b", 1, "x")))
+    core.take_actions()
+    core.tick(10.0)  # fewer alive than were: seeds would be rejoined now
+    assert "passer-by" not in {s.address for s in streams(core.take_actions())}

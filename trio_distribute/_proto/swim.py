@@ -386,15 +386,16 @@ class SwimCore:
 
     # -- commands --------------------------------------------------------------
 
-    def join(self, now: float, seed_addresses: Sequence[str]) -> None:
-        """Exchange full state with each seed over a stream (and remember the
-        seeds, to rejoin them after a partition)."""
+    def join(self, now: float, seed_addresses: Sequence[str], *, remember: bool = True) -> None:
+        """Exchange full state with each seed over a stream, and remember the
+        seeds to rejoin them after a partition (unless ``remember`` is false:
+        a peer that merely connected is no seed)."""
         self._clock = max(self._clock, now)
         for address in seed_addresses:
             _check_text(address, "seed address")
             if address == self.address:
                 continue
-            if address not in self._seeds:
+            if remember and address not in self._seeds:
                 self._seeds.append(address)
             self._send_push_pull("", address, reply=False)
 

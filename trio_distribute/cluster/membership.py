@@ -412,7 +412,9 @@ class Membership:
         if core.status_of(name) in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
             return
         host, port = self.transport.addresses[name]
-        core.join(anyio.current_time(), [f"{host}:{port}"])
+        # Not remembered as a seed: a passing client (the status command)
+        # must not be rejoined for ever after it left.
+        core.join(anyio.current_time(), [f"{host}:{port}"], remember=False)
         self._wake()
 
     # ----------------------------------------------------------------- tasks
