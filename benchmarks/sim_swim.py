@@ -15,6 +15,7 @@ exact unit tests in ``tests/proto``; see the footer of the table.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from trio_distribute.testing.swim_sim import run_all, table
 RESULTS = Path(__file__).parent / "results"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="full-size runs (slow)")
     parser.add_argument("--seed", type=int, default=1)
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     output = args.output or RESULTS / ("sim_swim_full.md" if args.full else "sim_swim.md")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
+    # Like sim_election: a missed target is a failure, not just a table row.
+    return 0 if all(result.passed is not False for result in results) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,6 +22,7 @@ def test_r1_no_term_has_two_leaders_over_1000_fault_schedules() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # full-size runs: minutes, not the default 2
 @pytest.mark.parametrize("chunk", range(4))
 def test_r1_no_term_has_two_leaders_over_10000_fault_schedules(chunk: int) -> None:
     # 10000 schedules in four chunks, so each stays well inside the per-test timeout.

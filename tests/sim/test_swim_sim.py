@@ -212,10 +212,12 @@ def test_m11_m12_load_and_packet_size() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # full-size runs: minutes, not the default 2
 def test_full_suite() -> None:
     assert_passed(swim_sim.run_all(full=True))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # full-size runs: minutes, not the default 2
 def test_m1_m3_detection_at_1000() -> None:
     assert_passed(swim_sim.measure_detection([1000], {1000: 10}, seed=3))
