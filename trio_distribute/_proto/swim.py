@@ -770,14 +770,19 @@ class SwimCore:
             self._events.append(MemberChange(record.snapshot(), previous))
         self._broadcast(name, message)
 
+    def _bad_news_of_self(self, incarnation: int) -> None:
+        """Someone says we are suspect or dead: refute it, unless we are
+        leaving or it is an old rumour our refutation already outdated."""
+        if self._leaving:
+            return
+        if incarnation < self._self.incarnation:
+            self._stale_news_of_self()
+            return
+        self._refute(incarnation)
+
     def _on_suspect(self, now: float, name: str, incarnation: int, source: str) -> None:
         if name == self.name:
-            if self._leaving:
-                return
-            if incarnation < self._self.incarnation:
-                self._stale_news_of_self()
-                return
-            self._refute(incarnation)
+            self._bad_news_of_self(incarnation)
             return
         record = self._members.get(name)
         if record is None or incarnation < record.incarnation:
@@ -851,12 +856,7 @@ class SwimCore:
 
     def _on_dead(self, now: float, name: str, incarnation: int, *, left: bool) -> None:
         if name == self.name:
-            if self._leaving:
-                return
-            if incarnation < self._self.incarnation:
-                self._stale_news_of_self()
-                return
-            self._refute(incarnation)
+            self._bad_news_of_self(incarnation)
             return
         record = self._members.get(name)
         if record is None or incarnation < record.incarnation:
