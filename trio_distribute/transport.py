@@ -682,6 +682,16 @@ class Transport:
         return conn.peer
 
     async def _handle_incoming(self, stream: anyio.abc.ByteStream) -> None:
+        try:
+            await self._serve_incoming(stream)
+        except BaseException:
+            # Cancelled mid-handshake (the node is stopping) or failed: the
+            # accepted socket must not outlive its task.
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
+            raise
+
+    async def _serve_incoming(self, stream: anyio.abc.ByteStream) -> None:
         if self.stopping or self._pending_handshakes >= self.config.max_pending_handshakes:
             self.count_drop("handshake_limit")
             await stream.aclose()
