@@ -49,7 +49,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
@@ -203,6 +203,44 @@ def _check_metadata(metadata: bytes) -> None:
         raise ValueError(f"metadata must be at most {MAX_METADATA} bytes, got {len(metadata)}")
 
 
+class _ShuffledRound:
+    """Members in shuffled order, walked one at a time and reshuffled after
+    each full round; newcomers go to a random place in the rest of the
+    round (SWIM §4.3). Probing and gossip each walk their own."""
+
+    __slots__ = ("_index", "_order", "_rng")
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._order: list[str] = []
+        self._index = 0
+
+    def reset(self) -> None:
+        """Reshuffle at the next step."""
+        self._order = []
+        self._index = 0
+
+    def insert(self, name: str) -> None:
+        position = self._rng.randint(self._index, len(self._order))
+        self._order.insert(position, name)
+
+    def next(self, live: list[str], usable: Callable[[str], bool]) -> str | None:
+        """The next usable name, starting a new round from ``live`` if needed."""
+        order = self._order
+        for _ in range(2):
+            while self._index < len(order):
+                name = order[self._index]
+                self._index += 1
+                if usable(name):
+                    return name
+            order = self._order = list(live)
+            self._rng.shuffle(order)
+            self._index = 0
+            if not order:
+                return None
+        return None
+
+
 class SwimCore:
     """One member's SWIM + Lifeguard state machine (sans-IO).
 
@@ -286,12 +324,10 @@ class SwimCore:
         self._live_index: dict[str, int] = {}
         # Dead or left members, in the order they went down.
         self._down: dict[str, float] = {}
-        self._probe_order: list[str] = []
-        self._probe_index = 0
+        self._probe_round = _ShuffledRound(rng)
         # Gossip walks its own shuffled round of the live members, so each
         # member's copies of a piece of news go to distinct members.
-        self._gossip_order: list[str] = []
-        self._gossip_index = 0
+        self._gossip_round = _ShuffledRound(rng)
         self._probe: _Probe | None = None
         self._next_probe_at = now + rng.uniform(0.0, config.probe_interval)
         self._relays: dict[int, _Relay] = {}
@@ -421,8 +457,8 @@ class SwimCore:
             self._members[member.name] = record
             self._status_counts[MemberStatus.ALIVE] += 1
             self._add_live(member.name)
-        self._probe_order = []  # reshuffle at the next probe
-        self._gossip_order = []
+        self._probe_round.reset()
+        self._gossip_round.reset()
 
     def leave(self, now: float) -> None:
         """Leave gracefully: stop probing and gossip our own departure."""
@@ -560,21 +596,12 @@ class SwimCore:
             self._start_probe(now)
 
     def _next_target(self) -> _Record | None:
-        order = self._probe_order
-        for _ in range(2):
-            while self._probe_index < len(order):
-                name = order[self._probe_index]
-                self._probe_index += 1
-                record = self._members.get(name)
-                if record is not None and record.status in _LIVE and name != self.name:
-                    return record
-            # A full round done: reshuffle the live members (SWIM §4.3).
-            order = self._probe_order = list(self._live)
-            self._rng.shuffle(order)
-            self._probe_index = 0
-            if not order:
-                return None
-        return None
+        name = self._probe_round.next(self._live, self._is_live_other)
+        return None if name is None else self._members[name]
+
+    def _is_live_other(self, name: str) -> bool:
+        record = self._members.get(name)
+        return record is not None and record.status in _LIVE and name != self.name
 
     def _start_probe(self, now: float) -> None:
         interval = self.config.probe_interval
@@ -741,9 +768,8 @@ class SwimCore:
             self._status_counts[MemberStatus.ALIVE] += 1
             self._add_live(name)
             # Newcomers go to a random place in the rest of this round.
-            position = self._rng.randint(self._probe_index, len(self._probe_order))
-            self._probe_order.insert(position, name)
-            self._insert_gossip_target(name)
+            self._probe_round.insert(name)
+            self._gossip_round.insert(name)
             self._events.append(MemberChange(record.snapshot(), None))
             self._broadcast(name, message)
             return
@@ -945,7 +971,7 @@ class SwimCore:
         name = record.name
         if status in _LIVE:
             if previous in _DOWN:
-                self._insert_gossip_target(name)
+                self._gossip_round.insert(name)
             self._add_live(name)
             self._down.pop(name, None)
             self._max_live_seen = max(self._max_live_seen, self.cluster_size())
@@ -1063,25 +1089,7 @@ class SwimCore:
         return chosen
 
     def _next_gossip_target(self) -> str | None:
-        order = self._gossip_order
-        for _ in range(2):
-            while self._gossip_index < len(order):
-                name = order[self._gossip_index]
-                self._gossip_index += 1
-                record = self._members.get(name)
-                if record is not None and record.status in _LIVE:
-                    return name
-            order = self._gossip_order = list(self._live)
-            self._rng.shuffle(order)
-            self._gossip_index = 0
-            if not order:
-                return None
-        return None
-
-    def _insert_gossip_target(self, name: str) -> None:
-        """A new (or returning) member joins the rest of this gossip round."""
-        position = self._rng.randint(self._gossip_index, len(self._gossip_order))
-        self._gossip_order.insert(position, name)
+        return self._gossip_round.next(self._live, self._is_live_other)
 
     def _recently_dead(self, now: float) -> list[str]:
         horizon = now - self.gossip_to_the_dead_time
