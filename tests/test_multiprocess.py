@@ -23,13 +23,15 @@ def free_port() -> int:
         return port
 
 
-def run_example(script: str) -> str:
-    """Run an example in ``both`` mode (two OS processes); return its output."""
+def run_example(script: str, port: int | None = None, timeout: float = 60) -> str:
+    """Run an example in ``both`` mode (it starts its own OS processes);
+    return its output."""
+    port = free_port() if port is None else port
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), "both", str(free_port())],
+        [sys.executable, str(EXAMPLES / script), "both", str(port)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -189,19 +191,12 @@ async def test_sigkilled_node_mid_rpc_gives_node_down() -> None:
 
 
 def run_orchestrated(script: str) -> str:
-    """Run an example that starts and kills its own child processes."""
+    """Run an example that starts and kills three members of its own, on
+    three consecutive ports."""
     with socket.socket() as s:  # a free block of three ports, probably
         s.bind(("127.0.0.1", 0))
         base = s.getsockname()[1]
-    base = 20000 + base % 20000
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), "both", str(base)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return run_example(script, 20000 + base % 20000, timeout=90)
 
 
 def test_swim_cluster_example_sigkill_and_restart() -> None:
