@@ -41,6 +41,7 @@ import attrs
 from ._backend import Parker, new_parker, running_on_trio
 from ._correlation import correlation_id
 from ._proto.kinds import Kind
+from ._ratelimit import LogLimiter
 from .errors import (
     BadRpcError,
     EncodeError,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["Err", "Ok", "Rpc", "RpcStatistics", "call", "expose"]
 
 logger = logging.getLogger("trio_distribute.rpc")
+_limited = LogLimiter(logger)
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -234,6 +236,10 @@ class Rpc:
     _calls: dict[int, _Call] = attrs.field(factory=dict)
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _serving: dict[tuple[Connection, int], anyio.CancelScope] = attrs.field(factory=dict)
+    # Calls and casts running as tasks, per peer name (max_rpc_concurrency).
+    # By name, not connection: casts outlive their connection, and a peer
+    # that reconnects must not get a fresh allowance on top of them.
+    _running: dict[str, int] = attrs.field(factory=dict)
     _awaiting_ack: dict[int, str] = attrs.field(factory=dict)
     _task_group: anyio.abc.TaskGroup | None = None
     _on_trio: bool = False
@@ -340,6 +346,10 @@ class Rpc:
         frame = transport.encode_frame(
             [_CALL, req, function, list(args), kwargs, correlation_id.get()]
         )
+        if conn.is_congested():
+            # A call can wait for space like a send; only the reply, written
+            # by the serving node's reader, cannot (see max_send_queue).
+            await conn.wait_for_space()
         call = _Call(conn, new_parker(self._on_trio))
         self._calls[req] = call
         self._counts["calls_sent"] += 1
@@ -414,9 +424,10 @@ class Rpc:
         conn = transport.connections.get(node)
         if conn is None:
             conn = await self.processes.connection_for(node)
-        conn.write(transport.encode_frame(frame_item))
+        data = transport.encode_frame(frame_item)
         if conn.is_congested():
-            await conn.wait_for_space()
+            await conn.wait_for_space()  # before writing, as Processes.send does
+        conn.write(data)
 
     async def multicall(
         self,
@@ -466,6 +477,9 @@ class Rpc:
             self._reply(conn, req, BAD, f"no exported function named {function!r}")
             return
         if self._kind_of(fn):
+            if not self._take_slot(conn):
+                self._reply(conn, req, BAD, "busy")
+                return
             scope = anyio.CancelScope()
             self._serving[conn, req] = scope
             assert self._task_group is not None
@@ -502,7 +516,33 @@ class Rpc:
                     reply = _failure(fn, args, kwargs, exc)
         finally:
             self._serving.pop((conn, req), None)
+            self._release_slot(conn)
         self._reply(conn, req, *reply)
+
+    def _take_slot(self, conn: Connection) -> bool:
+        """Count one more task serving ``conn``; ``False`` (counted) when
+        the peer already has ``max_rpc_concurrency`` running. Each task holds
+        its arguments and whatever the function allocates, so this is what
+        bounds the memory and tasks one peer can make this node hold."""
+        running = self._running.get(conn.peer, 0)
+        if running >= self.transport.config.max_rpc_concurrency:
+            self.transport.count_drop("rpc_busy")
+            _limited.warning(
+                "rpc_busy",
+                "refused rpc from %s: %d calls and casts of it are running (max_rpc_concurrency)",
+                conn.peer,
+                running,
+            )
+            return False
+        self._running[conn.peer] = running + 1
+        return True
+
+    def _release_slot(self, conn: Connection) -> None:
+        running = self._running.get(conn.peer, 0) - 1
+        if running > 0:
+            self._running[conn.peer] = running
+        else:
+            self._running.pop(conn.peer, None)
 
     def _reply(self, conn: Connection, req: int, status: int, value: Any) -> None:
         if conn.closed:
@@ -552,11 +592,14 @@ class Rpc:
                 "cast of %r from %s: no exported function of that name", function, source
             )
             return
+        if conn is not None and not self._take_slot(conn):
+            return  # no one to tell: a cast has no reply
         assert self._task_group is not None
-        self._task_group.start_soon(self._run_cast, source, function, fn, args, kwargs, cid)
+        self._task_group.start_soon(self._run_cast, conn, source, function, fn, args, kwargs, cid)
 
     async def _run_cast(
         self,
+        conn: Connection | None,
         source: str,
         function: str,
         fn: Callable[..., Any],
@@ -572,6 +615,9 @@ class Rpc:
         except Exception:
             self.transport.count_drop("rpc_cast_failed")
             logger.exception("cast of %r from %s failed", function, source)
+        finally:
+            if conn is not None:
+                self._release_slot(conn)
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
         _, req, status, value = item
