@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
+from hostile_peer import HostilePeer, hostile_peer
 
 import trio_distribute as td
 from trio_distribute import codec
@@ -23,8 +24,6 @@ from trio_distribute._proto.frames import frame
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.testing import open_cluster, wait_until
 from trio_distribute.transport import Connection
-
-from hostile_peer import HostilePeer, hostile_peer
 
 pytestmark = pytest.mark.anyio
 
@@ -63,10 +62,8 @@ def shrink_kernel_buffer(conn: Connection) -> None:
 
 async def send_quietly(peer: HostilePeer, data: bytes) -> None:
     """Send, tolerating the node hanging up on us (which is the point)."""
-    try:
+    with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         await peer.send_raw(data)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        pass
 
 
 class Peak:

@@ -44,7 +44,6 @@ from anyio.streams.tls import TLSListener, TLSStream
 
 from . import codec
 from ._backend import running_on_trio
-from ._ratelimit import LogLimiter
 from ._proto.frames import MAX_PREAUTH_FRAME, TICK, FrameDecoder, frame
 from ._proto.handshake import (
     HandshakeCompleted,
@@ -56,6 +55,7 @@ from ._proto.handshake import (
     Role,
 )
 from ._proto.kinds import Kind
+from ._ratelimit import LogLimiter
 from .config import NodeConfig
 from .errors import (
     AuthenticationError,
