@@ -302,3 +302,49 @@ async def test_incomplete_frames_draw_on_a_node_wide_budget() -> None:
         assert await a.rpc.call(b.name, "echo", big, timeout=30) == big
         assert "frame_buffers_full" not in a.statistics().drops
         assert transport.drops["frame_buffers_full"] == closed
+
+
+async def test_many_senders_to_a_peer_that_does_not_read_wait_instead_of_piling_up() -> None:
+    """Senders check for space before writing, so fifty senders blocked by a
+    peer that stopped reading hold one send buffer, not fifty messages: an
+    honest application never trips ``max_send_queue`` by itself."""
+    config = td.NodeConfig.local(send_buffer_size=16 * KiB, max_message_size=64 * KiB)
+    floor = 2 * (16 * KiB + 64 * KiB)
+    async with open_cluster(["b"], config=config) as (b,):
+        async with hostile_peer(b.address) as mallory:
+            conn = await connection_of(b, MALLORY)
+            shrink_kernel_buffer(conn)
+            target = td.Pid(MALLORY, 1, mallory.done.creation)
+            body = b"s" * (32 * KiB)
+            sent = 0
+
+            async def sender() -> None:
+                nonlocal sent
+                while True:
+                    await b.send(target, body)
+                    sent += 1
+
+            peak = Peak()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(peak.watch, lambda: queued(conn))
+                for _ in range(50):
+                    tg.start_soon(sender)
+                await anyio.sleep(1.0)  # every sender has had its turn, many times over
+                tg.cancel_scope.cancel()
+            assert 1 <= sent <= 10
+            assert not conn.closed
+            assert "slow_consumer" not in b.statistics().drops
+            assert peak.value <= floor
+
+
+def test_the_memory_bounds_have_the_documented_defaults() -> None:
+    config = td.NodeConfig()
+    MiB = 1024 * KiB
+    assert config.max_send_queue == 64 * MiB
+    assert config.max_mailbox == 100_000
+    assert config.max_mailbox_bytes == 64 * MiB
+    assert config.max_rpc_concurrency == 256
+    assert config.frame_buffer_reserve == 256 * KiB
+    assert config.max_frame_buffers == 64 * MiB
+    # The floor of the send-queue cap follows the message size.
+    assert td.NodeConfig(max_message_size=48 * MiB).max_send_queue == 2 * (256 * KiB + 48 * MiB)
