@@ -178,6 +178,38 @@ async def test_rpc_executions_per_peer_are_capped_and_the_excess_is_refused_busy
             await wait_until(lambda: b.rpc.statistics().serving == 0)
 
 
+async def nap_with(payload: bytes, seconds: float) -> int:
+    await anyio.sleep(seconds)
+    return len(payload)
+
+
+async def test_rpc_arguments_held_per_peer_are_capped_in_bytes() -> None:
+    """Few calls with large arguments are bounded too: at most
+    ``max_rpc_bytes`` of one peer's requests are held by running tasks."""
+    config = td.NodeConfig.local(max_rpc_bytes=1024 * KiB, max_message_size=512 * KiB)
+    async with open_cluster(["a", "b"], config=config) as (a, b):
+        b.rpc.export(nap_with)
+        async with hostile_peer(b.address) as mallory:
+            body = b"r" * (300 * KiB)
+            calls = b"".join(
+                frame(codec.encode([Kind.RPC_CALL, req, "nap_with", [body, 3600], {}, None]))
+                for req in range(1, 21)
+            )
+            await mallory.send_raw(calls)
+            busy = 0
+            with anyio.fail_after(30):
+                while busy < 17:
+                    reply = await mallory.receive()
+                    assert isinstance(reply, list)
+                    if reply[0] == Kind.RPC_REPLY:
+                        assert reply[2:] == [2, "busy"], reply
+                        busy += 1
+            assert b.rpc.statistics().serving == 3  # 3 x 300 KiB fit in 1 MiB
+            assert b.statistics().drops["rpc_busy"] == 17
+            # The honest peer has its own allowance.
+            assert await a.rpc.call(b.name, "nap_with", b"x" * (500 * KiB), 0) == 500 * KiB
+
+
 async def test_a_caller_over_the_concurrency_cap_gets_a_typed_busy_error() -> None:
     config = td.NodeConfig.local(max_rpc_concurrency=2)
     async with open_cluster(["a", "b"], config=config) as (a, b):
@@ -344,6 +376,7 @@ def test_the_memory_bounds_have_the_documented_defaults() -> None:
     assert config.max_mailbox == 100_000
     assert config.max_mailbox_bytes == 64 * MiB
     assert config.max_rpc_concurrency == 256
+    assert config.max_rpc_bytes == 64 * MiB
     assert config.frame_buffer_reserve == 256 * KiB
     assert config.max_frame_buffers == 64 * MiB
     # The floor of the send-queue cap follows the message size.

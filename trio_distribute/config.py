@@ -150,6 +150,10 @@ class NodeConfig:
             as tasks at once (``async def`` functions); a call over it is
             refused with ``BadRpcError`` whose ``reason`` is ``"busy"``, a
             cast over it is dropped; both counted as ``rpc_busy``.
+        max_rpc_bytes: encoded bytes of the requests of one peer's calls and
+            casts running at once (their arguments); a request over it is
+            refused like one over ``max_rpc_concurrency``. A request arriving
+            while none of that peer's run is always taken.
         frame_buffer_reserve: bytes of an incomplete incoming frame each
             connection may hold on its own.
         max_frame_buffers: bytes of incomplete incoming frames beyond each
@@ -186,6 +190,7 @@ class NodeConfig:
         default=64 * _MiB, validator=[v.instance_of(int), v.ge(1024)]
     )
     max_rpc_concurrency: int = attrs.field(default=256, validator=[v.instance_of(int), _positive])
+    max_rpc_bytes: int = attrs.field(default=64 * _MiB, validator=[v.instance_of(int), v.ge(0)])
     frame_buffer_reserve: int = attrs.field(
         default=256 * 1024, validator=[v.instance_of(int), v.ge(1024)]
     )

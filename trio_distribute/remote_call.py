@@ -239,7 +239,7 @@ class Rpc:
     # Calls and casts running as tasks, per peer name (max_rpc_concurrency).
     # By name, not connection: casts outlive their connection, and a peer
     # that reconnects must not get a fresh allowance on top of them.
-    _running: dict[str, int] = attrs.field(factory=dict)
+    _running: dict[str, list[int]] = attrs.field(factory=dict)  # [tasks, bytes]
     _awaiting_ack: dict[int, str] = attrs.field(factory=dict)
     _task_group: anyio.abc.TaskGroup | None = None
     _on_trio: bool = False
@@ -477,13 +477,14 @@ class Rpc:
             self._reply(conn, req, BAD, f"no exported function named {function!r}")
             return
         if self._kind_of(fn):
-            if not self._take_slot(conn):
+            size = conn.frame_size
+            if not self._take_slot(conn, size):
                 self._reply(conn, req, BAD, "busy")
                 return
             scope = anyio.CancelScope()
             self._serving[conn, req] = scope
             assert self._task_group is not None
-            self._task_group.start_soon(self._serve, conn, req, fn, args, kwargs, cid, scope)
+            self._task_group.start_soon(self._serve, conn, req, fn, args, kwargs, cid, scope, size)
             return
         # A sync function runs right here in the reader: no task hop.
         token = correlation_id.set(cid)
@@ -505,6 +506,7 @@ class Rpc:
         kwargs: dict[str, Any],
         cid: str | None,
         scope: anyio.CancelScope,
+        size: int,
     ) -> None:
         correlation_id.set(cid)  # this task's own context
         reply: list[Any] = [CANCELLED, None]
@@ -516,33 +518,44 @@ class Rpc:
                     reply = _failure(fn, args, kwargs, exc)
         finally:
             self._serving.pop((conn, req), None)
-            self._release_slot(conn)
+            self._release_slot(conn, size)
         self._reply(conn, req, *reply)
 
-    def _take_slot(self, conn: Connection) -> bool:
-        """Count one more task serving ``conn``; ``False`` (counted) when
-        the peer already has ``max_rpc_concurrency`` running. Each task holds
-        its arguments and whatever the function allocates, so this is what
-        bounds the memory and tasks one peer can make this node hold."""
-        running = self._running.get(conn.peer, 0)
-        if running >= self.transport.config.max_rpc_concurrency:
+    def _take_slot(self, conn: Connection, size: int) -> bool:
+        """Count one more task serving ``conn``, whose request frame was
+        ``size`` bytes; ``False`` (counted) when the peer already has
+        ``max_rpc_concurrency`` running, or ``max_rpc_bytes`` of arguments.
+        Each task holds its arguments and whatever the function allocates:
+        this is what bounds the tasks and memory one peer makes us hold.
+        A lone request always fits, whatever its size."""
+        running = self._running.get(conn.peer)
+        if running is None:
+            self._running[conn.peer] = [1, size]
+            return True
+        config = self.transport.config
+        if running[0] >= config.max_rpc_concurrency or (running[1] + size > config.max_rpc_bytes):
             self.transport.count_drop("rpc_busy")
             _limited.warning(
                 "rpc_busy",
-                "refused rpc from %s: %d calls and casts of it are running (max_rpc_concurrency)",
+                "refused rpc from %s: %d calls and casts of it (%d bytes of arguments) "
+                "are running (max_rpc_concurrency, max_rpc_bytes)",
                 conn.peer,
-                running,
+                running[0],
+                running[1],
             )
             return False
-        self._running[conn.peer] = running + 1
+        running[0] += 1
+        running[1] += size
         return True
 
-    def _release_slot(self, conn: Connection) -> None:
-        running = self._running.get(conn.peer, 0) - 1
-        if running > 0:
-            self._running[conn.peer] = running
-        else:
-            self._running.pop(conn.peer, None)
+    def _release_slot(self, conn: Connection, size: int) -> None:
+        running = self._running.get(conn.peer)
+        if running is None:
+            return
+        running[0] -= 1
+        running[1] -= size
+        if running[0] <= 0:
+            del self._running[conn.peer]
 
     def _reply(self, conn: Connection, req: int, status: int, value: Any) -> None:
         if conn.closed:
@@ -592,14 +605,18 @@ class Rpc:
                 "cast of %r from %s: no exported function of that name", function, source
             )
             return
-        if conn is not None and not self._take_slot(conn):
+        size = 0 if conn is None else conn.frame_size
+        if conn is not None and not self._take_slot(conn, size):
             return  # no one to tell: a cast has no reply
         assert self._task_group is not None
-        self._task_group.start_soon(self._run_cast, conn, source, function, fn, args, kwargs, cid)
+        self._task_group.start_soon(
+            self._run_cast, conn, size, source, function, fn, args, kwargs, cid
+        )
 
     async def _run_cast(
         self,
         conn: Connection | None,
+        size: int,
         source: str,
         function: str,
         fn: Callable[..., Any],
@@ -617,7 +634,7 @@ class Rpc:
             logger.exception("cast of %r from %s failed", function, source)
         finally:
             if conn is not None:
-                self._release_slot(conn)
+                self._release_slot(conn, size)
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
         _, req, status, value = item
