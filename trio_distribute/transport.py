@@ -230,8 +230,6 @@ class Connection:
             self.peer,
             self._queue_limit,
         )
-        self._out.clear()
-        self._out_bytes = 0
         self.close(NodeDownReason.CONNECTION_CLOSED)
 
     def is_congested(self) -> bool:
@@ -373,7 +371,6 @@ class Connection:
                 self.peer,
                 held,
             )
-            self.frame_buffer_drawn = 0
             self.close(NodeDownReason.CONNECTION_CLOSED)
             return False
         self.frame_buffer_drawn = wanted
@@ -430,7 +427,12 @@ class Connection:
             return
         self.closed = True
         self.down_reason = reason
+        # Nothing more is read or written: let go of the bytes now rather
+        # than when the last reference to this object goes.
         self.frame_buffer_drawn = 0
+        self.decoder.discard()
+        self._out.clear()
+        self._out_bytes = 0
         self._cancel_scope.cancel()
         self._notify_space()
         if self._drained is not None:
