@@ -327,10 +327,12 @@ class Connection:
                     self.transport.count_drop("protocol_error")
                     self.close(NodeDownReason.PROTOCOL_ERROR)
                     return
-                if decoder.buffered > reserve and not self._draw_frame_buffer(decoder.buffered):
-                    return
-                if self.frame_buffer_drawn and decoder.buffered <= reserve:
-                    self.frame_buffer_drawn = 0
+                held = decoder.buffered  # the incomplete frame left over
+                if held > reserve:
+                    if not self._draw_frame_buffer(held):
+                        return
+                elif self.frame_buffer_drawn:
+                    self.frame_buffer_drawn = 0  # that frame completed
                 self.frames_in += len(payloads)
                 for payload in payloads:
                     self.frame_size = len(payload)
