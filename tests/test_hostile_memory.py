@@ -31,6 +31,12 @@ KiB = 1024
 MALLORY = "mallory@127.0.0.1"
 
 
+def local(**overrides: Any) -> td.NodeConfig:
+    """The test profile, with a tick timeout longer than any test: hostile
+    peers send no ticks, and only the bound under test may close them."""
+    return td.NodeConfig.local(tick_timeout=120.0, **overrides)
+
+
 def echo(value: object) -> object:
     return value
 
@@ -80,9 +86,7 @@ class Peak:
 
 # ------------------------------------------------------------ slow consumer
 
-SLOW_CONFIG = td.NodeConfig.local(
-    send_buffer_size=16 * KiB, max_message_size=64 * KiB, max_send_queue=256 * KiB
-)
+SLOW_CONFIG = local(send_buffer_size=16 * KiB, max_message_size=64 * KiB, max_send_queue=256 * KiB)
 
 
 @pytest.mark.parametrize("request_kind", ["rpc_call", "ping"])
@@ -126,12 +130,10 @@ async def test_a_peer_that_never_reads_its_answers_is_dropped_as_a_slow_consumer
 async def test_an_honest_reader_of_large_messages_is_not_a_slow_consumer() -> None:
     """Pins the floor of the cap: a sender streaming messages of the maximum
     size to a peer that reads (slowly) waits for space and is never cut off."""
-    config = td.NodeConfig.local(send_buffer_size=16 * KiB, max_message_size=256 * KiB)
+    config = local(send_buffer_size=16 * KiB, max_message_size=256 * KiB)
     assert config.max_send_queue >= 2 * (16 * KiB + 256 * KiB)
     with pytest.raises(ValueError, match="max_send_queue"):
-        td.NodeConfig.local(
-            send_buffer_size=16 * KiB, max_message_size=256 * KiB, max_send_queue=256 * KiB
-        )
+        local(send_buffer_size=16 * KiB, max_message_size=256 * KiB, max_send_queue=256 * KiB)
     async with open_cluster(["a", "b"], config=config) as (a, b):
         got = []
         async with b.open_process() as sink:
@@ -150,7 +152,7 @@ async def test_rpc_executions_per_peer_are_capped_and_the_excess_is_refused_busy
     """Before: 100,000 calls to a sleeping export made 67,744 tasks. Now at
     most ``max_rpc_concurrency`` run per peer; the rest get a BAD "busy" reply
     (casts: dropped), counted, and other peers are served."""
-    config = td.NodeConfig.local(max_rpc_concurrency=20)
+    config = local(max_rpc_concurrency=20)
     async with open_cluster(["a", "b"], config=config) as (a, b):
         b.rpc.export(nap)
         async with hostile_peer(b.address) as mallory:
@@ -186,7 +188,7 @@ async def nap_with(payload: bytes, seconds: float) -> int:
 async def test_rpc_arguments_held_per_peer_are_capped_in_bytes() -> None:
     """Few calls with large arguments are bounded too: at most
     ``max_rpc_bytes`` of one peer's requests are held by running tasks."""
-    config = td.NodeConfig.local(max_rpc_bytes=1024 * KiB, max_message_size=512 * KiB)
+    config = local(max_rpc_bytes=1024 * KiB, max_message_size=512 * KiB)
     async with open_cluster(["a", "b"], config=config) as (a, b):
         b.rpc.export(nap_with)
         async with hostile_peer(b.address) as mallory:
@@ -211,7 +213,7 @@ async def test_rpc_arguments_held_per_peer_are_capped_in_bytes() -> None:
 
 
 async def test_a_caller_over_the_concurrency_cap_gets_a_typed_busy_error() -> None:
-    config = td.NodeConfig.local(max_rpc_concurrency=2)
+    config = local(max_rpc_concurrency=2)
     async with open_cluster(["a", "b"], config=config) as (a, b):
         b.rpc.export(nap)
         async with anyio.create_task_group() as tg:
@@ -237,7 +239,7 @@ async def test_a_mailbox_is_bounded_in_bytes_as_well_as_messages() -> None:
     """Before: 1,500 messages of 1 MiB to a process that does not read held
     1.5 GB (the cap counted messages). Now a mailbox holds at most
     ``max_mailbox_bytes`` of remote messages; the rest are dropped, counted."""
-    config = td.NodeConfig.local(max_mailbox_bytes=1024 * KiB)
+    config = local(max_mailbox_bytes=1024 * KiB)
     async with open_cluster(["a", "b"], config=config) as (a, b):
         async with b.open_process() as idle, b.open_process() as busy:
             async with hostile_peer(b.address) as mallory:
@@ -264,7 +266,7 @@ async def test_a_mailbox_is_bounded_in_bytes_as_well_as_messages() -> None:
 
 
 async def test_a_message_to_an_empty_mailbox_is_always_taken() -> None:
-    config = td.NodeConfig.local(max_mailbox_bytes=1024, max_message_size=64 * KiB)
+    config = local(max_mailbox_bytes=1024, max_message_size=64 * KiB)
     async with open_cluster(["a", "b"], config=config) as (a, b):
         async with b.open_process() as proc:
             await a.send(proc.pid, b"z" * 4000)  # over the byte cap, but the mailbox is empty
@@ -297,7 +299,7 @@ async def test_incomplete_frames_draw_on_a_node_wide_budget() -> None:
     1.5 GB. Now an incomplete frame beyond ``frame_buffer_reserve`` draws on
     ``max_frame_buffers`` shared by all connections; a connection that needs
     more than is left is closed, counted, and small frames keep flowing."""
-    config = td.NodeConfig.local(
+    config = local(
         max_message_size=1024 * KiB,
         frame_buffer_reserve=64 * KiB,
         max_frame_buffers=2048 * KiB,
@@ -340,7 +342,7 @@ async def test_many_senders_to_a_peer_that_does_not_read_wait_instead_of_piling_
     """Senders check for space before writing, so fifty senders blocked by a
     peer that stopped reading hold one send buffer, not fifty messages: an
     honest application never trips ``max_send_queue`` by itself."""
-    config = td.NodeConfig.local(send_buffer_size=16 * KiB, max_message_size=64 * KiB)
+    config = local(send_buffer_size=16 * KiB, max_message_size=64 * KiB)
     floor = 2 * (16 * KiB + 64 * KiB)
     async with open_cluster(["b"], config=config) as (b,):
         async with hostile_peer(b.address) as mallory:
