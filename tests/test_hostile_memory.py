@@ -180,6 +180,31 @@ async def test_rpc_executions_per_peer_are_capped_and_the_excess_is_refused_busy
             await wait_until(lambda: b.rpc.statistics().serving == 0)
 
 
+async def test_a_peer_that_reconnects_gets_no_fresh_rpc_allowance() -> None:
+    """Casts run to completion after their connection drops, so the cap is
+    per peer name: reconnecting does not buy another ``max_rpc_concurrency``."""
+    config = local(max_rpc_concurrency=20)
+    async with open_cluster(["b"], config=config) as (b,):
+        b.rpc.export(nap)
+        cast = frame(codec.encode([Kind.RPC_CAST, "nap", [3600], {}, None]))
+        async with hostile_peer(b.address) as mallory:
+            await mallory.send_raw(cast * 20)
+            with anyio.fail_after(30):
+                await wait_until(lambda: b.rpc.statistics().casts_served == 20)
+        with anyio.fail_after(30):
+            await wait_until(lambda: MALLORY not in b._transport.connections)
+        async with hostile_peer(b.address, creation=8) as mallory:
+            await mallory.send([Kind.RPC_CALL, 1, "nap", [0], {}, None])
+            with anyio.fail_after(30):
+                while True:
+                    reply = await mallory.receive()
+                    assert isinstance(reply, list)
+                    if reply[0] == Kind.RPC_REPLY:
+                        break
+            assert reply[1:] == [1, 2, "busy"]
+        assert b.statistics().drops["rpc_busy"] == 1
+
+
 async def nap_with(payload: bytes, seconds: float) -> int:
     await anyio.sleep(seconds)
     return len(payload)
