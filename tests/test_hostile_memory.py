@@ -390,7 +390,9 @@ async def test_many_senders_to_a_peer_that_does_not_read_wait_instead_of_piling_
                     tg.start_soon(sender)
                 await anyio.sleep(1.0)  # every sender has had its turn, many times over
                 tg.cancel_scope.cancel()
-            assert 1 <= sent <= 10
+            # What the kernel buffers took plus a send buffer or two; senders
+            # that wrote before waiting would have written 50 at least.
+            assert 1 <= sent < 25
             assert not conn.closed
             assert "slow_consumer" not in b.statistics().drops
             assert peak.value <= floor
