@@ -307,6 +307,32 @@ async def test_a_message_to_an_empty_mailbox_is_always_taken() -> None:
             assert await proc.receive(timeout=10) == b"x" * 4000
 
 
+async def test_every_way_of_taking_a_message_gives_its_bytes_back() -> None:
+    config = local(max_mailbox_bytes=1024)
+    async with open_cluster(["a", "b"], config=config) as (a, b):
+        async with b.open_process() as proc:
+            takes = ("receive", "selective", "nowait", "selective_nowait", "iterate")
+            for round, take in enumerate(takes, 1):
+                await a.send(proc.pid, [take, b"p" * 1000])
+                await a.send(proc.pid, "filler")  # refused while 1000 bytes are held
+                with anyio.fail_after(10):
+                    await wait_until(lambda: b.statistics().drops.get("mailbox_bytes") == round)  # noqa: B023
+                    assert proc.pending() == 1
+                    if take == "receive":
+                        message = await proc.receive()
+                    elif take == "selective":
+                        message = await proc.receive(match=lambda m: isinstance(m, list))
+                    elif take == "nowait":
+                        message = proc.receive_nowait()
+                    elif take == "selective_nowait":
+                        message = proc.receive_nowait(match=lambda m: isinstance(m, list))
+                    else:
+                        message = await proc.__anext__()
+                assert message[0] == take
+                assert proc._mailbox.queued_bytes == 0
+            assert b.statistics().drops["mailbox_bytes"] == 5
+
+
 # ---------------------------------------------------------- partial frames
 
 
