@@ -33,6 +33,7 @@ class HostilePeer:
         self.name = done.name  # the node we attacked
         self._decoder = FrameDecoder(64 * 1024 * 1024)
         self._pending = leftover
+        self._payloads: list[bytes] = []  # decoded from one read, not yet returned
 
     async def send(self, item: list[Any]) -> None:
         """Encode ``item`` with the project's codec and send it as one frame."""
@@ -44,14 +45,13 @@ class HostilePeer:
 
     async def receive(self) -> object:
         """The next decoded frame from the node (ticks skipped)."""
-        while True:
+        while not self._payloads:
             if self._pending:
                 data, self._pending = self._pending, b""
             else:
                 data = await self.stream.receive()
-            for payload in self._decoder.feed(data):
-                if payload:
-                    return codec.decode(payload)
+            self._payloads = self._decoder.feed(data)
+        return codec.decode(self._payloads.pop(0))
 
     async def aclose(self) -> None:
         await anyio.aclose_forcefully(self.stream)

@@ -6,6 +6,13 @@ neither (DESIGN 3a). The mailbox is bounded: when it is full a new message
 is refused (the caller counts and logs the drop), so a slow process never
 blocks the connection reader that feeds it, and messages to other processes
 on the same connection keep flowing.
+
+It is bounded twice: in messages, and in bytes. A message from another node
+counts the size of the frame that carried it (its encoded size, which the
+reader knows for free); a local message counts 0 bytes, because it is not
+copied or encoded: the mailbox holds a reference to the sender's object, so
+only the message count bounds it. The byte total needs each message's size
+again when it is taken, so sizes ride in a deque parallel to the messages.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ class Mailbox:
     """Messages queued for one process, oldest first."""
 
     __slots__ = (
+        "_byte_limit",
+        "_bytes",
         "_checkpoint",
         "_checkpoint_if_cancelled",
         "_closed",
@@ -60,24 +69,57 @@ class Mailbox:
         "_messages",
         "_parker",
         "_since_yield",
+        "_sizes",
+        "refusal",
     )
 
-    def __init__(self, limit: int, checkpoints: Checkpoints, parker: Parker) -> None:
+    def __init__(
+        self,
+        limit: int,
+        checkpoints: Checkpoints,
+        parker: Parker,
+        byte_limit: int = 2**63,
+    ) -> None:
         self._checkpoint, self._checkpoint_if_cancelled = checkpoints
         self._parker = parker
         self._messages: deque[Any] = deque()
+        self._sizes: deque[int] = deque()
         self._limit = limit
+        self._byte_limit = byte_limit
+        self._bytes = 0
         self._since_yield = 0
         self._closed = False
+        #: Why the last refused ``put`` was refused (a drop cause).
+        self.refusal = "mailbox_full"
 
     def __len__(self) -> int:
         return len(self._messages)
 
-    def put(self, message: Any) -> bool:
-        """Queue ``message``; ``False`` if the mailbox is full or closed."""
+    @property
+    def queued_bytes(self) -> int:
+        """Encoded bytes of the queued messages from other nodes."""
+        return self._bytes
+
+    def put(self, message: Any, size: int = 0) -> bool:
+        """Queue ``message`` of ``size`` encoded bytes (0 for a local one);
+        ``False`` if the mailbox is full, in messages or bytes, or closed
+        (the cause is then in :attr:`refusal`).
+
+        A message is refused for bytes only while the mailbox holds some:
+        any single message fits an empty one, so a byte limit below
+        ``max_message_size`` cannot make a message undeliverable for ever.
+        """
         if self._closed or len(self._messages) >= self._limit:
+            self.refusal = "mailbox_full"
             return False
+        if size:
+            held = self._bytes
+            if held and held + size > self._byte_limit:
+                self.refusal = "mailbox_bytes"
+                return False
+            self._bytes = held + size
         self._messages.append(message)
+        self._sizes.append(size)
         self._parker.unpark_all()
         return True
 
@@ -85,6 +127,16 @@ class Mailbox:
         """Refuse further messages (the process has exited)."""
         self._closed = True
         self._messages.clear()
+        self._sizes.clear()
+        self._bytes = 0
+
+    def _remove(self, index: int) -> Any:
+        """Remove and return the message at ``index`` (selective receive)."""
+        message = self._messages[index]
+        del self._messages[index]
+        self._bytes -= self._sizes[index]
+        del self._sizes[index]
+        return message
 
     def take_nowait(self, match: Callable[[Any], bool] | None = None) -> Any:
         """Remove and return the oldest (matching) message.
@@ -95,12 +147,12 @@ class Mailbox:
         messages = self._messages
         if match is None:
             if messages:
+                self._bytes -= self._sizes.popleft()
                 return _received(messages.popleft())
             raise anyio.WouldBlock
         for index, message in enumerate(messages):
             if match(_inner(message)):
-                del messages[index]
-                return _received(message)
+                return _received(self._remove(index))
         raise anyio.WouldBlock
 
     async def take(self, match: Callable[[Any], bool] | None = None) -> Any:
@@ -121,16 +173,15 @@ class Mailbox:
             if match is None:
                 if messages:
                     message = messages.popleft()
+                    self._bytes -= self._sizes.popleft()
                     if type(message) is Traced or _current_id() is not None:
                         return _received(message)
                     return message
             else:
                 # Only messages that arrived since the last scan can match.
                 for index in range(scanned, len(messages)):
-                    message = messages[index]
-                    if match(_inner(message)):
-                        del messages[index]
-                        return _received(message)
+                    if match(_inner(messages[index])):
+                        return _received(self._remove(index))
                 scanned = len(messages)
             await self._parker.park()
             self._since_yield = 0

@@ -20,6 +20,7 @@ __all__ = ["ElectionConfig", "MembershipConfig", "NodeConfig"]
 
 _positive = v.gt(0)
 _positive_float = v.gt(0.0)
+_MiB = 1024 * 1024
 
 
 @attrs.frozen(kw_only=True)
@@ -134,6 +135,31 @@ class NodeConfig:
         max_mailbox: messages a process mailbox holds before new ones are
             dropped (and counted).
         send_buffer_size: bytes queued per connection before senders wait.
+        max_send_queue: bytes a connection may hold unwritten before the
+            peer is dropped as a slow consumer (counted as ``slow_consumer``).
+            Frames answered from the connection's reader (RPC replies, pongs)
+            cannot wait for space, so a peer that sends requests and never
+            reads the answers meets this cap. Default: 64 MiB, or
+            ``2 * (send_buffer_size + max_message_size)`` if that is larger
+            (the least accepted: what one waiting sender can hold).
+        max_mailbox_bytes: encoded bytes of messages from other nodes a
+            process mailbox holds before new ones are dropped (counted as
+            ``mailbox_bytes``); a message reaching a mailbox that holds no
+            such bytes is always taken. Local sends count 0 bytes.
+        max_rpc_concurrency: RPC calls and casts from one peer that may run
+            as tasks at once (``async def`` functions); a call over it is
+            refused with ``BadRpcError`` whose ``reason`` is ``"busy"``, a
+            cast over it is dropped; both counted as ``rpc_busy``.
+        max_rpc_bytes: encoded bytes of the requests of one peer's calls and
+            casts running at once (their arguments); a request over it is
+            refused like one over ``max_rpc_concurrency``. A request arriving
+            while none of that peer's run is always taken.
+        frame_buffer_reserve: bytes of an incomplete incoming frame each
+            connection may hold on its own.
+        max_frame_buffers: bytes of incomplete incoming frames beyond each
+            connection's reserve, summed over all connections; a connection
+            that needs more than what is left is closed (counted as
+            ``frame_buffers_full``).
         connect_all: connect to every member learned through membership.
         allow_any_module: let RPC resolve ``"module.function"`` by import
             (default: ``settings.allow_any_module()`` when the config is made).
@@ -153,12 +179,39 @@ class NodeConfig:
     send_buffer_size: int = attrs.field(
         default=256 * 1024, validator=[v.instance_of(int), v.ge(1024)]
     )
+    max_send_queue: int = attrs.field(
+        default=attrs.Factory(
+            lambda self: max(64 * _MiB, 2 * (self.send_buffer_size + self.max_message_size)),
+            takes_self=True,
+        ),
+        validator=v.instance_of(int),
+    )
+    max_mailbox_bytes: int = attrs.field(
+        default=64 * _MiB, validator=[v.instance_of(int), v.ge(1024)]
+    )
+    max_rpc_concurrency: int = attrs.field(default=256, validator=[v.instance_of(int), _positive])
+    max_rpc_bytes: int = attrs.field(default=64 * _MiB, validator=[v.instance_of(int), v.ge(0)])
+    frame_buffer_reserve: int = attrs.field(
+        default=256 * 1024, validator=[v.instance_of(int), v.ge(1024)]
+    )
+    max_frame_buffers: int = attrs.field(default=64 * _MiB, validator=[v.instance_of(int), v.ge(0)])
     connect_all: bool = True
     allow_any_module: bool = attrs.field(
         factory=settings.allow_any_module, validator=v.instance_of(bool)
     )
     state_dir: Path | None = attrs.field(default=None, converter=_state_dir)
     metadata: bytes = attrs.field(default=b"", validator=_metadata)
+
+    def __attrs_post_init__(self) -> None:
+        # One sender that waits for space can hold a full send buffer plus
+        # one message queued, and as much again in the write under way: a
+        # lower cap would drop honest peers that merely read slowly.
+        least = 2 * (self.send_buffer_size + self.max_message_size)
+        if self.max_send_queue < least:
+            raise ValueError(
+                f"max_send_queue ({self.max_send_queue}) must be at least "
+                f"2 * (send_buffer_size + max_message_size) = {least}"
+            )
 
     @classmethod
     def local(cls, **overrides: Any) -> NodeConfig:

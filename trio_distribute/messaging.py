@@ -139,7 +139,7 @@ class Process:
 
     def _deliver_down(self, event: object) -> None:
         if not self._mailbox.put(event):
-            self._processes.dropped(self.pid, "mailbox_full")
+            self._processes.dropped(self.pid, self._mailbox.refusal)
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -184,7 +184,10 @@ class Processes:
             name=name,
             processes=self,
             mailbox=Mailbox(
-                transport.config.max_mailbox, self._checkpoints, new_parker(self._on_trio)
+                transport.config.max_mailbox,
+                self._checkpoints,
+                new_parker(self._on_trio),
+                transport.config.max_mailbox_bytes,
             ),
         )
         self._table[pid.id] = process
@@ -274,11 +277,16 @@ class Processes:
                 conn = transport.connections.get(node)
                 if conn is None:
                     conn = await self.connection_for(node)
-                self._write_frame(conn, _SEND, dest, message)
                 if conn.is_congested():
+                    # Wait before writing, not after: of many senders woken
+                    # together only the first writes, the others see the
+                    # buffer full again, so a burst of senders cannot pile
+                    # frames towards max_send_queue.
                     await conn.wait_for_space()
+                    self._write_frame(conn, _SEND, dest, message)
                     self._since_yield = 0
                     return
+                self._write_frame(conn, _SEND, dest, message)
                 self._since_yield += 1
                 if self._since_yield >= _YIELD_EVERY:
                     self._since_yield = 0
@@ -341,11 +349,13 @@ class Processes:
         conn = self.transport.connections.get(node)
         if conn is None:
             conn = await self.connection_for(node)
-        conn.write(self.transport.encode_frame(item))
+        data = self.transport.encode_frame(item)
         if conn.is_congested():
-            await conn.wait_for_space()
+            await conn.wait_for_space()  # before writing: see send()
+            conn.write(data)
             self._since_yield = 0
         else:
+            conn.write(data)
             await self._maybe_yield()
 
     def _frame_head(self, kind: int, dest: Pid | str) -> bytes:
@@ -377,11 +387,12 @@ class Processes:
         conn = self.transport.connections.get(node)
         if conn is None:
             conn = await self.connection_for(node)
-        self._write_frame(conn, kind, dest, message)
         if conn.is_congested():
-            await conn.wait_for_space()
+            await conn.wait_for_space()  # before writing: see send()
+            self._write_frame(conn, kind, dest, message)
             self._since_yield = 0
         else:
+            self._write_frame(conn, kind, dest, message)
             await self._maybe_yield()
 
     async def connection_for(self, node: str) -> Connection:
@@ -411,7 +422,7 @@ class Processes:
 
     # ------------------------------------------------------------- receiving
 
-    def _deliver(self, dest: Pid, message: Any) -> None:
+    def _deliver(self, dest: Pid, message: Any, size: int = 0) -> None:
         if dest.creation != self.transport.creation:
             self.dropped(dest, "dead_pid")  # a pid of an earlier run of this node
             return
@@ -419,11 +430,14 @@ class Processes:
         if process is None:
             self.dropped(dest, "dead_pid")
             return
-        self._put(process, message)
+        self._put(process, message, size)
 
-    def _put(self, process: Process, message: Any) -> None:
-        if not process._mailbox.put(message):
-            self.dropped(process.pid, "mailbox_full")
+    def _put(self, process: Process, message: Any, size: int = 0) -> None:
+        """Queue ``message``; ``size`` is its encoded size if it came from
+        another node (what the mailbox's byte limit counts), else 0."""
+        mailbox = process._mailbox
+        if not mailbox.put(message, size):
+            self.dropped(process.pid, mailbox.refusal)
 
     def _handle_send(self, conn: Connection, item: list[Any]) -> None:
         _, dest, message = item
@@ -434,8 +448,8 @@ class Processes:
         process = self._table.get(dest.id) if dest.creation == transport.creation else None
         if process is None:
             self.dropped(dest, "dead_pid")
-        elif not process._mailbox.put(message):
-            self.dropped(dest, "mailbox_full")
+        elif not process._mailbox.put(message, conn.frame_size):
+            self.dropped(dest, process._mailbox.refusal)
 
     def _handle_send_named(self, conn: Connection, item: list[Any]) -> None:
         _, name, message = item
@@ -445,7 +459,7 @@ class Processes:
         if process is None:
             self.dropped(None, "unknown_name")
         else:
-            self._put(process, message)
+            self._put(process, message, conn.frame_size)
 
     def _handle_send_traced(self, conn: Connection, item: list[Any]) -> None:
         _, dest, message, cid = item
@@ -453,7 +467,7 @@ class Processes:
             raise ValueError(f"SEND_TRACED to {dest!r}, which is not a pid of this node")
         if type(cid) is not str:
             raise TypeError("SEND_TRACED needs a str correlation id")
-        self._deliver(dest, Traced(message, cid))
+        self._deliver(dest, Traced(message, cid), conn.frame_size)
 
     def _handle_send_named_traced(self, conn: Connection, item: list[Any]) -> None:
         _, name, message, cid = item
@@ -463,7 +477,7 @@ class Processes:
         if process is None:
             self.dropped(None, "unknown_name")
         else:
-            self._put(process, Traced(message, cid))
+            self._put(process, Traced(message, cid), conn.frame_size)
 
     def dropped(self, pid: Pid | None, cause: str) -> None:
         """Count a dropped message and log it, at most once a second."""

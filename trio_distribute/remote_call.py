@@ -41,6 +41,7 @@ import attrs
 from ._backend import Parker, new_parker, running_on_trio
 from ._correlation import correlation_id
 from ._proto.kinds import Kind
+from ._ratelimit import LogLimiter
 from .errors import (
     BadRpcError,
     EncodeError,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["Err", "Ok", "Rpc", "RpcStatistics", "call", "expose"]
 
 logger = logging.getLogger("trio_distribute.rpc")
+_limited = LogLimiter(logger)
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -234,6 +236,10 @@ class Rpc:
     _calls: dict[int, _Call] = attrs.field(factory=dict)
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _serving: dict[tuple[Connection, int], anyio.CancelScope] = attrs.field(factory=dict)
+    # Calls and casts running as tasks, per peer name (max_rpc_concurrency).
+    # By name, not connection: casts outlive their connection, and a peer
+    # that reconnects must not get a fresh allowance on top of them.
+    _running: dict[str, list[int]] = attrs.field(factory=dict)  # [tasks, bytes]
     _awaiting_ack: dict[int, str] = attrs.field(factory=dict)
     _task_group: anyio.abc.TaskGroup | None = None
     _on_trio: bool = False
@@ -340,6 +346,10 @@ class Rpc:
         frame = transport.encode_frame(
             [_CALL, req, function, list(args), kwargs, correlation_id.get()]
         )
+        if conn.is_congested():
+            # A call can wait for space like a send; only the reply, written
+            # by the serving node's reader, cannot (see max_send_queue).
+            await conn.wait_for_space()
         call = _Call(conn, new_parker(self._on_trio))
         self._calls[req] = call
         self._counts["calls_sent"] += 1
@@ -414,9 +424,10 @@ class Rpc:
         conn = transport.connections.get(node)
         if conn is None:
             conn = await self.processes.connection_for(node)
-        conn.write(transport.encode_frame(frame_item))
+        data = transport.encode_frame(frame_item)
         if conn.is_congested():
-            await conn.wait_for_space()
+            await conn.wait_for_space()  # before writing, as Processes.send does
+        conn.write(data)
 
     async def multicall(
         self,
@@ -466,10 +477,14 @@ class Rpc:
             self._reply(conn, req, BAD, f"no exported function named {function!r}")
             return
         if self._kind_of(fn):
+            size = conn.frame_size
+            if not self._take_slot(conn, size):
+                self._reply(conn, req, BAD, "busy")
+                return
             scope = anyio.CancelScope()
             self._serving[conn, req] = scope
             assert self._task_group is not None
-            self._task_group.start_soon(self._serve, conn, req, fn, args, kwargs, cid, scope)
+            self._task_group.start_soon(self._serve, conn, req, fn, args, kwargs, cid, scope, size)
             return
         # A sync function runs right here in the reader: no task hop.
         token = correlation_id.set(cid)
@@ -491,6 +506,7 @@ class Rpc:
         kwargs: dict[str, Any],
         cid: str | None,
         scope: anyio.CancelScope,
+        size: int,
     ) -> None:
         correlation_id.set(cid)  # this task's own context
         reply: list[Any] = [CANCELLED, None]
@@ -502,7 +518,44 @@ class Rpc:
                     reply = _failure(fn, args, kwargs, exc)
         finally:
             self._serving.pop((conn, req), None)
+            self._release_slot(conn, size)
         self._reply(conn, req, *reply)
+
+    def _take_slot(self, conn: Connection, size: int) -> bool:
+        """Count one more task serving ``conn``, whose request frame was
+        ``size`` bytes; ``False`` (counted) when the peer already has
+        ``max_rpc_concurrency`` running, or ``max_rpc_bytes`` of arguments.
+        Each task holds its arguments and whatever the function allocates:
+        this is what bounds the tasks and memory one peer makes us hold.
+        A lone request always fits, whatever its size."""
+        running = self._running.get(conn.peer)
+        if running is None:
+            self._running[conn.peer] = [1, size]
+            return True
+        config = self.transport.config
+        if running[0] >= config.max_rpc_concurrency or (running[1] + size > config.max_rpc_bytes):
+            self.transport.count_drop("rpc_busy")
+            _limited.warning(
+                "rpc_busy",
+                "refused rpc from %s: %d calls and casts of it (%d bytes of arguments) "
+                "are running (max_rpc_concurrency, max_rpc_bytes)",
+                conn.peer,
+                running[0],
+                running[1],
+            )
+            return False
+        running[0] += 1
+        running[1] += size
+        return True
+
+    def _release_slot(self, conn: Connection, size: int) -> None:
+        running = self._running.get(conn.peer)
+        if running is None:
+            return
+        running[0] -= 1
+        running[1] -= size
+        if running[0] <= 0:
+            del self._running[conn.peer]
 
     def _reply(self, conn: Connection, req: int, status: int, value: Any) -> None:
         if conn.closed:
@@ -552,11 +605,18 @@ class Rpc:
                 "cast of %r from %s: no exported function of that name", function, source
             )
             return
+        size = 0 if conn is None else conn.frame_size
+        if conn is not None and not self._take_slot(conn, size):
+            return  # no one to tell: a cast has no reply
         assert self._task_group is not None
-        self._task_group.start_soon(self._run_cast, source, function, fn, args, kwargs, cid)
+        self._task_group.start_soon(
+            self._run_cast, conn, size, source, function, fn, args, kwargs, cid
+        )
 
     async def _run_cast(
         self,
+        conn: Connection | None,
+        size: int,
         source: str,
         function: str,
         fn: Callable[..., Any],
@@ -572,6 +632,9 @@ class Rpc:
         except Exception:
             self.transport.count_drop("rpc_cast_failed")
             logger.exception("cast of %r from %s failed", function, source)
+        finally:
+            if conn is not None:
+                self._release_slot(conn, size)
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
         _, req, status, value = item

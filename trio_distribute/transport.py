@@ -13,6 +13,14 @@ direct write within ``DIRECT_WRITE_GAP`` (50 µs) is queued instead, so a
 burst of sends made before the sender yields is joined into one write by the
 writer task. While a write is pending, frames queue in a list; senders wait
 (backpressure) only when that queue is over ``send_buffer_size`` bytes.
+
+Frames answered from the reader (RPC replies, pongs) cannot wait, so a peer
+that sends requests and never reads could grow that queue without end. A
+connection holding more than ``max_send_queue`` unwritten bytes is therefore
+closed as a slow consumer (Erlang's busy distribution port, made final).
+Incoming frames are bounded too: an incomplete frame beyond
+``frame_buffer_reserve`` bytes draws on ``max_frame_buffers``, one budget for
+all connections of the node.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from ._proto.handshake import (
     Role,
 )
 from ._proto.kinds import Kind
+from ._ratelimit import LogLimiter
 from .config import NodeConfig
 from .errors import (
     AuthenticationError,
@@ -61,6 +70,7 @@ from .monitor import NodeDownReason
 __all__ = ["Connection", "Kind", "Transport", "parse_target"]
 
 logger = logging.getLogger("trio_distribute.transport")
+_limited = LogLimiter(logger)
 
 PROTOCOL_VERSIONS = (1,)
 
@@ -137,9 +147,17 @@ class Connection:
     bytes_out: int = 0
     frames_in: int = 0
     frames_out: int = 0
+    #: Payload size of the frame being dispatched, for handlers that account
+    #: memory by encoded size (mailboxes, RPC).
+    frame_size: int = 0
+    #: Bytes of an incomplete incoming frame drawn from the node-wide budget.
+    frame_buffer_drawn: int = 0
 
     _out: list[bytes] = attrs.field(factory=list)
     _out_bytes: int = 0
+    # The batch the writer is handing to the kernel: still held in memory.
+    _in_flight: int = 0
+    _queue_limit: int = attrs.field(init=False)
     _writing: bool = False
     _last_direct: float = -1.0
     _writer_wake: anyio.Event = attrs.field(factory=anyio.Event)
@@ -147,6 +165,9 @@ class Connection:
     _space: anyio.Event | None = None
     _drained: anyio.Event | None = None
     _cancel_scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+
+    def __attrs_post_init__(self) -> None:
+        self._queue_limit = self.transport.config.max_send_queue
 
     # ------------------------------------------------------------------ write
 
@@ -186,7 +207,30 @@ class Connection:
                 data = data[sent:]
         self._out.append(data)
         self._out_bytes += len(data)
+        if self._out_bytes + self._in_flight > self._queue_limit:
+            self._slow_consumer()
+            return
         self._wake_writer()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes written to this connection and not yet handed to the kernel."""
+        return self._out_bytes + self._in_flight
+
+    def _slow_consumer(self) -> None:
+        # Senders that can wait do (send_buffer_size), so only frames that
+        # cannot — answers written by the reader, control frames — get here:
+        # the peer asks faster than it reads, and holding its answers would
+        # make its misbehaviour our memory.
+        self.transport.count_drop("slow_consumer")
+        _limited.warning(
+            "slow_consumer",
+            "closing connection to %s: more than %d bytes wait to be written "
+            "(max_send_queue); the peer does not read",
+            self.peer,
+            self._queue_limit,
+        )
+        self.close(NodeDownReason.CONNECTION_CLOSED)
 
     def is_congested(self) -> bool:
         """True while more than ``send_buffer_size`` bytes wait to be written."""
@@ -234,8 +278,10 @@ class Connection:
                 data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
                 self._out.clear()
                 self._out_bytes = 0
+                self._in_flight = len(data)
                 self._notify_space()
                 await self._send_all(data)
+                self._in_flight = 0
             # Everything written: the next lone frame may go out directly.
             self._writing = False
             self._notify_space()
@@ -267,6 +313,7 @@ class Connection:
     async def _reader(self) -> None:
         dispatch = self.transport.dispatch
         decoder = self.decoder
+        reserve = self.transport.config.frame_buffer_reserve
         data = self.initial_data
         while True:
             payloads: list[bytes] = []
@@ -280,8 +327,15 @@ class Connection:
                     self.transport.count_drop("protocol_error")
                     self.close(NodeDownReason.PROTOCOL_ERROR)
                     return
+                held = decoder.buffered  # the incomplete frame left over
+                if held > reserve:
+                    if not self._draw_frame_buffer(held):
+                        return
+                elif self.frame_buffer_drawn:
+                    self.frame_buffer_drawn = 0  # that frame completed
                 self.frames_in += len(payloads)
                 for payload in payloads:
+                    self.frame_size = len(payload)
                     dispatch(self, payload)
                     if self.closed:
                         return
@@ -295,6 +349,34 @@ class Connection:
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
                 return
+
+    def _draw_frame_buffer(self, held: int) -> bool:
+        """Account an incomplete frame of ``held`` bytes against the node's
+        budget; close the connection (and return ``False``) if it does not fit.
+
+        Only frames larger than the reserve get here (big messages, or a peer
+        that announces a large frame and stops), so summing over the
+        connections is cheaper than keeping a shared counter in step.
+        """
+        wanted = held - self.transport.config.frame_buffer_reserve
+        others = sum(
+            conn.frame_buffer_drawn
+            for conn in self.transport.connections.values()
+            if conn is not self and not conn.closed
+        )
+        if others + wanted > self.transport.config.max_frame_buffers:
+            self.transport.count_drop("frame_buffers_full")
+            _limited.warning(
+                "frame_buffers_full",
+                "closing connection to %s: its incomplete frame of %d bytes does not fit "
+                "the node's budget for incomplete frames (max_frame_buffers)",
+                self.peer,
+                held,
+            )
+            self.close(NodeDownReason.CONNECTION_CLOSED)
+            return False
+        self.frame_buffer_drawn = wanted
+        return True
 
     async def _receive_raw(self, sock: socket.socket, delivered: bool, drained: bool) -> bytes:
         """Read from the socket, waiting only if nothing is there.
@@ -347,6 +429,12 @@ class Connection:
             return
         self.closed = True
         self.down_reason = reason
+        # Nothing more is read or written: let go of the bytes now rather
+        # than when the last reference to this object goes.
+        self.frame_buffer_drawn = 0
+        self.decoder.discard()
+        self._out.clear()
+        self._out_bytes = 0
         self._cancel_scope.cancel()
         self._notify_space()
         if self._drained is not None:

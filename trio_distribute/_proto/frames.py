@@ -213,6 +213,12 @@ class FrameDecoder:
         self._need = 0
         return rest
 
+    def discard(self) -> None:
+        """Drop every byte held (the connection is closing: nothing more
+        will be parsed, and a large incomplete frame should not outlive it)."""
+        self._buf = bytearray()
+        self._need = 0
+
     def _fail(self, length: int) -> NoReturn:
         self._failure = (
             f"peer announced a frame of {length} bytes, "
