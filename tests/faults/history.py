@@ -7,6 +7,7 @@ so it can be tested on hand-made histories.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -155,7 +156,9 @@ def check_exits(history: History, timeline: Timeline, exits: Sequence[Exit]) -> 
                 if r["k"] == "crash":
                     problems.append(f"{label} crashed: {r['error']}")
                 elif r["k"] == "cancelled":
-                    problems.append(f"{label}: node block cancelled from inside at {_at(r, timeline)}")
+                    problems.append(
+                        f"{label}: node block cancelled from inside at {_at(r, timeline)}"
+                    )
                 elif r["k"] == "err":
                     problems.append(f"{label}: {r['call']} raised {r['error']}")
             problems.extend(_stalls(label, name, run, timeline))
@@ -167,7 +170,7 @@ def check_exits(history: History, timeline: Timeline, exits: Sequence[Exit]) -> 
 def _stalls(label: str, name: str, run: list[Record], timeline: Timeline) -> list[str]:
     out: list[str] = []
     snaps = [r["t"] for r in run if r["k"] == "s" and r["t"] <= timeline.stop]
-    for before, after in zip(snaps, snaps[1:], strict=False):
+    for before, after in itertools.pairwise(snaps):
         if after - before <= STALL_BOUND:
             continue
         excused = any(
@@ -197,7 +200,9 @@ def leader_claims(history: History) -> dict[int, set[str]]:
 
 def check_one_leader_per_term(history: History) -> Result:
     claims = leader_claims(history)
-    problems = [f"term {t}: {sorted(names)}" for t, names in sorted(claims.items()) if len(names) > 1]
+    problems = [
+        f"term {t}: {sorted(names)}" for t, names in sorted(claims.items()) if len(names) > 1
+    ]
     detail = "; ".join(problems) if problems else f"{len(claims)} terms with a leader"
     return Result("1 leader/term", FAIL if problems else PASS, detail)
 
@@ -230,7 +235,7 @@ def _components(
     missing = [n for n in names if n not in latest or now - latest[n]["t"] > 1.5]
     if missing:
         why = f"no fresh snapshot from {missing}"
-        return {c: why for c in ("mesh", "leader", "registry", "groups")}
+        return dict.fromkeys(("mesh", "leader", "registry", "groups"), why)
     everyone = sorted(names)
     bad = [
         f"{n} connected to {latest[n]['conn']}, alive {latest[n]['alive']}"
@@ -267,7 +272,9 @@ def _components(
         members = latest[n]["groups"].get(GROUP, [])
         got_members = sorted([m[0], m[2]] for m in members)
         if got_members != want:
-            group_bad.append(f"{n} sees {len(members)} members of {sorted({m[0] for m in members})}")
+            group_bad.append(
+                f"{n} sees {len(members)} members of {sorted({m[0] for m in members})}"
+            )
         elif members != group_ref:
             group_bad.append(f"{n} differs from {names[0]}")
     out["groups"] = "; ".join(group_bad) or None
@@ -284,8 +291,8 @@ def check_heal(history: History, timeline: Timeline) -> list[Result]:
     when it last became true (it must then hold to the end)."""
     names = timeline.names
     latest: dict[str, Record] = {}
-    since: dict[str, float | None] = {c: None for c in ("mesh", "leader", "registry", "groups")}
-    state: dict[str, str | None] = {c: "no snapshot" for c in since}
+    since: dict[str, float | None] = dict.fromkeys(("mesh", "leader", "registry", "groups"))
+    state: dict[str, str | None] = dict.fromkeys(since, "no snapshot")
     for name, r in history.merged():
         if r["k"] != "s" or r["t"] > timeline.stop:
             continue

@@ -27,7 +27,7 @@ def unavailable() -> str | None:
     for tool in ("ip", "nft", "ss"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian: apt-get install iproute2 nftables)"
-    probe = "tdf-probe-%d" % os.getpid()
+    probe = f"tdf-probe-{os.getpid()}"
     try:
         _run(["ip", "netns", "add", probe])
         _run(["ip", "netns", "exec", probe, "nft", "list", "tables"])
@@ -90,8 +90,21 @@ class Topology:
             # The veth pair is made inside the bridge namespace with its peer
             # moved straight into the node's: nothing touches ours.
             _run(
-                ["ip", "-n", self.bridge, "link", "add", f"p{i}", "type", "veth"]
-                + ["peer", "name", "eth0", "netns", ns]
+                [
+                    "ip",
+                    "-n",
+                    self.bridge,
+                    "link",
+                    "add",
+                    f"p{i}",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    ns,
+                ]
             )
             _run(["ip", "-n", self.bridge, "link", "set", f"p{i}", "master", "br0", "up"])
             _run(["ip", "-n", ns, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0"])

@@ -262,19 +262,30 @@ class Ctx:
         return minority, [i for i in range(1, N + 1) if i not in minority]
 
     def cut(self, kind: str, minority: list[int], majority: list[int]) -> float:
-        """Block every packet between the two sides (``kind``: ``output``
-        drop, ``input`` drop, or ``reject`` on input with ICMP errors)."""
+        """Block every packet between the two sides. ``kind``: ``output``
+        (drop on the output hook: sends fail with EPERM), ``input`` (drop on
+        the input hook: sends vanish), ``reject`` (ICMP port unreachable
+        back to the sender) or ``reset`` (TCP answered with a reset, so live
+        connections break at once; UDP dropped)."""
         for mine, theirs in ((minority, majority), (majority, minority)):
             addrs = ", ".join(Topology.addr(j) for j in theirs)
+            src = f"add rule {TABLE} input ip saddr {{ {addrs} }}"
             if kind == "output":
-                rule = f"add rule {TABLE} output ip daddr {{ {addrs} }} drop"
+                rules = [f"add rule {TABLE} output ip daddr {{ {addrs} }} drop"]
             elif kind == "input":
-                rule = f"add rule {TABLE} input ip saddr {{ {addrs} }} drop"
-            else:
+                rules = [f"{src} drop"]
+            elif kind == "reject":
                 # ICMP passes so that the other side's errors reach the sender.
-                rule = f"add rule {TABLE} input ip saddr {{ {addrs} }} ip protocol != icmp reject"
+                rules = [f"{src} ip protocol != icmp reject"]
+            else:
+                # Resets pass so that the other side's resets reach the sender.
+                rules = [
+                    f"{src} tcp flags & rst == rst accept",
+                    f"{src} meta l4proto tcp reject with tcp reset",
+                    f"{src} drop",
+                ]
             for i in mine:
-                self.topo.nft(i, rule)
+                self.topo.nft(i, *rules)
         return time.time()
 
     def heal(self) -> float:
@@ -333,15 +344,23 @@ def scenario_one_way(ctx: Ctx) -> None:
     ctx.timeline.cuts.append(Cut(start, ctx.heal()))
 
 
+def scenario_short_cut(ctx: Ctx) -> None:
+    """A 0.3 s partition, far shorter than failure detection, that breaks
+    the TCP connections across it (resets): membership still sees
+    everyone alive, so only the redial rebuilds the mesh."""
+    ctx.hold_cut("reset", 0.3)
+
+
 def scenario_flapping(ctx: Ctx) -> None:
-    """Partition (input drop) cut and healed at random every 0.2-3 s."""
+    """The partition cut and healed at random every 0.2-3 s (each cut
+    either drops silently or resets TCP)."""
     duration = 60 if ctx.full else 15
     minority, majority = ctx.sides()
     ctx.note(f"flapping {names(minority)} | {names(majority)} for {duration} s")
     end = time.time() + duration
     flips = 0
     while time.time() < end:
-        start = ctx.cut("input", minority, majority)
+        start = ctx.cut(ctx.rng.choice(["input", "reset"]), minority, majority)
         time.sleep(ctx.rng.uniform(0.2, 3.0))
         ctx.timeline.cuts.append(Cut(start, ctx.heal(), frozenset(names(minority))))
         time.sleep(ctx.rng.uniform(0.2, 3.0))
@@ -415,6 +434,7 @@ SCENARIOS: dict[str, Callable[[Ctx], None]] = {
     "input-drop": scenario_input_drop,
     "reject": scenario_reject,
     "one-way": scenario_one_way,
+    "short-cut": scenario_short_cut,
     "flapping": scenario_flapping,
     "pause": scenario_pause,
     "tcp-reset": scenario_tcp_reset,
@@ -450,7 +470,9 @@ def run_scenario(name: str, out: Path, seed: int, full: bool) -> tuple[list[Resu
         cluster.early_exits()
         healed = cluster.wait_converged(hist.HEAL_BOUND, STABLE_FOR)
         if healed is not None:
-            timeline.notes.append(f"orchestrator saw convergence {healed - timeline.last_heal:.2f} s after the heal")
+            timeline.notes.append(
+                f"orchestrator saw convergence {healed - timeline.last_heal:.2f} s after the heal"
+            )
         time.sleep(0.5)
         cluster.stop_all()
     finally:
