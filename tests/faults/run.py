@@ -1,7 +1,7 @@
 """Orchestrator of the kernel-level fault suite.
 
 ``python -m tests.faults.run`` runs every scenario in its short form (a few
-minutes: what CI runs); ``--full`` runs the long forms (``nox -s faults``);
+minutes: what CI runs; ``--short`` says so explicitly); ``--full`` runs the long forms (``nox -s faults``);
 ``--scenario NAME`` (repeatable) runs only those; ``--list`` names them.
 Each scenario starts five fresh node processes (``tests.faults.node``) in
 five network namespaces at the same moment, waits for the cluster to form,
@@ -496,7 +496,9 @@ def run_scenario(name: str, out: Path, seed: int, full: bool) -> tuple[list[Resu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
-    parser.add_argument("--full", action="store_true", help="the long versions (nox -s faults)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--full", action="store_true", help="the long versions (nox -s faults)")
+    length.add_argument("--short", action="store_true", help="the short versions (the default)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=Path("/tmp/td-faults"))
     parser.add_argument("--list", action="store_true")
