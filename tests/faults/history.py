@@ -23,6 +23,8 @@ from .node import GROUP, global_name
 #: The product's own target for the mesh is 2 s; the measured values are
 #: printed beside the verdict.
 HEAL_BOUND = 10.0
+#: A heal counts once it has held this long without a break.
+STABLE_WINDOW = 2.0
 #: Every node process must exit within this many seconds of SIGINT.
 EXIT_BOUND = 5.0
 #: A leader cut off from its majority may believe it leads until its
@@ -287,11 +289,16 @@ def converged(latest: Mapping[str, Record], names: Sequence[str], now: float) ->
 
 
 def check_heal(history: History, timeline: Timeline) -> list[Result]:
-    """Sweep the merged snapshots after the last heal: for each component,
-    when it last became true (it must then hold to the end)."""
+    """Sweep the merged snapshots after the last heal: each component must
+    start holding within ``HEAL_BOUND`` and then hold for ``STABLE_WINDOW``
+    without a break; the time to heal is when that window began. A break
+    later on (a leader that steps down in a quiet cluster) is reported in
+    the detail."""
     names = timeline.names
     latest: dict[str, Record] = {}
     since: dict[str, float | None] = dict.fromkeys(("mesh", "leader", "registry", "groups"))
+    healed: dict[str, float | None] = dict.fromkeys(since)
+    relapses: dict[str, list[str]] = {c: [] for c in since}
     state: dict[str, str | None] = dict.fromkeys(since, "no snapshot")
     for name, r in history.merged():
         if r["k"] != "s" or r["t"] > timeline.stop:
@@ -301,12 +308,17 @@ def check_heal(history: History, timeline: Timeline) -> list[Result]:
             continue
         state = _components(latest, names, r["t"])
         for component, why in state.items():
+            start = since[component]
             if why is not None:
+                if healed[component] is not None and start is not None:
+                    relapses[component].append(f"{r['t'] - timeline.last_heal:.1f} s: {why}")
                 since[component] = None
-            elif since[component] is None:
+            elif start is None:
                 since[component] = r["t"]
+            elif healed[component] is None and r["t"] - start >= STABLE_WINDOW:
+                healed[component] = start
     out: list[Result] = []
-    for component, start in since.items():
+    for component, start in healed.items():
         invariant = f"heal: {component}"
         if start is None:
             out.append(Result(invariant, FAIL, f"not healed at the end: {state[component]}"))
@@ -314,6 +326,8 @@ def check_heal(history: History, timeline: Timeline) -> list[Result]:
         took = max(0.0, start - timeline.last_heal)
         status = PASS if took <= HEAL_BOUND else FAIL
         detail = f"healed {took:.2f} s after the last heal (bound {HEAL_BOUND:g} s)"
+        if relapses[component]:
+            detail += f"; broke again later at {relapses[component][:3]}"
         out.append(Result(invariant, status, detail, took))
     return out
 

@@ -1,8 +1,9 @@
 """Orchestrator of the kernel-level fault suite.
 
 ``python -m tests.faults.run`` runs every scenario in its short form (a few
-minutes: what CI runs; ``--short`` says so explicitly); ``--full`` runs the long forms (``nox -s faults``);
-``--scenario NAME`` (repeatable) runs only those; ``--list`` names them.
+minutes: what CI runs; ``--short`` says so explicitly); ``--full`` runs the
+long forms (``nox -s faults``); ``--scenario NAME`` (repeatable) runs only
+those; ``--list`` names them.
 Each scenario starts five fresh node processes (``tests.faults.node``) in
 five network namespaces at the same moment, waits for the cluster to form,
 applies its fault, lifts it, waits for the cluster to heal, stops every
