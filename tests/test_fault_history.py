@@ -187,3 +187,36 @@ def test_the_table_has_one_row_per_fault() -> None:
     assert lines[0].startswith("fault ") and "time to heal" in lines[0]
     assert lines[2].startswith("none ") and "PASS 0.0s" in lines[2]
     assert lines[3].startswith("output-drop") and "not healed" in lines[3]
+
+
+def event(t: float, peer: str, up: bool, reason: str | None = None) -> dict[str, Any]:
+    return {"k": "ne", "t": t, "peer": peer, "up": up, "reason": reason}
+
+
+def test_node_events_must_be_honest() -> None:
+    tl = timeline(names=["a@x", "b@x"], fault_start=5.0, killed=[("b@x", 6.0)])
+    clean = History(
+        files={"a@x": [[event(1, "b@x", True), event(6.1, "b@x", False, "tick_timeout")]]}
+    )
+    assert h.check_node_events(clean, tl).status == h.PASS
+    flap = History(
+        files={
+            "a@x": [
+                [
+                    event(1, "b@x", True),
+                    event(1.1, "b@x", False, "connection_closed"),
+                    event(1.2, "b@x", True),
+                ]
+            ]
+        }
+    )
+    result = h.check_node_events(flap, tl)
+    assert result.status == h.FAIL
+    assert "NodeDown(b@x, connection_closed) while the cluster formed" in result.detail
+    assert "2 NodeUp for b@x" in result.detail
+    killed_as_shutdown = History(
+        files={"a@x": [[event(1, "b@x", True), event(6.1, "b@x", False, "shutdown")]]}
+    )
+    assert "'shutdown'" in h.check_node_events(killed_as_shutdown, tl).detail
+    disconnect = History(files={"a@x": [[event(7, "b@x", False, "disconnect")]]})
+    assert "nobody disconnected" in h.check_node_events(disconnect, tl).detail

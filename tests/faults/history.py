@@ -52,7 +52,11 @@ INVARIANTS = (
     "heal: groups",
     "no loss/reorder",
     "traffic after heal",
+    "honest node events",
 )
+
+#: What a node killed with SIGKILL may be reported as (it said no goodbye).
+KILLED_REASONS = frozenset({"connection_closed", "tick_timeout", "member_dead", "replaced"})
 
 
 @attrs.frozen
@@ -78,6 +82,8 @@ class Timeline:
     cuts: list[Cut] = attrs.field(factory=list)
     #: (node, start, end): stopped on purpose (SIGSTOP) or dead after a SIGKILL.
     absent: list[tuple[str, float, float]] = attrs.field(factory=list)
+    #: (node, time): killed with SIGKILL on purpose.
+    killed: list[tuple[str, float]] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
 
 
@@ -386,6 +392,51 @@ def check_messages(history: History, timeline: Timeline) -> list[Result]:
     return [order, traffic]
 
 
+def check_node_events(history: History, timeline: Timeline) -> Result:
+    """Node events are honest: while the cluster forms, one ``NodeUp`` per
+    peer and no ``NodeDown``; nobody calls ``disconnect``, so no
+    ``disconnect`` reason ever; a SIGKILLed node is never reported as a
+    graceful ``shutdown``."""
+    problems: list[str] = []
+    for name in timeline.names:
+        runs = history.files.get(name, [])
+        first = runs[0] if runs else []
+        ups: dict[str, int] = {}
+        for r in first:
+            if r["k"] != "ne" or r["t"] >= timeline.fault_start:
+                continue
+            if r["up"]:
+                ups[r["peer"]] = ups.get(r["peer"], 0) + 1
+            else:
+                problems.append(
+                    f"{name} saw NodeDown({r['peer']}, {r['reason']}) while the cluster formed"
+                )
+        problems.extend(
+            f"{name} saw {count} NodeUp for {peer} while the cluster formed"
+            for peer, count in sorted(ups.items())
+            if count > 1
+        )
+        for r in history.records(name):
+            if r["k"] == "ne" and r["reason"] == "disconnect" and r["t"] <= timeline.stop:
+                problems.append(
+                    f"{name} saw NodeDown({r['peer']}, disconnect): nobody disconnected"
+                )
+    for victim, at in timeline.killed:
+        for name in timeline.names:
+            if name == victim:
+                continue
+            downs = [
+                r
+                for r in history.records(name)
+                if r["k"] == "ne" and not r["up"] and r["peer"] == victim and r["t"] >= at
+            ]
+            if downs and downs[0]["reason"] not in KILLED_REASONS:
+                problems.append(
+                    f"{name} saw the SIGKILLed {victim} go down as {downs[0]['reason']!r}"
+                )
+    return _result("honest node events", problems)
+
+
 def check_all(history: History, timeline: Timeline, exits: Sequence[Exit]) -> list[Result]:
     return [
         check_exits(history, timeline, exits),
@@ -393,6 +444,7 @@ def check_all(history: History, timeline: Timeline, exits: Sequence[Exit]) -> li
         check_minority_leader(history, timeline),
         *check_heal(history, timeline),
         *check_messages(history, timeline),
+        check_node_events(history, timeline),
     ]
 
 

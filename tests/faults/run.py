@@ -421,6 +421,7 @@ def scenario_kill_restart(ctx: Ctx) -> None:
             victim = ctx.rng.choice([j for j in range(1, N + 1) if j != leader])
         ctx.cluster.kill(victim)
         killed = time.time()
+        ctx.timeline.killed.append((name_of(victim), killed))
         ctx.note(f"SIGKILL {name_of(victim)}")
         time.sleep(1.0)
         ctx.cluster.start(victim, time.time())
@@ -489,9 +490,28 @@ def run_scenario(name: str, out: Path, seed: int, full: bool) -> tuple[list[Resu
         "results": [attrs.asdict(r) for r in results],
         "notes": timeline.notes,
         "exits": [attrs.asdict(e) for e in cluster.exits],
+        "timeline": attrs.asdict(timeline),
+        "runs": cluster.runs,
     }
     (directory / "result.json").write_text(json.dumps(report, indent=2))
     return results, timeline
+
+
+def recheck(directory: Path) -> tuple[list[Result], Timeline]:
+    """Check the histories an earlier run left in ``directory`` again (with
+    this checker), from the timeline and exits it saved."""
+    report = json.loads((directory / "result.json").read_text())
+    raw = report["timeline"]
+    raw["cuts"] = [Cut(c["start"], c["end"], frozenset(c["minority"])) for c in raw["cuts"]]
+    raw["absent"] = [tuple(a) for a in raw["absent"]]
+    raw["killed"] = [tuple(k) for k in raw.get("killed", [])]
+    timeline = Timeline(**raw)
+    exits = [Exit(**e) for e in report["exits"]]
+    files: dict[str, list[list[dict[str, Any]]]] = {}
+    for i, last in report["runs"].items():
+        paths = [directory / f"n{i}.{r}.jsonl" for r in range(int(last) + 1)]
+        files[name_of(int(i))] = [hist.load(p) if p.exists() else [] for p in paths]
+    return hist.check_all(History(files=files), timeline, exits), timeline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,12 +523,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=Path("/tmp/td-faults"))
     parser.add_argument("--list", action="store_true")
+    parser.add_argument(
+        "--recheck", action="store_true", help="check the histories already under --out again"
+    )
     args = parser.parse_args(argv)
     if args.list:
         for key, fn in SCENARIOS.items():
             print(f"{key:14} {(fn.__doc__ or '').splitlines()[0]}")
         return 0
-    reason = unavailable()
+    reason = None if args.recheck else unavailable()
     if reason is not None:
         print(f"SKIPPED: the kernel fault suite cannot run here: {reason}", flush=True)
         return 0
@@ -519,7 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         t0 = time.time()
         print(f"== {name}: {(SCENARIOS[name].__doc__ or '').split(chr(10))[0]}", flush=True)
-        results, timeline = run_scenario(name, args.out, args.seed, args.full)
+        if args.recheck:
+            if not (args.out / name / "result.json").exists():
+                continue
+            results, timeline = recheck(args.out / name)
+        else:
+            results, timeline = run_scenario(name, args.out, args.seed, args.full)
         rows.append((name, results))
         for note in timeline.notes:
             print(f"   {note}", flush=True)
