@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -493,7 +494,7 @@ def run_scenario(name: str, out: Path, seed: int, full: bool) -> tuple[list[Resu
         "timeline": attrs.asdict(timeline),
         "runs": cluster.runs,
     }
-    (directory / "result.json").write_text(json.dumps(report, indent=2))
+    (directory / "result.json").write_text(json.dumps(report, indent=2, default=sorted))
     return results, timeline
 
 
@@ -547,7 +548,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results, timeline = recheck(args.out / name)
         else:
-            results, timeline = run_scenario(name, args.out, args.seed, args.full)
+            try:
+                results, timeline = run_scenario(name, args.out, args.seed, args.full)
+            except Exception as exc:
+                # The suite's own failure: reported as such, and the other
+                # scenarios still run.
+                timeline = Timeline(names=[])
+                results = [Result("no crash/hang", hist.FAIL, f"the orchestrator failed: {exc!r}")]
+                traceback.print_exc()
         rows.append((name, results))
         for note in timeline.notes:
             print(f"   {note}", flush=True)
