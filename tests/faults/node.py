@@ -35,13 +35,15 @@ awaited) right before each send and each receive so that an event published
 before a message is always counted before it.
 
 SIGINT or SIGTERM stops the node (the exit must take under 5 s); SIGUSR1
-dumps every thread's stack (faulthandler) and SIGUSR2 trio's task tree, both
-to stderr, for a process that hangs.
+dumps every thread's stack (faulthandler) and SIGUSR2 every task's await
+stack (trio's task tree), both to stderr, for a process that hangs.
+``--backend asyncio`` runs the node on asyncio through anyio.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import json
 import logging
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
+import sniffio
 import trio
 
 import trio_distribute as td
@@ -107,7 +110,7 @@ def pid_key(pid: td.Pid) -> list[Any]:
     return [pid.node, pid.id, pid.creation]
 
 
-async def run_node(args: argparse.Namespace, rec: Recorder, stop: trio.Event) -> None:
+async def run_node(args: argparse.Namespace, rec: Recorder, stop: anyio.Event) -> None:
     me: str = args.name
     peers = [p for p in args.peers.split(",") if p and p != me]
     config = td.NodeConfig.local(state_dir=args.state_dir)
@@ -116,7 +119,7 @@ async def run_node(args: argparse.Namespace, rec: Recorder, stop: trio.Event) ->
     async with td.open_node(me, cookie=COOKIE, port=PORT, config=config, seeds=seeds) as node:
         rec.write("up", c=node.creation, address=list(node.address), host=host)
         try:
-            async with node.monitor_nodes() as events, trio.open_nursery() as work:
+            async with node.monitor_nodes() as events, anyio.create_task_group() as work:
                 epochs = Epochs(events, rec)
                 work.start_soon(_workload, node, peers, epochs, rec, args)
                 await stop.wait()
@@ -130,7 +133,7 @@ async def run_node(args: argparse.Namespace, rec: Recorder, stop: trio.Event) ->
 async def _workload(
     node: td.Node, peers: list[str], epochs: Epochs, rec: Recorder, args: argparse.Namespace
 ) -> None:
-    async with trio.open_nursery() as tasks, node.open_process(name="worker") as proc:
+    async with anyio.create_task_group() as tasks, node.open_process(name="worker") as proc:
         tasks.start_soon(_snapshots, node, peers, epochs, rec, args.snapshot)
         tasks.start_soon(_leader_events, node, rec)
         tasks.start_soon(_drain_events, epochs)
@@ -161,11 +164,11 @@ sent: dict[str, int] = {}
 async def _sender(node: td.Node, peer: str, epochs: Epochs, rec: Recorder, interval: float) -> None:
     seq = 0
     sent[peer] = 0
-    deadline = trio.current_time()
+    deadline = anyio.current_time()
     while True:
         deadline += interval
-        await trio.sleep_until(deadline)
-        deadline = max(deadline, trio.current_time())
+        await anyio.sleep_until(deadline)
+        deadline = max(deadline, anyio.current_time())
         if peer not in node.nodes():
             # The workload never dials (send() would connect first): the
             # mesh must be rebuilt by the node itself, not by the traffic.
@@ -180,7 +183,7 @@ async def _sender(node: td.Node, peer: str, epochs: Epochs, rec: Recorder, inter
             continue
         except Exception as exc:
             rec.write("err", call="send", peer=peer, error=repr(exc))
-            await trio.sleep(0.5)
+            await anyio.sleep(0.5)
             continue
         seq += 1
         sent[peer] = seq
@@ -198,11 +201,11 @@ async def _register(node: td.Node, pid: td.Pid, rec: Recorder) -> None:
             # run (restart) until it hears that node went down.
             if attempt % 10 == 1:
                 rec.write("regretry", error=repr(exc))
-            await trio.sleep(0.2)
+            await anyio.sleep(0.2)
             continue
         except Exception as exc:
             rec.write("err", call="register", error=repr(exc))
-            await trio.sleep(0.5)
+            await anyio.sleep(0.5)
             continue
         rec.write("reg", name=name, pid=pid_key(pid), attempts=attempt)
         return
@@ -219,7 +222,7 @@ async def _drain_events(epochs: Epochs) -> None:
     # off the channel before a message that followed it was counted.
     while True:
         epochs.refresh()
-        await trio.sleep(0.05)
+        await anyio.sleep(0.05)
 
 
 async def _snapshots(
@@ -246,33 +249,38 @@ async def _snapshots(
             sent=dict(sent),
             ep=dict(epochs.of),
         )
-        await trio.sleep(every)
+        await anyio.sleep(every)
 
 
 def _dump_tasks() -> None:
-    """Write trio's task tree, with each task's await stack, to stderr."""
+    """Write every task with its await stack to stderr (trio: the task
+    tree; asyncio: each task's stack)."""
     out = sys.stderr
+    out.write(f"--- tasks at {time.time():.3f}\n")
+    if sniffio.current_async_library() == "trio":
 
-    def walk(task: trio.lowlevel.Task, depth: int) -> None:
-        pad = "  " * depth
-        out.write(f"{pad}task {task.name}\n")
-        for frame, lineno in task.iter_await_frames():
-            code = frame.f_code
-            out.write(f"{pad}  {code.co_filename}:{lineno} in {code.co_name}\n")
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                walk(child, depth + 1)
+        def walk(task: trio.lowlevel.Task, depth: int) -> None:
+            pad = "  " * depth
+            out.write(f"{pad}task {task.name}\n")
+            for frame, lineno in task.iter_await_frames():
+                code = frame.f_code
+                out.write(f"{pad}  {code.co_filename}:{lineno} in {code.co_name}\n")
+            for nursery in task.child_nurseries:
+                for child in nursery.child_tasks:
+                    walk(child, depth + 1)
 
-    out.write(f"--- trio task tree at {time.time():.3f}\n")
-    root = trio.lowlevel.current_root_task()
-    if root is not None:
-        walk(root, 0)
-    out.write("--- end of task tree\n")
+        root = trio.lowlevel.current_root_task()
+        if root is not None:
+            walk(root, 0)
+    else:
+        for task in asyncio.all_tasks():
+            task.print_stack(file=out)
+    out.write("--- end of tasks\n")
     out.flush()
 
 
-async def _signals(stop: trio.Event, rec: Recorder) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR2) as signals:
+async def _signals(stop: anyio.Event, rec: Recorder) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR2) as signals:
         async for signum in signals:
             if signum == signal.SIGUSR2:
                 _dump_tasks()
@@ -284,10 +292,10 @@ async def _signals(stop: trio.Event, rec: Recorder) -> None:
 async def main(args: argparse.Namespace) -> int:
     rec = Recorder(Path(args.history))
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    await trio.sleep(max(0.0, args.start_at - time.time()))
-    stop = trio.Event()
+    await anyio.sleep(max(0.0, args.start_at - time.time()))
+    stop = anyio.Event()
     code = 0
-    async with trio.open_nursery() as outer:
+    async with anyio.create_task_group() as outer:
         # Signal handling lives outside the node, so a node that hangs on
         # its way out can still be asked for its task tree.
         outer.start_soon(_signals, stop, rec)
@@ -312,9 +320,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--start-at", type=float, default=0.0, help="wall-clock start time")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between sends")
     parser.add_argument("--snapshot", type=float, default=0.1, help="seconds between snapshots")
+    parser.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    sys.exit(trio.run(main, parse()))
+    arguments = parse()
+    sys.exit(anyio.run(main, arguments, backend=arguments.backend))

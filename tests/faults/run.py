@@ -55,6 +55,7 @@ class Cluster:
     topo: Topology
     out: Path
     timeline: Timeline
+    backend: str = "trio"
     procs: dict[int, subprocess.Popen[bytes]] = attrs.field(factory=dict)
     runs: dict[int, int] = attrs.field(factory=dict)
     exits: list[Exit] = attrs.field(factory=list)
@@ -87,6 +88,8 @@ class Cluster:
                 str(state),
                 "--start-at",
                 repr(start_at),
+                "--backend",
+                self.backend,
             ],
         )
         log = (self.out / f"n{i}.{run}.log").open("wb")
@@ -449,13 +452,15 @@ SCENARIOS: dict[str, Callable[[Ctx], None]] = {
 # ------------------------------------------------------------------ driver
 
 
-def run_scenario(name: str, out: Path, seed: int, full: bool) -> tuple[list[Result], Timeline]:
+def run_scenario(
+    name: str, out: Path, seed: int, full: bool, backend: str = "trio"
+) -> tuple[list[Result], Timeline]:
     directory = out / name
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     timeline = Timeline(names=[name_of(i) for i in range(1, N + 1)])
     topo = Topology(n=N)
-    cluster = Cluster(topo=topo, out=directory, timeline=timeline)
+    cluster = Cluster(topo=topo, out=directory, timeline=timeline, backend=backend)
     rng = random.Random(f"{seed}:{name}")
     try:
         topo.create()
@@ -488,6 +493,7 @@ def run_scenario(name: str, out: Path, seed: int, full: bool) -> tuple[list[Resu
         "scenario": name,
         "seed": seed,
         "full": full,
+        "backend": backend,
         "results": [attrs.asdict(r) for r in results],
         "notes": timeline.notes,
         "exits": [attrs.asdict(e) for e in cluster.exits],
@@ -525,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/td-faults"))
     parser.add_argument("--list", action="store_true")
     parser.add_argument(
+        "--backend", choices=["trio", "asyncio"], default="trio", help="what the nodes run on"
+    )
+    parser.add_argument(
         "--recheck", action="store_true", help="check the histories already under --out again"
     )
     args = parser.parse_args(argv)
@@ -549,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
             results, timeline = recheck(args.out / name)
         else:
             try:
-                results, timeline = run_scenario(name, args.out, args.seed, args.full)
+                results, timeline = run_scenario(name, args.out, args.seed, args.full, args.backend)
             except Exception as exc:
                 # The suite's own failure: reported as such, and the other
                 # scenarios still run.
@@ -567,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   ({time.time() - t0:.0f} s; files in {args.out / name})", flush=True)
     text = hist.table(rows)
     mode = "full" if args.full else "short"
-    print(f"\nKernel fault suite ({mode}, seed {args.seed}, {time.time() - began:.0f} s)")
+    took = time.time() - began
+    print(f"\nKernel fault suite ({mode}, {args.backend}, seed {args.seed}, {took:.0f} s)")
     print(text)
     (args.out / f"table-{mode}.txt").write_text(text + "\n\n" + "\n".join(details) + "\n")
     failed = any(r.status == hist.FAIL for _, results in rows for r in results)
