@@ -67,3 +67,15 @@ def bench(session: nox.Session) -> None:
     """Benchmarks between two OS processes, beside a raw trio + cbor2 baseline."""
     session.install("-e", ".")
     session.run("python", "-m", "benchmarks.run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def faults(session: nox.Session) -> None:
+    """Faults made by the kernel: five node processes in network namespaces
+    (nft drops and rejects, ss -K, SIGSTOP, SIGKILL and restart), a history
+    checker and a fault x invariant table. Needs root, ip, nft and ss;
+    skips with the reason elsewhere. The full version by default; ``--
+    --short`` is what CI runs, ``-- --scenario NAME`` runs one scenario."""
+    session.install("-e", ".[test]")
+    mode = [] if "--short" in session.posargs else ["--full"]
+    session.run("python", "-m", "tests.faults.run", *mode, *session.posargs)
