@@ -25,6 +25,7 @@ import os
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ from ._proto.handshake import (
     Role,
 )
 from ._proto.kinds import Kind
+from ._ratelimit import LogLimiter
 from .config import NodeConfig
 from .errors import (
     AuthenticationError,
@@ -60,6 +62,16 @@ from .monitor import NodeDownReason
 
 __all__ = ["Connection", "Kind", "Transport", "parse_target"]
 
+#: Reasons a peer may give in its goodbye frame.
+_BYE_REASONS = frozenset(
+    {
+        NodeDownReason.DISCONNECT,
+        NodeDownReason.SHUTDOWN,
+        NodeDownReason.MEMBER_DEAD,
+        NodeDownReason.MEMBER_LEFT,
+    }
+)
+
 logger = logging.getLogger("trio_distribute.transport")
 
 PROTOCOL_VERSIONS = (1,)
@@ -69,6 +81,13 @@ PROTOCOL_VERSIONS = (1,)
 DIRECT_WRITE_GAP = 50e-6
 _monotonic = time.monotonic
 _RECEIVE_SIZE = 65536
+#: After a write fails, the reader gets this long to read what the peer sent
+#: before the failure (its goodbye, above all), so a peer's graceful stop is
+#: reported as ``shutdown`` and not as a broken socket.
+BROKEN_WRITE_GRACE = 0.5
+#: Pause after the listener fails to accept (e.g. out of file descriptors),
+#: so a persistent error does not spin.
+ACCEPT_RETRY_DELAY = 0.1
 
 
 FrameHandler = Callable[["Connection", list[Any]], None]
@@ -178,9 +197,10 @@ class Connection:
                 except BlockingIOError:
                     sent = 0
                 except OSError as exc:
+                    # The writer retries it, fails the same way, and lets the
+                    # reader read a goodbye first (see _writer).
                     logger.debug("write to %s failed: %r", self.peer, exc)
-                    self.close(NodeDownReason.CONNECTION_CLOSED)
-                    return
+                    sent = 0
                 if sent == len(data):
                     return
                 data = data[sent:]
@@ -222,6 +242,11 @@ class Connection:
             await self._write_loop()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             logger.debug("write to %s failed: %r", self.peer, exc)
+            self.transport.count_drop("socket_write_failed")
+            # The peer may have said goodbye and closed: its BYE is read by
+            # the reader, which then closes with the right reason (and
+            # cancels this wait). Otherwise the socket is broken.
+            await anyio.sleep(BROKEN_WRITE_GRACE)
             self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
 
     async def _write_loop(self) -> None:
@@ -276,7 +301,9 @@ class Connection:
                 try:
                     payloads = decoder.feed(data)
                 except ProtocolError as exc:
-                    logger.warning("closing connection to %s: %s", self.peer, exc)
+                    self.transport.log_limiter.warning(
+                        "protocol_error", "closing connection to %s: %s", self.peer, exc
+                    )
                     self.transport.count_drop("protocol_error")
                     self.close(NodeDownReason.PROTOCOL_ERROR)
                     return
@@ -292,7 +319,12 @@ class Connection:
                     )
                 else:
                     data = await self.stream.receive(_RECEIVE_SIZE)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            except anyio.EndOfStream:
+                self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                logger.debug("read from %s failed: %r", self.peer, exc)
+                self.transport.count_drop("socket_read_failed")
                 self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
                 return
 
@@ -335,6 +367,7 @@ class Connection:
             logger.debug("connection to %s broke: %r", self.peer, exc)
         except Exception:
             # A bug in a frame handler must not take the node down with it.
+            self.transport.count_drop("connection_failed")
             logger.exception("connection to %s failed unexpectedly", self.peer)
         finally:
             self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
@@ -354,11 +387,13 @@ class Connection:
         self.transport.connection_closed(self, reason)
 
     async def close_gracefully(self, reason: str, *, timeout: float = 1.0) -> None:
-        """Tell the peer why we are closing, flush, then close."""
+        """Tell the peer why we are closing, flush (for at most ``timeout``
+        seconds, even if cancelled: a peer that does not read cannot hold us
+        longer), then close."""
         if self.closed:
             return
         self.write(self.transport.encode_frame([Kind.BYE, reason]))
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(timeout, shield=True):
             await self.drain()
         self.close(reason)
 
@@ -397,6 +432,25 @@ class _LostTieBreak(Exception):
     """Our connection attempt lost a simultaneous-connect tie-break."""
 
 
+class _AlreadyConnected(Exception):
+    """A dial by address reached a node we are already connected to (or
+    dialling by name): that connection is the one to use, and completing
+    this one would replace it, a node-down and node-up for nothing."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+@attrs.define(eq=False)
+class _PendingHandshake:
+    """An accepted connection that has not authenticated yet."""
+
+    host: str
+    scope: anyio.CancelScope
+    evicted: bool = False
+
+
 @attrs.define(eq=False)
 class _DialAttempt:
     done: anyio.Event = attrs.field(factory=anyio.Event)
@@ -426,7 +480,15 @@ class Transport:
     _handlers: dict[int, FrameHandler] = attrs.field(factory=dict)
     _dialing: dict[str, _DialAttempt] = attrs.field(factory=dict)
     _up_events: dict[str, anyio.Event] = attrs.field(factory=dict)
-    _pending_handshakes: int = 0
+    #: Unauthenticated incoming connections, oldest first.
+    _pending: OrderedDict[object, _PendingHandshake] = attrs.field(factory=OrderedDict)
+    _pending_by_host: dict[str, int] = attrs.field(factory=dict)
+    #: Peers the user disconnected (``{name: creation}``), on either side:
+    #: nothing but the user's own ``connect`` or the peer's restart (a new
+    #: creation) connects them again.
+    disconnected: dict[str, int] = attrs.field(factory=dict)
+    #: Log lines a remote party can trigger: at most one per cause per second.
+    log_limiter: LogLimiter = attrs.field(factory=lambda: LogLimiter(logger))
     #: Called with a peer's name when it tells us where it listens.
     address_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
     #: Peers this node refuses to connect with (see :meth:`block`).
@@ -484,22 +546,41 @@ class Transport:
         task_group.start_soon(self._serve, listener)
         task_group.start_soon(self._ticker)
 
+    @property
+    def pending_handshakes(self) -> int:
+        """Incoming connections not authenticated yet."""
+        return len(self._pending)
+
     async def _serve(self, listener: anyio.abc.Listener[Any]) -> None:
         async with listener:
-            await listener.serve(self._handle_incoming, task_group=self._task_group)
+            while True:
+                try:
+                    await listener.serve(self._handle_incoming, task_group=self._task_group)
+                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                    # EMFILE, ENOBUFS, ECONNABORTED...: the listener itself is
+                    # fine, and a node must not end because accept failed.
+                    if self.stopping:
+                        return
+                    self.count_drop("accept_failed")
+                    self.log_limiter.warning("accept_failed", "accept failed: %r", exc)
+                    await anyio.sleep(ACCEPT_RETRY_DELAY)
 
     async def stop(self) -> None:
-        """Say goodbye to every peer, flush briefly, and close everything."""
+        """Say goodbye to every peer, flush for at most ``shutdown_timeout``
+        seconds (even if cancelled), and close everything."""
         self.stopping = True
         connections = list(self.connections.values())
         for conn in connections:
             if not conn.closed:
-                conn.write(self.encode_frame([Kind.BYE, NodeDownReason.SHUTDOWN]))
-        with anyio.move_on_after(1.0, shield=True):
+                with contextlib.suppress(NodeDownError):
+                    conn.write(self.encode_frame([Kind.BYE, NodeDownReason.SHUTDOWN]))
+        with anyio.move_on_after(self.config.shutdown_timeout, shield=True):
             for conn in connections:
                 await conn.drain()
         for conn in connections:
             conn.close(NodeDownReason.SHUTDOWN)
+        for pending in self._pending.values():
+            pending.scope.cancel()
 
     # ----------------------------------------------------------------- frames
 
@@ -521,7 +602,9 @@ class Transport:
         except DecodeError as exc:
             # The framing is intact, so only this frame is lost.
             self.count_drop("decode_error")
-            logger.warning("dropped an undecodable frame from %s: %s", conn.peer, exc)
+            self.log_limiter.warning(
+                "decode_error", "dropped an undecodable frame from %s: %s", conn.peer, exc
+            )
             return
         if not isinstance(item, list) or not item or type(item[0]) is not int:
             self._protocol_violation(conn, f"frame is not [kind, ...]: {type(item).__name__}")
@@ -537,7 +620,9 @@ class Transport:
 
     def _protocol_violation(self, conn: Connection, detail: str) -> None:
         self.count_drop("protocol_error")
-        logger.warning("closing connection to %s: %s", conn.peer, detail)
+        self.log_limiter.warning(
+            "protocol_error", "closing connection to %s: %s", conn.peer, detail
+        )
         conn.close(NodeDownReason.PROTOCOL_ERROR)
 
     def count_drop(self, cause: str) -> None:
@@ -555,9 +640,15 @@ class Transport:
 
     def _handle_bye(self, conn: Connection, item: list[Any]) -> None:
         reason = item[1]
-        if reason not in (NodeDownReason.DISCONNECT, NodeDownReason.SHUTDOWN):
+        if reason not in _BYE_REASONS:
             raise ValueError(f"unknown goodbye reason {reason!r}")
         conn.peer_bye = reason
+        if reason == NodeDownReason.DISCONNECT:
+            # The peer's user disconnected us: it sticks on this side too.
+            self.disconnected[conn.peer] = conn.peer_creation
+        # Acted on as it is read: nothing the socket does next (a reset, a
+        # failed write) can turn a goodbye into a "connection_closed".
+        conn.close(reason)
 
     # --------------------------------------------------------------- liveness
 
@@ -575,18 +666,29 @@ class Transport:
                 else:
                     conn.silent_ticks += 1
                     if conn.silent_ticks >= 4:
-                        logger.info("%s did not answer for %.1fs", conn.peer, interval * 4)
+                        self.log_limiter.log(
+                            logging.INFO,
+                            "tick_timeout",
+                            "%s did not answer for %.1fs",
+                            conn.peer,
+                            interval * 4,
+                        )
                         conn.close(NodeDownReason.TICK_TIMEOUT)
                         continue
-                if not conn.sent_since_tick:
+                if not conn.sent_since_tick and not conn.closed:
                     conn.write(TICK)
                     conn.frames_out -= 1  # a tick is not a frame the user sent
                 conn.sent_since_tick = False
 
     # ------------------------------------------------------------ connecting
 
-    async def connect(self, target: str) -> str:
-        """Connect to ``target`` (see :meth:`Node.connect`); return its name."""
+    async def connect(self, target: str, *, explicit: bool = False) -> str:
+        """Connect to ``target`` (see :meth:`Node.connect`); return its name.
+
+        ``explicit`` is the user's own ``connect``: it lifts a disconnect.
+        Every other caller (membership, a send, a ping) is refused with
+        ``ConnectError`` for a peer the user disconnected.
+        """
         name, host, port = parse_target(target)
         if name == self.name:
             return self.name
@@ -594,6 +696,10 @@ class Transport:
             raise ConnectError(f"connections with {name} are blocked")
         if name is not None and name in self.connections:
             return name
+        if name is not None and name in self.disconnected:
+            if not explicit:
+                raise ConnectError(f"{name} was disconnected on purpose; connect to it again")
+            del self.disconnected[name]
         if host is None or port is None:
             assert name is not None
             known = self.addresses.get(name)
@@ -613,6 +719,13 @@ class Transport:
                 try:
                     with attempt.scope:
                         return await self._dial(host, port, name, attempt)
+                except _AlreadyConnected as exc:
+                    other = self._dialing.get(exc.name)
+                    if other is not None and other is not attempt:
+                        await other.done.wait()
+                    if exc.name in self.connections:
+                        return exc.name
+                    raise ConnectError(f"{target}: another attempt to reach it failed") from None
                 except _LostTieBreak as exc:
                     if name is None:
                         raise HandshakeError(
@@ -656,7 +769,7 @@ class Transport:
                 except BaseException:
                     await anyio.aclose_forcefully(plain)
                     raise
-        except OSError as exc:
+        except (OSError, anyio.BrokenResourceError) as exc:
             raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         machine = HandshakeMachine(
             role=Role.INITIATOR,
@@ -684,6 +797,15 @@ class Transport:
     async def _handle_incoming(self, stream: anyio.abc.ByteStream) -> None:
         try:
             await self._serve_incoming(stream)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            # A socket error before the connection was registered (its own
+            # run() handles them after): this one socket is lost, not the node.
+            self.count_drop("handshake_socket_error")
+            self.log_limiter.log(
+                logging.INFO, "handshake_socket_error", "an incoming handshake failed: %r", exc
+            )
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
         except BaseException:
             # Cancelled mid-handshake (the node is stopping) or failed: the
             # accepted socket must not outlive its task.
@@ -691,12 +813,50 @@ class Transport:
                 await anyio.aclose_forcefully(stream)
             raise
 
+    def _admit(self, host: str, key: object, scope: anyio.CancelScope) -> None:
+        """Make room for one more pending handshake from ``host``.
+
+        When a cap is full the *oldest* pending handshake goes, not the new
+        one: an attacker holding sockets open (or reopening them as fast as
+        they close) then only ever evicts its own, while a real peer, which
+        completes its handshake in a round trip or two, gets through.
+        """
+        per_host = self._pending_by_host.get(host, 0)
+        if per_host >= self.config.max_pending_handshakes_per_host:
+            oldest = next(p for p in self._pending.values() if p.host == host)
+            self._evict(oldest, "handshake_evicted_per_host")
+        elif len(self._pending) >= self.config.max_pending_handshakes:
+            self._evict(next(iter(self._pending.values())), "handshake_evicted")
+        self._pending[key] = _PendingHandshake(host=host, scope=scope)
+        self._pending_by_host[host] = self._pending_by_host.get(host, 0) + 1
+
+    def _evict(self, pending: _PendingHandshake, cause: str) -> None:
+        for key, value in self._pending.items():
+            if value is pending:
+                self._forget_pending(key)
+                break
+        pending.evicted = True
+        pending.scope.cancel()
+        self.count_drop(cause)
+        self.log_limiter.log(logging.INFO, cause, "shed a pending handshake (%s)", cause)
+
+    def _forget_pending(self, key: object) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            return
+        left = self._pending_by_host[pending.host] - 1
+        if left:
+            self._pending_by_host[pending.host] = left
+        else:
+            del self._pending_by_host[pending.host]
+
     async def _serve_incoming(self, stream: anyio.abc.ByteStream) -> None:
-        if self.stopping or self._pending_handshakes >= self.config.max_pending_handshakes:
-            self.count_drop("handshake_limit")
+        if self.stopping:
+            self.count_drop("handshake_refused_stopping")
             await stream.aclose()
             return
-        self._pending_handshakes += 1
+        remote = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
+        host = str(remote[0]) if isinstance(remote, tuple) else str(remote)
         machine = HandshakeMachine(
             role=Role.ACCEPTOR,
             local_name=self.name,
@@ -704,22 +864,30 @@ class Transport:
             cookie=self.cookie,
             versions=PROTOCOL_VERSIONS,
         )
+        key = object()
+        scope = anyio.CancelScope()
+        self._admit(host, key, scope)
+        done: HandshakeCompleted | None = None
         try:
-            with anyio.fail_after(self.config.handshake_timeout):
+            with scope, anyio.fail_after(self.config.handshake_timeout):
                 done, _ = await self._handshake(stream, machine, None)
         except TimeoutError:
             self.count_drop("handshake_timeout")
-            logger.info("an incoming handshake timed out")
-            await stream.aclose()
-            return
+            self.log_limiter.log(
+                logging.INFO, "handshake_timeout", "an incoming handshake timed out"
+            )
         except HandshakeError as exc:
             cause = "auth_failed" if isinstance(exc, AuthenticationError) else "handshake_failed"
             self.count_drop(cause)
-            logger.warning("rejected an incoming connection: %s: %s", type(exc).__name__, exc)
-            await stream.aclose()
-            return
+            self.log_limiter.warning(
+                cause, "rejected an incoming connection: %s: %s", type(exc).__name__, exc
+            )
         finally:
-            self._pending_handshakes -= 1
+            self._forget_pending(key)
+        if done is None:
+            # Timed out, refused or evicted (the scope was cancelled).
+            await anyio.aclose_forcefully(stream)
+            return
         conn = self.connections.get(done.name)
         if conn is None or conn.stream is not stream:
             await stream.aclose()
@@ -741,10 +909,16 @@ class Transport:
                     await stream.send(outgoing)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     events = machine.receive_data(b"")
-            if attempt is not None and machine.peer_name and machine.peer_name != self.name:
+            peer = machine.peer_name
+            if attempt is not None and peer and peer != self.name:
+                # A dial by address that reached a node we are connected to
+                # (or dialling by name): stop here, before the peer decides.
+                other = self._dialing.get(peer)
+                if peer in self.connections or (other is not None and other is not attempt):
+                    raise _AlreadyConnected(peer)
                 # Register the attempt by name as soon as we learn it, so a
                 # crossing attempt from that peer is tie-broken correctly.
-                self._dialing.setdefault(machine.peer_name, attempt)
+                self._dialing[peer] = attempt
             if not events:
                 try:
                     data = await stream.receive(MAX_PREAUTH_FRAME * 2)
@@ -805,6 +979,12 @@ class Transport:
             return "shutting down"
         if name in self.blocked:
             return "blocked"
+        known = self.disconnected.get(name)
+        if known is not None:
+            # Only the peer's user dials a node it disconnected (its own
+            # membership does not), or the peer restarted: either way the
+            # disconnect is over.
+            del self.disconnected[name]
         existing = self.connections.get(name)
         if existing is not None:
             if existing.peer_creation != hello.creation:
@@ -894,7 +1074,25 @@ class Transport:
 
     async def disconnect(self, name: str) -> None:
         """Close the connection to ``name`` with a goodbye (both sides see
-        ``disconnect``). Does nothing if not connected."""
+        ``disconnect``), and keep it closed: nothing but an explicit
+        ``connect`` (or the peer's restart) connects the two again."""
         conn = self.connections.get(name)
         if conn is not None:
-            await conn.close_gracefully(NodeDownReason.DISCONNECT)
+            self.disconnected[name] = conn.peer_creation
+            await conn.close_gracefully(
+                NodeDownReason.DISCONNECT, timeout=self.config.shutdown_timeout
+            )
+        else:
+            known = self.disconnected.get(name)
+            self.disconnected[name] = 0 if known is None else known
+
+    async def close_peer(self, name: str, reason: str) -> None:
+        """Close the connection to ``name`` with a goodbye giving ``reason``
+        (membership: ``member_dead``, ``member_left``); not sticky."""
+        conn = self.connections.get(name)
+        if conn is not None:
+            await conn.close_gracefully(reason, timeout=self.config.shutdown_timeout)
+
+    def forget(self, name: str) -> None:
+        """Forget that ``name`` was disconnected (``membership.remove``)."""
+        self.disconnected.pop(name, None)
