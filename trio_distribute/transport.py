@@ -88,6 +88,10 @@ BROKEN_WRITE_GRACE = 0.5
 #: Pause after the listener fails to accept (e.g. out of file descriptors),
 #: so a persistent error does not spin.
 ACCEPT_RETRY_DELAY = 0.1
+#: Connections accepted in one go before yielding. Accepting (and shedding)
+#: in batches drains a flooded accept queue quickly, so a real peer queued
+#: behind an attacker's sockets is reached in time.
+ACCEPT_BATCH = 256
 
 
 FrameHandler = Callable[["Connection", list[Any]], None]
@@ -448,7 +452,6 @@ class _PendingHandshake:
 
     host: str
     scope: anyio.CancelScope
-    evicted: bool = False
 
 
 @attrs.define(eq=False)
@@ -543,7 +546,14 @@ class Transport:
                 handshake_timeout=self.config.handshake_timeout,
             )
         self._listener = listener
-        task_group.start_soon(self._serve, listener)
+        raw_sockets = [
+            sub.extra(anyio.abc.SocketAttribute.raw_socket, None)
+            for sub in getattr(listener, "listeners", [listener])
+        ]
+        if self.ssl_context is None and all(isinstance(r, socket.socket) for r in raw_sockets):
+            task_group.start_soon(self._serve_raw, listener, raw_sockets)
+        else:
+            task_group.start_soon(self._serve, listener)
         task_group.start_soon(self._ticker)
 
     @property
@@ -551,19 +561,67 @@ class Transport:
         """Incoming connections not authenticated yet."""
         return len(self._pending)
 
-    async def _serve(self, listener: anyio.abc.Listener[Any]) -> None:
-        async with listener:
-            while True:
+    async def _serve_raw(
+        self, listener: anyio.abc.Listener[Any], raw_sockets: list[socket.socket]
+    ) -> None:
+        """Accept on the listening sockets directly, in batches, deciding
+        each connection's admission before any task is spawned for it."""
+        async with listener, anyio.create_task_group() as tg:
+            for raw in raw_sockets:
+                tg.start_soon(self._accept_loop, raw)
+
+    async def _accept_loop(self, raw: socket.socket) -> None:
+        assert self._task_group is not None
+        while True:
+            await anyio.wait_readable(raw)
+            for _ in range(ACCEPT_BATCH):
                 try:
-                    await listener.serve(self._handle_incoming, task_group=self._task_group)
-                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-                    # EMFILE, ENOBUFS, ECONNABORTED...: the listener itself is
-                    # fine, and a node must not end because accept failed.
+                    sock, remote = raw.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    # EMFILE, ENOBUFS, ECONNABORTED...: the listener itself
+                    # is fine, and a node must not end because accept failed.
                     if self.stopping:
                         return
                     self.count_drop("accept_failed")
                     self.log_limiter.warning("accept_failed", "accept failed: %r", exc)
                     await anyio.sleep(ACCEPT_RETRY_DELAY)
+                    break
+                key = self._admit(str(remote[0]) if isinstance(remote, tuple) else str(remote))
+                if key is None:
+                    sock.close()
+                    continue
+                self._task_group.start_soon(self._handle_accepted, sock, key)
+
+    async def _handle_accepted(self, sock: socket.socket, key: object) -> None:
+        try:
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream = await anyio.abc.SocketStream.from_socket(sock)
+        except BaseException:
+            self._forget_pending(key)
+            sock.close()
+            raise
+        await self._handle_incoming(stream, key)
+
+    async def _serve(self, listener: anyio.abc.Listener[Any]) -> None:
+        async with listener:
+            while True:
+                failure: BaseException | None = None
+                try:
+                    await listener.serve(self._handle_incoming, task_group=self._task_group)
+                except* (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as group:
+                    # EMFILE, ENOBUFS, ECONNABORTED...: the listener itself
+                    # is fine, and a node must not end because accept failed
+                    # (a listener of several sockets reports it in a group).
+                    failure = group.exceptions[0]
+                if self.stopping:
+                    return
+                self.count_drop("accept_failed")
+                self.log_limiter.warning("accept_failed", "accept failed: %r", failure)
+                await anyio.sleep(ACCEPT_RETRY_DELAY)
 
     async def stop(self) -> None:
         """Say goodbye to every peer, flush for at most ``shutdown_timeout``
@@ -794,9 +852,12 @@ class Transport:
         self._register(conn)
         return conn.peer
 
-    async def _handle_incoming(self, stream: anyio.abc.ByteStream) -> None:
+    async def _handle_incoming(self, stream: anyio.abc.ByteStream, key: object = None) -> None:
         try:
-            await self._serve_incoming(stream)
+            try:
+                await self._serve_incoming(stream, key)
+            finally:
+                self._forget_pending(key)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             # A socket error before the connection was registered (its own
             # run() handles them after): this one socket is lost, not the node.
@@ -813,29 +874,60 @@ class Transport:
                 await anyio.aclose_forcefully(stream)
             raise
 
-    def _admit(self, host: str, key: object, scope: anyio.CancelScope) -> None:
-        """Make room for one more pending handshake from ``host``.
+    def _admit(self, host: str) -> object | None:
+        """Take a pending-handshake slot for a connection from ``host``.
 
-        When a cap is full the *oldest* pending handshake goes, not the new
-        one: an attacker holding sockets open (or reopening them as fast as
-        they close) then only ever evicts its own, while a real peer, which
-        completes its handshake in a round trip or two, gets through.
+        Returns the slot's key, or ``None`` if the connection must be closed
+        at once: the node is stopping, or ``host`` already holds
+        ``max_pending_handshakes_per_host`` slots (counted as
+        ``handshake_refused_per_host``). When the whole table is full, a
+        connection from an address that would still hold fewer slots than
+        the address holding the most takes the oldest of those
+        (``handshake_evicted``); any other is refused
+        (``handshake_refused_full``). An attacker holding sockets open, or
+        reopening them as fast as they close, then only ever sheds its own
+        (cheaply: a refusal costs no task), while a real peer, which holds
+        one slot for a round trip or two, gets through -- unless the
+        attacker has as many addresses as the table has slots.
         """
-        per_host = self._pending_by_host.get(host, 0)
-        if per_host >= self.config.max_pending_handshakes_per_host:
-            oldest = next(p for p in self._pending.values() if p.host == host)
-            self._evict(oldest, "handshake_evicted_per_host")
-        elif len(self._pending) >= self.config.max_pending_handshakes:
-            self._evict(next(iter(self._pending.values())), "handshake_evicted")
-        self._pending[key] = _PendingHandshake(host=host, scope=scope)
+        if self.stopping:
+            self.count_drop("handshake_refused_stopping")
+            return None
+        if self._pending_by_host.get(host, 0) >= self.config.max_pending_handshakes_per_host:
+            self.count_drop("handshake_refused_per_host")
+            self.log_limiter.log(
+                logging.INFO,
+                "handshake_refused_per_host",
+                "refused a connection from %s: too many pending handshakes from there",
+                host,
+            )
+            return None
+        if len(self._pending) >= self.config.max_pending_handshakes:
+            # Many sockets from one place are the attack, a lone one a peer.
+            most = max(self._pending_by_host.values())
+            if self._pending_by_host.get(host, 0) + 1 >= most:
+                self.count_drop("handshake_refused_full")
+                self.log_limiter.log(
+                    logging.INFO,
+                    "handshake_refused_full",
+                    "refused a connection from %s: too many pending handshakes",
+                    host,
+                )
+                return None
+            oldest = next(
+                p for p in self._pending.values() if self._pending_by_host[p.host] == most
+            )
+            self._evict(oldest, "handshake_evicted")
+        key = object()
+        self._pending[key] = _PendingHandshake(host=host, scope=anyio.CancelScope())
         self._pending_by_host[host] = self._pending_by_host.get(host, 0) + 1
+        return key
 
     def _evict(self, pending: _PendingHandshake, cause: str) -> None:
         for key, value in self._pending.items():
             if value is pending:
                 self._forget_pending(key)
                 break
-        pending.evicted = True
         pending.scope.cancel()
         self.count_drop(cause)
         self.log_limiter.log(logging.INFO, cause, "shed a pending handshake (%s)", cause)
@@ -850,13 +942,19 @@ class Transport:
         else:
             del self._pending_by_host[pending.host]
 
-    async def _serve_incoming(self, stream: anyio.abc.ByteStream) -> None:
-        if self.stopping:
-            self.count_drop("handshake_refused_stopping")
-            await stream.aclose()
+    async def _serve_incoming(self, stream: anyio.abc.ByteStream, key: object) -> None:
+        if key is None:  # accepted through a listener (TLS): admit it now
+            remote = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
+            key = self._admit(str(remote[0]) if isinstance(remote, tuple) else str(remote))
+            if key is None:
+                await stream.aclose()
+                return
+        pending = self._pending.get(key)
+        if pending is None:  # evicted before this task started
+            await anyio.aclose_forcefully(stream)
             return
-        remote = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
-        host = str(remote[0]) if isinstance(remote, tuple) else str(remote)
+        scope = pending.scope
+        del pending
         machine = HandshakeMachine(
             role=Role.ACCEPTOR,
             local_name=self.name,
@@ -864,9 +962,6 @@ class Transport:
             cookie=self.cookie,
             versions=PROTOCOL_VERSIONS,
         )
-        key = object()
-        scope = anyio.CancelScope()
-        self._admit(host, key, scope)
         done: HandshakeCompleted | None = None
         try:
             with scope, anyio.fail_after(self.config.handshake_timeout):

@@ -718,6 +718,7 @@ class Membership:
         if name in self.transport.connections:
             self._redial.pop(name, None)
             return
+        self.transport.count_drop("mesh_redial_failed")
         backoff = self._redial.get(name, (0.0, self.config.redial_min_interval))[1]
         backoff = min(backoff * 2, self.config.redial_max_interval)
         self._redial[name] = (anyio.current_time() + self._jitter(backoff), backoff)
