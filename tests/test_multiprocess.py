@@ -6,6 +6,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -214,3 +215,65 @@ def test_leader_election_example_sigkill_leader_and_restart() -> None:
     assert "[main] SIGKILLed the leader" in out
     assert "after the kill" in out
     assert "restarted with its saved term and follows: LEADER" in out
+
+
+JOIN_STORM = Path(__file__).resolve().parent / "join_storm.py"
+
+
+def _events(output: str) -> list[tuple[str, str, str]]:
+    return [
+        (kind, name, reason)
+        for line in output.splitlines()
+        if line.startswith("EVENT ")
+        for kind, name, reason in [line.split()[1:4]]
+    ]
+
+
+def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdown() -> None:
+    """Three OS processes join one seed at the same instant, several times
+    over: the seed sees exactly one ``NodeUp`` per joiner and no
+    ``NodeDown`` until each leaves, and every leave is ``shutdown``, on the
+    seed and on the joiners alike."""
+    joiners = [f"j{i}@127.0.0.1" for i in range(3)]
+    for _trial in range(4):
+        port = free_port()
+        seed = subprocess.Popen(
+            [sys.executable, str(JOIN_STORM), "seed", str(port), str(len(joiners))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert seed.stdout is not None
+            assert seed.stdout.readline().strip() == "READY"
+            go_at = time.time() + 3.0  # every interpreter started by then
+            children = [
+                subprocess.Popen(
+                    [sys.executable, str(JOIN_STORM), "join", name, str(port), str(go_at), "4"],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for name in joiners
+            ]
+            outputs = [child.communicate(timeout=60)[0] for child in children]
+            assert all(child.returncode == 0 for child in children), outputs
+            seed_out = seed.communicate(timeout=60)[0]
+            assert seed.returncode == 0
+        finally:
+            for process in [seed, *locals().get("children", [])]:
+                if process.poll() is None:
+                    process.kill()
+        seen = _events(seed_out)
+        ups = [name for kind, name, _ in seen if kind == "up"]
+        downs = [(name, reason) for kind, name, reason in seen if kind == "down"]
+        # One NodeUp per joiner, all before any NodeDown: no flap at formation.
+        assert sorted(ups) == joiners, seen
+        assert [kind for kind, _, _ in seen] == ["up"] * 3 + ["down"] * 3, seen
+        assert sorted(downs) == [(name, "shutdown") for name in joiners], seen
+        for name, out in zip(joiners, outputs, strict=True):
+            mine = _events(out)
+            peer_ups = sorted(n for kind, n, _ in mine if kind == "up")
+            assert peer_ups == sorted(["seed@127.0.0.1", *(j for j in joiners if j != name)]), (
+                name,
+                mine,
+            )
+            assert all(r == "shutdown" for kind, _, r in mine if kind == "down"), (name, mine)

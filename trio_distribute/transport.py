@@ -998,22 +998,24 @@ class Transport:
         """Run ``machine`` over ``stream`` until it completes or fails."""
         while True:
             events: list[HandshakeEvent] = []
-            outgoing = machine.data_to_send()
-            if outgoing:
-                try:
-                    await stream.send(outgoing)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    events = machine.receive_data(b"")
             peer = machine.peer_name
             if attempt is not None and peer and peer != self.name:
-                # A dial by address that reached a node we are connected to
-                # (or dialling by name): stop here, before the peer decides.
+                # Checked before our proof goes out, so the peer never
+                # accepts a connection we then drop. A dial by address that
+                # reached a node we are connected to (or dialling by name)
+                # stops here.
                 other = self._dialing.get(peer)
                 if peer in self.connections or (other is not None and other is not attempt):
                     raise _AlreadyConnected(peer)
                 # Register the attempt by name as soon as we learn it, so a
                 # crossing attempt from that peer is tie-broken correctly.
                 self._dialing[peer] = attempt
+            outgoing = machine.data_to_send()
+            if outgoing:
+                try:
+                    await stream.send(outgoing)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    events = machine.receive_data(b"")
             if not events:
                 try:
                     data = await stream.receive(MAX_PREAUTH_FRAME * 2)
@@ -1129,6 +1131,13 @@ class Transport:
                 NodeDownReason.REPLACED
                 if old.peer_creation != conn.peer_creation
                 else NodeDownReason.CONNECTION_CLOSED
+            )
+            logger.debug(
+                "%s: a new connection to %s (initiated by %s) replaces one initiated by %s",
+                self.name,
+                conn.peer,
+                "us" if conn.initiated_by_me else "it",
+                "us" if old.initiated_by_me else "it",
             )
             old.close(reason)
         self.connections[conn.peer] = conn
