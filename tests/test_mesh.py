@@ -91,7 +91,7 @@ async def test_a_refused_membership_send_does_not_end_the_node(
             socket_ = a.membership._socket
             assert socket_ is not None
             refusing = _Refusing(socket_.sendto, error, times=20)
-            socket_.sendto = refusing  # type: ignore[method-assign]
+            socket_.sendto = refusing  # type: ignore[method-assign,assignment]
             await wait_until(lambda: refusing.left == 0)
             # Still a working node: it answers, and its drops say why.
             await a.ping(b.name)
@@ -342,7 +342,7 @@ async def test_a_member_swim_declares_dead_is_reported_as_member_dead() -> None:
                 async def swallow(*args: object) -> None:
                     pass
 
-                socket_.sendto = swallow  # type: ignore[method-assign]
+                socket_.sendto = swallow  # type: ignore[method-assign,assignment]
                 c.transport._handlers[Kind.MEMBER_STREAM] = lambda conn, item: None
                 event = await a_events.receive()
                 assert event == td.NodeDown(c.name, "member_dead")
