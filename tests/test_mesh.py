@@ -168,23 +168,49 @@ def _fill(node: td.Node, peer: str) -> None:
         conn.write(chunk)
 
 
+@pytest.mark.parametrize("how", ["return", "cancel", "error"])
 @pytest.mark.parametrize("shutdown_timeout", [0.2, 1.5])
 async def test_leaving_is_bounded_by_shutdown_timeout_with_a_peer_that_never_reads(
-    shutdown_timeout: float,
+    shutdown_timeout: float, how: str
 ) -> None:
     config = td.NodeConfig.local(shutdown_timeout=shutdown_timeout)
+    leave = anyio.Event()
+    left = anyio.Event()
+    errors: list[BaseException] = []
+    scope = anyio.CancelScope()
+
+    async def run(*, task_status: anyio.abc.TaskStatus[td.Node]) -> None:
+        try:
+            with scope:
+                await serve(task_status)
+        except RuntimeError as exc:
+            errors.append(exc)
+        finally:
+            left.set()
+
+    async def serve(task_status: anyio.abc.TaskStatus[td.Node]) -> None:
+        async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=config) as node:
+            task_status.started(node)
+            await leave.wait()
+            if how == "error":
+                raise RuntimeError("the user's own error")
+            if how == "cancel":
+                await anyio.sleep_forever()
+
     with anyio.fail_after(shutdown_timeout + 10):
-        async with AsyncExitStack() as node_stack:
-            node = await node_stack.enter_async_context(
-                td.open_node("a@127.0.0.1", cookie=COOKIE, config=config)
-            )
+        async with anyio.create_task_group() as tg:
+            node = await tg.start(run)
             async with hostile_peer(node.address):  # never reads
                 await wait_until(lambda: bool(node.nodes()))
                 _fill(node, "mallory@127.0.0.1")
                 started = anyio.current_time()
-                await node_stack.aclose()  # leave the node's block, peer still there
+                leave.set()
+                if how == "cancel":
+                    scope.cancel()
+                await left.wait()
                 took = anyio.current_time() - started
-    print(f"shutdown_timeout={shutdown_timeout}: left in {took:.3f}s")
+    print(f"{how}, shutdown_timeout={shutdown_timeout}: left in {took:.3f}s")
+    assert [str(e) for e in errors] == (["the user's own error"] if how == "error" else [])
     # It waited for the goodbye flush (a peer that reads would have ended it
     # sooner) but no longer than its bound, plus the close itself.
     assert took >= shutdown_timeout * 0.9
@@ -288,9 +314,15 @@ async def test_a_disconnect_sticks_until_an_explicit_connect() -> None:
                 await a.send(("anyone", b.name), "hello")
             # Membership still sees b alive: it is not the network.
             assert b.name in a.membership.alive()
-            await a.connect(target(b))
+            # A dial by address (as a membership join makes) is refused too.
+            with pytest.raises(td.ConnectError):
+                await a.transport.connect(f"127.0.0.1:{b.address[1]}")
+            assert a.nodes() == [c.name]
+            # The user's own connect, by address, ends it.
+            await a.connect(f"127.0.0.1:{b.address[1]}")
             await a.ping(b.name)
             await wait_until(lambda: full_mesh([a, b, c]))
+            assert not a.transport.disconnected and not b.transport.disconnected
 
 
 async def test_a_disconnected_peer_that_restarts_is_connected_again() -> None:

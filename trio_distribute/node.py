@@ -441,15 +441,18 @@ async def open_node(
             node = _build_node(name, secret, config, ssl_context, client_ssl_context)
             node._task_group = task_group
             await node.transport.start(task_group, bind_host, port)
-            node._processes.start(task_group)
-            node._monitors.start()
-            node.groups.start()
-            node.registry.start()
-            node.rpc.start(task_group)
-            node.membership.load_snapshot()
-            await node.membership.start(task_group, _advertised_host(name, node.address[0]))
-            node.election.start(task_group)
+            # From here on connections may exist; they end only through
+            # transport.stop() (goodbye, bounded by shutdown_timeout), so it
+            # runs however this block is left, start-up failures included.
             try:
+                node._processes.start(task_group)
+                node._monitors.start()
+                node.groups.start()
+                node.registry.start()
+                node.rpc.start(task_group)
+                node.membership.load_snapshot()
+                await node.membership.start(task_group, _advertised_host(name, node.address[0]))
+                node.election.start(task_group)
                 await _join_seeds(node, list(seeds))
                 yield node
             finally:

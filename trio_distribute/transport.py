@@ -169,7 +169,12 @@ class Connection:
     _wake_pending: bool = False
     _space: anyio.Event | None = None
     _drained: anyio.Event | None = None
-    _cancel_scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    # Shielded: a connection ends only through close(), never because the
+    # node's task group is cancelled from outside (the user's cancel scope,
+    # Ctrl-C). The node's exit path says goodbye first (Transport.stop, with
+    # a deadline) and then closes it, so peers see "shutdown" however the
+    # node was left.
+    _cancel_scope: anyio.CancelScope = attrs.field(factory=lambda: anyio.CancelScope(shield=True))
 
     # ------------------------------------------------------------------ write
 
@@ -459,6 +464,8 @@ class _DialAttempt:
     done: anyio.Event = attrs.field(factory=anyio.Event)
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     superseded: bool = False
+    #: The user's own ``connect`` (it may end a disconnect).
+    explicit: bool = False
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -635,7 +642,7 @@ class Transport:
         with anyio.move_on_after(self.config.shutdown_timeout, shield=True):
             for conn in connections:
                 await conn.drain()
-        for conn in connections:
+        for conn in [*connections, *self.connections.values()]:
             conn.close(NodeDownReason.SHUTDOWN)
         for pending in self._pending.values():
             pending.scope.cancel()
@@ -769,7 +776,7 @@ class Transport:
             await self._dialing[name].done.wait()
             if name in self.connections:
                 return name
-        attempt = _DialAttempt()
+        attempt = _DialAttempt(explicit=explicit)
         if name is not None:
             self._dialing[name] = attempt
         try:
@@ -848,6 +855,11 @@ class Transport:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             raise ConnectError(f"connections with {done.name} are blocked")
+        if self.stopping:
+            # Completed after stop() said goodbye: nothing would close it.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise ConnectError("this node is stopping")
         conn = self._new_connection(stream, done, leftover, initiated_by_me=True)
         self._register(conn)
         return conn.peer
@@ -1004,6 +1016,12 @@ class Transport:
                 # accepts a connection we then drop. A dial by address that
                 # reached a node we are connected to (or dialling by name)
                 # stops here.
+                if peer in self.disconnected:
+                    # A dial by address that turned out to reach a node the
+                    # user disconnected: only the user's own connect may.
+                    if not attempt.explicit:
+                        raise ConnectError(f"{peer} was disconnected on purpose")
+                    del self.disconnected[peer]
                 other = self._dialing.get(peer)
                 if peer in self.connections or (other is not None and other is not attempt):
                     raise _AlreadyConnected(peer)
