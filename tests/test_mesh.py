@@ -417,6 +417,26 @@ async def test_a_graceful_leave_is_always_shutdown_even_under_traffic() -> None:
             assert reasons == ["shutdown"] * 20
 
 
+@pytest.mark.parametrize("how", ["cancel", "error"])
+async def test_a_node_left_by_cancellation_or_error_is_seen_as_shutdown(how: str) -> None:
+    with anyio.fail_after(30):
+        async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=FAST) as a:
+            async with a.monitor_nodes() as events:
+                for _ in range(5):
+                    with anyio.CancelScope() as scope:
+                        try:
+                            async with td.open_node("b@127.0.0.1", cookie=COOKIE, config=FAST) as b:
+                                await b.connect(target(a))
+                                assert await events.receive() == td.NodeUp(b.name)
+                                if how == "cancel":
+                                    scope.cancel()
+                                    await anyio.sleep_forever()
+                                raise LookupError("the user's own error")
+                        except LookupError:
+                            pass
+                    assert await events.receive() == td.NodeDown("b@127.0.0.1", "shutdown")
+
+
 # -------------------------------------------------------------- handshake slots
 
 

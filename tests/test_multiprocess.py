@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -233,7 +234,8 @@ def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdo
     """Three OS processes join one seed at the same instant, several times
     over: the seed sees exactly one ``NodeUp`` per joiner and no
     ``NodeDown`` until each leaves, and every leave is ``shutdown``, on the
-    seed and on the joiners alike."""
+    seed and on the joiners alike. The third joiner is stopped with Ctrl-C
+    (SIGINT): it still says goodbye, and exits within the shutdown bound."""
     joiners = [f"j{i}@127.0.0.1" for i in range(3)]
     for _trial in range(4):
         port = free_port()
@@ -248,14 +250,29 @@ def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdo
             go_at = time.time() + 3.0  # every interpreter started by then
             children = [
                 subprocess.Popen(
-                    [sys.executable, str(JOIN_STORM), "join", name, str(port), str(go_at), "4"],
+                    [
+                        sys.executable,
+                        str(JOIN_STORM),
+                        "join",
+                        name,
+                        str(port),
+                        str(go_at),
+                        "4" if index < 2 else "60",
+                    ],
                     stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,  # the KeyboardInterrupt traceback
                     text=True,
                 )
-                for name in joiners
+                for index, name in enumerate(joiners)
             ]
-            outputs = [child.communicate(timeout=60)[0] for child in children]
-            assert all(child.returncode == 0 for child in children), outputs
+            outputs = [child.communicate(timeout=60)[0] for child in children[:2]]
+            assert all(child.returncode == 0 for child in children[:2]), outputs
+            children[2].send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            outputs.append(children[2].communicate(timeout=60)[0])
+            # A few seconds at most (shutdown_timeout is 0.5 s with local()),
+            # generous for a loaded machine.
+            assert time.monotonic() - interrupted < 10
             seed_out = seed.communicate(timeout=60)[0]
             assert seed.returncode == 0
         finally:
