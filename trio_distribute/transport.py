@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-from anyio.streams.tls import TLSListener, TLSStream
+from anyio.streams.tls import TLSStream
 
 from . import codec
 from ._backend import running_on_trio
@@ -545,19 +545,12 @@ class Transport:
             raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
         self.address = (str(sockname[0]), int(sockname[1]))
-        if self.ssl_context is not None:
-            listener = TLSListener(
-                listener,
-                self.ssl_context,
-                standard_compatible=False,
-                handshake_timeout=self.config.handshake_timeout,
-            )
         self._listener = listener
         raw_sockets = [
             sub.extra(anyio.abc.SocketAttribute.raw_socket, None)
             for sub in getattr(listener, "listeners", [listener])
         ]
-        if self.ssl_context is None and all(isinstance(r, socket.socket) for r in raw_sockets):
+        if all(isinstance(r, socket.socket) for r in raw_sockets):
             task_group.start_soon(self._serve_raw, listener, raw_sockets)
         else:
             task_group.start_soon(self._serve, listener)
@@ -955,7 +948,7 @@ class Transport:
             del self._pending_by_host[pending.host]
 
     async def _serve_incoming(self, stream: anyio.abc.ByteStream, key: object) -> None:
-        if key is None:  # accepted through a listener (TLS): admit it now
+        if key is None:  # accepted through a listener: admit it now
             remote = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
             key = self._admit(str(remote[0]) if isinstance(remote, tuple) else str(remote))
             if key is None:
@@ -975,9 +968,24 @@ class Transport:
             versions=PROTOCOL_VERSIONS,
         )
         done: HandshakeCompleted | None = None
+        plain = stream
         try:
             with scope, anyio.fail_after(self.config.handshake_timeout):
+                if self.ssl_context is not None:
+                    # TLS inside the slot and the deadline: a socket that
+                    # never completes TLS holds a slot like any other.
+                    stream = await TLSStream.wrap(
+                        plain,
+                        server_side=True,
+                        ssl_context=self.ssl_context,
+                        standard_compatible=False,
+                    )
                 done, _ = await self._handshake(stream, machine, None)
+        except (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            self.count_drop("tls_handshake_failed")
+            self.log_limiter.log(
+                logging.INFO, "tls_handshake_failed", "an incoming TLS handshake failed: %r", exc
+            )
         except TimeoutError:
             self.count_drop("handshake_timeout")
             self.log_limiter.log(
@@ -993,7 +1001,7 @@ class Transport:
             self._forget_pending(key)
         if done is None:
             # Timed out, refused or evicted (the scope was cancelled).
-            await anyio.aclose_forcefully(stream)
+            await anyio.aclose_forcefully(plain)
             return
         conn = self.connections.get(done.name)
         if conn is None or conn.stream is not stream:
