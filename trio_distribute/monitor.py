@@ -40,7 +40,8 @@ class NodeDownReason:
     SHUTDOWN: Final = "shutdown"
     #: Membership (SWIM) declared the peer dead; both sides see this.
     MEMBER_DEAD: Final = "member_dead"
-    #: The peer left the cluster (``membership.leave``).
+    #: A member left the cluster (``membership.leave``): the peer, or, as
+    #: seen on the node that left, this node.
     MEMBER_LEFT: Final = "member_left"
     #: The peer broke the wire protocol after authenticating.
     PROTOCOL_ERROR: Final = "protocol_error"
