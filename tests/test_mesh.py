@@ -385,6 +385,19 @@ async def test_a_member_swim_declares_dead_is_reported_as_member_dead() -> None:
                 }
 
 
+async def test_a_member_that_leaves_the_cluster_is_reported_as_member_left() -> None:
+    with anyio.fail_after(30):
+        async with open_cluster(3) as (a, b, c):
+            await wait_until(lambda: all(len(n.membership.alive()) == 3 for n in (a, b, c)))
+            async with a.monitor_nodes() as events:
+                await c.membership.leave()
+                assert await events.receive() == td.NodeDown(c.name, "member_left")
+            await wait_until(lambda: a.nodes() == [b.name] and b.nodes() == [a.name])
+            # Nobody redials a member that left.
+            await anyio.sleep(0.5)
+            assert a.nodes() == [b.name] and b.nodes() == [a.name]
+
+
 async def test_a_graceful_leave_is_always_shutdown_even_under_traffic() -> None:
     with anyio.fail_after(120):
         async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=FAST) as a:
