@@ -570,7 +570,9 @@ class Membership:
             # Dial only addresses of nodes never met (seeds) and dead members
             # (healing). A live member we are not connected to is redialled
             # by _keep_mesh, with backoff, unless the user disconnected it.
-            dial = not name or core.status_of(name) in (MemberStatus.DEAD, MemberStatus.LEFT)
+            # A member that left is not dialled: it said it is gone, and a
+            # connection made now would outlive the MemberLeft that closed it.
+            dial = not name or core.status_of(name) is MemberStatus.DEAD
             conn = await self._connection_to(action.address, name=name, dial=dial)
             if conn is None:
                 core.stream_failed(anyio.current_time(), action.name, action.address)
