@@ -499,3 +499,23 @@ def test_loopback_aliases_exist() -> None:
     # The slot tests dial from 127.0.0.x: Linux routes all of 127/8 to lo.
     with socket.socket() as s:
         s.bind(("127.0.0.10", 0))
+
+
+async def test_one_address_holds_at_most_its_share_of_pending_handshakes() -> None:
+    config = td.NodeConfig.local(max_pending_handshakes_per_host=2, handshake_timeout=5.0)
+    with anyio.fail_after(20):
+        async with nodes_on(["127.0.0.1"], config=config) as (node,):
+            host, port = node.address
+            streams = [
+                await anyio.connect_tcp(host, port, local_host="127.0.0.20") for _ in range(4)
+            ]
+            await wait_until(
+                lambda: node.statistics().drops.get("handshake_refused_per_host", 0) == 2
+            )
+            assert node.statistics().pending_handshakes == 2
+            # Another address is not affected.
+            other = await anyio.connect_tcp(host, port, local_host="127.0.0.21")
+            await wait_until(lambda: node.statistics().pending_handshakes == 3)
+            for stream in [*streams, other]:
+                await stream.aclose()
+            await wait_until(lambda: node.statistics().pending_handshakes == 0)
