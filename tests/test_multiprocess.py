@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -214,3 +216,80 @@ def test_leader_election_example_sigkill_leader_and_restart() -> None:
     assert "[main] SIGKILLed the leader" in out
     assert "after the kill" in out
     assert "restarted with its saved term and follows: LEADER" in out
+
+
+JOIN_STORM = Path(__file__).resolve().parent / "join_storm.py"
+
+
+def _events(output: str) -> list[tuple[str, str, str]]:
+    return [
+        (kind, name, reason)
+        for line in output.splitlines()
+        if line.startswith("EVENT ")
+        for kind, name, reason in [line.split()[1:4]]
+    ]
+
+
+def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdown() -> None:
+    """Three OS processes join one seed at the same instant, several times
+    over: the seed sees exactly one ``NodeUp`` per joiner and no
+    ``NodeDown`` until each leaves, and every leave is ``shutdown``, on the
+    seed and on the joiners alike. The third joiner is stopped with Ctrl-C
+    (SIGINT): it still says goodbye, and exits within the shutdown bound."""
+    joiners = [f"j{i}@127.0.0.1" for i in range(3)]
+    for _trial in range(4):
+        port = free_port()
+        seed = subprocess.Popen(
+            [sys.executable, str(JOIN_STORM), "seed", str(port), str(len(joiners))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert seed.stdout is not None
+            assert seed.stdout.readline().strip() == "READY"
+            go_at = time.time() + 3.0  # every interpreter started by then
+            children = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(JOIN_STORM),
+                        "join",
+                        name,
+                        str(port),
+                        str(go_at),
+                        "4" if index < 2 else "60",
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,  # the KeyboardInterrupt traceback
+                    text=True,
+                )
+                for index, name in enumerate(joiners)
+            ]
+            outputs = [child.communicate(timeout=60)[0] for child in children[:2]]
+            assert all(child.returncode == 0 for child in children[:2]), outputs
+            children[2].send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            outputs.append(children[2].communicate(timeout=60)[0])
+            # A few seconds at most (shutdown_timeout is 0.5 s with local()),
+            # generous for a loaded machine.
+            assert time.monotonic() - interrupted < 10
+            seed_out = seed.communicate(timeout=60)[0]
+            assert seed.returncode == 0
+        finally:
+            for process in [seed, *locals().get("children", [])]:
+                if process.poll() is None:
+                    process.kill()
+        seen = _events(seed_out)
+        ups = [name for kind, name, _ in seen if kind == "up"]
+        downs = [(name, reason) for kind, name, reason in seen if kind == "down"]
+        # One NodeUp per joiner, all before any NodeDown: no flap at formation.
+        assert sorted(ups) == joiners, seen
+        assert [kind for kind, _, _ in seen] == ["up"] * 3 + ["down"] * 3, seen
+        assert sorted(downs) == [(name, "shutdown") for name in joiners], seen
+        for name, out in zip(joiners, outputs, strict=True):
+            mine = _events(out)
+            # (Connections made while joining, before the block, are not
+            # replayed to a later subscriber.) No peer comes up twice.
+            peer_ups = [n for kind, n, _ in mine if kind == "up"]
+            assert len(set(peer_ups)) == len(peer_ups), (name, mine)
+            assert all(r == "shutdown" for kind, _, r in mine if kind == "down"), (name, mine)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 SCENARIO = Path(__file__).resolve().parent / "netns_partition.py"
+FAULTS = Path(__file__).resolve().parent / "netns_faults.py"
 
 
 def _unavailable() -> str | None:
@@ -48,5 +49,31 @@ def test_kernel_partition_heal_and_udp_loss() -> None:
         "the minority side has none: ok",
         "healed: one leader: ok",
         "no false deaths",
+    ]:
+        assert check in result.stdout, check
+
+
+def test_refused_sends_never_end_a_node_and_every_node_leaves_in_time() -> None:
+    """``nft`` output rules make n1's own ``sendto`` fail (EPERM) and reject
+    its TCP: n1 keeps running, the mesh comes back when the rules go, and
+    each node leaves its block within the shutdown bound."""
+    reason = _unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    env = {**os.environ, "PYTHONPATH": str(FAULTS.parent.parent)}
+    result = subprocess.run(
+        ["unshare", "-n", sys.executable, str(FAULTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ALL CHECKS PASSED" in result.stdout
+    for check in [
+        "n1's refused sends are counted: ok",
+        "n1 still runs (None): ok",
+        "healed: full mesh again: ok",
     ]:
         assert check in result.stdout, check

@@ -50,12 +50,26 @@ class MembershipConfig:
     reconnect_timeout: float = attrs.field(
         default=24 * 3600.0, converter=float, validator=_positive_float
     )
+    #: With ``connect_all``: the first redial of a live member we are not
+    #: connected to waits this long; each failure doubles the wait, up to
+    #: ``redial_max_interval``, with up to 25 % random jitter on top.
+    redial_min_interval: float = attrs.field(
+        default=0.5, converter=float, validator=_positive_float
+    )
+    redial_max_interval: float = attrs.field(
+        default=8.0, converter=float, validator=_positive_float
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.probe_timeout >= self.probe_interval:
             raise ValueError(
                 f"probe_timeout ({self.probe_timeout}) must be below "
                 f"probe_interval ({self.probe_interval})"
+            )
+        if self.redial_min_interval > self.redial_max_interval:
+            raise ValueError(
+                f"redial_min_interval ({self.redial_min_interval}) must not exceed "
+                f"redial_max_interval ({self.redial_max_interval})"
             )
 
     def suspicion_timeouts(self, n: int) -> tuple[float, float]:
@@ -84,6 +98,8 @@ class MembershipConfig:
             push_pull_interval=2.0,
             reconnect_interval=1.0,
             reconnect_timeout=60.0,
+            redial_min_interval=0.05,
+            redial_max_interval=0.5,
         )
 
 
@@ -129,7 +145,14 @@ class NodeConfig:
             (Erlang's ``net_ticktime``); ticks are sent every quarter of it.
         handshake_timeout: deadline for a whole handshake.
         max_pending_handshakes: unauthenticated connections allowed at once;
-            more are closed on accept.
+            when full, a new one evicts the oldest (counted as
+            ``handshake_evicted``), so silent sockets cannot lock peers out.
+        max_pending_handshakes_per_host: unauthenticated connections allowed
+            at once from one source address; a new one beyond it evicts that
+            address's oldest (``handshake_evicted_per_host``).
+        shutdown_timeout: how long leaving ``open_node`` waits for the
+            goodbye to every peer to be written (a peer that does not read
+            cannot hold the node longer); also bounds ``disconnect``.
         max_message_size: largest encoded message accepted or sent
             (default: ``settings.max_message_size()`` when the config is made).
         max_mailbox: messages a process mailbox holds before new ones are
@@ -172,6 +195,10 @@ class NodeConfig:
     tick_timeout: float = attrs.field(default=60.0, converter=float, validator=_positive_float)
     handshake_timeout: float = attrs.field(default=5.0, converter=float, validator=_positive_float)
     max_pending_handshakes: int = attrs.field(default=64, validator=[v.instance_of(int), _positive])
+    max_pending_handshakes_per_host: int = attrs.field(
+        default=8, validator=[v.instance_of(int), _positive]
+    )
+    shutdown_timeout: float = attrs.field(default=2.0, converter=float, validator=_positive_float)
     max_message_size: int = attrs.field(
         factory=settings.max_message_size, validator=[v.instance_of(int), v.ge(1024)]
     )
@@ -222,6 +249,7 @@ class NodeConfig:
             "election": ElectionConfig.local(),
             "tick_timeout": 4.0,
             "handshake_timeout": 2.0,
+            "shutdown_timeout": 0.5,
         }
         fields.update(overrides)
         return cls(**fields)

@@ -26,15 +26,23 @@ class NodeDownReason:
     compare simply.
     """
 
-    #: One side called :meth:`Node.disconnect`; both sides see this.
+    #: One side called :meth:`Node.disconnect`; both sides see this. The
+    #: disconnect sticks: neither side redials the other on its own.
     DISCONNECT: Final = "disconnect"
     #: The connection closed without a goodbye: the peer crashed, was
     #: killed, or the network failed.
     CONNECTION_CLOSED: Final = "connection_closed"
     #: Nothing arrived for ``tick_timeout`` seconds.
     TICK_TIMEOUT: Final = "tick_timeout"
-    #: The peer stopped (left its ``open_node`` block), or we did.
+    #: The peer stopped (left its ``open_node`` block), or we did. Always
+    #: this for a graceful stop: the goodbye is acted on as it is read,
+    #: before the socket's end is.
     SHUTDOWN: Final = "shutdown"
+    #: Membership (SWIM) declared the peer dead; both sides see this.
+    MEMBER_DEAD: Final = "member_dead"
+    #: A member left the cluster (``membership.leave``): the peer, or, as
+    #: seen on the node that left, this node.
+    MEMBER_LEFT: Final = "member_left"
     #: The peer broke the wire protocol after authenticating.
     PROTOCOL_ERROR: Final = "protocol_error"
     #: The peer restarted (new creation) and its new connection replaced

@@ -126,7 +126,7 @@ class Node:
                 node whose address this node already knows.
 
         Returns at once if already connected. Cancelling it abandons the
-        attempt.
+        attempt. It also ends a :meth:`disconnect` of that node.
 
         Raises:
             ValueError: ``target`` is not one of the forms above.
@@ -135,11 +135,17 @@ class Node:
             HandshakeError: the handshake failed for another reason.
             ConnectError: refused, unreachable or timed out.
         """
-        return await self._transport.connect(target)
+        return await self._transport.connect(target, explicit=True)
 
     async def disconnect(self, name: str) -> None:
         """Close the connection to ``name``; both sides see
-        ``NodeDown(reason="disconnect")``. Nothing happens if not connected."""
+        ``NodeDown(reason="disconnect")``.
+
+        The disconnect sticks: membership does not redial it, and
+        :meth:`ping` and :meth:`send` raise ``NodeDownError``, until
+        :meth:`connect` is called for it again (on either side) or the peer
+        restarts; ``membership.remove(name)`` forgets it. The goodbye is
+        flushed for at most ``config.shutdown_timeout`` seconds."""
         await self._transport.disconnect(name)
 
     def nodes(self) -> list[str]:
@@ -149,7 +155,8 @@ class Node:
     async def ping(self, name: str, timeout: float = 5.0) -> float:
         """Measure a round trip to ``name`` over its connection, in seconds.
 
-        Connects first if ``name`` is known but not connected.
+        Connects first if ``name`` is known but not connected (not if it was
+        disconnected on purpose).
 
         Raises:
             NodeDownError: not connected (and cannot connect), went down
@@ -157,11 +164,13 @@ class Node:
         """
         conn = self._transport.connections.get(name)
         if conn is None:
+            if name in self._transport.disconnected:
+                raise NodeDownError(name, "disconnected on purpose")
             if name not in self._transport.addresses:
                 raise NodeDownError(name, "not connected and no address known")
             try:
                 with anyio.fail_after(timeout):
-                    await self.connect(name)
+                    await self._transport.connect(name)
             except (ConnectError, TimeoutError) as exc:
                 raise NodeDownError(name, f"cannot connect: {exc}") from exc
             conn = self._transport.connections.get(name)
@@ -176,7 +185,8 @@ class Node:
             with anyio.move_on_after(timeout):
                 await pending.done.wait()
         finally:
-            del self._pings[seq]
+            # Already gone if the node went down meanwhile (_node_down).
+            self._pings.pop(seq, None)
         if not pending.answered:
             if conn.closed:
                 raise NodeDownError(name, conn.down_reason or "connection closed")
@@ -278,7 +288,7 @@ class Node:
             messages_in=frames_in,
             messages_out=frames_out,
             drops=dict(transport.drops),
-            pending_handshakes=transport._pending_handshakes,
+            pending_handshakes=transport.pending_handshakes,
             processes=self._processes.count(),
             monitors=self._monitors.count(),
             mailbox_depths=self._processes.mailbox_depths(),
@@ -431,15 +441,18 @@ async def open_node(
             node = _build_node(name, secret, config, ssl_context, client_ssl_context)
             node._task_group = task_group
             await node.transport.start(task_group, bind_host, port)
-            node._processes.start(task_group)
-            node._monitors.start()
-            node.groups.start()
-            node.registry.start()
-            node.rpc.start(task_group)
-            node.membership.load_snapshot()
-            await node.membership.start(task_group, _advertised_host(name, node.address[0]))
-            node.election.start(task_group)
+            # From here on connections may exist; they end only through
+            # transport.stop() (goodbye, bounded by shutdown_timeout), so it
+            # runs however this block is left, start-up failures included.
             try:
+                node._processes.start(task_group)
+                node._monitors.start()
+                node.groups.start()
+                node.registry.start()
+                node.rpc.start(task_group)
+                node.membership.load_snapshot()
+                await node.membership.start(task_group, _advertised_host(name, node.address[0]))
+                node.election.start(task_group)
                 await _join_seeds(node, list(seeds))
                 yield node
             finally:

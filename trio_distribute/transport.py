@@ -33,6 +33,7 @@ import os
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,7 +41,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-from anyio.streams.tls import TLSListener, TLSStream
+from anyio.streams.tls import TLSStream
 
 from . import codec
 from ._backend import running_on_trio
@@ -69,6 +70,16 @@ from .monitor import NodeDownReason
 
 __all__ = ["Connection", "Kind", "Transport", "parse_target"]
 
+#: Reasons a peer may give in its goodbye frame.
+_BYE_REASONS = frozenset(
+    {
+        NodeDownReason.DISCONNECT,
+        NodeDownReason.SHUTDOWN,
+        NodeDownReason.MEMBER_DEAD,
+        NodeDownReason.MEMBER_LEFT,
+    }
+)
+
 logger = logging.getLogger("trio_distribute.transport")
 _limited = LogLimiter(logger)
 
@@ -79,6 +90,17 @@ PROTOCOL_VERSIONS = (1,)
 DIRECT_WRITE_GAP = 50e-6
 _monotonic = time.monotonic
 _RECEIVE_SIZE = 65536
+#: After a write fails, the reader gets this long to read what the peer sent
+#: before the failure (its goodbye, above all), so a peer's graceful stop is
+#: reported as ``shutdown`` and not as a broken socket.
+BROKEN_WRITE_GRACE = 0.5
+#: Pause after the listener fails to accept (e.g. out of file descriptors),
+#: so a persistent error does not spin.
+ACCEPT_RETRY_DELAY = 0.1
+#: Connections accepted in one go before yielding. Accepting (and shedding)
+#: in batches drains a flooded accept queue quickly, so a real peer queued
+#: behind an attacker's sockets is reached in time.
+ACCEPT_BATCH = 256
 
 
 FrameHandler = Callable[["Connection", list[Any]], None]
@@ -164,7 +186,12 @@ class Connection:
     _wake_pending: bool = False
     _space: anyio.Event | None = None
     _drained: anyio.Event | None = None
-    _cancel_scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    # Shielded: a connection ends only through close(), never because the
+    # node's task group is cancelled from outside (the user's cancel scope,
+    # Ctrl-C). The node's exit path says goodbye first (Transport.stop, with
+    # a deadline) and then closes it, so peers see "shutdown" however the
+    # node was left.
+    _cancel_scope: anyio.CancelScope = attrs.field(factory=lambda: anyio.CancelScope(shield=True))
 
     def __attrs_post_init__(self) -> None:
         self._queue_limit = self.transport.config.max_send_queue
@@ -199,9 +226,10 @@ class Connection:
                 except BlockingIOError:
                     sent = 0
                 except OSError as exc:
+                    # The writer retries it, fails the same way, and lets the
+                    # reader read a goodbye first (see _writer).
                     logger.debug("write to %s failed: %r", self.peer, exc)
-                    self.close(NodeDownReason.CONNECTION_CLOSED)
-                    return
+                    sent = 0
                 if sent == len(data):
                     return
                 data = data[sent:]
@@ -266,6 +294,11 @@ class Connection:
             await self._write_loop()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             logger.debug("write to %s failed: %r", self.peer, exc)
+            self.transport.count_drop("socket_write_failed")
+            # The peer may have said goodbye and closed: its BYE is read by
+            # the reader, which then closes with the right reason (and
+            # cancels this wait). Otherwise the socket is broken.
+            await anyio.sleep(BROKEN_WRITE_GRACE)
             self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
 
     async def _write_loop(self) -> None:
@@ -323,7 +356,9 @@ class Connection:
                 try:
                     payloads = decoder.feed(data)
                 except ProtocolError as exc:
-                    logger.warning("closing connection to %s: %s", self.peer, exc)
+                    self.transport.log_limiter.warning(
+                        "protocol_error", "closing connection to %s: %s", self.peer, exc
+                    )
                     self.transport.count_drop("protocol_error")
                     self.close(NodeDownReason.PROTOCOL_ERROR)
                     return
@@ -346,7 +381,12 @@ class Connection:
                     )
                 else:
                     data = await self.stream.receive(_RECEIVE_SIZE)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            except anyio.EndOfStream:
+                self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                logger.debug("read from %s failed: %r", self.peer, exc)
+                self.transport.count_drop("socket_read_failed")
                 self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
                 return
 
@@ -417,6 +457,7 @@ class Connection:
             logger.debug("connection to %s broke: %r", self.peer, exc)
         except Exception:
             # A bug in a frame handler must not take the node down with it.
+            self.transport.count_drop("connection_failed")
             logger.exception("connection to %s failed unexpectedly", self.peer)
         finally:
             self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
@@ -442,11 +483,13 @@ class Connection:
         self.transport.connection_closed(self, reason)
 
     async def close_gracefully(self, reason: str, *, timeout: float = 1.0) -> None:
-        """Tell the peer why we are closing, flush, then close."""
+        """Tell the peer why we are closing, flush (for at most ``timeout``
+        seconds, even if cancelled: a peer that does not read cannot hold us
+        longer), then close."""
         if self.closed:
             return
         self.write(self.transport.encode_frame([Kind.BYE, reason]))
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(timeout, shield=True):
             await self.drain()
         self.close(reason)
 
@@ -485,11 +528,31 @@ class _LostTieBreak(Exception):
     """Our connection attempt lost a simultaneous-connect tie-break."""
 
 
+class _AlreadyConnected(Exception):
+    """A dial by address reached a node we are already connected to (or
+    dialling by name): that connection is the one to use, and completing
+    this one would replace it, a node-down and node-up for nothing."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+@attrs.define(eq=False)
+class _PendingHandshake:
+    """An accepted connection that has not authenticated yet."""
+
+    host: str
+    scope: anyio.CancelScope
+
+
 @attrs.define(eq=False)
 class _DialAttempt:
     done: anyio.Event = attrs.field(factory=anyio.Event)
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     superseded: bool = False
+    #: The user's own ``connect`` (it may end a disconnect).
+    explicit: bool = False
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -514,7 +577,15 @@ class Transport:
     _handlers: dict[int, FrameHandler] = attrs.field(factory=dict)
     _dialing: dict[str, _DialAttempt] = attrs.field(factory=dict)
     _up_events: dict[str, anyio.Event] = attrs.field(factory=dict)
-    _pending_handshakes: int = 0
+    #: Unauthenticated incoming connections, oldest first.
+    _pending: OrderedDict[object, _PendingHandshake] = attrs.field(factory=OrderedDict)
+    _pending_by_host: dict[str, int] = attrs.field(factory=dict)
+    #: Peers the user disconnected (``{name: creation}``), on either side:
+    #: nothing but the user's own ``connect`` or the peer's restart (a new
+    #: creation) connects them again.
+    disconnected: dict[str, int] = attrs.field(factory=dict)
+    #: Log lines a remote party can trigger: at most one per cause per second.
+    log_limiter: LogLimiter = attrs.field(factory=lambda: LogLimiter(logger))
     #: Called with a peer's name when it tells us where it listens.
     address_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
     #: Peers this node refuses to connect with (see :meth:`block`).
@@ -561,33 +632,100 @@ class Transport:
             raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
         self.address = (str(sockname[0]), int(sockname[1]))
-        if self.ssl_context is not None:
-            listener = TLSListener(
-                listener,
-                self.ssl_context,
-                standard_compatible=False,
-                handshake_timeout=self.config.handshake_timeout,
-            )
         self._listener = listener
-        task_group.start_soon(self._serve, listener)
+        raw_sockets = [
+            sub.extra(anyio.abc.SocketAttribute.raw_socket, None)
+            for sub in getattr(listener, "listeners", [listener])
+        ]
+        if all(isinstance(r, socket.socket) for r in raw_sockets):
+            task_group.start_soon(self._serve_raw, listener, raw_sockets)
+        else:
+            task_group.start_soon(self._serve, listener)
         task_group.start_soon(self._ticker)
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Incoming connections not authenticated yet."""
+        return len(self._pending)
+
+    async def _serve_raw(
+        self, listener: anyio.abc.Listener[Any], raw_sockets: list[socket.socket]
+    ) -> None:
+        """Accept on the listening sockets directly, in batches, deciding
+        each connection's admission before any task is spawned for it."""
+        async with listener, anyio.create_task_group() as tg:
+            for raw in raw_sockets:
+                tg.start_soon(self._accept_loop, raw)
+
+    async def _accept_loop(self, raw: socket.socket) -> None:
+        assert self._task_group is not None
+        while True:
+            await anyio.wait_readable(raw)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    sock, remote = raw.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    # EMFILE, ENOBUFS, ECONNABORTED...: the listener itself
+                    # is fine, and a node must not end because accept failed.
+                    if self.stopping:
+                        return
+                    self.count_drop("accept_failed")
+                    self.log_limiter.warning("accept_failed", "accept failed: %r", exc)
+                    await anyio.sleep(ACCEPT_RETRY_DELAY)
+                    break
+                key = self._admit(str(remote[0]) if isinstance(remote, tuple) else str(remote))
+                if key is None:
+                    sock.close()
+                    continue
+                self._task_group.start_soon(self._handle_accepted, sock, key)
+
+    async def _handle_accepted(self, sock: socket.socket, key: object) -> None:
+        try:
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream = await anyio.abc.SocketStream.from_socket(sock)
+        except BaseException:
+            self._forget_pending(key)
+            sock.close()
+            raise
+        await self._handle_incoming(stream, key)
 
     async def _serve(self, listener: anyio.abc.Listener[Any]) -> None:
         async with listener:
-            await listener.serve(self._handle_incoming, task_group=self._task_group)
+            while True:
+                failure: BaseException | None = None
+                try:
+                    await listener.serve(self._handle_incoming, task_group=self._task_group)
+                except* (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as group:
+                    # EMFILE, ENOBUFS, ECONNABORTED...: the listener itself
+                    # is fine, and a node must not end because accept failed
+                    # (a listener of several sockets reports it in a group).
+                    failure = group.exceptions[0]
+                if self.stopping:
+                    return
+                self.count_drop("accept_failed")
+                self.log_limiter.warning("accept_failed", "accept failed: %r", failure)
+                await anyio.sleep(ACCEPT_RETRY_DELAY)
 
     async def stop(self) -> None:
-        """Say goodbye to every peer, flush briefly, and close everything."""
+        """Say goodbye to every peer, flush for at most ``shutdown_timeout``
+        seconds (even if cancelled), and close everything."""
         self.stopping = True
         connections = list(self.connections.values())
         for conn in connections:
             if not conn.closed:
-                conn.write(self.encode_frame([Kind.BYE, NodeDownReason.SHUTDOWN]))
-        with anyio.move_on_after(1.0, shield=True):
+                with contextlib.suppress(NodeDownError):
+                    conn.write(self.encode_frame([Kind.BYE, NodeDownReason.SHUTDOWN]))
+        with anyio.move_on_after(self.config.shutdown_timeout, shield=True):
             for conn in connections:
                 await conn.drain()
-        for conn in connections:
+        for conn in [*connections, *self.connections.values()]:
             conn.close(NodeDownReason.SHUTDOWN)
+        for pending in self._pending.values():
+            pending.scope.cancel()
 
     # ----------------------------------------------------------------- frames
 
@@ -609,7 +747,9 @@ class Transport:
         except DecodeError as exc:
             # The framing is intact, so only this frame is lost.
             self.count_drop("decode_error")
-            logger.warning("dropped an undecodable frame from %s: %s", conn.peer, exc)
+            self.log_limiter.warning(
+                "decode_error", "dropped an undecodable frame from %s: %s", conn.peer, exc
+            )
             return
         if not isinstance(item, list) or not item or type(item[0]) is not int:
             self._protocol_violation(conn, f"frame is not [kind, ...]: {type(item).__name__}")
@@ -625,7 +765,9 @@ class Transport:
 
     def _protocol_violation(self, conn: Connection, detail: str) -> None:
         self.count_drop("protocol_error")
-        logger.warning("closing connection to %s: %s", conn.peer, detail)
+        self.log_limiter.warning(
+            "protocol_error", "closing connection to %s: %s", conn.peer, detail
+        )
         conn.close(NodeDownReason.PROTOCOL_ERROR)
 
     def count_drop(self, cause: str) -> None:
@@ -643,9 +785,15 @@ class Transport:
 
     def _handle_bye(self, conn: Connection, item: list[Any]) -> None:
         reason = item[1]
-        if reason not in (NodeDownReason.DISCONNECT, NodeDownReason.SHUTDOWN):
+        if reason not in _BYE_REASONS:
             raise ValueError(f"unknown goodbye reason {reason!r}")
         conn.peer_bye = reason
+        if reason == NodeDownReason.DISCONNECT:
+            # The peer's user disconnected us: it sticks on this side too.
+            self.disconnected[conn.peer] = conn.peer_creation
+        # Acted on as it is read: nothing the socket does next (a reset, a
+        # failed write) can turn a goodbye into a "connection_closed".
+        conn.close(reason)
 
     # --------------------------------------------------------------- liveness
 
@@ -663,18 +811,29 @@ class Transport:
                 else:
                     conn.silent_ticks += 1
                     if conn.silent_ticks >= 4:
-                        logger.info("%s did not answer for %.1fs", conn.peer, interval * 4)
+                        self.log_limiter.log(
+                            logging.INFO,
+                            "tick_timeout",
+                            "%s did not answer for %.1fs",
+                            conn.peer,
+                            interval * 4,
+                        )
                         conn.close(NodeDownReason.TICK_TIMEOUT)
                         continue
-                if not conn.sent_since_tick:
+                if not conn.sent_since_tick and not conn.closed:
                     conn.write(TICK)
                     conn.frames_out -= 1  # a tick is not a frame the user sent
                 conn.sent_since_tick = False
 
     # ------------------------------------------------------------ connecting
 
-    async def connect(self, target: str) -> str:
-        """Connect to ``target`` (see :meth:`Node.connect`); return its name."""
+    async def connect(self, target: str, *, explicit: bool = False) -> str:
+        """Connect to ``target`` (see :meth:`Node.connect`); return its name.
+
+        ``explicit`` is the user's own ``connect``: it lifts a disconnect.
+        Every other caller (membership, a send, a ping) is refused with
+        ``ConnectError`` for a peer the user disconnected.
+        """
         name, host, port = parse_target(target)
         if name == self.name:
             return self.name
@@ -682,6 +841,10 @@ class Transport:
             raise ConnectError(f"connections with {name} are blocked")
         if name is not None and name in self.connections:
             return name
+        if name is not None and name in self.disconnected:
+            if not explicit:
+                raise ConnectError(f"{name} was disconnected on purpose; connect to it again")
+            del self.disconnected[name]
         if host is None or port is None:
             assert name is not None
             known = self.addresses.get(name)
@@ -693,7 +856,7 @@ class Transport:
             await self._dialing[name].done.wait()
             if name in self.connections:
                 return name
-        attempt = _DialAttempt()
+        attempt = _DialAttempt(explicit=explicit)
         if name is not None:
             self._dialing[name] = attempt
         try:
@@ -701,6 +864,13 @@ class Transport:
                 try:
                     with attempt.scope:
                         return await self._dial(host, port, name, attempt)
+                except _AlreadyConnected as exc:
+                    other = self._dialing.get(exc.name)
+                    if other is not None and other is not attempt:
+                        await other.done.wait()
+                    if exc.name in self.connections:
+                        return exc.name
+                    raise ConnectError(f"{target}: another attempt to reach it failed") from None
                 except _LostTieBreak as exc:
                     if name is None:
                         raise HandshakeError(
@@ -744,7 +914,7 @@ class Transport:
                 except BaseException:
                     await anyio.aclose_forcefully(plain)
                     raise
-        except OSError as exc:
+        except (OSError, anyio.BrokenResourceError) as exc:
             raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         machine = HandshakeMachine(
             role=Role.INITIATOR,
@@ -765,13 +935,30 @@ class Transport:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             raise ConnectError(f"connections with {done.name} are blocked")
+        if self.stopping:
+            # Completed after stop() said goodbye: nothing would close it.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise ConnectError("this node is stopping")
         conn = self._new_connection(stream, done, leftover, initiated_by_me=True)
         self._register(conn)
         return conn.peer
 
-    async def _handle_incoming(self, stream: anyio.abc.ByteStream) -> None:
+    async def _handle_incoming(self, stream: anyio.abc.ByteStream, key: object = None) -> None:
         try:
-            await self._serve_incoming(stream)
+            try:
+                await self._serve_incoming(stream, key)
+            finally:
+                self._forget_pending(key)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            # A socket error before the connection was registered (its own
+            # run() handles them after): this one socket is lost, not the node.
+            self.count_drop("handshake_socket_error")
+            self.log_limiter.log(
+                logging.INFO, "handshake_socket_error", "an incoming handshake failed: %r", exc
+            )
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
         except BaseException:
             # Cancelled mid-handshake (the node is stopping) or failed: the
             # accepted socket must not outlive its task.
@@ -779,12 +966,87 @@ class Transport:
                 await anyio.aclose_forcefully(stream)
             raise
 
-    async def _serve_incoming(self, stream: anyio.abc.ByteStream) -> None:
-        if self.stopping or self._pending_handshakes >= self.config.max_pending_handshakes:
-            self.count_drop("handshake_limit")
-            await stream.aclose()
+    def _admit(self, host: str) -> object | None:
+        """Take a pending-handshake slot for a connection from ``host``.
+
+        Returns the slot's key, or ``None`` if the connection must be closed
+        at once: the node is stopping, or ``host`` already holds
+        ``max_pending_handshakes_per_host`` slots (counted as
+        ``handshake_refused_per_host``). When the whole table is full, a
+        connection from an address that would still hold fewer slots than
+        the address holding the most takes the oldest of those
+        (``handshake_evicted``); any other is refused
+        (``handshake_refused_full``). An attacker holding sockets open, or
+        reopening them as fast as they close, then only ever sheds its own
+        (cheaply: a refusal costs no task), while a real peer, which holds
+        one slot for a round trip or two, gets through -- unless the
+        attacker has as many addresses as the table has slots.
+        """
+        if self.stopping:
+            self.count_drop("handshake_refused_stopping")
+            return None
+        if self._pending_by_host.get(host, 0) >= self.config.max_pending_handshakes_per_host:
+            self.count_drop("handshake_refused_per_host")
+            self.log_limiter.log(
+                logging.INFO,
+                "handshake_refused_per_host",
+                "refused a connection from %s: too many pending handshakes from there",
+                host,
+            )
+            return None
+        if len(self._pending) >= self.config.max_pending_handshakes:
+            # Many sockets from one place are the attack, a lone one a peer.
+            most = max(self._pending_by_host.values())
+            if self._pending_by_host.get(host, 0) + 1 >= most:
+                self.count_drop("handshake_refused_full")
+                self.log_limiter.log(
+                    logging.INFO,
+                    "handshake_refused_full",
+                    "refused a connection from %s: too many pending handshakes",
+                    host,
+                )
+                return None
+            oldest = next(
+                p for p in self._pending.values() if self._pending_by_host[p.host] == most
+            )
+            self._evict(oldest, "handshake_evicted")
+        key = object()
+        self._pending[key] = _PendingHandshake(host=host, scope=anyio.CancelScope())
+        self._pending_by_host[host] = self._pending_by_host.get(host, 0) + 1
+        return key
+
+    def _evict(self, pending: _PendingHandshake, cause: str) -> None:
+        for key, value in self._pending.items():
+            if value is pending:
+                self._forget_pending(key)
+                break
+        pending.scope.cancel()
+        self.count_drop(cause)
+        self.log_limiter.log(logging.INFO, cause, "shed a pending handshake (%s)", cause)
+
+    def _forget_pending(self, key: object) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is None:
             return
-        self._pending_handshakes += 1
+        left = self._pending_by_host[pending.host] - 1
+        if left:
+            self._pending_by_host[pending.host] = left
+        else:
+            del self._pending_by_host[pending.host]
+
+    async def _serve_incoming(self, stream: anyio.abc.ByteStream, key: object) -> None:
+        if key is None:  # accepted through a listener: admit it now
+            remote = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
+            key = self._admit(str(remote[0]) if isinstance(remote, tuple) else str(remote))
+            if key is None:
+                await stream.aclose()
+                return
+        pending = self._pending.get(key)
+        if pending is None:  # evicted before this task started
+            await anyio.aclose_forcefully(stream)
+            return
+        scope = pending.scope
+        del pending
         machine = HandshakeMachine(
             role=Role.ACCEPTOR,
             local_name=self.name,
@@ -792,22 +1054,42 @@ class Transport:
             cookie=self.cookie,
             versions=PROTOCOL_VERSIONS,
         )
+        done: HandshakeCompleted | None = None
+        plain = stream
         try:
-            with anyio.fail_after(self.config.handshake_timeout):
+            with scope, anyio.fail_after(self.config.handshake_timeout):
+                if self.ssl_context is not None:
+                    # TLS inside the slot and the deadline: a socket that
+                    # never completes TLS holds a slot like any other.
+                    stream = await TLSStream.wrap(
+                        plain,
+                        server_side=True,
+                        ssl_context=self.ssl_context,
+                        standard_compatible=False,
+                    )
                 done, _ = await self._handshake(stream, machine, None)
+        except (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            self.count_drop("tls_handshake_failed")
+            self.log_limiter.log(
+                logging.INFO, "tls_handshake_failed", "an incoming TLS handshake failed: %r", exc
+            )
         except TimeoutError:
             self.count_drop("handshake_timeout")
-            logger.info("an incoming handshake timed out")
-            await stream.aclose()
-            return
+            self.log_limiter.log(
+                logging.INFO, "handshake_timeout", "an incoming handshake timed out"
+            )
         except HandshakeError as exc:
             cause = "auth_failed" if isinstance(exc, AuthenticationError) else "handshake_failed"
             self.count_drop(cause)
-            logger.warning("rejected an incoming connection: %s: %s", type(exc).__name__, exc)
-            await stream.aclose()
-            return
+            self.log_limiter.warning(
+                cause, "rejected an incoming connection: %s: %s", type(exc).__name__, exc
+            )
         finally:
-            self._pending_handshakes -= 1
+            self._forget_pending(key)
+        if done is None:
+            # Timed out, refused or evicted (the scope was cancelled).
+            await anyio.aclose_forcefully(plain)
+            return
         conn = self.connections.get(done.name)
         if conn is None or conn.stream is not stream:
             await stream.aclose()
@@ -823,16 +1105,30 @@ class Transport:
         """Run ``machine`` over ``stream`` until it completes or fails."""
         while True:
             events: list[HandshakeEvent] = []
+            peer = machine.peer_name
+            if attempt is not None and peer and peer != self.name:
+                # Checked before our proof goes out, so the peer never
+                # accepts a connection we then drop. A dial by address that
+                # reached a node we are connected to (or dialling by name)
+                # stops here.
+                if peer in self.disconnected:
+                    # A dial by address that turned out to reach a node the
+                    # user disconnected: only the user's own connect may.
+                    if not attempt.explicit:
+                        raise ConnectError(f"{peer} was disconnected on purpose")
+                    del self.disconnected[peer]
+                other = self._dialing.get(peer)
+                if peer in self.connections or (other is not None and other is not attempt):
+                    raise _AlreadyConnected(peer)
+                # Register the attempt by name as soon as we learn it, so a
+                # crossing attempt from that peer is tie-broken correctly.
+                self._dialing[peer] = attempt
             outgoing = machine.data_to_send()
             if outgoing:
                 try:
                     await stream.send(outgoing)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     events = machine.receive_data(b"")
-            if attempt is not None and machine.peer_name and machine.peer_name != self.name:
-                # Register the attempt by name as soon as we learn it, so a
-                # crossing attempt from that peer is tie-broken correctly.
-                self._dialing.setdefault(machine.peer_name, attempt)
             if not events:
                 try:
                     data = await stream.receive(MAX_PREAUTH_FRAME * 2)
@@ -893,6 +1189,12 @@ class Transport:
             return "shutting down"
         if name in self.blocked:
             return "blocked"
+        known = self.disconnected.get(name)
+        if known is not None:
+            # Only the peer's user dials a node it disconnected (its own
+            # membership does not), or the peer restarted: either way the
+            # disconnect is over.
+            del self.disconnected[name]
         existing = self.connections.get(name)
         if existing is not None:
             if existing.peer_creation != hello.creation:
@@ -943,6 +1245,13 @@ class Transport:
                 if old.peer_creation != conn.peer_creation
                 else NodeDownReason.CONNECTION_CLOSED
             )
+            logger.debug(
+                "%s: a new connection to %s (initiated by %s) replaces one initiated by %s",
+                self.name,
+                conn.peer,
+                "us" if conn.initiated_by_me else "it",
+                "us" if old.initiated_by_me else "it",
+            )
             old.close(reason)
         self.connections[conn.peer] = conn
         conn.write(
@@ -982,7 +1291,25 @@ class Transport:
 
     async def disconnect(self, name: str) -> None:
         """Close the connection to ``name`` with a goodbye (both sides see
-        ``disconnect``). Does nothing if not connected."""
+        ``disconnect``), and keep it closed: nothing but an explicit
+        ``connect`` (or the peer's restart) connects the two again."""
         conn = self.connections.get(name)
         if conn is not None:
-            await conn.close_gracefully(NodeDownReason.DISCONNECT)
+            self.disconnected[name] = conn.peer_creation
+            await conn.close_gracefully(
+                NodeDownReason.DISCONNECT, timeout=self.config.shutdown_timeout
+            )
+        else:
+            known = self.disconnected.get(name)
+            self.disconnected[name] = 0 if known is None else known
+
+    async def close_peer(self, name: str, reason: str) -> None:
+        """Close the connection to ``name`` with a goodbye giving ``reason``
+        (membership: ``member_dead``, ``member_left``); not sticky."""
+        conn = self.connections.get(name)
+        if conn is not None:
+            await conn.close_gracefully(reason, timeout=self.config.shutdown_timeout)
+
+    def forget(self, name: str) -> None:
+        """Forget that ``name`` was disconnected (``membership.remove``)."""
+        self.disconnected.pop(name, None)

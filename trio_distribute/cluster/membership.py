@@ -12,14 +12,17 @@ How membership meets the rest of the node:
 * Connecting to a node (``node.connect``) joins its cluster: the dialler
   exchanges full state with it, and both learn every member.
 * A member declared dead (or that left) is disconnected, so monitors,
-  registry and groups react through the one node-down path.
+  registry and groups react through the one node-down path (reason
+  ``member_dead`` / ``member_left``).
 * With ``NodeConfig.connect_all`` (the default) a node connects to every
-  member that comes up (full mesh, like Erlang). A connection the user
-  drops is not redialled for as long as the member stays up: only a member
-  that (re)appears is connected to.
+  member that comes up (full mesh, like Erlang) and keeps it so: a live
+  member it is not connected to (a reset, a cut shorter than failure
+  detection) is redialled with capped exponential backoff and jitter
+  (``redial_min_interval`` .. ``redial_max_interval``) until connected or
+  no longer alive. A peer the user disconnected is the exception: it stays
+  disconnected until the user connects again or it restarts.
 * Streams to live members go over existing connections; membership dials
-  only seed addresses and dead members (healing), so it never undoes a
-  deliberate disconnect on its own.
+  only seed addresses and dead members (healing).
 * With ``NodeConfig.state_dir`` the addresses of known members are kept in
   a snapshot file (as serf does); a restarted node rejoins them, so it finds
   its cluster (and its leader) without being given seeds.
@@ -57,8 +60,10 @@ from .._proto.swim import (
     SwimCore,
     SwimDecodeError,
 )
+from .._ratelimit import LogLimiter
 from ..config import MembershipConfig
 from ..errors import ConnectError
+from ..monitor import NodeDownReason
 from ..transport import Connection, Transport
 from .gossip import DatagramSealer
 
@@ -81,6 +86,9 @@ SUBSCRIBER_BUFFER: Final = 1024
 #: Stream sends (push-pull, fallback pings, joins) in flight at once; more
 #: fail at once, as memberlist caps concurrent push-pulls.
 MAX_STREAMS_IN_FLIGHT: Final = 128
+#: Pause after the membership socket fails to receive, so an error that
+#: repeats does not spin the loop.
+RECEIVE_ERROR_DELAY: Final = 0.05
 
 
 @attrs.frozen
@@ -211,6 +219,12 @@ class Membership:
     #: Where the addresses of known members are kept (``state_dir``), so a
     #: restarted node rejoins its cluster without being given seeds.
     snapshot: Path | None = None
+    #: ``{name: (time of the next redial, current backoff)}`` for live
+    #: members we are not connected to (``connect_all``).
+    _redial: dict[str, tuple[float, float]] = attrs.field(factory=dict)
+    _redialling: set[str] = attrs.field(factory=set)
+    _rng: random.Random = attrs.field(factory=lambda: random.Random(secrets.randbits(64)))
+    _log_limiter: LogLimiter = attrs.field(factory=lambda: LogLimiter(logger))
     #: ``{name: address}`` from the snapshot at start: the cluster this node
     #: belonged to before it restarted (the election counts them as voters).
     remembered: dict[str, str] = attrs.field(factory=dict)
@@ -261,6 +275,8 @@ class Membership:
         self.transport.add_handler(Kind.MEMBER_STREAM, self._handle_stream)
         task_group.start_soon(self._receive_datagrams)
         task_group.start_soon(self._drive)
+        if self.connect_all:
+            task_group.start_soon(self._keep_mesh)
         if self.remembered:
             task_group.start_soon(self._rejoin, sorted(set(self.remembered.values())))
 
@@ -384,6 +400,8 @@ class Membership:
         """
         self.core.remove(anyio.current_time(), name)
         self.remembered.pop(name, None)
+        self.transport.forget(name)
+        self._redial.pop(name, None)
         for listener in self._listeners:
             listener(None)
         if self.snapshot is not None:
@@ -451,9 +469,19 @@ class Membership:
                 except anyio.ClosedResourceError:
                     self._stopped = True  # the node is stopping: the receiver closed the socket
                     return
-                except (OSError, ValueError) as exc:
+                except (OSError, anyio.BrokenResourceError, ValueError) as exc:
+                    # EPERM (a firewall's output rule), ENETUNREACH, ENOBUFS...
+                    # (anyio wraps them as BrokenResourceError on trio): the
+                    # datagram is lost, as it could be on the wire; the
+                    # protocol copes with loss. The node must not end.
                     self.transport.count_drop("membership_send_failed")
-                    logger.debug("datagram to %s failed: %s", action.address, exc)
+                    self._log_limiter.log(
+                        logging.INFO,
+                        "membership_send_failed",
+                        "membership datagram to %s failed: %r",
+                        action.address,
+                        exc,
+                    )
             elif self._streams_in_flight >= MAX_STREAMS_IN_FLIGHT:
                 core.stream_failed(anyio.current_time(), action.name, action.address)
             else:
@@ -478,8 +506,17 @@ class Membership:
         while True:
             try:
                 datagram, (host, port) = await self._socket.receive()
-            except OSError as exc:  # e.g. an ICMP error reported on the socket
-                logger.debug("membership socket: %s", exc)
+            except (OSError, anyio.BrokenResourceError) as exc:
+                # e.g. an ICMP error reported on the socket: nothing is lost
+                # but that one read.
+                self.transport.count_drop("membership_receive_failed")
+                self._log_limiter.log(
+                    logging.INFO,
+                    "membership_receive_failed",
+                    "membership socket: %r",
+                    exc,
+                )
+                await anyio.sleep(RECEIVE_ERROR_DELAY)
                 continue
             payload = sealer.open(datagram)
             if payload is None:
@@ -494,7 +531,9 @@ class Membership:
                 core.datagram_received(anyio.current_time(), source, payload)
             except SwimDecodeError as exc:
                 self.transport.count_drop("datagram_malformed")
-                logger.warning("malformed membership datagram from %s: %s", source, exc)
+                self._log_limiter.warning(
+                    "datagram_malformed", "malformed membership datagram from %s: %s", source, exc
+                )
                 continue
             self._wake()
 
@@ -515,7 +554,12 @@ class Membership:
             self.core.stream_received(anyio.current_time(), f"{known[0]}:{known[1]}", payload)
         except SwimDecodeError as exc:
             self.transport.count_drop("member_stream_malformed")
-            logger.warning("malformed membership stream message from %s: %s", conn.peer, exc)
+            self._log_limiter.warning(
+                "member_stream_malformed",
+                "malformed membership stream message from %s: %s",
+                conn.peer,
+                exc,
+            )
             return
         self._wake()
 
@@ -524,10 +568,11 @@ class Membership:
             core = self.core
             name = action.name or self._name_at(action.address)
             # Dial only addresses of nodes never met (seeds) and dead members
-            # (healing). A live member we are not connected to stays so: the
-            # user or the network dropped that connection, and undoing it is
-            # not membership's call.
-            dial = not name or core.status_of(name) in (MemberStatus.DEAD, MemberStatus.LEFT)
+            # (healing). A live member we are not connected to is redialled
+            # by _keep_mesh, with backoff, unless the user disconnected it.
+            # A member that left is not dialled: it said it is gone, and a
+            # connection made now would outlive the MemberLeft that closed it.
+            dial = not name or core.status_of(name) is MemberStatus.DEAD
             conn = await self._connection_to(action.address, name=name, dial=dial)
             if conn is None:
                 core.stream_failed(anyio.current_time(), action.name, action.address)
@@ -600,9 +645,14 @@ class Membership:
         assert self._task_group is not None
         if isinstance(event, MemberDown | MemberLeft):
             logger.info("%s: member %s is %s", transport.name, event.name, type(event).__name__)
-            conn = transport.connections.get(event.name)
-            if conn is not None:
-                self._task_group.start_soon(transport.disconnect, event.name)
+            self._redial.pop(event.name, None)
+            if event.name in transport.connections:
+                reason = (
+                    NodeDownReason.MEMBER_DEAD
+                    if isinstance(event, MemberDown)
+                    else NodeDownReason.MEMBER_LEFT
+                )
+                self._task_group.start_soon(transport.close_peer, event.name, reason)
         elif (
             isinstance(event, MemberUp)
             and self.connect_all
@@ -616,3 +666,61 @@ class Membership:
             host, port = split_address(address)
             self.transport.addresses[name] = (host, port)
             await self.transport.connect(name)
+
+    # ------------------------------------------------------------ full mesh
+
+    def _wants_connection(self, member: Member) -> bool:
+        transport = self.transport
+        name = member.name
+        return (
+            name != transport.name
+            and member.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+            and name not in transport.connections
+            and name not in transport.blocked
+            and name not in transport.disconnected
+            and not transport.stopping
+            and not self.core.leaving
+        )
+
+    async def _keep_mesh(self) -> None:
+        """Redial every live member we are not connected to (``connect_all``).
+
+        The first attempt after a connection is lost waits
+        ``redial_min_interval``; each failure doubles the wait up to
+        ``redial_max_interval``; a random 0-25 % is added so that the nodes
+        of a healed partition do not all dial at the same instant. It polls
+        at the shortest interval: node-down has no event here, and a scan of
+        the member table is cheap.
+        """
+        config = self.config
+        while not self._stopped:
+            now = anyio.current_time()
+            wanted = {m.name: m for m in self.core.members() if self._wants_connection(m)}
+            for name in list(self._redial):
+                if name not in wanted:
+                    del self._redial[name]  # connected, dead, left or disconnected
+            assert self._task_group is not None
+            for name, member in wanted.items():
+                due, backoff = self._redial.get(name, (None, config.redial_min_interval))
+                if due is None:
+                    self._redial[name] = (now + self._jitter(backoff), backoff)
+                elif now >= due and name not in self._redialling:
+                    self._redialling.add(name)
+                    self._task_group.start_soon(self._redial_member, name, member.address)
+            await anyio.sleep(config.redial_min_interval)
+
+    def _jitter(self, delay: float) -> float:
+        return delay * (1 + 0.25 * self._rng.random())
+
+    async def _redial_member(self, name: str, address: str) -> None:
+        try:
+            await self._connect_member(name, address)
+        finally:
+            self._redialling.discard(name)
+        if name in self.transport.connections:
+            self._redial.pop(name, None)
+            return
+        self.transport.count_drop("mesh_redial_failed")
+        backoff = self._redial.get(name, (0.0, self.config.redial_min_interval))[1]
+        backoff = min(backoff * 2, self.config.redial_max_interval)
+        self._redial[name] = (anyio.current_time() + self._jitter(backoff), backoff)

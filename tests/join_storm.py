@@ -1,0 +1,64 @@
+"""Several OS processes join one seed at the same moment, stay a while and
+leave gracefully; each prints every node event it sees.
+
+``python join_storm.py seed PORT JOINERS``: runs ``seed@127.0.0.1`` on PORT,
+prints ``READY``, then ``EVENT up|down NAME REASON`` lines until it saw
+JOINERS node-downs (or 60 s passed), then ``DONE`` and leaves.
+
+``python join_storm.py join NAME SEED_PORT GO_AT HOLD``: waits until the
+wall-clock time GO_AT, joins the seed, prints its own events for HOLD
+seconds, then leaves its block (a graceful stop).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import trio
+
+import trio_distribute as td
+
+COOKIE = "join-storm"
+
+
+async def print_events(node: td.Node, stop_after_downs: int | None = None) -> None:
+    downs = 0
+    async with node.monitor_nodes() as events:
+        async for event in events:
+            if isinstance(event, td.NodeUp):
+                print(f"EVENT up {event.node} -", flush=True)
+            else:
+                print(f"EVENT down {event.node} {event.reason}", flush=True)
+                downs += 1
+                if stop_after_downs is not None and downs >= stop_after_downs:
+                    return
+
+
+async def seed(port: int, joiners: int) -> None:
+    async with td.open_node(
+        "seed@127.0.0.1", cookie=COOKIE, port=port, config=td.NodeConfig.local()
+    ) as node:
+        print("READY", flush=True)
+        with trio.move_on_after(60):
+            await print_events(node, joiners)
+        print("DONE", flush=True)
+
+
+async def join(name: str, seed_port: int, go_at: float, hold: float) -> None:
+    await trio.sleep(max(0.0, go_at - time.time()))
+    async with td.open_node(
+        name,
+        cookie=COOKIE,
+        config=td.NodeConfig.local(),
+        seeds=[f"127.0.0.1:{seed_port}"],
+    ) as node:
+        with trio.move_on_after(hold):
+            await print_events(node)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "seed":
+        trio.run(seed, int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        trio.run(join, sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
