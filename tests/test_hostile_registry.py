@@ -216,7 +216,9 @@ VIRTUAL = trio.testing.MockClock()
 async def test_the_lease_is_exactly_the_configured_one_in_virtual_time() -> None:
     # Virtual time that moves only when the test says: the node's own
     # timers never fire, and the lease is checked to the hundredth.
-    config = NodeConfig.local(registry=RegistryConfig(lock_timeout=3.0, lock_lease=7.0))
+    config = NodeConfig.local(
+        registry=RegistryConfig(lock_timeout=3.0, lock_lease=7.0, max_locks_per_node=2)
+    )
     async with td.open_node("b@127.0.0.1", cookie="trio-distribute-test", config=config) as b:
         registry = b.registry
         # A stand-in for a peer's REG_LOCK that is never released.
@@ -233,6 +235,12 @@ async def test_the_lease_is_exactly_the_configured_one_in_virtual_time() -> None
         assert registry._grant("x", "c@127.0.0.1") == "busy"
         VIRTUAL.jump(7.01)
         assert registry._grant("x", "c@127.0.0.1") == "granted"
+        # At most max_locks_per_node locks per peer at once.
+        assert registry._grant("y", "c@127.0.0.1") == "granted"
+        assert registry._grant("z", "c@127.0.0.1") == "busy"
+        assert b.statistics().drops["registry_lock_limit"] == 1
+        registry._drop_lock("y")
+        assert registry._grant("z", "c@127.0.0.1") == "granted"
 
 
 async def test_a_peer_that_never_answers_a_lock_request_cannot_block_register() -> None:
@@ -382,3 +390,31 @@ async def test_a_big_registry_sync_is_applied_in_slices() -> None:
             assert len(b.registry._names) == n
             assert_sliced(probe)
             await still_served(a, b, "after-registry-stall")
+
+
+async def test_a_peer_queueing_more_than_the_backlog_is_disconnected() -> None:
+    from trio_distribute import codec
+    from trio_distribute._proto.frames import frame
+    from trio_distribute.config import GroupsConfig
+
+    config = NodeConfig.local(groups=GroupsConfig(apply_slice=10, max_backlog=500))
+    with anyio.fail_after(30):
+        async with open_cluster(2, config=config) as (a, b), mallory(b) as (m, _):
+            big = [int(Kind.GROUP_JOIN), "g", [own(i) for i in range(1000)]]
+            more = [int(Kind.GROUP_JOIN), "g", [own(i) for i in range(1000, 1600)]]
+            # Both in one write: the second arrives while the first is applied.
+            await m.send_raw(frame(codec.encode(big)) + frame(codec.encode(more)))
+            await wait_until(lambda: MALLORY not in b.nodes())
+            assert b.statistics().drops["group_backlog"] == 1
+            assert b.groups.members("g") == []
+            await still_served(a, b, "after-backlog")
+
+
+def test_registry_bounds_are_validated() -> None:
+    with pytest.raises(ValueError, match="lock_lease"):
+        RegistryConfig(lock_timeout=5.0, lock_lease=5.0)
+    with pytest.raises(ValueError, match="contention_timeout"):
+        RegistryConfig(lock_timeout=1.0, lock_lease=2.0, contention_timeout=2.5)
+    defaults = RegistryConfig()
+    assert (defaults.lock_timeout, defaults.lock_lease, defaults.commit_timeout) == (5.0, 10.0, 5.0)
+    assert defaults.contention_timeout == 30.0

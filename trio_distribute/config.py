@@ -166,7 +166,7 @@ class RegistryConfig:
     @classmethod
     def local(cls) -> RegistryConfig:
         """Short timeouts for loopback clusters and tests."""
-        return cls(lock_timeout=1.0, lock_lease=2.0, commit_timeout=0.5, contention_timeout=6.0)
+        return cls(lock_timeout=2.0, lock_lease=4.0, commit_timeout=1.0, contention_timeout=12.0)
 
 
 @attrs.frozen(kw_only=True)
