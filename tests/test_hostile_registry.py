@@ -100,7 +100,8 @@ async def still_served(a: td.Node, b: td.Node, name: str) -> None:
     """A legitimate peer keeps being served: a registers, b sees it."""
     pid = await a.spawn(wait_forever)
     await a.registry.register(name, pid)
-    assert b.registry.whereis(name) == pid
+    # (At once unless b was too slow to acknowledge on a loaded machine.)
+    await wait_until(lambda: b.registry.whereis(name) == pid)
     await a.groups.join("still-served", pid)
     await wait_until(lambda: pid in b.groups.members("still-served"))
     assert b.name in a.nodes() and a.name in b.nodes()
@@ -272,11 +273,13 @@ async def test_an_unacknowledged_commit_is_bounded_even_when_cancelled() -> None
             async with mallory(a) as (m, tg):
                 scope = anyio.CancelScope()
                 committing = anyio.Event()
+                committed_at: list[float] = []
 
                 def answer(item: list[Any]) -> list[Any] | None:
                     if item[0] == Kind.REG_LOCK:
                         return [int(Kind.REG_REPLY), item[1], "granted"]
                     if item[0] == Kind.REG_COMMIT:
+                        committed_at.append(time.monotonic())
                         committing.set()
                         scope.cancel()  # the caller gives up mid-commit
                     return None  # and nothing is ever acknowledged
@@ -285,12 +288,12 @@ async def test_an_unacknowledged_commit_is_bounded_even_when_cancelled() -> None
                 with scope:
                     await a.registry.register("x", pa.pid)
                 assert committing.is_set()
-                started = time.monotonic()
-                # The commit went on (shielded) but only until commit_timeout:
-                # here mallory is cut off and a's other peer has the name.
-                await wait_until(lambda: MALLORY not in a.nodes())
-                assert time.monotonic() - started < timeout * 20  # loose: bounded, not hung
-            assert a.statistics().drops["registry_unacknowledged"] == 1
+                # The commit went on (shielded), waiting for mallory's
+                # acknowledgement until commit_timeout, no longer.
+                waited = time.monotonic() - committed_at[0]
+                assert waited >= timeout * 0.9
+                assert a.statistics().drops["registry_unacknowledged"] == 1
+                assert a.registry.whereis("x") == pa.pid
             assert b.registry.whereis("x") == pa.pid
             await still_served(a, b, "after-unacknowledged")
 

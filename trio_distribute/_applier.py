@@ -167,6 +167,13 @@ class OrderedSender:
 
     transport: Transport
     _held: dict[Connection, list[bytes]] = attrs.field(factory=dict)
+    _streamed: dict[Connection, anyio.Event] = attrs.field(factory=dict)
+
+    async def wait_streamed(self, conn: Connection) -> None:
+        """Wait until the table being sent to ``conn`` (if any) is out."""
+        event = self._streamed.get(conn)
+        if event is not None:
+            await event.wait()
 
     def write(self, conn: Connection, data: bytes) -> None:
         """Write ``data`` to ``conn`` now, or after its table if one is
@@ -194,6 +201,7 @@ class OrderedSender:
                 conn.write(data)
             return
         self._held[conn] = []
+        self._streamed[conn] = anyio.Event()
         task_group.start_soon(self._stream, conn, frames)
 
     async def _stream(self, conn: Connection, frames: Iterator[bytes]) -> None:
@@ -216,3 +224,4 @@ class OrderedSender:
             return
         finally:
             self._held.pop(conn, None)
+            self._streamed.pop(conn).set()

@@ -125,8 +125,8 @@ class RegistryConfig:
         commit_timeout: how long a commit or unregister waits for each
             peer's acknowledgement (the wait is shielded from cancellation,
             so this bounds leaving a node's block too); a peer that does
-            not acknowledge in time is disconnected
-            (``registry_unacknowledged``) so that it resyncs on reconnect.
+            not acknowledge in time is counted (``registry_unacknowledged``)
+            and no longer waited for.
         contention_timeout: ``register`` raises ``TimeoutError`` after the
             name stayed locked by others for this long; at least
             ``lock_lease + lock_timeout`` so an abandoned lock never makes

@@ -263,32 +263,56 @@ class Registry:
         return await self._ask(node, Kind.REG_LOCK, timeout, name)
 
     async def _ask(self, node: str, kind: Kind, timeout: float, *args: Any) -> str:
-        """Send ``[kind, request_id, *args]`` to ``node`` and wait for its
-        answer: ``"down"`` if it is (or goes) down. A peer that leaves the
-        request unanswered for ``timeout`` seconds is disconnected (it has
-        either stopped serving us or is holding registrations up on
-        purpose); the answer is then ``"down"``."""
+        """Send ``[kind, request_id, *args]`` to ``node`` and wait up to
+        ``timeout`` for its answer: ``"down"`` if it is (or goes) down.
+
+        A peer that leaves a *lock* request unanswered that long is
+        disconnected (the answer is then ``"down"``): it has stopped serving
+        us or holds registrations up on purpose, and waiting on it again at
+        every attempt would block every registration. A commit or
+        unregister that is not acknowledged in time is counted and given up
+        on (``"late"``): the peer still applies it in order if it is merely
+        slow, and only a broken peer's own view suffers otherwise."""
         conn = self.transport.connections.get(node)
         if conn is None or conn.closed:
             return "down"
         request = next(self._request_ids)
         pending = self._pending[request] = _Pending(node)
         try:
-            self._out.write(conn, self.transport.encode_frame([kind, request, *args]))
+            data = self.transport.encode_frame([kind, request, *args])
             with anyio.move_on_after(timeout):
+                if kind == Kind.REG_LOCK:
+                    # Locks are not about the names in our table: no need
+                    # to wait behind it (its size must not time us out).
+                    conn.write(data)
+                else:
+                    # A commit or unregister follows the table we may still
+                    # be sending this peer.
+                    self._out.write(conn, data)
+                    await self._out.wait_streamed(conn)
                 await pending.done.wait()
                 return pending.answer
-            cause = "registry_unanswered" if kind == Kind.REG_LOCK else "registry_unacknowledged"
-            self.transport.count_drop(cause)
+            if kind == Kind.REG_LOCK:
+                cause = "registry_unanswered"
+                _log.warning(
+                    cause,
+                    "%s: closing connection to %s: no answer to a lock request in %.1fs",
+                    self.transport.name,
+                    node,
+                    timeout,
+                )
+                self.transport.count_drop(cause)
+                conn.close(NodeDownReason.PROTOCOL_ERROR)
+                return "down"
+            self.transport.count_drop("registry_unacknowledged")
             _log.warning(
-                cause,
-                "%s: closing connection to %s: no answer to a registry request in %.1fs",
+                "registry_unacknowledged",
+                "%s: %s did not acknowledge a registry change in %.1fs",
                 self.transport.name,
                 node,
                 timeout,
             )
-            conn.close(NodeDownReason.PROTOCOL_ERROR)
-            return "down"
+            return "late"
         finally:
             del self._pending[request]
             if kind == Kind.REG_LOCK and not pending.done.is_set():
@@ -298,14 +322,14 @@ class Registry:
                 self._abandoned[request] = (node, args[0])
 
     async def _confirm(self, kind: Kind, name: str, pid: Pid) -> None:
-        """Tell every connected node and wait until each has applied it (or
-        gone down, or been disconnected for not answering within
-        ``commit_timeout``). Shielded: once a commit has started it is
-        finished, so the replicas never disagree because a caller was
-        cancelled; the deadline keeps that wait bounded whatever the peers
-        do (so leaving a node's block is bounded too)."""
+        """Tell every connected node and wait until each has applied it, gone
+        down, or let ``commit_timeout`` pass. Shielded: once a commit has
+        started it is finished, so the replicas never disagree because a
+        caller was cancelled; the deadline (each peer's wait, all at once)
+        keeps that bounded whatever the peers do, so leaving a node's block
+        is bounded too."""
         timeout = self.transport.config.registry.commit_timeout
-        with anyio.CancelScope(shield=True), anyio.move_on_after(timeout * 2):
+        with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for node in sorted(self.transport.connections):
                     tg.start_soon(self._ask, node, kind, timeout, name, pid)
@@ -375,7 +399,8 @@ class Registry:
             return
         conn = self.transport.connections.get(node)
         if conn is not None and not conn.closed:
-            self._out.write(conn, self.transport.encode_frame([Kind.REG_RELEASE, name]))
+            # Like the lock it gives back, not held behind our table.
+            conn.write(self.transport.encode_frame([Kind.REG_RELEASE, name]))
 
     async def unregister(self, name: str) -> None:
         """Remove ``name`` everywhere if this node's process holds it; on
@@ -511,8 +536,9 @@ class Registry:
     # ------------------------------------------------------------ handlers
     #
     # Frames that change state are applied in arrival order per connection
-    # (PeerWork), big ones in slices; answers to our own requests are not
-    # state and are handled at once.
+    # (PeerWork), big ones in slices. Lock requests and releases, and the
+    # answers to requests, are not about the names in a table and are
+    # handled (and sent) at once, never behind a big table.
 
     def _check_own(self, conn: Connection, pid: object) -> Pid:
         # A peer speaks only for its own processes of its current run.
@@ -525,12 +551,13 @@ class Registry:
         _, request, name = item
         if type(request) is not int:
             raise TypeError("REG_LOCK needs an int request id")
-        _check_name(name)
-        self._work.call(conn, lambda: self._apply_lock(conn, request, name))
+        # At once, not behind a big frame still being applied: a lock is not
+        # about the names in the table, and its requester is waiting.
+        self._apply_lock(conn, _check_name(name), request)
 
-    def _apply_lock(self, conn: Connection, request: int, name: str) -> None:
+    def _apply_lock(self, conn: Connection, name: str, request: int) -> None:
         answer = self._grant(name, conn.peer)
-        self._out.write(conn, self.transport.encode_frame([Kind.REG_REPLY, request, answer]))
+        conn.write(self.transport.encode_frame([Kind.REG_REPLY, request, answer]))
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
         _, request, answer = item
@@ -547,7 +574,7 @@ class Registry:
 
     def _acknowledge(self, conn: Connection, request: object) -> None:
         if request:
-            self._out.write(conn, self.transport.encode_frame([Kind.REG_REPLY, request, "done"]))
+            conn.write(self.transport.encode_frame([Kind.REG_REPLY, request, "done"]))
 
     def _handle_commit(self, conn: Connection, item: list[Any]) -> None:
         _, request, name, pid = item
@@ -566,8 +593,8 @@ class Registry:
 
     def _handle_release(self, conn: Connection, item: list[Any]) -> None:
         _, name = item
-        _check_name(name)
-        self._work.call(conn, lambda: self._apply_release(conn, name))
+        # At once, like the lock it gives back (so it stays after it).
+        self._apply_release(conn, _check_name(name))
 
     def _apply_release(self, conn: Connection, name: str) -> None:
         lock = self._locks.get(name)
