@@ -119,6 +119,11 @@ class PeerWork:
                     self.transport.count_drop("protocol_error")
                     _log.warning("protocol_error", "closing connection to %s: %r", conn.peer, exc)
                     conn.close(NodeDownReason.PROTOCOL_ERROR)
+                except Exception:
+                    # A bug here must not take the node down with it (this
+                    # task lives in the node's task group): drop the peer.
+                    logger.exception("applying a frame from %s failed", conn.peer)
+                    conn.close(NodeDownReason.PROTOCOL_ERROR)
         finally:
             # A closed connection's leftover work is dropped: its peer's
             # state was purged by the node-down and must not come back.
