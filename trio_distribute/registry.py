@@ -622,17 +622,18 @@ class Registry:
 
     def _apply_sync(self, conn: Connection, table: dict[Any, Any]) -> Work:
         step = self.transport.config.registry.apply_slice
-        entries = list(table.items())
         done = 0
         # Check the whole frame first: nothing of a forged one is applied.
-        for name, pid in entries:
+        # (Iterated in place: copying a big table would be one long step;
+        # nothing else holds the decoded frame, so it cannot change.)
+        for name, pid in table.items():
             _check_name(name)
             self._check_own(conn, pid)
             done += 1
             if done >= step:
                 done = 0
                 yield
-        for name, pid in entries:
+        for name, pid in table.items():
             self._apply(name, pid)
             done += 1
             if done >= step:
