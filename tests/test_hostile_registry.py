@@ -429,3 +429,31 @@ def test_registry_bounds_are_validated() -> None:
     defaults = RegistryConfig()
     assert (defaults.lock_timeout, defaults.lock_lease, defaults.commit_timeout) == (5.0, 10.0, 5.0)
     assert defaults.contention_timeout == 30.0
+
+
+async def test_changes_made_while_the_table_is_sent_follow_it() -> None:
+    from trio_distribute.config import GroupsConfig
+
+    # One entry per frame: the table takes hundreds of loop turns to send.
+    config = NodeConfig.local(
+        registry=RegistryConfig(lock_timeout=2.0, lock_lease=4.0, sync_chunk=1),
+        groups=GroupsConfig(sync_chunk=1),
+    )
+    with anyio.fail_after(60):
+        async with open_cluster(["a", "z"], config=config, connect=False) as (a, z):
+            stop = anyio.Event()
+
+            async def member(proc: td.Process) -> None:
+                await stop.wait()
+
+            pids = [await a.spawn(member) for _ in range(300)]
+            for i, pid in enumerate(pids):
+                await a.registry.register(f"n{i}", pid)
+                await a.groups.join("g", pid)
+            await a.connect(f"{z.name}:{z.address[1]}")
+            stop.set()  # every process exits while a's table is on its way
+            await wait_until(lambda: not a.registry.names() and not a.groups.members("g"))
+            await anyio.sleep(0.5)
+            # The leaves and unregisters reached z after the table, not before it.
+            assert z.registry.names() == []
+            assert z.groups.members("g") == []
