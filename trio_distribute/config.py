@@ -16,7 +16,7 @@ from attrs import validators as v
 
 from . import settings
 
-__all__ = ["ElectionConfig", "MembershipConfig", "NodeConfig"]
+__all__ = ["ElectionConfig", "GroupsConfig", "MembershipConfig", "NodeConfig", "RegistryConfig"]
 
 _positive = v.gt(0)
 _positive_float = v.gt(0.0)
@@ -125,6 +125,90 @@ class ElectionConfig:
         return cls(election_timeout=0.3, heartbeat_interval=0.05)
 
 
+@attrs.frozen(kw_only=True)
+class RegistryConfig:
+    """Bounds of the global registry (see README, "Global registry").
+
+    Attributes:
+        lock_timeout: how long a lock request waits for a peer's answer. A
+            peer that leaves one unanswered this long is disconnected
+            (``registry_unanswered``); an attempt whose locks took longer
+            than this to gather is abandoned and retried, so that it never
+            commits on a lock whose lease may have run out.
+        lock_lease: a lock granted to a node and neither committed nor
+            released within this is dropped (``registry_lock_expired``);
+            its holder may not take that name's lock again for one more
+            lease. Must be above ``lock_timeout`` (twice it by default).
+        commit_timeout: how long a commit or unregister waits for each
+            peer's acknowledgement (the wait is shielded from cancellation,
+            so this bounds leaving a node's block too); a peer that does
+            not acknowledge in time is counted (``registry_unacknowledged``)
+            and no longer waited for.
+        contention_timeout: ``register`` raises ``TimeoutError`` after the
+            name stayed locked by others for this long; at least
+            ``lock_lease + lock_timeout`` so an abandoned lock never makes
+            it fail.
+        max_locks_per_node: locks one peer may hold here at once; more are
+            answered "busy" (``registry_lock_limit``).
+        sync_chunk: names per frame of the table sent to a new peer (fewer
+            if the frame would exceed ``max_message_size``).
+        apply_slice: names applied from a peer's frame before yielding to
+            other tasks.
+        max_backlog: names from one peer waiting to be applied; beyond it
+            the peer is disconnected (``registry_backlog``).
+    """
+
+    lock_timeout: float = attrs.field(default=5.0, converter=float, validator=_positive_float)
+    lock_lease: float = attrs.field(default=10.0, converter=float, validator=_positive_float)
+    commit_timeout: float = attrs.field(default=5.0, converter=float, validator=_positive_float)
+    contention_timeout: float = attrs.field(
+        default=30.0, converter=float, validator=_positive_float
+    )
+    max_locks_per_node: int = attrs.field(default=10_000, validator=[v.instance_of(int), _positive])
+    sync_chunk: int = attrs.field(default=1000, validator=[v.instance_of(int), _positive])
+    apply_slice: int = attrs.field(default=1000, validator=[v.instance_of(int), _positive])
+    max_backlog: int = attrs.field(default=1_000_000, validator=[v.instance_of(int), _positive])
+
+    def __attrs_post_init__(self) -> None:
+        if self.lock_lease <= self.lock_timeout:
+            raise ValueError(
+                f"lock_lease ({self.lock_lease}) must be above lock_timeout ({self.lock_timeout})"
+            )
+        if self.contention_timeout < self.lock_lease + self.lock_timeout:
+            raise ValueError(
+                f"contention_timeout ({self.contention_timeout}) must be at least "
+                f"lock_lease + lock_timeout ({self.lock_lease + self.lock_timeout})"
+            )
+
+    @classmethod
+    def local(cls) -> RegistryConfig:
+        """Short timeouts for loopback clusters and tests."""
+        return cls(lock_timeout=2.0, lock_lease=4.0, commit_timeout=1.0, contention_timeout=12.0)
+
+
+@attrs.frozen(kw_only=True)
+class GroupsConfig:
+    """Bounds of process groups (see README, "Process groups").
+
+    Attributes:
+        max_remote_entries: memberships one peer may announce (all groups
+            together); more are dropped (``group_limit``).
+        sync_chunk: memberships per frame of the view sent to a new peer
+            (fewer if the frame would exceed ``max_message_size``).
+        apply_slice: memberships applied from a peer's frame before
+            yielding to other tasks.
+        max_backlog: memberships from one peer waiting to be applied;
+            beyond it the peer is disconnected (``group_backlog``).
+    """
+
+    max_remote_entries: int = attrs.field(
+        default=1_000_000, validator=[v.instance_of(int), _positive]
+    )
+    sync_chunk: int = attrs.field(default=2000, validator=[v.instance_of(int), _positive])
+    apply_slice: int = attrs.field(default=2000, validator=[v.instance_of(int), _positive])
+    max_backlog: int = attrs.field(default=2_000_000, validator=[v.instance_of(int), _positive])
+
+
 def _metadata(instance: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
     if not isinstance(value, bytes):
         raise TypeError(f"metadata must be bytes, got {type(value).__name__}")
@@ -188,6 +272,8 @@ class NodeConfig:
             (default: ``settings.allow_any_module()`` when the config is made).
         state_dir: where the election persists ``(term, voted_for)``.
         metadata: up to 512 bytes gossiped with this node's membership.
+        registry: bounds of the global registry (:class:`RegistryConfig`).
+        groups: bounds of process groups (:class:`GroupsConfig`).
     """
 
     membership: MembershipConfig = attrs.field(factory=MembershipConfig)
@@ -228,6 +314,8 @@ class NodeConfig:
     )
     state_dir: Path | None = attrs.field(default=None, converter=_state_dir)
     metadata: bytes = attrs.field(default=b"", validator=_metadata)
+    registry: RegistryConfig = attrs.field(factory=RegistryConfig)
+    groups: GroupsConfig = attrs.field(factory=GroupsConfig)
 
     def __attrs_post_init__(self) -> None:
         # One sender that waits for space can hold a full send buffer plus
@@ -250,6 +338,7 @@ class NodeConfig:
             "tick_timeout": 4.0,
             "handshake_timeout": 2.0,
             "shutdown_timeout": 0.5,
+            "registry": RegistryConfig.local(),
         }
         fields.update(overrides)
         return cls(**fields)

@@ -9,12 +9,19 @@ first, contention is settled there and exactly one of several concurrent
 registrations succeeds. Reads (``whereis``, ``names``) are local and may be
 briefly stale.
 
+Each node speaks only for its own processes: a peer may register,
+unregister or sync only names whose pid is one of its own (of its current
+run), so every name a node knows came from the pid's own node and vanishes
+when that node goes down; anything else closes the connection. A lock has a
+lease (``RegistryConfig.lock_lease``): one neither committed nor released in
+time is dropped, so an abandoned lock never blocks a registration for long.
+
 A name disappears everywhere when its process exits (its node tells the
 others) or its node goes down (each node notices by itself). When two
-partitions that both registered a name reconnect, the nodes exchange their
-tables and each applies the same resolver to the clash, so all agree on the
-winner; the losing process gets a :class:`NameConflict` message and keeps
-running.
+partitions that both registered a name reconnect, each node sends every
+peer its own names (in frames within the frame limit); every node applies
+the same resolver to a clash, so all agree on the winner; the losing process
+gets a :class:`NameConflict` message and keeps running.
 
 The registry assumes the nodes that share it are all connected to each
 other (a full mesh, as ``open_cluster`` and ``connect_all`` make).
@@ -25,20 +32,20 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 import attrs
 
-from . import codec
+from ._applier import OrderedSender, PeerWork, Work, frames_for
 from ._ids import Pid, check_label
-from ._proto.frames import frame
 from ._proto.kinds import Kind
+from ._ratelimit import LogLimiter
 from .codec import message
 from .errors import NameNotFoundError, NameTakenError
-from .monitor import ExitReason
+from .monitor import ExitReason, NodeDownReason
 
 if TYPE_CHECKING:
     from .messaging import Processes
@@ -47,17 +54,13 @@ if TYPE_CHECKING:
 __all__ = ["NameConflict", "Registry", "Resolver", "default_resolver"]
 
 logger = logging.getLogger("trio_distribute.registry")
+_log = LogLimiter(logger)
 
 #: Longest registered name, in characters.
 MAX_NAME_LENGTH = 255
 #: Names a node's replica may hold; names beyond it from peers are dropped
 #: and counted as ``registry_limit``.
 MAX_NAMES = 1_000_000
-#: How long one lock request may wait for a node's answer before the
-#: attempt is abandoned and retried.
-LOCK_TIMEOUT = 5.0
-#: Attempts before ``register`` gives up with TimeoutError.
-MAX_ATTEMPTS = 50
 
 Resolver = Callable[[str, Pid, Pid], Pid]
 
@@ -93,6 +96,14 @@ class _Pending:
     answer: str = "down"
 
 
+@attrs.define(eq=False)
+class _Lock:
+    holder: str
+    #: When it was granted: the lease runs from here and is never renewed
+    #: (a holder asking again does not extend it).
+    since: float
+
+
 @attrs.define(eq=False, kw_only=True)
 class Registry:
     """The global registry of one node (``node.registry``)."""
@@ -107,12 +118,27 @@ class Registry:
     # The name each local process holds (at most one), so an exit costs a
     # lookup rather than a scan of the whole table.
     _owned: dict[Pid, str] = attrs.field(factory=dict)
-    _locks: dict[str, str] = attrs.field(factory=dict)
+    _locks: dict[str, _Lock] = attrs.field(factory=dict)
+    _lock_counts: dict[str, int] = attrs.field(factory=dict)
+    # name -> (node whose lock on it expired, until when it may not lock it
+    # again): so a holder that lets its lease run out cannot take the lock
+    # straight back before a waiting registration gets it.
+    _expired: dict[str, tuple[str, float]] = attrs.field(factory=dict)
     _pending: dict[int, _Pending] = attrs.field(factory=dict)
     _request_ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _local_busy: dict[str, anyio.Event] = attrs.field(factory=dict)
     _abandoned: dict[int, tuple[str, str]] = attrs.field(factory=dict)
     _rng: random.Random = attrs.field(factory=random.Random)
+    _work: PeerWork = attrs.field(init=False)
+    _out: OrderedSender = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._work = PeerWork(
+            transport=self.transport,
+            backlog_cause="registry_backlog",
+            max_backlog=lambda: self.transport.config.registry.max_backlog,
+        )
+        self._out = OrderedSender(transport=self.transport)
 
     def start(self) -> None:
         add = self.transport.add_handler
@@ -147,7 +173,8 @@ class Registry:
             NameTakenError: ``name`` is registered, or ``pid`` already has a
                 global name.
             ValueError: ``name`` is invalid or ``pid`` is not local.
-            TimeoutError: the name stayed contended for too long.
+            TimeoutError: the name stayed locked by others for longer than
+                ``RegistryConfig.contention_timeout``.
         """
         _check_name(name)
         self._check_local(pid)
@@ -161,15 +188,22 @@ class Registry:
             await self._local_busy[name].wait()
         self._local_busy[name] = anyio.Event()
         try:
-            for attempt in range(MAX_ATTEMPTS):
+            config = self.transport.config.registry
+            # Longer than any lease, so a lock someone abandoned runs out
+            # (and this attempt gets it) before we give up.
+            deadline = anyio.current_time() + config.contention_timeout
+            attempt = 0
+            while True:
                 outcome = await self._try_register(name, pid)
                 if outcome == "registered":
                     return
                 if outcome == "taken":
                     raise NameTakenError(name)
                 # Busy: someone else holds a lock. Back off and retry.
+                if anyio.current_time() >= deadline:
+                    raise TimeoutError(f"registering {name!r}: the name stayed contended")
                 await anyio.sleep(self._rng.uniform(0.001, 0.01) * min(2**attempt, 32))
-            raise TimeoutError(f"registering {name!r}: the name stayed contended")
+                attempt += 1
         finally:
             self._local_busy.pop(name).set()
 
@@ -177,6 +211,8 @@ class Registry:
         me = self.transport.name
         if name in self._names:
             return "taken"
+        config = self.transport.config.registry
+        started = anyio.current_time()
         peers = sorted(self.transport.connections)
         boss = max([me, *peers])
         granted: list[str] = []
@@ -202,11 +238,16 @@ class Registry:
                 return "taken"
             if "busy" in answers.values():
                 return "busy"
+            if anyio.current_time() - started > config.lock_timeout:
+                # Gathering the locks took so long that the first ones may
+                # be near the end of their lease: committing now could race
+                # a registration that got a lapsed lock. Start over.
+                return "busy"
             # Every node granted (or left the cluster meanwhile): commit,
             # and return once every node has it (as Erlang's global does).
             granted.clear()
             self._apply(name, pid)
-            self._locks.pop(name, None)
+            self._drop_lock(name)
             await self._confirm(Kind.REG_COMMIT, name, pid)
             return "registered"
         finally:
@@ -218,23 +259,60 @@ class Registry:
     async def _lock_on(self, node: str, name: str) -> str:
         if node == self.transport.name:
             return self._grant(name, node)
-        return await self._ask(node, Kind.REG_LOCK, name)
+        timeout = self.transport.config.registry.lock_timeout
+        return await self._ask(node, Kind.REG_LOCK, timeout, name)
 
-    async def _ask(self, node: str, kind: Kind, *args: Any) -> str:
-        """Send ``[kind, request_id, *args]`` to ``node`` and wait for its
-        answer: ``"down"`` if it is (or goes) down, ``"busy"`` if it does
-        not answer within ``LOCK_TIMEOUT``."""
+    async def _ask(self, node: str, kind: Kind, timeout: float, *args: Any) -> str:
+        """Send ``[kind, request_id, *args]`` to ``node`` and wait up to
+        ``timeout`` for its answer: ``"down"`` if it is (or goes) down.
+
+        A peer that leaves a *lock* request unanswered that long is
+        disconnected (the answer is then ``"down"``): it has stopped serving
+        us or holds registrations up on purpose, and waiting on it again at
+        every attempt would block every registration. A commit or
+        unregister that is not acknowledged in time is counted and given up
+        on (``"late"``): the peer still applies it in order if it is merely
+        slow, and only a broken peer's own view suffers otherwise."""
         conn = self.transport.connections.get(node)
-        if conn is None:
+        if conn is None or conn.closed:
             return "down"
         request = next(self._request_ids)
         pending = self._pending[request] = _Pending(node)
         try:
-            conn.write(self.transport.encode_frame([kind, request, *args]))
-            with anyio.move_on_after(LOCK_TIMEOUT):
+            data = self.transport.encode_frame([kind, request, *args])
+            with anyio.move_on_after(timeout):
+                if kind == Kind.REG_LOCK:
+                    # Locks are not about the names in our table: no need
+                    # to wait behind it (its size must not time us out).
+                    conn.write(data)
+                else:
+                    # A commit or unregister follows the table we may still
+                    # be sending this peer.
+                    self._out.write(conn, data)
+                    await self._out.wait_streamed(conn)
                 await pending.done.wait()
                 return pending.answer
-            return "busy"  # no answer in time: retry rather than hang
+            if kind == Kind.REG_LOCK:
+                cause = "registry_unanswered"
+                _log.warning(
+                    cause,
+                    "%s: closing connection to %s: no answer to a lock request in %.1fs",
+                    self.transport.name,
+                    node,
+                    timeout,
+                )
+                self.transport.count_drop(cause)
+                conn.close(NodeDownReason.PROTOCOL_ERROR)
+                return "down"
+            self.transport.count_drop("registry_unacknowledged")
+            _log.warning(
+                "registry_unacknowledged",
+                "%s: %s did not acknowledge a registry change in %.1fs",
+                self.transport.name,
+                node,
+                timeout,
+            )
+            return "late"
         finally:
             del self._pending[request]
             if kind == Kind.REG_LOCK and not pending.done.is_set():
@@ -244,31 +322,84 @@ class Registry:
                 self._abandoned[request] = (node, args[0])
 
     async def _confirm(self, kind: Kind, name: str, pid: Pid) -> None:
-        """Tell every connected node and wait until each has applied it (or
-        gone down). Shielded: once a commit has started it is finished, so
-        the replicas never disagree because a caller was cancelled."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(LOCK_TIMEOUT):
+        """Tell every connected node and wait until each has applied it, gone
+        down, or let ``commit_timeout`` pass. Shielded: once a commit has
+        started it is finished, so the replicas never disagree because a
+        caller was cancelled; the deadline (each peer's wait, all at once)
+        keeps that bounded whatever the peers do, so leaving a node's block
+        is bounded too."""
+        timeout = self.transport.config.registry.commit_timeout
+        with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for node in sorted(self.transport.connections):
-                    tg.start_soon(self._ask, node, kind, name, pid)
+                    tg.start_soon(self._ask, node, kind, timeout, name, pid)
 
     def _grant(self, name: str, requester: str) -> str:
         if name in self._names:
             return "taken"
-        holder = self._locks.get(name)
-        if holder is not None and holder != requester:
-            return "busy"
-        self._locks[name] = requester
+        config = self.transport.config.registry
+        now = anyio.current_time()
+        lock = self._locks.get(name)
+        if lock is not None and lock.holder != requester:
+            if now - lock.since < config.lock_lease:
+                return "busy"
+            # The lease ran out: the holder crashed mid-attempt without its
+            # node going down, or is holding the name on purpose.
+            self.transport.count_drop("registry_lock_expired")
+            _log.warning(
+                "registry_lock_expired",
+                "%s: the lock of %s on %r expired",
+                self.transport.name,
+                lock.holder,
+                name,
+            )
+            self._drop_lock(name)
+            self._penalise(name, lock.holder, now + config.lock_lease)
+            lock = None
+        penalty = self._expired.get(name)
+        if penalty is not None:
+            if penalty[1] <= now:
+                del self._expired[name]
+            elif penalty[0] == requester:
+                return "busy"
+        if lock is None:
+            if (
+                requester != self.transport.name
+                and self._lock_counts.get(requester, 0) >= config.max_locks_per_node
+            ):
+                self.transport.count_drop("registry_lock_limit")
+                return "busy"
+            self._locks[name] = _Lock(requester, now)
+            self._lock_counts[requester] = self._lock_counts.get(requester, 0) + 1
         return "granted"
+
+    def _drop_lock(self, name: str) -> None:
+        lock = self._locks.pop(name, None)
+        if lock is not None:
+            left = self._lock_counts[lock.holder] - 1
+            if left:
+                self._lock_counts[lock.holder] = left
+            else:
+                del self._lock_counts[lock.holder]
+
+    def _penalise(self, name: str, holder: str, until: float) -> None:
+        if len(self._expired) >= 1024:
+            # Bounded: entries live one lease; forget those already over.
+            now = anyio.current_time()
+            for key in [k for k, (_, end) in self._expired.items() if end <= now]:
+                del self._expired[key]
+        self._expired[name] = (holder, until)
 
     def _release(self, node: str, name: str) -> None:
         me = self.transport.name
         if node == me:
-            if self._locks.get(name) == me:
-                del self._locks[name]
+            lock = self._locks.get(name)
+            if lock is not None and lock.holder == me:
+                self._drop_lock(name)
             return
         conn = self.transport.connections.get(node)
         if conn is not None and not conn.closed:
+            # Like the lock it gives back, not held behind our table.
             conn.write(self.transport.encode_frame([Kind.REG_RELEASE, name]))
 
     async def unregister(self, name: str) -> None:
@@ -312,13 +443,14 @@ class Registry:
     # --------------------------------------------------------- replication
 
     def _broadcast(self, item: list[Any]) -> None:
-        data = self.transport.encode_frame(item)
-        for conn in list(self.transport.connections.values()):
-            if not conn.closed:
-                conn.write(data)
+        self._out.broadcast(self.transport.encode_frame(item))
 
     def _apply(self, name: str, pid: Pid) -> None:
-        """Record ``name -> pid``, resolving a clash with what we had."""
+        """Record ``name -> pid``, resolving a clash with what we had.
+
+        Every node that knows both pids applies the same resolver and gets
+        the same winner; nothing is forwarded (each node hears each name
+        from the name's own node)."""
         current = self._names.get(name)
         if current is None:
             if len(self._names) >= MAX_NAMES:
@@ -341,8 +473,6 @@ class Registry:
             "%s: name %r clash: %s kept, %s lost", self.transport.name, name, winner, current
         )
         self._notify_loser(name, current, winner)
-        # Tell our peers, so nodes that only we connect them to learn it.
-        self._broadcast([Kind.REG_SYNC, {name: winner}])
 
     def _resolve(self, name: str, first: Pid, second: Pid) -> Pid:
         try:
@@ -361,21 +491,37 @@ class Registry:
             process._deliver_down(NameConflict(name, winner))
 
     def node_up(self, node: str) -> None:
-        """Send a newly connected node our whole table."""
+        """Send a newly connected node the names of our own processes (the
+        peer hears every other node's names from that node), in frames
+        that each fit the frame limit, from a task."""
         conn = self.transport.connections.get(node)
-        if conn is not None and self._names:
-            # Not encode_frame: this runs inside the node-up hook, where a size
-            # error would escape into the connection set-up; an oversized
-            # snapshot is refused by the peer's frame limit instead.
-            conn.write(frame(codec.encode([Kind.REG_SYNC, dict(self._names)])))
+        if conn is None:
+            return
+        # A copy taken now; later changes reach this peer after the table.
+        entries = [(name, pid) for pid, name in self._owned.items() if self._names.get(name) == pid]
+        if entries:
+            self._out.stream(conn, self._table_frames(entries))
+
+    def _table_frames(self, entries: list[tuple[str, Pid]]) -> Iterator[bytes]:
+        encode = self.transport.encode_frame
+
+        def encode_part(part: Sequence[tuple[str, Pid]]) -> bytes:
+            return encode([Kind.REG_SYNC, dict(part)])
+
+        def oversize() -> None:
+            self.transport.count_drop("registry_sync_oversize")
+
+        chunk = self.transport.config.registry.sync_chunk
+        return frames_for(entries, chunk, encode_part, oversize)
 
     def node_down(self, node: str, reason: str) -> None:
         """Forget the names of ``node``'s processes and its locks; answer
         our requests waiting on it."""
         for name in [n for n, pid in self._names.items() if pid.node == node]:
             del self._names[name]
-        for name in [n for n, holder in self._locks.items() if holder == node]:
-            del self._locks[name]
+        if self._lock_counts.get(node):
+            for name in [n for n, lock in self._locks.items() if lock.holder == node]:
+                self._drop_lock(name)
         for pending in self._pending.values():
             if pending.node == node:
                 pending.answer = "down"
@@ -388,12 +534,29 @@ class Registry:
             self._broadcast([Kind.REG_UNREGISTER, 0, name, pid])  # 0: no answer wanted
 
     # ------------------------------------------------------------ handlers
+    #
+    # Frames that change state are applied in arrival order per connection
+    # (PeerWork), big ones in slices. Lock requests and releases, and the
+    # answers to requests, are not about the names in a table and are
+    # handled (and sent) at once, never behind a big table.
+
+    def _check_own(self, conn: Connection, pid: object) -> Pid:
+        # A peer speaks only for its own processes of its current run.
+        if type(pid) is not Pid or pid.node != conn.peer or pid.creation != conn.peer_creation:
+            self.transport.count_drop("registry_foreign_pid")
+            raise ValueError(f"{conn.peer} may only register its own pids, not {pid!r}")
+        return pid
 
     def _handle_lock(self, conn: Connection, item: list[Any]) -> None:
         _, request, name = item
         if type(request) is not int:
             raise TypeError("REG_LOCK needs an int request id")
-        answer = self._grant(_check_name(name), conn.peer)
+        # At once, not behind a big frame still being applied: a lock is not
+        # about the names in the table, and its requester is waiting.
+        self._apply_lock(conn, _check_name(name), request)
+
+    def _apply_lock(self, conn: Connection, name: str, request: int) -> None:
+        answer = self._grant(name, conn.peer)
         conn.write(self.transport.encode_frame([Kind.REG_REPLY, request, answer]))
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
@@ -410,31 +573,43 @@ class Registry:
         pending.done.set()
 
     def _acknowledge(self, conn: Connection, request: object) -> None:
-        if type(request) is not int:
-            raise TypeError("a registry request id must be an int")
         if request:
             conn.write(self.transport.encode_frame([Kind.REG_REPLY, request, "done"]))
 
     def _handle_commit(self, conn: Connection, item: list[Any]) -> None:
         _, request, name, pid = item
+        if type(request) is not int:
+            raise TypeError("a registry request id must be an int")
         _check_name(name)
-        if type(pid) is not Pid or pid.node != conn.peer:
-            raise ValueError(f"{conn.peer} may only register its own pids, not {pid!r}")
-        if self._locks.get(name) == conn.peer:
-            del self._locks[name]
+        self._check_own(conn, pid)
+        self._work.call(conn, lambda: self._apply_commit(conn, request, name, pid))
+
+    def _apply_commit(self, conn: Connection, request: int, name: str, pid: Pid) -> None:
+        lock = self._locks.get(name)
+        if lock is not None and lock.holder == conn.peer:
+            self._drop_lock(name)
         self._apply(name, pid)
         self._acknowledge(conn, request)
 
     def _handle_release(self, conn: Connection, item: list[Any]) -> None:
         _, name = item
-        if self._locks.get(_check_name(name)) == conn.peer:
-            del self._locks[name]
+        # At once, like the lock it gives back (so it stays after it).
+        self._apply_release(conn, _check_name(name))
+
+    def _apply_release(self, conn: Connection, name: str) -> None:
+        lock = self._locks.get(name)
+        if lock is not None and lock.holder == conn.peer:
+            self._drop_lock(name)
 
     def _handle_unregister(self, conn: Connection, item: list[Any]) -> None:
         _, request, name, pid = item
+        if type(request) is not int:
+            raise TypeError("a registry request id must be an int")
         _check_name(name)
-        if type(pid) is not Pid or pid.node != conn.peer:
-            raise ValueError(f"{conn.peer} may only unregister its own pids, not {pid!r}")
+        self._check_own(conn, pid)
+        self._work.call(conn, lambda: self._apply_unregister(conn, request, name, pid))
+
+    def _apply_unregister(self, conn: Connection, request: int, name: str, pid: Pid) -> None:
         if self._names.get(name) == pid:
             del self._names[name]
         self._acknowledge(conn, request)
@@ -443,10 +618,24 @@ class Registry:
         _, table = item
         if not isinstance(table, dict):
             raise TypeError("REG_SYNC needs a map of name -> pid")
+        self._work.submit(conn, self._apply_sync(conn, table), len(table))
+
+    def _apply_sync(self, conn: Connection, table: dict[Any, Any]) -> Work:
+        step = self.transport.config.registry.apply_slice
+        done = 0
+        # Check the whole frame first: nothing of a forged one is applied.
+        # (Iterated in place: copying a big table would be one long step;
+        # nothing else holds the decoded frame, so it cannot change.)
         for name, pid in table.items():
             _check_name(name)
-            if type(pid) is not Pid:
-                raise TypeError(f"REG_SYNC entry {name!r} is not a pid")
-            if pid.node == self.transport.name and self.processes.lookup(pid) is None:
-                continue  # one of ours that has since exited
+            self._check_own(conn, pid)
+            done += 1
+            if done >= step:
+                done = 0
+                yield
+        for name, pid in table.items():
             self._apply(name, pid)
+            done += 1
+            if done >= step:
+                done = 0
+                yield
