@@ -53,7 +53,9 @@ COOKIE = "soak-cookie-0123456789abcdef"
 #: rather than piling up processes.
 MAX_ALIVE = 1000
 #: Keys of ``tables()`` that are measurements, not tables.
-INFO_KEYS = frozenset({"rss_kb", "gc_objects", "running", "spawned", "skipped"})
+INFO_KEYS = frozenset(
+    {"rss_kb", "gc_objects", "running", "spawned", "skipped", "counts", "extra_names"}
+)
 
 
 def rss_kb() -> int:
@@ -158,6 +160,12 @@ class Worker:
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(tables(self.node))
+        # Global names other than the long-lived servers', for diagnosis.
+        out["extra_names"] = {
+            name: str(pid)
+            for name, pid in self.node.registry._names.items()
+            if not name.startswith("srv.")
+        }
         out["running"] = int(self.running)
         out["spawned"] = self.counts["spawned"]
         out["skipped"] = self.counts["skipped"]
@@ -196,9 +204,20 @@ class Worker:
             await trio.sleep(0.05)
         self.running = False
 
+    async def watch_nodes(self) -> None:
+        """Count node-down events by reason: on loopback there should be none."""
+        async with self.node.monitor_nodes() as events:
+            async for event in events:
+                if isinstance(event, td.NodeDown):
+                    self.counts[f"node_down.{event.reason}"] += 1
+                    print(f"{self.node.name}: {event}", file=sys.stderr, flush=True)
+
     async def short_lived(self, proc: td.Process, i: int) -> None:
         try:
             await self.body(proc, i)
+        except (td.NodeDownError, td.RpcTimeoutError) as exc:
+            # Only after a node-down (counted above) or on an overloaded machine.
+            self.counts[f"failed.{type(exc).__name__}"] += 1
         except Exception as exc:  # counted: the report shows any surprise
             self.counts[f"error.{type(exc).__name__}"] += 1
         finally:
@@ -229,10 +248,7 @@ class Worker:
         except TimeoutError:
             self.counts["echo_timeout"] += 1
         # RPC, and one the caller abandons (the remote task is cancelled).
-        try:
-            await node.rpc.call(peer, "soak.echo", i, timeout=5)
-        except td.RpcTimeoutError:
-            self.counts["rpc_timeout"] += 1
+        await node.rpc.call(peer, "soak.echo", i, timeout=5)
         if i % 5 == 0:
             try:
                 await node.rpc.call(peer, "soak.nap", 0.2, timeout=0.005)
@@ -289,10 +305,13 @@ async def worker_main(name: str) -> None:
         node.rpc.export(echo, name="soak.echo")
         server = await node.spawn(echo_server, node)
         await node.registry.register(f"srv.{node.name}", server)
-        print("READY", node.address[0], node.address[1], flush=True)
-        await worker.run()
-        # Stay up until the controller is done with us (stdin closes).
-        await trio.to_thread.run_sync(sys.stdin.read)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.watch_nodes)
+            print("READY", node.address[0], node.address[1], flush=True)
+            await worker.run()
+            # Stay up until the controller is done with us (stdin closes).
+            await trio.to_thread.run_sync(sys.stdin.read)
+            nursery.cancel_scope.cancel()
 
 
 # ------------------------------------------------------------ controller
@@ -302,7 +321,7 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[An
     return {
         key: (before[key], after.get(key))
         for key in before
-        if key not in INFO_KEYS and key != "counts" and before[key] != after.get(key)
+        if key not in INFO_KEYS and before[key] != after.get(key)
     }
 
 
@@ -394,7 +413,7 @@ def verdict(
 ) -> int:
     failures = []
     print(f"\nsoak: {args.nodes} worker nodes, {args.rate}/s each, {args.duration:.0f}s")
-    keys = [k for k in before[names[0]] if k not in INFO_KEYS and k != "counts"]
+    keys = [k for k in before[names[0]] if k not in INFO_KEYS]
     header = f"{'table':26}" + "".join(f"{n.split('@')[0]:>16}" for n in before)
     print(header)
     for key in keys:
@@ -415,6 +434,8 @@ def verdict(
             f"spawned {after[name]['spawned']}, skipped {after[name]['skipped']}"
         )
         print(f"  counts: {json.dumps(after[name]['counts'], sort_keys=True)}")
+        if after[name]["extra_names"]:
+            print(f"  global names left: {after[name]['extra_names']}")
         if growth >= args.max_rss_growth:
             failures.append(f"{name}: rss grew {growth:.1%} (limit {args.max_rss_growth:.0%})")
         if after[name]["spawned"] < 0.5 * args.rate * args.duration:
