@@ -126,6 +126,12 @@ def tables(node: td.Node) -> dict[str, int]:
     }
 
 
+def soak_config() -> td.NodeConfig:
+    """Production timers, not ``NodeConfig.local()``: with 0.1 s probe
+    timeouts a loaded machine gets live loopback nodes declared dead."""
+    return td.NodeConfig()
+
+
 # ---------------------------------------------------------------- worker
 
 
@@ -293,7 +299,7 @@ def echo(value: Any) -> Any:
 
 
 async def worker_main(name: str) -> None:
-    config = td.NodeConfig.local()
+    config = soak_config()
     async with td.open_node(name, cookie=COOKIE, config=config) as node:
         worker = Worker(node)
         node.rpc.export(worker.start, name="soak.start")
@@ -337,7 +343,7 @@ async def controller(
             return 1
         port = line.split()[2]
         addresses.append(f"{name}:{port}")
-    config = td.NodeConfig.local()
+    config = soak_config()
     async with td.open_node("ctl@127.0.0.1", cookie=COOKIE, config=config) as ctl:
         return await control(ctl, args, names, addresses)
 
@@ -380,7 +386,8 @@ async def control(
     started = time.monotonic()
     for name in names:
         await ctl.rpc.call(name, "soak.start", args.duration, args.rate, names, timeout=10)
-    warmup = min(args.duration / 4, 30.0)
+    # Bounded caches (encoded pids, frame heads) fill during the first minute.
+    warmup = min(args.duration / 3, 60.0)
     await trio.sleep(warmup)
     warm = await reports(ctl, names)
     samples: list[tuple[float, dict[str, int]]] = []
