@@ -112,8 +112,8 @@ class Monitors:
     def unwatch_all(self, refs: Iterable[Ref]) -> None:
         """Stop several watches (those of a process that ended).
 
-        The DEMONITOR frames for one node are written back to back, so the
-        connection sends them in one write.
+        The DEMONITOR frames are written back to back without yielding, so
+        each connection coalesces its share into one or two socket writes.
         """
         for ref in refs:
             self.unwatch(ref)
