@@ -128,6 +128,10 @@ class Process:
         that made it).
         """
         monitors = self._processes.monitors
+        if not self.alive:
+            # An ended process holds no monitors (nothing could reach its
+            # closed mailbox, and nothing would ever remove the watch).
+            return monitors.new_ref()
         ref = monitors.watch(pid, self._monitor_fired)
         if monitors.active(ref):  # not fired at once (noproc, noconnection)
             self._watching.add(ref)
