@@ -271,6 +271,12 @@ async def test_a_long_lived_watcher_keeps_nothing_of_fired_monitors(remote: bool
                 proc.demonitor(proc.monitor(long_lived))
                 assert not proc._watching
                 await wait_until(lambda: monitor_tables(a) == monitor_tables(host) == EMPTY)
+            # A process cannot remove another's monitor.
+            async with a.open_process() as other:
+                theirs = other.monitor(long_lived)
+                async with a.open_process() as intruder:
+                    assert intruder.demonitor(theirs) is False
+                assert other.demonitor(theirs) is True
             # A process object used after its end places no monitor.
             proc.monitor(await host.spawn(wait_forever))
             assert monitor_tables(a) == EMPTY

@@ -138,13 +138,17 @@ class Process:
         return ref
 
     def demonitor(self, ref: Ref, *, flush: bool = False) -> bool:
-        """Stop watching. Returns ``True`` if the monitor was still active.
+        """Stop watching. Returns ``True`` if the monitor was still active
+        (``False`` too for a ref this process did not make).
 
         With ``flush=True`` a ``ProcessDown`` for ``ref`` already queued in
         the mailbox is removed too (Erlang's ``demonitor(Ref, [flush])``).
         """
-        self._watching.discard(ref)
-        active = self._processes.monitors.unwatch(ref)
+        # Only this process's own monitors: another's ref is left alone.
+        active = ref in self._watching
+        if active:
+            self._watching.discard(ref)
+            self._processes.monitors.unwatch(ref)
         if flush:
             while True:
                 try:
