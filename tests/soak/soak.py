@@ -216,7 +216,8 @@ class Worker:
             async for event in events:
                 if isinstance(event, td.NodeDown):
                     self.counts[f"node_down.{event.reason}"] += 1
-                    print(f"{self.node.name}: {event}", file=sys.stderr, flush=True)
+                    if self.running:  # not the controller's goodbye at the end
+                        print(f"{self.node.name}: {event}", file=sys.stderr, flush=True)
 
     async def short_lived(self, proc: td.Process, i: int) -> None:
         try:
