@@ -63,6 +63,16 @@ def multinode(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """A few minutes of churn across OS processes (short-lived processes that
+    monitor, message, call, register and join), then every table must be
+    back to its baseline and RSS growth under 10 %. CI runs it with
+    ``-- --duration 60``."""
+    session.install("-e", ".")
+    session.run("python", "tests/soak/soak.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks between two OS processes, beside a raw trio + cbor2 baseline."""
     session.install("-e", ".")

@@ -12,7 +12,7 @@ process sent before it died.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -109,6 +109,19 @@ class Monitors:
             self._send(conn, [Kind.DEMONITOR, ref])
         return True
 
+    def unwatch_all(self, refs: Iterable[Ref]) -> None:
+        """Stop several watches (those of a process that ended).
+
+        The DEMONITOR frames are written back to back without yielding, so
+        each connection coalesces its share into one or two socket writes.
+        """
+        for ref in refs:
+            self.unwatch(ref)
+
+    def active(self, ref: Ref) -> bool:
+        """``True`` while the watch ``ref`` has not fired nor been stopped."""
+        return ref in self._targets or ref in self._remote
+
     # -------------------------------------------------------------- firing
 
     def process_exited(self, pid: Pid, reason: ExitReason) -> None:
@@ -180,3 +193,13 @@ class Monitors:
     def count(self) -> int:
         """Monitors held or served now."""
         return len(self._targets) + len(self._remote)
+
+    def sizes(self) -> dict[str, int]:
+        """The size of each table, for statistics and leak checks: watches
+        of local processes (``local``, those served for other nodes among
+        them as ``served``) and watches placed on other nodes (``remote``)."""
+        return {
+            "local": len(self._targets),
+            "served": sum(len(refs) for refs in self._served_by_node.values()),
+            "remote": len(self._remote),
+        }

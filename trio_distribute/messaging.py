@@ -30,7 +30,7 @@ from ._ids import Pid, Ref, check_label
 from ._mailbox import Mailbox
 from ._proto.kinds import Kind
 from .errors import ConnectError, MessageTooLargeError, NameNotFoundError, NodeDownError
-from .monitor import ExitKind, ExitReason
+from .monitor import ExitKind, ExitReason, ProcessDown
 
 if TYPE_CHECKING:
     from ._monitors import Monitors
@@ -78,6 +78,10 @@ class Process:
     _processes: Processes
     _mailbox: Mailbox
     alive: bool = True
+    # The refs of this process's own monitors that have not fired: they are
+    # removed when it ends (here and, for remote targets, on the target's
+    # node), so a short-lived process leaves nothing behind on either side.
+    _watching: set[Ref] = attrs.field(factory=set)
 
     async def receive(
         self, *, timeout: float | None = None, match: Callable[[Any], bool] | None = None
@@ -117,25 +121,45 @@ class Process:
 
     def monitor(self, pid: Pid) -> Ref:
         """Watch ``pid``; a :class:`ProcessDown` with the returned ref
-        arrives in this mailbox exactly once (unless demonitored first)."""
-        return self._processes.monitors.watch(pid, self._deliver_down)
+        arrives in this mailbox exactly once (unless demonitored first).
+
+        The monitor ends with this process: if it has not fired by then, it
+        is removed (as in Erlang, where a monitor belongs to the process
+        that made it).
+        """
+        monitors = self._processes.monitors
+        if not self.alive:
+            # An ended process holds no monitors (nothing could reach its
+            # closed mailbox, and nothing would ever remove the watch).
+            return monitors.new_ref()
+        ref = monitors.watch(pid, self._monitor_fired)
+        if monitors.active(ref):  # not fired at once (noproc, noconnection)
+            self._watching.add(ref)
+        return ref
 
     def demonitor(self, ref: Ref, *, flush: bool = False) -> bool:
-        """Stop watching. Returns ``True`` if the monitor was still active.
+        """Stop watching. Returns ``True`` if the monitor was still active
+        (``False`` too for a ref this process did not make).
 
         With ``flush=True`` a ``ProcessDown`` for ``ref`` already queued in
         the mailbox is removed too (Erlang's ``demonitor(Ref, [flush])``).
         """
-        active = self._processes.monitors.unwatch(ref)
+        # Only this process's own monitors: another's ref is left alone.
+        active = ref in self._watching
+        if active:
+            self._watching.discard(ref)
+            self._processes.monitors.unwatch(ref)
         if flush:
-            from .monitor import ProcessDown
-
             while True:
                 try:
                     self._mailbox.take_nowait(lambda m: isinstance(m, ProcessDown) and m.ref == ref)
                 except anyio.WouldBlock:
                     break
         return active
+
+    def _monitor_fired(self, event: ProcessDown) -> None:
+        self._watching.discard(event.ref)
+        self._deliver_down(event)
 
     def _deliver_down(self, event: object) -> None:
         if not self._mailbox.put(event):
@@ -201,6 +225,10 @@ class Processes:
         self._table.pop(process.pid.id, None)
         if process.name is not None and self._names.get(process.name) is process:
             del self._names[process.name]
+        if process._watching:
+            # Its own monitors end with it (DEMONITOR to remote targets).
+            self.monitors.unwatch_all(process._watching)
+            process._watching.clear()
         self.monitors.process_exited(process.pid, reason)
         for hook in self.exit_hooks:
             hook(process.pid, reason)
