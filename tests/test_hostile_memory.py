@@ -436,3 +436,24 @@ def test_the_memory_bounds_have_the_documented_defaults() -> None:
     assert config.max_frame_buffers == 64 * MiB
     # The floor of the send-queue cap follows the message size.
     assert td.NodeConfig(max_message_size=48 * MiB).max_send_queue == 2 * (256 * KiB + 48 * MiB)
+
+
+async def test_a_reused_request_id_of_a_running_call_closes_the_connection() -> None:
+    """A second RPC_CALL with the id of a running one would orphan the first
+    task (nothing could cancel it any more): the peer is cut off instead,
+    and every task it started ends with its connection."""
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        b.rpc.export(nap)
+        async with hostile_peer(b.address) as mallory:
+            call = frame(codec.encode([Kind.RPC_CALL, 7, "nap", [3600], {}, None]))
+            await mallory.send_raw(call)
+            with anyio.fail_after(10):
+                await wait_until(lambda: b.rpc.statistics().serving == 1)
+            await send_quietly(mallory, call)
+            with anyio.fail_after(10):
+                await wait_until(
+                    lambda: mallory.name not in b.nodes() and "mallory@127.0.0.1" not in b.nodes()
+                )
+                await wait_until(lambda: b.rpc.statistics().serving == 0)
+            assert b.statistics().drops["protocol_error"] >= 1
+            assert await a.rpc.call(b.name, "nap", 0) == "rested"

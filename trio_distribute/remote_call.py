@@ -477,6 +477,10 @@ class Rpc:
             self._reply(conn, req, BAD, f"no exported function named {function!r}")
             return
         if self._kind_of(fn):
+            if (conn, req) in self._serving:
+                # A reused id would orphan the first task: nothing could
+                # cancel it any more. Only a broken or hostile peer does this.
+                raise ValueError(f"RPC_CALL reuses request id {req} of a running call")
             size = conn.frame_size
             if not self._take_slot(conn, size):
                 self._reply(conn, req, BAD, "busy")
@@ -517,7 +521,8 @@ class Rpc:
                 except Exception as exc:
                     reply = _failure(fn, args, kwargs, exc)
         finally:
-            self._serving.pop((conn, req), None)
+            if self._serving.get((conn, req)) is scope:
+                del self._serving[conn, req]
             self._release_slot(conn, size)
         self._reply(conn, req, *reply)
 
