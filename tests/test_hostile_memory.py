@@ -457,3 +457,27 @@ async def test_a_reused_request_id_of_a_running_call_closes_the_connection() -> 
                 await wait_until(lambda: b.rpc.statistics().serving == 0)
             assert b.statistics().drops["protocol_error"] >= 1
             assert await a.rpc.call(b.name, "nap", 0) == "rested"
+
+
+async def test_monitors_one_peer_may_hold_are_capped() -> None:
+    """Before: a peer could place any number of monitors on a live pid (each
+    an entry this node holds). Past ``max_monitors_per_peer`` the peer is cut
+    off, counted, and everything it held is released."""
+    async with open_cluster(["a", "b"], config=local(max_monitors_per_peer=50)) as (a, b):
+        async with b.open_process() as target:
+            async with hostile_peer(b.address) as mallory:
+                sent = b"".join(
+                    frame(codec.encode([Kind.MONITOR, td.Ref(mallory_name, i, 7), target.pid]))
+                    for i in range(1, 61)
+                )
+                await send_quietly(mallory, sent)
+                with anyio.fail_after(10):
+                    await wait_until(lambda: mallory_name not in b.nodes())
+            assert b.statistics().drops["monitor_limit"] == 1
+            assert b.statistics().monitors == 0
+            # An honest peer still monitors.
+            async with a.monitor(target.pid):
+                await wait_until(lambda: b.statistics().monitors == 1)
+
+
+mallory_name = "mallory@127.0.0.1"

@@ -164,9 +164,17 @@ class Monitors:
         if self.processes.lookup(target) is None or ref in self._targets:
             self._send(conn, [Kind.DOWN, ref, target, ExitKind.NOPROC, ""])
             return
+        served = self._served_by_node.setdefault(conn.peer, set())
+        if len(served) >= self.transport.config.max_monitors_per_peer:
+            # Each entry is memory a peer makes us hold; past the bound the
+            # peer is misbehaving (or leaking), so it loses the connection.
+            self.transport.count_drop("monitor_limit")
+            raise ValueError(
+                f"{conn.peer} holds {len(served)} monitors here (max_monitors_per_peer)"
+            )
         self._watchers.setdefault(target.id, {})[ref] = conn.peer
         self._targets[ref] = target.id
-        self._served_by_node.setdefault(conn.peer, set()).add(ref)
+        served.add(ref)
 
     def _handle_demonitor(self, conn: Connection, item: list[Any]) -> None:
         _, ref = item

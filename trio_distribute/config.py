@@ -261,6 +261,10 @@ class NodeConfig:
             casts running at once (their arguments); a request over it is
             refused like one over ``max_rpc_concurrency``. A request arriving
             while none of that peer's run is always taken.
+        max_monitors_per_peer: monitors one peer node may hold on this
+            node's processes at once; a MONITOR beyond it closes that
+            connection (counted as ``monitor_limit``), whose monitors then
+            all fire ``noconnection`` on the peer.
         frame_buffer_reserve: bytes of an incomplete incoming frame each
             connection may hold on its own.
         max_frame_buffers: bytes of incomplete incoming frames beyond each
@@ -304,6 +308,9 @@ class NodeConfig:
     )
     max_rpc_concurrency: int = attrs.field(default=256, validator=[v.instance_of(int), _positive])
     max_rpc_bytes: int = attrs.field(default=64 * _MiB, validator=[v.instance_of(int), v.ge(0)])
+    max_monitors_per_peer: int = attrs.field(
+        default=100_000, validator=[v.instance_of(int), _positive]
+    )
     frame_buffer_reserve: int = attrs.field(
         default=256 * 1024, validator=[v.instance_of(int), v.ge(1024)]
     )
