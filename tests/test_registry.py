@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from hostile_peer import hostile_peer
 
 import trio_distribute as td
+from trio_distribute._proto.kinds import Kind
 from trio_distribute.registry import default_resolver
 from trio_distribute.testing import open_cluster, partition, wait_until
 
@@ -176,3 +178,24 @@ async def test_a_cancelled_registration_leaves_no_lock_behind() -> None:
                 await b.registry.unregister("contended")
             for node in nodes:
                 await wait_until(lambda n=node: not n.registry._locks)  # type: ignore[misc]
+
+
+async def test_a_process_that_exits_while_its_name_is_locked_is_never_registered() -> None:
+    """The exit hook runs before the commit would: committing anyway left the
+    name (pointing at a dead pid) on every node for ever."""
+    with anyio.fail_after(20):
+        async with open_cluster(1) as (a,):
+            # The peer is the boss (the greater name): a asks it first and
+            # waits; the process ends before the peer grants the lock.
+            async with hostile_peer(a.address, name="zed@127.0.0.1") as boss:
+                await wait_until(lambda: "zed@127.0.0.1" in a.nodes())
+                async with anyio.create_task_group() as tg:
+                    async with a.open_process() as proc:
+                        tg.start_soon(a.registry.register, "brief", proc.pid)
+                        while True:
+                            item = await boss.receive()
+                            if isinstance(item, list) and item[0] == Kind.REG_LOCK:
+                                break
+                    await boss.send([Kind.REG_REPLY, item[1], "granted"])
+                assert a.registry.whereis("brief") is None
+                assert a.registry.names() == []

@@ -246,6 +246,10 @@ class Registry:
             # Every node granted (or left the cluster meanwhile): commit,
             # and return once every node has it (as Erlang's global does).
             granted.clear()
+            if self.processes.lookup(pid) is None:
+                # It exited while we gathered the locks: its exit hook has
+                # run already, so a commit now would never be undone.
+                return "registered"
             self._apply(name, pid)
             self._drop_lock(name)
             await self._confirm(Kind.REG_COMMIT, name, pid)
