@@ -357,3 +357,25 @@ async def test_a_dial_by_address_leaves_no_attempt_behind() -> None:
             await z.disconnect(a.name)
             await wait_until(lambda: a.nodes() == [] and z.nodes() == [])
             assert await a.connect(target(z)) == z.name
+
+
+async def test_a_dial_by_address_superseded_by_the_peers_dial_returns_its_name() -> None:
+    """a dials b by address while b dials a by name. When b's connection wins
+    (a's name is the smaller), a's attempt is cancelled after it learned b's
+    name: connect() must return that name (it used to fail an assertion,
+    which ended the node when it happened while joining seeds)."""
+    with anyio.fail_after(120):
+        async with started("a", "b") as (a, b):
+            for _ in range(100):
+                results: list[str] = []
+
+                async def dial(src: td.Node, where: str, out: list[str]) -> None:
+                    out.append(await src.connect(where))
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(dial, a, f"127.0.0.1:{b.address[1]}", results)
+                    tg.start_soon(dial, b, target(a), results)
+                assert sorted(results) == ["a@127.0.0.1", "b@127.0.0.1"]
+                assert a.nodes() == ["b@127.0.0.1"] and b.nodes() == ["a@127.0.0.1"]
+                await a.disconnect("b@127.0.0.1")
+                await wait_until(lambda: not a.nodes() and not b.nodes())

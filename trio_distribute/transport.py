@@ -553,6 +553,8 @@ class _DialAttempt:
     superseded: bool = False
     #: The user's own ``connect`` (it may end a disconnect).
     explicit: bool = False
+    #: The peer's name, once the handshake told it (a dial by address).
+    peer: str | None = None
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -872,15 +874,18 @@ class Transport:
                         return exc.name
                     raise ConnectError(f"{target}: another attempt to reach it failed") from None
                 except _LostTieBreak as exc:
-                    if name is None:
+                    if name is None and attempt.peer is None:
                         raise HandshakeError(
                             f"{target} refused the connection: it is connecting to us"
                         ) from exc
                 # Our attempt lost a simultaneous-connect tie-break, or was
                 # superseded by the peer's: its connection is the one to use.
-                assert name is not None
-                await self._wait_up(name)
-                return name
+                # A dial by address learned the name mid-handshake.
+                peer = name or attempt.peer
+                if peer is None:
+                    raise ConnectError(f"connecting to {target} was abandoned")
+                await self._wait_up(peer)
+                return peer
         except TimeoutError:
             raise ConnectError(
                 f"connecting to {target} timed out after {self.config.handshake_timeout}s"
@@ -1123,6 +1128,7 @@ class Transport:
                 # Register the attempt by name as soon as we learn it, so a
                 # crossing attempt from that peer is tie-broken correctly.
                 self._dialing[peer] = attempt
+                attempt.peer = peer
             outgoing = machine.data_to_send()
             if outgoing:
                 try:
