@@ -121,6 +121,9 @@ from .errors import DecodeError, EncodeError, MessageTooLargeError
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
+    "FROZEN_TAG",
+    "KEYED_MAP_TAG",
+    "MAX_EQUAL_HASH_KEYS",
     "MAX_INT",
     "MESSAGE_TAG",
     "MIN_INT",
@@ -141,6 +144,17 @@ REF_TAG: Final = 62626
 """CBOR tag number of a :class:`~trio_distribute.Ref`."""
 MESSAGE_TAG: Final = 62627
 """CBOR tag number of a :func:`message` instance."""
+KEYED_MAP_TAG: Final = 62628
+"""CBOR tag number of a dict whose keys are not all text or byte strings:
+``[key, value, key, value, ...]``."""
+FROZEN_TAG: Final = 62629
+"""CBOR tag number of an immutable map key (a tuple or a message) inside a
+keyed map: its content decodes immutably (arrays as tuples)."""
+
+MAX_EQUAL_HASH_KEYS: Final = 8
+"""Most keys of one received keyed map that may share a hash value with an
+earlier key of the same map (beyond that the map is refused: see
+"Hash flooding" in the module documentation)."""
 
 MAX_INT: Final = 2**64 - 1
 """Largest int that travels (CBOR's native unsigned range)."""
@@ -312,12 +326,13 @@ def _check(value: object, budget: int) -> None:
         budget -= 1
         for key, item in value.items():  # type: ignore[attr-defined]
             cls = type(key)
-            if cls is not str and cls not in _SCALARS:
-                if cls is int:
-                    if not MIN_INT <= key <= MAX_INT:
-                        raise EncodeError(_int_refusal(key))
-                else:
-                    _check(key, budget)
+            if cls is not str and cls is not bytes:
+                if not isinstance(key, (str, bytes)):
+                    # Only text and byte-string keys travel as a CBOR map;
+                    # any other key makes the dict a keyed map (see
+                    # _rewrite), which the C encoder cannot produce alone.
+                    raise _NeedsRewrite
+                _check(key, budget)
             cls = type(item)
             if cls not in _SCALARS:
                 if cls is int:
@@ -347,6 +362,71 @@ def _check(value: object, budget: int) -> None:
             _too_deep()
     else:
         _check_other(value, budget)
+
+
+class _NeedsRewrite(Exception):
+    """Raised by :func:`_check` when the value holds a dict with a key that
+    is not a text or byte string: such a dict travels as a keyed map, which
+    :func:`_rewrite` builds (the rare, slower path)."""
+
+
+def _rewrite(value: object, budget: int) -> object:
+    """Check ``value`` like :func:`_check` and return a copy the C encoder
+    writes in our wire format: every dict with a key that is not a text or
+    byte string becomes a :data:`KEYED_MAP_TAG` tag, and every message a
+    :data:`MESSAGE_TAG` tag (its fields may hold such dicts, and the
+    ``default`` hook would hand them to cbor2 as plain maps)."""
+    if isinstance(value, dict):
+        if budget < 1:
+            _too_deep()
+        keys = value.keys()
+        if all(isinstance(key, (str, bytes)) for key in keys):
+            for key in keys:
+                _check(key, budget - 1)  # a str or bytes subclass: travels as its base
+            return {key: _rewrite(item, budget - 1) for key, item in value.items()}
+        if budget < 2:  # tag and array
+            _too_deep()
+        budget -= 2
+        hashes: set[int] = set()
+        flat: list[object] = []
+        for key, item in value.items():
+            hashes.add(hash(key))
+            flat.append(_rewrite_key(key, budget))
+            flat.append(_rewrite(item, budget))
+        if len(value) - len(hashes) > MAX_EQUAL_HASH_KEYS:
+            raise EncodeError(_collision_refusal(len(value), len(hashes)))
+        return cbor2.CBORTag(KEYED_MAP_TAG, flat)
+    if isinstance(value, (list, tuple)):
+        if budget < 1:
+            _too_deep()
+        return [_rewrite(item, budget - 1) for item in value]
+    entry = _BY_CLASS.get(type(value))
+    if entry is not None:
+        if budget < 3:  # tag, array, field map
+            _too_deep()
+        info = entry.info
+        fields = {name: _rewrite(getattr(value, name), budget - 3) for name in info.fields}
+        return cbor2.CBORTag(MESSAGE_TAG, [info.tag, info.version, fields])
+    _check(value, budget)  # a leaf: scalars, ints, Pids, Refs, or a refusal
+    return value
+
+
+def _rewrite_key(key: object, budget: int) -> object:
+    """A keyed map's key: a tuple or message is wrapped in
+    :data:`FROZEN_TAG` so that it decodes immutably (hashable) again."""
+    if isinstance(key, tuple) or type(key) in _BY_CLASS:
+        if budget < 1:
+            _too_deep()
+        return cbor2.CBORTag(FROZEN_TAG, _rewrite(key, budget - 1))
+    return _rewrite(key, budget)
+
+
+def _collision_refusal(keys: int, hashes: int) -> str:
+    return (
+        f"map of {keys} keys with only {hashes} distinct hash values: at most "
+        f"{MAX_EQUAL_HASH_KEYS} keys may share a hash value with another key "
+        "(a map built to make dict insertion quadratic)"
+    )
 
 
 def _check_other(value: object, budget: int) -> None:
@@ -461,7 +541,10 @@ def encode(obj: object) -> bytes:
             message names its type), an int outside 64 bits, or it is
             nested deeper than :data:`DEFAULT_MAX_DEPTH` levels.
     """
-    _check(obj, DEFAULT_MAX_DEPTH)
+    try:
+        _check(obj, DEFAULT_MAX_DEPTH)
+    except _NeedsRewrite:
+        obj = _rewrite(obj, DEFAULT_MAX_DEPTH)
     return _encode_checked(obj)
 
 
@@ -505,7 +588,10 @@ def _frame_item(item: object) -> bytes:
         return _id_bytes(_REF_HEAD, _REF_BYTES, item)  # type: ignore[arg-type]
     if cls is int and 0 <= item < 24:  # type: ignore[operator]
         return _UINT_BYTES[item]  # type: ignore[call-overload,no-any-return]
-    _check(item, DEFAULT_MAX_DEPTH - 1)  # one level is the frame's array
+    try:
+        _check(item, DEFAULT_MAX_DEPTH - 1)  # one level is the frame's array
+    except _NeedsRewrite:
+        item = _rewrite(item, DEFAULT_MAX_DEPTH - 1)
     return _encode_checked(item)
 
 
@@ -636,6 +722,55 @@ def _tag_start(finish: Callable[[Any], object]) -> _TagStart:
     return _TagStart({False: (None, finish), True: (None, finish)})
 
 
+class _FrozenTagStart(_TagStart):
+    """Like :class:`_TagStart`, but cbor2 decodes the content immutably
+    (arrays as tuples, a message's fields as tuples) wherever the tag is,
+    as it would in a map key."""
+
+    _cbor2_immutable = True
+
+
+def _finish_keyed_map(value: Any) -> dict[Any, Any]:
+    """Build a dict from a keyed map's ``[key, value, key, value, ...]``.
+
+    The keys were decoded as array items, so no dict was built yet: count
+    the distinct hash values first (a set of ints, each its own hash: no
+    collisions possible there) and refuse a map whose keys share too many,
+    before a single insertion could go quadratic.
+    """
+    if type(value) is not list or len(value) % 2:
+        raise DecodeError(
+            f"invalid keyed map: expected [key, value, ...] with an even number "
+            f"of items, got {value!r:.100}"
+        )
+    keys = value[0::2]
+    try:
+        hashes = set(map(hash, keys))
+    except TypeError:
+        raise DecodeError(
+            "invalid keyed map: unhashable key "
+            f"{next(k for k in keys if not _hashable(k))!r:.100}"
+        ) from None
+    if len(keys) - len(hashes) > MAX_EQUAL_HASH_KEYS:
+        raise DecodeError(_collision_refusal(len(keys), len(hashes)))
+    return dict(zip(keys, value[1::2]))
+
+
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _finish_frozen(value: Any) -> object:
+    """A keyed map's immutable key: a tuple or a message."""
+    if type(value) is tuple or type(value) in _BY_CLASS:
+        return value
+    raise DecodeError(f"invalid frozen key: expected an array or a message, got {value!r:.100}")
+
+
 # Descriptions of the tags cbor2 6.3 decodes natively (found by probing every
 # tag number; see tests/test_codec.py::test_decode_refuses_builtin_tags).
 _BUILTIN_TAGS: Final[dict[int, str]] = {
@@ -700,6 +835,8 @@ _SEMANTIC: Final = _TagTable(
         PID_TAG: _tag_start(_finish_pid),
         REF_TAG: _tag_start(_finish_ref),
         MESSAGE_TAG: _tag_start(_finish_message),
+        KEYED_MAP_TAG: _tag_start(_finish_keyed_map),
+        FROZEN_TAG: _FrozenTagStart({False: (None, _finish_frozen), True: (None, _finish_frozen)}),
     }
 )
 
@@ -738,10 +875,16 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX
         raise ValueError(f"max_depth must be a positive int, got {max_depth!r}")
     try:
         if shallow:
-            value, end = _loads(buf, semantic_decoders=_SEMANTIC, allow_indefinite=False)
+            value, end = _loads(
+                buf, semantic_decoders=_SEMANTIC, allow_indefinite=False, strict_hashable_types=True
+            )
         else:
             value, end = _loads(
-                buf, semantic_decoders=_SEMANTIC, allow_indefinite=False, max_depth=max_depth + 1
+                buf,
+                semantic_decoders=_SEMANTIC,
+                allow_indefinite=False,
+                strict_hashable_types=True,
+                max_depth=max_depth + 1,
             )
     except MemoryError:
         raise
@@ -761,7 +904,13 @@ def _diagnose(data: bytes, max_depth: int) -> DecodeError:
     wrong with it; if that works, the problem was what came after it.
     """
     try:
-        cbor2.loads(data, semantic_decoders=_SEMANTIC, max_depth=max_depth, allow_indefinite=False)
+        cbor2.loads(
+            data,
+            semantic_decoders=_SEMANTIC,
+            max_depth=max_depth,
+            allow_indefinite=False,
+            strict_hashable_types=True,
+        )
     except MemoryError:
         raise
     except Exception as exc:
@@ -780,6 +929,11 @@ def _reason(exc: BaseException, max_depth: int) -> str:
     text = str(exc) or type(exc).__name__
     if "nesting depth" in text:
         return f"CBOR nested deeper than max_depth={max_depth}"
+    if "map key must be" in text:
+        return (
+            f"{text}: a CBOR map may only have text or byte-string keys (a dict "
+            f"with other keys travels as tag {KEYED_MAP_TAG})"
+        )
     if "indefinite length" in text:
         return f"indefinite-length CBOR items are not allowed ({text})"
     if isinstance(exc, cbor2.CBORDecodeEOF):
