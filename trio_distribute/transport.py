@@ -62,7 +62,7 @@ __all__ = ["Connection", "Kind", "Transport", "parse_target"]
 
 logger = logging.getLogger("trio_distribute.transport")
 
-PROTOCOL_VERSIONS = (1,)
+PROTOCOL_VERSIONS = (2,)
 
 #: A frame is written straight to the socket only if no other frame was in
 #: the last this-many seconds; closer frames are coalesced by the writer.
