@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_distribute._proto import swim_wire as wire
+from trio_distribute._proto.suspicion import suspicion_bounds
 from trio_distribute._proto.swim import (
+    CEILING,
     Member,
     MemberChange,
     MemberStatus,
@@ -405,11 +407,101 @@ def test_conflicting_alive_at_same_incarnation_is_refuted() -> None:
     assert core.incarnation == 3  # our own current alive: nothing to do
 
 
-def test_refute_at_the_incarnation_cap_is_impossible_and_harmless() -> None:
-    core = make("a")
-    core.datagram_received(1.0, "b", datagram(wire.Suspect("a", 2**63 - 1, "b")))
+@pytest.mark.parametrize(
+    "accusation",
+    [
+        wire.Suspect("a", CEILING, "b"),
+        wire.Dead("a", CEILING, "b"),
+        wire.Left("a", CEILING),
+        wire.Alive("a", "a", CEILING, b"forged"),
+        wire.Suspect("a", CEILING - 1, "b"),  # outbidding would reach the ceiling
+    ],
+)
+def test_accused_at_the_ceiling_rebases_to_zero(accusation: wire.DatagramMessage) -> None:
+    # Nobody can outbid 2**63 - 1, the largest incarnation on the wire: a
+    # member accused there starts again at 0 (which records at the ceiling
+    # give way to) instead of staying accused for ever.
+    assert CEILING == 2**63 - 1 == wire.MAX_INCARNATION - 1
+    core = make("a", incarnation=7)
+    core.datagram_received(1.0, "b", datagram(accusation))
     assert core.incarnation == 0
-    assert core.counters["refutes_impossible"] == 1
+    assert core.status_of("a") is ALIVE
+    assert core.counters["rebases"] == 1
+    assert broadcasts_about(core, "a", 1.0) == [wire.Alive("a", "a", 0, b"")]
+
+
+def test_metadata_update_at_the_ceiling_rebases() -> None:
+    core = make("a", incarnation=CEILING - 1)
+    core.update_metadata(1.0, b"new")
+    assert core.incarnation == 0
+    assert broadcasts_about(core, "a", 1.0) == [wire.Alive("a", "a", 0, b"new")]
+
+
+CEILING_PRECEDENCE = [
+    (LEFT, CEILING, alive(0), ALIVE, 0),
+    (DEAD, CEILING, alive(5), ALIVE, 5),
+    (SUSPECT, CEILING, alive(0), ALIVE, 0),
+    (ALIVE, CEILING, alive(0), ALIVE, 0),
+    (LEFT, CEILING, alive(CEILING), LEFT, CEILING),
+    (LEFT, CEILING, suspect(0), LEFT, CEILING),
+    (ALIVE, CEILING, dead(0), ALIVE, CEILING),
+    (LEFT, CEILING - 1, alive(0), LEFT, CEILING - 1),  # only the ceiling gives way
+]
+
+
+@pytest.mark.parametrize(("status", "inc", "message", "expected", "expected_inc"), CEILING_PRECEDENCE)
+def test_a_record_at_the_ceiling_gives_way_to_any_lower_alive(
+    status: MemberStatus,
+    inc: int,
+    message: wire.DatagramMessage,
+    expected: MemberStatus,
+    expected_inc: int,
+) -> None:
+    test_precedence(status, inc, message, expected, expected_inc)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        [wire.Left("b", CEILING)],
+        [wire.Dead("b", CEILING, "x")],
+        [wire.Suspect("b", CEILING, "x")],
+        [wire.Left("b", 5)],
+        [wire.Alive("b", "b", CEILING, b""), wire.Left("b", CEILING)],
+    ],
+    ids=["left-ceiling", "dead-ceiling", "suspect-ceiling", "left-5", "alive+left-ceiling"],
+)
+def test_a_live_member_refutes_forged_news_of_its_departure_or_death(
+    forged: list[wire.DatagramMessage],
+) -> None:
+    names = ["a", "b", "c", "d", "e"]
+    net = joined(names)
+    net.run(3.0)
+    assert all(core.status_of("b") is ALIVE for core in net.cores.values())
+    # A member holding the cookie (not one of the cores) tells a, c, d, e.
+    for name in "acde":
+        net.cores[name].datagram_received(3.0, "x", datagram(*forged))
+    net.pump(3.0)
+    assert any(net.cores[name].status_of("b") is not ALIVE for name in "acde") or forged == [
+        wire.Suspect("b", CEILING, "x")
+    ]
+    # Back within the suspicion bound (the longest a false suspicion stands).
+    _, longest = suspicion_bounds(
+        suspicion_mult=CONFIG.suspicion_mult,
+        max_timeout_mult=CONFIG.suspicion_max_timeout_mult,
+        probe_interval=CONFIG.probe_interval,
+        cluster_size=len(names),
+    )
+    net.run(3.0 + longest)
+    for name in "acde":
+        assert net.cores[name].status_of("b") is ALIVE, name
+    assert net.cores["b"].status_of("b") is ALIVE
+    # And again: the forger can repeat itself, b refutes again.
+    for name in "acde":
+        net.cores[name].datagram_received(3.0 + longest, "x", datagram(*forged))
+    net.run(3.0 + 2 * longest)
+    for name in "acde":
+        assert net.cores[name].status_of("b") is ALIVE, name
 
 
 def test_restarted_member_comes_back_alive_with_a_new_incarnation() -> None:

@@ -36,10 +36,22 @@ What it does, per protocol period:
   once seen, so the two sides of a healed partition merge again.
 
 Hardening against memberlist's reported bugs: a member's stored incarnation
-never decreases; incarnations are validated below 2**63, so refuting always
-fits; an echo of a suspicion we already refuted does not cause another
-refutation (but if our refutation has finished its transmissions, the same
-alive is queued again, so a member that missed it learns it).
+never decreases (but see the ceiling below); an echo of a suspicion we
+already refuted does not cause another refutation (but if our refutation has
+finished its transmissions, the same alive is queued again, so a member that
+missed it learns it).
+
+**The incarnation ceiling.** Incarnations are validated below 2**63, and a
+member that holds the cookie can send any of them about anyone: "b left at
+2**63 - 1" used to make everyone mark b as left for good, since b could not
+outbid the largest value. So the ceiling :data:`CEILING` (2**63 - 1) is no
+incarnation a member ever holds by its own refuting: news of us at the
+ceiling (which only a forger sends) makes us *rebase*: we start again at
+incarnation 0 and gossip that alive; and a record stored at the ceiling gives
+way to an alive at any lower incarnation. The forger can repeat its news, but
+each time the member refutes it as soon as the news reaches it, like any
+other accusation. Members that went down recently (dead or left) are among
+the gossip targets, so a live member wrongly said to have left hears it.
 """
 
 from __future__ import annotations
@@ -62,6 +74,7 @@ from .suspicion import Suspicion, suspicion_bounds
 from .swim_wire import SwimDecodeError
 
 __all__ = [
+    "CEILING",
     "DEFAULT_DATAGRAM_BUDGET",
     "MAX_METADATA",
     "Member",
@@ -85,6 +98,10 @@ NACK_FRACTION: Final = 0.8
 SUSPECT_CHECKS: Final = 3
 # Room kept in every datagram for the compound header and the probe message.
 _COMPOUND_HEADER: Final = 2
+#: The largest incarnation on the wire. Only a forger puts a member there; a
+#: member accused at the ceiling rebases to 0, and a record at the ceiling
+#: gives way to any lower alive (see the module documentation).
+CEILING: Final = wire.MAX_INCARNATION - 1
 
 
 class MemberStatus(enum.Enum):
@@ -773,7 +790,11 @@ class SwimCore:
             self._events.append(MemberChange(record.snapshot(), None))
             self._broadcast(name, message)
             return
-        if incarnation <= record.incarnation:
+        if incarnation <= record.incarnation and not (
+            record.incarnation == CEILING and incarnation < CEILING
+        ):
+            # Old news, unless the record sits at the ceiling, where only a
+            # forger puts it: then the member's rebased alive wins.
             return
         if address != record.address and record.status in _LIVE:
             # Two live members claim one name: keep the one we know until it
@@ -912,9 +933,6 @@ class SwimCore:
             self._broadcast(self.name, self._alive_message(self._self))
 
     def _refute(self, incarnation: int) -> None:
-        if incarnation + 1 >= wire.MAX_INCARNATION:
-            self.counters["refutes_impossible"] += 1
-            return
         self.counters["refutes"] += 1
         if self.lifeguard:
             self._health.apply(1)
@@ -922,7 +940,13 @@ class SwimCore:
 
     def _bump_incarnation(self, at_least: int) -> None:
         own = self._self
-        own.incarnation = max(own.incarnation, at_least) + 1
+        bumped = max(own.incarnation, at_least) + 1
+        if bumped >= CEILING:
+            # Nobody can outbid the ceiling: start again from 0, which every
+            # record stored at the ceiling gives way to (see _on_alive).
+            self.counters["rebases"] += 1
+            bumped = 0
+        own.incarnation = bumped
         self._broadcast(self.name, self._alive_message(own))
 
     def _new_suspicion(self, now: float, source: str) -> Suspicion:
@@ -1098,8 +1122,9 @@ class SwimCore:
         for name, when in reversed(self._down.items()):
             if when <= horizon:
                 break
-            if self._members[name].status is MemberStatus.DEAD:
-                recent.append(name)
+            # Left ones too: a live member said to have left (by a forger)
+            # must hear it to refute; one that really left ignores it.
+            recent.append(name)
         return recent
 
     def _random_live(
