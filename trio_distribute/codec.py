@@ -752,8 +752,12 @@ def _finish_keyed_map(value: Any) -> dict[Any, Any]:
             f"{next(k for k in keys if not _hashable(k))!r:.100}"
         ) from None
     if len(keys) - len(hashes) > MAX_EQUAL_HASH_KEYS:
-        raise DecodeError(_collision_refusal(len(keys), len(hashes)))
+        raise _CollidingKeys(_collision_refusal(len(keys), len(hashes)))
     return dict(zip(keys, value[1::2]))
+
+
+class _CollidingKeys(DecodeError):
+    """A keyed map refused for sharing too many hash values."""
 
 
 def _hashable(value: object) -> bool:
@@ -889,10 +893,27 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX
     except MemoryError:
         raise
     except Exception as exc:
+        # A keyed map refused for colliding keys needs no second pass to
+        # explain it (which would double the cost of a big hostile frame).
+        reason = _settled_reason(exc)
+        if reason is not None:
+            raise DecodeError(reason) from exc
         raise _diagnose(bytes(data), max_depth) from exc
     if type(end) is not bytes or end != _SECRET:
         raise _diagnose(bytes(data), max_depth)
     return value
+
+
+def _settled_reason(exc: BaseException) -> str | None:
+    """The reason for a refused keyed map (which the random sentinel after
+    the payload cannot realistically produce: it would have to hold a whole
+    keyed map), or ``None`` if :func:`_diagnose` must find the reason out."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, _CollidingKeys):
+            return str(cause)
+        cause = cause.__cause__
+    return None
 
 
 def _diagnose(data: bytes, max_depth: int) -> DecodeError:
