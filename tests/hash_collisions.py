@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["colliding_int_pairs", "colliding_ints", "colliding_floats"]
+__all__ = ["colliding_floats", "colliding_int_pairs", "colliding_ints"]
 
 _M = 2**64
 _P1 = 11400714785074694791

@@ -35,16 +35,17 @@ from typing import Any
 import attrs
 import cbor2
 import pytest
+from hash_collisions import colliding_floats, colliding_int_pairs, colliding_ints
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_distribute import codec
 from trio_distribute._ids import Pid, Ref
 from trio_distribute.codec import (
+    DEFAULT_MAX_DEPTH,
     FROZEN_TAG,
     KEYED_MAP_TAG,
     MAX_EQUAL_HASH_KEYS,
-    DEFAULT_MAX_DEPTH,
     MAX_INT,
     MESSAGE_TAG,
     MIN_INT,
@@ -58,8 +59,6 @@ from trio_distribute.codec import (
     registered_messages,
 )
 from trio_distribute.errors import DecodeError, EncodeError, MessageTooLargeError
-
-from hash_collisions import colliding_floats, colliding_int_pairs, colliding_ints
 
 PID = Pid("b@127.0.0.1", 7, 3)
 REF = Ref("a@host.example", 123456789, 2**40)
@@ -1090,9 +1089,7 @@ def test_dicts_with_other_keys_travel_as_keyed_maps() -> None:
     assert encode({1: "a"}) == tagged(KEYED_MAP_TAG, [1, "a"])
     assert encode({"x": 0, None: 1}) == tagged(KEYED_MAP_TAG, ["x", 0, None, 1])
     # A tuple key is frozen (decoded immutably, so it is hashable again).
-    assert encode({(1, (2,)): 0}) == tagged(
-        KEYED_MAP_TAG, [cbor2.CBORTag(FROZEN_TAG, [1, [2]]), 0]
-    )
+    assert encode({(1, (2,)): 0}) == tagged(KEYED_MAP_TAG, [cbor2.CBORTag(FROZEN_TAG, [1, [2]]), 0])
     # Nested inside text-keyed maps, lists and message fields too.
     assert roundtrip({"a": [{1: {2: 3}}]}) == {"a": [{1: {2: 3}}]}
     assert encode_frame(10, PID, {1: 2}) == encode([10, PID, {1: 2}])
@@ -1113,8 +1110,10 @@ def test_a_raw_map_of_colliding_keys_is_refused_at_its_first_key() -> None:
     # cbor2 only inserts text and byte-string keys itself (hashed with the
     # per-process random key); 20,000 colliding tuple keys took 8 s before.
     pairs = colliding_int_pairs(20_000)
-    data = b"\xb9" + len(pairs).to_bytes(2, "big") + b"".join(
-        cbor2.dumps(list(pair)) + b"\x00" for pair in pairs
+    data = (
+        b"\xb9"
+        + len(pairs).to_bytes(2, "big")
+        + b"".join(cbor2.dumps(list(pair)) + b"\x00" for pair in pairs)
     )
     with pytest.raises(DecodeError, match="map key must be a text string"):
         decode(data)

@@ -86,7 +86,7 @@ def test_cli_prints_a_fresh_256_bit_urlsafe_cookie() -> None:
 
 
 @pytest.mark.parametrize(
-    "cookie, reason",
+    ("cookie", "reason"),
     [
         (b"secret", "6 bytes long"),
         (b"0123456789abcde", "15 bytes long"),

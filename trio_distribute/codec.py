@@ -748,12 +748,11 @@ def _finish_keyed_map(value: Any) -> dict[Any, Any]:
         hashes = set(map(hash, keys))
     except TypeError:
         raise DecodeError(
-            "invalid keyed map: unhashable key "
-            f"{next(k for k in keys if not _hashable(k))!r:.100}"
+            f"invalid keyed map: unhashable key {next(k for k in keys if not _hashable(k))!r:.100}"
         ) from None
     if len(keys) - len(hashes) > MAX_EQUAL_HASH_KEYS:
         raise _CollidingKeys(_collision_refusal(len(keys), len(hashes)))
-    return dict(zip(keys, value[1::2]))
+    return dict(zip(keys, value[1::2], strict=True))  # lengths checked above
 
 
 class _CollidingKeys(DecodeError):

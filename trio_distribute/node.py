@@ -22,8 +22,8 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._events import Subscribers
 from ._cookie import check_cookie_strength, cookie_keys
+from ._events import Subscribers
 from ._ids import Pid, validate_cookie, validate_node_name
 from ._monitors import Monitors
 from ._proto.kinds import Kind

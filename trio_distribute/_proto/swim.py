@@ -76,7 +76,6 @@ from .swim_wire import SwimDecodeError
 
 __all__ = [
     "CEILING",
-    "newer",
     "DEFAULT_DATAGRAM_BUDGET",
     "MAX_METADATA",
     "Member",
@@ -86,6 +85,7 @@ __all__ = [
     "SendStream",
     "SwimCore",
     "SwimDecodeError",
+    "newer",
 ]
 
 MAX_METADATA: Final = wire.MAX_METADATA
@@ -775,7 +775,7 @@ class SwimCore:
             own = self._self
             if self._leaving:
                 return
-            if incarnation != own.incarnation and not newer(own.incarnation, incarnation) or (
+            if (incarnation != own.incarnation and not newer(own.incarnation, incarnation)) or (
                 incarnation == own.incarnation and (address != own.address or meta != own.metadata)
             ):
                 # Someone holds a newer or conflicting version of us (we
