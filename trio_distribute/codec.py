@@ -20,15 +20,19 @@ mailbox, and a malformed payload must close one connection, not kill a node.
 
 Wire format
 -----------
-Plain CBOR (RFC 8949) plus three tags of our own, from the
+Plain CBOR (RFC 8949) plus five tags of our own, from the
 first-come-first-served range (not IANA-registered as far as we can tell;
 every other tag is refused on both sides):
 
-===================  ======  ===================================================
-:data:`PID_TAG`      62625   ``[node: str, id: uint, creation: uint]``
-:data:`REF_TAG`      62626   ``[node: str, id: uint, creation: uint]``
-:data:`MESSAGE_TAG`  62627   ``[tag: str, version: uint, {field_name: value}]``
-===================  ======  ===================================================
+=====================  ======  =================================================
+:data:`PID_TAG`        62625   ``[node: str, id: uint, creation: uint]``
+:data:`REF_TAG`        62626   ``[node: str, id: uint, creation: uint]``
+:data:`MESSAGE_TAG`    62627   ``[tag: str, version: uint, {field_name: value}]``
+:data:`KEYED_MAP_TAG`  62628   ``[key, value, key, value, ...]``: a dict with a
+                               key that is not a text or byte string
+:data:`FROZEN_TAG`     62629   a tuple or message key of a keyed map, decoded
+                               immutably (arrays as tuples)
+=====================  ======  =================================================
 
 A message carries its fields by attrs name (not position), so a later version
 of a class can add optional fields: bump ``version`` and list the old one in
@@ -52,6 +56,19 @@ Decisions
   position decodes as a ``tuple`` and a message in key position is rebuilt
   from immutable field values; every key :func:`encode` accepts therefore
   round-trips exactly. Duplicate keys in a received map keep the last value.
+* **Hash flooding.** CPython hashes ints, floats and tuples without a
+  secret (``hash(n) == hash(n + k * (2**61 - 1))``, and tuples of ints can
+  be solved for any hash value), so a peer could send a map whose keys all
+  collide and make its insertion quadratic: a 1.8 MB frame cost 19.5 s.
+  So only text and byte-string keys, which the interpreter hashes with a
+  random per-process key, travel as plain CBOR maps, and cbor2 inserts no
+  other key (``strict_hashable_types``). A dict with any other key travels
+  as a keyed map (:data:`KEYED_MAP_TAG`): its keys are decoded as array
+  items, their distinct hash values counted in a set of ints (an int's hash
+  is itself: no collisions there), and the map is refused if more than
+  :data:`MAX_EQUAL_HASH_KEYS` keys share a hash value with an earlier key,
+  before a single insertion. :func:`encode` refuses such a dict too. The
+  cost of any frame is then linear in its size.
 * **Depth**: arrays, maps and tags each count one level (a Pid or Ref costs
   two, its tag and its array; a message costs three plus its fields).
   :func:`decode` refuses input nested deeper than ``max_depth`` (default
@@ -64,10 +81,8 @@ Decisions
   (refusing them would need a Python-level walk of every decoded value,
   which costs more than the decoding itself): a CBOR simple value or
   ``undefined`` decodes as ``cbor2.CBORSimpleValue`` / ``cbor2.undefined``,
-  and a map used as a map key decodes as ``cbor2.frozendict``. Like any
-  Python decoder of maps, this one can be made slow by a peer that crafts
-  many keys with equal hashes (tuples of ints can be); ``max_message_size``
-  bounds how slow.
+  and inside a frozen key a map decodes as ``cbor2.frozendict`` (with text
+  keys only).
 
 How it stays fast
 -----------------
