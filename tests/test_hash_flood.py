@@ -30,11 +30,8 @@ KEYS = 20_000  # about 290 kB of keys: an 8 s stall before the fix on this machi
 
 def raw_map(pairs: list[tuple[int, int]]) -> bytes:
     """A plain CBOR map with array keys (cbor2 would insert them as tuples)."""
-    return (
-        b"\xb9"
-        + len(pairs).to_bytes(2, "big")
-        + b"".join(cbor2.dumps(list(pair)) + b"\x00" for pair in pairs)
-    )
+    head = b"\xba" + len(pairs).to_bytes(4, "big")
+    return head + b"".join(cbor2.dumps(list(pair)) + b"\x00" for pair in pairs)
 
 
 def keyed_map(pairs: list[tuple[int, int]]) -> bytes:
