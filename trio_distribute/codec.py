@@ -394,36 +394,49 @@ def _rewrite(value: object, budget: int) -> object:
     if isinstance(value, dict):
         if budget < 1:
             _too_deep()
-        keys = value.keys()
-        if all(isinstance(key, (str, bytes)) for key in keys):
-            for key in keys:
+        if all(type(key) is str or type(key) is bytes for key in value):
+            return {key: _rewrite_leaf(item, budget - 1) for key, item in value.items()}
+        if all(isinstance(key, (str, bytes)) for key in value):
+            for key in value:
                 _check(key, budget - 1)  # a str or bytes subclass: travels as its base
-            return {key: _rewrite(item, budget - 1) for key, item in value.items()}
+            return {key: _rewrite_leaf(item, budget - 1) for key, item in value.items()}
         if budget < 2:  # tag and array
             _too_deep()
         budget -= 2
-        hashes: set[int] = set()
+        distinct = len(set(map(hash, value)))
+        if len(value) - distinct > MAX_EQUAL_HASH_KEYS:
+            raise EncodeError(_collision_refusal(len(value), distinct))
         flat: list[object] = []
+        append = flat.append
         for key, item in value.items():
-            hashes.add(hash(key))
-            flat.append(_rewrite_key(key, budget))
-            flat.append(_rewrite(item, budget))
-        if len(value) - len(hashes) > MAX_EQUAL_HASH_KEYS:
-            raise EncodeError(_collision_refusal(len(value), len(hashes)))
+            cls = type(key)
+            if (cls is int and MIN_INT <= key <= MAX_INT) or cls in _SCALARS:
+                append(key)
+            else:
+                append(_rewrite_key(key, budget))
+            append(_rewrite_leaf(item, budget))
         return cbor2.CBORTag(KEYED_MAP_TAG, flat)
     if isinstance(value, (list, tuple)):
         if budget < 1:
             _too_deep()
-        return [_rewrite(item, budget - 1) for item in value]
+        return [_rewrite_leaf(item, budget - 1) for item in value]
     entry = _BY_CLASS.get(type(value))
     if entry is not None:
         if budget < 3:  # tag, array, field map
             _too_deep()
         info = entry.info
-        fields = {name: _rewrite(getattr(value, name), budget - 3) for name in info.fields}
+        fields = {name: _rewrite_leaf(getattr(value, name), budget - 3) for name in info.fields}
         return cbor2.CBORTag(MESSAGE_TAG, [info.tag, info.version, fields])
     _check(value, budget)  # a leaf: scalars, ints, Pids, Refs, or a refusal
     return value
+
+
+def _rewrite_leaf(value: object, budget: int) -> object:
+    """:func:`_rewrite`, with the common leaves passed through inline."""
+    cls = type(value)
+    if cls in _SCALARS or (cls is int and MIN_INT <= value <= MAX_INT):  # type: ignore[operator]
+        return value
+    return _rewrite(value, budget)
 
 
 def _rewrite_key(key: object, budget: int) -> object:
