@@ -36,10 +36,10 @@ What it does, per protocol period:
   once seen, so the two sides of a healed partition merge again.
 
 Hardening against memberlist's reported bugs: a member's stored incarnation
-never decreases (but see the ceiling below); an echo of a suspicion we
-already refuted does not cause another refutation (but if our refutation has
-finished its transmissions, the same alive is queued again, so a member that
-missed it learns it).
+never goes back (in the serial order described below); an echo of a
+suspicion we already refuted does not cause another refutation (but if our
+refutation has finished its transmissions, the same alive is queued again,
+so a member that missed it learns it).
 
 **Incarnations wrap around.** They travel as ints below 2**63, and a
 member that holds the cookie can send any of them about anyone: "b left at
