@@ -399,7 +399,9 @@ class HandshakeMachine:
         local_name: str,
         creation: int,
         cookie: bytes,
-        versions: tuple[int, ...] = (1,),
+        versions: tuple[int, ...] = (
+            2,
+        ),  # the current protocol version (transport.PROTOCOL_VERSIONS)
         expected_peer: str | None = None,
         nonce_factory: Callable[[], bytes] = _default_nonce,
     ) -> None:
