@@ -35,6 +35,7 @@ from typing import Any
 import attrs
 import cbor2
 import pytest
+from hash_collisions import colliding_floats, colliding_int_pairs, colliding_ints
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,9 @@ from trio_distribute import codec
 from trio_distribute._ids import Pid, Ref
 from trio_distribute.codec import (
     DEFAULT_MAX_DEPTH,
+    FROZEN_TAG,
+    KEYED_MAP_TAG,
+    MAX_EQUAL_HASH_KEYS,
     MAX_INT,
     MESSAGE_TAG,
     MIN_INT,
@@ -58,6 +62,7 @@ from trio_distribute.errors import DecodeError, EncodeError, MessageTooLargeErro
 
 PID = Pid("b@127.0.0.1", 7, 3)
 REF = Ref("a@host.example", 123456789, 2**40)
+PID_BYTES = cbor2.dumps(cbor2.CBORTag(62625, ["b@127.0.0.1", 7, 3]))
 
 
 def roundtrip(value: object) -> object:
@@ -71,6 +76,15 @@ def tagged(tag: int, content: object) -> bytes:
 
 def message_bytes(tag: str, version: int, fields: object) -> bytes:
     return tagged(MESSAGE_TAG, [tag, version, fields])
+
+
+def encode_keyed(pairs: list[tuple[object, object]], *, freeze: bool = False) -> bytes:
+    """Hand-built keyed map (tag 62628); ``freeze`` wraps each key in 62629."""
+    flat: list[object] = []
+    for key, value in pairs:
+        flat.append(cbor2.CBORTag(FROZEN_TAG, list(key)) if freeze else key)  # type: ignore[call-overload]
+        flat.append(value)
+    return tagged(KEYED_MAP_TAG, flat)
 
 
 def same(a: object, b: object) -> bool:
@@ -604,7 +618,7 @@ def test_decode_refuses_builtin_tags(tag: int) -> None:
 
 
 def test_decode_refuses_every_tag_but_ours() -> None:
-    numbers = [*range(1200), 43000, 55799, 55800, 55801, 62624, 62628, 65535, 2**32 - 1, 2**64 - 1]
+    numbers = [*range(1200), 43000, 55799, 55800, 55801, 62624, 62630, 65535, 2**32 - 1, 2**64 - 1]
     for number in numbers:
         with pytest.raises(DecodeError, match=f"tag {number}"):
             decode(tagged(number, 0))
@@ -651,7 +665,7 @@ def test_message_constructor_failures_are_decode_errors() -> None:
         decode(message_bytes("test_codec.point", 1, {"x": 1}))  # missing field
     with pytest.raises(DecodeError, match="TypeError"):
         decode(message_bytes("test_codec.point", 1, {"x": 1, "y": 2, "z": 3}))
-    with pytest.raises(DecodeError, match="TypeError"):
+    with pytest.raises(DecodeError, match="map key must be a text string"):
         decode(message_bytes("test_codec.point", 1, {1: 1, "y": 2}))
     with pytest.raises(DecodeError, match="unknown fields 'nope'"):
         decode(message_bytes("test_codec.private", 1, {"_secret": "s", "nope": 1}))
@@ -828,7 +842,7 @@ def test_length_bombs_do_not_allocate() -> None:
         b"\x5f\x41a\xff",
         b"\x7f\x61a\xff",
         b"\x82\x01\x9f\xff",
-        b"\xa1\x01\x5f\xff",
+        b"\xa1\x61a\x5f\xff",
         b"\xd9\xf4\xa1\x9f\x6bb@127.0.0.1\x07\x03\xff",
     ],
     ids=bytes.hex,
@@ -847,7 +861,7 @@ def test_indefinite_lengths_are_refused(data: bytes) -> None:
         b"\x19\x01",
         b"\x1b\x00",
         b"\xd9\xf4\xa1",
-        b"\xa1\x01",
+        b"\xa1\x61a",
         b"\xfb\x00",
     ],
     ids=bytes.hex,
@@ -900,18 +914,20 @@ def test_malformed_cbor(data: bytes) -> None:
         decode(data)
 
 
-def test_map_as_map_key_decodes_as_frozendict() -> None:
-    # Documented gap: encode never produces this, and refusing it would need
-    # a walk of every decoded value.
-    result = decode(bytes.fromhex("a1a1010203"))
-    assert isinstance(result, dict)
-    (key,) = result
-    assert isinstance(key, cbor2.frozendict)
-    assert dict(key) == {1: 2}
+def test_raw_maps_with_keys_other_than_text_or_bytes_are_refused() -> None:
+    # Only text and byte-string keys (hashed with the per-process random
+    # key) may be inserted by cbor2's C decoder: any other key could be
+    # chosen to collide. A map as a key (formerly a frozendict), an int, a
+    # float, an array (tuple), a Pid or a message in key position: refused.
+    for key in ("a1010203", "01", "fb3ff8000000000000", "820102", PID_BYTES.hex(), "f5", "f6"):
+        with pytest.raises(DecodeError, match="map key must be a text string or byte string"):
+            decode(bytes.fromhex("a1" + key + "00"))
+    assert decode(bytes.fromhex("a2616100410100")) == {"a": 0, b"\x01": 0}
 
 
 def test_duplicate_keys_keep_the_last_value() -> None:
-    assert decode(b"\xa2\x01\x02\x01\x03") == {1: 3}
+    assert decode(b"\xa2\x61a\x02\x61a\x03") == {"a": 3}
+    assert decode(encode_keyed([(1, 2), (1, 3)])) == {1: 3}
 
 
 def test_decode_error_is_a_protocol_error() -> None:
@@ -1057,6 +1073,97 @@ def test_encoded_size_ok() -> None:
 
 def test_tag_numbers() -> None:
     assert (PID_TAG, REF_TAG, MESSAGE_TAG) == (62625, 62626, 62627)
+    assert (KEYED_MAP_TAG, FROZEN_TAG) == (62628, 62629)
+
+
+# ---------------------------------------------------------------------------
+# Hash flooding
+# ---------------------------------------------------------------------------
+
+
+def test_text_keyed_dicts_stay_plain_cbor_maps() -> None:
+    assert encode({"a": 1, b"b": 2}) == cbor2.dumps({"a": 1, b"b": 2})
+
+
+def test_dicts_with_other_keys_travel_as_keyed_maps() -> None:
+    assert encode({1: "a"}) == tagged(KEYED_MAP_TAG, [1, "a"])
+    assert encode({"x": 0, None: 1}) == tagged(KEYED_MAP_TAG, ["x", 0, None, 1])
+    # A tuple key is frozen (decoded immutably, so it is hashable again).
+    assert encode({(1, (2,)): 0}) == tagged(KEYED_MAP_TAG, [cbor2.CBORTag(FROZEN_TAG, [1, [2]]), 0])
+    # Nested inside text-keyed maps, lists and message fields too.
+    assert roundtrip({"a": [{1: {2: 3}}]}) == {"a": [{1: {2: 3}}]}
+    assert encode_frame(10, PID, {1: 2}) == encode([10, PID, {1: 2}])
+
+
+def test_keyed_maps_count_their_tag_and_array_in_depth() -> None:
+    value: object = 0
+    for _ in range(DEFAULT_MAX_DEPTH // 2):
+        value = {1: value}
+    decode(encode(value))  # 32 keyed maps: 64 levels
+    with pytest.raises(EncodeError, match="nested deeper"):
+        encode({1: value})
+    with pytest.raises(DecodeError, match="nested deeper"):
+        decode(tagged(KEYED_MAP_TAG, [1, cbor2.loads(encode(value))]))
+
+
+def test_a_raw_map_of_colliding_keys_is_refused_at_its_first_key() -> None:
+    # cbor2 only inserts text and byte-string keys itself (hashed with the
+    # per-process random key); 20,000 colliding tuple keys took 8 s before.
+    pairs = colliding_int_pairs(20_000)
+    data = (
+        b"\xb9"
+        + len(pairs).to_bytes(2, "big")
+        + b"".join(cbor2.dumps(list(pair)) + b"\x00" for pair in pairs)
+    )
+    with pytest.raises(DecodeError, match="map key must be a text string"):
+        decode(data)
+
+
+@pytest.mark.parametrize("count", [20_000, 2_000, MAX_EQUAL_HASH_KEYS + 2])
+def test_a_keyed_map_of_colliding_keys_is_refused_before_insertion(count: int) -> None:
+    pairs = colliding_int_pairs(count)
+    with pytest.raises(DecodeError, match="distinct hash values"):
+        decode(encode_keyed([(pair, 0) for pair in pairs], freeze=True))
+    # What decode refuses, encode refuses too.
+    with pytest.raises(EncodeError, match="distinct hash values"):
+        encode(dict.fromkeys(pairs, 0))
+
+
+def test_the_collision_limit_is_exact() -> None:
+    assert MAX_EQUAL_HASH_KEYS == 8
+    allowed = colliding_ints(MAX_EQUAL_HASH_KEYS + 1)  # 8 keys share the first one's hash
+    assert decode(encode(dict.fromkeys(allowed, 0))) == dict.fromkeys(allowed, 0)
+    too_many = colliding_ints(MAX_EQUAL_HASH_KEYS + 2)
+    with pytest.raises(DecodeError, match="only 1 distinct hash values"):
+        decode(encode_keyed([(key, 0) for key in too_many]))
+    # Many small maps, each within the limit, are fine (the cost per key
+    # stays bounded by the limit).
+    many = [dict.fromkeys(allowed, i) for i in range(1000)]
+    assert decode(encode(many)) == many
+
+
+def test_colliding_float_keys_are_refused() -> None:
+    floats = colliding_floats()
+    with pytest.raises(DecodeError, match="distinct hash values"):
+        decode(encode_keyed([(key, 0) for key in floats]))
+
+
+def test_keyed_map_shape_is_checked() -> None:
+    with pytest.raises(DecodeError, match="even number"):
+        decode(tagged(KEYED_MAP_TAG, [1, 2, 3]))
+    with pytest.raises(DecodeError, match="even number"):
+        decode(tagged(KEYED_MAP_TAG, {"a": 1}))
+    with pytest.raises(DecodeError, match="unhashable key"):
+        decode(tagged(KEYED_MAP_TAG, [[1, 2], 0]))  # an unfrozen array
+    with pytest.raises(DecodeError, match="unhashable key"):
+        decode(tagged(KEYED_MAP_TAG, [tagged_value(KEYED_MAP_TAG, [1, 2]), 0]))
+    with pytest.raises(DecodeError, match="frozen key"):
+        decode(tagged(FROZEN_TAG, 5))
+    assert decode(tagged(FROZEN_TAG, [1, [2]])) == (1, (2,))
+
+
+def tagged_value(tag: int, content: object) -> cbor2.CBORTag:
+    return cbor2.CBORTag(tag, content)
 
 
 # ---------------------------------------------------------------------------

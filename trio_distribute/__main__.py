@@ -1,4 +1,4 @@
-"""Command line: ``python -m trio_distribute demo | node ... | status ...``."""
+"""Command line: ``python -m trio_distribute demo | node ... | status ... | cookie``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import trio
 
 from . import _demo
+from ._cookie import generate_cookie
 from ._ids import validate_node_name
 from .config import ElectionConfig, MembershipConfig, NodeConfig
 from .errors import DistributionError
@@ -97,7 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--node", required=True, help="host:port or name@host:port of the node")
     status.add_argument("--cookie", required=True)
     status.add_argument("--timeout", type=float, default=5.0)
+    cookie = commands.add_parser("cookie", help="print a fresh random cookie (256 bits)")
+    cookie.add_argument(
+        "--urlsafe",
+        action="store_true",
+        help="43 URL-safe base64 characters instead of 64 hex digits",
+    )
     args = parser.parse_args(argv)
+    if args.command == "cookie":
+        print(generate_cookie("urlsafe" if args.urlsafe else "hex"))
+        return 0
     try:
         if args.command == "demo":
             if not 2 <= args.nodes <= 9:

@@ -20,15 +20,19 @@ mailbox, and a malformed payload must close one connection, not kill a node.
 
 Wire format
 -----------
-Plain CBOR (RFC 8949) plus three tags of our own, from the
+Plain CBOR (RFC 8949) plus five tags of our own, from the
 first-come-first-served range (not IANA-registered as far as we can tell;
 every other tag is refused on both sides):
 
-===================  ======  ===================================================
-:data:`PID_TAG`      62625   ``[node: str, id: uint, creation: uint]``
-:data:`REF_TAG`      62626   ``[node: str, id: uint, creation: uint]``
-:data:`MESSAGE_TAG`  62627   ``[tag: str, version: uint, {field_name: value}]``
-===================  ======  ===================================================
+=====================  ======  =================================================
+:data:`PID_TAG`        62625   ``[node: str, id: uint, creation: uint]``
+:data:`REF_TAG`        62626   ``[node: str, id: uint, creation: uint]``
+:data:`MESSAGE_TAG`    62627   ``[tag: str, version: uint, {field_name: value}]``
+:data:`KEYED_MAP_TAG`  62628   ``[key, value, key, value, ...]``: a dict with a
+                               key that is not a text or byte string
+:data:`FROZEN_TAG`     62629   a tuple or message key of a keyed map, decoded
+                               immutably (arrays as tuples)
+=====================  ======  =================================================
 
 A message carries its fields by attrs name (not position), so a later version
 of a class can add optional fields: bump ``version`` and list the old one in
@@ -52,6 +56,19 @@ Decisions
   position decodes as a ``tuple`` and a message in key position is rebuilt
   from immutable field values; every key :func:`encode` accepts therefore
   round-trips exactly. Duplicate keys in a received map keep the last value.
+* **Hash flooding.** CPython hashes ints, floats and tuples without a
+  secret (``hash(n) == hash(n + k * (2**61 - 1))``, and tuples of ints can
+  be solved for any hash value), so a peer could send a map whose keys all
+  collide and make its insertion quadratic: a 1.8 MB frame cost 19.5 s.
+  So only text and byte-string keys, which the interpreter hashes with a
+  random per-process key, travel as plain CBOR maps, and cbor2 inserts no
+  other key (``strict_hashable_types``). A dict with any other key travels
+  as a keyed map (:data:`KEYED_MAP_TAG`): its keys are decoded as array
+  items, their distinct hash values counted in a set of ints (an int's hash
+  is itself: no collisions there), and the map is refused if more than
+  :data:`MAX_EQUAL_HASH_KEYS` keys share a hash value with an earlier key,
+  before a single insertion. :func:`encode` refuses such a dict too. The
+  cost of any frame is then linear in its size.
 * **Depth**: arrays, maps and tags each count one level (a Pid or Ref costs
   two, its tag and its array; a message costs three plus its fields).
   :func:`decode` refuses input nested deeper than ``max_depth`` (default
@@ -64,10 +81,8 @@ Decisions
   (refusing them would need a Python-level walk of every decoded value,
   which costs more than the decoding itself): a CBOR simple value or
   ``undefined`` decodes as ``cbor2.CBORSimpleValue`` / ``cbor2.undefined``,
-  and a map used as a map key decodes as ``cbor2.frozendict``. Like any
-  Python decoder of maps, this one can be made slow by a peer that crafts
-  many keys with equal hashes (tuples of ints can be); ``max_message_size``
-  bounds how slow.
+  and inside a frozen key a map decodes as ``cbor2.frozendict`` (with text
+  keys only).
 
 How it stays fast
 -----------------
@@ -121,6 +136,9 @@ from .errors import DecodeError, EncodeError, MessageTooLargeError
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
+    "FROZEN_TAG",
+    "KEYED_MAP_TAG",
+    "MAX_EQUAL_HASH_KEYS",
     "MAX_INT",
     "MESSAGE_TAG",
     "MIN_INT",
@@ -141,6 +159,17 @@ REF_TAG: Final = 62626
 """CBOR tag number of a :class:`~trio_distribute.Ref`."""
 MESSAGE_TAG: Final = 62627
 """CBOR tag number of a :func:`message` instance."""
+KEYED_MAP_TAG: Final = 62628
+"""CBOR tag number of a dict whose keys are not all text or byte strings:
+``[key, value, key, value, ...]``."""
+FROZEN_TAG: Final = 62629
+"""CBOR tag number of an immutable map key (a tuple or a message) inside a
+keyed map: its content decodes immutably (arrays as tuples)."""
+
+MAX_EQUAL_HASH_KEYS: Final = 8
+"""Most keys of one received keyed map that may share a hash value with an
+earlier key of the same map (beyond that the map is refused: see
+"Hash flooding" in the module documentation)."""
 
 MAX_INT: Final = 2**64 - 1
 """Largest int that travels (CBOR's native unsigned range)."""
@@ -312,12 +341,13 @@ def _check(value: object, budget: int) -> None:
         budget -= 1
         for key, item in value.items():  # type: ignore[attr-defined]
             cls = type(key)
-            if cls is not str and cls not in _SCALARS:
-                if cls is int:
-                    if not MIN_INT <= key <= MAX_INT:
-                        raise EncodeError(_int_refusal(key))
-                else:
-                    _check(key, budget)
+            if cls is not str and cls is not bytes:
+                if not isinstance(key, (str, bytes)):
+                    # Only text and byte-string keys travel as a CBOR map;
+                    # any other key makes the dict a keyed map (see
+                    # _rewrite), which the C encoder cannot produce alone.
+                    raise _NeedsRewrite
+                _check(key, budget)
             cls = type(item)
             if cls not in _SCALARS:
                 if cls is int:
@@ -347,6 +377,84 @@ def _check(value: object, budget: int) -> None:
             _too_deep()
     else:
         _check_other(value, budget)
+
+
+class _NeedsRewrite(Exception):
+    """Raised by :func:`_check` when the value holds a dict with a key that
+    is not a text or byte string: such a dict travels as a keyed map, which
+    :func:`_rewrite` builds (the rare, slower path)."""
+
+
+def _rewrite(value: object, budget: int) -> object:
+    """Check ``value`` like :func:`_check` and return a copy the C encoder
+    writes in our wire format: every dict with a key that is not a text or
+    byte string becomes a :data:`KEYED_MAP_TAG` tag, and every message a
+    :data:`MESSAGE_TAG` tag (its fields may hold such dicts, and the
+    ``default`` hook would hand them to cbor2 as plain maps)."""
+    if isinstance(value, dict):
+        if budget < 1:
+            _too_deep()
+        if all(type(key) is str or type(key) is bytes for key in value):
+            return {key: _rewrite_leaf(item, budget - 1) for key, item in value.items()}
+        if all(isinstance(key, (str, bytes)) for key in value):
+            for key in value:
+                _check(key, budget - 1)  # a str or bytes subclass: travels as its base
+            return {key: _rewrite_leaf(item, budget - 1) for key, item in value.items()}
+        if budget < 2:  # tag and array
+            _too_deep()
+        budget -= 2
+        distinct = len(set(map(hash, value)))
+        if len(value) - distinct > MAX_EQUAL_HASH_KEYS:
+            raise EncodeError(_collision_refusal(len(value), distinct))
+        flat: list[object] = []
+        append = flat.append
+        for key, item in value.items():
+            cls = type(key)
+            if (cls is int and MIN_INT <= key <= MAX_INT) or cls in _SCALARS:
+                append(key)
+            else:
+                append(_rewrite_key(key, budget))
+            append(_rewrite_leaf(item, budget))
+        return cbor2.CBORTag(KEYED_MAP_TAG, flat)
+    if isinstance(value, (list, tuple)):
+        if budget < 1:
+            _too_deep()
+        return [_rewrite_leaf(item, budget - 1) for item in value]
+    entry = _BY_CLASS.get(type(value))
+    if entry is not None:
+        if budget < 3:  # tag, array, field map
+            _too_deep()
+        info = entry.info
+        fields = {name: _rewrite_leaf(getattr(value, name), budget - 3) for name in info.fields}
+        return cbor2.CBORTag(MESSAGE_TAG, [info.tag, info.version, fields])
+    _check(value, budget)  # a leaf: scalars, ints, Pids, Refs, or a refusal
+    return value
+
+
+def _rewrite_leaf(value: object, budget: int) -> object:
+    """:func:`_rewrite`, with the common leaves passed through inline."""
+    cls = type(value)
+    if cls in _SCALARS or (cls is int and MIN_INT <= value <= MAX_INT):  # type: ignore[operator]
+        return value
+    return _rewrite(value, budget)
+
+
+def _rewrite_key(key: object, budget: int) -> object:
+    """A keyed map's key: a tuple or message is wrapped in
+    :data:`FROZEN_TAG` so that it decodes immutably (hashable) again."""
+    if isinstance(key, tuple) or type(key) in _BY_CLASS:
+        if budget < 1:
+            _too_deep()
+        return cbor2.CBORTag(FROZEN_TAG, _rewrite(key, budget - 1))
+    return _rewrite(key, budget)
+
+
+def _collision_refusal(keys: int, hashes: int) -> str:
+    return (
+        f"map of {keys} keys with only {hashes} distinct hash values: at most "
+        f"{MAX_EQUAL_HASH_KEYS} keys may share a hash value with another key "
+        "(a map built to make dict insertion quadratic)"
+    )
 
 
 def _check_other(value: object, budget: int) -> None:
@@ -461,7 +569,10 @@ def encode(obj: object) -> bytes:
             message names its type), an int outside 64 bits, or it is
             nested deeper than :data:`DEFAULT_MAX_DEPTH` levels.
     """
-    _check(obj, DEFAULT_MAX_DEPTH)
+    try:
+        _check(obj, DEFAULT_MAX_DEPTH)
+    except _NeedsRewrite:
+        obj = _rewrite(obj, DEFAULT_MAX_DEPTH)
     return _encode_checked(obj)
 
 
@@ -505,7 +616,10 @@ def _frame_item(item: object) -> bytes:
         return _id_bytes(_REF_HEAD, _REF_BYTES, item)  # type: ignore[arg-type]
     if cls is int and 0 <= item < 24:  # type: ignore[operator]
         return _UINT_BYTES[item]  # type: ignore[call-overload,no-any-return]
-    _check(item, DEFAULT_MAX_DEPTH - 1)  # one level is the frame's array
+    try:
+        _check(item, DEFAULT_MAX_DEPTH - 1)  # one level is the frame's array
+    except _NeedsRewrite:
+        item = _rewrite(item, DEFAULT_MAX_DEPTH - 1)
     return _encode_checked(item)
 
 
@@ -636,6 +750,58 @@ def _tag_start(finish: Callable[[Any], object]) -> _TagStart:
     return _TagStart({False: (None, finish), True: (None, finish)})
 
 
+class _FrozenTagStart(_TagStart):
+    """Like :class:`_TagStart`, but cbor2 decodes the content immutably
+    (arrays as tuples, a message's fields as tuples) wherever the tag is,
+    as it would in a map key."""
+
+    _cbor2_immutable = True
+
+
+def _finish_keyed_map(value: Any) -> dict[Any, Any]:
+    """Build a dict from a keyed map's ``[key, value, key, value, ...]``.
+
+    The keys were decoded as array items, so no dict was built yet: count
+    the distinct hash values first (a set of ints, each its own hash: no
+    collisions possible there) and refuse a map whose keys share too many,
+    before a single insertion could go quadratic.
+    """
+    if type(value) is not list or len(value) % 2:
+        raise DecodeError(
+            f"invalid keyed map: expected [key, value, ...] with an even number "
+            f"of items, got {value!r:.100}"
+        )
+    keys = value[0::2]
+    try:
+        hashes = set(map(hash, keys))
+    except TypeError:
+        raise DecodeError(
+            f"invalid keyed map: unhashable key {next(k for k in keys if not _hashable(k))!r:.100}"
+        ) from None
+    if len(keys) - len(hashes) > MAX_EQUAL_HASH_KEYS:
+        raise _CollidingKeys(_collision_refusal(len(keys), len(hashes)))
+    return dict(zip(keys, value[1::2], strict=True))  # lengths checked above
+
+
+class _CollidingKeys(DecodeError):
+    """A keyed map refused for sharing too many hash values."""
+
+
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _finish_frozen(value: Any) -> object:
+    """A keyed map's immutable key: a tuple or a message."""
+    if type(value) is tuple or type(value) in _BY_CLASS:
+        return value
+    raise DecodeError(f"invalid frozen key: expected an array or a message, got {value!r:.100}")
+
+
 # Descriptions of the tags cbor2 6.3 decodes natively (found by probing every
 # tag number; see tests/test_codec.py::test_decode_refuses_builtin_tags).
 _BUILTIN_TAGS: Final[dict[int, str]] = {
@@ -700,6 +866,8 @@ _SEMANTIC: Final = _TagTable(
         PID_TAG: _tag_start(_finish_pid),
         REF_TAG: _tag_start(_finish_ref),
         MESSAGE_TAG: _tag_start(_finish_message),
+        KEYED_MAP_TAG: _tag_start(_finish_keyed_map),
+        FROZEN_TAG: _FrozenTagStart({False: (None, _finish_frozen), True: (None, _finish_frozen)}),
     }
 )
 
@@ -738,18 +906,41 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX
         raise ValueError(f"max_depth must be a positive int, got {max_depth!r}")
     try:
         if shallow:
-            value, end = _loads(buf, semantic_decoders=_SEMANTIC, allow_indefinite=False)
+            value, end = _loads(
+                buf, semantic_decoders=_SEMANTIC, allow_indefinite=False, strict_hashable_types=True
+            )
         else:
             value, end = _loads(
-                buf, semantic_decoders=_SEMANTIC, allow_indefinite=False, max_depth=max_depth + 1
+                buf,
+                semantic_decoders=_SEMANTIC,
+                allow_indefinite=False,
+                strict_hashable_types=True,
+                max_depth=max_depth + 1,
             )
     except MemoryError:
         raise
     except Exception as exc:
+        # A keyed map refused for colliding keys needs no second pass to
+        # explain it (which would double the cost of a big hostile frame).
+        reason = _settled_reason(exc)
+        if reason is not None:
+            raise DecodeError(reason) from exc
         raise _diagnose(bytes(data), max_depth) from exc
     if type(end) is not bytes or end != _SECRET:
         raise _diagnose(bytes(data), max_depth)
     return value
+
+
+def _settled_reason(exc: BaseException) -> str | None:
+    """The reason for a refused keyed map (which the random sentinel after
+    the payload cannot realistically produce: it would have to hold a whole
+    keyed map), or ``None`` if :func:`_diagnose` must find the reason out."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, _CollidingKeys):
+            return str(cause)
+        cause = cause.__cause__
+    return None
 
 
 def _diagnose(data: bytes, max_depth: int) -> DecodeError:
@@ -761,7 +952,13 @@ def _diagnose(data: bytes, max_depth: int) -> DecodeError:
     wrong with it; if that works, the problem was what came after it.
     """
     try:
-        cbor2.loads(data, semantic_decoders=_SEMANTIC, max_depth=max_depth, allow_indefinite=False)
+        cbor2.loads(
+            data,
+            semantic_decoders=_SEMANTIC,
+            max_depth=max_depth,
+            allow_indefinite=False,
+            strict_hashable_types=True,
+        )
     except MemoryError:
         raise
     except Exception as exc:
@@ -780,6 +977,11 @@ def _reason(exc: BaseException, max_depth: int) -> str:
     text = str(exc) or type(exc).__name__
     if "nesting depth" in text:
         return f"CBOR nested deeper than max_depth={max_depth}"
+    if "map key must be" in text:
+        return (
+            f"{text}: a CBOR map may only have text or byte-string keys (a dict "
+            f"with other keys travels as tag {KEYED_MAP_TAG})"
+        )
     if "indefinite length" in text:
         return f"indefinite-length CBOR items are not allowed ({text})"
     if isinstance(exc, cbor2.CBORDecodeEOF):

@@ -22,6 +22,7 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._cookie import check_cookie_strength, cookie_keys
 from ._events import Subscribers
 from ._ids import Pid, validate_cookie, validate_node_name
 from ._monitors import Monitors
@@ -432,6 +433,11 @@ async def open_node(
     """
     validate_node_name(name)
     secret = validate_cookie(cookie)
+    # Stretch the cookie into the handshake and datagram keys now (scrypt,
+    # cached per cookie in the process) rather than on the first
+    # connection, and say so if the cookie is easy to guess.
+    check_cookie_strength(secret, name)
+    cookie_keys(secret)
     if type(port) is not int or not 0 <= port < 65536:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
     config = NodeConfig() if config is None else config

@@ -83,7 +83,7 @@ _BYE_REASONS = frozenset(
 logger = logging.getLogger("trio_distribute.transport")
 _limited = LogLimiter(logger)
 
-PROTOCOL_VERSIONS = (1,)
+PROTOCOL_VERSIONS = (2,)
 
 #: A frame is written straight to the socket only if no other frame was in
 #: the last this-many seconds; closer frames are coalesced by the writer.

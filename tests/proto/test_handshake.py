@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trio_distribute._cookie import cookie_keys
 from trio_distribute._proto.frames import MAX_PREAUTH_FRAME, TICK, FrameDecoder, frame
 from trio_distribute._proto.handshake import (
     HandshakeCompleted,
@@ -960,3 +963,24 @@ def test_recorded_transcript_in_fixed_chunks(size: int) -> None:
     for role, wire in ((Role.INITIATOR, ACCEPTOR_WIRE), (Role.ACCEPTOR, INITIATOR_WIRE)):
         events = feed(fresh(role), list(_chunks(wire, size)))
         assert count_events(events) == ((1 if role is Role.ACCEPTOR else 0), 1, 0)
+
+
+# -- keys ------------------------------------------------------------------------
+
+
+def test_the_handshake_key_is_stretched_from_the_cookie_with_scrypt() -> None:
+    master = hashlib.scrypt(COOKIE, salt=b"trio_distribute cookie v2", n=2**14, r=8, p=1, dklen=32)
+    expected = hmac.new(master, b"trio_distribute handshake key v2", hashlib.sha256).digest()
+    assert cookie_keys(COOKIE).handshake == expected
+
+
+@pytest.mark.parametrize("split", SPLITTERS)
+def test_a_proof_keyed_with_the_raw_cookie_is_refused(split: str) -> None:
+    # Version 1 keyed the proof's HMAC with the cookie itself: a peer (or an
+    # offline guesser) that skips scrypt cannot produce a valid proof.
+    init, acc = initiator(), acceptor()
+    init._key = COOKIE
+    run = pump(init, acc, splitter(split))
+    event = failed(run.acceptor_events)
+    assert isinstance(event.error, AuthenticationError)
+    assert acc.state is HandshakeState.FAILED

@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_distribute._proto import swim_wire as wire
+from trio_distribute._proto.suspicion import suspicion_bounds
 from trio_distribute._proto.swim import (
+    CEILING,
     Member,
     MemberChange,
     MemberStatus,
@@ -21,6 +23,7 @@ from trio_distribute._proto.swim import (
     SendStream,
     SwimCore,
     SwimDecodeError,
+    newer,
 )
 from trio_distribute.config import MembershipConfig
 
@@ -405,11 +408,145 @@ def test_conflicting_alive_at_same_incarnation_is_refuted() -> None:
     assert core.incarnation == 3  # our own current alive: nothing to do
 
 
-def test_refute_at_the_incarnation_cap_is_impossible_and_harmless() -> None:
-    core = make("a")
-    core.datagram_received(1.0, "b", datagram(wire.Suspect("a", 2**63 - 1, "b")))
+@pytest.mark.parametrize(
+    ("own", "accusation", "refuted_with"),
+    [
+        (6, wire.Suspect("a", 6 + 2**62 - 1, "b"), 6 + 2**62),  # the farthest newer value
+        (CEILING - 3, wire.Dead("a", CEILING, "b"), 0),
+        (CEILING - 3, wire.Left("a", CEILING), 0),
+        (CEILING - 3, wire.Alive("a", "a", CEILING, b"forged"), 0),
+        (CEILING - 1, wire.Suspect("a", CEILING - 1, "b"), CEILING),
+        (6, wire.Dead("a", 2**62 + 6, "b"), 2**62 + 7),  # exactly 2**62 ahead: not older
+    ],
+)
+def test_no_incarnation_is_too_high_to_refute(
+    own: int, accusation: wire.DatagramMessage, refuted_with: int
+) -> None:
+    # Incarnations wrap: after 2**63 - 1 (the largest on the wire) comes 0,
+    # which is newer. A forger cannot name a value the member cannot outbid.
+    assert CEILING == 2**63 - 1 == wire.MAX_INCARNATION - 1
+    core = make("a", incarnation=own)
+    core.datagram_received(1.0, "b", datagram(accusation))
+    assert core.incarnation == refuted_with
+    assert core.status_of("a") is ALIVE
+    assert core.counters["refutes"] == 1
+    assert core.counters["incarnation_wraps"] == (refuted_with == 0)
+    assert broadcasts_about(core, "a", 1.0) == [wire.Alive("a", "a", refuted_with, b"")]
+
+
+def test_news_more_than_half_the_range_ahead_is_old_news() -> None:
+    # 2**63 - 1 is 2**63 - 7 ahead of 6: in serial order that is 6 behind.
+    core = make("a", incarnation=6)
+    core.datagram_received(1.0, "b", datagram(wire.Left("a", CEILING)))
+    assert core.incarnation == 6
+    assert core.counters["stale_news_of_self"] == 1
+    assert core.counters["refutes"] == 0
+
+
+def test_serial_number_order() -> None:
+    assert newer(1, 0) and not newer(0, 1) and not newer(5, 5)
+    assert newer(0, CEILING) and newer(3, CEILING - 3) and not newer(CEILING, 0)
+    assert newer(2**62 - 1, 0) and not newer(2**62, 0) and not newer(0, 2**62)
+    assert newer(0, 2**62 + 1)
+
+
+def test_old_news_below_our_incarnation_is_stale_even_across_the_wrap() -> None:
+    core = make("a", incarnation=CEILING - 1)
+    core.datagram_received(1.0, "b", datagram(wire.Suspect("a", CEILING, "b")))
     assert core.incarnation == 0
-    assert core.counters["refutes_impossible"] == 1
+    core.datagram_received(1.0, "c", datagram(wire.Dead("a", CEILING, "c")))  # the echo
+    assert core.incarnation == 0
+    assert core.counters["stale_news_of_self"] == 1
+
+
+def test_metadata_update_at_the_top_wraps() -> None:
+    core = make("a", incarnation=CEILING)
+    core.update_metadata(1.0, b"new")
+    assert core.incarnation == 0
+    assert broadcasts_about(core, "a", 1.0) == [wire.Alive("a", "a", 0, b"new")]
+
+
+WRAP_PRECEDENCE = [
+    (LEFT, CEILING, alive(0), ALIVE, 0),
+    (DEAD, CEILING, alive(5), ALIVE, 5),
+    (SUSPECT, CEILING, alive(0), ALIVE, 0),
+    (ALIVE, CEILING, alive(0), ALIVE, 0),
+    (LEFT, CEILING, alive(CEILING), LEFT, CEILING),
+    (LEFT, CEILING, suspect(0), LEFT, CEILING),
+    (ALIVE, CEILING, dead(0), DEAD, 0),
+    (LEFT, CEILING - 1, alive(0), ALIVE, 0),
+    (LEFT, 2**62, alive(0), LEFT, 2**62),  # 2**62 apart: neither is newer
+    (ALIVE, 0, left(CEILING), ALIVE, 0),  # the wrapped order: 2**63 - 1 is older
+    (ALIVE, 2**62 + 1, dead(0), DEAD, 0),
+]
+
+
+@pytest.mark.parametrize(("status", "inc", "message", "expected", "expected_inc"), WRAP_PRECEDENCE)
+def test_precedence_across_the_wrap(
+    status: MemberStatus,
+    inc: int,
+    message: wire.DatagramMessage,
+    expected: MemberStatus,
+    expected_inc: int,
+) -> None:
+    test_precedence(status, inc, message, expected, expected_inc)
+
+
+FAR = 2**62 - 1  # the farthest ahead a value can be and still be newer
+
+Forgery = Callable[[int], list[wire.DatagramMessage]]
+FORGERIES: dict[str, Forgery] = {
+    "left-far": lambda inc: [wire.Left("b", (inc + FAR) % 2**63)],
+    "dead-far": lambda inc: [wire.Dead("b", (inc + FAR) % 2**63, "x")],
+    "suspect-far": lambda inc: [wire.Suspect("b", (inc + FAR) % 2**63, "x")],
+    "left-next": lambda inc: [wire.Left("b", inc + 1)],
+    "alive+left-far": lambda inc: [
+        wire.Alive("b", "b", (inc + FAR) % 2**63, b""),
+        wire.Left("b", (inc + FAR) % 2**63),
+    ],
+}
+
+
+@pytest.mark.parametrize("forgery", list(FORGERIES))
+def test_a_live_member_refutes_forged_news_of_its_departure_or_death(forgery: str) -> None:
+    names = ["a", "b", "c", "d", "e"]
+    net = joined(names)
+    net.run(3.0)
+    assert all(core.status_of("b") is ALIVE for core in net.cores.values())
+    _, longest = suspicion_bounds(
+        suspicion_mult=CONFIG.suspicion_mult,
+        max_timeout_mult=CONFIG.suspicion_max_timeout_mult,
+        probe_interval=CONFIG.probe_interval,
+        cluster_size=len(names),
+    )
+    now = 3.0
+    # A member holding the cookie (not one of the cores) tells a, c, d, e,
+    # each time at the incarnation that is hardest to outbid; 4 rounds take
+    # the incarnation all the way round the 2**63 range.
+    for _ in range(4):
+        incarnation = net.cores["a"].member("b").incarnation  # type: ignore[union-attr]
+        for name in "acde":
+            net.cores[name].datagram_received(now, "x", datagram(*FORGERIES[forgery](incarnation)))
+        net.pump(now)
+        if not forgery.startswith("suspect"):
+            assert all(net.cores[name].status_of("b") is not ALIVE for name in "acde")
+        # Back within the suspicion bound (the longest a false suspicion stands).
+        now += longest
+        net.run(now)
+        for name in names:
+            assert net.cores[name].status_of("b") is ALIVE, name
+
+
+def test_the_original_ceiling_forgery_is_old_news() -> None:
+    # "b left at 2**63 - 1" while everyone holds b at a small incarnation:
+    # in serial order that value is behind, so nobody believes it.
+    net = joined(["a", "b", "c"])
+    net.run(3.0)
+    for name in "ac":
+        net.cores[name].datagram_received(3.0, "x", datagram(wire.Left("b", CEILING)))
+    net.run(6.0)
+    assert all(core.status_of("b") is ALIVE for core in net.cores.values())
+    assert [e for e in net.events["a"] if e.member.name == "b" and e.previous is not None] == []
 
 
 def test_restarted_member_comes_back_alive_with_a_new_incarnation() -> None:

@@ -22,10 +22,16 @@ Wire sequence (every message is a CBOR map inside one frame from
                   <-----   ack {proof}   (accept())
                            or reject {reason, detail}   (reject())
 
-    proof = HMAC-SHA256(cookie, label + transcript)
+    proof = HMAC-SHA256(handshake_key, label + transcript)
+    handshake_key = derived from the cookie with scrypt (trio_distribute._cookie)
     transcript = CBOR [initiator_name, acceptor_name, initiator_creation,
                        acceptor_creation, initiator_nonce, acceptor_nonce,
                        version]
+
+The cookie itself never keys the HMAC: an observer of one handshake could
+otherwise test cookie guesses offline at the speed of SHA-256; with scrypt
+in front, each guess costs 16 MiB and tens of milliseconds. (The keys
+changed with protocol version 2; version 1 keyed the HMAC with the cookie.)
 
 The label is ``b"trio_distribute-handshake initiator"`` for the initiator's
 proof and ``b"trio_distribute-handshake acceptor"`` for the acceptor's. The
@@ -70,6 +76,7 @@ from typing import Any, Final, NoReturn, TypeAlias
 import attrs
 import cbor2
 
+from trio_distribute._cookie import cookie_keys
 from trio_distribute._ids import validate_cookie, validate_node_name
 from trio_distribute._proto.frames import MAX_PREAUTH_FRAME, FrameDecoder, frame
 from trio_distribute.errors import (
@@ -392,7 +399,9 @@ class HandshakeMachine:
         local_name: str,
         creation: int,
         cookie: bytes,
-        versions: tuple[int, ...] = (1,),
+        versions: tuple[int, ...] = (
+            2,
+        ),  # the current protocol version (transport.PROTOCOL_VERSIONS)
         expected_peer: str | None = None,
         nonce_factory: Callable[[], bytes] = _default_nonce,
     ) -> None:
@@ -422,7 +431,7 @@ class HandshakeMachine:
         self._role = role
         self._local_name = local_name
         self._creation = creation
-        self._cookie = validate_cookie(cookie)
+        self._key = cookie_keys(validate_cookie(cookie)).handshake
         self._versions = versions
         self._expected_peer = expected_peer
         self._nonce = nonce
@@ -769,7 +778,7 @@ class HandshakeMachine:
         return name, creation, version
 
     def _proof(self, label: bytes) -> bytes:
-        """HMAC-SHA256 of ``label + transcript`` under the cookie.
+        """HMAC-SHA256 of ``label + transcript`` under the handshake key.
 
         Why the transcript binds so much: a proof is only useful to an
         attacker who can present it somewhere else, and each bound item
@@ -806,4 +815,4 @@ class HandshakeMachine:
                 version,
             ]
         )
-        return hmac.new(self._cookie, label + transcript, hashlib.sha256).digest()
+        return hmac.new(self._key, label + transcript, hashlib.sha256).digest()

@@ -36,10 +36,23 @@ What it does, per protocol period:
   once seen, so the two sides of a healed partition merge again.
 
 Hardening against memberlist's reported bugs: a member's stored incarnation
-never decreases; incarnations are validated below 2**63, so refuting always
-fits; an echo of a suspicion we already refuted does not cause another
-refutation (but if our refutation has finished its transmissions, the same
-alive is queued again, so a member that missed it learns it).
+never goes back (in the serial order described below); an echo of a
+suspicion we already refuted does not cause another refutation (but if our
+refutation has finished its transmissions, the same alive is queued again,
+so a member that missed it learns it).
+
+**Incarnations wrap around.** They travel as ints below 2**63, and a
+member that holds the cookie can send any of them about anyone: "b left at
+2**63 - 1" used to make everyone mark b as left for good, since b could not
+outbid the largest value. So incarnations compare like RFC 1982 serial
+numbers: ``a`` is newer than ``b`` when ``(a - b) mod 2**63`` is in
+``(0, 2**62)`` (see :func:`newer`), and a member refutes news of itself at
+incarnation ``i`` (unless it is strictly older than its own) with
+``(i + 1) mod 2**63``, which is always newer than ``i``: there is no value a
+forger can send that the member cannot outbid. Honest incarnations grow by
+one per refutation and never come near the window, so for them this is the
+plain integer order. Members that went down recently (dead or left) are
+among the gossip targets, so a live member said to have left hears it.
 """
 
 from __future__ import annotations
@@ -62,6 +75,7 @@ from .suspicion import Suspicion, suspicion_bounds
 from .swim_wire import SwimDecodeError
 
 __all__ = [
+    "CEILING",
     "DEFAULT_DATAGRAM_BUDGET",
     "MAX_METADATA",
     "Member",
@@ -71,6 +85,7 @@ __all__ = [
     "SendStream",
     "SwimCore",
     "SwimDecodeError",
+    "newer",
 ]
 
 MAX_METADATA: Final = wire.MAX_METADATA
@@ -85,6 +100,22 @@ NACK_FRACTION: Final = 0.8
 SUSPECT_CHECKS: Final = 3
 # Room kept in every datagram for the compound header and the probe message.
 _COMPOUND_HEADER: Final = 2
+#: The largest incarnation on the wire; the next one is 0.
+CEILING: Final = wire.MAX_INCARNATION - 1
+_WINDOW: Final = wire.MAX_INCARNATION // 2
+
+
+def newer(a: int, b: int) -> bool:
+    """Is incarnation ``a`` newer than ``b``? Serial-number order (RFC 1982)
+    on ``[0, 2**63)``: ``a`` is newer when it is less than 2**62 ahead of
+    ``b``, going round past 2**63 - 1 to 0. Exactly 2**62 apart, neither is
+    newer."""
+    return 0 < (a - b) % wire.MAX_INCARNATION < _WINDOW
+
+
+def _not_older(a: int, b: int) -> bool:
+    """``a`` equals ``b`` or is newer (the news about a member we act on)."""
+    return a == b or newer(a, b)
 
 
 class MemberStatus(enum.Enum):
@@ -289,8 +320,8 @@ class SwimCore:
         _check_text(name, "name")
         _check_text(address, "address")
         _check_metadata(metadata)
-        if not 0 <= incarnation < wire.MAX_INCARNATION - 1:
-            raise ValueError(f"incarnation must be in [0, 2**63 - 1), got {incarnation}")
+        if not 0 <= incarnation < wire.MAX_INCARNATION:
+            raise ValueError(f"incarnation must be in [0, 2**63), got {incarnation}")
         self.name: Final = name
         self.address: Final = address
         self.config: Final = config
@@ -744,7 +775,7 @@ class SwimCore:
             own = self._self
             if self._leaving:
                 return
-            if incarnation > own.incarnation or (
+            if (incarnation != own.incarnation and not newer(own.incarnation, incarnation)) or (
                 incarnation == own.incarnation and (address != own.address or meta != own.metadata)
             ):
                 # Someone holds a newer or conflicting version of us (we
@@ -773,7 +804,7 @@ class SwimCore:
             self._events.append(MemberChange(record.snapshot(), None))
             self._broadcast(name, message)
             return
-        if incarnation <= record.incarnation:
+        if not newer(incarnation, record.incarnation):
             return
         if address != record.address and record.status in _LIVE:
             # Two live members claim one name: keep the one we know until it
@@ -801,7 +832,7 @@ class SwimCore:
         leaving or it is an old rumour our refutation already outdated."""
         if self._leaving:
             return
-        if incarnation < self._self.incarnation:
+        if newer(self._self.incarnation, incarnation):
             self._stale_news_of_self()
             return
         self._refute(incarnation)
@@ -811,10 +842,10 @@ class SwimCore:
             self._bad_news_of_self(incarnation)
             return
         record = self._members.get(name)
-        if record is None or incarnation < record.incarnation:
+        if record is None or not _not_older(incarnation, record.incarnation):
             return
         suspicion = record.suspicion
-        if suspicion is not None and incarnation > record.incarnation:
+        if suspicion is not None and newer(incarnation, record.incarnation):
             # Suspect(i) overrides Suspect(j) for i > j (SWIM §4.2): the member
             # refuted the old suspicion, so this is a new one with a fresh timer.
             record.incarnation = incarnation
@@ -885,7 +916,7 @@ class SwimCore:
             self._bad_news_of_self(incarnation)
             return
         record = self._members.get(name)
-        if record is None or incarnation < record.incarnation:
+        if record is None or not _not_older(incarnation, record.incarnation):
             return
         if record.status in _DOWN:
             # Final for that incarnation; only keep the number monotone.
@@ -912,17 +943,19 @@ class SwimCore:
             self._broadcast(self.name, self._alive_message(self._self))
 
     def _refute(self, incarnation: int) -> None:
-        if incarnation + 1 >= wire.MAX_INCARNATION:
-            self.counters["refutes_impossible"] += 1
-            return
         self.counters["refutes"] += 1
         if self.lifeguard:
             self._health.apply(1)
         self._bump_incarnation(incarnation)
 
     def _bump_incarnation(self, at_least: int) -> None:
+        """Take an incarnation newer than both our own and ``at_least``
+        (the news we refute), going round past the top if need be."""
         own = self._self
-        own.incarnation = max(own.incarnation, at_least) + 1
+        base = own.incarnation if newer(own.incarnation, at_least) else at_least
+        if base == CEILING:
+            self.counters["incarnation_wraps"] += 1
+        own.incarnation = (base + 1) % wire.MAX_INCARNATION
         self._broadcast(self.name, self._alive_message(own))
 
     def _new_suspicion(self, now: float, source: str) -> Suspicion:
@@ -1098,8 +1131,9 @@ class SwimCore:
         for name, when in reversed(self._down.items()):
             if when <= horizon:
                 break
-            if self._members[name].status is MemberStatus.DEAD:
-                recent.append(name)
+            # Left ones too: a live member said to have left (by a forger)
+            # must hear it to refute; one that really left ignores it.
+            recent.append(name)
         return recent
 
     def _random_live(

@@ -1,9 +1,10 @@
 """The membership's datagram channel: UDP on the node's port, every
 datagram authenticated.
 
-A datagram is the SWIM payload followed by a 32-byte HMAC-SHA256 tag keyed
-from the cookie (with a label, so the key is not the cookie itself and
-differs from anything else derived from it). Datagrams without a valid tag,
+A datagram is the SWIM payload followed by a 32-byte HMAC-SHA256 tag under
+the datagram key, which is derived from the cookie with scrypt (see
+:mod:`trio_distribute._cookie`), so one captured datagram does not let an
+observer test cookie guesses at the speed of SHA-256. Datagrams without a valid tag,
 and any that are too short, are dropped and counted before the protocol
 core sees a byte. The tag proves the sender knows the cookie; it does not
 stop a replay of an old datagram, whose effect the protocol's incarnation
@@ -17,12 +18,13 @@ import hashlib
 import hmac
 from typing import Final
 
+from .._cookie import cookie_keys
+
 __all__ = ["MAX_DATAGRAM", "TAG_SIZE", "DatagramSealer"]
 
 #: The UDP budget: every datagram we send fits (memberlist's 1400 bytes).
 MAX_DATAGRAM: Final = 1400
 TAG_SIZE: Final = 32
-_LABEL: Final = b"trio_distribute membership datagram v1"
 
 
 class DatagramSealer:
@@ -31,7 +33,7 @@ class DatagramSealer:
     __slots__ = ("_key",)
 
     def __init__(self, cookie: bytes) -> None:
-        self._key = hmac.new(cookie, _LABEL, hashlib.sha256).digest()
+        self._key = cookie_keys(cookie).datagram
 
     def seal(self, payload: bytes) -> bytes:
         """``payload`` followed by its tag."""
