@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import attrs
 import pytest
 
 import trio_distribute as td
@@ -26,10 +27,16 @@ FAST = td.NodeConfig.local()
 E = FAST.election.election_timeout
 
 
+def expecting(n: int, config: td.NodeConfig = FAST) -> td.NodeConfig:
+    """``config`` with ``bootstrap_expect = n``."""
+    return attrs.evolve(config, election=attrs.evolve(config.election, bootstrap_expect=n))
+
+
 @asynccontextmanager
 async def cluster(n: int, config: td.NodeConfig = FAST) -> AsyncIterator[list[td.Node]]:
-    """``n`` nodes in their own tasks, joined through the first, every
-    membership view complete before it yields."""
+    """``n`` nodes in their own tasks, joined through the first (all ``n``
+    expected), every voter set complete before it yields."""
+    config = expecting(n, config)
     async with anyio.create_task_group() as tg:
         first = await start_node(tg, "n0@127.0.0.1", cookie=COOKIE, config=config)
         seed = [f"127.0.0.1:{first.address[1]}"]
@@ -141,14 +148,16 @@ async def test_a_split_cluster_has_a_leader_only_on_the_majority_side() -> None:
 
 async def test_a_lone_node_elects_itself_after_abstaining() -> None:
     with anyio.fail_after(10):
-        async with cluster(1) as (node,):
-            assert node.election.voters() == [node.name]
+        async with anyio.create_task_group() as tg:
+            node = await start_node(tg, "n0@127.0.0.1", cookie=COOKIE, config=expecting(1))
             # Started without a state_dir: it abstains for 2E first.
             assert node.election.leader == NoLeader()
             with pytest.raises(TimeoutError):
                 await node.election.wait_for_leader(timeout=E / 2)
             leader = await node.election.wait_for_leader(timeout=6 * E + 2)
             assert leader == Leader(node.name, 1)
+            assert node.election.voters() == [node.name]
+            tg.cancel_scope.cancel()
 
 
 async def test_term_and_vote_are_persisted_with_a_state_dir(tmp_path: Path) -> None:
@@ -160,8 +169,10 @@ async def test_term_and_vote_are_persisted_with_a_state_dir(tmp_path: Path) -> N
             assert leader is not None
             state = load_state(state_file(tmp_path, leader.name))
             assert state is not None
-            term, voted_for = state
-            assert term == leader.term and voted_for == leader.name
+            assert state.term == leader.term and state.voted_for == leader.name
+            # The agreed voter set and its version are saved with them.
+            assert sorted(state.voters) == sorted(n.name for n in nodes)
+            assert state.version == nodes[0].election.core.version
     (tmp_path / "election-broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         load_state(tmp_path / "election-broken.json")
@@ -222,7 +233,7 @@ async def test_a_restarted_node_rejoins_from_its_snapshot_and_follows(tmp_path: 
     with anyio.fail_after(40), anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             dirs = [tmp_path / f"n{i}" for i in range(3)]
-            configs = [td.NodeConfig.local(state_dir=d) for d in dirs]
+            configs = [expecting(3, td.NodeConfig.local(state_dir=d)) for d in dirs]
             first = await start_node(tg, "n0@127.0.0.1", cookie=COOKIE, config=configs[0])
             port = first.address[1]
             seed = [f"127.0.0.1:{port}"]
@@ -263,3 +274,97 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_a_lone_node_never_elects_itself_below_bootstrap_expect() -> None:
+    assert td.ElectionConfig().bootstrap_expect == 3  # the documented default
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            node = await start_node(tg, "alone@127.0.0.1", cookie=COOKIE, config=FAST)
+            # Well past its abstention and several election timeouts.
+            await anyio.sleep(8 * E)
+            assert node.election.leader == NoLeader() and node.election.term == 0
+            assert node.election.voters() == [] and not node.election.has_quorum()
+            tg.cancel_scope.cancel()
+
+
+async def test_a_node_started_before_its_seed_keeps_trying_and_joins() -> None:
+    port = _free_port()
+    config = expecting(2)
+    with anyio.fail_after(40):
+        async with anyio.create_task_group() as tg:
+            early = await start_node(
+                tg, "early@127.0.0.1", cookie=COOKIE, config=config,
+                seeds=[f"seed@127.0.0.1:{port}"],
+            )  # fmt: skip
+            await anyio.sleep(4 * E)  # its first attempts fail: nobody listens
+            assert early.election.leader == NoLeader()
+            seed = await start_node(tg, "seed@127.0.0.1", cookie=COOKIE, config=config, port=port)
+            nodes = [early, seed]
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None and leader.term == 1  # one cluster, never two
+            assert early.election.voters() == sorted(n.name for n in nodes)
+            tg.cancel_scope.cancel()
+
+
+async def test_a_late_node_is_added_by_the_leader_without_a_new_term() -> None:
+    with anyio.fail_after(40):
+        async with anyio.create_task_group() as tg, cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            before = agreed_leader(nodes)
+            assert before is not None
+            seed = [f"127.0.0.1:{nodes[0].address[1]}"]
+            late = await start_node(
+                tg, "late@127.0.0.1", cookie=COOKIE, config=expecting(3), seeds=seed
+            )
+            everyone = [*nodes, late]
+            names = sorted(n.name for n in everyone)
+            await wait_until(lambda: all(n.election.voters() == names for n in everyone))
+            await wait_until(lambda: agreed_leader(everyone) is not None)
+            assert agreed_leader(everyone) == before  # same leader, same term
+            tg.cancel_scope.cancel()
+
+
+async def test_membership_remove_on_a_follower_goes_through_the_leader() -> None:
+    with anyio.fail_after(40):
+        async with cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None
+            followers = [n for n in nodes if n.name != leader.name]
+            victim, asker = followers
+            crash(victim)
+            dead = td.MemberStatus.DEAD
+            await wait_until(lambda: asker.membership.core.status_of(victim.name) is dead)
+            # The crash alone leaves the voter set as it was.
+            assert len(asker.election.voters()) == 3
+            await asker.membership.remove(victim.name)
+            rest = [n for n in nodes if n is not victim]
+            await wait_until(lambda: all(victim.name not in n.election.voters() for n in rest))
+            assert agreed_leader(rest) == leader
+
+
+async def test_a_graceful_leave_takes_the_node_out_of_the_voter_set() -> None:
+    with anyio.fail_after(40):
+        async with cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None
+            leaver = next(n for n in nodes if n.name == leader.name)
+            rest = [n for n in nodes if n is not leaver]
+            await leaver.membership.leave()
+            await wait_until(
+                lambda: all(n.election.voters() == sorted(r.name for r in rest) for n in rest)
+            )
+            await wait_until(lambda: agreed_leader(rest) is not None)
+            new = agreed_leader(rest)
+            assert new is not None and new.name != leaver.name and new.term > leader.term
+            assert not leaver.election.is_leader
