@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -368,3 +375,132 @@ async def test_a_graceful_leave_takes_the_node_out_of_the_voter_set() -> None:
             new = agreed_leader(rest)
             assert new is not None and new.name != leaver.name and new.term > leader.term
             assert not leaver.election.is_leader
+
+
+# ------------------------------------------------------------ formation, real processes
+
+FORMATION_BOUND = 15.0
+"""Seconds from the last node's start to one leader all five agree on
+(local() timers: abstention 0.6 s, timeouts under 0.6 s, seed retries capped
+at 1 s; the rest is room for a loaded machine)."""
+
+_STARTER = (
+    "import sys, time\n"
+    "from trio_distribute.__main__ import main\n"
+    "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
+@attrs.define
+class _Proc:
+    name: str
+    process: subprocess.Popen[str]
+    history: list[tuple[float, int, str | None]] = attrs.field(factory=list)
+    lines: list[str] = attrs.field(factory=list)
+    reader: threading.Thread | None = None
+
+    def read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+            found = _LEADER_LINE.match(line.strip())
+            if found:
+                leader = None if found["leader"] == "None" else found["leader"].strip("'")
+                self.history.append((time.monotonic(), int(found["term"]), leader))
+
+    def latest(self) -> tuple[int, str | None] | None:
+        return self.history[-1][1:] if self.history else None
+
+
+_LEADER_LINE = re.compile(r"LeaderChanged\(term=(?P<term>\d+), leader=(?P<leader>None|'[^']+')\)")
+
+
+def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, set[str]]]:
+    """Start five ``python -m trio_distribute node`` processes at one moment
+    (loopback, distinct ports, every node but the seed joins the seed);
+    ``"late"``: one of them 3 s later (bootstrap_expect 3); ``"seed-last"``:
+    the seed 3 s after the others (they keep retrying). Returns the seconds
+    from the last start to one agreed leader, and every leader claimed per
+    term in any node's output (the caller checks one per term)."""
+    names = [f"f{i}@127.0.0.1" for i in range(5)]
+    ports = [_free_port() for _ in names]
+    expect = 3 if variant == "late" else 5
+    delays = dict.fromkeys(names, 0.0)
+    if variant == "late":
+        delays[names[1 + trial % 4]] = 3.0
+    elif variant == "seed-last":
+        delays[names[0]] = 3.0
+    seed = f"{names[0]}:{ports[0]}"
+    start_at = time.time() + 2.0  # after every interpreter has imported the package
+    procs: list[_Proc] = []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    try:
+        for name, port in zip(names, ports, strict=True):
+            command = [sys.executable, "-c", _STARTER, str(start_at + delays[name])]
+            command += ["node", "--name", name, "--port", str(port), "--cookie", "formation"]
+            command += ["--local", "--expect", str(expect)]
+            if name != names[0]:
+                command += ["--join", seed]
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+            )
+            proc = _Proc(name, process)
+            proc.reader = threading.Thread(target=proc.read, daemon=True)
+            proc.reader.start()
+            procs.append(proc)
+        last_start = start_at + max(delays.values())
+        deadline = last_start + FORMATION_BOUND
+        agreed_after: float | None = None
+        while time.time() < deadline + 1.0:
+            views = {proc.latest() for proc in procs}
+            if time.time() >= last_start and len(views) == 1:
+                (view,) = views
+                if view is not None and view[1] is not None:
+                    agreed_after = time.time() - last_start
+                    break
+            time.sleep(0.05)
+        time.sleep(1.0)  # let any second claimant show itself
+        leaders: dict[int, set[str]] = {}
+        for proc in procs:
+            for _, term, leader in proc.history:
+                if leader is not None:
+                    leaders.setdefault(term, set()).add(leader)
+        if agreed_after is None:
+            report = {proc.name: proc.history for proc in procs}
+            raise AssertionError(f"no agreed leader within {FORMATION_BOUND} s: {report}")
+        return agreed_after, leaders
+    finally:
+        for proc in procs:
+            if proc.process.poll() is None:
+                proc.process.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.process.kill()
+                proc.process.wait()
+            if proc.reader is not None:
+                proc.reader.join(timeout=5)
+            assert proc.process.stdout is not None
+            proc.process.stdout.close()
+
+
+@pytest.mark.parametrize("variant", ["together", "seed-last"])
+def test_five_processes_started_together_agree_on_one_leader_per_term(variant: str) -> None:
+    agreed_after, leaders = formation_trial(variant)
+    print(f"{variant}: one agreed leader {agreed_after:.2f} s after the last start; {leaders}")
+    assert all(len(claimants) == 1 for claimants in leaders.values()), leaders
+    assert agreed_after <= FORMATION_BOUND
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("variant", ["together", "late", "seed-last"])
+def test_formation_20_trials(variant: str) -> None:
+    times = []
+    for trial in range(20):
+        agreed_after, leaders = formation_trial(variant, trial=trial)
+        assert all(len(claimants) == 1 for claimants in leaders.values()), (trial, leaders)
+        times.append(agreed_after)
+    print(f"{variant}: agreed after {min(times):.2f}-{max(times):.2f} s over 20 trials")
