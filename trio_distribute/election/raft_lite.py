@@ -295,21 +295,6 @@ class Election:
             self._core.hold_bootstrap(anyio.current_time(), joining)
             self._wakeup.set()
 
-    async def remove_voter(self, name: str, timeout: float | None = None) -> bool:
-        """Ask the leader to take ``name`` out of the voter set and wait
-        (at most ``timeout`` seconds) until this node's accepted set no longer
-        has it; returns whether it happened in time. ``membership.remove``
-        already asks; this also waits."""
-        core = self.core
-        self._removed.add(name)
-        core.request_removal(anyio.current_time(), name)
-        self._wakeup.set()
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
-            # No event marks "the set changed" besides leader changes: poll.
-            while name in core.voters:  # noqa: ASYNC110
-                await anyio.sleep(self.config.heartbeat_interval)
-        return name not in core.voters
-
     def _observe(self) -> None:
         # Gossip tells the core who exists; the leader decides who votes.
         # Members remembered from before a restart count as known, so a
