@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 import signal
@@ -380,9 +382,9 @@ async def test_a_graceful_leave_takes_the_node_out_of_the_voter_set() -> None:
 # ------------------------------------------------------------ formation, real processes
 
 FORMATION_BOUND = 15.0
-"""Seconds from the last node's start to one leader all five agree on
-(local() timers: abstention 0.6 s, timeouts under 0.6 s, seed retries capped
-at 1 s; the rest is room for a loaded machine)."""
+"""Seconds from the moment the last node listens to one leader all five
+agree on (local() timers: abstention 0.6 s, timeouts under 0.6 s, seed
+retries capped at 1 s; the rest is room for a loaded machine)."""
 
 _STARTER = (
     "import sys, time\n"
@@ -399,11 +401,14 @@ class _Proc:
     history: list[tuple[float, int, str | None]] = attrs.field(factory=list)
     lines: list[str] = attrs.field(factory=list)
     reader: threading.Thread | None = None
+    listening_at: float | None = None
 
     def read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.append(line.rstrip())
+            if self.listening_at is None and " listening on " in line:
+                self.listening_at = time.time()
             found = _LEADER_LINE.match(line.strip())
             if found:
                 leader = None if found["leader"] == "None" else found["leader"].strip("'")
@@ -449,10 +454,15 @@ def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, s
             proc.reader = threading.Thread(target=proc.read, daemon=True)
             proc.reader.start()
             procs.append(proc)
-        last_start = start_at + max(delays.values())
-        deadline = last_start + FORMATION_BOUND
+        # Measured from when the last node listened (a loaded machine may
+        # take longer than planned to start an interpreter).
+        deadline = start_at + max(delays.values()) + FORMATION_BOUND + 10.0
         agreed_after: float | None = None
-        while time.time() < deadline + 1.0:
+        last_start = math.inf
+        while time.time() < min(deadline, last_start + FORMATION_BOUND):
+            started = [proc.listening_at for proc in procs]
+            if all(t is not None for t in started):
+                last_start = max(t for t in started if t is not None)
             views = {proc.latest() for proc in procs}
             if time.time() >= last_start and len(views) == 1:
                 (view,) = views
@@ -504,3 +514,32 @@ def test_formation_20_trials(variant: str) -> None:
         assert all(len(claimants) == 1 for claimants in leaders.values()), (trial, leaders)
         times.append(agreed_after)
     print(f"{variant}: agreed after {min(times):.2f}-{max(times):.2f} s over 20 trials")
+
+
+async def test_seed_retries_back_off_with_jitter_up_to_reconnect_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cap = 0.4
+    # A failed join waits a handshake timeout for a peer dialling back: short here.
+    config = td.NodeConfig.local(
+        membership=attrs.evolve(td.MembershipConfig.local(), reconnect_interval=cap),
+        handshake_timeout=0.1,
+    )
+    caplog.set_level(logging.INFO, logger="trio_distribute.node")
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            seeds = [f"nobody@127.0.0.1:{_free_port()}"]
+            await start_node(tg, "eager@127.0.0.1", cookie=COOKIE, config=config, seeds=seeds)
+            await anyio.sleep(4.0)
+            tg.cancel_scope.cancel()
+    waits = [
+        float(match[1])
+        for record in caplog.records
+        if (match := re.search(r"retrying seeds .* in ([0-9.]+) s", record.getMessage()))
+    ]
+    assert len(waits) >= 5
+    # Each wait is drawn from [d/2, d) with d = cap/32, 2 cap/32, ... up to cap.
+    for attempt, wait in enumerate(waits):
+        ceiling = min(cap, cap / 32 * 2**attempt)
+        assert ceiling / 2 - 0.01 <= wait <= ceiling + 0.01
+    assert max(waits) > cap / 2  # it reached the cap
