@@ -120,8 +120,10 @@ term was already ``T2`` and it could not win ``T1``). Hence one history,
 and in it at most one leader per term, whatever the start order: nodes that
 start alone do not elect themselves (``|K| < bootstrap_expect``), and late
 or slow nodes join a configuration instead of making their own. The
-argument assumes persisted state where nodes restart (``state_dir``); a
-node restarted without it is unconfigured again and relies on abstention.
+argument assumes persisted state where nodes restart (``state_dir``; a
+node restarted without it is unconfigured again and relies on abstention)
+and that no member of a proposal leaves gracefully while the cluster forms
+(a member that left is dropped from ``K``).
 
 Cluster sizes
 -------------
