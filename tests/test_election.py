@@ -448,7 +448,7 @@ def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, s
             if name != names[0]:
                 command += ["--join", seed]
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
             )
             proc = _Proc(name, process)
             proc.reader = threading.Thread(target=proc.read, daemon=True)
@@ -456,7 +456,8 @@ def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, s
             procs.append(proc)
         # Measured from when the last node listened (a loaded machine may
         # take longer than planned to start an interpreter).
-        deadline = start_at + max(delays.values()) + FORMATION_BOUND + 10.0
+        # (Interpreters get up to a minute to start on a loaded machine.)
+        deadline = start_at + max(delays.values()) + 60.0
         agreed_after: float | None = None
         last_start = math.inf
         while time.time() < min(deadline, last_start + FORMATION_BOUND):
@@ -477,7 +478,7 @@ def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, s
                 if leader is not None:
                     leaders.setdefault(term, set()).add(leader)
         if agreed_after is None:
-            report = {proc.name: proc.history for proc in procs}
+            report = {proc.name: (proc.history, proc.lines[-15:]) for proc in procs}
             raise AssertionError(f"no agreed leader within {FORMATION_BOUND} s: {report}")
         return agreed_after, leaders
     finally:
