@@ -544,3 +544,24 @@ async def test_seed_retries_back_off_with_jitter_up_to_reconnect_interval(
         ceiling = min(cap, cap / 32 * 2**attempt)
         assert ceiling / 2 - 0.01 <= wait <= ceiling + 0.01
     assert max(waits) > cap / 2  # it reached the cap
+
+
+async def test_a_dropped_connection_to_a_live_voter_is_redialled() -> None:
+    with anyio.fail_after(40):
+        async with cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None
+            boss = next(n for n in nodes if n.name == leader.name)
+            follower = next(n for n in nodes if n is not boss)
+            # Membership still sees it alive: nothing else dials it again.
+            await boss.transport.disconnect(follower.name)
+            await wait_until(
+                lambda: (
+                    boss.statistics().drops.get("election_not_connected", 0) >= 1
+                    or follower.statistics().drops.get("election_not_connected", 0) >= 1
+                )
+            )
+            await wait_until(lambda: follower.name in boss.nodes())
+            await anyio.sleep(3 * E)  # longer than any follower's timeout
+            assert agreed_leader(nodes) == leader  # the same term: nobody timed out

@@ -479,6 +479,15 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
             except (ConnectError, ValueError) as exc:
                 logger.warning("%s: could not join any seed of %s: %s", node.name, pending, exc)
                 return False
+            # Reaching a seed is not joining: the state exchange can be lost
+            # with a connection that closes at once (two nodes dialling each
+            # other). Joined means membership knows someone else.
+            with anyio.move_on_after(node.transport.config.handshake_timeout):
+                while len(node.membership.core.members()) < 2:  # noqa: ASYNC110
+                    await anyio.sleep(node.transport.config.membership.gossip_interval)
+            if len(node.membership.core.members()) < 2:
+                logger.warning("%s: reached a seed of %s but learned no member", node.name, pending)
+                return False
             pending.clear()
         else:
             for seed in list(pending):
