@@ -509,12 +509,24 @@ def test_five_processes_started_together_agree_on_one_leader_per_term(variant: s
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("variant", ["together", "late", "seed-last"])
 def test_formation_20_trials(variant: str) -> None:
-    times = []
+    times: list[float] = []
+    two_leader_terms = 0
+    failures: list[str] = []
     for trial in range(20):
-        agreed_after, leaders = formation_trial(variant, trial=trial)
-        assert all(len(claimants) == 1 for claimants in leaders.values()), (trial, leaders)
+        try:
+            agreed_after, leaders = formation_trial(variant, trial=trial)
+        except AssertionError as exc:
+            failures.append(f"trial {trial}: {exc}")
+            continue
+        two_leader_terms += sum(len(claimants) > 1 for claimants in leaders.values())
         times.append(agreed_after)
-    print(f"{variant}: agreed after {min(times):.2f}-{max(times):.2f} s over 20 trials")
+    print(
+        f"\n{variant}: {len(times)}/20 agreed within {FORMATION_BOUND} s "
+        f"({min(times, default=0):.2f}-{max(times, default=0):.2f} s after the last node "
+        f"listened), {two_leader_terms} terms with two leaders"
+    )
+    assert two_leader_terms == 0
+    assert not failures, "\n".join(failures)
 
 
 async def test_seed_retries_back_off_with_jitter_up_to_reconnect_interval(
