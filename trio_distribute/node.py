@@ -516,6 +516,13 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
             wait = rng.uniform(delay / 2, delay)
             logger.info("%s: retrying seeds %s in %.2f s", node.name, pending, wait)
             await anyio.sleep(wait)
+            if node.membership.enabled and len(node.membership.core.members()) > 1:
+                # Someone joined us meanwhile: we are part of a cluster.
+                pending.clear()
+                if election.enabled:
+                    election.joining(False)
+                logger.info("%s: joined by another member", node.name)
+                return
             if await attempt():
                 logger.info("%s: joined through the seeds", node.name)
                 return
