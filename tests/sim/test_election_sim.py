@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_distribute._proto.raft import ElectionCore, Message, VoteReply
+from trio_distribute._proto.raft import ElectionCore, Vote, VoteReply
 from trio_distribute.testing import election_sim as es
 
 
@@ -57,7 +57,7 @@ def test_each_fault_flavor_bites(flavor: str, cause: str | None) -> None:
 
 
 def test_oracle_catches_a_core_that_votes_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    def vote_for_anyone(self: ElectionCore, now: float, source: str, message: Message) -> None:
+    def vote_for_anyone(self: ElectionCore, now: float, source: str, message: Vote) -> None:
         if message.term > self.term:
             self.term = message.term
         self._send(source, VoteReply(self.term, granted=True))
