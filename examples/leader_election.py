@@ -54,6 +54,11 @@ async def voter(short: str, port: int, seed_port: int | None, state_dir: str) ->
         node.election.subscribe() as changes,
     ):
         print(f"READY {node.name} term {node.election.term}", flush=True)
+        # open_node joined through the seeds before it returned: a leader
+        # may already be known (the changes start after this one).
+        current = node.election.leader
+        if isinstance(current, td.Leader):
+            print(f"LEADER {current.name} {current.term}", flush=True)
         async for change in changes:
             if change.leader is None:
                 print(f"NOLEADER {change.term}", flush=True)

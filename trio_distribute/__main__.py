@@ -13,6 +13,7 @@ import trio
 from . import _demo
 from ._ids import validate_node_name
 from .config import ElectionConfig, MembershipConfig, NodeConfig
+from .election.raft_lite import Leader, LeaderChanged
 from .errors import DistributionError
 from .node import Node, open_node
 
@@ -41,6 +42,11 @@ async def _print_membership(node: Node) -> None:
         async with trio.open_nursery() as nursery:
 
             async def leaders() -> None:
+                # Joining (inside open_node) may already have found a leader:
+                # print it, then every change after the subscription.
+                current = node.election.leader
+                if isinstance(current, Leader):
+                    print(f"{LeaderChanged(current.term, current.name)}", flush=True)
                 async for change in changes:
                     print(f"{change}", flush=True)
 
