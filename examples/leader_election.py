@@ -6,10 +6,17 @@ Run the whole story (three child processes, orchestrated from this one)::
 
     python examples/leader_election.py          # or: ... both [base_port]
 
-or run nodes yourself, in separate terminals::
+or run nodes yourself, in separate terminals, in any order::
 
     python examples/leader_election.py node e0 4390 0 /tmp/e0
     python examples/leader_election.py node e1 4391 4390 /tmp/e1
+    python examples/leader_election.py node e2 4392 4390 /tmp/e2
+
+As the README recommends, every node but the first names the first as its
+seed (``open_node(seeds=...)`` keeps retrying until it answers) and all of
+them expect three voters (``ElectionConfig(bootstrap_expect=3)``): no node
+elects itself before the three know each other, so started together they
+print one leader per term.
 
 A node prints ``LEADER <name> <term>`` (or ``NOLEADER <term>``) whenever the
 leader it knows changes. A leader would use the term as a fencing token:
@@ -33,22 +40,25 @@ HOST = "127.0.0.1"
 BASE_PORT = 4390
 
 
+EXPECT = 3
+
+
 async def voter(short: str, port: int, seed_port: int | None, state_dir: str) -> None:
-    config = td.NodeConfig.local(state_dir=state_dir)
+    config = td.NodeConfig.local(
+        state_dir=state_dir, election=td.ElectionConfig.local(bootstrap_expect=EXPECT)
+    )
     name = f"{short}@{HOST}"
+    seeds = [f"{HOST}:{seed_port}"] if seed_port else []
     async with (
-        td.open_node(name, cookie=COOKIE, port=port, config=config) as node,
+        td.open_node(name, cookie=COOKIE, port=port, config=config, seeds=seeds) as node,
         node.election.subscribe() as changes,
     ):
-        if seed_port:
-            with trio.fail_after(10):
-                while True:
-                    try:
-                        await node.membership.join([f"{HOST}:{seed_port}"])
-                        break
-                    except td.ConnectError:
-                        await trio.sleep(0.1)  # the seed may still be starting
         print(f"READY {node.name} term {node.election.term}", flush=True)
+        # open_node joined through the seeds before it returned: a leader
+        # may already be known (the changes start after this one).
+        current = node.election.leader
+        if isinstance(current, td.Leader):
+            print(f"LEADER {current.name} {current.term}", flush=True)
         async for change in changes:
             if change.leader is None:
                 print(f"NOLEADER {change.term}", flush=True)
@@ -114,6 +124,15 @@ def orchestrate(base_port: int) -> None:
                 print(f"[main] {old_short} printed: {children[old_short].seen}", flush=True)
                 raise
             print(f"[main] {leader} restarted with its saved term and follows: {line}", flush=True)
+            # Every LEADER line any node printed: one leader per term.
+            claims: dict[int, set[str]] = {}
+            for child in children.values():
+                for seen in child.seen:
+                    if seen.startswith("LEADER "):
+                        _, name, seen_term = seen.split()
+                        claims.setdefault(int(seen_term), set()).add(name)
+            assert all(len(names) == 1 for names in claims.values()), claims
+            print(f"[main] one leader per term: {dict(sorted(claims.items()))}", flush=True)
         finally:
             for child in children.values():
                 child.stop()

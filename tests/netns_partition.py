@@ -54,7 +54,8 @@ async def main() -> None:
     # Set-up before any node exists: nothing else runs yet, blocking is fine.
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # noqa: ASYNC221
     nft("add table inet td", "add chain inet td input { type filter hook input priority 0 ; }")
-    config = td.NodeConfig.local()
+    # All five form the cluster, so each side's majority is counted against five.
+    config = td.NodeConfig.local(election=td.ElectionConfig.local(bootstrap_expect=len(HOSTS)))
     async with anyio.create_task_group() as nursery:
         nodes: list[td.Node] = []
         for index, host in enumerate(HOSTS):

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import anyio.abc
+import attrs
 import pytest
 
 import trio_distribute as td
@@ -26,10 +36,16 @@ FAST = td.NodeConfig.local()
 E = FAST.election.election_timeout
 
 
+def expecting(n: int, config: td.NodeConfig = FAST) -> td.NodeConfig:
+    """``config`` with ``bootstrap_expect = n``."""
+    return attrs.evolve(config, election=attrs.evolve(config.election, bootstrap_expect=n))
+
+
 @asynccontextmanager
 async def cluster(n: int, config: td.NodeConfig = FAST) -> AsyncIterator[list[td.Node]]:
-    """``n`` nodes in their own tasks, joined through the first, every
-    membership view complete before it yields."""
+    """``n`` nodes in their own tasks, joined through the first (all ``n``
+    expected), every voter set complete before it yields."""
+    config = expecting(n, config)
     async with anyio.create_task_group() as tg:
         first = await start_node(tg, "n0@127.0.0.1", cookie=COOKIE, config=config)
         seed = [f"127.0.0.1:{first.address[1]}"]
@@ -141,14 +157,16 @@ async def test_a_split_cluster_has_a_leader_only_on_the_majority_side() -> None:
 
 async def test_a_lone_node_elects_itself_after_abstaining() -> None:
     with anyio.fail_after(10):
-        async with cluster(1) as (node,):
-            assert node.election.voters() == [node.name]
+        async with anyio.create_task_group() as tg:
+            node = await start_node(tg, "n0@127.0.0.1", cookie=COOKIE, config=expecting(1))
             # Started without a state_dir: it abstains for 2E first.
             assert node.election.leader == NoLeader()
             with pytest.raises(TimeoutError):
                 await node.election.wait_for_leader(timeout=E / 2)
             leader = await node.election.wait_for_leader(timeout=6 * E + 2)
             assert leader == Leader(node.name, 1)
+            assert node.election.voters() == [node.name]
+            tg.cancel_scope.cancel()
 
 
 async def test_term_and_vote_are_persisted_with_a_state_dir(tmp_path: Path) -> None:
@@ -160,8 +178,10 @@ async def test_term_and_vote_are_persisted_with_a_state_dir(tmp_path: Path) -> N
             assert leader is not None
             state = load_state(state_file(tmp_path, leader.name))
             assert state is not None
-            term, voted_for = state
-            assert term == leader.term and voted_for == leader.name
+            assert state.term == leader.term and state.voted_for == leader.name
+            # The agreed voter set and its version are saved with them.
+            assert sorted(state.voters) == sorted(n.name for n in nodes)
+            assert state.version == nodes[0].election.core.version
     (tmp_path / "election-broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         load_state(tmp_path / "election-broken.json")
@@ -222,7 +242,7 @@ async def test_a_restarted_node_rejoins_from_its_snapshot_and_follows(tmp_path: 
     with anyio.fail_after(40), anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             dirs = [tmp_path / f"n{i}" for i in range(3)]
-            configs = [td.NodeConfig.local(state_dir=d) for d in dirs]
+            configs = [expecting(3, td.NodeConfig.local(state_dir=d)) for d in dirs]
             first = await start_node(tg, "n0@127.0.0.1", cookie=COOKIE, config=configs[0])
             port = first.address[1]
             seed = [f"127.0.0.1:{port}"]
@@ -263,3 +283,304 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_a_lone_node_never_elects_itself_below_bootstrap_expect() -> None:
+    assert td.ElectionConfig().bootstrap_expect == 3  # the documented default
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            node = await start_node(tg, "alone@127.0.0.1", cookie=COOKIE, config=FAST)
+            # Well past its abstention and several election timeouts.
+            await anyio.sleep(8 * E)
+            assert node.election.leader == NoLeader() and node.election.term == 0
+            assert node.election.voters() == [] and not node.election.has_quorum()
+            tg.cancel_scope.cancel()
+
+
+async def test_a_node_started_before_its_seed_keeps_trying_and_joins() -> None:
+    port = _free_port()
+    config = expecting(2)
+    with anyio.fail_after(40):
+        async with anyio.create_task_group() as tg:
+            early = await start_node(
+                tg, "early@127.0.0.1", cookie=COOKIE, config=config,
+                seeds=[f"seed@127.0.0.1:{port}"],
+            )  # fmt: skip
+            await anyio.sleep(4 * E)  # its first attempts fail: nobody listens
+            assert early.election.leader == NoLeader()
+            seed = await start_node(tg, "seed@127.0.0.1", cookie=COOKIE, config=config, port=port)
+            nodes = [early, seed]
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None and leader.term == 1  # one cluster, never two
+            assert early.election.voters() == sorted(n.name for n in nodes)
+            tg.cancel_scope.cancel()
+
+
+async def test_a_late_node_is_added_by_the_leader_without_a_new_term() -> None:
+    with anyio.fail_after(40):
+        async with anyio.create_task_group() as tg, cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            before = agreed_leader(nodes)
+            assert before is not None
+            seed = [f"127.0.0.1:{nodes[0].address[1]}"]
+            late = await start_node(
+                tg, "late@127.0.0.1", cookie=COOKIE, config=expecting(3), seeds=seed
+            )
+            everyone = [*nodes, late]
+            names = sorted(n.name for n in everyone)
+            async with nodes[0].election.subscribe() as changes:
+                await wait_until(lambda: all(n.election.voters() == names for n in everyone))
+                await wait_until(lambda: agreed_leader(everyone) is not None)
+                try:
+                    changes.receive_nowait()
+                except anyio.WouldBlock:
+                    # No election meanwhile (a starved test machine may have
+                    # one): the set grew without a new term.
+                    assert agreed_leader(everyone) == before
+            assert late.election.core.version[0] <= late.election.term
+            tg.cancel_scope.cancel()
+
+
+async def test_membership_remove_on_a_follower_goes_through_the_leader() -> None:
+    with anyio.fail_after(40):
+        async with cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None
+            followers = [n for n in nodes if n.name != leader.name]
+            victim, asker = followers
+            crash(victim)
+            dead = td.MemberStatus.DEAD
+            await wait_until(lambda: asker.membership.core.status_of(victim.name) is dead)
+            # The crash alone leaves the voter set as it was.
+            assert len(asker.election.voters()) == 3
+            await asker.membership.remove(victim.name)
+            rest = [n for n in nodes if n is not victim]
+            await wait_until(lambda: all(victim.name not in n.election.voters() for n in rest))
+            assert agreed_leader(rest) == leader
+
+
+async def test_a_graceful_leave_takes_the_node_out_of_the_voter_set() -> None:
+    with anyio.fail_after(40):
+        async with cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None
+            leaver = next(n for n in nodes if n.name == leader.name)
+            rest = [n for n in nodes if n is not leaver]
+            await leaver.membership.leave()
+            await wait_until(
+                lambda: all(n.election.voters() == sorted(r.name for r in rest) for n in rest)
+            )
+            await wait_until(lambda: agreed_leader(rest) is not None)
+            new = agreed_leader(rest)
+            assert new is not None and new.name != leaver.name and new.term > leader.term
+            assert not leaver.election.is_leader
+
+
+# ------------------------------------------------------------ formation, real processes
+
+FORMATION_BOUND = 15.0
+"""Seconds from the moment the last node listens to one leader all five
+agree on (local() timers: abstention 0.6 s, timeouts under 0.6 s, seed
+retries capped at 1 s; the rest is room for a loaded machine)."""
+
+_STARTER = (
+    "import sys, time\n"
+    "from trio_distribute.__main__ import main\n"
+    "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
+@attrs.define
+class _Proc:
+    name: str
+    process: subprocess.Popen[str]
+    history: list[tuple[float, int, str | None]] = attrs.field(factory=list)
+    lines: list[str] = attrs.field(factory=list)
+    reader: threading.Thread | None = None
+    listening_at: float | None = None
+
+    def read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+            if self.listening_at is None and " listening on " in line:
+                self.listening_at = time.time()
+            found = _LEADER_LINE.match(line.strip())
+            if found:
+                leader = None if found["leader"] == "None" else found["leader"].strip("'")
+                self.history.append((time.monotonic(), int(found["term"]), leader))
+
+    def latest(self) -> tuple[int, str | None] | None:
+        return self.history[-1][1:] if self.history else None
+
+
+_LEADER_LINE = re.compile(r"LeaderChanged\(term=(?P<term>\d+), leader=(?P<leader>None|'[^']+')\)")
+
+
+def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, set[str]]]:
+    """Start five ``python -m trio_distribute node`` processes at one moment
+    (loopback, distinct ports, every node but the seed joins the seed);
+    ``"late"``: one of them 3 s later (bootstrap_expect 3); ``"seed-last"``:
+    the seed 3 s after the others (they keep retrying). Returns the seconds
+    from the last start to one agreed leader, and every leader claimed per
+    term in any node's output (the caller checks one per term)."""
+    names = [f"f{i}@127.0.0.1" for i in range(5)]
+    ports = [_free_port() for _ in names]
+    expect = 3 if variant == "late" else 5
+    delays = dict.fromkeys(names, 0.0)
+    if variant == "late":
+        delays[names[1 + trial % 4]] = 3.0
+    elif variant == "seed-last":
+        delays[names[0]] = 3.0
+    seed = f"{names[0]}:{ports[0]}"
+    start_at = time.time() + 2.0  # after every interpreter has imported the package
+    procs: list[_Proc] = []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    try:
+        for name, port in zip(names, ports, strict=True):
+            command = [sys.executable, "-c", _STARTER, str(start_at + delays[name])]
+            command += ["node", "--name", name, "--port", str(port), "--cookie", "formation"]
+            command += ["--local", "--expect", str(expect)]
+            if name != names[0]:
+                command += ["--join", seed]
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            )
+            proc = _Proc(name, process)
+            proc.reader = threading.Thread(target=proc.read, daemon=True)
+            proc.reader.start()
+            procs.append(proc)
+        # Measured from when the last node listened (a loaded machine may
+        # take longer than planned to start an interpreter).
+        # (Interpreters get up to a minute to start on a loaded machine.)
+        deadline = start_at + max(delays.values()) + 60.0
+        agreed_after: float | None = None
+        last_start = math.inf
+        while time.time() < min(deadline, last_start + FORMATION_BOUND):
+            started = [proc.listening_at for proc in procs]
+            if all(t is not None for t in started):
+                last_start = max(t for t in started if t is not None)
+            views = {proc.latest() for proc in procs}
+            if time.time() >= last_start and len(views) == 1:
+                (view,) = views
+                if view is not None and view[1] is not None:
+                    agreed_after = time.time() - last_start
+                    break
+            time.sleep(0.05)
+        time.sleep(1.0)  # let any second claimant show itself
+        leaders: dict[int, set[str]] = {}
+        for proc in procs:
+            for _, term, leader in proc.history:
+                if leader is not None:
+                    leaders.setdefault(term, set()).add(leader)
+        if agreed_after is None:
+            report = {proc.name: (proc.history, proc.lines[-15:]) for proc in procs}
+            raise AssertionError(f"no agreed leader within {FORMATION_BOUND} s: {report}")
+        return agreed_after, leaders
+    finally:
+        for proc in procs:
+            if proc.process.poll() is None:
+                proc.process.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.process.kill()
+                proc.process.wait()
+            if proc.reader is not None:
+                proc.reader.join(timeout=5)
+            assert proc.process.stdout is not None
+            proc.process.stdout.close()
+
+
+@pytest.mark.parametrize("variant", ["together", "seed-last"])
+def test_five_processes_started_together_agree_on_one_leader_per_term(variant: str) -> None:
+    agreed_after, leaders = formation_trial(variant)
+    print(f"{variant}: one agreed leader {agreed_after:.2f} s after the last start; {leaders}")
+    assert all(len(claimants) == 1 for claimants in leaders.values()), leaders
+    assert agreed_after <= FORMATION_BOUND
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("variant", ["together", "late", "seed-last"])
+def test_formation_20_trials(variant: str) -> None:
+    times: list[float] = []
+    two_leader_terms = 0
+    failures: list[str] = []
+    for trial in range(20):
+        try:
+            agreed_after, leaders = formation_trial(variant, trial=trial)
+        except AssertionError as exc:
+            failures.append(f"trial {trial}: {exc}")
+            continue
+        two_leader_terms += sum(len(claimants) > 1 for claimants in leaders.values())
+        times.append(agreed_after)
+    print(
+        f"\n{variant}: {len(times)}/20 agreed within {FORMATION_BOUND} s "
+        f"({min(times, default=0):.2f}-{max(times, default=0):.2f} s after the last node "
+        f"listened), {two_leader_terms} terms with two leaders"
+    )
+    assert two_leader_terms == 0
+    assert not failures, "\n".join(failures)
+
+
+async def test_seed_retries_back_off_with_jitter_up_to_reconnect_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cap = 0.4
+    # A failed join waits a handshake timeout for a peer dialling back: short here.
+    config = td.NodeConfig.local(
+        membership=attrs.evolve(td.MembershipConfig.local(), reconnect_interval=cap),
+        handshake_timeout=0.1,
+    )
+    caplog.set_level(logging.INFO, logger="trio_distribute.node")
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            seeds = [f"nobody@127.0.0.1:{_free_port()}"]
+            await start_node(tg, "eager@127.0.0.1", cookie=COOKIE, config=config, seeds=seeds)
+            await anyio.sleep(4.0)
+            tg.cancel_scope.cancel()
+    waits = [
+        float(match[1])
+        for record in caplog.records
+        if (match := re.search(r"retrying seeds .* in ([0-9.]+) s", record.getMessage()))
+    ]
+    assert len(waits) >= 5
+    # Each wait is drawn from [d/2, d) with d = cap/32, 2 cap/32, ... up to cap.
+    for attempt, wait in enumerate(waits):
+        ceiling = min(cap, cap / 32 * 2**attempt)
+        assert ceiling / 2 - 0.01 <= wait <= ceiling + 0.01
+    assert max(waits) > cap / 2  # it reached the cap
+
+
+async def test_a_dropped_connection_to_a_live_voter_is_redialled() -> None:
+    with anyio.fail_after(40):
+        async with cluster(3) as nodes:
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            leader = agreed_leader(nodes)
+            assert leader is not None
+            boss = next(n for n in nodes if n.name == leader.name)
+            follower = next(n for n in nodes if n is not boss)
+            # Membership still sees it alive: nothing else dials it again.
+            await boss.transport.disconnect(follower.name)
+            await wait_until(
+                lambda: (
+                    boss.statistics().drops.get("election_not_connected", 0) >= 1
+                    or follower.statistics().drops.get("election_not_connected", 0) >= 1
+                )
+            )
+            await wait_until(lambda: follower.name in boss.nodes())
+            await anyio.sleep(3 * E)  # longer than any follower's timeout
+            assert agreed_leader(nodes) == leader  # the same term: nobody timed out

@@ -7,30 +7,33 @@ import secrets
 import sys
 from collections.abc import Sequence
 
+import attrs
 import trio
 
 from . import _demo
 from ._cookie import generate_cookie
 from ._ids import validate_node_name
 from .config import ElectionConfig, MembershipConfig, NodeConfig
+from .election.raft_lite import Leader, LeaderChanged
 from .errors import DistributionError
 from .node import Node, open_node
 
 
-async def _run_node(name: str, port: int, cookie: str, join: Sequence[str], local: bool) -> None:
+async def _run_node(
+    name: str, port: int, cookie: str, join: Sequence[str], local: bool, expect: int | None
+) -> None:
     config = NodeConfig.local() if local else NodeConfig()
-    async with open_node(name, cookie=cookie, port=port, config=config) as node:
+    if expect is not None:
+        config = attrs.evolve(
+            config, election=attrs.evolve(config.election, bootstrap_expect=expect)
+        )
+    # Seeds are retried (backoff with jitter) until one answers, so nodes
+    # may be started in any order.
+    async with open_node(name, cookie=cookie, port=port, config=config, seeds=join) as node:
         print(f"{node.name} listening on {node.address[0]}:{node.address[1]}", flush=True)
         async with node.monitor_nodes() as events, trio.open_nursery() as nursery:
             if node.membership.enabled:
                 nursery.start_soon(_print_membership, node)
-            for target in join:
-                try:
-                    peer = await node.connect(target)
-                except DistributionError as exc:
-                    print(f"could not join {target}: {exc}", file=sys.stderr, flush=True)
-                else:
-                    print(f"connected to {peer}", flush=True)
             async for event in events:
                 print(f"{event}", flush=True)
 
@@ -40,6 +43,11 @@ async def _print_membership(node: Node) -> None:
         async with trio.open_nursery() as nursery:
 
             async def leaders() -> None:
+                # Joining (inside open_node) may already have found a leader:
+                # print it, then every change after the subscription.
+                current = node.election.leader
+                if isinstance(current, Leader):
+                    print(f"{LeaderChanged(current.term, current.name)}", flush=True)
                 async for change in changes:
                     print(f"{change}", flush=True)
 
@@ -92,7 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.add_argument("--name", required=True, help="node name, e.g. a@127.0.0.1")
     node.add_argument("--port", type=int, default=0)
     node.add_argument("--cookie", required=True)
-    node.add_argument("--join", action="append", default=[], help="name@host:port to connect to")
+    node.add_argument(
+        "--join",
+        action="append",
+        default=[],
+        help="name@host:port or host:port of a seed (repeatable; retried until one answers)",
+    )
+    node.add_argument(
+        "--expect",
+        type=int,
+        default=None,
+        help="bootstrap_expect: members to know before electing (default: ElectionConfig's)",
+    )
     node.add_argument("--local", action="store_true", help="fast timers (NodeConfig.local())")
     status = commands.add_parser("status", help="show a running node's members, leader, health")
     status.add_argument("--node", required=True, help="host:port or name@host:port of the node")
@@ -117,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_status, args.node, args.cookie, args.timeout)
         else:
             validate_node_name(args.name)
-            trio.run(_run_node, args.name, args.port, args.cookie, args.join, args.local)
+            if args.expect is not None and args.expect < 1:
+                parser.error("--expect must be at least 1")
+            trio.run(
+                _run_node, args.name, args.port, args.cookie, args.join, args.local, args.expect
+            )
     except (ValueError, DistributionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

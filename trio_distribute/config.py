@@ -106,11 +106,22 @@ class MembershipConfig:
 @attrs.frozen(kw_only=True)
 class ElectionConfig:
     """Raft-lite election knobs. Election timeouts are drawn from
-    ``[election_timeout, 2 * election_timeout)``."""
+    ``[election_timeout, 2 * election_timeout)``.
+
+    Attributes:
+        bootstrap_expect: a node that is not yet part of a cluster never
+            campaigns until it knows at least this many members, itself
+            included (Consul's ``bootstrap_expect``). Set it to the number of
+            voters you start together (more than half of them is enough for
+            safety); 1 lets a lone node elect itself (development). The
+            default, 3, is the smallest cluster that survives a failure, and
+            a lone node or a pair never elects itself by accident.
+    """
 
     enabled: bool = True
     election_timeout: float = attrs.field(default=1.0, converter=float, validator=_positive_float)
     heartbeat_interval: float = attrs.field(default=0.1, converter=float, validator=_positive_float)
+    bootstrap_expect: int = attrs.field(default=3, validator=[v.instance_of(int), _positive])
 
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_interval >= self.election_timeout:
@@ -120,9 +131,12 @@ class ElectionConfig:
             )
 
     @classmethod
-    def local(cls) -> ElectionConfig:
-        """Short timeouts for loopback clusters and tests."""
-        return cls(election_timeout=0.3, heartbeat_interval=0.05)
+    def local(cls, **overrides: Any) -> ElectionConfig:
+        """Short timeouts for loopback clusters and tests; keyword arguments
+        override individual fields (``bootstrap_expect`` keeps its default)."""
+        fields: dict[str, Any] = {"election_timeout": 0.3, "heartbeat_interval": 0.05}
+        fields.update(overrides)
+        return cls(**fields)
 
 
 @attrs.frozen(kw_only=True)
@@ -274,7 +288,8 @@ class NodeConfig:
         connect_all: connect to every member learned through membership.
         allow_any_module: let RPC resolve ``"module.function"`` by import
             (default: ``settings.allow_any_module()`` when the config is made).
-        state_dir: where the election persists ``(term, voted_for)``.
+        state_dir: where the election persists ``(term, voted_for)`` and its
+            voter set.
         metadata: up to 512 bytes gossiped with this node's membership.
         registry: bounds of the global registry (:class:`RegistryConfig`).
         groups: bounds of process groups (:class:`GroupsConfig`).

@@ -479,19 +479,76 @@ def _advertised_host(name: str, bound: str) -> str:
 
 
 async def _join_seeds(node: Node, seeds: list[str]) -> None:
+    """Join through ``seeds``: once now, then, if no seed answered, again in
+    the background with exponential backoff and jitter (from 1/32 of
+    ``membership.reconnect_interval`` doubling up to it) until one does, for
+    the node's lifetime. Start order does not matter. Until it has joined,
+    the node does not bootstrap an election of its own."""
     if not seeds:
         return
-    if node.membership.enabled:
-        try:
-            await node.membership.join(seeds)
-        except (ConnectError, ValueError) as exc:
-            logger.warning("%s: could not join any seed of %s: %s", node.name, seeds, exc)
+    election = node.election
+    if election.enabled:
+        election.joining(True)
+    pending = list(seeds)
+
+    async def attempt() -> bool:
+        if node.membership.enabled:
+            try:
+                await node.membership.join(pending)
+            except (ConnectError, ValueError) as exc:
+                logger.warning("%s: could not join any seed of %s: %s", node.name, pending, exc)
+                return False
+            # Reaching a seed is not joining: the state exchange can be lost
+            # with a connection that closes at once (two nodes dialling each
+            # other). Joined means membership knows someone else.
+            with anyio.move_on_after(node.transport.config.handshake_timeout):
+                while len(node.membership.core.members()) < 2:  # noqa: ASYNC110
+                    await anyio.sleep(node.transport.config.membership.gossip_interval)
+            if len(node.membership.core.members()) < 2:
+                logger.warning("%s: reached a seed of %s but learned no member", node.name, pending)
+                return False
+            pending.clear()
+        else:
+            for seed in list(pending):
+                try:
+                    await node.connect(seed)
+                except (ConnectError, ValueError) as exc:
+                    logger.warning("%s: could not join seed %s: %s", node.name, seed, exc)
+                else:
+                    pending.remove(seed)
+        if pending:
+            return False
+        if election.enabled:
+            election.joining(False)
+        return True
+
+    if await attempt():
         return
-    for seed in seeds:
-        try:
-            await node.connect(seed)
-        except (ConnectError, ValueError) as exc:
-            logger.warning("%s: could not join seed %s: %s", node.name, seed, exc)
+    cap = node.transport.config.membership.reconnect_interval
+    rng = secrets.SystemRandom()
+
+    async def keep_trying() -> None:
+        delay = cap / 32
+        while True:
+            # Full jitter in [delay/2, delay): nodes started together do not
+            # retry in lockstep.
+            wait = rng.uniform(delay / 2, delay)
+            logger.info("%s: retrying seeds %s in %.2f s", node.name, pending, wait)
+            await anyio.sleep(wait)
+            if node.membership.enabled and len(node.membership.core.members()) > 1:
+                # Someone joined us meanwhile: we are part of a cluster.
+                pending.clear()
+                if election.enabled:
+                    election.joining(False)
+                logger.info("%s: joined by another member", node.name)
+                return
+            if await attempt():
+                logger.info("%s: joined through the seeds", node.name)
+                return
+            delay = min(cap, delay * 2)
+
+    assert node._task_group is not None
+    node._task_group.start_soon(keep_trying)
 
 
 def _build_node(

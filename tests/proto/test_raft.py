@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from trio_distribute._proto.raft import (
     MAX_MESSAGE_SIZE,
     MAX_TERM,
+    STATIC,
+    UNCONFIGURED,
     ElectionCore,
     Heartbeat,
     HeartbeatAck,
@@ -30,8 +32,10 @@ from trio_distribute._proto.raft import (
     PreVote,
     PreVoteReply,
     RaftDecodeError,
+    Remove,
     Role,
     Send,
+    Version,
     Vote,
     VoteReply,
     decode_message,
@@ -41,6 +45,23 @@ from trio_distribute._proto.raft import (
 
 E = 1.0
 H = 0.1
+ABC = ("a", "b", "c")
+
+
+def P(
+    term: int, voted_for: str | None, version: Version = STATIC, voters: tuple[str, ...] = ABC
+) -> Persist:
+    """The state a core of the static set ``ABC`` persists."""
+    return Persist(term, voted_for, version, voters)
+
+
+def hb(
+    term: int, stamp: float, version: Version = STATIC, voters: tuple[str, ...] = ABC
+) -> Heartbeat:
+    """A heartbeat from a leader of the static set ``ABC``."""
+    return Heartbeat(term, stamp, version, voters)
+
+
 L = default_lease_timeout(E, H)
 
 
@@ -222,7 +243,7 @@ def test_pre_candidate_behind_learns_term_from_refusal() -> None:
     core.take_actions()
     core.receive(now, "b", PreVoteReply(7, 1, granted=False))
     assert core.term == 7 and core.role is Role.FOLLOWER
-    assert core.take_actions() == [Persist(7, None)]
+    assert core.take_actions() == [P(7, None)]
 
 
 def test_pre_vote_majority_starts_campaign_persisting_before_vote_requests() -> None:
@@ -232,7 +253,7 @@ def test_pre_vote_majority_starts_campaign_persisting_before_vote_requests() -> 
     core.receive(now, "b", PreVoteReply(0, 1, granted=True))
     assert core.role is Role.CANDIDATE and core.term == 1 and core.voted_for == "a"
     assert core.take_actions() == [
-        Persist(1, "a"),
+        P(1, "a"),
         Send("b", Vote(1)),
         Send("c", Vote(1)),
     ]
@@ -250,7 +271,7 @@ def test_without_pre_vote_timeout_campaigns_directly() -> None:
     core = make(pre_vote=False)
     fire(core)
     assert core.role is Role.CANDIDATE and core.term == 1
-    assert core.take_actions()[0] == Persist(1, "a")
+    assert core.take_actions()[0] == P(1, "a")
 
 
 # ------------------------------------------------------------ votes
@@ -259,7 +280,7 @@ def test_without_pre_vote_timeout_campaigns_directly() -> None:
 def test_vote_persisted_before_the_reply() -> None:
     core = make()
     core.receive(0.5, "b", Vote(1))
-    assert core.take_actions() == [Persist(1, "b"), Send("b", VoteReply(1, granted=True))]
+    assert core.take_actions() == [P(1, "b"), Send("b", VoteReply(1, granted=True))]
     assert (core.term, core.voted_for) == (1, "b")
 
 
@@ -279,7 +300,7 @@ def test_one_vote_per_term() -> None:
     core.receive(0.0, "b", Vote(1))  # a retransmission: same answer, nothing to write
     assert core.take_actions() == [Send("b", VoteReply(1, granted=True))]
     core.receive(0.0, "c", Vote(2))  # a new term: a new vote
-    assert core.take_actions() == [Persist(2, "c"), Send("c", VoteReply(2, granted=True))]
+    assert core.take_actions() == [P(2, "c"), Send("c", VoteReply(2, granted=True))]
 
 
 def test_vote_for_a_lower_term_refused_with_our_term() -> None:
@@ -315,7 +336,12 @@ def test_candidate_with_majority_becomes_leader_and_heartbeats_at_once() -> None
     assert core.role is Role.CANDIDATE
     core.receive(now, "b", VoteReply(1, granted=True))
     assert core.is_leader and core.leader == "a"
-    assert core.take_actions() == [Send("b", Heartbeat(1, now)), Send("c", Heartbeat(1, now))]
+    # The set is stamped with the new term (raft's no-op entry) before it goes out.
+    assert core.take_actions() == [
+        P(1, "a", (1, 2)),
+        Send("b", hb(1, now, (1, 2))),
+        Send("c", hb(1, now, (1, 2))),
+    ]
     assert core.take_events() == [LeaderChange(1, "a")]
 
 
@@ -349,8 +375,8 @@ def test_leader_heartbeats_every_interval() -> None:
         core.receive(now, "b", HeartbeatAck(core.term, now))
         times.append(now)
         assert sends(core.take_actions()) == [
-            Send("b", Heartbeat(1, now)),
-            Send("c", Heartbeat(1, now)),
+            Send("b", hb(1, now, (1, 2))),
+            Send("c", hb(1, now, (1, 2))),
         ]
     assert times == pytest.approx([start + H * (i + 1) for i in range(5)])
 
@@ -359,7 +385,7 @@ def test_heartbeat_makes_follower_and_is_acknowledged() -> None:
     core = make(pre_vote=False)
     now = fire(core)  # candidate in term 1
     core.take_actions()
-    core.receive(now, "b", Heartbeat(1, 123.0))
+    core.receive(now, "b", hb(1, 123.0))
     assert core.role is Role.FOLLOWER and core.leader == "b" and core.term == 1
     assert core.take_actions() == [Send("b", HeartbeatAck(1, 123.0))]
     assert core.take_events() == [LeaderChange(1, "b")]
@@ -367,14 +393,14 @@ def test_heartbeat_makes_follower_and_is_acknowledged() -> None:
 
 def test_higher_term_heartbeat_is_adopted_and_persisted_before_ack() -> None:
     core = make()
-    core.receive(0.0, "b", Heartbeat(6, 1.0))
-    assert core.take_actions() == [Persist(6, None), Send("b", HeartbeatAck(6, 1.0))]
+    core.receive(0.0, "b", hb(6, 1.0))
+    assert core.take_actions() == [P(6, None), Send("b", HeartbeatAck(6, 1.0))]
     assert (core.term, core.leader) == (6, "b")
 
 
 def test_stale_leader_is_told_the_current_term() -> None:
     core = make(persisted=(5, None))
-    core.receive(0.0, "b", Heartbeat(3, 2.5))
+    core.receive(0.0, "b", hb(3, 2.5))
     assert core.take_actions() == [Send("b", HeartbeatAck(5, 2.5))]
     assert core.leader is None
 
@@ -412,14 +438,14 @@ def test_two_leaders_of_one_term_both_step_down() -> None:
 
 def test_terms_never_decrease() -> None:
     core = make(persisted=(9, None))
-    for message in (Heartbeat(2, 0.0), Vote(3), VoteReply(4, True), HeartbeatAck(1, 0.0)):
+    for message in (hb(2, 0.0), Vote(3), VoteReply(4, True), HeartbeatAck(1, 0.0)):
         core.receive(0.0, "b", message)
         assert core.term == 9
 
 
 def test_follower_forgets_a_silent_leader_after_its_timeout() -> None:
     core = make()
-    core.receive(0.0, "b", Heartbeat(1, 0.0))
+    core.receive(0.0, "b", hb(1, 0.0))
     core.take_events()
     fire(core)
     assert core.leader is None and core.role is Role.PRE_CANDIDATE
@@ -428,8 +454,8 @@ def test_follower_forgets_a_silent_leader_after_its_timeout() -> None:
 
 def test_same_leader_in_a_new_term_is_announced() -> None:
     core = make()
-    core.receive(0.0, "b", Heartbeat(1, 0.0))
-    core.receive(0.1, "b", Heartbeat(2, 0.1))
+    core.receive(0.0, "b", hb(1, 0.0))
+    core.receive(0.1, "b", hb(2, 0.1))
     assert core.take_events() == [LeaderChange(1, "b"), LeaderChange(2, "b")]
 
 
@@ -438,7 +464,7 @@ def test_same_leader_in_a_new_term_is_announced() -> None:
 
 def test_stickiness_ignores_votes_within_e_of_the_leader() -> None:
     core = make()
-    core.receive(0.0, "b", Heartbeat(1, 0.0))
+    core.receive(0.0, "b", hb(1, 0.0))
     core.take_actions()
     core.receive(E * 0.99, "c", Vote(2))
     core.receive(E * 0.99, "c", PreVote(2))
@@ -449,7 +475,7 @@ def test_stickiness_ignores_votes_within_e_of_the_leader() -> None:
     core.receive(E, "c", Vote(2))
     assert core.take_actions() == [
         Send("c", PreVoteReply(1, 2, granted=True)),
-        Persist(2, "c"),
+        P(2, "c"),
         Send("c", VoteReply(2, granted=True)),
     ]
 
@@ -457,8 +483,8 @@ def test_stickiness_ignores_votes_within_e_of_the_leader() -> None:
 def test_leader_ignores_vote_requests() -> None:
     core = make()
     now = make_leader(core)
-    core.receive(now, "c", Vote(5))
-    core.receive(now, "c", PreVote(5))
+    core.receive(now, "c", Vote(5, core.version))
+    core.receive(now, "c", PreVote(5, core.version))
     assert core.take_actions() == [] and core.is_leader and core.term == 1
 
 
@@ -520,12 +546,12 @@ def test_abstaining_node_neither_votes_nor_campaigns() -> None:
         fire(core)
         assert core.role is Role.FOLLOWER and core.take_actions() == []
     core.receive(2 * E, "b", Vote(1))
-    assert core.take_actions() == [Persist(1, "b"), Send("b", VoteReply(1, granted=True))]
+    assert core.take_actions() == [P(1, "b"), Send("b", VoteReply(1, granted=True))]
 
 
 def test_abstaining_node_follows_a_leader() -> None:
     core = make(abstain_until=2 * E)
-    core.receive(0.1, "b", Heartbeat(4, 0.1))
+    core.receive(0.1, "b", hb(4, 0.1))
     assert core.leader == "b" and core.term == 4
     assert sends(core.take_actions()) == [Send("b", HeartbeatAck(4, 0.1))]
 
@@ -545,7 +571,7 @@ def test_node_outside_the_voter_set_never_campaigns() -> None:
     assert core.next_deadline() is None
     core.tick(100.0)
     assert core.role is Role.FOLLOWER and core.take_actions() == []
-    core.receive(100.0, "a", Heartbeat(3, 100.0))  # but it follows the leader
+    core.receive(100.0, "a", hb(3, 100.0))  # but it follows the leader
     assert core.leader == "a"
 
 
@@ -580,7 +606,7 @@ def test_growing_voter_set_makes_leader_heartbeat_newcomers() -> None:
     assert core.is_leader and core.next_deadline() is None  # alone: nothing to do
     core.take_actions()
     core.set_voters(5.0, ["a", "b"])
-    assert core.take_actions() == [Send("b", Heartbeat(1, 5.0))]
+    assert core.take_actions() == [Send("b", hb(1, 5.0, (1, 2), ("a", "b")))]
     # A newcomer gets a lease's grace from when it was added.
     assert won < 5.0 - L and core.is_leader
     assert core.lease_expiry() == pytest.approx(5.0 + L)
@@ -609,7 +635,7 @@ def test_one_voter_elects_itself_after_its_timeout_and_stays() -> None:
     core.tick(deadline)
     assert leads(core)
     assert core.term == 1
-    assert core.take_actions() == [Persist(1, "a")]
+    assert core.take_actions() == [P(1, "a", (1, 2), ("a",))]
     core.tick(1e6)
     assert core.is_leader
 
@@ -686,17 +712,19 @@ def test_pump_elects_exactly_one_leader_per_term() -> None:
 # ------------------------------------------------------------ wire
 
 
+terms = st.integers(0, MAX_TERM)
+versions = st.tuples(terms, terms)
+node_names = st.text(min_size=1, max_size=20)
+voter_sets = st.lists(node_names, max_size=6, unique=True).map(tuple)
+stamps = st.floats(allow_nan=False, allow_infinity=False)
 messages = st.one_of(
-    st.builds(PreVote, st.integers(0, MAX_TERM)),
-    st.builds(PreVoteReply, st.integers(0, MAX_TERM), st.integers(0, MAX_TERM), st.booleans()),
-    st.builds(Vote, st.integers(0, MAX_TERM)),
-    st.builds(VoteReply, st.integers(0, MAX_TERM), st.booleans()),
-    st.builds(
-        Heartbeat, st.integers(0, MAX_TERM), st.floats(allow_nan=False, allow_infinity=False)
-    ),
-    st.builds(
-        HeartbeatAck, st.integers(0, MAX_TERM), st.floats(allow_nan=False, allow_infinity=False)
-    ),
+    st.builds(PreVote, terms, versions, st.none() | voter_sets),
+    st.builds(PreVoteReply, terms, terms, st.booleans()),
+    st.builds(Vote, terms, versions, st.none() | voter_sets),
+    st.builds(VoteReply, terms, st.booleans()),
+    st.builds(Heartbeat, terms, stamps, versions, voter_sets),
+    st.builds(HeartbeatAck, terms, stamps, versions),
+    st.builds(Remove, node_names),
 )
 
 
@@ -754,12 +782,20 @@ def test_mutated_messages_raise_only_raft_decode_error(
     [
         b"",
         b"\xff",
-        cbor2.dumps([5, 1, math.nan]),
-        cbor2.dumps([5, 1, math.inf]),
-        cbor2.dumps([1, True]),  # a bool is not a term
+        cbor2.dumps([5, 1, math.nan, 0, 1, []]),
+        cbor2.dumps([5, 1, math.inf, 0, 1, []]),
+        cbor2.dumps([1, True, 0, 1, None]),  # a bool is not a term
         cbor2.dumps([4, 1, 1]),  # an int is not a flag
-        cbor2.dumps([1, -1]),
-        cbor2.dumps([1, 2**63]),
+        cbor2.dumps([1, -1, 0, 1, None]),
+        cbor2.dumps([1, 2**63, 0, 1, None]),
+        cbor2.dumps([1, 1, 0, 1]),  # a field short
+        cbor2.dumps([5, 1, 0.0, 0, 1, ["a", "a"]]),  # a name twice
+        cbor2.dumps([5, 1, 0.0, 0, 1, [""]]),
+        cbor2.dumps([5, 1, 0.0, 0, 1, ["x" * 319]]),
+        cbor2.dumps([5, 1, 0.0, 0, 1, [b"a"]]),
+        cbor2.dumps([5, 1, 0.0, 0, 1, "a"]),  # not a list of names
+        cbor2.dumps([3, 1, 0, 1, [1]]),
+        cbor2.dumps([7, 5]),  # Remove takes a name
         cbor2.dumps([9, 1]),
         cbor2.dumps((1, 2)) + b"\x00",  # trailing bytes
         cbor2.dumps({"kind": 1}),
@@ -782,3 +818,175 @@ def test_decode_refuses_non_bytes() -> None:
 def test_encode_refuses_non_messages() -> None:
     with pytest.raises(TypeError):
         encode_message("nope")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ bootstrap
+
+
+def fresh(
+    name: str, *, expect: int = 3, now: float = 0.0, seed: int = 0, **options: Any
+) -> ElectionCore:
+    """An unconfigured core (a node that has not joined a cluster yet)."""
+    return make(name, (), now=now, seed=seed, bootstrap_expect=expect, **options)
+
+
+def test_unconfigured_node_never_campaigns_below_bootstrap_expect() -> None:
+    core = fresh("a", expect=3)
+    assert not core.configured and core.voters == frozenset()
+    core.observe(0.0, known=["a", "b"], alive=["a", "b"])
+    for _ in range(20):
+        fire(core)
+    assert core.term == 0 and core.role is Role.FOLLOWER
+    assert sends(core.take_actions()) == []
+    core.observe(30.0, known=["c"], alive=["a", "b", "c"])  # known only grows
+    assert core.known == {"a", "b", "c"}
+    fire(core)
+    abc = ("a", "b", "c")
+    assert sends(core.take_actions()) == [
+        Send("b", PreVote(1, UNCONFIGURED, abc)),
+        Send("c", PreVote(1, UNCONFIGURED, abc)),
+    ]
+
+
+def test_bootstrap_expect_one_lets_a_lone_node_elect_itself() -> None:
+    core = fresh("a", expect=1)
+    fire(core)
+    assert core.is_leader and core.term == 1
+    assert core.voters == {"a"} and core.version == (1, 1)
+    assert core.take_actions() == [P(1, "a", (1, 1), ("a",))]
+
+
+def test_bootstrap_needs_every_member_of_the_proposal() -> None:
+    core = fresh("a", expect=3, pre_vote=False)
+    core.observe(0.0, known=["a", "b", "c"])
+    now = fire(core)
+    core.take_actions()
+    core.receive(now, "b", VoteReply(1, granted=True))
+    assert core.role is Role.CANDIDATE  # 2 of 3 is a majority, not a bootstrap
+    core.receive(now, "c", VoteReply(1, granted=True))
+    assert core.is_leader and core.voters == {"a", "b", "c"} and core.version == (1, 1)
+    assert core.take_actions()[0] == P(1, "a", (1, 1))
+
+
+def test_bootstrap_vote_only_between_unconfigured_nodes_that_know_the_same_members() -> None:
+    abc = ("a", "b", "c")
+    voter = fresh("b")
+    voter.observe(0.0, known=["a", "b"])
+    voter.receive(0.0, "a", Vote(1, UNCONFIGURED, abc))  # b does not know c yet
+    assert voter.take_actions() == [Persist(1, None), Send("a", VoteReply(1, granted=False))]
+    voter.observe(0.0, known=["c"])
+    voter.receive(0.0, "a", Vote(1, UNCONFIGURED, abc))
+    assert voter.take_actions() == [Persist(1, "a"), Send("a", VoteReply(1, granted=True))]
+    # A configured node refuses any bootstrap, without adopting its term.
+    member = make("b")
+    member.receive(0.0, "a", Vote(5, UNCONFIGURED, abc))
+    member.receive(0.0, "a", PreVote(5, UNCONFIGURED, abc))
+    assert member.term == 0
+    assert member.take_actions() == [
+        Send("a", VoteReply(0, granted=False)),
+        Send("a", PreVoteReply(0, 5, granted=False)),
+    ]
+
+
+def test_votes_go_only_to_candidates_with_a_configuration_at_least_as_new() -> None:
+    core = make("b")
+    core.receive(0.0, "a", hb(3, 0.0, (3, 7)))
+    core.take_actions()
+    later = 10 * E
+    core.receive(later, "c", Vote(4, (3, 6)))  # older set: refused (term adopted)
+    assert core.take_actions() == [P(4, None, (3, 7)), Send("c", VoteReply(4, granted=False))]
+    core.receive(later, "c", PreVote(6, (2, 9)))
+    assert sends(core.take_actions()) == [Send("c", PreVoteReply(4, 6, granted=False))]
+    core.receive(later, "c", Vote(5, (3, 7)))
+    assert core.take_actions() == [P(5, "c", (3, 7)), Send("c", VoteReply(5, granted=True))]
+
+
+def test_followers_adopt_and_persist_the_leaders_set_before_acknowledging() -> None:
+    core = fresh("b")
+    core.receive(0.0, "a", Heartbeat(2, 0.5, (2, 3), ("a", "b", "d")))
+    assert core.configured and core.voters == {"a", "b", "d"} and core.version == (2, 3)
+    assert core.take_actions() == [
+        P(2, None, (2, 3), ("a", "b", "d")),
+        Send("a", HeartbeatAck(2, 0.5, (2, 3))),
+    ]
+    restarted = fresh("b", persisted=P(2, None, (2, 3), ("a", "b", "d")))
+    assert restarted.voters == {"a", "b", "d"} and restarted.version == (2, 3)
+
+
+def lead_alone(name: str = "a") -> tuple[ElectionCore, float]:
+    core = fresh(name, expect=1)
+    now = fire(core)
+    core.take_actions()
+    core.take_events()
+    return core, now
+
+
+def test_leader_adds_live_members_one_at_a_time_after_each_commits() -> None:
+    core, now = lead_alone()
+    core.observe(now, known=["a", "b", "c"], alive=["a", "b", "c"])
+    # b first (sorted); c waits until a majority of {a, b} holds (1, 2).
+    assert core.voters == {"a", "b"} and core.version == (1, 2)
+    assert core.take_actions() == [
+        P(1, "a", (1, 2), ("a", "b")),
+        Send("b", Heartbeat(1, now, (1, 2), ("a", "b"))),
+    ]
+    core.receive(now, "b", HeartbeatAck(1, now, (1, 1)))  # not the new set yet
+    assert core.voters == {"a", "b"}
+    core.receive(now, "b", HeartbeatAck(1, now, (1, 2)))
+    assert core.voters == {"a", "b", "c"} and core.version == (1, 3)
+    core.receive(now, "b", HeartbeatAck(1, now, (1, 3)))  # majority of 3: commits
+    assert core.committed and core.voters == {"a", "b", "c"}
+
+
+def test_dead_members_are_not_added_and_crashed_voters_stay() -> None:
+    core, now = lead_alone()
+    core.observe(now, known=["a", "b"], alive=["a", "b"])
+    core.receive(now, "b", HeartbeatAck(1, now, (1, 2)))
+    core.observe(now, known=["a", "b", "z"], alive=["a"])  # b crashed, z is dead
+    assert core.voters == {"a", "b"}
+
+
+def test_removal_goes_through_the_leader() -> None:
+    core, now = lead_alone()
+    for name in ("b", "c"):
+        core.observe(now, known=["a", "b", "c"], alive=["a", "b", "c"])
+        core.receive(now, name, HeartbeatAck(1, now, core.version))
+    core.receive(now, "b", HeartbeatAck(1, now, core.version))
+    assert core.voters == {"a", "b", "c"} and core.committed
+    core.take_actions()
+    core.receive(now, "b", Remove("c"))
+    assert core.voters == {"a", "b"} and core.version == (1, 4)
+    follower = make("b")
+    follower.receive(now, "a", hb(1, now))
+    follower.take_actions()
+    follower.request_removal(now, "c")
+    assert follower.take_actions() == [Send("a", Remove("c"))]
+    outsider = make("z", ("z",))
+    core.receive(now, "z", Remove("b"))  # not a voter: ignored
+    assert core.voters == {"a", "b"} and outsider.voters == {"z"}
+
+
+def test_a_leaving_node_steps_down_and_never_campaigns() -> None:
+    core = make()
+    make_leader(core)
+    core.observe(1.0, known=["a", "b", "c"], alive=["b", "c"], departed=["a"])
+    assert core.role is Role.FOLLOWER
+    for _ in range(10):
+        fire(core)
+    assert core.role is Role.FOLLOWER and core.term == 1
+
+
+def test_two_bootstraps_of_one_term_cannot_both_win() -> None:
+    # Five unconfigured nodes that all know each other; every one of them
+    # times out at once in term 1 (pre-vote off): each votes for itself, so
+    # nobody gets the unanimous bootstrap vote, and the retry settles it.
+    for seed in range(20):
+        pump = Pump(["a", "b", "c", "d", "e"], seed=seed, bootstrap_expect=5)
+        for core in pump.cores.values():
+            core.set_voters(0.0, [])
+            core.version = UNCONFIGURED
+            core.observe(0.0, known=pump.cores.keys())
+        pump.run_until(20 * E)
+        assert len(pump.leaders()) == 1
+        leader = pump.cores[pump.leaders()[0]]
+        assert leader.voters == set(pump.cores) and leader.version[1] == 1

@@ -1,8 +1,9 @@
 """Raft-lite leader election as a sans-IO state machine (no log replication).
 
 One :class:`ElectionCore` per node. The driver feeds it received messages
-(:meth:`~ElectionCore.receive`) and clock ticks (:meth:`~ElectionCore.tick`,
-called once ``now >= next_deadline()``), then drains
+(:meth:`~ElectionCore.receive`), clock ticks (:meth:`~ElectionCore.tick`,
+called once ``now >= next_deadline()``) and what membership knows
+(:meth:`~ElectionCore.observe`), then drains
 :meth:`~ElectionCore.take_actions` and :meth:`~ElectionCore.take_events`
 after every call. Actions come in the order they must be carried out: a
 :class:`Persist` precedes every :class:`Send` queued after it, and the driver
@@ -10,8 +11,8 @@ must make it durable (write and fsync) before doing those sends. The core
 never reads a clock, never touches a socket and draws randomness only from
 the ``rng`` it is given.
 
-Rules (Ongaro's thesis, chapters 3, 4.2.3, 6.4 and 9.6)
--------------------------------------------------------
+Rules (Ongaro's thesis, chapters 3, 4.1, 4.2.3, 6.4 and 9.6)
+------------------------------------------------------------
 * **Terms** only grow. Any message carrying a higher term makes the receiver
   adopt it and become a follower, except a pre-vote request (it only asks a
   question about the future) and a vote request ignored by stickiness.
@@ -20,21 +21,26 @@ Rules (Ongaro's thesis, chapters 3, 4.2.3, 6.4 and 9.6)
   time the timer is armed) starts an election.
 * **Pre-vote**: before bumping its term, a would-be candidate asks every
   voter "would you vote for me at ``term + 1``?". A voter says yes only if
-  the proposed term is above its own and it has not heard from a leader
-  within ``E``. Only with a majority of yeses does the node become a
-  candidate, so a node cut off from the majority never inflates its term and
-  cannot depose a healthy leader when it comes back.
+  it would grant the vote and it has not heard from a leader within ``E``.
+  Only with enough yeses does the node become a candidate, so a node cut off
+  from the majority never inflates its term and cannot depose a healthy
+  leader when it comes back.
 * **One vote per term**, persisted: a candidate votes for itself, a voter
-  grants at most one candidate per term, and ``(term, voted_for)`` is queued
-  as a :class:`Persist` before the reply that depends on it.
-* **Majority of the voter set**: ``len(voters) // 2 + 1``. The node counts
-  itself only if it is in its own voter set; a node outside its voter set
-  never campaigns, and votes or acks from outside the set do not count.
-  Vote and pre-vote requests from outside the set are refused.
-* **Heartbeats**: a leader sends :class:`Heartbeat` to every other voter
-  every ``heartbeat_interval`` (and at once on winning); followers answer
-  with :class:`HeartbeatAck` echoing the heartbeat's ``stamp`` (the
-  leader's clock when it sent it).
+  grants at most one candidate per term, and the state is queued as a
+  :class:`Persist` before the reply that depends on it.
+* **The configuration** is the voter set with a *version* ``(term, index)``
+  (what raft's last log entry would be: this core keeps no log, only the
+  newest configuration entry). It is persisted with ``(term, voted_for)``.
+  Votes and acks count only from the voter set the node has accepted; a
+  node outside its voter set never campaigns. A voter grants (pre-)votes
+  only to a candidate whose version is at least its own (raft's
+  "up-to-date" rule), so every leader holds the newest committed set.
+* **Majority of the voter set**: ``len(voters) // 2 + 1``.
+* **Heartbeats** carry the leader's configuration: a leader sends
+  :class:`Heartbeat` to every other voter every ``heartbeat_interval`` (and
+  at once on winning or changing the set); followers adopt the set and
+  version they carry and answer with :class:`HeartbeatAck`, echoing the
+  ``stamp`` (the leader's clock at sending) and the version they now hold.
 * **Stickiness** (leader lease on the voter side): a node that heard from
   its leader less than ``E`` ago, or that is the leader, ignores vote and
   pre-vote requests without adopting their term.
@@ -47,43 +53,86 @@ Rules (Ongaro's thesis, chapters 3, 4.2.3, 6.4 and 9.6)
   acknowledged send time. With ``L < E`` and a clock drift bound ``eps``
   such that ``L + eps < E``, a deposed leader has stopped before any other
   leader can be elected. Default ``L = 0.75 E`` (or the midpoint of
-  ``(heartbeat_interval, E)`` when the heartbeat interval is above that):
-  five missed heartbeats at the default 0.1 s / 1 s, a margin of ``E / 4``
-  for drift and scheduling delay. A fresh leader gets ``L`` of grace from
-  the moment it won, and so does a voter added to a leader's set. The lease
-  argument also assumes voters remember when they last heard from the
-  leader: a voter restarted *with* persisted state has forgotten, so a
-  driver that relies on :meth:`ElectionCore.lease_expiry` should pass
-  ``abstain_until = now + E`` on every restart. A pause (SIGSTOP, GC,
-  blocked fsync) of the leader breaks any lease argument; the term is the
-  fencing token that stays safe.
+  ``(heartbeat_interval, E)`` when the heartbeat interval is above that). A
+  fresh leader gets ``L`` of grace from the moment it won, and so does a
+  voter added to a leader's set. A voter restarted *with* persisted state
+  has forgotten when it last heard from the leader, so a driver that relies
+  on :meth:`ElectionCore.lease_expiry` should pass ``abstain_until = now +
+  E`` on every restart. A pause (SIGSTOP, GC, blocked fsync) of the leader
+  breaks any lease argument; the term is the fencing token that stays safe.
 * **Abstention after a restart without persisted state**: a node built with
   ``abstain_until`` neither votes, pre-votes nor campaigns before that time
-  (the driver passes ``now + 2E``). It follows a leader it hears from.
-  This narrows, but does not close, the window in which a node that forgot
-  its vote could vote twice in one term; only ``persisted`` closes it.
+  (the driver passes ``now + 2E``). It follows a leader it hears from. This
+  narrows, but does not close, the window in which a node that forgot its
+  vote could vote twice in one term; only ``persisted`` closes it.
+
+Forming a cluster (bootstrap)
+-----------------------------
+A node starts *unconfigured* (version ``(0, 0)``, no voters) unless it is
+given a voter set or a persisted configuration. The driver tells it which
+members exist (:meth:`~ElectionCore.observe`); the core keeps the union of
+what it was told (its *known* set ``K``, less members that left). An
+unconfigured node never campaigns and never counts itself a cluster until
+``|K| >= bootstrap_expect`` (Consul's ``bootstrap_expect``) and the driver
+has not put bootstrapping on hold (a node still joining through seeds). It
+then campaigns with the proposal ``P = K``: its (pre-)vote requests carry
+``P``, and a voter grants only if it is unconfigured too and its own ``K``
+equals ``P``. The bootstrap win needs *every* member of ``P`` (a
+unanimous vote, not a majority). The winner installs ``P`` with version
+``(term, 1)``; everyone else adopts it from the heartbeats. A configured
+node refuses every bootstrap request, so nodes joining an existing cluster
+can never bootstrap a second one: they wait for its leader to add them.
+
+Voter-set changes (raft's single-server changes, thesis 4.1)
+------------------------------------------------------------
+Gossip tells the leader who exists; it no longer decides who votes. A
+leader first gets its own configuration acknowledged by a majority in its
+term (it re-stamps the version as ``(term, index + 1)`` on winning: the
+no-op entry raft commits before any change). Then, one change at a time,
+it adds a live member that is not a voter or removes a voter that left or
+was removed (:class:`Remove`, sent to the leader by any node), installs
+the new set at once with ``(term, index + 1)``, and starts the next change
+only when a majority of the *new* set acknowledged it. Crashed voters stay
+voters.
+
+Why no term has two leaders (design note)
+-----------------------------------------
+Within one configuration history this is raft's argument: a leader of
+term ``T`` holds votes of a majority of the set it held; consecutive sets
+differ by one member, so any two majorities of sets a leader could hold at
+``T`` intersect (a set is only replaced once a majority of its successor
+holds it, and the up-to-date check keeps candidates with an older set from
+collecting a majority), and the voter in the intersection votes once in
+``T``. So two sides of a partition cannot both lead ``T``: at most one can
+have had a quorum, and the other never reaches a term of its own by
+pre-vote. When they merge there is nothing to repeat.
+
+Two *histories* could only begin with two bootstraps, and two bootstraps
+cannot both win when their proposals intersect. Let ``W1`` win ``(T1, P1)``
+and ``W2`` win ``(T2, P2)`` with a common member ``x`` (any two proposals
+intersect when ``bootstrap_expect`` is more than half of the nodes started
+together). If ``T1 = T2``, ``x`` voted twice in one term. Otherwise say
+``T1 < T2``: ``x`` granted both while unconfigured, with ``K = P1`` and then
+``K = P2``; ``K`` only grows, so ``W1`` is in ``P2`` and had to grant
+``W2``'s unanimous vote in ``T2``. It cannot have done so after winning
+``T1`` (it was configured, and it persisted that), nor before (then its
+term was already ``T2`` and it could not win ``T1``). Hence one history,
+and in it at most one leader per term, whatever the start order: nodes that
+start alone do not elect themselves (``|K| < bootstrap_expect``), and late
+or slow nodes join a configuration instead of making their own. The
+argument assumes persisted state where nodes restart (``state_dir``; a
+node restarted without it is unconfigured again and relies on abstention)
+and that no member of a proposal leaves gracefully while the cluster forms
+(a member that left is dropped from ``K``).
 
 Cluster sizes
 -------------
-* **1 voter**: the node is a majority on its own. When its first timeout
-  (in ``[E, 2E)``) fires it wins the pre-vote and the vote without sending
-  anything and stays leader forever; check-quorum never fires.
-* **2 voters**: the majority is 2, so both are needed to elect, and a
-  leader whose peer stops acknowledging steps down after ``L``. One node
-  down means no leader (the price of never having two).
-* **3 voters**: the majority is 2; any one node may fail or be cut off and
-  the other two elect (or keep) a leader.
-
-Voter-set changes
------------------
-:meth:`ElectionCore.set_voters` applies a new voter set at once. Two nodes
-whose voter sets differ by more than one member may compute disjoint
-majorities, so election safety across a change assumes members are added
-or removed one at a time (as raft's single-server changes do) and that the
-sets converge before the next change. If it was violated anyway (say two
-nodes each elected themselves alone before learning of each other), a
-leader that hears a heartbeat from another leader of its own term steps
-down, so the overlap lasts one message, not a lease.
+* **1 voter**: the node is a majority on its own and stays leader for ever;
+  check-quorum never fires.
+* **2 voters**: both are needed to elect, and a leader whose peer stops
+  acknowledging steps down after ``L``. One node down means no leader.
+* **3 voters**: any one node may fail or be cut off and the other two
+  elect (or keep) a leader.
 
 Wire
 ----
@@ -91,7 +140,8 @@ Every message is a CBOR array of plain values (:func:`encode_message`),
 first element the message kind. :func:`decode_message` accepts only the
 exact shapes this module produces and raises :class:`RaftDecodeError` for
 anything else. The sender is not in the message: the transport knows which
-authenticated peer sent it.
+authenticated peer sent it. Voter sets travel in heartbeats and bootstrap
+requests, so a message is at most :data:`MAX_MESSAGE_SIZE` bytes.
 """
 
 from __future__ import annotations
@@ -109,6 +159,7 @@ import cbor2
 __all__ = [
     "MAX_MESSAGE_SIZE",
     "MAX_TERM",
+    "UNCONFIGURED",
     "Action",
     "ElectionCore",
     "Heartbeat",
@@ -119,8 +170,10 @@ __all__ = [
     "PreVote",
     "PreVoteReply",
     "RaftDecodeError",
+    "Remove",
     "Role",
     "Send",
+    "Version",
     "Vote",
     "VoteReply",
     "decode_message",
@@ -129,10 +182,23 @@ __all__ = [
 ]
 
 MAX_TERM: Final = 2**63 - 1
-"""Terms are non-negative ints up to this (they fit an int64)."""
+"""Terms and version indexes are non-negative ints up to this (an int64)."""
 
-MAX_MESSAGE_SIZE: Final = 64
-"""Encoded messages are at most ~25 bytes; anything longer is garbage."""
+MAX_MESSAGE_SIZE: Final = 256 * 1024
+"""Largest encoded message accepted: a voter set of about 800 names of the
+longest legal length (318 characters), or thousands of typical ones."""
+
+MAX_NAME_LENGTH: Final = 318
+"""A node name is at most 64 + 1 + 253 characters (``short@host``)."""
+
+Version: TypeAlias = tuple[int, int]
+"""A configuration's version ``(term, index)``, compared as a tuple."""
+
+UNCONFIGURED: Final[Version] = (0, 0)
+"""The version of a node that holds no voter set yet."""
+
+STATIC: Final[Version] = (0, 1)
+"""The version of a voter set given to the core at creation."""
 
 
 # --------------------------------------------------------------------- wire
@@ -142,10 +208,14 @@ MAX_MESSAGE_SIZE: Final = 64
 class PreVote:
     """ "Would you vote for me at ``term``?" (``term`` = the sender's term + 1).
 
-    Never changes anyone's term.
+    ``version`` is the sender's configuration version; ``proposal`` the
+    voter set it would bootstrap (``None`` unless it is unconfigured). Never
+    changes anyone's term.
     """
 
     term: int
+    version: Version = STATIC
+    proposal: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -163,9 +233,12 @@ class PreVoteReply:
 
 @attrs.frozen
 class Vote:
-    """A candidate in ``term`` asks for the receiver's vote."""
+    """A candidate in ``term`` asks for the receiver's vote (``version`` and
+    ``proposal`` as in :class:`PreVote`)."""
 
     term: int
+    version: Version = STATIC
+    proposal: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -178,22 +251,35 @@ class VoteReply:
 
 @attrs.frozen
 class Heartbeat:
-    """The leader of ``term`` is alive; ``stamp`` is its clock at sending."""
+    """The leader of ``term`` is alive; ``stamp`` is its clock at sending;
+    ``version`` and ``voters`` its configuration (followers adopt it)."""
 
     term: int
     stamp: float
+    version: Version = STATIC
+    voters: tuple[str, ...] = ()
 
 
 @attrs.frozen
 class HeartbeatAck:
-    """The answer to a :class:`Heartbeat`: the replier's ``term`` and the
-    heartbeat's ``stamp`` echoed back (the leader's lease is measured from it)."""
+    """The answer to a :class:`Heartbeat`: the replier's ``term``, the
+    heartbeat's ``stamp`` echoed back (the leader's lease is measured from
+    it) and the configuration version the replier now holds."""
 
     term: int
     stamp: float
+    version: Version = STATIC
 
 
-Message: TypeAlias = PreVote | PreVoteReply | Vote | VoteReply | Heartbeat | HeartbeatAck
+@attrs.frozen
+class Remove:
+    """Ask the leader to take ``name`` out of the voter set (it left, or an
+    operator removed it)."""
+
+    name: str
+
+
+Message: TypeAlias = PreVote | PreVoteReply | Vote | VoteReply | Heartbeat | HeartbeatAck | Remove
 
 _PRE_VOTE: Final = 1
 _PRE_VOTE_REPLY: Final = 2
@@ -201,28 +287,35 @@ _VOTE: Final = 3
 _VOTE_REPLY: Final = 4
 _HEARTBEAT: Final = 5
 _HEARTBEAT_ACK: Final = 6
+_REMOVE: Final = 7
 
 
 class RaftDecodeError(ValueError):
     """Bytes that are not a well-formed raft-lite message."""
 
 
+def _names(names: tuple[str, ...] | None) -> list[str] | None:
+    return None if names is None else list(names)
+
+
 def encode_message(message: Message) -> bytes:
     """The wire form of ``message``: CBOR of a plain array."""
     fields: list[Any]
     match message:
-        case PreVote(term=term):
-            fields = [_PRE_VOTE, term]
+        case PreVote(term=term, version=(vt, vi), proposal=proposal):
+            fields = [_PRE_VOTE, term, vt, vi, _names(proposal)]
         case PreVoteReply(term=term, proposed_term=proposed, granted=granted):
             fields = [_PRE_VOTE_REPLY, term, proposed, granted]
-        case Vote(term=term):
-            fields = [_VOTE, term]
+        case Vote(term=term, version=(vt, vi), proposal=proposal):
+            fields = [_VOTE, term, vt, vi, _names(proposal)]
         case VoteReply(term=term, granted=granted):
             fields = [_VOTE_REPLY, term, granted]
-        case Heartbeat(term=term, stamp=stamp):
-            fields = [_HEARTBEAT, term, float(stamp)]
-        case HeartbeatAck(term=term, stamp=stamp):
-            fields = [_HEARTBEAT_ACK, term, float(stamp)]
+        case Heartbeat(term=term, stamp=stamp, version=(vt, vi), voters=voters):
+            fields = [_HEARTBEAT, term, float(stamp), vt, vi, list(voters)]
+        case HeartbeatAck(term=term, stamp=stamp, version=(vt, vi)):
+            fields = [_HEARTBEAT_ACK, term, float(stamp), vt, vi]
+        case Remove(name=name):
+            fields = [_REMOVE, name]
         case _:
             raise TypeError(f"not a raft message: {message!r}")
     return cbor2.dumps(fields)
@@ -256,7 +349,7 @@ def decode_message(data: bytes) -> Message:
     stream = io.BytesIO(bytes(data))
     try:
         decoder = cbor2.CBORDecoder(
-            stream, semantic_decoders=_NO_TAGS, max_depth=2, allow_indefinite=False
+            stream, semantic_decoders=_NO_TAGS, max_depth=3, allow_indefinite=False
         )
         value = decoder.decode()
     except RaftDecodeError:
@@ -281,17 +374,23 @@ def _from_fields(value: object) -> Message:
         check(field)
     match kind:
         case 1:
-            return PreVote(rest[0])
+            return PreVote(rest[0], (rest[1], rest[2]), _tuple(rest[3]))
         case 2:
             return PreVoteReply(rest[0], rest[1], rest[2])
         case 3:
-            return Vote(rest[0])
+            return Vote(rest[0], (rest[1], rest[2]), _tuple(rest[3]))
         case 4:
             return VoteReply(rest[0], rest[1])
         case 5:
-            return Heartbeat(rest[0], float(rest[1]))
+            return Heartbeat(rest[0], float(rest[1]), (rest[2], rest[3]), tuple(rest[4]))
+        case 6:
+            return HeartbeatAck(rest[0], float(rest[1]), (rest[2], rest[3]))
         case _:
-            return HeartbeatAck(rest[0], float(rest[1]))
+            return Remove(rest[0])
+
+
+def _tuple(names: list[str] | None) -> tuple[str, ...] | None:
+    return None if names is None else tuple(names)
 
 
 def _check_term(value: object) -> None:
@@ -309,13 +408,33 @@ def _check_stamp(value: object) -> None:
         raise RaftDecodeError(f"bad stamp {value!r}")
 
 
+def _check_name(value: object) -> None:
+    if type(value) is not str or not 0 < len(value) <= MAX_NAME_LENGTH:
+        raise RaftDecodeError(f"bad node name {value!r}")
+
+
+def _check_names(value: object) -> None:
+    if type(value) is not list:
+        raise RaftDecodeError(f"bad voter set {value!r}")
+    for name in value:
+        _check_name(name)
+    if len(set(value)) != len(value):
+        raise RaftDecodeError("a name twice in one voter set")
+
+
+def _check_proposal(value: object) -> None:
+    if value is not None:
+        _check_names(value)
+
+
 _SHAPES: Final = {
-    _PRE_VOTE: (_check_term,),
+    _PRE_VOTE: (_check_term, _check_term, _check_term, _check_proposal),
     _PRE_VOTE_REPLY: (_check_term, _check_term, _check_flag),
-    _VOTE: (_check_term,),
+    _VOTE: (_check_term, _check_term, _check_term, _check_proposal),
     _VOTE_REPLY: (_check_term, _check_flag),
-    _HEARTBEAT: (_check_term, _check_stamp),
-    _HEARTBEAT_ACK: (_check_term, _check_stamp),
+    _HEARTBEAT: (_check_term, _check_stamp, _check_term, _check_term, _check_names),
+    _HEARTBEAT_ACK: (_check_term, _check_stamp, _check_term, _check_term),
+    _REMOVE: (_check_name,),
 }
 
 
@@ -324,10 +443,13 @@ _SHAPES: Final = {
 
 @attrs.frozen
 class Persist:
-    """Write ``(term, voted_for)`` durably before carrying out later actions."""
+    """Write ``(term, voted_for)`` and the configuration (``version``,
+    ``voters``) durably before carrying out later actions."""
 
     term: int
     voted_for: str | None
+    version: Version = UNCONFIGURED
+    voters: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -372,18 +494,23 @@ class ElectionCore:
 
     Args:
         name: this node's name, as it appears in voter sets and as ``to``.
-        voters: the voter set; may or may not include ``name``.
+        voters: a voter set to start with (a static configuration, version
+            ``(0, 1)``); empty or omitted: start unconfigured and bootstrap.
         election_timeout: ``E``; timeouts are drawn from ``[E, 2E)``.
         heartbeat_interval: how often a leader sends heartbeats (``< L``).
         rng: the only source of randomness.
         now: the driver's clock at creation.
-        persisted: ``(term, voted_for)`` restored from durable storage.
+        persisted: the last :class:`Persist` (or ``(term, voted_for)``)
+            restored from durable storage; its configuration, if any, wins
+            over ``voters``.
         abstain_until: neither vote nor campaign before this time (a restart
             without persisted state; pass ``now + 2E``).
         pre_vote: run the pre-vote round before campaigning.
         check_quorum: leaders step down without a majority's acks within L.
         lease_timeout: ``L``, with ``heartbeat_interval < L < E``; default
             :func:`default_lease_timeout`.
+        bootstrap_expect: an unconfigured node campaigns only once it knows
+            at least this many members (itself included).
     """
 
     name: str
@@ -392,11 +519,19 @@ class ElectionCore:
     lease_timeout: float
     pre_vote: bool
     check_quorum: bool
+    bootstrap_expect: int
     term: int
     voted_for: str | None
     role: Role
     leader: str | None
+    version: Version
     _voters: frozenset[str]
+    _known: set[str]
+    _alive: frozenset[str]
+    _departed: set[str]
+    _hold: bool
+    _retiring: bool
+    _proposal: frozenset[str] | None
     _rng: random.Random
     _abstain_until: float | None
     _election_deadline: float | None
@@ -404,6 +539,8 @@ class ElectionCore:
     _leader_since: float
     _last_leader_contact: float | None
     _acks: dict[str, float]
+    _acked_versions: dict[str, Version]
+    _committed: bool
     _pre_votes: set[str]
     _votes: set[str]
     _actions: list[Action]
@@ -414,16 +551,17 @@ class ElectionCore:
         self,
         *,
         name: str,
-        voters: Iterable[str],
         election_timeout: float,
         heartbeat_interval: float,
         rng: random.Random,
         now: float,
-        persisted: tuple[int, str | None] | None = None,
+        voters: Iterable[str] = (),
+        persisted: Persist | tuple[int, str | None] | None = None,
         abstain_until: float | None = None,
         pre_vote: bool = True,
         check_quorum: bool = True,
         lease_timeout: float | None = None,
+        bootstrap_expect: int = 1,
     ) -> None:
         for label, value in (
             ("election_timeout", election_timeout),
@@ -438,7 +576,18 @@ class ElectionCore:
                 f"need heartbeat_interval ({heartbeat_interval}) < lease_timeout "
                 f"({lease_timeout}) < election_timeout ({election_timeout})"
             )
-        term, voted_for = persisted if persisted is not None else (0, None)
+        if type(bootstrap_expect) is not int or bootstrap_expect < 1:
+            raise ValueError(f"bootstrap_expect must be an int >= 1, got {bootstrap_expect!r}")
+        voter_set = frozenset(voters)
+        version = STATIC if voter_set else UNCONFIGURED
+        if isinstance(persisted, Persist):
+            term, voted_for = persisted.term, persisted.voted_for
+            if persisted.version != UNCONFIGURED:
+                version, voter_set = persisted.version, frozenset(persisted.voters)
+        elif persisted is not None:
+            term, voted_for = persisted
+        else:
+            term, voted_for = 0, None
         if type(term) is not int or not 0 <= term <= MAX_TERM:
             raise ValueError(f"persisted term must be an int in [0, 2**63), got {term!r}")
         self.name = name
@@ -447,11 +596,19 @@ class ElectionCore:
         self.lease_timeout = float(lease_timeout)
         self.pre_vote = pre_vote
         self.check_quorum = check_quorum
+        self.bootstrap_expect = bootstrap_expect
         self.term = term
         self.voted_for = voted_for
         self.role = Role.FOLLOWER
         self.leader = None
-        self._voters = frozenset(voters)
+        self.version = version
+        self._voters = voter_set
+        self._known = {name}
+        self._alive = frozenset()
+        self._departed = set()
+        self._hold = False
+        self._retiring = False
+        self._proposal = None
         self._rng = rng
         self._abstain_until = abstain_until
         self._election_deadline = None
@@ -459,6 +616,8 @@ class ElectionCore:
         self._leader_since = now
         self._last_leader_contact = None
         self._acks = {}
+        self._acked_versions = {}
+        self._committed = False
         self._pre_votes = set()
         self._votes = set()
         self._actions = []
@@ -474,7 +633,23 @@ class ElectionCore:
 
     @property
     def voters(self) -> frozenset[str]:
+        """The accepted voter set (empty while unconfigured)."""
         return self._voters
+
+    @property
+    def configured(self) -> bool:
+        """Whether this node holds a voter set (it bootstrapped or was given one)."""
+        return self.version != UNCONFIGURED
+
+    @property
+    def known(self) -> frozenset[str]:
+        """The members this node was told of (what a bootstrap would propose)."""
+        return frozenset(self._known)
+
+    @property
+    def committed(self) -> bool:
+        """Leader only: a majority of the voter set holds the current version."""
+        return self.role is Role.LEADER and self._committed
 
     @property
     def quorum(self) -> int:
@@ -507,8 +682,61 @@ class ElectionCore:
 
     # ------------------------------------------------------------- inputs
 
+    def observe(
+        self,
+        now: float,
+        *,
+        known: Iterable[str],
+        alive: Iterable[str] = (),
+        departed: Iterable[str] = (),
+    ) -> None:
+        """What membership knows: ``known`` members (any status but left),
+        the ``alive`` ones among them, and ``departed`` ones (left or
+        removed). Before bootstrap this grows the known set; a leader adds
+        live non-voters and removes departed voters, one at a time."""
+        departed = set(departed)
+        self._departed = (self._departed | departed) - set(alive)
+        self._known = ((self._known | set(known)) - departed) | {self.name}
+        self._alive = frozenset(alive)
+        if self.name in departed:
+            self.retire(now)
+        if self.role is Role.LEADER:
+            self._reconfigure(now)
+        elif self._election_deadline is None:
+            self._arm_election_timer(now)
+        self._announce()
+
+    def hold_bootstrap(self, now: float, hold: bool) -> None:
+        """While ``hold`` is true an unconfigured node does not bootstrap (the
+        driver sets it while the node is still joining through seeds)."""
+        self._hold = hold
+
+    def request_removal(self, now: float, name: str) -> None:
+        """Take ``name`` out of the voter set: at once if this node leads,
+        else by asking the leader it knows (:class:`Remove`)."""
+        self._departed.add(name)
+        self._known.discard(name)
+        if self.role is Role.LEADER:
+            self._reconfigure(now)
+        elif self.leader is not None and self.leader != self.name:
+            self._send(self.leader, Remove(name))
+        self._announce()
+
+    def retire(self, now: float) -> None:
+        """This node is leaving: it steps down and never campaigns again; the
+        next leader removes it from the voter set."""
+        self._retiring = True
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(now, leader=None)
+        self._announce()
+
     def set_voters(self, now: float, voters: Iterable[str]) -> None:
+        """Install ``voters`` at once, keeping the version (a static
+        reconfiguration for tests and tools; the node driver lets the leader
+        change the set instead)."""
         voters = frozenset(voters)
+        if self.version == UNCONFIGURED and voters:
+            self.version = STATIC
         if self.role is Role.LEADER:
             # Newcomers get the grace a fresh leader gets: a lease from now,
             # so growing the set does not depose a leader before they can ack.
@@ -529,9 +757,9 @@ class ElectionCore:
         if self.role is Role.LEADER:
             if self._check_quorum(now) and self._heartbeat_deadline is None:
                 self._broadcast_heartbeat(now)
-        elif self.role is Role.PRE_CANDIDATE and len(self._pre_votes) >= self.quorum:
+        elif self.role is Role.PRE_CANDIDATE and len(self._pre_votes) >= self._round_quorum():
             self._campaign(now)
-        elif self.role is Role.CANDIDATE and len(self._votes) >= self.quorum:
+        elif self.role is Role.CANDIDATE and len(self._votes) >= self._round_quorum():
             self._become_leader(now)
         elif self._election_deadline is None:
             self._arm_election_timer(now)
@@ -562,16 +790,38 @@ class ElectionCore:
                 self._on_heartbeat(now, source, message)
             case HeartbeatAck():
                 self._on_heartbeat_ack(now, source, message)
+            case Remove():
+                if self.role is Role.LEADER and source in self._voters:
+                    self.request_removal(now, message.name)
             case _:
                 raise TypeError(f"not a raft message: {message!r}")
         self._announce()
 
     # ------------------------------------------------------------ handlers
 
+    def _may_grant(self, source: str, version: Version, proposal: tuple[str, ...] | None) -> bool:
+        """Whether a (pre-)vote for ``source`` passes the configuration checks."""
+        if proposal is None:
+            # A configured candidate: it must be one of our voters (if we
+            # know any) and hold a configuration at least as new as ours.
+            if self.configured and source not in self._voters:
+                return False
+            return version != UNCONFIGURED and version >= self.version
+        # A bootstrap: only between unconfigured nodes that know the same
+        # members, so every member of the proposal agrees on it.
+        return (
+            not self.configured
+            and version == UNCONFIGURED
+            and frozenset(proposal) == self._known
+            and source in self._known
+        )
+
     def _on_pre_vote(self, now: float, source: str, message: PreVote) -> None:
         if self._abstaining(now):
             return
-        if source not in self._voters or message.term <= self.term:
+        if message.term <= self.term or not self._may_grant(
+            source, message.version, message.proposal
+        ):
             self._send(source, PreVoteReply(self.term, message.term, granted=False))
             return
         if self._in_lease(now):
@@ -586,23 +836,31 @@ class ElectionCore:
             self.role is Role.PRE_CANDIDATE
             and message.granted
             and message.proposed_term == self.term + 1
-            and source in self._voters
+            and source in self._round_voters()
         ):
             self._pre_votes.add(source)
-            if len(self._pre_votes) >= self.quorum:
+            if len(self._pre_votes) >= self._round_quorum():
                 self._campaign(now)
 
     def _on_vote(self, now: float, source: str, message: Vote) -> None:
         if self._abstaining(now):
             return
-        if source not in self._voters:
+        if (self.configured and source not in self._voters) or (
+            message.proposal is not None and self.configured
+        ):
+            # Not one of ours, or a bootstrap while we already have a
+            # cluster: refuse without adopting its term.
             self._send(source, VoteReply(self.term, granted=False))
             return
         if message.term >= self.term and self._in_lease(now):
             return  # stickiness: do not even adopt the term
         if message.term > self.term:
             self._adopt_term(now, message.term, leader=None)
-        if message.term < self.term or self.voted_for not in (None, source):
+        if (
+            message.term < self.term
+            or self.voted_for not in (None, source)
+            or not self._may_grant(source, message.version, message.proposal)
+        ):
             self._send(source, VoteReply(self.term, granted=False))
             return
         if self.voted_for is None:
@@ -620,32 +878,38 @@ class ElectionCore:
             self.role is Role.CANDIDATE
             and message.granted
             and message.term == self.term
-            and source in self._voters
+            and source in self._round_voters()
         ):
             self._votes.add(source)
-            if len(self._votes) >= self.quorum:
+            if len(self._votes) >= self._round_quorum():
                 self._become_leader(now)
 
     def _on_heartbeat(self, now: float, source: str, message: Heartbeat) -> None:
         if message.term < self.term:
             # A deposed leader: tell it the current term so it steps down.
-            self._send(source, HeartbeatAck(self.term, message.stamp))
+            self._send(source, HeartbeatAck(self.term, message.stamp, self.version))
             return
         if message.term == self.term and self.role is Role.LEADER:
-            # Two leaders in one term: impossible while every voter set
-            # agrees, possible when they diverged (two nodes that each led
-            # alone before membership merged them). Never follow the rival;
-            # both step down (it gets our heartbeat too) and a fresh
-            # election over the merged set settles it.
+            # Two leaders in one term: impossible by the argument in the
+            # module docstring; if it happened anyway (a voter that lost its
+            # state), never follow the rival: both step down and a fresh
+            # election settles it.
             self._become_follower(now, leader=None)
             return
         if message.term > self.term:
             self._adopt_term(now, message.term, leader=source)
         elif self.role is not Role.FOLLOWER or self.leader != source:
             self._become_follower(now, leader=source)
+        # The leader of the current term is the authority on the voter set
+        # (raft's followers take the leader's log), newer or not.
+        voters = frozenset(message.voters)
+        if (message.version, voters) != (self.version, self._voters):
+            self.version = message.version
+            self._voters = voters
+            self._persist()
         self._last_leader_contact = now
         self._arm_election_timer(now)
-        self._send(source, HeartbeatAck(self.term, message.stamp))
+        self._send(source, HeartbeatAck(self.term, message.stamp, self.version))
 
     def _on_heartbeat_ack(self, now: float, source: str, message: HeartbeatAck) -> None:
         if message.term > self.term:
@@ -658,21 +922,34 @@ class ElectionCore:
             and self._leader_since <= message.stamp <= now
         ):
             self._acks[source] = max(self._acks.get(source, message.stamp), message.stamp)
+            self._acked_versions[source] = message.version
+            if not self._committed and self._holds_majority():
+                self._committed = True
+                self._reconfigure(now)
 
     # -------------------------------------------------------- transitions
+
+    def _may_campaign(self) -> bool:
+        if self._retiring:
+            return False
+        if self.configured:
+            return self.name in self._voters
+        return not self._hold and len(self._known) >= self.bootstrap_expect
 
     def _election_timeout(self, now: float) -> None:
         self._arm_election_timer(now)
         if self.leader is not None:
             self.leader = None  # silent for a whole timeout: no longer known
-        if self._abstaining(now) or self.name not in self._voters:
+        if self._abstaining(now) or not self._may_campaign():
             return
+        self._proposal = None if self.configured else frozenset(self._known)
+        proposal = None if self._proposal is None else tuple(sorted(self._proposal))
         if self.pre_vote:
             self.role = Role.PRE_CANDIDATE
             self._pre_votes = {self.name}
-            for voter in self._others():
-                self._send(voter, PreVote(self.term + 1))
-            if len(self._pre_votes) >= self.quorum:
+            for voter in self._round_others():
+                self._send(voter, PreVote(self.term + 1, self.version, proposal))
+            if len(self._pre_votes) >= self._round_quorum():
                 self._campaign(now)
         else:
             self._campaign(now)
@@ -685,23 +962,70 @@ class ElectionCore:
         self._persist()
         self._votes = {self.name}
         self._arm_election_timer(now)
-        for voter in self._others():
-            self._send(voter, Vote(self.term))
-        if len(self._votes) >= self.quorum:
+        proposal = None if self._proposal is None else tuple(sorted(self._proposal))
+        for voter in self._round_others():
+            self._send(voter, Vote(self.term, self.version, proposal))
+        if len(self._votes) >= self._round_quorum():
             self._become_leader(now)
 
     def _become_leader(self, now: float) -> None:
+        if self._proposal is not None:
+            self._voters = self._proposal  # the bootstrap configuration
+            self.version = (self.term, 1)
+        else:
+            # Raft's no-op entry: stamp the set with this term before any
+            # change, so no candidate holding an older set can win again.
+            self.version = (self.term, self.version[1] + 1)
+        self._proposal = None
+        self._persist()
         self.role = Role.LEADER
         self.leader = self.name
         self._leader_since = now
         self._acks = {}
+        self._acked_versions = {}
+        self._committed = self._holds_majority()
         self._election_deadline = None
         self._broadcast_heartbeat(now)
+        if self._committed:
+            self._reconfigure(now)
+
+    def _reconfigure(self, now: float) -> None:
+        """Leader: one voter change, once the current set is committed."""
+        if self.role is not Role.LEADER or not self._committed:
+            return
+        if self.name in self._departed or self._retiring:
+            self.retire(now)  # the next leader removes us
+            return
+        leaving = sorted(self._voters & self._departed)
+        joining = sorted(self._alive - self._voters - self._departed)
+        if leaving:
+            voters = self._voters - {leaving[0]}
+        elif joining:
+            voters = self._voters | {joining[0]}
+            # A newcomer gets the grace a fresh leader gets: a lease from now.
+            self._acks[joining[0]] = now
+        else:
+            return
+        self._voters = voters
+        self.version = (self.term, self.version[1] + 1)
+        self._acks = {v: s for v, s in self._acks.items() if v in voters}
+        self._persist()
+        self._committed = self._holds_majority()
+        self._broadcast_heartbeat(now)
+        if self._committed:
+            self._reconfigure(now)  # a one-voter set commits at once
+
+    def _holds_majority(self) -> bool:
+        holders = sum(
+            1 for v in self._voters if v == self.name or self._acked_versions.get(v) == self.version
+        )
+        return holders >= self.quorum
 
     def _broadcast_heartbeat(self, now: float) -> None:
         others = self._others()
+        voters = tuple(sorted(self._voters))
         for voter in others:
-            self._send(voter, Heartbeat(self.term, now))
+            self._send(voter, Heartbeat(self.term, now, self.version, voters))
         # A lone voter has no one to tell: no timer until voters are added.
         self._heartbeat_deadline = now + self.heartbeat_interval if others else None
 
@@ -736,6 +1060,7 @@ class ElectionCore:
         was_leader = self.role is Role.LEADER
         self.role = Role.FOLLOWER
         self.leader = leader
+        self._proposal = None
         self._pre_votes = set()
         self._votes = set()
         self._heartbeat_deadline = None
@@ -746,8 +1071,21 @@ class ElectionCore:
 
     # ------------------------------------------------------------ helpers
 
+    def _round_voters(self) -> frozenset[str]:
+        """Whose votes count in the current campaign: the voter set, or the
+        bootstrap proposal."""
+        return self._voters if self._proposal is None else self._proposal
+
+    def _round_quorum(self) -> int:
+        if self._proposal is not None:
+            return len(self._proposal)  # a bootstrap needs every member
+        return self.quorum
+
+    def _round_others(self) -> list[str]:
+        return sorted(v for v in self._round_voters() if v != self.name)
+
     def _arm_election_timer(self, now: float) -> None:
-        if self.name not in self._voters:
+        if self.configured and self.name not in self._voters:
             self._election_deadline = None
             return
         self._election_deadline = now + self._rng.uniform(
@@ -776,7 +1114,7 @@ class ElectionCore:
         self._actions.append(Send(to, message))
 
     def _persist(self) -> None:
-        action = Persist(self.term, self.voted_for)
+        action = Persist(self.term, self.voted_for, self.version, tuple(sorted(self._voters)))
         if self._actions and isinstance(self._actions[-1], Persist):
             self._actions[-1] = action  # nothing was sent in between: one write will do
         else:

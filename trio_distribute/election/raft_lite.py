@@ -1,25 +1,28 @@
 """Raft-lite leader election: the driver that runs the sans-IO core on a node.
 
 The rules live in :mod:`trio_distribute._proto.raft`; this module feeds the
-core the election messages that arrive on the node's connections and the
-time, carries out its actions in order (a :class:`~trio_distribute._proto.raft.Persist`
-is written and fsynced before any send queued after it), keeps its voter
-set equal to the membership's, and publishes leader changes.
+core the election messages that arrive on the node's connections, the time
+and what membership knows, carries out its actions in order (a
+:class:`~trio_distribute._proto.raft.Persist` is written and fsynced before
+any send queued after it), and publishes leader changes.
 
-* **Voters**: every member that joined and has not gracefully left or been
-  removed (``await node.membership.remove(name)``). A crash does not
-  shrink the set, so a minority can never elect a leader. A node alone is
-  a cluster of one and elects itself; two voters need each other; three
-  tolerate one failure (see the core's docstring).
+* **Forming a cluster**: a node starts without a voter set and does not
+  campaign until it knows ``ElectionConfig.bootstrap_expect`` members
+  (itself included) and, if it was given seeds, has joined through one of
+  them. The first leader is elected unanimously by the members it knew.
+* **Voters** are then changed by the leader only, one at a time: it adds
+  live members that are not voters and removes the ones that left
+  gracefully or were removed (``await node.membership.remove(name)`` on any
+  node asks the leader). A crash does not shrink the set, so a minority can
+  never elect a leader.
 * **Persistence**: with ``NodeConfig.state_dir`` set, ``(term, voted_for)``
-  is written atomically (temporary file, fsync, rename, fsync of the
-  directory) before any vote leaves the node, and read back on start.
-  Every start abstains (no vote, no campaign) for one maximum election
-  timeout (``2E``), following only a leader it hears from: time to join
-  the cluster before campaigning alone. Without ``state_dir`` that
-  abstention is also all that keeps a restarted voter from voting twice in
-  a term; it narrows the window but cannot close it (in the simulator, 31
-  double votes over 3,000 kill/restart schedules), so set ``state_dir``
+  and the voter set with its version are written atomically (temporary
+  file, fsync, rename, fsync of the directory) before any message that
+  depends on them leaves the node, and read back on start. Every start
+  abstains (no vote, no campaign) for one maximum election timeout
+  (``2E``), following only a leader it hears from. Without ``state_dir``
+  that abstention is all that keeps a restarted voter from voting twice in
+  a term; it narrows the window but cannot close it, so set ``state_dir``
   for real use.
 * **Terms are fencing tokens**: anything that acts on leadership should
   carry the term and refuse older ones.
@@ -27,6 +30,7 @@ set equal to the membership's, and publishes leader changes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -53,8 +57,9 @@ from .._proto.raft import (
     encode_message,
 )
 from .._proto.swim import MemberChange, MemberStatus
-from ..cluster.membership import Membership, safe_file_name
+from ..cluster.membership import Membership, safe_file_name, split_address
 from ..config import ElectionConfig
+from ..errors import ConnectError
 from ..transport import Connection, Transport
 
 __all__ = [
@@ -98,8 +103,10 @@ def state_file(state_dir: Path, name: str) -> Path:
     return state_dir / f"election-{safe_file_name(name)}.json"
 
 
-def load_state(path: Path) -> tuple[int, str | None] | None:
-    """``(term, voted_for)`` from ``path``; ``None`` if it does not exist.
+def load_state(path: Path) -> Persist | None:
+    """The state saved in ``path`` (term, vote, voter set and its version);
+    ``None`` if it does not exist. A file without a voter set (an older
+    format) loads as unconfigured.
 
     Raises:
         ValueError: the file exists but does not hold a valid state.
@@ -110,19 +117,38 @@ def load_state(path: Path) -> tuple[int, str | None] | None:
         return None
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"unreadable election state {path}: {exc}") from exc
-    term, voted_for = data.get("term"), data.get("voted_for")
-    if type(term) is not int or term < 0 or not (voted_for is None or isinstance(voted_for, str)):
+    if not isinstance(data, dict):
         raise ValueError(f"invalid election state in {path}: {data!r}")
-    return term, voted_for
+    term, voted_for = data.get("term"), data.get("voted_for")
+    version, voters = data.get("version", [0, 0]), data.get("voters", [])
+    if (
+        type(term) is not int
+        or term < 0
+        or not (voted_for is None or isinstance(voted_for, str))
+        or not (
+            isinstance(version, list)
+            and len(version) == 2
+            and all(type(x) is int and x >= 0 for x in version)
+        )
+        or not (isinstance(voters, list) and all(isinstance(v, str) for v in voters))
+    ):
+        raise ValueError(f"invalid election state in {path}: {data!r}")
+    return Persist(term, voted_for, (version[0], version[1]), tuple(voters))
 
 
-def save_state(path: Path, term: int, voted_for: str | None) -> None:
-    """Write ``(term, voted_for)`` durably and atomically: a crash leaves
-    either the old state or the new one, never a torn file."""
+def save_state(path: Path, state: Persist) -> None:
+    """Write ``state`` durably and atomically: a crash leaves either the old
+    state or the new one, never a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
+    record = {
+        "term": state.term,
+        "voted_for": state.voted_for,
+        "version": list(state.version),
+        "voters": list(state.voters),
+    }
     with open(temporary, "w") as file:
-        json.dump({"term": term, "voted_for": voted_for}, file)
+        json.dump(record, file)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
@@ -145,6 +171,10 @@ class Election:
     _task_group: anyio.abc.TaskGroup | None = None
     _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
     _changed: anyio.Event = attrs.field(factory=anyio.Event)
+    _joining: bool = False
+    _seen: set[str] = attrs.field(factory=set)
+    _removed: set[str] = attrs.field(factory=set)
+    _dialled: dict[str, float] = attrs.field(factory=dict)
     _subscribers: Subscribers[LeaderChanged] = attrs.field(
         default=attrs.Factory(
             lambda self: Subscribers[LeaderChanged](
@@ -175,7 +205,7 @@ class Election:
             self.transport.add_handler(Kind.ELECTION, self._ignore_message)
             return
         now = anyio.current_time()
-        persisted: tuple[int, str | None] | None = None
+        persisted: Persist | None = None
         if self.state_dir is not None:
             path = state_file(self.state_dir, self.transport.name)
             try:
@@ -185,7 +215,6 @@ class Election:
         timeout = self.config.election_timeout
         self._core = ElectionCore(
             name=self.transport.name,
-            voters=self._voters(),
             election_timeout=timeout,
             heartbeat_interval=self.config.heartbeat_interval,
             rng=random.Random(secrets.randbits(64)),
@@ -194,11 +223,13 @@ class Election:
             # Every start abstains for one maximum election timeout. Without
             # durable state a restart cannot be told from a first start, so
             # this is all that stands between it and a second vote in a term;
-            # with state it still gives the node time to join its cluster
-            # (seeds, push-pull) before it may campaign as a cluster of one,
-            # and voters time to forget no leader's lease (they restarted).
+            # with state it still gives voters time to forget no leader's
+            # lease (they restarted).
             abstain_until=now + 2 * timeout,
+            bootstrap_expect=self.config.bootstrap_expect,
         )
+        self._core.hold_bootstrap(now, self._joining)
+        self._observe()
         self._task_group = task_group
         self.membership.add_listener(self._membership_changed)
         self.transport.add_handler(Kind.ELECTION, self._handle_message)
@@ -227,13 +258,15 @@ class Election:
         return self.core.term
 
     def voters(self) -> list[str]:
-        """The voter set, sorted."""
+        """The accepted voter set, sorted (empty before the cluster formed)."""
         return sorted(self.core.voters)
 
     def has_quorum(self) -> bool:
         """Whether a majority of the voters is alive (or suspect) as far as
-        membership knows."""
+        membership knows (never before the cluster formed)."""
         core = self.core
+        if not core.voters:
+            return False
         live = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
         alive = sum(1 for v in core.voters if self.membership.core.status_of(v) in live)
         return alive >= core.quorum
@@ -257,24 +290,61 @@ class Election:
 
     # --------------------------------------------------------------- driving
 
-    def _voters(self) -> set[str]:
-        # Everyone known except the members that left: the dead still vote
-        # (a crash must not shrink the quorum); removal forgets them. Members
-        # remembered from before a restart vote too until membership hears of
-        # them, so a restarted node never mistakes itself for a cluster of one.
+    def joining(self, joining: bool) -> None:
+        """While ``joining`` is true (seeds given, none reached yet) this node
+        does not bootstrap a cluster: it would be a cluster of its own."""
+        self._joining = joining
+        if self._core is not None:
+            self._core.hold_bootstrap(anyio.current_time(), joining)
+            self._wakeup.set()
+
+    def _observe(self) -> None:
+        # Gossip tells the core who exists; the leader decides who votes.
+        # Members remembered from before a restart count as known, so a
+        # restarted node without a voter set does not propose a smaller one.
+        core = self.core
         members = self.membership.core.members()
-        known = {member.name for member in members}
-        voters = {m.name for m in members if m.status is not MemberStatus.LEFT}
-        return voters | (self.membership.remembered.keys() - known)
+        names = {m.name for m in members}
+        # A member that vanished from membership without leaving was removed
+        # by an operator (membership.remove): the leader takes it out.
+        for name in self._seen - names:
+            self._removed.add(name)
+        self._seen = names
+        left = {m.name for m in members if m.status is MemberStatus.LEFT}
+        known = (names - left) | (self.membership.remembered.keys() - names - self._removed)
+        alive = {m.name for m in members if m.status is MemberStatus.ALIVE}
+        self._removed -= alive  # it came back: it may vote again
+        core.observe(anyio.current_time(), known=known, alive=alive, departed=left | self._removed)
 
     def _membership_changed(self, change: MemberChange | None) -> None:
-        core = self._core
-        if core is None:
+        if self._core is None:
             return
-        voters = frozenset(self._voters())
-        if voters != core.voters:
-            core.set_voters(anyio.current_time(), voters)
-            self._wakeup.set()
+        removed_before = set(self._removed)
+        self._observe()
+        now = anyio.current_time()
+        for name in self._removed - removed_before:
+            self._core.request_removal(now, name)
+        self._wakeup.set()
+
+    def _reach(self, name: str) -> None:
+        """Dial a live member the election must talk to but has no connection
+        with (a connection closed while membership still sees it alive is
+        not redialled by membership), at most once per election timeout."""
+        now = anyio.current_time()
+        if now < self._dialled.get(name, -math.inf) + self.config.election_timeout:
+            return
+        member = self.membership.core.member(name)
+        if member is None or member.status not in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
+            return
+        if name in self.transport.blocked or self._task_group is None:
+            return
+        self._dialled[name] = now
+        self._task_group.start_soon(self._dial, name, member.address)
+
+    async def _dial(self, name: str, address: str) -> None:
+        with contextlib.suppress(ConnectError, TimeoutError, ValueError, OSError):
+            self.transport.addresses.setdefault(name, split_address(address))
+            await self.transport.connect(name)
 
     def _ignore_message(self, conn: Connection, item: list[Any]) -> None:
         self.transport.count_drop("election_disabled")
@@ -311,15 +381,16 @@ class Election:
             if isinstance(action, Persist):
                 if self.state_dir is not None:
                     # Synchronous on purpose: nothing may leave before it is durable.
-                    save_state(
-                        state_file(self.state_dir, transport.name), action.term, action.voted_for
-                    )
+                    save_state(state_file(self.state_dir, transport.name), action)
             elif isinstance(action, Send):
                 conn = transport.connections.get(action.to)
                 if conn is not None and not conn.closed:
                     conn.write(
                         transport.encode_frame([Kind.ELECTION, encode_message(action.message)])
                     )
+                else:
+                    transport.count_drop("election_not_connected")
+                    self._reach(action.to)
         for change in core.take_events():
             logger.info("%s: leader is %s in term %d", transport.name, change.leader, change.term)
             event = LeaderChanged(change.term, change.leader)

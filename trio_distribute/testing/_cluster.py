@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 import anyio.abc
 
-from ..config import NodeConfig
+from ..config import ElectionConfig, NodeConfig
 from ..node import Node, crash, open_node
 
 __all__ = ["crash", "open_cluster", "partition", "start_node", "wait_until"]
@@ -29,7 +29,8 @@ async def open_cluster(
         n: how many nodes (named ``a``, ``b``, ... ``@host``), or their short
             names.
         cookie: the cookie they share.
-        config: defaults to :meth:`NodeConfig.local`, fast timers.
+        config: defaults to :meth:`NodeConfig.local`, fast timers, with
+            ``bootstrap_expect`` set to the number of nodes.
         host: where they listen.
         connect: ``False`` starts them unconnected.
 
@@ -38,7 +39,9 @@ async def open_cluster(
     names = [chr(ord("a") + i) for i in range(n)] if isinstance(n, int) else list(n)
     if isinstance(n, int) and not 1 <= n <= 26:
         raise ValueError("open_cluster(n) names nodes a..z: n must be 1..26")
-    config = NodeConfig.local() if config is None else config
+    if config is None:
+        # They are started together: all of them form the cluster.
+        config = NodeConfig.local(election=ElectionConfig.local(bootstrap_expect=len(names)))
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(

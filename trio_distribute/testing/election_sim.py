@@ -45,16 +45,18 @@ from trio_distribute.testing.simulator import Outgoing, Simulator
 
 __all__ = [
     "FLAVORS",
+    "FORMATIONS",
     "ElectionCluster",
     "ElectionHost",
     "FailoverResult",
     "FencingResult",
+    "FormationResult",
     "Oracle",
     "RejoinResult",
     "SafetyResult",
     "StepDownResult",
+    "formation_safety",
     "r1_safety",
-    "r1_startup",
     "r2_failover",
     "r3_timeout_conflicts",
     "r4_rejoin",
@@ -62,6 +64,7 @@ __all__ = [
     "r6_stability",
     "r7_restart_safety",
     "r8_fencing",
+    "run_formation",
     "run_schedule",
 ]
 
@@ -118,7 +121,7 @@ class ElectionHost:
     name: str
     core: ElectionCore
     oracle: Oracle
-    disk: dict[str, tuple[int, str | None]] | None
+    disk: dict[str, Persist] | None
     #: If set, the address of this node's application: whenever the node
     #: sends heartbeats as leader it tells the application ``(term, name)``
     #: (the moment an application would act on its leadership).
@@ -158,7 +161,7 @@ class ElectionHost:
         for action in self.core.take_actions():
             if isinstance(action, Persist):
                 if self.disk is not None:
-                    self.disk[self.name] = (action.term, action.voted_for)
+                    self.disk[self.name] = action
                 continue
             assert isinstance(action, Send)
             message = action.message
@@ -196,7 +199,7 @@ class ElectionCluster:
     latency: tuple[float, float] = (0.0005, 0.002)
     sim: Simulator = attrs.field(init=False)
     oracle: Oracle = attrs.field(factory=Oracle, init=False)
-    disk: dict[str, tuple[int, str | None]] = attrs.field(factory=dict, init=False)
+    disk: dict[str, Persist] = attrs.field(factory=dict, init=False)
     hosts: dict[str, ElectionHost] = attrs.field(factory=dict, init=False)
     names: list[str] = attrs.field(init=False)
     #: Leaders tell an application host at "<name>/app" (see r8_fencing).
@@ -224,11 +227,13 @@ class ElectionCluster:
         self,
         name: str,
         *,
-        persisted: tuple[int, str | None] | None,
+        persisted: Persist | None,
         abstain_until: float | None,
         voters: Iterable[str] | None = None,
+        bootstrap_expect: int = 1,
     ) -> ElectionHost:
         core = ElectionCore(
+            bootstrap_expect=bootstrap_expect,
             name=name,
             voters=self.names if voters is None else voters,
             election_timeout=self.election_timeout,
@@ -765,57 +770,6 @@ class _App:
         return out
 
 
-def r1_startup(
-    trials: int,
-    *,
-    discovery: float = 1.0,
-    abstain: bool = True,
-    gate: bool = False,
-    first_seed: int = 0,
-) -> SafetyResult:
-    """Cluster formation as a node sees it: five nodes boot at random times
-    within 2 E, each knowing only itself (voters = {self}), and learn of each
-    other one by one (as membership joins and gossip would tell them) up to
-    ``discovery`` seconds after both are up. With ``abstain`` every node
-    abstains for 2 E after booting (what the driver does on a first start).
-
-    A node alone is a one-voter cluster and may elect itself before it learns
-    of the others; two such leaders of one term are exactly the divergent
-    voter-set hazard the core's docstring describes. With ``gate`` a node
-    keeps itself out of its voter set (so it cannot campaign) until it knows
-    every other member: a driver that waits for its join to complete.
-    """
-
-    def one(seed: int) -> ElectionCluster:
-        rng = random.Random(seed)
-        cluster = ElectionCluster(seed=seed)
-        e = cluster.e
-        boots = {name: rng.uniform(0.0, 2 * e) for name in cluster.names}
-        timeline: list[tuple[float, str, str]] = [(t, name, name) for name, t in boots.items()]
-        for a, b in itertools.permutations(cluster.names, 2):
-            timeline.append((max(boots[a], boots[b]) + rng.uniform(0.0, discovery), a, b))
-        known: dict[str, set[str]] = {name: {name} for name in cluster.names}
-        for when, name, learned in sorted(timeline):
-            cluster.sim.run_until(when)
-            if learned == name:
-                abstain_until = when + 2 * e if abstain else None
-                voters = [] if gate else [name]
-                host = cluster._host(
-                    name, persisted=None, abstain_until=abstain_until, voters=voters
-                )
-                cluster.sim.add(name, host)
-            else:
-                known[name].add(learned)
-                if not gate or len(known[name]) == cluster.n:
-                    cluster.core(name).set_voters(when, known[name])
-                    cluster.sim.wake(name)
-        cluster.wait_for_leader(12 * e)
-        cluster.sim.run_for(2 * e)
-        return cluster
-
-    return _safety(one(seed) for seed in range(first_seed, first_seed + trials))
-
-
 def r8_fencing(trials: int, *, first_seed: int = 0) -> FencingResult:
     """Jepsen-style pause nemesis: pause the leader (its check-quorum must stop
     it acting) or the leader's application (a pause between deciding and
@@ -858,3 +812,281 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "max": ordered[-1],
         "mean": statistics.fmean(ordered),
     }
+
+
+# ------------------------------------------------------------------ formation
+
+FORMATIONS: Final = (
+    "together",
+    "staggered",
+    "slow-sender",
+    "isolated",
+    "partitioned",
+    "restarts",
+    "mixed",
+)
+
+
+@attrs.define(eq=False, kw_only=True)
+class _Discovery:
+    """Membership as the election sees it while a cluster forms: nodes know
+    only themselves (and their seed's address) at start; two nodes that can
+    reach each other both ways, where one knows the other (or is its seed),
+    exchange what they know (push-pull) with probability ``p`` per step.
+    Crashed members stay known (SWIM keeps them as dead)."""
+
+    cluster: ElectionCluster
+    seeds: dict[str, str | None]
+    p: float
+    rng: random.Random
+    known: dict[str, set[str]] = attrs.field(factory=dict)
+    joined: set[str] = attrs.field(factory=set)
+    told: dict[str, tuple[frozenset[str], frozenset[str]]] = attrs.field(factory=dict)
+    mute_until: dict[str, float] = attrs.field(factory=dict)
+
+    def started(self, name: str, *, remembered: Iterable[str] = ()) -> None:
+        self.known[name] = {name, *remembered}
+        self.told.pop(name, None)
+        if self.seeds.get(name) is None:
+            self.joined.add(name)
+        else:
+            self.joined.discard(name)
+        self._tell(name)
+
+    def _can_send(self, name: str) -> bool:
+        return self.cluster.sim.now >= self.mute_until.get(name, 0.0)
+
+    def step(self) -> None:
+        sim = self.cluster.sim
+        up = [n for n in self.cluster.names if sim.is_up(n)]
+        for a, b in itertools.combinations(up, 2):
+            if not (self._can_send(a) and self._can_send(b)):
+                continue
+            if not (sim.linked(a, b) and sim.linked(b, a)):
+                continue
+            ka, kb = self.known[a], self.known[b]
+            if not (b in ka or a in kb or self.seeds.get(a) == b or self.seeds.get(b) == a):
+                continue
+            if self.rng.random() >= self.p:
+                continue
+            merged = ka | kb
+            self.known[a], self.known[b] = set(merged), set(merged)
+            self.joined |= {a, b}
+        for name in up:
+            self._tell(name)
+
+    def _tell(self, name: str) -> None:
+        sim = self.cluster.sim
+        known = frozenset(self.known[name])
+        alive = frozenset(n for n in known if sim.is_up(n))
+        if self.told.get(name) == (known, alive):
+            return
+        self.told[name] = (known, alive)
+        core = self.cluster.core(name)
+        core.hold_bootstrap(sim.now, name not in self.joined)
+        core.observe(sim.now, known=known, alive=alive)
+        sim.wake(name)
+
+
+@attrs.frozen
+class FormationResult:
+    schedules: int
+    terms_with_leader: int
+    two_leader_terms: int
+    concurrent_two_leader_terms: int
+    double_votes: int
+    #: Leader acknowledged by a majority of all n, after every fault was undone.
+    no_leader_at_end: int
+    #: Schedules where some up node does not hold the full voter set at the end.
+    incomplete_voter_sets: int
+    #: Virtual seconds (in E) from the last fault's end to an acknowledged leader.
+    formation_times: tuple[float, ...]
+    violations: tuple[str, ...]
+    by_flavor: dict[str, int]
+
+
+def run_formation(
+    seed: int,
+    *,
+    flavor: str | None = None,
+    persist: bool = True,
+    n: int = 5,
+    bootstrap_expect: int | None = None,
+    hold: bool = True,
+) -> tuple[ElectionCluster, float | None]:
+    """One seeded cluster formation; returns the cluster and the time (in E)
+    from the end of the last fault to an acknowledged leader (``None``: none
+    within 30 E).
+
+    Every node starts unconfigured with ``bootstrap_expect`` (default: ``n``
+    or a bare majority of ``n``, by seed), abstaining ``2E`` as the driver
+    does on every start, and learns of the others through :class:`_Discovery`.
+    Seeds: every node names the first (an orchestrator's habit) or a random
+    other node. ``hold=False`` models a driver that bootstraps before it has
+    joined (the control).
+    """
+    rng = random.Random(seed ^ 0x5EED)
+    flavor = flavor or FORMATIONS[seed % len(FORMATIONS)]
+    e = 0.3
+    latency = (0.0005, 0.002) if rng.random() < 0.5 else (0.001, e / 6)
+    cluster = ElectionCluster(
+        seed=seed, n=n, election_timeout=e, heartbeat_interval=0.05, persist=persist,
+        latency=latency,
+    )  # fmt: skip
+    names = cluster.names
+    if bootstrap_expect is None:
+        bootstrap_expect = n if rng.random() < 0.5 else n // 2 + 1
+    expect = bootstrap_expect
+    if rng.random() < 0.5:
+        seeds: dict[str, str | None] = {x: (None if x == names[0] else names[0]) for x in names}
+    else:
+        # Each names a random node before it in a random order: every node
+        # is reachable through seeds (disconnected seeds make two clusters).
+        order = rng.sample(names, n)
+        seeds = {x: (rng.choice(order[:i]) if i else None) for i, x in enumerate(order)}
+    discovery = _Discovery(
+        cluster=cluster, seeds=seeds if hold else {}, p=rng.uniform(0.05, 0.5), rng=rng
+    )
+    step = e / 10
+
+    def boot(name: str) -> None:
+        remembered: set[str] = set()
+        persisted = None
+        if persist:
+            persisted = cluster.disk.get(name)
+            remembered = set(discovery.known.get(name, ()))  # the membership snapshot
+        host = cluster._host(
+            name,
+            persisted=persisted,
+            abstain_until=cluster.sim.now + 2 * e,
+            voters=(),
+            bootstrap_expect=expect,
+        )
+        if cluster.sim.is_up(name):
+            cluster.sim.restart(name, host)
+        else:
+            cluster.sim.add(name, host)
+        discovery.started(name, remembered=remembered)
+
+    # (time, action, argument) events; the discovery steps run in between.
+    plan: list[tuple[float, str, object]] = []
+    kinds = [flavor] if flavor != "mixed" else rng.sample(FORMATIONS[:-1], 2)
+    starts = dict.fromkeys(names, 0.0)
+    if "staggered" in kinds:
+        starts = {x: rng.uniform(0.0, 10 * e) for x in names}
+    for name, t in starts.items():
+        plan.append((t, "boot", name))
+    if "slow-sender" in kinds:
+        victim = rng.choice(names)
+        until = rng.uniform(0.0, 10.0)
+        discovery.mute_until[victim] = until
+        plan.append((0.0, "mute", victim))
+        plan.append((until, "unmute", victim))
+    if "isolated" in kinds:
+        alone = rng.sample(names, rng.randint(1, 2))
+        plan.append((0.0, "partition", [[x] for x in alone]))
+        plan.append((rng.uniform(1.0, 6.0), "heal", None))
+    if "partitioned" in kinds:
+        t = 0.0
+        for _ in range(rng.randint(1, 3)):
+            t += rng.uniform(0.0, 4 * e)
+            group = rng.sample(names, rng.randint(1, n // 2))
+            plan.append((t, "partition", [group]))
+            t += rng.uniform(0.5 * e, 6 * e)
+            plan.append((t, "heal", None))
+    if "restarts" in kinds:
+        for _ in range(rng.randint(1, 3)):
+            t = rng.uniform(0.0, 8 * e)
+            victim = rng.choice(names)
+            plan.append((t, "crash", victim))
+            plan.append((t + rng.uniform(0.0, 3 * e), "boot", victim))
+    plan.sort(key=lambda item: item[0])
+    sim = cluster.sim
+
+    def run_to(t: float) -> None:
+        while sim.now + step <= t:
+            sim.run_for(step)
+            discovery.step()
+        sim.run_until(t)
+
+    for t, action, argument in plan:
+        run_to(t)
+        if action == "boot":
+            assert isinstance(argument, str)
+            boot(argument)
+        elif action == "crash":
+            assert isinstance(argument, str)
+            if sim.is_up(argument):
+                cluster.crash(argument)
+        elif action == "partition":
+            assert isinstance(argument, list)
+            sim.partition(*argument)
+        elif action == "heal":
+            sim.heal()
+        elif action in ("mute", "unmute"):
+            # Slowed before it can send: nothing it sends gets out.
+            for other in names:
+                if other != argument:
+                    if action == "mute":
+                        sim.block(str(argument), other)
+                    else:
+                        sim.unblock(str(argument), other)
+    # Undo what is left: heal, boot anyone still down.
+    sim.heal()
+    for name in names:
+        if not sim.is_up(name):
+            boot(name)
+    settled_from = sim.now
+    formed: float | None = None
+    deadline = sim.now + 30 * e
+    while sim.now < deadline:
+        if cluster.acknowledged_leader() is not None and all(
+            cluster.core(x).voters == frozenset(names) for x in names
+        ):
+            formed = (sim.now - settled_from) / e
+            break
+        sim.run_for(step)
+        discovery.step()
+    run_to(sim.now + 2 * e)
+    return cluster, formed
+
+
+def formation_safety(
+    schedules: int,
+    *,
+    persist: bool = True,
+    first_seed: int = 0,
+    hold: bool = True,
+    bootstrap_expect: int | None = None,
+    flavors: Sequence[str] | None = None,
+) -> FormationResult:
+    """Sum :func:`run_formation` over seeds (flavors in turn, or ``flavors``)."""
+    violations: list[str] = []
+    count = terms = two = concurrent = double = leaderless = incomplete = 0
+    times: list[float] = []
+    by_flavor: dict[str, int] = {}
+    for seed in range(first_seed, first_seed + schedules):
+        flavor = None if flavors is None else flavors[seed % len(flavors)]
+        cluster, formed = run_formation(
+            seed, flavor=flavor, persist=persist, hold=hold, bootstrap_expect=bootstrap_expect
+        )
+        name = flavor or FORMATIONS[seed % len(FORMATIONS)]
+        oracle = cluster.oracle
+        count += 1
+        terms += len(oracle.leaders_by_term)
+        two += oracle.two_leader_terms
+        by_flavor[name] = by_flavor.get(name, 0) + oracle.two_leader_terms
+        concurrent += len(oracle.concurrent_terms)
+        double += oracle.double_votes
+        if formed is None:
+            if cluster.acknowledged_leader() is None:
+                leaderless += 1
+            else:
+                incomplete += 1
+        else:
+            times.append(formed)
+        violations += [f"seed {seed} ({name}): {v}" for v in oracle.violations]
+    return FormationResult(
+        count, terms, two, concurrent, double, leaderless, incomplete, tuple(times),
+        tuple(violations), by_flavor,
+    )  # fmt: skip
