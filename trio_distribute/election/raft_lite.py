@@ -30,7 +30,6 @@ any send queued after it), and publishes leader changes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -57,9 +56,9 @@ from .._proto.raft import (
     encode_message,
 )
 from .._proto.swim import MemberChange, MemberStatus
-from ..cluster.membership import Membership, safe_file_name, split_address
+from .._ratelimit import LogLimiter
+from ..cluster.membership import Membership, safe_file_name
 from ..config import ElectionConfig
-from ..errors import ConnectError
 from ..transport import Connection, Transport
 
 __all__ = [
@@ -174,7 +173,7 @@ class Election:
     _joining: bool = False
     _seen: set[str] = attrs.field(factory=set)
     _removed: set[str] = attrs.field(factory=set)
-    _dialled: dict[str, float] = attrs.field(factory=dict)
+    _log_limiter: LogLimiter = attrs.field(factory=lambda: LogLimiter(logger))
     _subscribers: Subscribers[LeaderChanged] = attrs.field(
         default=attrs.Factory(
             lambda self: Subscribers[LeaderChanged](
@@ -326,26 +325,6 @@ class Election:
             self._core.request_removal(now, name)
         self._wakeup.set()
 
-    def _reach(self, name: str) -> None:
-        """Dial a live member the election must talk to but has no connection
-        with (a connection closed while membership still sees it alive is
-        not redialled by membership), at most once per election timeout."""
-        now = anyio.current_time()
-        if now < self._dialled.get(name, -math.inf) + self.config.election_timeout:
-            return
-        member = self.membership.core.member(name)
-        if member is None or member.status not in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
-            return
-        if name in self.transport.blocked or self._task_group is None:
-            return
-        self._dialled[name] = now
-        self._task_group.start_soon(self._dial, name, member.address)
-
-    async def _dial(self, name: str, address: str) -> None:
-        with contextlib.suppress(ConnectError, TimeoutError, ValueError, OSError):
-            self.transport.addresses.setdefault(name, split_address(address))
-            await self.transport.connect(name)
-
     def _ignore_message(self, conn: Connection, item: list[Any]) -> None:
         self.transport.count_drop("election_disabled")
 
@@ -357,7 +336,9 @@ class Election:
             message = decode_message(payload)
         except RaftDecodeError as exc:
             self.transport.count_drop("election_malformed")
-            logger.warning("malformed election message from %s: %s", conn.peer, exc)
+            self._log_limiter.warning(
+                "election_malformed", "malformed election message from %s: %s", conn.peer, exc
+            )
             return
         self.core.receive(anyio.current_time(), conn.peer, message)
         self._wakeup.set()
@@ -389,8 +370,10 @@ class Election:
                         transport.encode_frame([Kind.ELECTION, encode_message(action.message)])
                     )
                 else:
+                    # Membership redials a live member it is not connected
+                    # to (connect_all); until then the message is lost, as
+                    # on a lossy network, and raft's timers cope.
                     transport.count_drop("election_not_connected")
-                    self._reach(action.to)
         for change in core.take_events():
             logger.info("%s: leader is %s in term %d", transport.name, change.leader, change.term)
             event = LeaderChanged(change.term, change.leader)
