@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
 
 import anyio
 import anyio.abc
 import trio
+from netns_common import eventually, nft
 
 import trio_distribute as td
 
@@ -27,25 +27,11 @@ COOKIE = "netns-cookie"
 HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 
 
-def nft(*commands: str) -> None:
-    for command in commands:
-        subprocess.run(["nft", *command.split()], check=True)
-
-
 def check(label: str, condition: bool) -> None:
     print(f"CHECK {label}: {'ok' if condition else 'FAILED'}", flush=True)
     if not condition:
         # A node that hangs on exit would hang this script too: leave now.
         os._exit(1)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float) -> bool:
-    with trio.move_on_after(timeout):
-        # Replicas change on datagrams and frames: no event to wait on.
-        while not condition():
-            await trio.sleep(0.05)
-        return True
-    return False
 
 
 class Runner:

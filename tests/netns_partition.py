@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 
 import anyio
 import trio
+from netns_common import eventually, nft
 
 import trio_distribute as td
 from trio_distribute.testing import start_node
@@ -24,24 +24,10 @@ HOSTS = [f"127.0.0.{i}" for i in range(1, 6)]
 MINORITY, MAJORITY = HOSTS[:2], HOSTS[2:]
 
 
-def nft(*commands: str) -> None:
-    for command in commands:
-        subprocess.run(["nft", *command.split()], check=True)
-
-
 def check(label: str, condition: bool) -> None:
     print(f"CHECK {label}: {'ok' if condition else 'FAILED'}", flush=True)
     if not condition:
         sys.exit(1)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float) -> bool:
-    with trio.move_on_after(timeout):
-        # Replicas change on datagrams and frames: no event to wait on.
-        while not condition():
-            await trio.sleep(0.05)
-        return True
-    return False
 
 
 def leader_of(nodes: list[td.Node]) -> td.Leader | None:
