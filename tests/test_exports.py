@@ -17,6 +17,7 @@ def test_all_names_are_importable_and_listed() -> None:
 def test_contract_names_exist() -> None:
     for name in [
         "open_node", "Node", "NodeConfig", "MembershipConfig", "ElectionConfig",
+        "RegistryConfig", "GroupsConfig",
         "Pid", "Ref", "message", "Process", "current_process", "NodeUp", "NodeDown",
         "ProcessDown", "ExitReason", "ConnectError", "AuthenticationError",
         "HandshakeError", "VersionMismatchError", "NodeDownError", "ProtocolError",

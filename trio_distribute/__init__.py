@@ -27,8 +27,10 @@ from .cluster.membership import MemberSuspect as MemberSuspect
 from .cluster.membership import MemberUp as MemberUp
 from .codec import message as message
 from .config import ElectionConfig as ElectionConfig
+from .config import GroupsConfig as GroupsConfig
 from .config import MembershipConfig as MembershipConfig
 from .config import NodeConfig as NodeConfig
+from .config import RegistryConfig as RegistryConfig
 from .election.raft_lite import Election as Election
 from .election.raft_lite import Leader as Leader
 from .election.raft_lite import LeaderChanged as LeaderChanged
@@ -85,6 +87,7 @@ __all__ = [
     "ExitReason",
     "GroupJoined",
     "GroupLeft",
+    "GroupsConfig",
     "HandshakeError",
     "Health",
     "Leader",
@@ -116,6 +119,7 @@ __all__ = [
     "ProcessDown",
     "ProtocolError",
     "Ref",
+    "RegistryConfig",
     "RemoteError",
     "Rpc",
     "RpcError",
