@@ -57,6 +57,7 @@ from ._proto.handshake import (
 )
 from ._proto.kinds import Kind
 from ._ratelimit import LogLimiter
+from ._sliced_decode import SLICED_ABOVE, decode_sliced
 from .config import NodeConfig
 from .errors import (
     AuthenticationError,
@@ -371,7 +372,11 @@ class Connection:
                 self.frames_in += len(payloads)
                 for payload in payloads:
                     self.frame_size = len(payload)
-                    dispatch(self, payload)
+                    if len(payload) > SLICED_ABOVE:
+                        # Decoded in slices that let the loop run meanwhile.
+                        await self.transport.dispatch_sliced(self, payload)
+                    else:
+                        dispatch(self, payload)
                     if self.closed:
                         return
             try:
@@ -747,12 +752,39 @@ class Transport:
         try:
             item = codec.decode(payload)
         except DecodeError as exc:
-            # The framing is intact, so only this frame is lost.
-            self.count_drop("decode_error")
-            self.log_limiter.warning(
-                "decode_error", "dropped an undecodable frame from %s: %s", conn.peer, exc
-            )
+            self._undecodable(conn, exc)
             return
+        # The checks of _handle_item, inline: this runs once per message.
+        if not isinstance(item, list) or not item or type(item[0]) is not int:
+            self._protocol_violation(conn, f"frame is not [kind, ...]: {type(item).__name__}")
+            return
+        handler = self._handlers.get(item[0])
+        if handler is None:
+            self._protocol_violation(conn, f"unknown frame kind {item[0]}")
+            return
+        try:
+            handler(conn, item)
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            self._protocol_violation(conn, f"malformed frame of kind {item[0]}: {exc!r}")
+
+    async def dispatch_sliced(self, conn: Connection, payload: bytes) -> None:
+        """:meth:`dispatch` for a big frame, decoded in slices that yield."""
+        try:
+            item = await decode_sliced(payload)
+        except DecodeError as exc:
+            self._undecodable(conn, exc)
+            return
+        if not conn.closed:
+            self._handle_item(conn, item)
+
+    def _undecodable(self, conn: Connection, exc: DecodeError) -> None:
+        # The framing is intact, so only this frame is lost.
+        self.count_drop("decode_error")
+        self.log_limiter.warning(
+            "decode_error", "dropped an undecodable frame from %s: %s", conn.peer, exc
+        )
+
+    def _handle_item(self, conn: Connection, item: object) -> None:
         if not isinstance(item, list) or not item or type(item[0]) is not int:
             self._protocol_violation(conn, f"frame is not [kind, ...]: {type(item).__name__}")
             return

@@ -1,0 +1,161 @@
+"""How long one big frame holds the receiving node's event loop.
+
+``python -m benchmarks.loop_lag`` starts a receiving node in this process
+and a sending node in another OS process (so the sender's encoding does
+not run on the loop being measured). The sender sends frames of about
+16 MiB of the slowest kinds to decode per byte; a probe task on the
+receiver sleeps 1 ms in a loop and records the longest gap between its
+wake-ups, in CPU time of the receiving thread, while each frame arrives
+and is decoded (CPU time, so that other processes on a busy machine do
+not count as stalls). The same frames are then
+sent again with slicing turned off (every frame decoded in one cbor2 call,
+as before), in the same run, for comparison.
+
+``--check`` exits 1 if any sliced frame let the loop stall for more than
+``--bound`` ms (50 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from typing import Any
+
+import anyio
+
+import trio_distribute as td
+from trio_distribute import transport
+
+COOKIE = "loop-lag-measurement-cookie-0123456789"
+# Encoding a 16 MiB structure holds the sender's loop for seconds, and the
+# one-call decode does the same to the receiver: timers long enough that
+# neither declares the other dead in the middle of the measurement.
+CONFIG = td.NodeConfig(
+    membership=td.MembershipConfig(probe_interval=20.0, probe_timeout=10.0, suspicion_mult=10),
+    tick_timeout=120.0,
+)
+BUDGET = [16 * 1024 * 1024 - 4096]
+
+
+def payloads() -> dict[str, Any]:
+    """Honest payloads just under 16 MiB, the slowest per byte to decode."""
+    (budget,) = BUDGET
+    return {
+        "bytes": b"x" * budget,
+        "small ints": list(range(24)) * (budget // 24),
+        "short strings": [f"s{i % 1000}" for i in range(budget // 6)],
+        "records": [{"id": i, "name": f"user{i}", "ok": True} for i in range(budget // 32)],
+        "pids": [td.Pid("send@127.0.0.1", i, 1) for i in range(budget // 40)],
+    }
+
+
+async def send(port: int, rounds: int) -> None:
+    async with td.open_node("send@127.0.0.1", cookie=COOKIE, config=CONFIG) as node:
+        await node.connect(f"recv@127.0.0.1:{port}")
+        for _ in range(rounds):
+            for kind, payload in payloads().items():
+                await node.send(("sink", "recv@127.0.0.1"), kind)
+                await node.send(("sink", "recv@127.0.0.1"), payload)
+        await node.send(("sink", "recv@127.0.0.1"), "done")
+        with anyio.fail_after(600):
+            async with node.open_process() as proc:
+                await node.send(("sink", "recv@127.0.0.1"), proc.pid)
+                await proc.receive()
+
+
+async def receive(rounds: int) -> dict[tuple[int, str], float]:
+    """Max loop gap (seconds) seen while each (round, kind) frame arrived."""
+    gaps: dict[tuple[int, str], float] = {}
+    current: list[Any] = [None]
+    worst = [0.0]
+
+    async def probe() -> None:
+        # CPU time of this thread between two wake-ups of the probe: how
+        # long the loop ran other code before letting it run (wall time
+        # would also count every moment another process had the CPU).
+        last = time.thread_time()
+        while True:
+            await anyio.sleep(0.001)
+            now = time.thread_time()
+            worst[0] = max(worst[0], now - last)
+            last = now
+
+    async with td.open_node("recv@127.0.0.1", cookie=COOKIE, config=CONFIG) as node:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(probe)
+            async with node.open_process("sink") as sink:
+                sender = subprocess.Popen(  # noqa: ASYNC220 (starting it is quick)
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.loop_lag",
+                        "--send",
+                        str(node.address[1]),
+                        "--rounds",
+                        str(rounds),
+                        "--mib",
+                        str(BUDGET[0] // 2**20 + 1),
+                    ]
+                )
+                try:
+                    round_no = 0
+                    seen: set[str] = set()
+                    while True:
+                        if sender.poll() not in (None, 0):
+                            raise SystemExit("the sending process failed")
+                        with anyio.fail_after(120):
+                            msg = await sink.receive()
+                        if msg == "done":
+                            break
+                        if isinstance(msg, str):
+                            if msg in seen:
+                                round_no += 1
+                                seen.clear()
+                            seen.add(msg)
+                            current[0] = (round_no, msg)
+                            worst[0] = 0.0
+                            if round_no == rounds // 2:
+                                # Second half: the old way, one cbor2 call a frame.
+                                vars(transport)["SLICED_ABOVE"] = 1 << 62
+                            continue
+                        gaps[current[0]] = worst[0]
+                    reply_to = await sink.receive()
+                    await node.send(reply_to, "ok")
+                finally:
+                    with anyio.move_on_after(10, shield=True):
+                        await anyio.to_thread.run_sync(sender.wait)
+            tg.cancel_scope.cancel()
+    return gaps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per mode (default 2)")
+    parser.add_argument("--bound", type=float, default=50.0, help="stall bound in ms")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the bound is broken")
+    parser.add_argument("--mib", type=int, default=16, help="frame size in MiB (default 16)")
+    parser.add_argument("--send", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    BUDGET[0] = args.mib * 1024 * 1024 - 4096
+    if args.send:
+        anyio.run(send, args.send, args.rounds * 2)
+        return
+    gaps = anyio.run(receive, args.rounds * 2)
+    kinds = list(payloads())
+    head = f"{'frame (about 16 MiB)':<22} {'sliced: longest stall':>24}"
+    print(f"{head} {'one call: longest stall':>26}")
+    broken = False
+    for kind in kinds:
+        sliced = max(g for (r, k), g in gaps.items() if k == kind and r < args.rounds)
+        whole = max(g for (r, k), g in gaps.items() if k == kind and r >= args.rounds)
+        broken |= sliced * 1000 > args.bound
+        print(f"{kind:<22} {sliced * 1000:>21.1f} ms {whole * 1000:>23.1f} ms")
+    if args.check and broken:
+        print(f"a sliced frame stalled the loop for more than {args.bound} ms")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
