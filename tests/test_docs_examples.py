@@ -1,0 +1,161 @@
+"""Every Python code block in README.rst and docs/ runs as written.
+
+A block is a whole program unless the reStructuredText comment just before
+it says otherwise (the comment is invisible in the rendered page):
+
+``.. check: cluster``
+    A fragment that uses three connected nodes ``a``, ``b`` and ``c`` (as
+    ``trio_distribute.testing.open_cluster(3)`` makes them) with ``td``,
+    ``trio`` and ``attrs`` imported: it runs as the body of an async
+    function given those nodes.
+``.. check: compile (why)``
+    Only compiled: for blocks that need a second terminal or another
+    machine, or that run until stopped. The reason is required.
+
+Each block runs in a fresh interpreter, as a reader would run it, so that
+module-level registrations (message tags, exported RPC names) of one block
+cannot affect another.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import attrs
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.rst", *sorted((ROOT / "docs").rglob("*.rst"))]
+DIRECTIVE = re.compile(r"^(?P<indent>\s*)\.\. code-block:: (?P<lang>\S+)\s*$")
+CHECK = re.compile(r"^\s*\.\. check: (?P<mode>\w+)(?P<why>.*)$")
+MODES = {"run", "cluster", "compile"}
+# Generous: a block starts up to three nodes in a fresh interpreter on a
+# machine that may be busy.
+BLOCK_TIMEOUT = 60.0
+
+
+@attrs.frozen
+class Block:
+    path: Path
+    line: int
+    lang: str
+    mode: str
+    why: str
+    source: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def extract(path: Path) -> list[Block]:
+    """The code blocks of one document, with the check mode before each."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        found = DIRECTIVE.match(line)
+        if not found:
+            continue
+        mode, why = "run", ""
+        before = i - 1
+        while before >= 0 and not lines[before].strip():
+            before -= 1
+        check = CHECK.match(lines[before]) if before >= 0 else None
+        if check:
+            mode, why = check["mode"], check["why"].strip()
+        indent = len(found["indent"])
+        body: list[str] = []
+        j = i + 1
+        # Directive options (":caption: ...") come first, then a blank line.
+        while j < len(lines) and lines[j].strip().startswith(":"):
+            j += 1
+        while j < len(lines):
+            text = lines[j]
+            if text.strip() and len(text) - len(text.lstrip()) <= indent:
+                break
+            body.append(text)
+            j += 1
+        source = textwrap.dedent("\n".join(body)).strip("\n") + "\n"
+        blocks.append(Block(path, i + 1, found["lang"], mode, why, source))
+    return blocks
+
+
+ALL_BLOCKS = [block for path in DOCUMENTS for block in extract(path)]
+PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.lang == "python"]
+
+CLUSTER_WRAPPER = """\
+import attrs
+import trio
+import trio_distribute as td
+from trio_distribute.testing import open_cluster
+
+
+async def _block(a: td.Node, b: td.Node, c: td.Node) -> None:
+{body}
+
+
+async def _main() -> None:
+    async with open_cluster(3) as (a, b, c):
+        await _block(a, b, c)
+
+
+trio.run(_main)
+"""
+
+
+def program(block: Block) -> str:
+    if block.mode == "cluster":
+        return CLUSTER_WRAPPER.format(body=textwrap.indent(block.source, "    "))
+    return block.source
+
+
+def test_the_documents_have_blocks_of_every_mode() -> None:
+    # Guards the extractor itself: a change that found no blocks, or read
+    # every marker wrongly, would make the tests below pass vacuously.
+    modes = {block.mode for block in PYTHON_BLOCKS}
+    assert modes == MODES, modes
+    assert len(PYTHON_BLOCKS) >= 15
+    readme = [block for block in PYTHON_BLOCKS if block.path.name == "README.rst"]
+    assert readme and all(block.mode == "run" for block in readme)
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda block: block.id)
+def test_python_block(block: Block, tmp_path: Path) -> None:
+    assert block.mode in MODES, f"{block.id}: unknown check mode {block.mode!r}"
+    code = program(block)
+    compile(code, block.id, "exec")
+    if block.mode == "compile":
+        assert block.why, f"{block.id}: say why the block is only compiled"
+        return
+    script = tmp_path / "block.py"
+    script.write_text(code, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BLOCK_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, f"{block.id} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def test_readme_commands_are_the_ones_ci_runs() -> None:
+    """The README's two set-up commands: the demo, and the test command that
+    CI runs (``.ci/run`` runs ``nox -s tests``, the noxfile's test session)."""
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    console = [b.source for b in ALL_BLOCKS if b.path.name == "README.rst" and b.lang == "console"]
+    commands = [line for source in console for line in source.splitlines()]
+    assert "$ pip install . && python -m trio_distribute demo" in commands
+    assert "$ pip install nox && nox -s tests" in commands
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r"^nox -s tests$", ci, re.MULTILINE)
+    assert "def tests(" in (ROOT / "noxfile.py").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 260
