@@ -13,11 +13,11 @@ if TYPE_CHECKING:
 # Build from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import trio_distribute  # noqa: E402
+import trio_distribute
 
 project = "trio_distribute"
 author = "trio_distribute developers"
-copyright = "trio_distribute developers"  # noqa: A001
+copyright = "trio_distribute developers"
 release = trio_distribute.__version__
 version = release
 

@@ -29,6 +29,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+import trio_distribute as td
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.rst", *sorted((ROOT / "docs").rglob("*.rst"))]
 DIRECTIVE = re.compile(r"^(?P<indent>\s*)\.\. code-block:: (?P<lang>\S+)\s*$")
@@ -134,7 +136,10 @@ def test_python_block(block: Block, tmp_path: Path) -> None:
         return
     script = tmp_path / "block.py"
     script.write_text(code, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     result = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
@@ -159,3 +164,64 @@ def test_readme_commands_are_the_ones_ci_runs() -> None:
     assert re.search(r"^nox -s tests$", ci, re.MULTILINE)
     assert "def tests(" in (ROOT / "noxfile.py").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 260
+
+
+# Fields that are switches or places, not bounds; ``metadata``'s bound (512
+# bytes) is among the README's fixed limits.
+NOT_BOUNDS = {"enabled", "connect_all", "allow_any_module", "state_dir", "metadata"}
+UNITS = {"s": 1.0, "h": 3600.0, "KiB": 1024.0, "MiB": 1024.0 * 1024.0}
+
+
+def parse_quantity(text: str) -> float:
+    number, _, unit = text.partition(" ")
+    return float(number.replace(",", "")) * UNITS.get(unit, 1.0)
+
+
+def readme_limits() -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(config class, field): (default, local() value)}`` from the README's
+    "Limits and defaults" tables."""
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    section = readme.split(".. limits-start", 1)[1].split(".. limits-end", 1)[0]
+    configs = ["NodeConfig", "MembershipConfig", "ElectionConfig", "RegistryConfig", "GroupsConfig"]
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    owners: list[str] = []
+    for line in section.splitlines():
+        if re.match(r"^``\w+Config``", line):  # a table's title
+            owners = [name for name in configs if f"``{name}``" in line]
+        elif re.match(r"^``\w+``\s", line):  # a row
+            # Columns of the simple tables: field, default, local(), meaning.
+            field = line[:36].strip().strip("`")
+            default, local = line[36:50].strip(), line[51:61].strip()
+            classes = [getattr(td, name) for name in owners]
+            owner = [c.__name__ for c in classes if field in attrs.fields_dict(c)]
+            assert owner, f"README limits table: {field} is not a field of {owners}"
+            found[(owner[0], field)] = (default, local)
+    return found
+
+
+def test_readme_states_every_bound_with_its_default() -> None:
+    """Every bound is a config field, and the README's table states it with
+    the default (and ``local()`` value) the code has."""
+    limits = readme_limits()
+    for cls in (
+        td.NodeConfig,
+        td.MembershipConfig,
+        td.ElectionConfig,
+        td.RegistryConfig,
+        td.GroupsConfig,
+    ):
+        default = cls()
+        local = cls.local() if hasattr(cls, "local") else default
+        for field in attrs.fields(cls):
+            value = getattr(default, field.name)
+            if field.name in NOT_BOUNDS or attrs.has(type(value)):
+                continue
+            where = f"{cls.__name__}.{field.name}"
+            assert (cls.__name__, field.name) in limits, (
+                f"{where} is missing from README.rst's Limits and defaults table"
+            )
+            stated, stated_local = limits[(cls.__name__, field.name)]
+            assert parse_quantity(stated) == pytest.approx(value), where
+            local_value = getattr(local, field.name)
+            expected_local = parse_quantity(stated_local) if stated_local else value
+            assert expected_local == pytest.approx(local_value), f"{where} in local()"
