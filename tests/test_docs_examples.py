@@ -225,3 +225,58 @@ def test_readme_states_every_bound_with_its_default() -> None:
             local_value = getattr(local, field.name)
             expected_local = parse_quantity(stated_local) if stated_local else value
             assert expected_local == pytest.approx(local_value), f"{where} in local()"
+
+
+def docstring_examples() -> list[tuple[str, str]]:
+    """The code examples in the docstrings the API reference renders: a
+    paragraph ending in ``::`` or a ``.. code-block:: python``, then the
+    indented lines after it."""
+    import inspect
+
+    from trio_distribute import errors, log, registry, remote_call, settings, testing
+
+    objects: dict[str, object] = {f"td.{name}": getattr(td, name) for name in td.__all__}
+    for module in (errors, log, registry, remote_call, settings, testing):
+        objects |= {f"{module.__name__}.{n}": getattr(module, n) for n in dir(module)}
+    for name, obj in list(objects.items()):
+        if inspect.isclass(obj):
+            objects |= {f"{name}.{n}": v for n, v in vars(obj).items() if not n.startswith("_")}
+    examples = []
+    for name, obj in objects.items():
+        # The object's own docstring: an inherited one (an Enum's) is not ours.
+        own = getattr(obj, "__doc__", None) if callable(obj) else None
+        doc = inspect.cleandoc(own) if isinstance(own, str) else None
+        if not doc or getattr(obj, "__module__", "").split(".")[0] != "trio_distribute":
+            continue
+        lines = doc.splitlines()
+        for i, line in enumerate(lines):
+            if not (line.rstrip().endswith("::") or line.strip() == ".. code-block:: python"):
+                continue
+            indent = len(line) - len(line.lstrip())
+            body = []
+            for text in lines[i + 1 :]:
+                if text.strip() and len(text) - len(text.lstrip()) <= indent:
+                    break
+                body.append(text)
+            examples.append((f"{name}:{i}", textwrap.dedent("\n".join(body)).strip("\n")))
+    return examples
+
+
+DOCSTRING_EXAMPLES = docstring_examples()
+
+
+def test_docstrings_have_examples() -> None:
+    names = {name.split(":")[0] for name, _ in DOCSTRING_EXAMPLES}
+    assert {
+        "td.message",
+        "trio_distribute.log.correlation",
+        "trio_distribute.remote_call.expose",
+    } <= names
+
+
+@pytest.mark.parametrize(("name", "source"), DOCSTRING_EXAMPLES, ids=lambda x: str(x)[:40])
+def test_docstring_example_compiles(name: str, source: str) -> None:
+    """Docstring examples are fragments (they use ``node``, ``peer`` and the
+    like without making them), so they are compiled as the body of an async
+    function; the guides hold runnable versions of each."""
+    compile("async def _example():\n" + textwrap.indent(source, "    "), name, "exec")
