@@ -280,3 +280,10 @@ def test_docstring_example_compiles(name: str, source: str) -> None:
     like without making them), so they are compiled as the body of an async
     function; the guides hold runnable versions of each."""
     compile("async def _example():\n" + textwrap.indent(source, "    "), name, "exec")
+
+
+def test_readme_renders_without_warnings() -> None:
+    """PyPI renders the README with plain docutils (no Sphinx roles)."""
+    core = pytest.importorskip("docutils.core")
+    source = (ROOT / "README.rst").read_text(encoding="utf-8")
+    core.publish_doctree(source, settings_overrides={"halt_level": 2})
