@@ -63,5 +63,22 @@ def _drop_missing_optional_pages(app: Sphinx, docname: str, source: list[str]) -
             source[0] = source[0].replace(f"\n   {page}\n", "\n")
 
 
+def _computed_defaults(
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str | None, str | None] | None:
+    # attrs shows a default made by a factory as its NOTHING sentinel; the
+    # field's description says what the default is.
+    if signature is None or "NOTHING" not in signature:
+        return None
+    return signature.replace("=NOTHING", "=..."), return_annotation
+
+
 def setup(app: Sphinx) -> None:
     app.connect("source-read", _drop_missing_optional_pages)
+    app.connect("autodoc-process-signature", _computed_defaults)
