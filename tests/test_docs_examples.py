@@ -287,3 +287,15 @@ def test_readme_renders_without_warnings() -> None:
     core = pytest.importorskip("docutils.core")
     source = (ROOT / "README.rst").read_text(encoding="utf-8")
     core.publish_doctree(source, settings_overrides={"halt_level": 2})
+
+
+def test_no_untested_literal_blocks() -> None:
+    """A paragraph ending in ``::`` starts a literal block that the tests
+    above would not see: code goes in ``.. code-block::`` directives."""
+    literal = []
+    for path in DOCUMENTS:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            stripped = line.strip()
+            if stripped.endswith("::") and not stripped.startswith(".. "):
+                literal.append(f"{path.relative_to(ROOT)}:{number}")
+    assert not literal, f"use .. code-block:: instead of :: at {literal}"
