@@ -37,7 +37,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Build the Sphinx docs (README plus API reference); warnings fail it."""
+    """Build the Sphinx site (tutorial, guides, reference, internals); warnings
+    and unresolved references (nitpicky, set in docs/conf.py) fail it."""
     session.install("-e", ".[docs]")
     session.run(
         "sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html"
@@ -46,7 +47,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def sim(session: nox.Session) -> None:
-    """Full simulations: SWIM at N = 1,000 and the election's R1-R8 sets;
+    """Full simulations: SWIM at N = 1,000 and the election's fault and formation sets;
     prints measured values against each target and writes the tables."""
     session.install("-e", ".[test]")
     # Each script prints its table and exits non-zero if a target is missed;

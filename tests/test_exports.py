@@ -1,4 +1,5 @@
-"""The public API is exactly what DESIGN.md promises, importable from the top."""
+"""The public API: every documented name is importable from the top-level package,
+and nothing else public is exported by accident."""
 
 from __future__ import annotations
 

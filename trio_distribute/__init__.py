@@ -1,8 +1,10 @@
 """Erlang-style distributed computing for trio.
 
 Named nodes that authenticate each other with a cookie, connected over TCP
-with one connection per peer. See README.rst for the tour and DESIGN.md for
-the contract.
+with one connection per peer; processes with pids and mailboxes, monitors,
+a global registry, process groups, RPC, membership and leader election.
+Everything public is importable from here; README.rst has a tour and the
+documentation (docs/) a tutorial and the reference.
 """
 
 from __future__ import annotations

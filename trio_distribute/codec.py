@@ -240,9 +240,10 @@ def message(
 
     On the wire an instance is ``tag(62627, [tag, version, {field: value}])``.
     The receiver looks the class up by ``tag`` (an unknown tag is a
-    :class:`DecodeError`, never a silent dict), checks that ``version`` is in
-    ``accepts`` and builds the instance with the class's ``__init__``, so
-    converters and validators run on received data too.
+    :class:`~trio_distribute.errors.DecodeError`, never a silent dict),
+    checks that ``version`` is in ``accepts`` and builds the instance with
+    the class's ``__init__``, so converters and validators run on received
+    data too.
 
     Args:
         tag: the name of the message on the wire; unique per process.

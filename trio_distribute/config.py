@@ -25,7 +25,36 @@ _MiB = 1024 * 1024
 
 @attrs.frozen(kw_only=True)
 class MembershipConfig:
-    """SWIM membership knobs; defaults are memberlist's LAN profile."""
+    """SWIM membership knobs; defaults are memberlist's LAN profile.
+
+    Attributes:
+        enabled: run membership at all (the election needs it).
+        probe_interval: seconds between two probes this node sends (one
+            member probed per interval, round robin).
+        probe_timeout: seconds a direct probe waits for its answer before
+            indirect probes are sent; below ``probe_interval``.
+        indirect_checks: members asked to probe an unanswering member for
+            this node.
+        suspicion_mult: the minimum suspicion timeout is
+            ``suspicion_mult * max(1, log10 n) * probe_interval``.
+        suspicion_max_timeout_mult: the suspicion timeout starts at this
+            times the minimum and shrinks as others confirm the suspicion.
+        retransmit_mult: each update is piggybacked
+            ``retransmit_mult * log10(n + 1)`` times (at least once).
+        gossip_interval: seconds between two gossip rounds.
+        gossip_nodes: members each gossip round sends to.
+        push_pull_interval: seconds between two full-state exchanges over
+            TCP with a random member.
+        awareness_max_multiplier: the most Lifeguard's local health score
+            may stretch this node's probe interval and timeout.
+        reconnect_interval: seconds between two attempts to reach a dead
+            member again; also the longest wait between seed retries.
+        reconnect_timeout: seconds a dead member keeps being retried.
+        redial_min_interval: with ``connect_all``, the first redial of a
+            live member this node is not connected to waits this long.
+        redial_max_interval: each failed redial doubles the wait, up to
+            this, with up to 25 % random jitter on top.
+    """
 
     enabled: bool = True
     probe_interval: float = attrs.field(default=1.0, converter=float, validator=_positive_float)
@@ -109,6 +138,12 @@ class ElectionConfig:
     ``[election_timeout, 2 * election_timeout)``.
 
     Attributes:
+        enabled: run the election (it needs membership).
+        election_timeout: ``E``: a follower that hears no leader for a
+            random time in ``[E, 2E)`` starts a (pre-)vote; a leader that
+            does not hear from a majority within ``0.75 E`` steps down.
+        heartbeat_interval: seconds between a leader's heartbeats; below
+            ``election_timeout``.
         bootstrap_expect: a node that is not yet part of a cluster never
             campaigns until it knows at least this many members, itself
             included (Consul's ``bootstrap_expect``). Set it to the number of
@@ -141,7 +176,7 @@ class ElectionConfig:
 
 @attrs.frozen(kw_only=True)
 class RegistryConfig:
-    """Bounds of the global registry (see README, "Global registry").
+    """Bounds of the global registry (see the "Global registry" guide).
 
     Attributes:
         lock_timeout: how long a lock request waits for a peer's answer. A
@@ -202,7 +237,7 @@ class RegistryConfig:
 
 @attrs.frozen(kw_only=True)
 class GroupsConfig:
-    """Bounds of process groups (see README, "Process groups").
+    """Bounds of process groups (see the "Process groups" guide).
 
     Attributes:
         max_remote_entries: memberships one peer may announce (all groups
@@ -239,6 +274,8 @@ class NodeConfig:
     """Everything a node can be tuned with.
 
     Attributes:
+        membership: membership knobs (:class:`MembershipConfig`).
+        election: election knobs (:class:`ElectionConfig`).
         tick_timeout: a connection silent for this long is declared down
             (Erlang's ``net_ticktime``); ticks are sent every quarter of it.
         handshake_timeout: deadline for a whole handshake.

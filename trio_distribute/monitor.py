@@ -29,8 +29,8 @@ class NodeDownReason:
     #: One side called :meth:`Node.disconnect`; both sides see this. The
     #: disconnect sticks: neither side redials the other on its own.
     DISCONNECT: Final = "disconnect"
-    #: The connection closed without a goodbye: the peer crashed, was
-    #: killed, or the network failed.
+    #: The connection closed without a goodbye (the peer crashed, was
+    #: killed, or the network failed).
     CONNECTION_CLOSED: Final = "connection_closed"
     #: Nothing arrived for ``tick_timeout`` seconds.
     TICK_TIMEOUT: Final = "tick_timeout"

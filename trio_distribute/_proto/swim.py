@@ -119,6 +119,9 @@ def _not_older(a: int, b: int) -> bool:
 
 
 class MemberStatus(enum.Enum):
+    """A member's status in membership: alive, suspect (it missed probes and
+    may refute the suspicion), dead (declared failed) or left (gracefully)."""
+
     ALIVE = "alive"
     SUSPECT = "suspect"
     DEAD = "dead"

@@ -253,7 +253,7 @@ class Election:
 
     @property
     def term(self) -> int:
-        """The current term: a fencing token for anything done as leader."""
+        """Return the current term, a fencing token for anything done as leader."""
         return self.core.term
 
     def voters(self) -> list[str]:

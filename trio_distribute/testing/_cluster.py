@@ -29,7 +29,7 @@ async def open_cluster(
         n: how many nodes (named ``a``, ``b``, ... ``@host``), or their short
             names.
         cookie: the cookie they share.
-        config: defaults to :meth:`NodeConfig.local`, fast timers, with
+        config: defaults to :meth:`~trio_distribute.NodeConfig.local`, fast timers, with
             ``bootstrap_expect`` set to the number of nodes.
         host: where they listen.
         connect: ``False`` starts them unconnected.
@@ -66,7 +66,7 @@ async def start_node(
     port: int = 0,
 ) -> Node:
     """Run a node in a task of its own in ``task_group`` and return it once
-    it is up (``config`` defaults to :meth:`NodeConfig.local`). Such a node
+    it is up (``config`` defaults to :meth:`~trio_distribute.NodeConfig.local`). Such a node
     can be :func:`crash`-ed without cancelling the test itself; cancelling
     ``task_group`` stops it."""
     node: Node = await task_group.start(

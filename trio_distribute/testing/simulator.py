@@ -123,7 +123,8 @@ def _size(payload: object) -> int:
 
 
 class Simulator:
-    """Virtual time plus a seeded network between :class:`SimHost` adapters."""
+    """Virtual time plus a seeded network between
+    :class:`~trio_distribute.testing.simulator.SimHost` adapters."""
 
     def __init__(
         self,
