@@ -11,6 +11,7 @@ def test_all_names_are_importable_and_listed() -> None:
     public = {n for n in dir(td) if not n.startswith("_")}
     modules = {"codec", "config", "errors", "groups", "messaging", "monitor", "node"}
     modules |= {"registry", "testing", "transport", "cluster", "election"}
+    modules |= {"supervisor"}
     assert public - modules - {"annotations"} == set(td.__all__)
 
 
@@ -25,6 +26,7 @@ def test_contract_names_exist() -> None:
         "RpcTimeoutError", "BadRpcError", "RemoteError", "Ok", "Err", "rpc", "remote_call",
         "settings", "log", "Leader", "NoLeader", "LeaderChanged", "MemberStatus", "MemberUp",
         "MemberSuspect", "MemberDown", "MemberLeft", "NodeHealth", "ClusterHealth",
+        "open_supervisor", "ChildSpec", "open_pool", "open_singleton",
     ]:  # fmt: skip
         assert name in td.__all__, name
 

@@ -69,12 +69,29 @@ from .remote_call import Err as Err
 from .remote_call import Ok as Ok
 from .remote_call import Rpc as Rpc
 from .remote_call import RpcStatistics as RpcStatistics
+from .supervisor import ChildCounts as ChildCounts
+from .supervisor import ChildInfo as ChildInfo
+from .supervisor import ChildSpec as ChildSpec
+from .supervisor import Pool as Pool
+from .supervisor import PoolRef as PoolRef
+from .supervisor import RestartIntensityExceeded as RestartIntensityExceeded
+from .supervisor import Singleton as Singleton
+from .supervisor import Supervisor as Supervisor
+from .supervisor import SupervisorError as SupervisorError
+from .supervisor import find_pool as find_pool
+from .supervisor import open_dynamic_supervisor as open_dynamic_supervisor
+from .supervisor import open_pool as open_pool
+from .supervisor import open_singleton as open_singleton
+from .supervisor import open_supervisor as open_supervisor
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AuthenticationError",
     "BadRpcError",
+    "ChildCounts",
+    "ChildInfo",
+    "ChildSpec",
     "ClusterHealth",
     "ConnectError",
     "DecodeError",
@@ -115,21 +132,32 @@ __all__ = [
     "NodeUp",
     "Ok",
     "Pid",
+    "Pool",
+    "PoolRef",
     "Process",
     "ProcessDown",
     "ProtocolError",
     "Ref",
     "RegistryConfig",
     "RemoteError",
+    "RestartIntensityExceeded",
     "Rpc",
     "RpcError",
     "RpcStatistics",
     "RpcTimeoutError",
+    "Singleton",
+    "Supervisor",
+    "SupervisorError",
     "VersionMismatchError",
     "current_process",
+    "find_pool",
     "log",
     "message",
+    "open_dynamic_supervisor",
     "open_node",
+    "open_pool",
+    "open_singleton",
+    "open_supervisor",
     "remote_call",
     "rpc",
     "settings",
