@@ -25,7 +25,7 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -123,6 +123,12 @@ def _check_id(instance: object, attribute: attrs.Attribute[Any], value: object) 
         raise TypeError(f"a child id must be a non-empty str, got {value!r}")
 
 
+def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"args must be a tuple of arguments, got {value!r}")
+    return tuple(value)
+
+
 @attrs.frozen
 class ChildSpec:
     """How to start, restart and stop one child.
@@ -146,7 +152,7 @@ class ChildSpec:
 
     id: str = attrs.field(validator=_check_id)
     fn: Callable[..., Awaitable[object]] = attrs.field(validator=_check_callable)
-    args: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+    args: tuple[Any, ...] = attrs.field(default=(), converter=_to_tuple)
     restart: str = attrs.field(default="permanent", validator=_check_restart)
     shutdown: float | None = attrs.field(default=5.0, validator=_check_shutdown)
     name: str | None = attrs.field(default=None, validator=_check_optional_name)
