@@ -230,6 +230,8 @@ class Supervisor:
     _exits: deque[tuple[_Child, _Run]] = attrs.field(factory=deque)
     _exit_event: anyio.Event = attrs.field(factory=anyio.Event)
     _closed: bool = False
+    # Every run not yet ended, even one whose start has not returned.
+    _runs: set[_Run] = attrs.field(factory=set)
     _dynamic_ids: int = 0
 
     # ---------------------------------------------------------------- API
@@ -352,7 +354,12 @@ class Supervisor:
         ended already: its end is then handled like any other)."""
         assert self._task_group is not None
         run = _Run()
-        await self._task_group.start(self._run_child, child, run)
+        self._runs.add(run)
+        try:
+            await self._task_group.start(self._run_child, child, run)
+        except BaseException:
+            self._runs.discard(run)
+            raise
         child.run = run
         assert run.process is not None
         return run.process.pid
@@ -397,6 +404,7 @@ class Supervisor:
             processes._exit(process, reason)
             run.reason = reason
             run.done.set()
+            self._runs.discard(run)
             if started:
                 self._exits.append((child, run))
                 self._exit_event.set()
@@ -494,6 +502,14 @@ class Supervisor:
             else:
                 self._children.remove(child)  # a temporary sibling is not restarted
 
+    def _kill_all(self) -> None:
+        """Cancel every child at once (their scopes shield them from any
+        other cancellation)."""
+        self._closed = True
+        for run in list(self._runs):
+            run.stopping = True
+            run.hard.cancel()
+
     async def _shutdown(self) -> None:
         async with self._lock:
             self._closed = True
@@ -570,11 +586,18 @@ async def open_supervisor(
             try:
                 yield supervisor
             finally:
-                # Shielded: a cancelled parent still stops the children one
-                # by one, in order, each within its shutdown time.
-                with anyio.CancelScope(shield=not node.transport.stopping):
-                    await supervisor._shutdown()
-                task_group.cancel_scope.cancel()
+                try:
+                    if node.transport.stopping:
+                        # The node is going (or crashed): no time for grace,
+                        # and no await may come first (we may be cancelled).
+                        supervisor._kill_all()
+                    # Shielded otherwise: a cancelled parent still stops the
+                    # children one by one, in order, within their shutdown.
+                    with anyio.CancelScope(shield=not node.transport.stopping):
+                        await supervisor._shutdown()
+                finally:
+                    supervisor._kill_all()  # whatever happened above
+                    task_group.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # A task group wraps even a lone error: give the caller the error
         # (RestartIntensityExceeded, or what the block raised) itself.
