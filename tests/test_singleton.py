@@ -68,7 +68,9 @@ async def test_singleton_runs_on_the_leader_and_moves_when_its_node_crashes() ->
             ]
             new_pid = by_name[new_node].registry.whereis("single")
             assert new_pid is not None and new_pid.node == new_node
-            await wait_until(lambda: all(n.registry.whereis("single") == new_pid for n in survivors))
+            await wait_until(
+                lambda: all(n.registry.whereis("single") == new_pid for n in survivors)
+            )
             await anyio.sleep(0.5)  # and it stays one instance
             assert len(starts()) == 2
             tg.cancel_scope.cancel()
