@@ -25,6 +25,8 @@ def test_contract_names_exist() -> None:
         "RpcTimeoutError", "BadRpcError", "RemoteError", "Ok", "Err", "rpc", "remote_call",
         "settings", "log", "Leader", "NoLeader", "LeaderChanged", "MemberStatus", "MemberUp",
         "MemberSuspect", "MemberDown", "MemberLeft", "NodeHealth", "ClusterHealth",
+        "ExitSignal", "Call", "CallTimeoutError", "ProcessDownError", "AlreadyRepliedError",
+        "ProcessExitError",
     ]:  # fmt: skip
         assert name in td.__all__, name
 
@@ -35,3 +37,10 @@ def test_connect_errors_share_a_base() -> None:
     assert issubclass(td.ConnectError, td.DistributionError)
     assert issubclass(td.DecodeError, td.ProtocolError)
     assert issubclass(td.EncodeError, TypeError)
+
+
+def test_call_and_exit_errors() -> None:
+    assert issubclass(td.CallTimeoutError, TimeoutError)
+    assert issubclass(td.AlreadyRepliedError, ValueError)
+    for error in (td.CallTimeoutError, td.ProcessDownError, td.ProcessExitError):
+        assert issubclass(error, td.DistributionError)
