@@ -27,6 +27,8 @@ def test_contract_names_exist() -> None:
         "settings", "log", "Leader", "NoLeader", "LeaderChanged", "MemberStatus", "MemberUp",
         "MemberSuspect", "MemberDown", "MemberLeft", "NodeHealth", "ClusterHealth",
         "open_supervisor", "ChildSpec", "open_pool", "open_singleton",
+        "ExitSignal", "Call", "CallTimeoutError", "ProcessDownError", "AlreadyRepliedError",
+        "ProcessExitError",
     ]:  # fmt: skip
         assert name in td.__all__, name
 
@@ -37,3 +39,10 @@ def test_connect_errors_share_a_base() -> None:
     assert issubclass(td.ConnectError, td.DistributionError)
     assert issubclass(td.DecodeError, td.ProtocolError)
     assert issubclass(td.EncodeError, TypeError)
+
+
+def test_call_and_exit_errors() -> None:
+    assert issubclass(td.CallTimeoutError, TimeoutError)
+    assert issubclass(td.AlreadyRepliedError, ValueError)
+    for error in (td.CallTimeoutError, td.ProcessDownError, td.ProcessExitError):
+        assert issubclass(error, td.DistributionError)

@@ -13,8 +13,10 @@ from . import log as log
 from . import remote_call as remote_call
 from . import remote_call as rpc
 from . import settings as settings
+from ._calls import Call as Call
 from ._ids import Pid as Pid
 from ._ids import Ref as Ref
+from ._links import ExitSignal as ExitSignal
 from .cluster.health import ClusterHealth as ClusterHealth
 from .cluster.health import Health as Health
 from .cluster.health import NodeHealth as NodeHealth
@@ -35,8 +37,10 @@ from .election.raft_lite import Election as Election
 from .election.raft_lite import Leader as Leader
 from .election.raft_lite import LeaderChanged as LeaderChanged
 from .election.raft_lite import NoLeader as NoLeader
+from .errors import AlreadyRepliedError as AlreadyRepliedError
 from .errors import AuthenticationError as AuthenticationError
 from .errors import BadRpcError as BadRpcError
+from .errors import CallTimeoutError as CallTimeoutError
 from .errors import ConnectError as ConnectError
 from .errors import DecodeError as DecodeError
 from .errors import DistributionError as DistributionError
@@ -46,6 +50,8 @@ from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import NameNotFoundError as NameNotFoundError
 from .errors import NameTakenError as NameTakenError
 from .errors import NodeDownError as NodeDownError
+from .errors import ProcessDownError as ProcessDownError
+from .errors import ProcessExitError as ProcessExitError
 from .errors import ProtocolError as ProtocolError
 from .errors import RemoteError as RemoteError
 from .errors import RpcError as RpcError
@@ -87,8 +93,11 @@ from .supervisor import open_supervisor as open_supervisor
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AlreadyRepliedError",
     "AuthenticationError",
     "BadRpcError",
+    "Call",
+    "CallTimeoutError",
     "ChildCounts",
     "ChildInfo",
     "ChildSpec",
@@ -102,6 +111,7 @@ __all__ = [
     "Err",
     "ExitKind",
     "ExitReason",
+    "ExitSignal",
     "GroupJoined",
     "GroupLeft",
     "GroupsConfig",
@@ -136,6 +146,8 @@ __all__ = [
     "PoolRef",
     "Process",
     "ProcessDown",
+    "ProcessDownError",
+    "ProcessExitError",
     "ProtocolError",
     "Ref",
     "RegistryConfig",
