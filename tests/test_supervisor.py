@@ -374,6 +374,64 @@ async def test_shutdown_waits_for_cleanup_within_the_shutdown_time() -> None:
             assert log == [("stop", "b"), ("cleaned", "a")]
 
 
+async def test_a_trapping_child_is_asked_by_exit_signal_then_cancelled_after_its_shutdown() -> None:
+    log: list[object] = []
+
+    async def trapping(proc: td.Process, obey: bool) -> None:
+        proc.trap_exits = True
+        try:
+            async for message in proc:
+                log.append(message)
+                if obey:
+                    return
+                # Ignores the request: only the hard cancel ends it.
+        finally:
+            log.append("ended")
+
+    with anyio.fail_after(10):
+        async with one_node() as node, td.open_supervisor(node) as sup:
+            await sup.start_child(td.ChildSpec("obeys", trapping, (True,), shutdown=None))
+            stubborn = await sup.start_child(
+                td.ChildSpec("ignores", trapping, (False,), shutdown=0.3)
+            )
+            async with node.monitor(stubborn) as down:
+                started = anyio.current_time()
+                await sup.terminate_child("ignores")
+                event = await down.receive()
+            assert anyio.current_time() - started >= 0.3  # it got its shutdown time
+            signal, ended = log
+            assert isinstance(signal, td.ExitSignal)
+            assert signal.reason == td.ExitReason(ExitKind.SHUTDOWN, "terminated by its supervisor")
+            assert ended == "ended"
+            assert event.reason.kind == ExitKind.SHUTDOWN
+            log.clear()
+            await sup.terminate_child("obeys")  # returns on the signal: no wait
+            assert [type(m) for m in log] == [td.ExitSignal, str]
+
+
+async def test_children_take_part_in_links_and_exit_signals() -> None:
+    log: Log = []
+    with anyio.fail_after(10):
+        async with one_node() as node, td.open_supervisor(node) as sup:
+            pid = await sup.start_child(spec(log, "a"))
+            # An exit signal ends a child like a crash: it is restarted.
+            async with node.monitor(pid) as down:
+                await node.exit(pid, "kill")
+                event = await down.receive()
+            assert event.reason.kind == ExitKind.KILLED
+            pid = await restarted(sup, "a", pid)
+            # A process linked to a child hears of its crash.
+            async with node.open_process() as watcher:
+                watcher.trap_exits = True
+                await watcher.link(pid)
+                await node.send(pid, "crash")
+                signal = await watcher.receive()
+            assert isinstance(signal, td.ExitSignal)
+            assert signal.pid == pid
+            assert signal.reason.kind == ExitKind.EXCEPTION
+            await restarted(sup, "a", pid)
+
+
 # ------------------------------------------------------------------ names
 
 

@@ -380,15 +380,18 @@ class Supervisor:
         run.process = process
         reason = ExitReason(ExitKind.NORMAL)
         started = False
+        # Cancelled by an exit signal (a link, or Node.exit), like a spawned
+        # process: it then ends with the signal's reason.
+        signalled = process._scope = anyio.CancelScope()
         try:
-            with run.hard:
-                with run.soft:
-                    if spec.global_name is not None:
-                        # Before fn runs: the name is there for as long as
-                        # the body is, and a failure starts nothing.
-                        await self.node.registry.register(spec.global_name, process.pid)
-                    started = True
-                    task_status.started()
+            with run.hard, run.soft, signalled:
+                if spec.global_name is not None:
+                    # Before fn runs: the name is there for as long as the
+                    # body is, and a failure starts nothing.
+                    await self.node.registry.register(spec.global_name, process.pid)
+                started = True
+                task_status.started()
+                if process._exit_reason is None:
                     await spec.fn(process, *child.args)
             if run.stopping and (run.soft.cancelled_caught or run.hard.cancelled_caught):
                 reason = TERMINATED
@@ -401,6 +404,8 @@ class Supervisor:
                 raise
             logger.exception("child %r (%s) crashed", spec.id, process.pid)
         finally:
+            if process._exit_reason is not None:
+                reason = process._exit_reason
             processes._exit(process, reason)
             run.reason = reason
             run.done.set()
@@ -432,10 +437,10 @@ class Supervisor:
 
     async def _ask_to_stop(self, run: _Run) -> None:
         process = run.process
-        exit_signal = getattr(self.node, "exit", None)
-        if process is not None and getattr(process, "trap_exits", False) and exit_signal:
-            # A process that traps exits is told in its mailbox, as in OTP.
-            await exit_signal(process.pid, "shutdown")
+        if process is not None and process.trap_exits and process.alive:
+            # A process that traps exits is told in its mailbox, as in OTP
+            # (an ExitSignal with reason shutdown), and may finish its work.
+            await self.node.exit(process.pid, TERMINATED)
         else:
             run.soft.cancel()
 
