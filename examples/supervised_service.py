@@ -24,6 +24,8 @@ the worker that owns the key (``pool.pick(key)``: per-key order), which
 sends it, with the term, to every node's replica and replies. A replica
 refuses writes of an older term than it has seen: the term is the fencing
 token, so a deposed server cannot overwrite what its successor wrote.
+Replication is asynchronous (sent, not acknowledged, before the reply): a
+write acknowledged in the instant before a SIGKILL can be lost with it.
 
 Requests are ``proc.call(dest, request)`` and answered with
 ``proc.reply(call, value)``.
@@ -74,7 +76,10 @@ async def kv_worker(proc: td.Process, node: td.Node, term: int) -> None:
         if call == "crash":
             raise RuntimeError("asked to crash")
         _, key, value = call.request  # ["put", key, value]
-        for member in node.membership.alive():
+        # Every server node this one is connected to (a node that went
+        # down without being declared dead yet is not waited for).
+        servers = set(node.membership.alive()) & {node.name, *node.nodes()}
+        for member in sorted(servers):
             await node.send(("kv_replica", member), ["write", term, key, value])
         await proc.reply(call, "ok")
 

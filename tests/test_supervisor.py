@@ -3,8 +3,12 @@ intensity, nested trees, shutdown order and timeouts, names, bad input."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -501,3 +505,31 @@ async def test_bad_input_is_refused_with_nothing_half_started() -> None:
                 assert sup.which_children() == [td.ChildInfo("a", pid, "permanent")]
                 assert node.statistics().processes == processes + 1
                 assert log == [("start", "a")]  # the refused children never ran
+
+
+# ---------------------------------------------------------------- example
+
+
+@pytest.mark.slow
+def test_supervised_service_example_across_os_processes() -> None:
+    """The example's ``both`` mode: three server processes, a worker crash,
+    the SIGKILL of the singleton's node (about 10-15 s: slow)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    example = Path(__file__).parent.parent / "examples" / "supervised_service.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "both", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "worker 2 crashed and was restarted" in out
+    assert "all 20 read back" in out
+    assert "SIGKILLed" in out
+    assert "kv moved to" in out
+    assert "all 20 keys read back" in out
+    assert "writes work on the new leader" in out
+    assert "[main] done" in out
