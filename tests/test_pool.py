@@ -94,3 +94,23 @@ async def test_pool_bad_input_leaves_nothing_running() -> None:
                 # p_1 was started, then stopped when p_2 could not be.
                 assert node.registry.names() == ["p_2"]
                 assert node.statistics().processes == processes + 1
+
+
+async def test_pool_intensity_defaults_to_its_size() -> None:
+    starts: list[int] = []
+
+    async def crashes(proc: td.Process) -> None:
+        starts.append(1)
+        raise RuntimeError("broken worker")
+
+    async def run(node: td.Node) -> None:
+        async with td.open_pool(node, "bad", 2, crashes, period=60):
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with td.open_node("pool@127.0.0.1", cookie=COOKIE, config=FAST) as node:
+            with pytest.raises(td.RestartIntensityExceeded, match="more than 2 restart"):
+                await run(node)
+            # Two first runs, two restarts allowed, the third refused.
+            assert len(starts) == 4
+            assert node.registry.names() == []
