@@ -116,6 +116,35 @@ async def test_singleton_that_keeps_crashing_ends_with_the_supervisors_error() -
                 await run(node)
 
 
+async def test_a_new_instance_waits_until_the_old_ones_name_is_gone() -> None:
+    """The leader starts its instance only once the name has left its
+    registry replica (the old instance exited, or its node is down)."""
+    events: list[str] = []
+
+    async def instance(proc: td.Process, term: int) -> None:
+        events.append("new started")
+        await anyio.sleep_forever()
+
+    config = td.NodeConfig.local(election=td.ElectionConfig.local(bootstrap_expect=1))
+    with anyio.fail_after(15):
+        async with td.open_node("solo@127.0.0.1", cookie=COOKIE, config=config) as node:
+            await node.election.wait_for_leader(timeout=10)
+
+            async def holder(proc: td.Process) -> None:  # stands for the old instance
+                await node.registry.register("handover", proc.pid)
+                await proc.receive()
+
+            old = await node.spawn(holder)
+            await wait_until(lambda: node.registry.whereis("handover") == old)
+            async with td.open_singleton(node, "handover", instance) as singleton:
+                await anyio.sleep(0.3)
+                assert events == []  # the old one still holds the name
+                events.append("old stopped")
+                await node.send(old, "stop")
+                await wait_until(lambda: events == ["old stopped", "new started"])
+                assert singleton.whereis() not in (None, old)
+
+
 async def test_singleton_bad_input() -> None:
     async def fn(proc: td.Process, term: int) -> None:
         await anyio.sleep_forever()
@@ -127,4 +156,9 @@ async def test_singleton_bad_input() -> None:
                 pass
         with pytest.raises(TypeError, match="fn must be"):
             async with td.open_singleton(node, "x", "fn"):  # type: ignore[arg-type]
+                pass
+    quiet = td.NodeConfig(election=td.ElectionConfig(enabled=False))
+    async with td.open_node("quiet@127.0.0.1", cookie=COOKIE, config=quiet) as node:
+        with pytest.raises(ValueError, match="needs the node's election"):
+            async with td.open_singleton(node, "x", fn):
                 pass

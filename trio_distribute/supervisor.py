@@ -790,11 +790,17 @@ async def open_singleton(
     once the old one's name has left its registry replica: the old
     instance has exited, or its node is down.
 
-    Raises (out of the block):
-        RestartIntensityExceeded: the instance kept crashing here.
+    Raises:
+        ValueError, TypeError: bad arguments, or the node runs no election.
+        RestartIntensityExceeded: (out of the block) the instance kept
+            crashing here.
     """
     _check_intensity(intensity, period)
     ChildSpec(name, fn, args, shutdown=shutdown, global_name=name)  # validates now
+    if not node.election.enabled:
+        raise ValueError(
+            "open_singleton needs the node's election (ElectionConfig.enabled, with membership)"
+        )
     singleton = Singleton(node=node, name=name)
     try:
         async with (
