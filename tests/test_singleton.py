@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 import trio_distribute as td
-from trio_distribute.testing import crash, start_node, wait_until
+from trio_distribute.testing import crash, open_cluster, partition, start_node, wait_until
 
 COOKIE = "test-cookie"
 CONFIG = td.NodeConfig.local(election=td.ElectionConfig.local(bootstrap_expect=3))
@@ -74,6 +74,38 @@ async def test_singleton_runs_on_the_leader_and_moves_when_its_node_crashes() ->
             await anyio.sleep(0.5)  # and it stays one instance
             assert len(starts()) == 2
             tg.cancel_scope.cancel()
+
+
+async def test_a_cut_off_leader_stops_its_instance_before_another_starts() -> None:
+    """Check-quorum: the cut-off leader steps down within its lease, before
+    the majority can elect, and stops its instance then (shutdown 0)."""
+    events: list[Event] = []
+
+    async def instance(proc: td.Process, term: int) -> None:
+        events.append(("start", proc.pid.node, term))
+        try:
+            await anyio.sleep_forever()
+        finally:
+            events.append(("stop", proc.pid.node, term))
+
+    async def host(proc: td.Process, node: td.Node) -> None:
+        async with td.open_singleton(node, "cut", instance):
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(30):
+        async with open_cluster(["c1", "c2", "c3"], cookie=COOKIE, config=CONFIG) as nodes:
+            for node in nodes:
+                await node.spawn(host, node)
+            await wait_until(lambda: len(events) == 1)
+            _, old_node, old_term = events[0]
+            old = next(n for n in nodes if n.name == old_node)
+            async with partition([old], [n for n in nodes if n is not old]):
+                await wait_until(lambda: len(events) == 3)
+                assert events[1] == ("stop", old_node, old_term)
+                _, new_node, new_term = events[2]
+                assert events[2][0] == "start" and new_node != old_node
+                assert new_term > old_term
+                assert old.election.leader != td.Leader(old_node, old_term)
 
 
 async def test_singleton_instance_is_supervised_on_the_leader() -> None:
