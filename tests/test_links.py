@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -16,6 +17,16 @@ from trio_distribute.monitor import ExitKind
 from trio_distribute.testing import crash, open_cluster, start_node, wait_until
 
 COOKIE = "trio-distribute-test"
+
+
+def drops_at(node: td.Node, cause: str, n: int) -> Callable[[], bool]:
+    return lambda: node.statistics().drops.get(cause) == n
+
+
+def ended(node: td.Node, pid: td.Pid) -> Callable[[], bool]:
+    return lambda: node._processes.lookup(pid) is None
+
+
 FAST = td.NodeConfig.local()
 
 
@@ -493,9 +504,7 @@ async def test_hostile_link_frames_for_pids_not_of_the_peer_are_refused() -> Non
                 async with hostile_peer(a.address) as peer:
                     await peer.send(frame)
                     with anyio.fail_after(5):
-                        await wait_until(
-                            lambda n=n: a.statistics().drops.get("protocol_error") == n
-                        )
+                        await wait_until(drops_at(a, "protocol_error", n))
             assert a._processes.lookup(target) is not None  # nobody was killed
             assert link_tables_empty(a)
 
