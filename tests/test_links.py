@@ -549,3 +549,24 @@ async def test_a_peer_linking_then_exiting_ends_the_target_once() -> None:
                         while not (isinstance(answer, list) and answer[0] == Kind.LINK_EXIT):
                             answer = await peer.receive()
                     assert answer == [Kind.LINK_EXIT, gone, origin, "noproc", ""]
+
+
+async def test_linked_processes_of_a_stopping_node_end_with_shutdown() -> None:
+    reasons: dict[str, td.ExitReason] = {}
+    with anyio.fail_after(10):
+        async with cluster("a") as (a,):
+            first = await a.spawn(wait_forever)
+
+            async def linked(proc: td.Process) -> None:
+                await proc.link(first)
+                await anyio.sleep_forever()
+
+            second = await a.spawn(linked)
+            await wait_until(lambda: a.statistics().links == 2)
+
+            def record(pid: td.Pid, reason: td.ExitReason) -> None:
+                reasons[str(pid)] = reason
+
+            a._processes.exit_hooks.append(record)
+    assert reasons[str(first)].kind == ExitKind.SHUTDOWN
+    assert reasons[str(second)].kind == ExitKind.SHUTDOWN

@@ -207,6 +207,11 @@ class Links:
         (``reason`` ``None`` is ``kill``)."""
         if not process.alive:
             return
+        if self.transport.stopping and not process.trap_exits:
+            # The node is stopping: every process ends with "shutdown"
+            # anyway, and a signal from a neighbour that went first must not
+            # turn that into "exit".
+            return
         if reason is None:
             terminate(process, ExitReason(ExitKind.KILLED, f"killed by {origin}"))
         elif process.trap_exits:
