@@ -207,6 +207,11 @@ class Links:
         (``reason`` ``None`` is ``kill``)."""
         if not process.alive:
             return
+        if self.transport.stopping and not process.trap_exits:
+            # The node is stopping: every process ends with "shutdown"
+            # anyway, and a signal from a neighbour that went first must not
+            # turn that into "exit".
+            return
         if reason is None:
             terminate(process, ExitReason(ExitKind.KILLED, f"killed by {origin}"))
         elif process.trap_exits:
@@ -284,13 +289,16 @@ class Links:
         if not conn.closed:
             conn.write(self.transport.encode_frame(item))
 
-    def _pids(self, conn: Connection, item: list[Any], what: str) -> tuple[Pid, Pid]:
-        """Check that a frame's origin is the peer's own (current) pid and
-        its target one of ours: a peer speaks only for its own processes."""
+    def _pids(
+        self, conn: Connection, item: list[Any], what: str, *, current: bool = True
+    ) -> tuple[Pid, Pid]:
+        """Check that a frame's origin is the peer's own pid (of its current
+        run, if ``current``) and its target one of ours: a peer speaks only
+        for its own processes."""
         origin, target = item[1], item[2]
         if type(origin) is not Pid or origin.node != conn.peer:
             raise ValueError(f"{what} from {origin!r}, which is not a pid of {conn.peer}")
-        if origin.creation != conn.peer_creation:
+        if current and origin.creation != conn.peer_creation:
             raise ValueError(f"{what} from {origin!r}, a pid of an earlier run of {conn.peer}")
         if type(target) is not Pid or target.node != self.transport.name:
             raise ValueError(f"{what} to {target!r}, which is not a pid of this node")
@@ -316,7 +324,7 @@ class Links:
 
     def _handle_unlink(self, conn: Connection, item: list[Any]) -> None:
         _, _, _ = item
-        origin, target = self._pids(conn, item, "UNLINK")
+        origin, target = self._pids(conn, item, "UNLINK", current=False)
         self._remove(target, origin)
 
     def _reason(self, kind: object, detail: object) -> ExitReason:
@@ -326,7 +334,9 @@ class Links:
 
     def _handle_link_exit(self, conn: Connection, item: list[Any]) -> None:
         _, _, _, kind, detail = item
-        origin, target = self._pids(conn, item, "LINK_EXIT")
+        # The noproc answer to a link with a pid of the peer's earlier run
+        # comes from that pid; it only acts on a link this node made.
+        origin, target = self._pids(conn, item, "LINK_EXIT", current=False)
         reason = self._reason(kind, detail)
         if not self._remove(target, origin):
             return  # unlinked meanwhile (or fired already): nothing to deliver
