@@ -62,6 +62,7 @@ def multinode(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "examples/swim_cluster.py", "both", "24380")
     session.run("python", "examples/leader_election.py", "both", "24390")
+    session.run("python", "examples/supervised_service.py", "both", "24400")
     session.run("pytest", "-q", "tests/test_multiprocess.py", *session.posargs)
     # Cluster formation: 20 trials each of five processes started together,
     # one of them 3 s late, and the seed last.

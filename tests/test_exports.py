@@ -12,6 +12,7 @@ def test_all_names_are_importable_and_listed() -> None:
     public = {n for n in dir(td) if not n.startswith("_")}
     modules = {"codec", "config", "errors", "groups", "messaging", "monitor", "node"}
     modules |= {"registry", "testing", "transport", "cluster", "election"}
+    modules |= {"supervisor"}
     assert public - modules - {"annotations"} == set(td.__all__)
 
 
@@ -26,6 +27,9 @@ def test_contract_names_exist() -> None:
         "RpcTimeoutError", "BadRpcError", "RemoteError", "Ok", "Err", "rpc", "remote_call",
         "settings", "log", "Leader", "NoLeader", "LeaderChanged", "MemberStatus", "MemberUp",
         "MemberSuspect", "MemberDown", "MemberLeft", "NodeHealth", "ClusterHealth",
+        "open_supervisor", "ChildSpec", "open_pool", "open_singleton",
+        "ExitSignal", "Call", "CallTimeoutError", "ProcessDownError", "AlreadyRepliedError",
+        "ProcessExitError",
     ]:  # fmt: skip
         assert name in td.__all__, name
 
@@ -36,3 +40,10 @@ def test_connect_errors_share_a_base() -> None:
     assert issubclass(td.ConnectError, td.DistributionError)
     assert issubclass(td.DecodeError, td.ProtocolError)
     assert issubclass(td.EncodeError, TypeError)
+
+
+def test_call_and_exit_errors() -> None:
+    assert issubclass(td.CallTimeoutError, TimeoutError)
+    assert issubclass(td.AlreadyRepliedError, ValueError)
+    for error in (td.CallTimeoutError, td.ProcessDownError, td.ProcessExitError):
+        assert issubclass(error, td.DistributionError)

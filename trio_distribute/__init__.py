@@ -15,8 +15,10 @@ from . import log as log
 from . import remote_call as remote_call
 from . import remote_call as rpc
 from . import settings as settings
+from ._calls import Call as Call
 from ._ids import Pid as Pid
 from ._ids import Ref as Ref
+from ._links import ExitSignal as ExitSignal
 from .cluster.health import ClusterHealth as ClusterHealth
 from .cluster.health import Health as Health
 from .cluster.health import NodeHealth as NodeHealth
@@ -37,8 +39,10 @@ from .election.raft_lite import Election as Election
 from .election.raft_lite import Leader as Leader
 from .election.raft_lite import LeaderChanged as LeaderChanged
 from .election.raft_lite import NoLeader as NoLeader
+from .errors import AlreadyRepliedError as AlreadyRepliedError
 from .errors import AuthenticationError as AuthenticationError
 from .errors import BadRpcError as BadRpcError
+from .errors import CallTimeoutError as CallTimeoutError
 from .errors import ConnectError as ConnectError
 from .errors import DecodeError as DecodeError
 from .errors import DistributionError as DistributionError
@@ -48,6 +52,8 @@ from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import NameNotFoundError as NameNotFoundError
 from .errors import NameTakenError as NameTakenError
 from .errors import NodeDownError as NodeDownError
+from .errors import ProcessDownError as ProcessDownError
+from .errors import ProcessExitError as ProcessExitError
 from .errors import ProtocolError as ProtocolError
 from .errors import RemoteError as RemoteError
 from .errors import RpcError as RpcError
@@ -71,12 +77,32 @@ from .remote_call import Err as Err
 from .remote_call import Ok as Ok
 from .remote_call import Rpc as Rpc
 from .remote_call import RpcStatistics as RpcStatistics
+from .supervisor import ChildCounts as ChildCounts
+from .supervisor import ChildInfo as ChildInfo
+from .supervisor import ChildSpec as ChildSpec
+from .supervisor import Pool as Pool
+from .supervisor import PoolRef as PoolRef
+from .supervisor import RestartIntensityExceeded as RestartIntensityExceeded
+from .supervisor import Singleton as Singleton
+from .supervisor import Supervisor as Supervisor
+from .supervisor import SupervisorError as SupervisorError
+from .supervisor import find_pool as find_pool
+from .supervisor import open_dynamic_supervisor as open_dynamic_supervisor
+from .supervisor import open_pool as open_pool
+from .supervisor import open_singleton as open_singleton
+from .supervisor import open_supervisor as open_supervisor
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AlreadyRepliedError",
     "AuthenticationError",
     "BadRpcError",
+    "Call",
+    "CallTimeoutError",
+    "ChildCounts",
+    "ChildInfo",
+    "ChildSpec",
     "ClusterHealth",
     "ConnectError",
     "DecodeError",
@@ -87,6 +113,7 @@ __all__ = [
     "Err",
     "ExitKind",
     "ExitReason",
+    "ExitSignal",
     "GroupJoined",
     "GroupLeft",
     "GroupsConfig",
@@ -117,21 +144,34 @@ __all__ = [
     "NodeUp",
     "Ok",
     "Pid",
+    "Pool",
+    "PoolRef",
     "Process",
     "ProcessDown",
+    "ProcessDownError",
+    "ProcessExitError",
     "ProtocolError",
     "Ref",
     "RegistryConfig",
     "RemoteError",
+    "RestartIntensityExceeded",
     "Rpc",
     "RpcError",
     "RpcStatistics",
     "RpcTimeoutError",
+    "Singleton",
+    "Supervisor",
+    "SupervisorError",
     "VersionMismatchError",
     "current_process",
+    "find_pool",
     "log",
     "message",
+    "open_dynamic_supervisor",
     "open_node",
+    "open_pool",
+    "open_singleton",
+    "open_supervisor",
     "remote_call",
     "rpc",
     "settings",

@@ -315,7 +315,13 @@ class NodeConfig:
         max_monitors_per_peer: monitors one peer node may hold on this
             node's processes at once; a MONITOR beyond it closes that
             connection (counted as ``monitor_limit``), whose monitors then
-            all fire ``noconnection`` on the peer.
+            all fire ``noconnection`` on the peer. Calls from that peer
+            waiting for a reply here (``Process.call``) are bounded by the
+            same number, counted separately (``call_limit``).
+        max_links_per_peer: links between this node's processes and one
+            peer node's processes at once; a LINK beyond it closes that
+            connection (counted as ``link_limit``), whose links then all
+            fire ``noconnection``.
         frame_buffer_reserve: bytes of an incomplete incoming frame each
             connection may hold on its own.
         max_frame_buffers: bytes of incomplete incoming frames beyond each
@@ -361,6 +367,9 @@ class NodeConfig:
     max_rpc_concurrency: int = attrs.field(default=256, validator=[v.instance_of(int), _positive])
     max_rpc_bytes: int = attrs.field(default=64 * _MiB, validator=[v.instance_of(int), v.ge(0)])
     max_monitors_per_peer: int = attrs.field(
+        default=100_000, validator=[v.instance_of(int), _positive]
+    )
+    max_links_per_peer: int = attrs.field(
         default=100_000, validator=[v.instance_of(int), _positive]
     )
     frame_buffer_reserve: int = attrs.field(

@@ -7,9 +7,16 @@ can catch "anything this library raised" in one place.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .monitor import ExitReason
+
 __all__ = [
+    "AlreadyRepliedError",
     "AuthenticationError",
     "BadRpcError",
+    "CallTimeoutError",
     "ConnectError",
     "DecodeError",
     "DistributionError",
@@ -19,6 +26,8 @@ __all__ = [
     "NameNotFoundError",
     "NameTakenError",
     "NodeDownError",
+    "ProcessDownError",
+    "ProcessExitError",
     "ProtocolError",
     "RemoteError",
     "RpcError",
@@ -147,3 +156,53 @@ class RemoteError(RpcError):
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
+
+
+class CallTimeoutError(DistributionError, TimeoutError):
+    """``Process.call`` got no reply within its timeout. A reply that comes
+    later is dropped (counted as ``late_reply``), never queued."""
+
+    def __init__(self, dest: object, timeout: float | None) -> None:
+        super().__init__(f"call to {dest} got no reply within {timeout}s")
+        self.dest = dest
+        self.timeout = timeout
+
+
+class ProcessDownError(DistributionError):
+    """The process a ``Process.call`` was waiting on ended, was not there
+    (``noproc``), or its node went down (``noconnection``) before replying.
+
+    Attributes:
+        reason: the :class:`ExitReason` its monitor reported.
+        dest: what was called.
+    """
+
+    def __init__(self, reason: ExitReason, dest: object = None) -> None:
+        text = f"call to {dest} failed: the process is down ({reason})"
+        super().__init__(text if dest is not None else f"the process is down ({reason})")
+        self.reason = reason
+        self.dest = dest
+
+
+class AlreadyRepliedError(DistributionError, ValueError):
+    """``Process.reply`` was called a second time for the same call."""
+
+    def __init__(self, ref: object) -> None:
+        super().__init__(f"the call {ref} was already replied to")
+        self.ref = ref
+
+
+class ProcessExitError(DistributionError):
+    """An exit signal ended the process of an ``open_process`` block (a linked
+    process ended abnormally, or ``Node.exit``): the block raises this as it
+    ends, so the code after it does not run as if the body had finished.
+
+    Attributes:
+        pid: the process that was ended.
+        reason: its :class:`ExitReason` (kind ``exit`` or ``killed``).
+    """
+
+    def __init__(self, pid: object, reason: ExitReason) -> None:
+        super().__init__(f"process {pid} was ended by an exit signal: {reason}")
+        self.pid = pid
+        self.reason = reason

@@ -29,10 +29,18 @@ from ._correlation import Traced, correlation_id
 from ._ids import Pid, Ref, check_label
 from ._mailbox import Mailbox
 from ._proto.kinds import Kind
-from .errors import ConnectError, MessageTooLargeError, NameNotFoundError, NodeDownError
+from .errors import (
+    ConnectError,
+    MessageTooLargeError,
+    NameNotFoundError,
+    NodeDownError,
+    ProcessExitError,
+)
 from .monitor import ExitKind, ExitReason, ProcessDown
 
 if TYPE_CHECKING:
+    from ._calls import Call, Calls
+    from ._links import Links
     from ._monitors import Monitors
     from .transport import Connection, Transport
 
@@ -82,6 +90,13 @@ class Process:
     # removed when it ends (here and, for remote targets, on the target's
     # node), so a short-lived process leaves nothing behind on either side.
     _watching: set[Ref] = attrs.field(factory=set)
+    #: ``True``: exit signals arrive as ``ExitSignal`` messages instead of
+    #: ending this process (all but ``kill``). Erlang's ``trap_exit`` flag.
+    trap_exits: bool = False
+    # Cancelled to end the process on an exit signal (see _links).
+    _scope: anyio.CancelScope | None = None
+    # Why an exit signal ended it; overrides what its task raised.
+    _exit_reason: ExitReason | None = None
 
     async def receive(
         self, *, timeout: float | None = None, match: Callable[[Any], bool] | None = None
@@ -157,6 +172,67 @@ class Process:
                     break
         return active
 
+    # -------------------------------------------- links and calls (_links, _calls)
+
+    async def link(self, pid: Pid) -> None:
+        """Link this process to ``pid`` (on any node), both ways.
+
+        When either ends with a reason other than ``normal``, the other gets
+        an exit signal: it ends (kind ``exit``) unless it traps exits, in
+        which case an ``ExitSignal`` arrives in its mailbox. Linking to a
+        dead pid (or one of an earlier run of its node) fires ``noproc`` at
+        once, to a node that cannot be reached ``noconnection``. Linking
+        twice is one link; linking to itself does nothing.
+
+        Raises:
+            TypeError: ``pid`` is not a :class:`Pid`.
+            ValueError: this process has ended.
+        """
+        assert self._processes.links is not None
+        await self._processes.links.link(self, pid)
+
+    async def unlink(self, pid: Pid) -> None:
+        """Remove the link with ``pid``, if any: no exit signal travels over
+        it afterwards (one already queued as an ``ExitSignal`` stays).
+
+        Raises:
+            TypeError: ``pid`` is not a :class:`Pid`.
+        """
+        assert self._processes.links is not None
+        await self._processes.links.unlink(self, pid)
+
+    async def call(
+        self, dest: Pid | str | tuple[str, str], request: Any, timeout: float | None = 5.0
+    ) -> Any:
+        """Send ``request`` to ``dest`` as a :class:`Call` and wait for the
+        reply (``dest`` as in ``Node.send``). The callee is monitored while
+        the call waits; the reply is matched by the call's ref and never
+        enters this mailbox (one arriving too late is dropped and counted).
+
+        Raises:
+            CallTimeoutError: no reply within ``timeout`` seconds.
+            ProcessDownError: the callee ended, did not exist (``noproc``)
+                or its node went down or cannot be reached
+                (``noconnection``) before replying.
+            NameNotFoundError: ``dest`` is a local name nobody registered.
+            ValueError: ``timeout`` is not positive, ``dest`` is this
+                process, or this process has ended.
+        """
+        assert self._processes.calls is not None
+        return await self._processes.calls.call(self, dest, request, timeout)
+
+    async def reply(self, call: Call, value: Any) -> None:
+        """Answer ``call`` (a :class:`Call` taken from the mailbox) with
+        ``value``. Any process may reply, once per call.
+
+        Raises:
+            TypeError: ``call`` is not a :class:`Call`.
+            AlreadyRepliedError: this call was already replied to.
+            EncodeError, MessageTooLargeError: ``value`` cannot travel.
+        """
+        assert self._processes.calls is not None
+        await self._processes.calls.reply(call, value)
+
     def _monitor_fired(self, event: ProcessDown) -> None:
         self._watching.discard(event.ref)
         self._deliver_down(event)
@@ -184,6 +260,8 @@ class Processes:
     _last_drop_log: float = 0.0
     _drops_since_log: int = 0
     exit_hooks: list[Callable[[Pid, ExitReason], None]] = attrs.field(factory=list)
+    links: Links | None = None
+    calls: Calls | None = None
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -245,22 +323,41 @@ class Processes:
         """See :meth:`Node.open_process`."""
         process = self._new_process(name)
         token = _current.set(process)
+        scope = process._scope = anyio.CancelScope()
         reason = ExitReason(ExitKind.NORMAL)
         try:
-            yield process
+            with scope:  # an exit signal cancels it
+                yield process
         except BaseException as exc:
             reason = self._reason_for(exc)
             raise
         finally:
             _current.reset(token)
+            if process._exit_reason is not None:
+                reason = process._exit_reason
             self._exit(process, reason)
+        if process._exit_reason is not None:
+            # The body was cut short: the code after the block must not run
+            # as if it had finished.
+            raise ProcessExitError(process.pid, process._exit_reason)
 
     async def spawn(
-        self, fn: Callable[..., Awaitable[object]], *args: Any, name: str | None = None
+        self,
+        fn: Callable[..., Awaitable[object]],
+        *args: Any,
+        name: str | None = None,
+        link: bool = False,
     ) -> Pid:
         """See :meth:`Node.spawn`."""
         assert self._task_group is not None
-        pid: Pid = await self._task_group.start(self._run_spawned, fn, args, name)
+        parent = None
+        if link:
+            parent = _current.get()
+            if parent is None:
+                raise RuntimeError("spawn(link=True) must be called from within a process")
+            if not parent.alive:
+                raise RuntimeError(f"spawn(link=True): the calling process {parent.pid} has ended")
+        pid: Pid = await self._task_group.start(self._run_spawned, fn, args, name, parent)
         return pid
 
     async def _run_spawned(
@@ -268,15 +365,24 @@ class Processes:
         fn: Callable[..., Awaitable[object]],
         args: tuple[Any, ...],
         name: str | None,
+        parent: Process | None = None,
         *,
         task_status: anyio.abc.TaskStatus[Pid] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         process = self._new_process(name)
         _current.set(process)  # this task's own context: no reset needed
+        scope = process._scope = anyio.CancelScope()
+        if parent is not None:
+            # Linked before the pid is handed out and before fn runs: the
+            # child cannot end unlinked (a parent gone meanwhile: noproc).
+            assert self.links is not None
+            self.links.link_local(process, parent.pid)
         task_status.started(process.pid)
         reason = ExitReason(ExitKind.NORMAL)
         try:
-            await fn(process, *args)
+            with scope:  # an exit signal cancels it
+                if process._exit_reason is None:
+                    await fn(process, *args)
         except anyio.get_cancelled_exc_class() as exc:
             reason = self._reason_for(exc)
             raise
@@ -286,6 +392,8 @@ class Processes:
             reason = self._reason_for(exc)
             logger.exception("process %s crashed", process.pid)
         finally:
+            if process._exit_reason is not None:
+                reason = process._exit_reason
             self._exit(process, reason)
 
     # --------------------------------------------------------------- sending

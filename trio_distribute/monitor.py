@@ -7,6 +7,7 @@ from typing import Final
 import attrs
 
 from ._ids import Pid, Ref
+from .codec import message
 
 __all__ = [
     "ExitKind",
@@ -84,10 +85,24 @@ class ExitKind:
     NOCONNECTION: Final = "noconnection"
     #: Its node stopped.
     SHUTDOWN: Final = "shutdown"
+    #: An exit signal ended it (a linked process ended abnormally, or
+    #: ``Node.exit``); ``detail`` names the signal's origin and reason.
+    EXIT: Final = "exit"
+    #: ``Node.exit(pid, "kill")`` ended it: the one signal that cannot be
+    #: trapped.
+    KILLED: Final = "killed"
 
 
 _EXIT_KINDS = frozenset(
-    {ExitKind.NORMAL, ExitKind.EXCEPTION, ExitKind.NOPROC, ExitKind.NOCONNECTION, ExitKind.SHUTDOWN}
+    {
+        ExitKind.NORMAL,
+        ExitKind.EXCEPTION,
+        ExitKind.NOPROC,
+        ExitKind.NOCONNECTION,
+        ExitKind.SHUTDOWN,
+        ExitKind.EXIT,
+        ExitKind.KILLED,
+    }
 )
 
 
@@ -96,6 +111,8 @@ def _exit_kind(instance: object, attribute: attrs.Attribute[str], value: str) ->
         raise ValueError(f"exit kind must be one of {sorted(_EXIT_KINDS)}, got {value!r}")
 
 
+# Registered so that an ExitSignal (which carries one) can be forwarded.
+@message("trio_distribute.ExitReason", version=1)
 @attrs.frozen
 class ExitReason:
     """Why a process ended: a ``kind`` (see :class:`ExitKind`) and a detail."""

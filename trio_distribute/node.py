@@ -22,9 +22,11 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._calls import Calls
 from ._cookie import check_cookie_strength, cookie_keys
 from ._events import Subscribers
 from ._ids import Pid, validate_cookie, validate_node_name
+from ._links import Links
 from ._monitors import Monitors
 from ._proto.kinds import Kind
 from .cluster.health import Health
@@ -33,8 +35,8 @@ from .config import NodeConfig
 from .election.raft_lite import Election
 from .errors import ConnectError, NodeDownError
 from .groups import Groups
-from .messaging import Process, Processes
-from .monitor import NodeDown, NodeDownReason, NodeEvent, NodeUp, ProcessDown
+from .messaging import Process, Processes, current_process
+from .monitor import ExitReason, NodeDown, NodeDownReason, NodeEvent, NodeUp, ProcessDown
 from .registry import Registry
 from .remote_call import Rpc
 from .transport import Connection, Transport
@@ -63,6 +65,10 @@ class NodeStatistics:
         processes: live processes on this node.
         monitors: process monitors held or served.
         mailbox_depths: queued messages per process, for non-empty mailboxes.
+        links: links held by this node's processes (one between two local
+            processes counts twice, once per side).
+        calls: calls this node's processes wait on plus calls from other
+            nodes waiting for a reply from this node's processes.
     """
 
     connections: int
@@ -75,6 +81,8 @@ class NodeStatistics:
     processes: int
     monitors: int
     mailbox_depths: Mapping[Pid, int]
+    links: int = 0
+    calls: int = 0
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -94,6 +102,8 @@ class Node:
     _transport: Transport
     _processes: Processes
     _monitors: Monitors
+    _links: Links
+    _calls: Calls
     groups: Groups
     registry: Registry
     rpc: Rpc
@@ -293,6 +303,8 @@ class Node:
             processes=self._processes.count(),
             monitors=self._monitors.count(),
             mailbox_depths=self._processes.mailbox_depths(),
+            links=self._links.count(),
+            calls=self._calls.sizes()["pending"] + self._calls.sizes()["serving"],
         )
 
     # ------------------------------------------------------------- processes
@@ -310,7 +322,11 @@ class Node:
         return self._processes.open_process(name)
 
     async def spawn(
-        self, fn: Callable[..., Awaitable[object]], *args: Any, name: str | None = None
+        self,
+        fn: Callable[..., Awaitable[object]],
+        *args: Any,
+        name: str | None = None,
+        link: bool = False,
     ) -> Pid:
         """Run ``await fn(process, *args)`` as a new process in the node's
         task group and return its pid once it exists.
@@ -318,8 +334,40 @@ class Node:
         An exception escaping ``fn`` ends the process (monitors see kind
         ``exception`` with the type and message) and is logged; the node
         keeps running. The node's stop cancels it (kind ``shutdown``).
+
+        ``link=True`` links the new process to the calling task's process
+        before ``fn`` starts (Erlang's ``spawn_link``): the child cannot
+        end unlinked.
+
+        Raises:
+            RuntimeError: ``link=True`` outside a process (or from one that
+                has ended).
+            ValueError: ``name`` is invalid or already registered here.
         """
-        return await self._processes.spawn(fn, *args, name=name)
+        return await self._processes.spawn(fn, *args, name=name, link=link)
+
+    async def exit(self, pid: Pid, reason: str | ExitReason) -> None:
+        """Send an exit signal to ``pid``, on any node (Erlang's ``exit/2``).
+
+        It comes from the calling task's process, or from the node itself
+        (the pid with id 0) when called outside a process. ``reason`` is an
+        :class:`ExitReason` or a string: ``"kill"`` ends the target even if
+        it traps exits (kind ``killed``); ``"normal"`` is ignored unless the
+        target traps exits; the name of another exit kind (``"shutdown"``)
+        is that kind; any other string ``s`` is ``ExitReason("exit", s)``.
+        A target that traps exits gets an :class:`ExitSignal`; any other
+        ends with kind ``exit``. A signal to a dead pid does nothing.
+
+        Raises:
+            TypeError: ``pid`` is not a Pid, or ``reason`` not a str or an
+                ExitReason.
+            ValueError: ``reason`` is an empty string.
+            NodeDownError: the pid's node is not connected and cannot be
+                reached.
+        """
+        process = current_process()
+        origin = Pid(self.name, 0, self.creation) if process is None else process.pid
+        await self._links.exit(origin, pid, reason)
 
     async def send(self, dest: Pid | str | tuple[str, str], message: Any) -> None:
         """Send ``message`` to ``dest``: fire and forget, like Erlang's ``!``.
@@ -453,6 +501,8 @@ async def open_node(
             try:
                 node._processes.start(task_group)
                 node._monitors.start()
+                node._links.start()
+                node._calls.start()
                 node.groups.start()
                 node.registry.start()
                 node.rpc.start(task_group)
@@ -573,6 +623,10 @@ def _build_node(
     monitors = Monitors(transport=transport)
     processes = Processes(transport=transport, monitors=monitors, connect=transport.connect)
     monitors.processes = processes
+    links = Links(transport=transport, processes=processes)
+    calls = Calls(transport=transport, processes=processes, monitors=monitors)
+    processes.links = links
+    processes.calls = calls
     groups = Groups(transport=transport, processes=processes)
     registry = Registry(transport=transport, processes=processes)
     rpc = Rpc(transport=transport, processes=processes, allow_any_module=config.allow_any_module)
@@ -601,6 +655,8 @@ def _build_node(
         transport=transport,
         processes=processes,
         monitors=monitors,
+        links=links,
+        calls=calls,
         groups=groups,
         registry=registry,
         rpc=rpc,
@@ -611,6 +667,8 @@ def _build_node(
     rpc.export(node.status_report, name="trio_distribute.status")
     node._up_hooks.append(groups.node_up)
     node._up_hooks.append(registry.node_up)
+    node._down_hooks.append(links.node_down)
+    node._down_hooks.append(calls.node_down)
     node._down_hooks.append(groups.node_down)
     node._down_hooks.append(registry.node_down)
     node._down_hooks.append(rpc.node_down)

@@ -12,7 +12,9 @@ short-lived processes a second; each of them
   times out (so the remote task is cancelled),
 * every third one registers a global name, every one joins a group,
 * every fourth one watches a brief process on another node with
-  ``Node.monitor`` until it ends, every twentieth one pings a node.
+  ``Node.monitor`` until it ends, every twentieth one pings a node,
+* links to the remote long-lived process (which traps exits) and calls it
+  (``Process.call``), every seventh one with a call that times out.
 
 After ``--duration`` seconds the workload stops; once the short-lived
 processes are gone, every table keyed by a process, a peer or a request
@@ -100,6 +102,10 @@ def tables(node: td.Node) -> dict[str, int]:
         "monitors.remote": len(monitors._remote),
         "monitors.remote_by_node": sum(len(refs) for refs in monitors._remote_by_node.values()),
         "mailbox_messages": sum(stats.mailbox_depths.values()),
+        "links": stats.links,
+        **{f"links.{key}": value for key, value in node._links.sizes().items()},
+        "calls": stats.calls,
+        **{f"calls.{key}": value for key, value in node._calls.sizes().items()},
         "rpc.in_flight": rpc.statistics().in_flight,
         "rpc.serving": rpc.statistics().serving,
         "rpc.awaiting_ack": len(rpc._awaiting_ack),
@@ -222,7 +228,12 @@ class Worker:
     async def short_lived(self, proc: td.Process, i: int) -> None:
         try:
             await self.body(proc, i)
-        except (td.NodeDownError, td.RpcTimeoutError) as exc:
+        except (
+            td.NodeDownError,
+            td.RpcTimeoutError,
+            td.CallTimeoutError,
+            td.ProcessDownError,
+        ) as exc:
             # Only after a node-down (counted above) or on an overloaded machine.
             self.counts[f"failed.{type(exc).__name__}"] += 1
         except Exception as exc:  # counted: the report shows any surprise
@@ -254,6 +265,17 @@ class Worker:
             await proc.receive(timeout=5, match=lambda m: m == ["echoed", i])
         except TimeoutError:
             self.counts["echo_timeout"] += 1
+        # A link its end removes on both nodes (the server traps exits, so a
+        # crashing process does not take it along), and calls, one of them
+        # abandoned (its node must forget it).
+        await proc.link(server)
+        if await proc.call(server, ["call", i], timeout=5) != i:
+            self.counts["call_mismatch"] += 1
+        if i % 7 == 0:
+            try:
+                await proc.call(server, "ignore", timeout=0.01)
+            except td.CallTimeoutError:
+                self.counts["call_abandoned"] += 1
         # RPC, and one the caller abandons (the remote task is cancelled).
         await node.rpc.call(peer, "soak.echo", i, timeout=5)
         if i % 5 == 0:
@@ -285,8 +307,12 @@ async def brief(proc: td.Process, seconds: float) -> None:
 
 
 async def echo_server(proc: td.Process, node: td.Node) -> None:
+    proc.trap_exits = True  # linked to by every short-lived process
     async for message in proc:
-        if isinstance(message, list) and len(message) == 3 and message[0] == "echo":
+        if isinstance(message, td.Call):
+            if message.request != "ignore":
+                await proc.reply(message, message.request[1])
+        elif isinstance(message, list) and len(message) == 3 and message[0] == "echo":
             await node.send(message[1], ["echoed", message[2]])
 
 

@@ -40,3 +40,11 @@ class Kind(enum.IntEnum):
     RPC_REPLY = 43  # [RPC_REPLY, request_id, status: int, value]; see remote_call
     MEMBER_STREAM = 50  # [MEMBER_STREAM, payload: bytes]: a SWIM stream message (push-pull, probe)
     ELECTION = 55  # [ELECTION, payload: bytes]: a raft-lite election message
+    LINK = 60  # [LINK, origin: Pid, target: Pid]: origin (the sender's) links to target
+    UNLINK = 61  # [UNLINK, origin: Pid, target: Pid]
+    LINK_EXIT = 62  # [LINK_EXIT, origin: Pid, target: Pid, kind: str, detail: str]: origin ended
+    EXIT = 63  # [EXIT, origin: Pid, target: Pid, kind: str ("kill" too), detail: str]: exit/2
+    CALL = 65  # [CALL, ref: Ref, caller: Pid, dest: Pid | str, request]: a monitored request
+    REPLY = 66  # [REPLY, caller: Pid, ref: Ref, value]: the answer to the CALL with ref
+    CALL_DOWN = 67  # [CALL_DOWN, ref: Ref, caller: Pid, kind: str, detail: str]: callee ended
+    CALL_DONE = 68  # [CALL_DONE, ref: Ref]: the caller stopped waiting; forget the call

@@ -1,0 +1,396 @@
+"""Request/reply between processes: ``Process.call`` and ``Process.reply``.
+
+Erlang's ``gen_server:call``: the caller sends a :class:`Call` (the request,
+its pid and a fresh ref) and waits; the callee is monitored for as long as
+the caller waits, so the caller learns at once when it ends or its node
+goes down. The reply is matched by the ref and handed straight to the
+waiting call: it never enters a mailbox, so a reply that comes after the
+caller gave up (timeout, callee down, cancelled) is dropped and counted
+(``late_reply``), never left in the mailbox for a later receive.
+
+Across nodes, one CALL frame carries both the request and the monitor (the
+callee's node resolves a name there, which a pid-only monitor could not), a
+REPLY frame the answer, CALL_DOWN the callee's end, and CALL_DONE tells the
+callee's node to forget a call the caller stopped waiting for. Between
+processes of one node the ordinary monitors do the watching.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from ._ids import Pid, Ref
+from ._proto.kinds import Kind
+from .codec import message
+from .errors import (
+    AlreadyRepliedError,
+    CallTimeoutError,
+    NameNotFoundError,
+    NodeDownError,
+    ProcessDownError,
+)
+from .monitor import ExitKind, ExitReason, NodeDownReason, ProcessDown
+
+if TYPE_CHECKING:
+    from ._monitors import Monitors
+    from .messaging import Process, Processes
+    from .transport import Connection, Transport
+
+__all__ = ["Call", "Calls"]
+
+Dest = Pid | str | tuple[str, str]
+
+
+@message("trio_distribute.Call", version=1)
+@attrs.define
+class Call:
+    """A request made with ``Process.call``, as the callee receives it.
+
+    Answer it with ``await proc.reply(call, value)`` (any process may, once).
+    Erlang: the ``{'$gen_call', From, Request}`` message.
+    """
+
+    request: Any
+    caller: Pid = attrs.field(validator=attrs.validators.instance_of(Pid))
+    ref: Ref = attrs.field(validator=attrs.validators.instance_of(Ref))
+    # Not sent: set by reply(), so replying twice to this object is an error.
+    _replied: bool = attrs.field(default=False, init=False, eq=False, repr=False)
+
+
+@attrs.define(eq=False, kw_only=True)
+class _Pending:
+    """A call this node's process is waiting on."""
+
+    caller: Pid
+    dest: Dest
+    node: str  # the callee's node (this node's name for a local call)
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    value: Any = None
+    replied: bool = False
+    down: ExitReason | None = None
+    # The callee's node has forgotten the call already (it replied, or it
+    # sent CALL_DOWN, or it went down): no CALL_DONE needed.
+    settled: bool = False
+
+
+@attrs.define(eq=False, kw_only=True)
+class Calls:
+    """Calls this node's processes wait on, and calls it serves for others."""
+
+    transport: Transport
+    processes: Processes
+    monitors: Monitors
+    _pending: dict[Ref, _Pending] = attrs.field(factory=dict)
+    _pending_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
+    # Calls from other nodes to our processes, until replied, down or done:
+    # ref -> (callee pid id, caller's node, caller).
+    _serving: dict[Ref, tuple[int, str, Pid]] = attrs.field(factory=dict)
+    _serving_by_pid: dict[int, set[Ref]] = attrs.field(factory=dict)
+    _serving_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
+
+    def start(self) -> None:
+        add = self.transport.add_handler
+        add(Kind.CALL, self._handle_call)
+        add(Kind.REPLY, self._handle_reply)
+        add(Kind.CALL_DOWN, self._handle_call_down)
+        add(Kind.CALL_DONE, self._handle_call_done)
+        self.processes.exit_hooks.append(self.process_exited)
+
+    # ----------------------------------------------------------------- caller
+
+    async def call(self, process: Process, dest: Dest, request: Any, timeout: float | None) -> Any:
+        """See :meth:`Process.call`."""
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+                raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+            if not timeout > 0 or math.isnan(timeout):
+                raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if not process.alive:
+            raise ValueError(f"process {process.pid} has ended: it cannot call")
+        transport = self.transport
+        processes = self.processes
+        node, target = self._resolve(dest)
+        if node == transport.name:
+            pid = processes.whereis(target) if isinstance(target, str) else target
+            if pid is None:
+                if isinstance(dest, str):
+                    raise NameNotFoundError(dest)
+                raise ProcessDownError(ExitReason(ExitKind.NOPROC, f"no process {target}"), dest)
+            if pid == process.pid:
+                raise ValueError(f"process {process.pid} cannot call itself")
+            callee = processes.lookup(pid)
+            if callee is None:
+                raise ProcessDownError(ExitReason(ExitKind.NOPROC), dest)
+            ref = self.monitors.new_ref()
+            pending = _Pending(caller=process.pid, dest=dest, node=node, settled=True)
+            self._pending[ref] = pending
+            watch = self.monitors.watch(pid, lambda event: self._local_down(ref, event))
+            processes._put(callee, Call(request, process.pid, ref))
+        else:
+            ref = self.monitors.new_ref()
+            # Encoded first: a request that cannot travel fails here, with
+            # nothing registered.
+            data = transport.encode_frame([Kind.CALL, ref, process.pid, target, request])
+            try:
+                conn = transport.connections.get(node)
+                if conn is None:
+                    conn = await processes.connection_for(node)
+                if conn.is_congested():
+                    await conn.wait_for_space()
+            except NodeDownError as exc:
+                reason = ExitReason(ExitKind.NOCONNECTION, exc.reason)
+                raise ProcessDownError(reason, dest) from exc
+            if conn.closed:
+                raise ProcessDownError(ExitReason(ExitKind.NOCONNECTION, "connection lost"), dest)
+            pending = _Pending(caller=process.pid, dest=dest, node=node)
+            self._pending[ref] = pending
+            self._pending_by_node.setdefault(node, set()).add(ref)
+            conn.write(data)
+            watch = None
+        try:
+            if timeout is None:
+                await pending.done.wait()
+            else:
+                with anyio.move_on_after(timeout):
+                    await pending.done.wait()
+        finally:
+            self._forget(ref, pending, watch)
+        if pending.replied:
+            return pending.value
+        if pending.down is not None:
+            raise ProcessDownError(pending.down, dest)
+        raise CallTimeoutError(dest, timeout)
+
+    def _resolve(self, dest: Dest) -> tuple[str, Pid | str]:
+        """(the callee's node, its pid or its name there)."""
+        if type(dest) is Pid:
+            return dest.node, dest
+        if isinstance(dest, str):
+            return self.transport.name, dest
+        if isinstance(dest, tuple) and len(dest) == 2:
+            name, node = dest
+            if isinstance(name, str) and isinstance(node, str):
+                if not name:
+                    raise ValueError("a process name must not be empty")
+                return node, name
+        raise TypeError(f"call destination must be a Pid, a name or (name, node), got {dest!r}")
+
+    def _local_down(self, ref: Ref, event: ProcessDown) -> None:
+        pending = self._pending.get(ref)
+        if pending is not None and not pending.done.is_set():
+            pending.down = event.reason
+            pending.done.set()
+
+    def _forget(self, ref: Ref, pending: _Pending, watch: Ref | None) -> None:
+        self._pending.pop(ref, None)
+        if watch is not None:
+            self.monitors.unwatch(watch)
+            return
+        refs = self._pending_by_node.get(pending.node)
+        if refs is not None:
+            refs.discard(ref)
+            if not refs:
+                del self._pending_by_node[pending.node]
+        if not pending.settled:
+            # Timed out, cancelled, or answered by a process of another
+            # node: the callee's node still watches for us.
+            conn = self.transport.connections.get(pending.node)
+            if conn is not None and not conn.closed:
+                conn.write(self.transport.encode_frame([Kind.CALL_DONE, ref]))
+
+    def _settle(self, pending: _Pending) -> None:
+        if not pending.done.is_set():
+            pending.done.set()
+
+    # ----------------------------------------------------------------- callee
+
+    async def reply(self, call: Call, value: Any) -> None:
+        """See :meth:`Process.reply`."""
+        if not isinstance(call, Call):
+            raise TypeError(f"reply needs the Call received, got {call!r}")
+        if call._replied:
+            raise AlreadyRepliedError(call.ref)
+        transport = self.transport
+        caller = call.caller
+        if caller.node == transport.name:
+            call._replied = True
+            pending = self._pending.get(call.ref)
+            if pending is None or pending.caller != caller or pending.done.is_set():
+                transport.count_drop("late_reply")
+            else:
+                pending.value = value
+                pending.replied = True
+                self._settle(pending)
+            await anyio.lowlevel.checkpoint()
+            return
+        # Encoded first: a value that cannot travel raises with the call
+        # still unanswered, so the callee can reply again with another.
+        data = transport.encode_frame([Kind.REPLY, caller, call.ref, value])
+        call._replied = True
+        self._unserve(call.ref, caller.node)
+        conn = transport.connections.get(caller.node)
+        if conn is None or conn.closed:
+            # Its node is gone (the caller got noconnection already); no
+            # redial for an answer nobody waits on.
+            transport.count_drop("reply_no_connection")
+            await anyio.lowlevel.checkpoint()
+            return
+        if conn.is_congested():
+            await conn.wait_for_space()
+        if not conn.closed:
+            conn.write(data)
+        await anyio.lowlevel.checkpoint()
+
+    def _unserve(self, ref: Ref, node: str) -> None:
+        entry = self._serving.get(ref)
+        if entry is None or entry[1] != node:
+            return
+        del self._serving[ref]
+        pid_id = entry[0]
+        refs = self._serving_by_pid.get(pid_id)
+        if refs is not None:
+            refs.discard(ref)
+            if not refs:
+                del self._serving_by_pid[pid_id]
+        refs = self._serving_by_node.get(node)
+        if refs is not None:
+            refs.discard(ref)
+            if not refs:
+                del self._serving_by_node[node]
+
+    def process_exited(self, pid: Pid, reason: ExitReason) -> None:
+        """A local process ended: fail the calls from other nodes it had
+        not answered (local callers are told by their monitors)."""
+        refs = self._serving_by_pid.pop(pid.id, None)
+        if not refs:
+            return
+        for ref in sorted(refs, key=lambda r: r.id):
+            entry = self._serving.pop(ref, None)
+            if entry is None:
+                continue
+            _, node, caller = entry
+            by_node = self._serving_by_node.get(node)
+            if by_node is not None:
+                by_node.discard(ref)
+                if not by_node:
+                    del self._serving_by_node[node]
+            conn = self.transport.connections.get(node)
+            if conn is not None and not conn.closed:
+                item = [Kind.CALL_DOWN, ref, caller, reason.kind, reason.detail]
+                conn.write(self.transport.encode_frame(item))
+
+    def node_down(self, node: str, reason: str) -> None:
+        """Fail the calls waiting on ``node``'s processes; forget the calls
+        it made to ours."""
+        kind = ExitKind.SHUTDOWN if reason == NodeDownReason.SHUTDOWN else ExitKind.NOCONNECTION
+        down = ExitReason(kind, f"node {node} down: {reason}")
+        for ref in sorted(self._pending_by_node.pop(node, ()), key=lambda r: r.id):
+            pending = self._pending.get(ref)
+            if pending is not None and not pending.done.is_set():
+                pending.settled = True
+                pending.down = down
+                self._settle(pending)
+        for ref in self._serving_by_node.pop(node, ()):
+            entry = self._serving.pop(ref, None)
+            if entry is not None:
+                refs = self._serving_by_pid.get(entry[0])
+                if refs is not None:
+                    refs.discard(ref)
+                    if not refs:
+                        del self._serving_by_pid[entry[0]]
+
+    # ----------------------------------------------------------------- frames
+
+    def _own_ref(self, ref: object, what: str) -> Ref:
+        transport = self.transport
+        if type(ref) is not Ref or ref.node != transport.name or ref.creation != transport.creation:
+            raise ValueError(f"{what} for {ref!r}, a ref this node never made")
+        return ref
+
+    def _handle_call(self, conn: Connection, item: list[Any]) -> None:
+        _, ref, caller, dest, request = item
+        peer = conn.peer
+        if type(ref) is not Ref or ref.node != peer:
+            raise ValueError(f"CALL ref {ref!r} does not belong to {peer}")
+        if type(caller) is not Pid or caller.node != peer:
+            raise ValueError(f"CALL from {caller!r}, which is not a pid of {peer}")
+        processes = self.processes
+        if type(dest) is Pid:
+            if dest.node != self.transport.name:
+                raise ValueError(f"CALL to {dest!r}, which is not a pid of this node")
+            callee = processes.lookup(dest)
+        elif isinstance(dest, str):
+            pid = processes.whereis(dest)
+            callee = None if pid is None else processes.lookup(pid)
+        else:
+            raise TypeError(f"CALL to {dest!r}: not a pid or a name")
+        if callee is None:
+            conn.write(
+                self.transport.encode_frame([Kind.CALL_DOWN, ref, caller, ExitKind.NOPROC, ""])
+            )
+            return
+        if ref in self._serving:
+            raise ValueError(f"CALL reuses the ref {ref!r} of a call in progress")
+        served = self._serving_by_node.setdefault(peer, set())
+        if len(served) >= self.transport.config.max_monitors_per_peer:
+            # Each call waiting here is memory the peer makes us hold.
+            self.transport.count_drop("call_limit")
+            raise ValueError(f"{peer} has {len(served)} calls waiting here (max_monitors_per_peer)")
+        served.add(ref)
+        self._serving[ref] = (callee.pid.id, peer, caller)
+        self._serving_by_pid.setdefault(callee.pid.id, set()).add(ref)
+        processes._put(callee, Call(request, caller, ref), conn.frame_size)
+
+    def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
+        _, caller, ref, value = item
+        ref = self._own_ref(ref, "REPLY")
+        if type(caller) is not Pid or caller.node != self.transport.name:
+            raise ValueError(f"REPLY to {caller!r}, which is not a pid of this node")
+        pending = self._pending.get(ref)
+        if pending is None or pending.caller != caller or pending.done.is_set():
+            self.transport.count_drop("late_reply")
+            return
+        if conn.peer == pending.node:
+            pending.settled = True  # the serving node forgot it as it replied
+        pending.value = value
+        pending.replied = True
+        self._settle(pending)
+
+    def _handle_call_down(self, conn: Connection, item: list[Any]) -> None:
+        _, ref, caller, kind, detail = item
+        ref = self._own_ref(ref, "CALL_DOWN")
+        if not isinstance(kind, str) or not isinstance(detail, str) or type(caller) is not Pid:
+            raise TypeError("CALL_DOWN needs a ref, a pid, a str kind and a str detail")
+        reason = ExitReason(kind, detail)
+        pending = self._pending.get(ref)
+        if pending is None:
+            return  # the caller stopped waiting meanwhile
+        if pending.node != conn.peer or pending.caller != caller:
+            raise ValueError(f"CALL_DOWN for {ref!r} from {conn.peer}, which does not serve it")
+        pending.settled = True
+        if not pending.done.is_set():
+            pending.down = reason
+            self._settle(pending)
+
+    def _handle_call_done(self, conn: Connection, item: list[Any]) -> None:
+        _, ref = item
+        if type(ref) is not Ref or ref.node != conn.peer:
+            raise ValueError(f"CALL_DONE ref {ref!r} does not belong to {conn.peer}")
+        self._unserve(ref, conn.peer)
+
+    # ------------------------------------------------------------- inspection
+
+    def sizes(self) -> dict[str, int]:
+        """The size of each table, for statistics and leak checks."""
+        return {
+            "pending": len(self._pending),
+            "pending_by_node": sum(len(refs) for refs in self._pending_by_node.values()),
+            "serving": len(self._serving),
+            "serving_by_pid": sum(len(refs) for refs in self._serving_by_pid.values()),
+            "serving_by_node": sum(len(refs) for refs in self._serving_by_node.values()),
+        }
