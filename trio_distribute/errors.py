@@ -173,7 +173,7 @@ class ProcessDownError(DistributionError):
     (``noproc``), or its node went down (``noconnection``) before replying.
 
     Attributes:
-        reason: the :class:`ExitReason` its monitor reported.
+        reason: the :class:`~trio_distribute.ExitReason` its monitor reported.
         dest: what was called.
     """
 
@@ -199,7 +199,7 @@ class ProcessExitError(DistributionError):
 
     Attributes:
         pid: the process that was ended.
-        reason: its :class:`ExitReason` (kind ``exit`` or ``killed``).
+        reason: its :class:`~trio_distribute.ExitReason` (kind ``exit`` or ``killed``).
     """
 
     def __init__(self, pid: object, reason: ExitReason) -> None:
