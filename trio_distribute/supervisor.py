@@ -355,10 +355,12 @@ class Supervisor:
         assert self._task_group is not None
         run = _Run()
         self._runs.add(run)
+        previous = child.run
         try:
             await self._task_group.start(self._run_child, child, run)
         except BaseException:
             self._runs.discard(run)
+            child.run = previous
             raise
         child.run = run
         assert run.process is not None
@@ -378,6 +380,9 @@ class Supervisor:
         process = processes._new_process(spec.name)
         _current.set(process)  # this task's own context: no reset needed
         run.process = process
+        # Known before the body runs (on asyncio it may run before start()
+        # returns): whereis_child never lags behind the child itself.
+        child.run = run
         reason = ExitReason(ExitKind.NORMAL)
         started = False
         # Cancelled by an exit signal (a link, or Node.exit), like a spawned
