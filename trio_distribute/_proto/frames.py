@@ -133,19 +133,27 @@ class FrameDecoder:
         if type(data) is not bytes:
             data = bytes(data)
         buf = self._buf
-        if buf:
-            buf += data
-            if len(buf) < self._need:
-                return []
-            # The pending frame is complete now: parse buffer and chunk as
-            # one. Each byte is copied here at most once, because whatever
-            # is still incomplete afterwards is only appended to until it
-            # completes, so this stays linear in the bytes received.
-            data = bytes(buf)
-            buf.clear()
-
         out: list[bytes] = []
         append = out.append
+        if buf:
+            buf += data
+            need = self._need
+            if len(buf) < need:
+                return []
+            # The pending frame (or header) is complete now. A big frame is
+            # cut straight out of the buffer (one copy, where parsing buffer
+            # and chunk as one would copy it twice in one step); the rest is
+            # parsed below. Each byte is copied at most once more, because
+            # whatever is still incomplete afterwards is only appended to
+            # until it completes, so this stays linear in the bytes received.
+            if need > HEADER_SIZE:
+                with memoryview(buf) as view:
+                    append(bytes(view[HEADER_SIZE:need]))
+                    data = bytes(view[need:])
+            else:
+                data = bytes(buf)
+            buf.clear()
+
         unpack = _HEADER.unpack_from
         limit = self._limit
         end = len(data)
