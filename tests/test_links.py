@@ -570,3 +570,40 @@ async def test_linked_processes_of_a_stopping_node_end_with_shutdown() -> None:
             a._processes.exit_hooks.append(record)
     assert reasons[str(first)].kind == ExitKind.SHUTDOWN
     assert reasons[str(second)].kind == ExitKind.SHUTDOWN
+
+
+async def test_a_link_crossing_an_unlink_leaves_no_half_link() -> None:
+    """The peer links while our UNLINK is on its way: its LINK was sent
+    before it read the UNLINK (which removes the link there), so this side
+    must not keep it either."""
+    with anyio.fail_after(10):
+        async with cluster("a") as (a,):
+            async with a.open_process() as me:
+                me.trap_exits = True
+                theirs = td.Pid("mallory@127.0.0.1", 1, 7)
+                async with hostile_peer(a.address) as peer:
+
+                    async def next_of(kind: int) -> list[Any]:
+                        while True:
+                            frame = await peer.receive()
+                            if isinstance(frame, list) and frame[0] == kind:
+                                return frame
+
+                    await peer.send([Kind.LINK, theirs, me.pid])
+                    await wait_until(lambda: a.statistics().links == 1)
+                    await me.unlink(theirs)
+                    assert await next_of(Kind.UNLINK) == [Kind.UNLINK, me.pid, theirs]
+                    # The peer's own link(), sent before it read the UNLINK.
+                    await peer.send([Kind.LINK, theirs, me.pid])
+                    await peer.send([Kind.PING, 1])  # frames are handled in order
+                    assert await next_of(Kind.PONG) == [Kind.PONG, 1]
+                    assert a.statistics().links == 0
+                    await peer.send([Kind.UNLINK_ACK, theirs, me.pid])
+                    await wait_until(lambda: a._links.sizes()["unlinking"] == 0)
+                    # After the acknowledgement a LINK is a new link again.
+                    await peer.send([Kind.LINK, theirs, me.pid])
+                    await wait_until(lambda: a.statistics().links == 1)
+                    # And this node acknowledges the peer's UNLINK.
+                    await peer.send([Kind.UNLINK, theirs, me.pid])
+                    assert await next_of(Kind.UNLINK_ACK) == [Kind.UNLINK_ACK, me.pid, theirs]
+                    assert a.statistics().links == 0
