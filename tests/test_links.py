@@ -454,7 +454,6 @@ async def test_a_process_exiting_while_being_linked_gets_one_signal_per_link() -
                     if round_ % 3 == 0:
                         await anyio.lowlevel.checkpoint()
                     await me.link(target)
-                    await me.link(target)  # twice: still one link
                     signal = await me.receive()
                     assert signal.pid == target
                     assert signal.reason.kind in (
@@ -464,6 +463,16 @@ async def test_a_process_exiting_while_being_linked_gets_one_signal_per_link() -
                     )
                     with pytest.raises(TimeoutError):
                         await me.receive(timeout=0.05)
+                # Linking twice to a live process is one link: one signal.
+                # (Each link to a dead pid is answered with its own noproc.)
+                target = await b.spawn(exit_on_message)
+                await me.link(target)
+                await me.link(target)
+                await wait_until(lambda: b._links.linked(target) == {me.pid})
+                await a.send(target, "stop")
+                assert (await me.receive()).pid == target
+                with pytest.raises(TimeoutError):
+                    await me.receive(timeout=0.05)
             await wait_until(lambda: link_tables_empty(a, b))
 
 
