@@ -616,3 +616,16 @@ async def test_a_link_crossing_an_unlink_leaves_no_half_link() -> None:
                     await peer.send([Kind.UNLINK, theirs, me.pid])
                     assert await next_of(Kind.UNLINK_ACK) == [Kind.UNLINK_ACK, me.pid, theirs]
                     assert a.statistics().links == 0
+
+
+async def test_an_exit_signal_can_be_forwarded_to_another_node() -> None:
+    with anyio.fail_after(10):
+        async with cluster("a", "b") as (a, b):
+            async with a.open_process() as me, b.open_process() as watcher:
+                me.trap_exits = True
+                crasher = await a.spawn(exit_on_message)
+                await me.link(crasher)
+                await a.send(crasher, "raise")
+                signal = await me.receive()
+                await a.send(watcher.pid, signal)
+                assert await watcher.receive() == signal
