@@ -52,9 +52,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: system name -> (module, workloads it runs)
 SYSTEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "raw_trio": ("benchmarks.raw_trio", ("w1", "w2", "w3a", "w3b")),
-    "trio_distribute": ("benchmarks.td_bench", ("w1", "w2", "ping", "w3a", "w3b")),
+    "trio_distribute": ("benchmarks.td_bench", ("w1", "w2", "ping", "w2call", "w3a", "w3b")),
 }
-WORKLOADS = ("w1", "w2", "ping", "w3a", "w3b")
+WORKLOADS = ("w1", "w2", "ping", "w2call", "w3a", "w3b")
 
 #: Seconds a server gets to print READY (interpreter start + imports).
 READY_TIMEOUT = 20.0
@@ -268,6 +268,8 @@ METRICS = (
     ("w2_p99_us", "w2", "p99_us"),
     ("ping_p50_us", "ping", "p50_us"),
     ("ping_p99_us", "ping", "p99_us"),
+    ("call_p50_us", "w2call", "p50_us"),
+    ("call_p99_us", "w2call", "p99_us"),
     ("w3a_calls_per_s", "w3a", "calls_per_s"),
     ("w3a_p50_us", "w3a", "p50_us"),
     ("w3b_calls_per_s", "w3b", "calls_per_s"),
@@ -302,6 +304,7 @@ def _ratios(medians: dict[str, dict[str, float]]) -> dict[str, float | None]:
         "w2_p50_td_over_raw": _ratio(td.get("w2_p50_us"), raw.get("w2_p50_us")),
         "w2_p99_td_over_raw": _ratio(td.get("w2_p99_us"), raw.get("w2_p99_us")),
         "ping_p50_td_over_raw_w2_p50": _ratio(td.get("ping_p50_us"), raw.get("w2_p50_us")),
+        "call_p50_td_over_raw_w2_p50": _ratio(td.get("call_p50_us"), raw.get("w2_p50_us")),
         # higher is better; W3b is judged against the raw sequential rate
         "w3a_td_over_raw": _ratio(td.get("w3a_calls_per_s"), raw.get("w3a_calls_per_s")),
         "w3b_td_over_raw_w3a": _ratio(td.get("w3b_calls_per_s"), raw.get("w3a_calls_per_s")),
@@ -320,7 +323,7 @@ def render_table(
 ) -> str:
     header = (
         f"{'system':<18}{'W1 msg/s':>12}{'W2 p50 µs':>12}{'W2 p99 µs':>12}"
-        f"{'ping p50 µs':>13}{'ping p99 µs':>13}"
+        f"{'ping p50 µs':>13}{'ping p99 µs':>13}{'call p50 µs':>13}{'call p99 µs':>13}"
     )
     lines = [header, "-" * len(header)]
     lossy = False
@@ -334,16 +337,18 @@ def render_table(
             f"{system:<18}{w1:>12}"
             f"{_fmt(row.get('w2_p50_us'), '.1f'):>12}{_fmt(row.get('w2_p99_us'), '.1f'):>12}"
             f"{_fmt(row.get('ping_p50_us'), '.1f'):>13}{_fmt(row.get('ping_p99_us'), '.1f'):>13}"
+            f"{_fmt(row.get('call_p50_us'), '.1f'):>13}{_fmt(row.get('call_p99_us'), '.1f'):>13}"
         )
     lines.append(
         f"{'td / raw':<18}{_fmt(ratios['w1_td_over_raw'], '.2f') + 'x':>12}"
         f"{_fmt(ratios['w2_p50_td_over_raw'], '.2f') + 'x':>12}"
         f"{_fmt(ratios['w2_p99_td_over_raw'], '.2f') + 'x':>12}"
-        f"{_fmt(ratios['ping_p50_td_over_raw_w2_p50'], '.2f') + 'x':>13}"
+        f"{_fmt(ratios['ping_p50_td_over_raw_w2_p50'], '.2f') + 'x':>13}{'':>13}"
+        f"{_fmt(ratios['call_p50_td_over_raw_w2_p50'], '.2f') + 'x':>13}"
     )
     lines.append(
         "(medians over runs; W1 ratio: higher is better; W2 ratios: lower is better;"
-        " ping p50 is compared with raw_trio's W2 p50)"
+        " ping and call p50 are compared with raw_trio's W2 p50)"
     )
     lines.append("")
     header3 = f"{'system':<18}{'W3a calls/s':>13}{'W3a p50 µs':>12}{'W3b calls/s':>13}"

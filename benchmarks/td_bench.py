@@ -6,6 +6,7 @@ Usage (the orchestrator ``benchmarks.run`` starts these)::
     python -m benchmarks.td_bench client PORT w1 --duration 2.5
     python -m benchmarks.td_bench client PORT w2 --count 5000 --warmup 300
     python -m benchmarks.td_bench client PORT ping --count 5000 --warmup 300
+    python -m benchmarks.td_bench client PORT w2call --count 5000 --warmup 300
 
 The server (node ``a@127.0.0.1``) spawns two named processes, ``sink`` and
 ``echo``, and exits when the client's node goes down. A client (node
@@ -19,6 +20,9 @@ The server (node ``a@127.0.0.1``) spawns two named processes, ``sink`` and
 * W2: sequential round trips: ``node.send`` to the echo process, then
   ``await me.receive()`` for its reply (the same message, sent back).
 * W2-ping: sequential ``await node.ping(peer)``, frame level, no processes.
+* W2-call: sequential ``await me.call(("responder", a), msg)``: the W2 round
+  trip through ``Process.call`` / ``Process.reply`` (the callee monitored
+  for each call, the reply matched by ref), with the W2 message.
 * W3a: sequential ``await node.rpc.call(a, "add", i, 1)`` (``add`` is a
   plain function exported by the server). W3b: the same from 64 tasks, so
   64 calls are in flight on the one connection.
@@ -106,6 +110,14 @@ async def echo(proc: td.Process, node: td.Node) -> None:
             await node.send(peer, message)
 
 
+async def responder(proc: td.Process) -> None:
+    """Answer every call with its request (the W2-call server)."""
+    reply = proc.reply
+    async for call in proc:
+        if isinstance(call, td.Call):
+            await reply(call, call.request)
+
+
 def add(a: int, b: int) -> int:
     """The W3 function."""
     return a + b
@@ -121,6 +133,7 @@ async def serve(port: int, timeout: float) -> None:
             node.rpc.export(add)
             await node.spawn(sink, node, name="sink")
             await node.spawn(echo, node, name="echo")
+            await node.spawn(responder, name="responder")
             emit_ready(node.address[1])
             try:
                 async for event in events:
@@ -204,6 +217,25 @@ async def client_w2(node: td.Node, count: int, warmup: int) -> dict[str, Any]:
     return {"workload": "w2", **latency_summary(samples)}
 
 
+async def client_w2call(node: td.Node, count: int, warmup: int) -> dict[str, Any]:
+    """Sequential ``Process.call`` round trips to the responder."""
+    samples: list[int] = []
+    dest = ("responder", SERVER_NODE)
+    async with node.open_process() as me:
+        call = me.call
+        body = BODY
+        clock = time.perf_counter_ns
+        for seq in range(warmup + count):
+            t0 = clock()
+            reply = await call(dest, {"seq": seq, "body": body})
+            t1 = clock()
+            if reply["seq"] != seq:
+                raise RuntimeError(f"call answered out of order: sent {seq}, got {reply['seq']}")
+            if seq >= warmup:
+                samples.append(t1 - t0)
+    return {"workload": "w2call", **latency_summary(samples)}
+
+
 async def client_ping(node: td.Node, peer: str, count: int, warmup: int) -> dict[str, Any]:
     """Sequential ``node.ping`` round trips."""
     samples: list[int] = []
@@ -253,6 +285,8 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
                 result = await client_w1(node, args.duration)
             elif args.workload == "w2":
                 result = await client_w2(node, args.count, args.warmup)
+            elif args.workload == "w2call":
+                result = await client_w2call(node, args.count, args.warmup)
             elif args.workload in ("w3a", "w3b"):
                 in_flight = 1 if args.workload == "w3a" else W3B_IN_FLIGHT
                 result = await client_w3(node, args.count, args.warmup, in_flight)
@@ -271,9 +305,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     server.add_argument("port", type=int, help="0 picks a free port")
     client = sub.add_parser("client")
     client.add_argument("port", type=int)
-    client.add_argument("workload", choices=["w1", "w2", "ping", "w3a", "w3b"])
+    client.add_argument("workload", choices=["w1", "w2", "ping", "w2call", "w3a", "w3b"])
     client.add_argument("--duration", type=float, default=2.5, help="W1 seconds")
-    client.add_argument("--count", type=int, default=5000, help="W2/ping round trips")
+    client.add_argument("--count", type=int, default=5000, help="W2/ping/call round trips")
     client.add_argument("--warmup", type=int, default=300, help="W2/ping unrecorded round trips")
     return parser.parse_args(argv)
 

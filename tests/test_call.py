@@ -353,3 +353,29 @@ async def test_the_serving_node_answers_noproc_and_forgets_finished_calls() -> N
                 down = await next_of(Kind.CALL_DOWN)
                 assert down[:4] == [Kind.CALL_DOWN, ref3, caller, "exception"]
                 assert call_tables_empty(a)
+
+
+async def test_a_reply_to_a_caller_whose_node_is_gone_is_counted() -> None:
+    with anyio.fail_after(10):
+        async with cluster("a", "b") as (a, b):
+            held: list[td.Call] = []
+
+            async def holder(proc: td.Process) -> None:
+                held.append(await proc.receive())
+                await proc.receive()  # "go"
+                await proc.reply(held[0], "nobody waits")
+
+            pid = await b.spawn(holder)
+            async with a.open_process() as me, anyio.create_task_group() as tg:
+
+                async def cut() -> None:
+                    await wait_until(lambda: bool(held))
+                    await a.disconnect(b.name)
+
+                tg.start_soon(cut)
+                with pytest.raises(td.ProcessDownError):
+                    await me.call(pid, "q", timeout=60)
+            await wait_until(lambda: b.name not in a.nodes() and a.name not in b.nodes())
+            await b.send(pid, "go")
+            await wait_until(lambda: b.statistics().drops.get("reply_no_connection") == 1)
+            assert call_tables_empty(a, b)

@@ -454,7 +454,6 @@ async def test_a_process_exiting_while_being_linked_gets_one_signal_per_link() -
                     if round_ % 3 == 0:
                         await anyio.lowlevel.checkpoint()
                     await me.link(target)
-                    await me.link(target)  # twice: still one link
                     signal = await me.receive()
                     assert signal.pid == target
                     assert signal.reason.kind in (
@@ -464,6 +463,16 @@ async def test_a_process_exiting_while_being_linked_gets_one_signal_per_link() -
                     )
                     with pytest.raises(TimeoutError):
                         await me.receive(timeout=0.05)
+                # Linking twice to a live process is one link: one signal.
+                # (Each link to a dead pid is answered with its own noproc.)
+                target = await b.spawn(exit_on_message)
+                await me.link(target)
+                await me.link(target)
+                await wait_until(lambda: b._links.linked(target) == {me.pid})
+                await a.send(target, "stop")
+                assert (await me.receive()).pid == target
+                with pytest.raises(TimeoutError):
+                    await me.receive(timeout=0.05)
             await wait_until(lambda: link_tables_empty(a, b))
 
 
@@ -570,3 +579,53 @@ async def test_linked_processes_of_a_stopping_node_end_with_shutdown() -> None:
             a._processes.exit_hooks.append(record)
     assert reasons[str(first)].kind == ExitKind.SHUTDOWN
     assert reasons[str(second)].kind == ExitKind.SHUTDOWN
+
+
+async def test_a_link_crossing_an_unlink_leaves_no_half_link() -> None:
+    """The peer links while our UNLINK is on its way: its LINK was sent
+    before it read the UNLINK (which removes the link there), so this side
+    must not keep it either."""
+    with anyio.fail_after(10):
+        async with cluster("a") as (a,):
+            async with a.open_process() as me:
+                me.trap_exits = True
+                theirs = td.Pid("mallory@127.0.0.1", 1, 7)
+                async with hostile_peer(a.address) as peer:
+
+                    async def next_of(kind: int) -> list[Any]:
+                        while True:
+                            frame = await peer.receive()
+                            if isinstance(frame, list) and frame[0] == kind:
+                                return frame
+
+                    await peer.send([Kind.LINK, theirs, me.pid])
+                    await wait_until(lambda: a.statistics().links == 1)
+                    await me.unlink(theirs)
+                    assert await next_of(Kind.UNLINK) == [Kind.UNLINK, me.pid, theirs]
+                    # The peer's own link(), sent before it read the UNLINK.
+                    await peer.send([Kind.LINK, theirs, me.pid])
+                    await peer.send([Kind.PING, 1])  # frames are handled in order
+                    assert await next_of(Kind.PONG) == [Kind.PONG, 1]
+                    assert a.statistics().links == 0
+                    await peer.send([Kind.UNLINK_ACK, theirs, me.pid])
+                    await wait_until(lambda: a._links.sizes()["unlinking"] == 0)
+                    # After the acknowledgement a LINK is a new link again.
+                    await peer.send([Kind.LINK, theirs, me.pid])
+                    await wait_until(lambda: a.statistics().links == 1)
+                    # And this node acknowledges the peer's UNLINK.
+                    await peer.send([Kind.UNLINK, theirs, me.pid])
+                    assert await next_of(Kind.UNLINK_ACK) == [Kind.UNLINK_ACK, me.pid, theirs]
+                    assert a.statistics().links == 0
+
+
+async def test_an_exit_signal_can_be_forwarded_to_another_node() -> None:
+    with anyio.fail_after(10):
+        async with cluster("a", "b") as (a, b):
+            async with a.open_process() as me, b.open_process() as watcher:
+                me.trap_exits = True
+                crasher = await a.spawn(exit_on_message)
+                await me.link(crasher)
+                await a.send(crasher, "raise")
+                signal = await me.receive()
+                await a.send(watcher.pid, signal)
+                assert await watcher.receive() == signal

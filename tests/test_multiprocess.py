@@ -192,6 +192,90 @@ async def test_sigkilled_node_mid_rpc_gives_node_down() -> None:
             await child.aclose()
 
 
+LINK_CHILD = """
+import sys, trio, trio_distribute as td
+
+async def server(proc):
+    async for call in proc:
+        if isinstance(call, td.Call):
+            print("CALLED", flush=True)  # and never replies
+
+async def main(port):
+    config = td.NodeConfig.local()
+    async with td.open_node("linked@127.0.0.1", cookie="kill-test", port=port, config=config) as n:
+        pid = await n.spawn(server, name="server")
+        print("READY", pid.id, pid.creation, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main, int(sys.argv[1]))
+"""
+
+
+async def test_sigkilled_node_fires_noconnection_on_links_and_calls() -> None:
+    """A node SIGKILLed while processes here are linked to its process and
+    calling it: the links fire ``noconnection`` (a trapping process gets it
+    as a message, a non-trapping one ends) and the call fails with
+    ``ProcessDownError(noconnection)``. (About 1.5 s per backend.)"""
+    port = free_port()
+    child = await anyio.open_process([sys.executable, "-c", LINK_CHILD, str(port)])
+    try:
+        assert child.stdout is not None
+        stdout = child.stdout
+
+        async def line() -> str:
+            data = b""
+            while not data.endswith(b"\n"):
+                data += await stdout.receive(1)
+            return data.decode().strip()
+
+        with anyio.fail_after(30):
+            ready, pid_id, creation = (await line()).split()
+            assert ready == "READY"
+            server = td.Pid("linked@127.0.0.1", int(pid_id), int(creation))
+            async with (
+                td.open_node(
+                    "linker@127.0.0.1", cookie="kill-test", config=td.NodeConfig.local()
+                ) as node,
+                node.open_process() as trapping,
+            ):
+                await node.connect(f"linked@127.0.0.1:{port}")
+                trapping.trap_exits = True
+                await trapping.link(server)
+                linked = anyio.Event()
+
+                async def plain(proc: td.Process) -> None:
+                    await proc.link(server)
+                    linked.set()
+                    await anyio.sleep_forever()
+
+                plain_pid = await node.spawn(plain)
+                await linked.wait()
+                async with node.monitor(plain_pid) as plain_down, anyio.create_task_group() as tg:
+
+                    async def kill_when_called() -> None:
+                        assert await line() == "CALLED"
+                        child.kill()  # SIGKILL mid-call: no goodbye, no reply
+
+                    tg.start_soon(kill_when_called)
+                    async with node.open_process() as caller:
+                        with pytest.raises(td.ProcessDownError) as info:
+                            await caller.call(server, "q", timeout=None)
+                    assert info.value.reason.kind == "noconnection"
+                    signal = await trapping.receive()
+                    assert signal.pid == server
+                    assert signal.reason.kind == "noconnection"
+                    reason = (await plain_down.receive()).reason
+                    assert reason.kind == "exit"
+                    assert "noconnection" in reason.detail
+                assert node.statistics().links == 0
+                assert node.statistics().calls == 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+        with anyio.fail_after(10):
+            await child.aclose()
+
+
 def run_orchestrated(script: str) -> str:
     """Run an example that starts and kills three members of its own, on
     three consecutive ports."""

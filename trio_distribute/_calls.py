@@ -18,12 +18,15 @@ processes of one node the ordinary monitors do the watching.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 import attrs
 
+from ._backend import Parker, new_parker, running_on_trio
 from ._ids import Pid, Ref
 from ._proto.kinds import Kind
 from .codec import message
@@ -69,7 +72,8 @@ class _Pending:
     caller: Pid
     dest: Dest
     node: str  # the callee's node (this node's name for a local call)
-    done: anyio.Event = attrs.field(factory=anyio.Event)
+    parker: Parker
+    finished: bool = False
     value: Any = None
     replied: bool = False
     down: ExitReason | None = None
@@ -92,8 +96,17 @@ class Calls:
     _serving: dict[Ref, tuple[int, str, Pid]] = attrs.field(factory=dict)
     _serving_by_pid: dict[int, set[Ref]] = attrs.field(factory=dict)
     _serving_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
+    _on_trio: bool = False
+    _move_on_after: Callable[[float], AbstractContextManager[Any]] = anyio.move_on_after
 
     def start(self) -> None:
+        # The backend's own primitives: anyio's look the backend up on every
+        # use, which is most of a call's overhead on the way.
+        self._on_trio = running_on_trio()
+        if self._on_trio:
+            import trio
+
+            self._move_on_after = trio.move_on_after
         add = self.transport.add_handler
         add(Kind.CALL, self._handle_call)
         add(Kind.REPLY, self._handle_reply)
@@ -127,7 +140,13 @@ class Calls:
             if callee is None:
                 raise ProcessDownError(ExitReason(ExitKind.NOPROC), dest)
             ref = self.monitors.new_ref()
-            pending = _Pending(caller=process.pid, dest=dest, node=node, settled=True)
+            pending = _Pending(
+                caller=process.pid,
+                dest=dest,
+                node=node,
+                parker=new_parker(self._on_trio),
+                settled=True,
+            )
             self._pending[ref] = pending
             watch = self.monitors.watch(pid, lambda event: self._local_down(ref, event))
             processes._put(callee, Call(request, process.pid, ref))
@@ -147,17 +166,21 @@ class Calls:
                 raise ProcessDownError(reason, dest) from exc
             if conn.closed:
                 raise ProcessDownError(ExitReason(ExitKind.NOCONNECTION, "connection lost"), dest)
-            pending = _Pending(caller=process.pid, dest=dest, node=node)
+            pending = _Pending(
+                caller=process.pid, dest=dest, node=node, parker=new_parker(self._on_trio)
+            )
             self._pending[ref] = pending
             self._pending_by_node.setdefault(node, set()).add(ref)
             conn.write(data)
             watch = None
         try:
             if timeout is None:
-                await pending.done.wait()
+                while not pending.finished:
+                    await pending.parker.park()
             else:
-                with anyio.move_on_after(timeout):
-                    await pending.done.wait()
+                with self._move_on_after(timeout):
+                    while not pending.finished:
+                        await pending.parker.park()
         finally:
             self._forget(ref, pending, watch)
         if pending.replied:
@@ -182,9 +205,9 @@ class Calls:
 
     def _local_down(self, ref: Ref, event: ProcessDown) -> None:
         pending = self._pending.get(ref)
-        if pending is not None and not pending.done.is_set():
+        if pending is not None and not pending.finished:
             pending.down = event.reason
-            pending.done.set()
+            self._settle(pending)
 
     def _forget(self, ref: Ref, pending: _Pending, watch: Ref | None) -> None:
         self._pending.pop(ref, None)
@@ -204,8 +227,9 @@ class Calls:
                 conn.write(self.transport.encode_frame([Kind.CALL_DONE, ref]))
 
     def _settle(self, pending: _Pending) -> None:
-        if not pending.done.is_set():
-            pending.done.set()
+        if not pending.finished:
+            pending.finished = True
+            pending.parker.unpark_all()
 
     # ----------------------------------------------------------------- callee
 
@@ -220,13 +244,13 @@ class Calls:
         if caller.node == transport.name:
             call._replied = True
             pending = self._pending.get(call.ref)
-            if pending is None or pending.caller != caller or pending.done.is_set():
+            if pending is None or pending.caller != caller or pending.finished:
                 transport.count_drop("late_reply")
             else:
                 pending.value = value
                 pending.replied = True
                 self._settle(pending)
-            await anyio.lowlevel.checkpoint()
+            await self.processes._maybe_yield()
             return
         # Encoded first: a value that cannot travel raises with the call
         # still unanswered, so the callee can reply again with another.
@@ -244,7 +268,9 @@ class Calls:
             await conn.wait_for_space()
         if not conn.closed:
             conn.write(data)
-        await anyio.lowlevel.checkpoint()
+        # Like send: a full yield only now and then (a server replying in a
+        # loop would otherwise pay a scheduler pass per reply).
+        await self.processes._maybe_yield()
 
     def _unserve(self, ref: Ref, node: str) -> None:
         entry = self._serving.get(ref)
@@ -291,7 +317,7 @@ class Calls:
         down = ExitReason(kind, f"node {node} down: {reason}")
         for ref in sorted(self._pending_by_node.pop(node, ()), key=lambda r: r.id):
             pending = self._pending.get(ref)
-            if pending is not None and not pending.done.is_set():
+            if pending is not None and not pending.finished:
                 pending.settled = True
                 pending.down = down
                 self._settle(pending)
@@ -352,7 +378,7 @@ class Calls:
         if type(caller) is not Pid or caller.node != self.transport.name:
             raise ValueError(f"REPLY to {caller!r}, which is not a pid of this node")
         pending = self._pending.get(ref)
-        if pending is None or pending.caller != caller or pending.done.is_set():
+        if pending is None or pending.caller != caller or pending.finished:
             self.transport.count_drop("late_reply")
             return
         if conn.peer == pending.node:
@@ -373,7 +399,7 @@ class Calls:
         if pending.node != conn.peer or pending.caller != caller:
             raise ValueError(f"CALL_DOWN for {ref!r} from {conn.peer}, which does not serve it")
         pending.settled = True
-        if not pending.done.is_set():
+        if not pending.finished:
             pending.down = reason
             self._settle(pending)
 

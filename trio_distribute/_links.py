@@ -113,11 +113,17 @@ class Links:
     # Peer node -> (local pid id, remote pid) of each link with it, so a
     # lost connection finds them and a peer's share can be bounded.
     _by_node: dict[str, set[tuple[int, Pid]]] = attrs.field(factory=dict)
+    # Peer node -> (local pid id, remote pid) -> UNLINKs sent and not yet
+    # acknowledged. A LINK for such a pair was sent by the peer before it
+    # read our UNLINK, which will remove the link on its side: taking the
+    # LINK would leave the link on this side only (Erlang's unlink ids).
+    _unlinking: dict[str, dict[tuple[int, Pid], int]] = attrs.field(factory=dict)
 
     def start(self) -> None:
         add = self.transport.add_handler
         add(Kind.LINK, self._handle_link)
         add(Kind.UNLINK, self._handle_unlink)
+        add(Kind.UNLINK_ACK, self._handle_unlink_ack)
         add(Kind.LINK_EXIT, self._handle_link_exit)
         add(Kind.EXIT, self._handle_exit)
         self.processes.exit_hooks.append(self.process_exited)
@@ -196,7 +202,10 @@ class Links:
                 self._remove(pid, process.pid)
             else:
                 conn = self.transport.connections.get(pid.node)
-                if conn is not None:
+                if conn is not None and not conn.closed:
+                    pending = self._unlinking.setdefault(pid.node, {})
+                    key = (process.pid.id, pid)
+                    pending[key] = pending.get(key, 0) + 1
                     self._write(conn, [Kind.UNLINK, process.pid, pid])
         await anyio.lowlevel.checkpoint()
 
@@ -265,6 +274,7 @@ class Links:
     def node_down(self, node: str, reason: str) -> None:
         """The connection to ``node`` ended: every link with one of its
         processes fires (``noconnection``; ``shutdown`` if it stopped)."""
+        self._unlinking.pop(node, None)
         pairs = self._by_node.pop(node, None)
         if not pairs:
             return
@@ -314,6 +324,8 @@ class Links:
             return
         if origin in self._links.get(target.id, ()):
             return  # both sides linked at once: still one link
+        if (target.id, origin) in self._unlinking.get(conn.peer, ()):
+            return  # sent before the peer read our UNLINK, which undoes it there
         pairs = self._by_node.get(conn.peer, ())
         if len(pairs) >= self.transport.config.max_links_per_peer:
             # Each link is memory the peer makes us hold: past the bound it
@@ -326,6 +338,23 @@ class Links:
         _, _, _ = item
         origin, target = self._pids(conn, item, "UNLINK", current=False)
         self._remove(target, origin)
+        self._write(conn, [Kind.UNLINK_ACK, target, origin])
+
+    def _handle_unlink_ack(self, conn: Connection, item: list[Any]) -> None:
+        _, acked_by, unlinker = item
+        if type(acked_by) is not Pid or acked_by.node != conn.peer:
+            raise ValueError(f"UNLINK_ACK from {acked_by!r}, which is not a pid of {conn.peer}")
+        if type(unlinker) is not Pid or unlinker.node != self.transport.name:
+            raise ValueError(f"UNLINK_ACK to {unlinker!r}, which is not a pid of this node")
+        pending = self._unlinking.get(conn.peer)
+        key = (unlinker.id, acked_by)
+        if pending is None or key not in pending:
+            return  # for an UNLINK of an earlier connection, or a double ack
+        pending[key] -= 1
+        if not pending[key]:
+            del pending[key]
+            if not pending:
+                del self._unlinking[conn.peer]
 
     def _reason(self, kind: object, detail: object) -> ExitReason:
         if not isinstance(kind, str) or not isinstance(detail, str):
@@ -366,4 +395,5 @@ class Links:
             "links": self.count(),
             "remote": sum(len(pairs) for pairs in self._by_node.values()),
             "peers": len(self._by_node),
+            "unlinking": sum(len(pairs) for pairs in self._unlinking.values()),
         }

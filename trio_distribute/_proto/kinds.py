@@ -44,6 +44,7 @@ class Kind(enum.IntEnum):
     UNLINK = 61  # [UNLINK, origin: Pid, target: Pid]
     LINK_EXIT = 62  # [LINK_EXIT, origin: Pid, target: Pid, kind: str, detail: str]: origin ended
     EXIT = 63  # [EXIT, origin: Pid, target: Pid, kind: str ("kill" too), detail: str]: exit/2
+    UNLINK_ACK = 64  # [UNLINK_ACK, origin: Pid, target: Pid]: the UNLINK target->origin is done
     CALL = 65  # [CALL, ref: Ref, caller: Pid, dest: Pid | str, request]: a monitored request
     REPLY = 66  # [REPLY, caller: Pid, ref: Ref, value]: the answer to the CALL with ref
     CALL_DOWN = 67  # [CALL_DOWN, ref: Ref, caller: Pid, kind: str, detail: str]: callee ended
