@@ -66,8 +66,15 @@ DEFAULT_MAX_ADDRESSES: Final = 256
 #: The largest seed file read (bytes); a longer file is read up to this.
 MAX_FILE_BYTES: Final = 1 << 20
 
-_positive = [v.instance_of((int, float)), v.gt(0)]
-_count = [v.instance_of(int), v.ge(1)]
+
+def _positive(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _count(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{attribute.name} must be an int of at least 1, got {value!r}")
 
 
 @runtime_checkable
