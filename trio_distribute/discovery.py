@@ -263,6 +263,8 @@ async def run_discovery(transport: Transport, strategy: Discovery) -> None:
         limiter.warning(kind, "%s: discovery %s: %s (retrying)", transport.name, source, error)
 
     def wanted(address: str) -> bool:
+        if address not in known and address == "{}:{}".format(*transport.address):
+            known[address] = transport.name  # ourselves, bound to that address
         name = known.get(address)
         if name is None:
             return True
