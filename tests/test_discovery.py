@@ -173,7 +173,9 @@ async def test_file_discovery_rereads_the_file_when_it_changes(tmp_path: Path) -
             c = await stack.enter_async_context(
                 td.open_node("c@127.0.0.1", cookie=COOKIE, config=CONFIG)
             )
-            seeds.write_text(f"# the cluster\n\n127.0.0.1:{a.address[1]}\n127.0.0.1:{b.address[1]}\n")
+            seeds.write_text(
+                f"# the cluster\n\n127.0.0.1:{a.address[1]}\n127.0.0.1:{b.address[1]}\n"
+            )
             await wait_until(lambda: b.name in a.nodes())
             assert c.name not in a.nodes()
             with seeds.open("a") as file:
@@ -193,7 +195,9 @@ async def test_addresses_beyond_max_addresses_are_counted() -> None:
     assert isinstance(Many(), Discovery)
     async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=CONFIG, seeds=[Many()]) as a:
         with anyio.fail_after(20):
-            await wait_until(lambda: a.statistics().drops.get("discovery_addresses_ignored", 0) >= 6)
+            await wait_until(
+                lambda: a.statistics().drops.get("discovery_addresses_ignored", 0) >= 6
+            )
         # Each poll ignores the three addresses beyond the cap.
         assert a.statistics().drops["discovery_addresses_ignored"] % 3 == 0
 

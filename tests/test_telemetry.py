@@ -106,8 +106,7 @@ async def test_member_and_leader_changes_are_events() -> None:
             # b left its block: a sees it leave (or die).
             await wait_until(
                 lambda: any(
-                    isinstance(e, td.MemberLeft | td.MemberDown) and e.name == b.name
-                    for e in seen
+                    isinstance(e, td.MemberLeft | td.MemberDown) and e.name == b.name for e in seen
                 )
             )
     # Within one process the pair never reached bootstrap_expect=3: no leader,
