@@ -6,6 +6,7 @@ restart and prints its table (``nox -s operations``)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -150,7 +151,9 @@ class Cluster:
                         node.ready.set()
                     elif parts[:1] == ["LEADER"]:
                         leader = None if parts[3] == "-" else parts[3]
-                        self.leader_lines.append((float(parts[1]), node.name, int(parts[2]), leader))
+                        self.leader_lines.append(
+                            (float(parts[1]), node.name, int(parts[2]), leader)
+                        )
 
     async def stop(self, node: NodeProcess) -> None:
         process = node.process
@@ -212,13 +215,13 @@ async def open_cluster_processes(directory: Path) -> AsyncIterator[Cluster]:
     async with trio.open_nursery() as nursery:
         cluster = Cluster(directory=directory, nursery=nursery)
         try:
-            async with td.open_node("observer@127.0.0.1", cookie=COOKIE, config=config) as node:
-                cluster.observer = node
+            async with td.open_node("observer@127.0.0.1", cookie=COOKIE, config=config) as obs:
+                cluster.observer = obs
                 yield cluster
         finally:
             with trio.CancelScope(shield=True):
-                for node in cluster.nodes:
-                    await cluster.stop(node)
+                for process in cluster.nodes:
+                    await cluster.stop(process)
             nursery.cancel_scope.cancel()
 
 
@@ -289,7 +292,9 @@ async def rolling_restart(directory: Path, say: Callable[[str], None] = print) -
         await cluster.wait_converged()
         say("cluster of 5 converged")
         for index, node in enumerate(list(cluster.nodes), 1):
-            report = await cluster.call(cluster.nodes[0 if index > 1 else 1], "trio_distribute.status")
+            report = await cluster.call(
+                cluster.nodes[0 if index > 1 else 1], "trio_distribute.status"
+            )
             leader_before, term_before = report["health"]["leader"], report["health"]["term"]
             start = time.time()
             await cluster.stop(node)
@@ -314,6 +319,34 @@ async def rolling_restart(directory: Path, say: Callable[[str], None] = print) -
         conflicts = cluster.two_leaders_in_a_term()
         assert not conflicts, f"two leaders in a term: {conflicts}"
     return rows
+
+
+async def scrape(port: int, host: str = "127.0.0.1") -> str:
+    """``GET /metrics`` from ``host:port``; the body (raises unless 200)."""
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    if not head.startswith("HTTP/1.1 200"):
+        raise AssertionError(f"metrics answered {head!r}")
+    return body
+
+
+def sample(body: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name{labels...}`` (labels may be a subset)."""
+    for line in body.splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.match(r"([a-z_:]+)(?:\{(.*)\})? (\S+)$", line)
+        if match is None or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match.group(3))
+    raise AssertionError(f"no sample {name}{labels} in:\n{body}")
 
 
 def table(rows: list[RestartRow]) -> str:
@@ -352,5 +385,7 @@ __all__ = [
     "namespaces_usable",
     "open_cluster_processes",
     "rolling_restart",
+    "sample",
+    "scrape",
     "table",
 ]
