@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging as _logging
 
+from . import discovery as discovery
 from . import log as log
 from . import remote_call as remote_call
 from . import remote_call as rpc
 from . import settings as settings
+from . import telemetry as telemetry
 from ._ids import Pid as Pid
 from ._ids import Ref as Ref
 from .cluster.health import ClusterHealth as ClusterHealth
@@ -127,12 +129,14 @@ __all__ = [
     "RpcTimeoutError",
     "VersionMismatchError",
     "current_process",
+    "discovery",
     "log",
     "message",
     "open_node",
     "remote_call",
     "rpc",
     "settings",
+    "telemetry",
 ]
 
 # A library logs through the stdlib and lets the application decide where
