@@ -16,6 +16,7 @@ from trio_distribute.telemetry import (
     DEFAULT_BUFFER,
     AuthenticationFailed,
     ConnectFailed,
+    ConnectionRefused,
     Dropped,
     MailboxOverflow,
     RegistryConflict,
@@ -169,3 +170,17 @@ async def test_a_failing_sink_is_counted_and_does_not_stop_the_others() -> None:
         a.telemetry.remove_sink(broken)
         a.transport.count_drop("test_cause")
         assert a.statistics().drops["telemetry_sink_failed"] == 2
+
+
+async def test_event_counts_are_kept_without_listeners() -> None:
+    async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
+        for cause in ("dead_pid", "mailbox_full", "auth_failed", "handshake_refused_full"):
+            a.transport.count_drop(cause)
+        counts = a.telemetry.counts
+        assert counts["Dropped"] == counts["MailboxOverflow"] == 1
+        assert counts["AuthenticationFailed"] == counts["ConnectionRefused"] == 1
+        seen: list[object] = []
+        a.telemetry.add_sink(seen.append)
+        a.transport.count_drop("handshake_refused_full", "10.0.0.9")
+        assert seen == [ConnectionRefused("handshake_refused_full", "10.0.0.9")]
+        assert counts["ConnectionRefused"] == 2

@@ -168,6 +168,13 @@ class DiscoveryFailed:
 
 Sink = Callable[[object], None]
 
+#: The event type of each drop cause that has its own (the rest: Dropped).
+_DROP_KINDS: Final = {
+    "auth_failed": "AuthenticationFailed",
+    **dict.fromkeys(_REFUSAL_CAUSES, "ConnectionRefused"),
+    **dict.fromkeys(_MAILBOX_CAUSES, "MailboxOverflow"),
+}
+
 
 @attrs.define(eq=False, kw_only=True)
 class Telemetry:
@@ -242,6 +249,12 @@ class Telemetry:
 
     def dropped(self, cause: str, detail: object) -> None:
         """Publish the event for one counted drop (the transport's hook)."""
+        if not self._sinks and not self._channels:
+            # Nobody listens: count it without building the event (a peer
+            # flooding dead pids makes this the per-frame cost).
+            kind = _DROP_KINDS.get(cause, "Dropped")
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            return
         event: Dropped
         if cause == "auth_failed":
             event = AuthenticationFailed(cause, _text(detail))
