@@ -16,9 +16,11 @@ import attrs
 import pytest
 
 import trio_distribute as td
+from trio_distribute import discovery
 from trio_distribute.config import ElectionConfig
 from trio_distribute.discovery import (
     DEFAULT_MAX_ADDRESSES,
+    LOG_INTERVAL,
     Discovery,
     DnsDiscovery,
     DnsSrvDiscovery,
@@ -26,6 +28,7 @@ from trio_distribute.discovery import (
     build_query,
     parse_seed,
     parse_srv_answer,
+    query_srv,
 )
 from trio_distribute.telemetry import DiscoveryFailed
 from trio_distribute.testing import wait_until
@@ -203,7 +206,9 @@ async def test_addresses_beyond_max_addresses_are_counted() -> None:
         assert a.statistics().drops["discovery_addresses_ignored"] % 3 == 0
 
 
-async def test_a_strategy_that_raises_does_not_end_the_node() -> None:
+async def test_a_strategy_that_raises_does_not_end_the_node(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     @attrs.frozen
     class Broken:
         interval: float = 0.02
@@ -219,6 +224,29 @@ async def test_a_strategy_that_raises_does_not_end_the_node() -> None:
             await wait_until(lambda: sum(isinstance(e, DiscoveryFailed) for e in events) >= 3)
         failed = next(e for e in events if isinstance(e, DiscoveryFailed))
         assert failed.error == "RuntimeError: cloud API down"
+    # Logged once per LOG_INTERVAL (10 s), however often it fails.
+    lines = [r for r in caplog.records if r.name == "trio_distribute.discovery"]
+    assert len(lines) == 1
+    assert LOG_INTERVAL == 10.0
+
+
+async def test_a_seed_file_is_read_up_to_its_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discovery, "MAX_FILE_BYTES", 32)
+    seeds = tmp_path / "seeds"
+    seeds.write_text("10.0.0.1:4370\n10.0.0.2:4370\n10.0.0.3:4370\n")  # 42 bytes
+    assert await FileDiscovery(seeds).addresses() == ["10.0.0.1:4370", "10.0.0.2:4370", "10.0"]
+    monkeypatch.undo()
+    assert discovery.MAX_FILE_BYTES == 1 << 20
+
+
+async def test_an_srv_query_nobody_answers_times_out() -> None:
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as silent:
+        port = silent.extra(anyio.abc.SocketAttribute.local_port)
+        with anyio.fail_after(10), pytest.raises(TimeoutError):
+            await query_srv("_td._tcp.example", "127.0.0.1", port, timeout=0.2)
+    assert DnsSrvDiscovery("x").timeout == 2.0
 
 
 # ------------------------------------------------------------------ SRV

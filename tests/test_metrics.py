@@ -16,6 +16,7 @@ pytest.importorskip(
     "prometheus_client", reason="prometheus_client is not installed (trio_distribute[prometheus])"
 )
 
+from trio_distribute import metrics
 from trio_distribute.metrics import NodeMetrics, serve_metrics
 
 COOKIE = "metrics-cookie"
@@ -110,3 +111,17 @@ def test_the_core_does_not_import_prometheus_client() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_an_oversized_request_is_closed_unanswered() -> None:
+    assert metrics.MAX_REQUEST_BYTES == 8192 and metrics.REQUEST_TIMEOUT == 5.0
+    async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve_metrics, a, 0, "127.0.0.1")
+            with anyio.fail_after(10):
+                async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                    # A head that never ends, larger than the limit.
+                    await stream.send(b"GET /metrics HTTP/1.1\r\nX: " + b"y" * 9000)
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        await stream.receive()
+            tg.cancel_scope.cancel()
