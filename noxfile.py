@@ -96,3 +96,13 @@ def faults(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     mode = [] if "--short" in session.posargs else ["--full"]
     session.run("python", "-m", "tests.faults.run", *mode, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def operations(session: nox.Session) -> None:
+    """Operations across OS processes (docs/operations.rst): five nodes that
+    find each other through ``file:`` and ``dns:`` (the latter in mount
+    namespaces with their own /etc/hosts; skipped without root), a metrics
+    scrape, then the rolling restart, which prints its table."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-s", "-m", "slow", "tests/test_operations.py", *session.posargs)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging as _logging
 
+from . import discovery as discovery
 from . import log as log
 from . import remote_call as remote_call
 from . import remote_call as rpc
 from . import settings as settings
+from . import telemetry as telemetry
 from ._calls import Call as Call
 from ._ids import Pid as Pid
 from ._ids import Ref as Ref
@@ -164,6 +166,7 @@ __all__ = [
     "SupervisorError",
     "VersionMismatchError",
     "current_process",
+    "discovery",
     "find_pool",
     "log",
     "message",
@@ -175,6 +178,7 @@ __all__ = [
     "remote_call",
     "rpc",
     "settings",
+    "telemetry",
 ]
 
 # A library logs through the stdlib and lets the application decide where

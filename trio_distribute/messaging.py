@@ -617,7 +617,7 @@ class Processes:
 
     def dropped(self, pid: Pid | None, cause: str) -> None:
         """Count a dropped message and log it, at most once a second."""
-        self.transport.count_drop(cause)
+        self.transport.count_drop(cause, pid)
         self._drops_since_log += 1
         now = time.monotonic()
         if now - self._last_drop_log >= 1.0:

@@ -32,6 +32,7 @@ from ._proto.kinds import Kind
 from .cluster.health import Health
 from .cluster.membership import Membership, member_snapshot_file
 from .config import NodeConfig
+from .discovery import Discovery, run_discovery, split_seeds
 from .election.raft_lite import Election
 from .errors import ConnectError, NodeDownError
 from .groups import Groups
@@ -39,6 +40,7 @@ from .messaging import Process, Processes, current_process
 from .monitor import ExitReason, NodeDown, NodeDownReason, NodeEvent, NodeUp, ProcessDown
 from .registry import Registry
 from .remote_call import Rpc
+from .telemetry import Telemetry
 from .transport import Connection, Transport
 
 __all__ = ["Node", "NodeStatistics", "open_node"]
@@ -110,6 +112,7 @@ class Node:
     membership: Membership
     election: Election
     health: Health
+    telemetry: Telemetry
     _node_monitors: Subscribers[NodeEvent]
     _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
     _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
@@ -455,7 +458,7 @@ async def open_node(
     config: NodeConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
     client_ssl_context: ssl.SSLContext | None = None,
-    seeds: Iterable[str] = (),
+    seeds: Iterable[str | Discovery] = (),
 ) -> AsyncIterator[Node]:
     """Start a node named ``name`` (``"short@host"``) and yield it.
 
@@ -473,7 +476,10 @@ async def open_node(
             (with its own certificate for mutual TLS); defaults to
             ``ssl_context``, which then must be usable on both sides.
         seeds: nodes (``"name@host:port"`` or ``"host:port"``) to connect to
-            on start; failures are logged, not raised.
+            on start; failures are logged, not raised. Also discovery
+            strategies, polled for the node's lifetime: ``"dns:NAME:PORT"``,
+            ``"dns-srv:_service._tcp.NAME"``, ``"file:PATH"`` or any
+            :class:`~trio_distribute.discovery.Discovery`.
 
     Raises:
         ValueError: ``name``, ``cookie`` or ``port`` is invalid.
@@ -489,6 +495,7 @@ async def open_node(
     if type(port) is not int or not 0 <= port < 65536:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
     config = NodeConfig() if config is None else config
+    plain_seeds, strategies = split_seeds(seeds)
     bind_host = name.partition("@")[2] if host is None else host
     try:
         async with anyio.create_task_group() as task_group:
@@ -500,6 +507,7 @@ async def open_node(
             # runs however this block is left, start-up failures included.
             try:
                 node._processes.start(task_group)
+                await node.telemetry.start(task_group, node.membership, node.election)
                 node._monitors.start()
                 node._links.start()
                 node._calls.start()
@@ -509,7 +517,9 @@ async def open_node(
                 node.membership.load_snapshot()
                 await node.membership.start(task_group, _advertised_host(name, node.address[0]))
                 node.election.start(task_group)
-                await _join_seeds(node, list(seeds))
+                await _join_seeds(node, plain_seeds)
+                for strategy in strategies:
+                    task_group.start_soon(run_discovery, node.transport, strategy)
                 yield node
             finally:
                 with anyio.CancelScope(shield=True):
@@ -663,6 +673,7 @@ def _build_node(
         membership=membership,
         election=election,
         health=Health(transport=transport, membership=membership, election=election),
+        telemetry=Telemetry(transport=transport),
     )
     rpc.export(node.status_report, name="trio_distribute.status")
     node._up_hooks.append(groups.node_up)

@@ -46,6 +46,7 @@ from ._ratelimit import LogLimiter
 from .codec import message
 from .errors import NameNotFoundError, NameTakenError
 from .monitor import ExitReason, NodeDownReason
+from .telemetry import RegistryConflict
 
 if TYPE_CHECKING:
     from .messaging import Processes
@@ -467,6 +468,9 @@ class Registry:
         if current == pid:
             return
         winner = self._resolve(name, current, pid)
+        self.transport.on_event(
+            RegistryConflict(name, winner, pid if winner == current else current)
+        )
         if winner == current:
             return
         self._names[name] = winner

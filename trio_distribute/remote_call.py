@@ -50,6 +50,7 @@ from .errors import (
     RemoteError,
     RpcTimeoutError,
 )
+from .telemetry import RpcCompleted, RpcTimedOut
 from .transport import Connection, Transport
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ T = TypeVar("T")
 OK, RAISED, BAD, CANCELLED = 0, 1, 2, 3
 #: Never on the wire: the connection went down before a reply came.
 _NODE_DOWN = -1
+#: Telemetry names of how a call ended.
+_OUTCOMES = {OK: "ok", RAISED: "raised", BAD: "bad_rpc", _NODE_DOWN: "node_down"}
 
 _CALL = Kind.RPC_CALL
 _REPLY = Kind.RPC_REPLY
@@ -352,6 +355,7 @@ class Rpc:
             await conn.wait_for_space()
         call = _Call(conn, new_parker(self._on_trio))
         self._calls[req] = call
+        started = anyio.current_time()
         self._counts["calls_sent"] += 1
         try:
             conn.write(frame)
@@ -366,8 +370,19 @@ class Rpc:
                 # Timed out or cancelled: stop the remote task as well.
                 self._abandon(conn, req)
         if not call.done:
+            self._observe(node, function, started, "timeout", limit)
             raise RpcTimeoutError(node, function, limit)
+        self._observe(node, function, started, _OUTCOMES.get(call.status, "node_down"), limit)
         return self._outcome(node, function, call.status, call.value)
+
+    def _observe(
+        self, node: str, function: str, started: float, outcome: str, limit: float
+    ) -> None:
+        # Telemetry: every remote call's latency; a timeout also on its own.
+        emit = self.transport.on_event
+        emit(RpcCompleted(node, function, anyio.current_time() - started, outcome))
+        if outcome == "timeout":
+            emit(RpcTimedOut(node, function, limit))
 
     def _outcome(self, node: str, function: str, status: int, value: Any) -> Any:
         if status == OK:

@@ -68,6 +68,7 @@ from .errors import (
     ProtocolError,
 )
 from .monitor import NodeDownReason
+from .telemetry import ConnectFailed
 
 __all__ = ["Connection", "Kind", "Transport", "parse_target"]
 
@@ -597,6 +598,10 @@ class Transport:
     address_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
     #: Peers this node refuses to connect with (see :meth:`block`).
     blocked: set[str] = attrs.field(factory=set)
+    #: Told of every counted drop, with what is known of it (telemetry).
+    on_drop: Callable[[str, object], None] | None = None
+    #: Publishes a notable outcome (telemetry; a no-op until installed).
+    on_event: Callable[[object], None] = lambda event: None
     _task_group: anyio.abc.TaskGroup | None = None
     _listener: anyio.abc.Listener[Any] | None = None
     _fast_path: bool = False
@@ -804,9 +809,12 @@ class Transport:
         )
         conn.close(NodeDownReason.PROTOCOL_ERROR)
 
-    def count_drop(self, cause: str) -> None:
-        """Count one dropped frame, message or connection by cause."""
+    def count_drop(self, cause: str, detail: object = None) -> None:
+        """Count one dropped frame, message or connection by cause;
+        ``detail`` (a source address, a pid) goes to the telemetry event."""
         self.drops[cause] = self.drops.get(cause, 0) + 1
+        if self.on_drop is not None:
+            self.on_drop(cause, detail)
 
     def _handle_info(self, conn: Connection, item: list[Any]) -> None:
         info = item[1]
@@ -919,6 +927,7 @@ class Transport:
                 await self._wait_up(peer)
                 return peer
         except TimeoutError:
+            self.on_event(ConnectFailed(target, "timed out"))
             raise ConnectError(
                 f"connecting to {target} timed out after {self.config.handshake_timeout}s"
             ) from None
@@ -952,6 +961,7 @@ class Transport:
                     await anyio.aclose_forcefully(plain)
                     raise
         except (OSError, anyio.BrokenResourceError) as exc:
+            self.on_event(ConnectFailed(f"{host}:{port}", str(exc)))
             raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         machine = HandshakeMachine(
             role=Role.INITIATOR,
@@ -1020,10 +1030,10 @@ class Transport:
         attacker has as many addresses as the table has slots.
         """
         if self.stopping:
-            self.count_drop("handshake_refused_stopping")
+            self.count_drop("handshake_refused_stopping", host)
             return None
         if self._pending_by_host.get(host, 0) >= self.config.max_pending_handshakes_per_host:
-            self.count_drop("handshake_refused_per_host")
+            self.count_drop("handshake_refused_per_host", host)
             self.log_limiter.log(
                 logging.INFO,
                 "handshake_refused_per_host",
@@ -1035,7 +1045,7 @@ class Transport:
             # Many sockets from one place are the attack, a lone one a peer.
             most = max(self._pending_by_host.values())
             if self._pending_by_host.get(host, 0) + 1 >= most:
-                self.count_drop("handshake_refused_full")
+                self.count_drop("handshake_refused_full", host)
                 self.log_limiter.log(
                     logging.INFO,
                     "handshake_refused_full",
@@ -1058,7 +1068,7 @@ class Transport:
                 self._forget_pending(key)
                 break
         pending.scope.cancel()
-        self.count_drop(cause)
+        self.count_drop(cause, pending.host)
         self.log_limiter.log(logging.INFO, cause, "shed a pending handshake (%s)", cause)
 
     def _forget_pending(self, key: object) -> None:
@@ -1082,7 +1092,7 @@ class Transport:
         if pending is None:  # evicted before this task started
             await anyio.aclose_forcefully(stream)
             return
-        scope = pending.scope
+        scope, source = pending.scope, pending.host
         del pending
         machine = HandshakeMachine(
             role=Role.ACCEPTOR,
@@ -1117,9 +1127,13 @@ class Transport:
             )
         except HandshakeError as exc:
             cause = "auth_failed" if isinstance(exc, AuthenticationError) else "handshake_failed"
-            self.count_drop(cause)
+            self.count_drop(cause, source)
             self.log_limiter.warning(
-                cause, "rejected an incoming connection: %s: %s", type(exc).__name__, exc
+                cause,
+                "rejected an incoming connection from %s: %s: %s",
+                source,
+                type(exc).__name__,
+                exc,
             )
         finally:
             self._forget_pending(key)
