@@ -591,7 +591,7 @@ class Transport:
         """Bind the listener and start accepting and ticking."""
         self._task_group = task_group
         if self.ssl_context is not None and not self.network.supports_tls:
-            raise ValueError(f"TLS (ssl_context) is not supported on {type(self.network).__name__}")
+            raise ValueError(f"TLS (ssl_context) is not supported on {self.network!r}")
         self._fast_path = running_on_trio() and self.ssl_context is None
         if self._fast_path:
             import trio

@@ -10,6 +10,7 @@ from ._cluster import wait_until as wait_until
 from ._fake_network import FakeNetwork as FakeNetwork
 from ._fake_network import LinkConditions as LinkConditions
 from ._fake_network import seed_scheduler as seed_scheduler
+from ._fake_network import virtual_time as virtual_time
 
 __all__ = [
     "FakeNetwork",
@@ -19,5 +20,6 @@ __all__ = [
     "partition",
     "seed_scheduler",
     "start_node",
+    "virtual_time",
     "wait_until",
 ]

@@ -48,7 +48,7 @@ import anyio
 import anyio.abc
 import attrs
 
-__all__ = ["FakeNetwork", "LinkConditions", "seed_scheduler"]
+__all__ = ["FakeNetwork", "LinkConditions", "seed_scheduler", "virtual_time"]
 
 _T = TypeVar("_T")
 
@@ -704,3 +704,18 @@ def seed_scheduler(seed: int | str) -> None:
     rng = getattr(_run, "_r", None)
     if isinstance(rng, random.Random):
         rng.seed(f"trio_distribute.scheduler/{seed}")
+
+
+def virtual_time(autojump_threshold: float = 0.0) -> tuple[str, dict[str, Any]]:
+    """The ``anyio_backend`` value for tests in virtual time: trio with a
+    ``MockClock`` that jumps to the next timer as soon as every task waits.
+
+    In a test module or ``conftest.py``::
+
+        @pytest.fixture
+        def anyio_backend():
+            return trio_distribute.testing.virtual_time()
+    """
+    import trio.testing
+
+    return "trio", {"clock": trio.testing.MockClock(autojump_threshold=autojump_threshold)}
