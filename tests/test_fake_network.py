@@ -26,17 +26,19 @@ from trio_distribute.election.raft_lite import Leader, LeaderChanged
 from trio_distribute.testing import (
     FakeNetwork,
     crash,
+    pytest_plugin,
     seed_scheduler,
     start_node,
     virtual_time,
     wait_until,
 )
-from trio_distribute.testing.pytest_plugin import (  # the plugin's fixtures
-    fake_network,  # noqa: F401
-    td_cluster,  # noqa: F401
-    td_seed,  # noqa: F401
-)
 from trio_distribute.testing.pytest_plugin import ClusterFactory
+
+# The plugin's fixtures (loaded by its entry point once the package is
+# installed; this checkout runs from source).
+fake_network = pytest_plugin.fake_network
+td_cluster = pytest_plugin.td_cluster
+td_seed = pytest_plugin.td_seed
 
 COOKIE = "fake-network-cookie"
 FAST = td.NodeConfig.local()
@@ -97,11 +99,8 @@ def statuses(node: td.Node) -> dict[str, td.MemberStatus]:
 async def pair(net: FakeNetwork) -> tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]:
     a, b = net.attach("a@h"), net.attach("b@h")
     listener = await b.listen("10.0.0.2", 0)
-    client = await a.dial(
-        "10.0.0.2",
-        listener.extra(anyio.abc.SocketAttribute.local_address)[1],
-        local_host="10.0.0.1",
-    )
+    assert listener.extra(anyio.abc.SocketAttribute.local_address) == ("10.0.0.2", 20000)
+    client = await a.dial("10.0.0.2", 20000, local_host="10.0.0.1")
     server = await listener.accept()
     return client, server
 
@@ -213,7 +212,7 @@ async def test_datagram_loss_and_duplication_are_seeded_and_counted() -> None:
             received = 0
             with anyio.move_on_after(1):
                 while True:
-                    data, source = await b.receive()
+                    _, source = await b.receive()
                     assert source == ("10.0.0.1", 7000)
                     received += 1
             return received, dict(net.drops)
@@ -273,7 +272,8 @@ async def test_tls_is_refused_on_a_fake_network_with_a_clear_error() -> None:
     import ssl
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    with pytest.raises(ValueError, match="TLS .* not supported on <FakeNetwork host a@127.0.0.1>"):
+    refused = r"TLS .* not supported on <FakeNetwork host a@127\.0\.0\.1>"
+    with pytest.raises(ValueError, match=refused):
         async with td.open_node(
             "a@127.0.0.1", cookie=COOKIE, ssl_context=context, network=FakeNetwork()
         ):
@@ -350,7 +350,7 @@ async def test_registry_names_of_a_dead_node_vanish_everywhere(
     fake_network: FakeNetwork,
 ) -> None:
     net = fake_network
-    async with seeded_cluster(net, 3) as (tg, nodes):
+    async with seeded_cluster(net, 3) as (_, nodes):
         a, b, c = nodes
         async with c.open_process() as proc:
             await c.registry.register("svc", proc.pid)
@@ -412,15 +412,18 @@ async def test_a_monitor_fires_noconnection_when_the_link_goes_silent(
 # ------------------------------------------------------ seeded histories
 
 
-async def fault_scenario(seed: int, n: int, minutes: float) -> list[tuple[Any, ...]]:
+async def fault_scenario(
+    seed: int, n: int, minutes: float, base: td.NodeConfig | None = None
+) -> list[tuple[Any, ...]]:
     """``n`` nodes through partitions, flapping links, a pause, loss and
     kill/restart cycles for ``minutes`` of virtual time; returns what every
     node saw (node up/down, membership, leaders), with virtual times."""
     seed_scheduler(seed)
     net = FakeNetwork(seed=seed)
     rng = random.Random(seed)
+    start = now()
     history: list[tuple[Any, ...]] = []
-    config = expecting(n, td.NodeConfig.local())
+    config = expecting(n, td.NodeConfig() if base is None else base)
 
     async def record(node: td.Node) -> None:
         async with (
@@ -434,7 +437,7 @@ async def fault_scenario(seed: int, n: int, minutes: float) -> list[tuple[Any, .
 
     async def drain(name: str, stream: Any) -> None:
         async for event in stream:
-            history.append((round(now(), 9), name, repr(event)))
+            history.append((round(now() - start, 9), name, repr(event)))
 
     async def run_node(name: str, seeds: list[str], *, task_status: Any) -> None:
         async with (
@@ -453,7 +456,7 @@ async def fault_scenario(seed: int, n: int, minutes: float) -> list[tuple[Any, .
         end = now() + minutes * 60
         while now() < end:
             fault = rng.choice(["partition", "flap", "pause", "loss", "kill", "reset"])
-            history.append((round(now(), 9), "fault", fault))
+            history.append((round(now() - start, 9), "fault", fault))
             if fault == "partition":
                 side = rng.sample(nodes, n // 3)
                 net.partition(side, [x for x in nodes if x not in side])

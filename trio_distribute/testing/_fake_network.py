@@ -115,22 +115,36 @@ class LinkConditions:
 
 
 class _Signal:
-    """A reusable wake-up: ``fire`` wakes every task waiting now."""
+    """A reusable wake-up for the (few) tasks waiting on one thing.
 
-    __slots__ = ("_event",)
+    ``fire`` wakes them now; ``wake_at`` moves their wake-up earlier, so a
+    reader waiting for bytes due at a known time wakes once, then, instead
+    of once when they are sent and again when they arrive.
+    """
+
+    __slots__ = ("_scopes",)
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._scopes: list[anyio.CancelScope] = []
 
     def fire(self) -> None:
-        self._event.set()
-        self._event = anyio.Event()
+        for scope in self._scopes:
+            scope.cancel()
+
+    def wake_at(self, at: float) -> None:
+        for scope in self._scopes:
+            if at < scope.deadline:
+                scope.deadline = at
 
     async def wait(self, timeout: float) -> None:
         if timeout <= 0:
             return
-        with anyio.move_on_after(timeout):
-            await self._event.wait()
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+            self._scopes.append(scope)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._scopes.remove(scope)
 
 
 class FakeNetwork:
@@ -350,7 +364,7 @@ class _FakeHost:
     def random(self) -> random.Random:
         return random.Random(self._rng.getrandbits(64))
 
-    async def listen(self, host: str, port: int) -> anyio.abc.Listener[Any]:
+    async def listen(self, host: str, port: int) -> _FakeListener:
         await anyio.lowlevel.checkpoint()
         net = self.network
         key = (_key_host(host), net._take_port(_key_host(host), port, net._listeners))
@@ -403,7 +417,16 @@ class _FakeHost:
 class _Pipe:
     """One direction of a stream: chunks waiting to be read, in order."""
 
-    __slots__ = ("buffered", "chunks", "last_at", "receiver_closed", "signal", "source", "target")
+    __slots__ = (
+        "buffered",
+        "chunks",
+        "last_at",
+        "receiver_closed",
+        "signal",
+        "source",
+        "space",
+        "target",
+    )
 
     def __init__(self, source: str, target: str) -> None:
         self.source = source
@@ -413,7 +436,10 @@ class _Pipe:
         self.buffered = 0
         self.last_at = -math.inf
         self.receiver_closed = False
+        #: Wakes the reader (bytes due, the end, a reset).
         self.signal = _Signal()
+        #: Wakes senders waiting for room.
+        self.space = _Signal()
 
 
 class _FakeStream(anyio.abc.ByteStream):
@@ -453,8 +479,9 @@ class _FakeStream(anyio.abc.ByteStream):
                 stream.broken = True
                 stream._in.chunks.clear()
                 stream._in.buffered = 0
-                stream._in.signal.fire()
-                stream._out.signal.fire()
+                for pipe in (stream._in, stream._out):
+                    pipe.signal.fire()
+                    pipe.space.fire()
 
     async def _wait(self, signal: _Signal, timeout: float) -> None:
         waiters = self.network._waiters
@@ -465,9 +492,10 @@ class _FakeStream(anyio.abc.ByteStream):
             waiters.pop(signal, None)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         pipe = self._in
         net = self.network
+        waited = False
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -486,8 +514,12 @@ class _FakeStream(anyio.abc.ByteStream):
                     else:
                         pipe.chunks.popleft()
                     pipe.buffered -= len(data)
-                    pipe.signal.fire()  # room for the sender
+                    pipe.space.fire()
+                    if not waited:
+                        # Yield like a socket read, without losing the bytes.
+                        await anyio.lowlevel.cancel_shielded_checkpoint()
                     return data
+            waited = True
             await self._wait(pipe.signal, wait)
 
     def _enqueue(self, data: bytes) -> None:
@@ -501,10 +533,10 @@ class _FakeStream(anyio.abc.ByteStream):
         pipe.last_at = at
         pipe.chunks.append((at, data))
         pipe.buffered += len(data)
-        pipe.signal.fire()
+        pipe.signal.wake_at(at)
 
     async def send(self, item: bytes) -> None:
-        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         pipe = self._out
         while True:
             if self._closed or self._eof_sent:
@@ -513,7 +545,7 @@ class _FakeStream(anyio.abc.ByteStream):
                 raise anyio.BrokenResourceError
             if pipe.buffered < self.network.stream_buffer:
                 break
-            await self._wait(pipe.signal, math.inf)
+            await self._wait(pipe.space, math.inf)
         if item:
             self._enqueue(bytes(item))
 
@@ -534,6 +566,7 @@ class _FakeStream(anyio.abc.ByteStream):
         self._in.chunks.clear()
         self._in.buffered = 0
         self._in.signal.fire()
+        self._in.space.fire()
         self.network._streams.pop(self, None)
         await anyio.lowlevel.checkpoint()
 
@@ -656,11 +689,12 @@ class _FakeEndpoint:
             return
         self._sequence += 1
         heapq.heappush(self._queue, (at, self._sequence, data, source))
-        self._signal.fire()
+        self._signal.wake_at(at)
 
     async def receive(self) -> tuple[bytes, tuple[str, int]]:
-        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         net = self.host.network
+        waited = False
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -670,7 +704,10 @@ class _FakeEndpoint:
                 wait = at - anyio.current_time()
                 if wait <= 0:
                     heapq.heappop(self._queue)
+                    if not waited:
+                        await anyio.lowlevel.cancel_shielded_checkpoint()
                     return data, source
+            waited = True
             net._waiters[self._signal] = None
             try:
                 await self._signal.wait(wait)
