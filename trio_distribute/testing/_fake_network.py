@@ -730,16 +730,21 @@ def seed_scheduler(seed: int | str) -> None:
     """Make trio's scheduler repeat its choices for ``seed``.
 
     trio runs the tasks that became ready together in an order it draws at
-    random (to shake out races); for a run to repeat exactly, that draw
-    must repeat too. Call this inside ``trio.run`` (the ``fake_network``
-    fixture does); it does nothing on other backends.
+    random (to shake out races), starting from the order they became ready
+    in -- which, for timers that expire at the same instant, follows memory
+    addresses. For a run to repeat exactly, this switches trio to the
+    deterministic mode its Hypothesis integration uses (ready tasks sorted
+    by creation, then shuffled by a seeded generator) and seeds that
+    generator. It stays on for the rest of the process (as it does whenever
+    Hypothesis is imported); on other backends this does nothing.
     """
     try:
         from trio._core import _run
     except ImportError:  # pragma: no cover - trio is a dependency
         return
     rng = getattr(_run, "_r", None)
-    if isinstance(rng, random.Random):
+    if isinstance(rng, random.Random) and hasattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+        _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
         rng.seed(f"trio_distribute.scheduler/{seed}")
 
 
