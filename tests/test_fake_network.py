@@ -536,3 +536,36 @@ def test_twenty_nodes_through_ten_minutes_of_faults_repeat_bit_for_bit() -> None
     first = run_virtual(scenario)
     assert len({entry[2] for entry in first if entry[1] == "fault"}) >= 4
     assert run_virtual(scenario) == first
+
+
+def test_the_real_network_is_the_default_and_keeps_the_raw_socket_write_path() -> None:
+    import trio
+
+    from trio_distribute._network import REAL_NETWORK
+    from trio_distribute.testing import open_cluster
+
+    async def main() -> None:
+        async with open_cluster(2) as (a, b):
+            assert a.transport.network is REAL_NETWORK
+            # The seam is crossed per listener, dial and datagram socket, never
+            # per frame: connections still write straight to their sockets.
+            assert a.transport.connections[b.name].sock is not None
+            assert await a.ping(b.name) > 0
+
+    trio.run(main)
+
+
+def test_a_fake_network_also_runs_on_asyncio_in_real_time() -> None:
+    async def main() -> None:
+        net = FakeNetwork(seed=3)
+        async with td.testing.open_cluster(2, network=net) as (a, b):
+            assert a.transport.connections[b.name].sock is None
+            assert await a.ping(b.name) > 0
+            net.partition(a, b)
+            with anyio.move_on_after(0.5) as scope:
+                await a.ping(b.name)
+            assert scope.cancelled_caught
+            net.heal()
+            assert await a.ping(b.name) > 0
+
+    anyio.run(main, backend="asyncio")
