@@ -190,6 +190,20 @@ async def test_dials_are_refused_without_a_listener_and_hang_across_a_cut() -> N
         await b.listen("0.0.0.0", 4370)
 
 
+async def test_host_names_resolve_through_the_networks_table() -> None:
+    net = FakeNetwork(seed=1)
+    a, b = net.attach("a@h"), net.attach("b@h")
+    net.add_host("db.internal", "10.0.0.9")
+    listener = await b.listen("db.internal", 0)
+    assert listener.address == ("10.0.0.9", 20000)
+    await a.dial("db.internal", 20000, local_host="10.0.0.1")
+    await a.dial("10.0.0.9", 20000, local_host="10.0.0.1")
+    local = await b.listen("localhost", 0)
+    assert local.address == ("127.0.0.1", 20001)
+    with pytest.raises(ConnectionRefusedError):
+        await a.dial("elsewhere", 20000, local_host="10.0.0.1")
+
+
 async def test_a_paused_node_receives_nothing_until_resumed() -> None:
     net = FakeNetwork(seed=1)
     client, server = await pair(net)

@@ -197,6 +197,8 @@ class FakeNetwork:
         self._listeners: dict[tuple[str, int], _FakeListener] = {}
         self._endpoints: dict[tuple[str, int], _FakeEndpoint] = {}
         self._owners: dict[tuple[str, int], str] = {}
+        #: Name resolution: host names and the addresses they stand for.
+        self._hosts: dict[str, str] = {"localhost": "127.0.0.1"}
         self._next_port = _FIRST_PORT
         self._next_ephemeral = _FIRST_EPHEMERAL_PORT
         # Everything that may be waiting for a link to heal or a node to
@@ -334,7 +336,17 @@ class FakeNetwork:
         self._next_port += 1
         return port
 
+    def add_host(self, name: str, address: str) -> None:
+        """Resolve the host name ``name`` to ``address`` from now on (the
+        fake's ``/etc/hosts``; ``localhost`` is ``127.0.0.1``)."""
+        self._hosts[name] = address
+
+    def resolve(self, host: str) -> str:
+        """The address ``host`` stands for (itself unless added)."""
+        return self._hosts.get(host, host)
+
     def _lookup(self, table: Mapping[tuple[str, int], _T], host: str, port: int) -> _T | None:
+        host = self.resolve(host)
         found = table.get((host, port))
         return found if found is not None else table.get(("*", port))
 
@@ -344,8 +356,8 @@ class FakeNetwork:
         return port
 
 
-def _key_host(host: str) -> str:
-    return "*" if host in _WILDCARD_HOSTS else host
+def _key_host(network: FakeNetwork, host: str) -> str:
+    return "*" if host in _WILDCARD_HOSTS else network.resolve(host)
 
 
 class _FakeHost:
@@ -367,8 +379,9 @@ class _FakeHost:
     async def listen(self, host: str, port: int) -> _FakeListener:
         await anyio.lowlevel.checkpoint()
         net = self.network
-        key = (_key_host(host), net._take_port(_key_host(host), port, net._listeners))
-        listener = _FakeListener(self, key, (host or "0.0.0.0", key[1]))
+        bound = _key_host(net, host)
+        key = (bound, net._take_port(bound, port, net._listeners))
+        listener = _FakeListener(self, key, (host or "0.0.0.0" if bound == "*" else bound, key[1]))
         net._listeners[key] = listener
         net._owners[key] = self.name
         return listener
@@ -376,8 +389,9 @@ class _FakeHost:
     async def open_datagram(self, host: str, port: int) -> _FakeEndpoint:
         await anyio.lowlevel.checkpoint()
         net = self.network
-        key = (_key_host(host), net._take_port(_key_host(host), port, net._endpoints))
-        endpoint = _FakeEndpoint(self, key, (host or "0.0.0.0", key[1]))
+        bound = _key_host(net, host)
+        key = (bound, net._take_port(bound, port, net._endpoints))
+        endpoint = _FakeEndpoint(self, key, (host or "0.0.0.0" if bound == "*" else bound, key[1]))
         net._endpoints[key] = endpoint
         return endpoint
 
