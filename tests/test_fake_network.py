@@ -529,7 +529,7 @@ def run_virtual(scenario: Callable[[], Awaitable[_T]]) -> _T:
 
 def test_a_seeded_fault_scenario_repeats_bit_for_bit() -> None:
     def scenario(seed: int) -> Callable[[], Awaitable[list[tuple[Any, ...]]]]:
-        return lambda: fault_scenario(seed, 4, faults=FAULTS, hold=5.0)
+        return lambda: fault_scenario(seed, 3, faults=FAULTS, hold=4.0)
 
     first = run_virtual(scenario(11))
     assert {entry[2] for entry in first if entry[1] == "fault"} == set(FAULTS)
