@@ -543,6 +543,7 @@ def test_a_seeded_fault_scenario_repeats_bit_for_bit() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # minutes of CPU: `nox -s virtual`, not CI
 def test_twenty_nodes_through_ten_minutes_of_faults_repeat_bit_for_bit() -> None:
     def scenario() -> Awaitable[list[tuple[Any, ...]]]:
         return fault_scenario(21, 20, minutes=10)
