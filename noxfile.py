@@ -57,6 +57,15 @@ def sim(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def virtual(session: nox.Session) -> None:
+    """Whole clusters on FakeNetwork in virtual time: the seeded 20-node,
+    10-minute fault run (twice, histories compared) and the user example."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "slow", "tests/test_fake_network.py", *session.posargs)
+    session.run("pytest", "-q", "examples/test_my_service.py")
+
+
+@nox.session(python=PYTHON)
 def multinode(session: nox.Session) -> None:
     """Real OS processes: examples across processes, SIGKILL and restart."""
     session.install("-e", ".[test]")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import secrets
+import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -28,6 +28,7 @@ from ._events import Subscribers
 from ._ids import Pid, validate_cookie, validate_node_name
 from ._links import Links
 from ._monitors import Monitors
+from ._network import REAL_NETWORK, Network
 from ._proto.kinds import Kind
 from .cluster.health import Health
 from .cluster.membership import Membership, member_snapshot_file
@@ -442,10 +443,10 @@ def crash(node: Node) -> None:
         node._task_group.cancel_scope.cancel()
 
 
-def _fresh_creation() -> int:
+def _fresh_creation(rng: random.Random) -> int:
     # Like Erlang's 32-bit creation: a new random value per start makes a
     # pid from an earlier run of the same name recognisably stale.
-    return secrets.randbelow(2**32 - 1) + 1
+    return rng.randrange(2**32 - 1) + 1
 
 
 @asynccontextmanager
@@ -459,6 +460,7 @@ async def open_node(
     ssl_context: ssl.SSLContext | None = None,
     client_ssl_context: ssl.SSLContext | None = None,
     seeds: Iterable[str | Discovery] = (),
+    network: Network | None = None,
 ) -> AsyncIterator[Node]:
     """Start a node named ``name`` (``"short@host"``) and yield it.
 
@@ -480,6 +482,9 @@ async def open_node(
             strategies, polled for the node's lifetime: ``"dns:NAME:PORT"``,
             ``"dns-srv:_service._tcp.NAME"``, ``"file:PATH"`` or any
             :class:`~trio_distribute.discovery.Discovery`.
+        network: where the node listens, dials and sends datagrams; the
+            operating system's TCP/UDP by default, or a
+            :class:`trio_distribute.testing.FakeNetwork` for a simulated one.
 
     Raises:
         ValueError: ``name``, ``cookie`` or ``port`` is invalid.
@@ -499,7 +504,9 @@ async def open_node(
     bind_host = name.partition("@")[2] if host is None else host
     try:
         async with anyio.create_task_group() as task_group:
-            node = _build_node(name, secret, config, ssl_context, client_ssl_context)
+            node = _build_node(
+                name, secret, config, ssl_context, client_ssl_context, network or REAL_NETWORK
+            )
             node._task_group = task_group
             await node.transport.start(task_group, bind_host, port)
             # From here on connections may exist; they end only through
@@ -585,7 +592,7 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
     if await attempt():
         return
     cap = node.transport.config.membership.reconnect_interval
-    rng = secrets.SystemRandom()
+    rng = node.transport.network.random()
 
     async def keep_trying() -> None:
         delay = cap / 32
@@ -617,8 +624,10 @@ def _build_node(
     config: NodeConfig,
     ssl_context: ssl.SSLContext | None,
     client_ssl_context: ssl.SSLContext | None,
+    network: Network,
 ) -> Node:
-    creation = _fresh_creation()
+    attached = network.attach(name)
+    creation = _fresh_creation(attached.random())
     node_ref: list[Node] = []
     transport = Transport(
         name=name,
@@ -627,6 +636,7 @@ def _build_node(
         config=config,
         ssl_context=ssl_context,
         client_ssl_context=client_ssl_context,
+        network=attached,
         on_node_up=lambda peer: node_ref[0]._node_up(peer),
         on_node_down=lambda peer, reason: node_ref[0]._node_down(peer, reason),
     )

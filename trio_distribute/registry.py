@@ -129,7 +129,9 @@ class Registry:
     _request_ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _local_busy: dict[str, anyio.Event] = attrs.field(factory=dict)
     _abandoned: dict[int, tuple[str, str]] = attrs.field(factory=dict)
-    _rng: random.Random = attrs.field(factory=random.Random)
+    _rng: random.Random = attrs.field(
+        default=attrs.Factory(lambda self: self.transport.network.random(), takes_self=True)
+    )
     _work: PeerWork = attrs.field(init=False)
     _out: OrderedSender = attrs.field(init=False)
 

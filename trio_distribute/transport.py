@@ -26,10 +26,7 @@ all connections of the node.
 from __future__ import annotations
 
 import contextlib
-import errno
-import ipaddress
 import logging
-import os
 import socket
 import ssl
 import time
@@ -45,6 +42,7 @@ from anyio.streams.tls import TLSStream
 
 from . import codec
 from ._backend import running_on_trio
+from ._network import REAL_NETWORK, NodeNetwork
 from ._proto.frames import MAX_PREAUTH_FRAME, TICK, FrameDecoder, frame
 from ._proto.handshake import (
     HandshakeCompleted,
@@ -500,36 +498,6 @@ class Connection:
         self.close(reason)
 
 
-async def _open_tcp(host: str, port: int, bound: str) -> anyio.abc.SocketStream:
-    """Connect from ``bound``, the address this node listens on, so every
-    packet of a node carries its own address (multi-homed hosts, firewall
-    rules). anyio's ``connect_tcp(local_host=...)`` leaks its socket when
-    cancelled while binding, so the socket is made here."""
-    try:
-        remote = ipaddress.ip_address(host)
-        local = ipaddress.ip_address(bound)
-    except ValueError:
-        return await anyio.connect_tcp(host, port)  # a host name, or no single address
-    if local.is_unspecified or local.version != remote.version:
-        return await anyio.connect_tcp(host, port)
-    family = socket.AF_INET6 if remote.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((bound, 0))
-        error = sock.connect_ex((host, port))
-        if error == errno.EINPROGRESS:
-            await anyio.wait_writable(sock)
-            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            raise OSError(error, os.strerror(error))
-        return await anyio.abc.SocketStream.from_socket(sock)
-    except BaseException:
-        sock.close()
-        raise
-
-
 class _LostTieBreak(Exception):
     """Our connection attempt lost a simultaneous-connect tie-break."""
 
@@ -575,6 +543,9 @@ class Transport:
     client_ssl_context: ssl.SSLContext | None = None
     on_node_up: Callable[[str], None]
     on_node_down: Callable[[str, str], None]
+    #: Where listening, dialling and datagrams go (the operating system's
+    #: TCP/UDP unless a simulated network is given).
+    network: NodeNetwork = REAL_NETWORK
 
     address: tuple[str, int] = ("", 0)
     connections: dict[str, Connection] = attrs.field(factory=dict)
@@ -629,6 +600,8 @@ class Transport:
     async def start(self, task_group: anyio.abc.TaskGroup, host: str, port: int) -> None:
         """Bind the listener and start accepting and ticking."""
         self._task_group = task_group
+        if self.ssl_context is not None and not self.network.supports_tls:
+            raise ValueError(f"TLS (ssl_context) is not supported on {self.network!r}")
         self._fast_path = running_on_trio() and self.ssl_context is None
         if self._fast_path:
             import trio
@@ -637,9 +610,7 @@ class Transport:
             self.wait_writable = trio.lowlevel.wait_writable
             self.checkpoint = trio.lowlevel.checkpoint
         try:
-            listener: anyio.abc.Listener[Any] = await anyio.create_tcp_listener(
-                local_host=host, local_port=port, reuse_port=False
-            )
+            listener = await self.network.listen(host, port)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
@@ -946,7 +917,9 @@ class Transport:
 
     async def _dial(self, host: str, port: int, expected: str | None, attempt: _DialAttempt) -> str:
         try:
-            stream: anyio.abc.ByteStream = await _open_tcp(host, port, self.address[0])
+            stream: anyio.abc.ByteStream = await self.network.dial(
+                host, port, local_host=self.address[0]
+            )
             if self.ssl_context is not None:
                 plain = stream
                 try:

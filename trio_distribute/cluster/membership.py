@@ -37,7 +37,6 @@ import math
 import os
 import random
 import re
-import secrets
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -49,6 +48,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._events import Subscribers
+from .._network import DatagramEndpoint
 from .._proto.kinds import Kind
 from .._proto.swim import (
     DEFAULT_DATAGRAM_BUDGET,
@@ -199,7 +199,7 @@ class Membership:
     metadata: bytes = b""
     connect_all: bool = True
     _core: SwimCore | None = None
-    _socket: anyio.abc.UDPSocket | None = None
+    _socket: DatagramEndpoint | None = None
     _sealer: DatagramSealer | None = None
     _task_group: anyio.abc.TaskGroup | None = None
     _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
@@ -223,7 +223,10 @@ class Membership:
     #: members we are not connected to (``connect_all``).
     _redial: dict[str, tuple[float, float]] = attrs.field(factory=dict)
     _redialling: set[str] = attrs.field(factory=set)
-    _rng: random.Random = attrs.field(factory=lambda: random.Random(secrets.randbits(64)))
+    # From the network: unpredictable on a real one, seeded on a simulated one.
+    _rng: random.Random = attrs.field(
+        default=attrs.Factory(lambda self: self.transport.network.random(), takes_self=True)
+    )
     _log_limiter: LogLimiter = attrs.field(factory=lambda: LogLimiter(logger))
     #: ``{name: address}`` from the snapshot at start: the cluster this node
     #: belonged to before it restarted (the election counts them as voters).
@@ -256,7 +259,7 @@ class Membership:
             return
         host, port = self.transport.address
         try:
-            self._socket = await anyio.create_udp_socket(local_host=host, local_port=port)
+            self._socket = await self.transport.network.open_datagram(host, port)
         except OSError as exc:
             raise OSError(
                 exc.errno, f"membership cannot bind UDP {host}:{port}: {exc.strerror}"
@@ -266,7 +269,7 @@ class Membership:
             name=self.transport.name,
             address=f"{advertise_host}:{port}",
             config=self.config,
-            rng=random.Random(secrets.randbits(64)),
+            rng=random.Random(self._rng.getrandbits(64)),
             now=anyio.current_time(),
             metadata=self.metadata,
             datagram_budget=DEFAULT_DATAGRAM_BUDGET,

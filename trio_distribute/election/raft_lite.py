@@ -34,8 +34,6 @@ import json
 import logging
 import math
 import os
-import random
-import secrets
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Final
@@ -216,7 +214,7 @@ class Election:
             name=self.transport.name,
             election_timeout=timeout,
             heartbeat_interval=self.config.heartbeat_interval,
-            rng=random.Random(secrets.randbits(64)),
+            rng=self.transport.network.random(),
             now=now,
             persisted=persisted,
             # Every start abstains for one maximum election timeout. Without

@@ -7,5 +7,19 @@ from ._cluster import open_cluster as open_cluster
 from ._cluster import partition as partition
 from ._cluster import start_node as start_node
 from ._cluster import wait_until as wait_until
+from ._fake_network import FakeNetwork as FakeNetwork
+from ._fake_network import LinkConditions as LinkConditions
+from ._fake_network import seed_scheduler as seed_scheduler
+from ._fake_network import virtual_time as virtual_time
 
-__all__ = ["crash", "open_cluster", "partition", "start_node", "wait_until"]
+__all__ = [
+    "FakeNetwork",
+    "LinkConditions",
+    "crash",
+    "open_cluster",
+    "partition",
+    "seed_scheduler",
+    "start_node",
+    "virtual_time",
+    "wait_until",
+]

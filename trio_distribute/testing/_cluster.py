@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 import anyio.abc
 
+from .._network import Network
 from ..config import ElectionConfig, NodeConfig
 from ..node import Node, crash, open_node
 
@@ -22,6 +23,7 @@ async def open_cluster(
     config: NodeConfig | None = None,
     host: str = "127.0.0.1",
     connect: bool = True,
+    network: Network | None = None,
 ) -> AsyncIterator[list[Node]]:
     """Start nodes on loopback and connect every pair (a full mesh).
 
@@ -33,6 +35,7 @@ async def open_cluster(
             ``bootstrap_expect`` set to the number of nodes.
         host: where they listen.
         connect: ``False`` starts them unconnected.
+        network: a :class:`FakeNetwork` to run them on (default: loopback).
 
     Yields the nodes in order; leaving the block stops them in reverse order.
     """
@@ -45,7 +48,7 @@ async def open_cluster(
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(
-                open_node(f"{name}@{host}", cookie=cookie, config=config)
+                open_node(f"{name}@{host}", cookie=cookie, config=config, network=network)
             )
             for name in names
         ]
@@ -64,13 +67,20 @@ async def start_node(
     config: NodeConfig | None = None,
     seeds: Sequence[str] = (),
     port: int = 0,
+    network: Network | None = None,
 ) -> Node:
     """Run a node in a task of its own in ``task_group`` and return it once
     it is up (``config`` defaults to :meth:`~trio_distribute.NodeConfig.local`). Such a node
     can be :func:`crash`-ed without cancelling the test itself; cancelling
-    ``task_group`` stops it."""
+    ``task_group`` stops it. ``network``: a :class:`FakeNetwork` to run it on."""
     node: Node = await task_group.start(
-        _run_node, name, cookie, NodeConfig.local() if config is None else config, seeds, port
+        _run_node,
+        name,
+        cookie,
+        NodeConfig.local() if config is None else config,
+        seeds,
+        port,
+        network,
     )
     return node
 
@@ -81,10 +91,13 @@ async def _run_node(
     config: NodeConfig,
     seeds: Sequence[str],
     port: int,
+    network: Network | None,
     *,
     task_status: anyio.abc.TaskStatus[Node] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with open_node(name, cookie=cookie, config=config, seeds=seeds, port=port) as node:
+    async with open_node(
+        name, cookie=cookie, config=config, seeds=seeds, port=port, network=network
+    ) as node:
         task_status.started(node)
         await anyio.sleep_forever()
 

@@ -1,0 +1,157 @@
+"""The network seam: everything a node asks of the operating system.
+
+A node reaches the outside world only through a :class:`NodeNetwork`, its
+view of a :class:`Network`: a stream listener, stream dials, one datagram
+endpoint, and a source of randomness (so a simulated network can make a
+whole run reproducible). :data:`REAL_NETWORK` is the operating system's TCP
+and UDP, exactly as the node used them before the seam existed: the
+streams it returns still carry their raw sockets, so the transport's
+synchronous write path and batched accept loop work on them unchanged and
+no message pays for the indirection. :class:`trio_distribute.testing.FakeNetwork`
+is the in-memory one.
+
+Names are resolved by the network: the real one hands host names to the
+system resolver (through ``anyio.connect_tcp``); the fake one treats a host
+as an opaque label.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import random
+import secrets
+import socket
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import anyio
+import anyio.abc
+
+__all__ = ["REAL_NETWORK", "DatagramEndpoint", "Network", "NodeNetwork", "RealNetwork"]
+
+
+class DatagramEndpoint(Protocol):
+    """One bound datagram socket (the shape of ``anyio.abc.UDPSocket``)."""
+
+    async def sendto(self, data: bytes, host: str, port: int) -> None: ...
+
+    async def receive(self) -> tuple[bytes, tuple[str, int]]: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None: ...
+
+
+class NodeNetwork(Protocol):
+    """What one node sees of a network."""
+
+    #: Whether streams may be wrapped in TLS (``ssl_context``).
+    supports_tls: bool
+
+    async def listen(self, host: str, port: int) -> anyio.abc.Listener[Any]:
+        """Listen for streams on ``host:port`` (0: any free port). The
+        listener's ``local_address`` attribute is the address bound.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        ...
+
+    async def dial(self, host: str, port: int, *, local_host: str) -> anyio.abc.ByteStream:
+        """Open a stream to ``host:port`` from ``local_host`` (the address
+        this node listens on).
+
+        Raises:
+            OSError: refused or unreachable.
+        """
+        ...
+
+    async def open_datagram(self, host: str, port: int) -> DatagramEndpoint:
+        """Bind a datagram endpoint on ``host:port``.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        ...
+
+    def random(self) -> random.Random:
+        """A fresh random generator for this node's protocol decisions
+        (jitter, probe order, creation numbers): unpredictable on a real
+        network, derived from the seed on a simulated one."""
+        ...
+
+
+class Network(Protocol):
+    """A network nodes can be attached to."""
+
+    def attach(self, name: str) -> NodeNetwork:
+        """The view of the network for the node called ``name`` (called once
+        per start of a node)."""
+        ...
+
+
+class RealNetwork:
+    """The operating system's TCP and UDP (the default)."""
+
+    supports_tls = True
+
+    def attach(self, name: str) -> RealNetwork:
+        return self
+
+    async def listen(self, host: str, port: int) -> anyio.abc.Listener[Any]:
+        listener: anyio.abc.Listener[Any] = await anyio.create_tcp_listener(
+            local_host=host, local_port=port, reuse_port=False
+        )
+        return listener
+
+    async def dial(self, host: str, port: int, *, local_host: str) -> anyio.abc.ByteStream:
+        return await open_tcp(host, port, local_host)
+
+    async def open_datagram(self, host: str, port: int) -> DatagramEndpoint:
+        return await anyio.create_udp_socket(local_host=host, local_port=port)
+
+    def random(self) -> random.Random:
+        return random.Random(secrets.randbits(64))
+
+
+#: The network every node uses unless given another.
+REAL_NETWORK = RealNetwork()
+
+
+async def open_tcp(host: str, port: int, bound: str) -> anyio.abc.SocketStream:
+    """Connect from ``bound``, the address this node listens on, so every
+    packet of a node carries its own address (multi-homed hosts, firewall
+    rules). anyio's ``connect_tcp(local_host=...)`` leaks its socket when
+    cancelled while binding, so the socket is made here."""
+    try:
+        remote = ipaddress.ip_address(host)
+        local = ipaddress.ip_address(bound)
+    except ValueError:
+        return await anyio.connect_tcp(host, port)  # a host name, or no single address
+    if local.is_unspecified or local.version != remote.version:
+        return await anyio.connect_tcp(host, port)
+    family = socket.AF_INET6 if remote.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((bound, 0))
+        error = sock.connect_ex((host, port))
+        if error == errno.EINPROGRESS:
+            await anyio.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
+        return await anyio.abc.SocketStream.from_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
