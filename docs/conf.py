@@ -44,6 +44,8 @@ nitpick_ignore_regex = [
     ("py:.*", r"(collections\.abc|contextlib|contextvars|pathlib|random|ssl|logging|typing)\..*"),
     ("py:.*", r"(anyio|trio|attrs|cbor2)(\..*)?"),
     ("py:.*", r"secrets|Ellipsis|MemoryObjectSendStream|MemoryObjectReceiveStream"),
+    # The network seam's protocol: users pass a FakeNetwork or nothing.
+    ("py:class", r"trio_distribute\._network\.Network"),
     # Type variables in signatures.
     ("py:class", r"trio_distribute\.(remote_call|codec)\.(F|T|_C)"),
 ]

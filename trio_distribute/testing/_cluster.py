@@ -35,7 +35,7 @@ async def open_cluster(
             ``bootstrap_expect`` set to the number of nodes.
         host: where they listen.
         connect: ``False`` starts them unconnected.
-        network: a :class:`FakeNetwork` to run them on (default: loopback).
+        network: a :class:`~trio_distribute.testing.FakeNetwork` to run them on (default: loopback).
 
     Yields the nodes in order; leaving the block stops them in reverse order.
     """
@@ -72,7 +72,7 @@ async def start_node(
     """Run a node in a task of its own in ``task_group`` and return it once
     it is up (``config`` defaults to :meth:`~trio_distribute.NodeConfig.local`). Such a node
     can be :func:`crash`-ed without cancelling the test itself; cancelling
-    ``task_group`` stops it. ``network``: a :class:`FakeNetwork` to run it on."""
+    ``task_group`` stops it. ``network``: a :class:`~trio_distribute.testing.FakeNetwork` to run it on."""
     node: Node = await task_group.start(
         _run_node,
         name,

@@ -275,7 +275,7 @@ class FakeNetwork:
 
     def pause(self, node: object) -> None:
         """Freeze ``node``'s network both ways (a stopped process, seen from
-        outside) until :meth:`resume`."""
+        outside) until ``resume(node)``."""
         self._paused.add(_name_of(node))
         self._changed()
 
