@@ -57,6 +57,13 @@ _SEND_NAMED = int(Kind.SEND_NAMED)
 _ARRAY_OF_3 = b"\x83"  # CBOR head of a 3-element array
 _LENGTH = struct.Struct(">I")
 _HEAD_CACHE_SIZE = 4096
+#: Types whose values the codec gives back equal and immutable: a local
+#: send hands them over as they are (see Processes._local_copy).
+_PASS_THROUGH: frozenset[type] = frozenset({type(None), bool, float, Pid, Ref})
+#: ASCII str and bytes up to this length skip the round trip too (ASCII:
+#: a str with lone surrogates cannot be encoded; short: far below the
+#: smallest max_message_size, 1 KiB, so the size check cannot fail).
+_SHORT = 256
 _current_id = correlation_id.get
 
 
@@ -98,8 +105,18 @@ class Process:
         """
         if timeout is None:
             return await self._mailbox.take(match)
-        with anyio.fail_after(timeout):
-            return await self._mailbox.take(match)
+        try:
+            with anyio.fail_after(timeout):
+                return await self._mailbox.take(match)
+        except TimeoutError:
+            # What is already queued is taken whatever the timeout (Erlang's
+            # `after 0`): a deadline of 0 or a few ns cancels the take at its
+            # first checkpoint, before it has looked at the queue.
+            try:
+                return self._mailbox.take_nowait(match)
+            except anyio.WouldBlock:
+                pass
+            raise
 
     def receive_nowait(self, *, match: Callable[[Any], bool] | None = None) -> Any:
         """Take the oldest (matching) message without waiting.
@@ -322,24 +339,28 @@ class Processes:
                 else:
                     await self._checkpoints[1]()
                 return
-            self._deliver(dest, message)
+            copy, size = self._local_copy(_SEND, dest, message)
+            self._deliver(dest, copy, size)
         elif isinstance(dest, str):
             process = self._names.get(dest)
             if process is None:
                 raise NameNotFoundError(dest)
-            self._put(process, message)
+            copy, size = self._local_copy(_SEND_NAMED, dest, message)
+            self._put(process, copy, size)
         elif isinstance(dest, tuple) and len(dest) == 2:
             name, node = dest
             if node != transport.name:
                 _check_name(name)
                 await self._send_remote(node, _SEND_NAMED, name, message)
                 return
-            # Like Erlang's {Name, node()} ! Msg: no error, only a count.
+            # Like Erlang's {Name, node()} ! Msg: no error, only a count
+            # (after the same encoding check as a remote send).
+            copy, size = self._local_copy(_SEND_NAMED, _check_name(name), message)
             process = self._names.get(name)
             if process is None:
                 self.dropped(None, "unknown_name")
             else:
-                self._put(process, message)
+                self._put(process, copy, size)
         else:
             raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
         await self._maybe_yield()
@@ -352,23 +373,26 @@ class Processes:
             if dest.node != transport.name:
                 await self._send_item(dest.node, [Kind.SEND_TRACED, dest, message, cid])
                 return
-            self._deliver(dest, Traced(message, cid))
+            copy, size = self._local_copy(_SEND, dest, message, len(cid) + 2)
+            self._deliver(dest, Traced(copy, cid), size)
         elif isinstance(dest, str):
             process = self._names.get(dest)
             if process is None:
                 raise NameNotFoundError(dest)
-            self._put(process, Traced(message, cid))
+            copy, size = self._local_copy(_SEND_NAMED, dest, message, len(cid) + 2)
+            self._put(process, Traced(copy, cid), size)
         elif isinstance(dest, tuple) and len(dest) == 2:
             name, node = dest
             if node != transport.name:
                 _check_name(name)
                 await self._send_item(node, [Kind.SEND_NAMED_TRACED, name, message, cid])
                 return
+            copy, size = self._local_copy(_SEND_NAMED, _check_name(name), message, len(cid) + 2)
             process = self._names.get(name)
             if process is None:
                 self.dropped(None, "unknown_name")
             else:
-                self._put(process, Traced(message, cid))
+                self._put(process, Traced(copy, cid), size)
         else:
             raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
         await self._maybe_yield()
@@ -448,6 +472,44 @@ class Processes:
         else:
             await self._checkpoints[1]()
 
+    def _local_copy(
+        self, kind: int, dest: Pid | str, message: Any, extra: int = 0
+    ) -> tuple[Any, int]:
+        """What the receiver would get had ``message`` crossed the wire, and
+        the frame size a remote send would have had (what the mailbox's byte
+        limit counts).
+
+        A local send goes through the codec like a remote one, so code tested
+        on one node behaves the same distributed: tuples arrive as lists, the
+        receiver never shares a mutable object with the sender, ``@message``
+        classes round-trip, and what cannot travel raises ``EncodeError``
+        (too large: ``MessageTooLargeError``) here, at the sender. Immutable
+        scalars the codec returns unchanged skip the round trip; their size
+        is an upper bound of their encoding.
+
+        Raises:
+            EncodeError: the message cannot travel.
+            MessageTooLargeError: its frame would exceed ``max_message_size``.
+            DecodeError: it encodes but this node would refuse it (a
+                ``@message`` class whose constructor rejects its fields).
+        """
+        head = self._heads[kind].get(dest) or self._frame_head(kind, dest)
+        cls = type(message)
+        if cls in _PASS_THROUGH:
+            return message, len(head) + 9 + extra
+        if cls is int:
+            if codec.MIN_INT <= message <= codec.MAX_INT:
+                return message, len(head) + 9 + extra
+        elif (cls is bytes or (cls is str and message.isascii())) and len(message) <= _SHORT:
+            # Short ones only: a long one may be over max_message_size.
+            return message, len(head) + 9 + len(message) + extra
+        body = codec.encode(message)
+        size = len(head) + len(body) + extra
+        limit = self.transport.config.max_message_size
+        if size > limit:
+            raise MessageTooLargeError(size, limit)
+        return codec.decode(body), size
+
     # ------------------------------------------------------------- receiving
 
     def _deliver(self, dest: Pid, message: Any, size: int = 0) -> None:
@@ -461,8 +523,8 @@ class Processes:
         self._put(process, message, size)
 
     def _put(self, process: Process, message: Any, size: int = 0) -> None:
-        """Queue ``message``; ``size`` is its encoded size if it came from
-        another node (what the mailbox's byte limit counts), else 0."""
+        """Queue ``message``; ``size`` is its encoded size (what the
+        mailbox's byte limit counts), 0 for the node's own notifications."""
         mailbox = process._mailbox
         if not mailbox.put(message, size):
             self.dropped(process.pid, mailbox.refusal)
