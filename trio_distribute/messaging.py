@@ -90,6 +90,10 @@ class Process:
     # node), so a short-lived process leaves nothing behind on either side.
     _watching: set[Ref] = attrs.field(factory=set)
 
+    def __repr__(self) -> str:
+        name = "" if self.name is None else f" {self.name!r}"
+        return f"<Process {self.pid}{name}{'' if self.alive else ' ended'}>"
+
     async def receive(
         self, *, timeout: float | None = None, match: Callable[[Any], bool] | None = None
     ) -> Any:
@@ -201,6 +205,9 @@ class Processes:
     _last_drop_log: float = 0.0
     _drops_since_log: int = 0
     exit_hooks: list[Callable[[Pid, ExitReason], None]] = attrs.field(factory=list)
+
+    def __repr__(self) -> str:
+        return f"<Processes of {self.transport.name}: {len(self._table)} running>"
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group

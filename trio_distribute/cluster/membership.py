@@ -195,7 +195,7 @@ class Membership:
 
     transport: Transport
     config: MembershipConfig
-    cookie: bytes
+    cookie: bytes = attrs.field(repr=False)
     metadata: bytes = b""
     connect_all: bool = True
     _core: SwimCore | None = None
@@ -229,6 +229,12 @@ class Membership:
     #: belonged to before it restarted (the election counts them as voters).
     remembered: dict[str, str] = attrs.field(factory=dict)
     _snapshot_saved: dict[str, str] = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        if not self.enabled:
+            return f"<Membership of {self.transport.name}: disabled>"
+        alive = self._core.alive_count() if self._core is not None else 0
+        return f"<Membership of {self.transport.name}: {alive} alive>"
 
     # ---------------------------------------------------------------- set-up
 
