@@ -42,8 +42,9 @@ def reachable(*roots: object) -> list[object]:
         if not module.startswith("trio_distribute") or isinstance(obj, (type, enum.Enum)):
             continue
         found.append(obj)
-        if attrs.has(type(obj)):
-            stack.extend(getattr(obj, f.name) for f in attrs.fields(type(obj)))
+        cls = type(obj)
+        if attrs.has(cls):
+            stack.extend(getattr(obj, f.name) for f in attrs.fields(cls))
         else:
             stack.extend(getattr(obj, "__dict__", {}).values())
             for cls in type(obj).__mro__:
