@@ -134,9 +134,12 @@ def _event_for(change: MemberChange) -> MemberEvent | None:
     if status is MemberStatus.ALIVE:
         if previous is MemberStatus.SUSPECT:
             return None  # a refuted suspicion: it never went away
+        # previous ALIVE (an address or metadata update) still makes one for
+        # _act_on, which dials the member if it is not connected; _publish
+        # keeps it from subscribers.
         return MemberUp(member.name, member.address, member.incarnation, member.metadata)
     if status is previous:
-        return None  # an address or metadata update
+        return None  # an update of a suspect or dead member
     if status is MemberStatus.SUSPECT:
         return MemberSuspect(member.name, member.incarnation)
     if status is MemberStatus.DEAD:
@@ -644,6 +647,11 @@ class Membership:
             return
         if member.name != self.transport.name:
             self._act_on(event)
+        if change.previous is MemberStatus.ALIVE and member.status is MemberStatus.ALIVE:
+            # An address or metadata update of a live member: it did not come
+            # up, so subscribers hear nothing (the public events are status
+            # changes); ``member(name)`` shows the new metadata.
+            return
         self._subscribers.publish(event)
 
     def _act_on(self, event: MemberEvent) -> None:
