@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 
 import trio_distribute as td
 import trio_distribute.testing
+from trio_distribute.__main__ import main
+from trio_distribute._cli import build_parser
+
+COOKIE = "cli-test-cookie-0123456789abcdef"
 
 
 def test_demo_runs_and_tells_the_story() -> None:
@@ -59,37 +72,150 @@ def test_bad_arguments_are_reported() -> None:
     assert "node name" in result.stderr
 
 
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trio_distribute", *args]
+
+
+async def read_all(stream: anyio.abc.ByteReceiveStream) -> str:
+    chunks = []
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            chunks.append(await stream.receive())
+    return b"".join(chunks).decode()
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
-async def test_node_command_serves_until_stopped() -> None:
-    async with td.open_node("probe@127.0.0.1", cookie="cli", config=td.NodeConfig.local()) as probe:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_node_command_says_goodbye_and_exits_0_on_a_signal(signum: int) -> None:
+    async with td.open_node(
+        "probe@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()
+    ) as probe:
         child = await anyio.open_process(
-            [
-                sys.executable,
-                "-m",
-                "trio_distribute",
+            cli(
                 "node",
                 "--name",
                 "cli@127.0.0.1",
-                "--cookie",
-                "cli",
                 "--local",
-                "--join",
+                "--seed",
                 f"{probe.name}:{probe.address[1]}",
-            ]
+            ),
+            env={**os.environ, "TRIO_DISTRIBUTE_COOKIE": COOKIE},
         )
         try:
-            with anyio.fail_after(20):
+            with anyio.fail_after(30):
                 async with probe.monitor_nodes() as events:
                     assert await events.receive() == td.NodeUp("cli@127.0.0.1")
                     assert await probe.ping("cli@127.0.0.1") > 0
-                    child.terminate()
-                    event = await events.receive()
-                    assert isinstance(event, td.NodeDown)
+                    assert child.stdout is not None
+                    out = ""
+                    while "node up: probe@127.0.0.1\n" not in out:  # started
+                        out += (await child.stdout.receive()).decode()
+                    child.send_signal(signum)
+                    # A goodbye, not a lost connection.
+                    assert await events.receive() == td.NodeDown("cli@127.0.0.1", "shutdown")
+                assert await child.wait() == 0
+                assert child.stdout is not None and child.stderr is not None
+                out += await read_all(child.stdout)
+                err = await read_all(child.stderr)
         finally:
             if child.returncode is None:
                 child.kill()
             with anyio.fail_after(10):
                 await child.aclose()
+    assert "Traceback" not in err, err
+    # Logging goes to stderr with timestamps; events to stdout with them too.
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO ", err, re.M), err
+    assert re.search(r"^\d{4}-\d\d-\d\dT[\d:.]+\+00:00 node up: probe@127.0.0.1$", out, re.M), out
+    assert "stopped" in out
+
+
+def test_a_port_in_use_or_an_address_not_ours_is_one_line_and_exit_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "TRIO_DISTRIBUTE_COOKIE": COOKIE}
+        in_use = subprocess.run(
+            cli("node", "--name", "x@127.0.0.1", "--port", str(port)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+    assert in_use.returncode == 2, in_use.stderr
+    assert in_use.stderr.strip().splitlines()[-1].endswith(f"127.0.0.1:{port}: the port is in use")
+    assert "Traceback" not in in_use.stderr
+    # 192.0.2.1 (TEST-NET-1) is no interface of this machine: bind fails
+    # at once, nothing is sent.
+    not_ours = subprocess.run(
+        cli("node", "--name", "x@192.0.2.1"), capture_output=True, text=True, timeout=30, env=env
+    )
+    assert not_ours.returncode == 2, not_ours.stderr
+    assert "cannot listen on 192.0.2.1:0" in not_ours.stderr
+    assert "Traceback" not in not_ours.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["node", "--name", "bad", "--cookie", COOKIE], "node name"),
+        (["node", "--name", "a@127.0.0.1", "--cookie", COOKIE, "--port", "http"], "port"),
+        (["node", "--name", "a@127.0.0.1", "--cookie", COOKIE, "--port", "70000"], "65535"),
+        (["node", "--name", "a@127.0.0.1", "--cookie", COOKIE, "--expect", "0"], "at least 1"),
+        (["node", "--name", "a@127.0.0.1"], "no cookie"),
+        (["node", "--name", "a@127.0.0.1", "--cookie-file", "/nonexistent/c"], "cookie file"),
+        (["node", "--name", "a@127.0.0.1", "--cookie", COOKIE, "--tls-cert", "c.pem"], "--tls-ca"),
+        (["node", "--name", "a@127.0.0.1", "--cookie", COOKIE, "--log-level", "loud"], "choice"),
+        (["status", "--node", "nowhere", "--cookie", COOKIE], "host:port"),
+        (["status", "--node", "127.0.0.1:1", "--cookie", COOKIE, "--timeout", "0"], "more than 0"),
+        (["demo", "--nodes", "1"], "2..9"),
+        (["demo", "--nodes", "10"], "2..9"),
+        (["launch"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_every_user_mistake_is_one_line_and_exit_2(
+    argv: list[str],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TRIO_DISTRIBUTE_COOKIE", raising=False)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert expected in err
+
+
+def test_version_and_the_program_name_as_invoked() -> None:
+    result = subprocess.run(cli("--version"), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"trio-distribute {td.__version__}"
+    usage = subprocess.run(cli("node", "--help"), capture_output=True, text=True, timeout=30)
+    assert usage.stdout.startswith("usage: python -m trio_distribute node")
+    assert "--cookie-file PATH" in usage.stdout
+    # Every option of every command has help text.
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{command} {action.option_strings} has no help"
+    script = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv[0] = 'trio-distribute'; "
+            "from trio_distribute.__main__ import main; main(['--help'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert script.stdout.startswith("usage: trio-distribute "), script.stdout + script.stderr
 
 
 async def test_seeds_are_connected_on_start() -> None:
@@ -126,3 +252,44 @@ async def test_status_command_shows_members_leader_and_health() -> None:
             wrong = await status(a, "wrong")
             assert wrong.returncode == 2
             assert "cookie" in wrong.stderr.decode()
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_status_json_with_the_cookie_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    cookie_file = tmp_path / "cookie"
+    cookie_file.write_text(COOKIE + "\n")
+    async with td.testing.open_cluster(2, cookie=COOKIE) as (a, b):
+        with anyio.fail_after(30):
+            await a.election.wait_for_leader(timeout=10)
+            target = f"{a.name}:{a.address[1]}"
+            from_file = await anyio.run_process(
+                cli("status", "--node", target, "--cookie-file", str(cookie_file), "--json"),
+                check=False,
+            )
+            assert from_file.returncode == 0, from_file.stderr.decode()
+            report = json.loads(from_file.stdout)
+            assert report["node"] == a.name
+            assert {m["name"] for m in report["members"]} == {a.name, b.name}
+            assert report["health"]["alive"] == 2
+            from_env = await anyio.run_process(
+                cli("status", "--node", target),
+                check=False,
+                env={**os.environ, "TRIO_DISTRIBUTE_COOKIE": COOKIE},
+            )
+            assert from_env.returncode == 0, from_env.stderr.decode()
+            assert f"node {a.name}" in from_env.stdout.decode()
+            wrong_env = await anyio.run_process(
+                cli("status", "--node", target),
+                check=False,
+                env={**os.environ, "TRIO_DISTRIBUTE_COOKIE": "not-the-cookie-0123456789"},
+            )
+            assert wrong_env.returncode == 2
+            assert "cookie" in wrong_env.stderr.decode().strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_demo_with_two_nodes() -> None:
+    result = subprocess.run(cli("demo", "--nodes", "2"), capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "a@127.0.0.1 <-> b@127.0.0.1: cookie proven both ways" in result.stdout
+    assert "the cluster carries on: a@127.0.0.1, b@127.0.0.1" in result.stdout

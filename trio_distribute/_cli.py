@@ -374,11 +374,20 @@ async def _run_node(args: argparse.Namespace, cookie: str, setup: _NodeSetup) ->
 
 async def _print_events(node: Node) -> None:
     async with node.monitor_nodes() as events, trio.open_nursery() as nursery:
+        # Seeds were connected while the node started, before this
+        # subscription: show them, and not again if their NodeUp follows.
+        early = set(node.nodes())
+        for peer in sorted(early):
+            _say(_describe(NodeUp(peer)))
         if node.membership.enabled:
             nursery.start_soon(_print_membership, node)
         if node.election.enabled:
             nursery.start_soon(_print_leaders, node)
         async for event in events:
+            if isinstance(event, NodeUp) and event.node in early:
+                early.discard(event.node)
+                continue
+            early.discard(event.node)
             _say(_describe(event))
 
 
@@ -497,12 +506,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         trio.run(_demo.run, args.nodes)
         return 0
-    _setup_logging(args.log_level)
+    # Every check that needs no network runs first, so a mistake is
+    # reported before anything starts.
     cookie = _cookie(args)
     if args.command == "status":
+        _setup_logging(args.log_level)
         return trio.run(_status, args, cookie)
     validate_node_name(args.name)
-    trio.run(_run_node, args, cookie, _node_setup(args))
+    setup = _node_setup(args)
+    _setup_logging(args.log_level)
+    trio.run(_run_node, args, cookie, setup)
     return 0
 
 
