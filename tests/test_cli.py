@@ -76,7 +76,7 @@ async def read_all(stream: anyio.abc.ByteReceiveStream) -> str:
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-async def test_node_command_says_goodbye_and_exits_0_on_a_signal(signum: int) -> None:
+async def test_node_command_says_goodbye_and_exits_0_on_a_signal(signum: signal.Signals) -> None:
     async with td.open_node(
         "probe@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()
     ) as probe:
