@@ -530,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BaseException as exc:
         leaves = _user_errors(exc)
+        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            return 130  # the same, wrapped by a nursery
         mistakes = (UserError, ValueError, DistributionError, OSError, trio.TooSlowError)
         if all(isinstance(leaf, mistakes) for leaf in leaves):
             first = leaves[0]
