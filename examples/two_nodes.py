@@ -27,8 +27,11 @@ import trio_distribute as td
 COOKIE = "two-nodes-example"
 SERVER = "a@127.0.0.1"
 PORT = 4370
-#: How long the client keeps trying to reach the server (it may be starting).
+#: How long the client keeps trying to reach a server started by hand.
 CONNECT_WAIT = 3.0
+#: ... and one that ``both`` just started (a loaded machine may take a
+#: while to start a Python process).
+BOTH_WAIT = 30.0
 
 
 class NoServer(Exception):
@@ -67,11 +70,11 @@ async def server(port: int) -> None:
         print("[server] done", flush=True)
 
 
-async def client(port: int) -> None:
+async def client(port: int, wait: float = CONNECT_WAIT) -> None:
     config = td.NodeConfig.local()
     async with td.open_node("b@127.0.0.1", cookie=COOKIE, config=config) as node:
         last_error: Exception | None = None
-        with trio.move_on_after(CONNECT_WAIT):
+        with trio.move_on_after(wait):
             while True:
                 try:
                     await node.connect(f"{SERVER}:{port}")
@@ -81,7 +84,7 @@ async def client(port: int) -> None:
                     await trio.sleep(0.1)  # the server may still be starting
         if not node.nodes():
             raise NoServer(
-                f"[client] no server at {SERVER}:{port} after {CONNECT_WAIT:.0f}s ({last_error});"
+                f"[client] no server at {SERVER}:{port} after {wait:.0f}s ({last_error});"
                 f" start one first: python {sys.argv[0]} server {port}"
             )
         print(f"[client] connected to {node.nodes()}", flush=True)
@@ -115,7 +118,7 @@ def main() -> None:
         child = subprocess.Popen([sys.executable, __file__, "server", str(port)])
         try:
             try:
-                trio.run(client, port)
+                trio.run(client, port, BOTH_WAIT)
             except NoServer as exc:
                 sys.exit(str(exc))
             child.wait(timeout=10)
