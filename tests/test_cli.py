@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +19,12 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from test_tls import Pki, pki  # noqa: F401 (the fixture)
 
 import trio_distribute as td
 import trio_distribute.testing
 from trio_distribute.__main__ import main
-from trio_distribute._cli import build_parser
+from trio_distribute._cli import UserError, _ssl_contexts, build_parser
 
 COOKIE = "cli-test-cookie-0123456789abcdef"
 
@@ -272,3 +275,33 @@ def test_the_two_nodes_client_without_a_server_says_so_in_one_line() -> None:
     assert len(lines) == 1, result.stderr
     assert f"no server at a@127.0.0.1:{port} after 3s" in lines[0]
     assert f"server {port}" in lines[0]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_tls_options_build_contexts_for_mutual_tls(pki: Pki) -> None:  # noqa: F811
+    def options(**files: object) -> argparse.Namespace:
+        return argparse.Namespace(**{"tls_cert": None, "tls_key": None, "tls_ca": None, **files})
+
+    assert _ssl_contexts(options()) == (None, None)
+    server, client = _ssl_contexts(
+        options(tls_cert=str(pki.cert), tls_key=str(pki.key), tls_ca=str(pki.ca))
+    )
+    assert server is not None and client is not None
+    assert server.verify_mode == ssl.CERT_REQUIRED  # peers must show a certificate
+    config = td.NodeConfig.local()
+    with anyio.fail_after(20):
+        async with (
+            td.open_node(
+                "a@127.0.0.1", cookie=COOKIE, config=config, ssl_context=server,
+                client_ssl_context=client,
+            ) as a,
+            td.open_node(
+                "b@127.0.0.1", cookie=COOKIE, config=config, ssl_context=server,
+                client_ssl_context=client,
+            ) as b,
+        ):  # fmt: skip
+            assert await b.connect(f"{a.name}:{a.address[1]}") == a.name
+    with pytest.raises(UserError, match="--tls-ca"):
+        _ssl_contexts(options(tls_cert=str(pki.cert)))
+    with pytest.raises(UserError, match="cannot load the TLS files"):
+        _ssl_contexts(options(tls_cert=str(pki.key), tls_ca=str(pki.ca)))
