@@ -305,3 +305,28 @@ async def test_tls_options_build_contexts_for_mutual_tls(pki: Pki) -> None:  # n
         _ssl_contexts(options(tls_cert=str(pki.cert)))
     with pytest.raises(UserError, match="cannot load the TLS files"):
         _ssl_contexts(options(tls_cert=str(pki.key), tls_ca=str(pki.ca)))
+
+
+def test_status_reaches_a_node_on_another_host() -> None:
+    """In private network namespaces (two hosts joined by a veth pair)."""
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    probe = subprocess.run(
+        ["unshare", "-n", "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no private network namespace with veth here: {probe.stderr.strip()}")
+    script = Path(__file__).resolve().parent / "netns_status.py"
+    result = subprocess.run(
+        ["unshare", "-n", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(script.parent.parent)},
+        check=False,
+    )
+    assert "STATUS OK" in result.stdout, result.stdout + result.stderr
