@@ -8,9 +8,13 @@ from typing import Any
 import anyio
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trio_distribute as td
+from trio_distribute import codec
 from trio_distribute._correlation import correlation_id
+from trio_distribute.messaging import _PLAIN_DEPTH, _plain_copy, _Unusual
 from trio_distribute.testing import open_cluster
 
 COOKIE = "test-cookie"
@@ -138,3 +142,51 @@ async def test_receive_with_no_time_left_takes_what_is_queued(timeout: float) ->
                 with pytest.raises(TimeoutError):
                     await proc.receive(timeout=timeout, match=lambda m: m == "missing")
                 assert proc.pending() == 1
+
+
+def plain_data() -> st.SearchStrategy[Any]:
+    pid = st.builds(
+        td.Pid,
+        st.sampled_from(["a@127.0.0.1", "b@h"]),
+        st.integers(0, 2**40),
+        st.integers(0, 2**32),
+    )
+    leaves = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**65), 2**65)
+        | st.sampled_from(
+            [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, -(2**64)]
+        )
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text()
+        | st.binary()
+        | pid
+    )
+    keys = st.text(max_size=30) | st.binary(max_size=30) | st.integers(-5, 5)
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.lists(inner, max_size=30)
+            | st.tuples(inner, inner)
+            | st.dictionaries(keys, inner, max_size=8)
+        ),
+        max_leaves=60,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(plain_data())
+def test_the_fast_copy_is_the_codec_round_trip(value: Any) -> None:
+    try:
+        encoded = codec.encode(value)
+    except td.EncodeError:
+        encoded = None
+    try:
+        copy, size = _plain_copy(value, _PLAIN_DEPTH)
+    except (_Unusual, UnicodeEncodeError):
+        return  # left to the codec (which then raises or round-trips itself)
+    assert encoded is not None, "the fast copy accepted what the codec refuses"
+    assert size == len(encoded)
+    decoded = codec.decode(encoded)
+    assert repr(copy) == repr(decoded)  # values and types (tuple vs list), NaN included

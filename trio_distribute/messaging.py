@@ -57,13 +57,11 @@ _SEND_NAMED = int(Kind.SEND_NAMED)
 _ARRAY_OF_3 = b"\x83"  # CBOR head of a 3-element array
 _LENGTH = struct.Struct(">I")
 _HEAD_CACHE_SIZE = 4096
-#: Types whose values the codec gives back equal and immutable: a local
-#: send hands them over as they are (see Processes._local_copy).
-_PASS_THROUGH: frozenset[type] = frozenset({type(None), bool, float, Pid, Ref})
-#: ASCII str and bytes up to this length skip the round trip too (ASCII:
-#: a str with lone surrogates cannot be encoded; short: far below the
-#: smallest max_message_size, 1 KiB, so the size check cannot fail).
-_SHORT = 256
+#: Nesting a local send copies without the codec (see _plain_copy); a
+#: deeper message takes the codec's round trip (and its depth rule).
+_PLAIN_DEPTH = 32
+_INFINITIES = (float("inf"), float("-inf"))
+_ID_SIZES: dict[Pid | Ref, int] = {}
 _current_id = correlation_id.get
 
 
@@ -74,6 +72,119 @@ def current_process() -> Process | None:
 
 def _check_name(name: object) -> str:
     return check_label(name, "a process name", MAX_NAME_LENGTH)
+
+
+class _Unusual(Exception):
+    """Raised by :func:`_plain_copy` for a value it leaves to the codec."""
+
+
+def _head(n: int) -> int:
+    """Bytes of a CBOR head carrying ``n`` (a length or an int's magnitude)."""
+    if n < 24:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    return 5 if n < 0x100000000 else 9
+
+
+def _id_size(value: Pid | Ref) -> int:
+    size = _ID_SIZES.get(value)
+    if size is None:
+        if len(_ID_SIZES) >= _HEAD_CACHE_SIZE:
+            _ID_SIZES.clear()
+        size = _ID_SIZES[value] = len(codec.encode(value))
+    return size
+
+
+def _plain_copy(value: Any, depth: int) -> tuple[Any, int]:
+    """``(codec.decode(codec.encode(value)), len(codec.encode(value)))``
+    for plain data, without encoding: tuples become lists, containers are
+    new, immutable leaves are shared. The encoded size is computed from
+    CBOR's rules (cbor2 writes finite floats as doubles, NaN and the
+    infinities as halves); tests check both against the codec.
+
+    Raises:
+        _Unusual: anything else (a message class, a dict with a key that is
+            not exactly str or bytes, a subclass, an int outside 64 bits,
+            nesting over ``depth``): the caller uses the codec.
+        UnicodeEncodeError: a str with lone surrogates (likewise).
+    """
+    cls = type(value)
+    if cls is str:
+        n = len(value) if value.isascii() else len(value.encode())
+        return value, _head(n) + n
+    if cls is int:
+        if 0 <= value <= codec.MAX_INT:
+            return value, _head(value)
+        if codec.MIN_INT <= value < 0:
+            return value, _head(-1 - value)
+        raise _Unusual
+    if cls is bytes:
+        n = len(value)
+        return value, _head(n) + n
+    if cls is float:
+        return value, 9 if value == value and value not in _INFINITIES else 3
+    if value is None or cls is bool:
+        return value, 1
+    if depth <= 0:
+        raise _Unusual
+    if cls is dict:
+        copied: dict[Any, Any] = {}
+        size = _head(len(value))
+        for key, item in value.items():
+            key_cls = type(key)
+            if key_cls is str:
+                n = len(key) if key.isascii() else len(key.encode())
+            elif key_cls is bytes:
+                n = len(key)
+            else:
+                raise _Unusual
+            size += (1 if n < 24 else _head(n)) + n
+            # The common leaves inline (a call per item costs more than the
+            # codec's C encoder); the rest recursively.
+            item_cls = type(item)
+            if item_cls is int and 0 <= item < 24:
+                copied[key] = item
+                size += 1
+            elif item_cls is str and item.isascii():
+                copied[key] = item
+                n = len(item)
+                size += (1 if n < 24 else _head(n)) + n
+            else:
+                copied[key], item_size = _plain_copy(item, depth - 1)
+                size += item_size
+        return copied, size
+    if cls is list or cls is tuple:
+        size = _head(len(value))
+        for item in value:
+            item_cls = type(item)
+            if item_cls is int:
+                if 0 <= item <= codec.MAX_INT:
+                    size += 1 if item < 24 else _head(item)
+                    continue
+            elif item_cls is str and item.isascii():
+                n = len(item)
+                size += (1 if n < 24 else _head(n)) + n
+                continue
+            elif item_cls is float:
+                size += 9 if item == item and item not in _INFINITIES else 3
+                continue
+            break  # not a simple leaf: copy item by item below
+        else:
+            # Only immutable leaves: a shallow copy is the whole copy.
+            return list(value), size
+        items: list[Any] = []
+        size = _head(len(value))
+        for item in value:
+            item_copy, item_size = _plain_copy(item, depth - 1)
+            items.append(item_copy)
+            size += item_size
+        return items, size
+    if cls is Pid or cls is Ref:
+        return value, _id_size(value)
+    raise _Unusual
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -380,13 +491,13 @@ class Processes:
             if dest.node != transport.name:
                 await self._send_item(dest.node, [Kind.SEND_TRACED, dest, message, cid])
                 return
-            copy, size = self._local_copy(_SEND, dest, message, len(cid) + 2)
+            copy, size = self._local_copy(_SEND, dest, message, _head(len(cid)) + len(cid))
             self._deliver(dest, Traced(copy, cid), size)
         elif isinstance(dest, str):
             process = self._names.get(dest)
             if process is None:
                 raise NameNotFoundError(dest)
-            copy, size = self._local_copy(_SEND_NAMED, dest, message, len(cid) + 2)
+            copy, size = self._local_copy(_SEND_NAMED, dest, message, _head(len(cid)) + len(cid))
             self._put(process, Traced(copy, cid), size)
         elif isinstance(dest, tuple) and len(dest) == 2:
             name, node = dest
@@ -394,7 +505,9 @@ class Processes:
                 _check_name(name)
                 await self._send_item(node, [Kind.SEND_NAMED_TRACED, name, message, cid])
                 return
-            copy, size = self._local_copy(_SEND_NAMED, _check_name(name), message, len(cid) + 2)
+            copy, size = self._local_copy(
+                _SEND_NAMED, _check_name(name), message, _head(len(cid)) + len(cid)
+            )
             process = self._names.get(name)
             if process is None:
                 self.dropped(None, "unknown_name")
@@ -490,9 +603,12 @@ class Processes:
         on one node behaves the same distributed: tuples arrive as lists, the
         receiver never shares a mutable object with the sender, ``@message``
         classes round-trip, and what cannot travel raises ``EncodeError``
-        (too large: ``MessageTooLargeError``) here, at the sender. Immutable
-        scalars the codec returns unchanged skip the round trip; their size
-        is an upper bound of their encoding.
+        (too large: ``MessageTooLargeError``) here, at the sender.
+
+        The common shapes (plain data: str-keyed dicts, lists, tuples,
+        scalars, pids) are copied by :func:`_plain_copy`, which gives what the
+        round trip would, at a fraction of its cost; the rest takes the
+        round trip.
 
         Raises:
             EncodeError: the message cannot travel.
@@ -501,20 +617,20 @@ class Processes:
                 ``@message`` class whose constructor rejects its fields).
         """
         head = self._heads[kind].get(dest) or self._frame_head(kind, dest)
-        cls = type(message)
-        if cls in _PASS_THROUGH:
-            return message, len(head) + 9 + extra
-        if cls is int:
-            if codec.MIN_INT <= message <= codec.MAX_INT:
-                return message, len(head) + 9 + extra
-        elif (cls is bytes or (cls is str and message.isascii())) and len(message) <= _SHORT:
-            # Short ones only: a long one may be over max_message_size.
-            return message, len(head) + 9 + len(message) + extra
-        body = codec.encode(message)
-        size = len(head) + len(body) + extra
+        try:
+            copy, body_size = _plain_copy(message, _PLAIN_DEPTH)
+        except (_Unusual, UnicodeEncodeError):
+            # Messages, keyed maps, subclasses, refusals: the codec itself.
+            body = codec.encode(message)
+            copy, body_size = None, len(body)
+        else:
+            body = b""
+        size = len(head) + body_size + extra
         limit = self.transport.config.max_message_size
         if size > limit:
             raise MessageTooLargeError(size, limit)
+        if not body:
+            return copy, size
         return codec.decode(body), size
 
     # ------------------------------------------------------------- receiving
