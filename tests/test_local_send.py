@@ -175,7 +175,7 @@ def plain_data() -> st.SearchStrategy[Any]:
     )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(plain_data())
 def test_the_fast_copy_is_the_codec_round_trip(value: Any) -> None:
     try:
