@@ -27,6 +27,15 @@ import trio_distribute as td
 COOKIE = "two-nodes-example"
 SERVER = "a@127.0.0.1"
 PORT = 4370
+#: How long the client keeps trying to reach a server started by hand.
+CONNECT_WAIT = 3.0
+#: ... and one that ``both`` just started (a loaded machine may take a
+#: while to start a Python process).
+BOTH_WAIT = 30.0
+
+
+class NoServer(Exception):
+    """The client found no server to talk to."""
 
 
 async def echo(proc: td.Process, node: td.Node) -> None:
@@ -61,16 +70,23 @@ async def server(port: int) -> None:
         print("[server] done", flush=True)
 
 
-async def client(port: int) -> None:
+async def client(port: int, wait: float = CONNECT_WAIT) -> None:
     config = td.NodeConfig.local()
     async with td.open_node("b@127.0.0.1", cookie=COOKIE, config=config) as node:
-        with trio.fail_after(10):
+        last_error: Exception | None = None
+        with trio.move_on_after(wait):
             while True:
                 try:
                     await node.connect(f"{SERVER}:{port}")
                     break
-                except td.ConnectError:
+                except td.ConnectError as exc:
+                    last_error = exc
                     await trio.sleep(0.1)  # the server may still be starting
+        if not node.nodes():
+            raise NoServer(
+                f"[client] no server at {SERVER}:{port} after {wait:.0f}s ({last_error});"
+                f" start one first: python {sys.argv[0]} server {port}"
+            )
         print(f"[client] connected to {node.nodes()}", flush=True)
         async with node.open_process() as me:
             await node.send(("echo", SERVER), {"from": me.pid, "body": "hello", "watch": True})
@@ -94,11 +110,17 @@ def main() -> None:
     if mode == "server":
         trio.run(server, port)
     elif mode == "client":
-        trio.run(client, port)
+        try:
+            trio.run(client, port)
+        except NoServer as exc:
+            sys.exit(str(exc))
     elif mode == "both":
         child = subprocess.Popen([sys.executable, __file__, "server", str(port)])
         try:
-            trio.run(client, port)
+            try:
+                trio.run(client, port, BOTH_WAIT)
+            except NoServer as exc:
+                sys.exit(str(exc))
             child.wait(timeout=10)
         finally:
             if child.poll() is None:

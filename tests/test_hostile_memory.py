@@ -300,8 +300,10 @@ async def test_a_message_to_an_empty_mailbox_is_always_taken() -> None:
             with anyio.fail_after(10):
                 await wait_until(lambda: b.statistics().drops.get("mailbox_bytes", 0) == 2)
             assert proc.pending() == 1
-            await b.send(proc.pid, b"local" * 1000)  # local sends count 0 bytes
+            await b.send(proc.pid, b"local" * 1000)  # counted like a remote send: dropped
+            assert b.statistics().drops["mailbox_bytes"] == 3
             assert await proc.receive(timeout=10) == b"z" * 4000
+            await b.send(proc.pid, b"local" * 1000)  # empty again: taken
             assert await proc.receive(timeout=10) == b"local" * 1000
             await a.send(proc.pid, b"x" * 4000)  # empty again
             assert await proc.receive(timeout=10) == b"x" * 4000

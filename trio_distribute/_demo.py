@@ -33,9 +33,10 @@ def _say(step: str, text: str) -> None:
 
 async def run(count: int = 3) -> None:
     """Start ``count`` nodes, connect, ping, run processes that message and
-    monitor each other, stop one node, watch the others see it go down."""
+    monitor each other; one more node joins and stops, and the others see
+    it go down."""
     config = NodeConfig.local()
-    names = [f"{chr(ord('a') + i)}@127.0.0.1" for i in range(count)]
+    names = [f"{chr(ord('a') + i)}@127.0.0.1" for i in range(count + 1)]
     with trio.fail_after(30):
         async with AsyncExitStack() as stack:
             nodes: list[Node] = []
@@ -130,7 +131,7 @@ async def _member(proc: Process, label: str, heard: list[str]) -> None:
 
 
 async def _registry_and_groups_demo(nodes: list[Node]) -> None:
-    first, second = nodes[0], nodes[-1]
+    first, second = nodes[0], nodes[1]
     service = await second.spawn(_worker, second)
     await second.registry.register("squares", service)
     _say("global", f"{second.name} registered {service} globally as 'squares'")
@@ -161,7 +162,7 @@ async def _registry_and_groups_demo(nodes: list[Node]) -> None:
 
 
 async def _rpc_demo(nodes: list[Node]) -> None:
-    first, second = nodes[0], nodes[-1]
+    first, second = nodes[0], nodes[1]
     cancelled = trio.Event()
 
     def multiply(a: int, b: int) -> int:

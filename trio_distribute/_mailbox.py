@@ -7,12 +7,12 @@ is refused (the caller counts and logs the drop), so a slow process never
 blocks the connection reader that feeds it, and messages to other processes
 on the same connection keep flowing.
 
-It is bounded twice: in messages, and in bytes. A message from another node
-counts the size of the frame that carried it (its encoded size, which the
-reader knows for free); a local message counts 0 bytes, because it is not
-copied or encoded: the mailbox holds a reference to the sender's object, so
-only the message count bounds it. The byte total needs each message's size
-again when it is taken, so sizes ride in a deque parallel to the messages.
+It is bounded twice: in messages, and in bytes. A message counts the size
+of the frame that carried it (its encoded size, which the reader knows for
+free; a local send encodes the message too, and counts the frame it would
+have had); the node's own notifications (``ProcessDown`` and the like)
+count 0 bytes. The byte total needs each message's size again when it is
+taken, so sizes ride in a deque parallel to the messages.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class Mailbox:
         return self._bytes
 
     def put(self, message: Any, size: int = 0) -> bool:
-        """Queue ``message`` of ``size`` encoded bytes (0 for a local one);
+        """Queue ``message`` of ``size`` encoded bytes (0 for a notification);
         ``False`` if the mailbox is full, in messages or bytes, or closed
         (the cause is then in :attr:`refusal`).
 

@@ -36,6 +36,10 @@ class Monitors:
 
     transport: Transport
     processes: Processes | None = None
+
+    def __repr__(self) -> str:
+        return f"<Monitors of {self.transport.name}>"
+
     _ref_ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     # Watches of this node's processes, by pid id: a local callback, or the
     # name of the node that asked (so DOWN goes back there).

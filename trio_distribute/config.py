@@ -300,10 +300,12 @@ class NodeConfig:
             reads the answers meets this cap. Default: 64 MiB, or
             ``2 * (send_buffer_size + max_message_size)`` if that is larger
             (the least accepted: what one waiting sender can hold).
-        max_mailbox_bytes: encoded bytes of messages from other nodes a
-            process mailbox holds before new ones are dropped (counted as
+        max_mailbox_bytes: encoded bytes of messages a process mailbox
+            holds before new ones are dropped (counted as
             ``mailbox_bytes``); a message reaching a mailbox that holds no
-            such bytes is always taken. Local sends count 0 bytes.
+            such bytes is always taken. A local send counts the frame it
+            would have had over the wire; the node's own notifications
+            (``ProcessDown`` and the like) count 0 bytes.
         max_rpc_concurrency: RPC calls and casts from one peer that may run
             as tasks at once (``async def`` functions); a call over it is
             refused with ``BadRpcError`` whose ``reason`` is ``"busy"``, a

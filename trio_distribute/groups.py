@@ -89,6 +89,9 @@ class Groups:
     _work: PeerWork = attrs.field(init=False)
     _out: OrderedSender = attrs.field(init=False)
 
+    def __repr__(self) -> str:
+        return f"<Groups of {self.transport.name}: {len(self.which_groups())} groups>"
+
     def __attrs_post_init__(self) -> None:
         self._work = PeerWork(
             transport=self.transport,

@@ -65,6 +65,11 @@ _SEND_NAMED = int(Kind.SEND_NAMED)
 _ARRAY_OF_3 = b"\x83"  # CBOR head of a 3-element array
 _LENGTH = struct.Struct(">I")
 _HEAD_CACHE_SIZE = 4096
+#: Nesting a local send copies without the codec (see _plain_copy); a
+#: deeper message takes the codec's round trip (and its depth rule).
+_PLAIN_DEPTH = 32
+_INFINITIES = (float("inf"), float("-inf"))
+_ID_SIZES: dict[Pid | Ref, int] = {}
 _current_id = correlation_id.get
 
 
@@ -75,6 +80,119 @@ def current_process() -> Process | None:
 
 def _check_name(name: object) -> str:
     return check_label(name, "a process name", MAX_NAME_LENGTH)
+
+
+class _Unusual(Exception):
+    """Raised by :func:`_plain_copy` for a value it leaves to the codec."""
+
+
+def _head(n: int) -> int:
+    """Bytes of a CBOR head carrying ``n`` (a length or an int's magnitude)."""
+    if n < 24:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    return 5 if n < 0x100000000 else 9
+
+
+def _id_size(value: Pid | Ref) -> int:
+    size = _ID_SIZES.get(value)
+    if size is None:
+        if len(_ID_SIZES) >= _HEAD_CACHE_SIZE:
+            _ID_SIZES.clear()
+        size = _ID_SIZES[value] = len(codec.encode(value))
+    return size
+
+
+def _plain_copy(value: Any, depth: int) -> tuple[Any, int]:
+    """``(codec.decode(codec.encode(value)), len(codec.encode(value)))``
+    for plain data, without encoding: tuples become lists, containers are
+    new, immutable leaves are shared. The encoded size is computed from
+    CBOR's rules (cbor2 writes finite floats as doubles, NaN and the
+    infinities as halves); tests check both against the codec.
+
+    Raises:
+        _Unusual: anything else (a message class, a dict with a key that is
+            not exactly str or bytes, a subclass, an int outside 64 bits,
+            nesting over ``depth``): the caller uses the codec.
+        UnicodeEncodeError: a str with lone surrogates (likewise).
+    """
+    cls = type(value)
+    if cls is str:
+        n = len(value) if value.isascii() else len(value.encode())
+        return value, _head(n) + n
+    if cls is int:
+        if 0 <= value <= codec.MAX_INT:
+            return value, _head(value)
+        if codec.MIN_INT <= value < 0:
+            return value, _head(-1 - value)
+        raise _Unusual
+    if cls is bytes:
+        n = len(value)
+        return value, _head(n) + n
+    if cls is float:
+        return value, 9 if value == value and value not in _INFINITIES else 3
+    if value is None or cls is bool:
+        return value, 1
+    if depth <= 0:
+        raise _Unusual
+    if cls is dict:
+        copied: dict[Any, Any] = {}
+        size = _head(len(value))
+        for key, item in value.items():
+            key_cls = type(key)
+            if key_cls is str:
+                n = len(key) if key.isascii() else len(key.encode())
+            elif key_cls is bytes:
+                n = len(key)
+            else:
+                raise _Unusual
+            size += (1 if n < 24 else _head(n)) + n
+            # The common leaves inline (a call per item costs more than the
+            # codec's C encoder); the rest recursively.
+            item_cls = type(item)
+            if item_cls is int and 0 <= item < 24:
+                copied[key] = item
+                size += 1
+            elif item_cls is str and item.isascii():
+                copied[key] = item
+                n = len(item)
+                size += (1 if n < 24 else _head(n)) + n
+            else:
+                copied[key], item_size = _plain_copy(item, depth - 1)
+                size += item_size
+        return copied, size
+    if cls is list or cls is tuple:
+        size = _head(len(value))
+        for item in value:
+            item_cls = type(item)
+            if item_cls is int:
+                if 0 <= item <= codec.MAX_INT:
+                    size += 1 if item < 24 else _head(item)
+                    continue
+            elif item_cls is str and item.isascii():
+                n = len(item)
+                size += (1 if n < 24 else _head(n)) + n
+                continue
+            elif item_cls is float:
+                size += 9 if item == item and item not in _INFINITIES else 3
+                continue
+            break  # not a simple leaf: copy item by item below
+        else:
+            # Only immutable leaves: a shallow copy is the whole copy.
+            return list(value), size
+        items: list[Any] = []
+        size = _head(len(value))
+        for item in value:
+            item_copy, item_size = _plain_copy(item, depth - 1)
+            items.append(item_copy)
+            size += item_size
+        return items, size
+    if cls is Pid or cls is Ref:
+        return value, _id_size(value)
+    raise _Unusual
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -98,6 +216,10 @@ class Process:
     # Why an exit signal ended it; overrides what its task raised.
     _exit_reason: ExitReason | None = None
 
+    def __repr__(self) -> str:
+        name = "" if self.name is None else f" {self.name!r}"
+        return f"<Process {self.pid}{name}{'' if self.alive else ' ended'}>"
+
     async def receive(
         self, *, timeout: float | None = None, match: Callable[[Any], bool] | None = None
     ) -> Any:
@@ -113,8 +235,18 @@ class Process:
         """
         if timeout is None:
             return await self._mailbox.take(match)
-        with anyio.fail_after(timeout):
-            return await self._mailbox.take(match)
+        try:
+            with anyio.fail_after(timeout):
+                return await self._mailbox.take(match)
+        except TimeoutError:
+            # What is already queued is taken whatever the timeout (Erlang's
+            # `after 0`): a deadline of 0 or a few ns cancels the take at its
+            # first checkpoint, before it has looked at the queue.
+            try:
+                return self._mailbox.take_nowait(match)
+            except anyio.WouldBlock:
+                pass
+            raise
 
     def receive_nowait(self, *, match: Callable[[Any], bool] | None = None) -> Any:
         """Take the oldest (matching) message without waiting.
@@ -262,6 +394,9 @@ class Processes:
     exit_hooks: list[Callable[[Pid, ExitReason], None]] = attrs.field(factory=list)
     links: Links | None = None
     calls: Calls | None = None
+
+    def __repr__(self) -> str:
+        return f"<Processes of {self.transport.name}: {len(self._table)} running>"
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -430,24 +565,28 @@ class Processes:
                 else:
                     await self._checkpoints[1]()
                 return
-            self._deliver(dest, message)
+            copy, size = self._local_copy(_SEND, dest, message)
+            self._deliver(dest, copy, size)
         elif isinstance(dest, str):
             process = self._names.get(dest)
             if process is None:
                 raise NameNotFoundError(dest)
-            self._put(process, message)
+            copy, size = self._local_copy(_SEND_NAMED, dest, message)
+            self._put(process, copy, size)
         elif isinstance(dest, tuple) and len(dest) == 2:
             name, node = dest
             if node != transport.name:
                 _check_name(name)
                 await self._send_remote(node, _SEND_NAMED, name, message)
                 return
-            # Like Erlang's {Name, node()} ! Msg: no error, only a count.
+            # Like Erlang's {Name, node()} ! Msg: no error, only a count
+            # (after the same encoding check as a remote send).
+            copy, size = self._local_copy(_SEND_NAMED, _check_name(name), message)
             process = self._names.get(name)
             if process is None:
                 self.dropped(None, "unknown_name")
             else:
-                self._put(process, message)
+                self._put(process, copy, size)
         else:
             raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
         await self._maybe_yield()
@@ -460,23 +599,28 @@ class Processes:
             if dest.node != transport.name:
                 await self._send_item(dest.node, [Kind.SEND_TRACED, dest, message, cid])
                 return
-            self._deliver(dest, Traced(message, cid))
+            copy, size = self._local_copy(_SEND, dest, message, _head(len(cid)) + len(cid))
+            self._deliver(dest, Traced(copy, cid), size)
         elif isinstance(dest, str):
             process = self._names.get(dest)
             if process is None:
                 raise NameNotFoundError(dest)
-            self._put(process, Traced(message, cid))
+            copy, size = self._local_copy(_SEND_NAMED, dest, message, _head(len(cid)) + len(cid))
+            self._put(process, Traced(copy, cid), size)
         elif isinstance(dest, tuple) and len(dest) == 2:
             name, node = dest
             if node != transport.name:
                 _check_name(name)
                 await self._send_item(node, [Kind.SEND_NAMED_TRACED, name, message, cid])
                 return
+            copy, size = self._local_copy(
+                _SEND_NAMED, _check_name(name), message, _head(len(cid)) + len(cid)
+            )
             process = self._names.get(name)
             if process is None:
                 self.dropped(None, "unknown_name")
             else:
-                self._put(process, Traced(message, cid))
+                self._put(process, Traced(copy, cid), size)
         else:
             raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
         await self._maybe_yield()
@@ -556,6 +700,47 @@ class Processes:
         else:
             await self._checkpoints[1]()
 
+    def _local_copy(
+        self, kind: int, dest: Pid | str, message: Any, extra: int = 0
+    ) -> tuple[Any, int]:
+        """What the receiver would get had ``message`` crossed the wire, and
+        the frame size a remote send would have had (what the mailbox's byte
+        limit counts).
+
+        A local send goes through the codec like a remote one, so code tested
+        on one node behaves the same distributed: tuples arrive as lists, the
+        receiver never shares a mutable object with the sender, ``@message``
+        classes round-trip, and what cannot travel raises ``EncodeError``
+        (too large: ``MessageTooLargeError``) here, at the sender.
+
+        The common shapes (plain data: str-keyed dicts, lists, tuples,
+        scalars, pids) are copied by :func:`_plain_copy`, which gives what the
+        round trip would, at a fraction of its cost; the rest takes the
+        round trip.
+
+        Raises:
+            EncodeError: the message cannot travel.
+            MessageTooLargeError: its frame would exceed ``max_message_size``.
+            DecodeError: it encodes but this node would refuse it (a
+                ``@message`` class whose constructor rejects its fields).
+        """
+        head = self._heads[kind].get(dest) or self._frame_head(kind, dest)
+        try:
+            copy, body_size = _plain_copy(message, _PLAIN_DEPTH)
+        except (_Unusual, UnicodeEncodeError):
+            # Messages, keyed maps, subclasses, refusals: the codec itself.
+            body = codec.encode(message)
+            copy, body_size = None, len(body)
+        else:
+            body = b""
+        size = len(head) + body_size + extra
+        limit = self.transport.config.max_message_size
+        if size > limit:
+            raise MessageTooLargeError(size, limit)
+        if not body:
+            return copy, size
+        return codec.decode(body), size
+
     # ------------------------------------------------------------- receiving
 
     def _deliver(self, dest: Pid, message: Any, size: int = 0) -> None:
@@ -569,8 +754,8 @@ class Processes:
         self._put(process, message, size)
 
     def _put(self, process: Process, message: Any, size: int = 0) -> None:
-        """Queue ``message``; ``size`` is its encoded size if it came from
-        another node (what the mailbox's byte limit counts), else 0."""
+        """Queue ``message``; ``size`` is its encoded size (what the
+        mailbox's byte limit counts), 0 for the node's own notifications."""
         mailbox = process._mailbox
         if not mailbox.put(message, size):
             self.dropped(process.pid, mailbox.refusal)

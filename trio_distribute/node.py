@@ -121,6 +121,14 @@ class Node:
     _pings: dict[int, _PendingPing] = attrs.field(factory=dict)
     _ping_seq: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
 
+    def __repr__(self) -> str:
+        # Short on purpose: attrs' default would walk the whole node graph
+        # (about a megabyte, the cookie among it) into every %r log line.
+        if self._transport.stopping:
+            return f"<Node {self.name}: stopped>"
+        peers = len(self._transport.connections)
+        return f"<Node {self.name}: {peers} peer{'' if peers == 1 else 's'}>"
+
     @property
     def address(self) -> tuple[str, int]:
         """The ``(host, port)`` the listener is actually bound to."""

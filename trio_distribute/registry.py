@@ -135,6 +135,9 @@ class Registry:
     _work: PeerWork = attrs.field(init=False)
     _out: OrderedSender = attrs.field(init=False)
 
+    def __repr__(self) -> str:
+        return f"<Registry of {self.transport.name}: {len(self._names)} names>"
+
     def __attrs_post_init__(self) -> None:
         self._work = PeerWork(
             transport=self.transport,

@@ -246,6 +246,13 @@ class Rpc:
     _awaiting_ack: dict[int, str] = attrs.field(factory=dict)
     _task_group: anyio.abc.TaskGroup | None = None
     _on_trio: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Rpc of {self.transport.name}: {len(self._exports)} exported,"
+            f" {len(self._calls)} calls pending>"
+        )
+
     _move_on_after: Callable[[float], _Scope] = anyio.move_on_after
     _counts: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys(

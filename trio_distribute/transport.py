@@ -157,6 +157,10 @@ class Connection:
     decoder: FrameDecoder
     initial_data: bytes = b""
 
+    def __repr__(self) -> str:
+        state = f"closed ({self.down_reason})" if self.closed else "open"
+        return f"<Connection {self.transport.name} <-> {self.peer}: {state}>"
+
     closed: bool = False
     down_reason: str | None = None
     peer_bye: str | None = None
@@ -537,7 +541,7 @@ class Transport:
 
     name: str
     creation: int
-    cookie: bytes
+    cookie: bytes = attrs.field(repr=False)
     config: NodeConfig
     ssl_context: ssl.SSLContext | None = None
     client_ssl_context: ssl.SSLContext | None = None
@@ -579,6 +583,11 @@ class Transport:
     stopping: bool = False
     #: The backend's own socket waits (bound at start, used by the fast path).
     wait_readable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_readable
+
+    def __repr__(self) -> str:
+        host, port = self.address
+        return f"<Transport {self.name} on {host}:{port}: {len(self.connections)} connected>"
+
     wait_writable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_writable
     checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
 

@@ -66,6 +66,9 @@ class Health:
     membership: Membership
     election: Election
 
+    def __repr__(self) -> str:
+        return f"<Health of {self.transport.name}>"
+
     def node(self, name: str) -> NodeHealth:
         """What this node knows about ``name`` (itself included)."""
         connected = name == self.transport.name or name in self.transport.connections

@@ -134,9 +134,12 @@ def _event_for(change: MemberChange) -> MemberEvent | None:
     if status is MemberStatus.ALIVE:
         if previous is MemberStatus.SUSPECT:
             return None  # a refuted suspicion: it never went away
+        # previous ALIVE (an address or metadata update) still makes one for
+        # _act_on, which dials the member if it is not connected; _publish
+        # keeps it from subscribers.
         return MemberUp(member.name, member.address, member.incarnation, member.metadata)
     if status is previous:
-        return None  # an address or metadata update
+        return None  # an update of a suspect or dead member
     if status is MemberStatus.SUSPECT:
         return MemberSuspect(member.name, member.incarnation)
     if status is MemberStatus.DEAD:
@@ -195,7 +198,7 @@ class Membership:
 
     transport: Transport
     config: MembershipConfig
-    cookie: bytes
+    cookie: bytes = attrs.field(repr=False)
     metadata: bytes = b""
     connect_all: bool = True
     _core: SwimCore | None = None
@@ -232,6 +235,12 @@ class Membership:
     #: belonged to before it restarted (the election counts them as voters).
     remembered: dict[str, str] = attrs.field(factory=dict)
     _snapshot_saved: dict[str, str] = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        if not self.enabled:
+            return f"<Membership of {self.transport.name}: disabled>"
+        alive = self._core.alive_count() if self._core is not None else 0
+        return f"<Membership of {self.transport.name}: {alive} alive>"
 
     # ---------------------------------------------------------------- set-up
 
@@ -641,6 +650,11 @@ class Membership:
             return
         if member.name != self.transport.name:
             self._act_on(event)
+        if change.previous is MemberStatus.ALIVE and member.status is MemberStatus.ALIVE:
+            # An address or metadata update of a live member: it did not come
+            # up, so subscribers hear nothing (the public events are status
+            # changes); ``member(name)`` shows the new metadata.
+            return
         self._subscribers.publish(event)
 
     def _act_on(self, event: MemberEvent) -> None:

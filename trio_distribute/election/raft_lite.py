@@ -182,6 +182,13 @@ class Election:
         )
     )
 
+    def __repr__(self) -> str:
+        if not self.enabled or self._core is None:
+            return f"<Election of {self.transport.name}: disabled>"
+        leader = self.leader
+        shown = f"leader {leader.name}" if isinstance(leader, Leader) else "no leader"
+        return f"<Election of {self.transport.name}: {shown}, term {self.term}>"
+
     @property
     def enabled(self) -> bool:
         """Election runs when it and membership are both enabled."""
