@@ -325,3 +325,30 @@ def test_status_reaches_a_node_on_another_host() -> None:
         check=False,
     )
     assert "STATUS OK" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_node_command_serves_metrics_on_request() -> None:
+    pytest.importorskip("prometheus_client", reason="metrics need the prometheus extra")
+    child = await anyio.open_process(
+        cli("node", "--name", "metrics@127.0.0.1", "--local", "--metrics-port", "0"),
+        env={**os.environ, "TRIO_DISTRIBUTE_COOKIE": COOKIE},
+    )
+    try:
+        with anyio.fail_after(30):
+            assert child.stdout is not None
+            out = ""
+            while (found := re.search(r"metrics at http://([\d.]+):(\d+)/metrics", out)) is None:
+                out += (await child.stdout.receive()).decode()
+            stream = await anyio.connect_tcp(found.group(1), int(found.group(2)))
+            async with stream:
+                await stream.send(b"GET /metrics HTTP/1.0\r\n\r\n")
+                page = await read_all(stream)
+            child.send_signal(signal.SIGINT)
+            assert await child.wait() == 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+        with anyio.fail_after(10):
+            await child.aclose()
+    assert 'trio_distribute_connections{node="metrics@127.0.0.1"}' in page, page[:2000]

@@ -185,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="CA certificates that peers' certificates must chain to (mutual TLS)",
     )
     node.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs the "
+        "prometheus extra: pip install 'trio_distribute[prometheus]')",
+    )
+    node.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default="info",
@@ -363,6 +370,8 @@ async def _run_node(args: argparse.Namespace, cookie: str, setup: _NodeSetup) ->
                     started = True
                     address = f"{node.address[0]}:{node.address[1]}"
                     _say(f"{node.name} listening on {address}" + (" (TLS)" if server_ssl else ""))
+                    if args.metrics_port is not None:
+                        await _start_metrics(nursery, node, args.metrics_port, host)
                     await _print_events(node)
             except OSError as exc:
                 if started or isinstance(exc, DistributionError):
@@ -370,6 +379,20 @@ async def _run_node(args: argparse.Namespace, cookie: str, setup: _NodeSetup) ->
                 raise _bind_error(exc, host, args.port) from None
             nursery.cancel_scope.cancel()
     _say("stopped")
+
+
+async def _start_metrics(nursery: trio.Nursery, node: Node, port: int, host: str) -> None:
+    try:
+        from .metrics import serve_metrics
+    except ImportError:
+        raise UserError(
+            "--metrics-port needs prometheus_client: pip install 'trio_distribute[prometheus]'"
+        ) from None
+    try:
+        bound = await nursery.start(serve_metrics, node, port, host)
+    except OSError as exc:
+        raise UserError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    _say(f"metrics at http://{host}:{bound}/metrics")
 
 
 async def _print_events(node: Node) -> None:
