@@ -72,7 +72,8 @@ async def start_node(
     """Run a node in a task of its own in ``task_group`` and return it once
     it is up (``config`` defaults to :meth:`~trio_distribute.NodeConfig.local`). Such a node
     can be :func:`crash`-ed without cancelling the test itself; cancelling
-    ``task_group`` stops it. ``network``: a :class:`~trio_distribute.testing.FakeNetwork` to run it on."""
+    ``task_group`` stops it. ``network``: a
+    :class:`~trio_distribute.testing.FakeNetwork` to run it on."""
     node: Node = await task_group.start(
         _run_node,
         name,
