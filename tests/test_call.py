@@ -379,3 +379,30 @@ async def test_a_reply_to_a_caller_whose_node_is_gone_is_counted() -> None:
             await b.send(pid, "go")
             await wait_until(lambda: b.statistics().drops.get("reply_no_connection") == 1)
             assert call_tables_empty(a, b)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+async def test_a_call_and_its_reply_arrive_as_over_the_wire(remote: bool) -> None:
+    """On one node as across two: tuples arrive as lists, nothing mutable is
+    shared, and what cannot travel raises at the caller and the callee."""
+    with anyio.fail_after(10):
+        async with cluster("a", "b") as (a, b):
+            seen: list[Any] = []
+            answer = {"items": [1, 2]}
+
+            async def keeper(proc: td.Process) -> None:
+                async for call in proc:
+                    seen.append(call.request)
+                    with pytest.raises(td.EncodeError):
+                        await proc.reply(call, object())
+                    await proc.reply(call, answer)
+
+            pid = await (b if remote else a).spawn(keeper)
+            async with a.open_process() as me:
+                request = {"pair": (1, "x"), "list": [1]}
+                got = await me.call(pid, request)
+                with pytest.raises(td.EncodeError):
+                    await me.call(pid, object())
+            assert seen == [{"pair": [1, "x"], "list": [1]}]
+            assert seen[0] is not request and seen[0]["list"] is not request["list"]
+            assert got == answer and got is not answer and got["items"] is not answer["items"]

@@ -39,6 +39,8 @@ from .errors import (
 )
 from .monitor import ExitKind, ExitReason, NodeDownReason, ProcessDown
 
+_SEND = int(Kind.SEND)  # a local request or reply is sized as a SEND frame
+
 if TYPE_CHECKING:
     from ._monitors import Monitors
     from .messaging import Process, Processes
@@ -136,6 +138,9 @@ class Calls:
                 raise ProcessDownError(ExitReason(ExitKind.NOPROC, f"no process {target}"), dest)
             if pid == process.pid:
                 raise ValueError(f"process {process.pid} cannot call itself")
+            # What the callee would get over the wire (a copy, tuples as
+            # lists; what cannot travel raises here), as for a local send.
+            request, size = processes._local_copy(_SEND, pid, request)
             callee = processes.lookup(pid)
             if callee is None:
                 raise ProcessDownError(ExitReason(ExitKind.NOPROC), dest)
@@ -149,7 +154,7 @@ class Calls:
             )
             self._pending[ref] = pending
             watch = self.monitors.watch(pid, lambda event: self._local_down(ref, event))
-            processes._put(callee, Call(request, process.pid, ref))
+            processes._put(callee, Call(request, process.pid, ref), size)
         else:
             ref = self.monitors.new_ref()
             # Encoded first: a request that cannot travel fails here, with
@@ -242,6 +247,9 @@ class Calls:
         transport = self.transport
         caller = call.caller
         if caller.node == transport.name:
+            # As over the wire: a copy, and what cannot travel raises with
+            # the call still unanswered.
+            value, _ = self.processes._local_copy(_SEND, caller, value)
             call._replied = True
             pending = self._pending.get(call.ref)
             if pending is None or pending.caller != caller or pending.finished:
