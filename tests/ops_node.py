@@ -3,11 +3,11 @@ rolling restart): ``python tests/ops_node.py --name n1@127.0.0.1 --port P
 --seed file:PATH [--seed dns:NAME:PORT] --expect 5 --state-dir DIR
 [--metrics-port M] --cookie C``.
 
-It registers the global name ``svc-<short name>`` for a process of its own
-(re-registered at every start: that is what a supervisor's ``global_name``
-child would do), exports ``ops.names`` and ``ops.creation`` for the test
-driver, prints ``READY``, and one ``LEADER <unix time> <term> <leader|->``
-line per leader change it sees. SIGTERM or SIGINT stops it gracefully.
+It runs a supervised process registered under the global name
+``svc-<short name>`` (a supervisor child with ``global_name``), exports
+``ops.names`` and ``ops.creation`` for the test driver, prints ``READY``,
+and one ``LEADER <unix time> <term> <leader|->`` line per leader change it
+sees. SIGTERM or SIGINT stops it gracefully.
 """
 
 from __future__ import annotations
@@ -59,18 +59,19 @@ async def run(args: argparse.Namespace) -> None:
                 from trio_distribute.metrics import serve_metrics
 
                 await nursery.start(serve_metrics, node, args.metrics_port, "127.0.0.1")
-            pid = await node.spawn(holder)
-            while True:
-                try:
-                    await node.registry.register(f"svc-{short}", pid)
-                    break
-                except td.NameTakenError:
-                    # The previous run's registration is still being cleared.
-                    await trio.sleep(0.1)
-            say(f"READY {node.name} {node.creation}")
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    break
+            async with td.open_supervisor(node, "one_for_one") as supervisor:
+                spec = td.ChildSpec("svc", holder, global_name=f"svc-{short}")
+                while True:
+                    try:
+                        await supervisor.start_child(spec)
+                        break
+                    except td.NameTakenError:
+                        # The previous run's registration is still being cleared.
+                        await trio.sleep(0.1)
+                say(f"READY {node.name} {node.creation}")
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        break
             nursery.cancel_scope.cancel()
 
 
