@@ -925,9 +925,20 @@ def test_raw_maps_with_keys_other_than_text_or_bytes_are_refused() -> None:
     assert decode(bytes.fromhex("a2616100410100")) == {"a": 0, b"\x01": 0}
 
 
-def test_duplicate_keys_keep_the_last_value() -> None:
-    assert decode(b"\xa2\x61a\x02\x61a\x03") == {"a": 3}
-    assert decode(encode_keyed([(1, 2), (1, 3)])) == {1: 3}
+def test_duplicate_keys_are_refused() -> None:
+    # Two values for one key: the kernel's decoder refuses the map, plain
+    # or keyed, at any depth, on the fast path and past _FAST_DEPTH_BYTES.
+    with pytest.raises(DecodeError, match="duplicate key"):
+        decode(b"\xa2\x61a\x02\x61a\x03")
+    with pytest.raises(DecodeError, match="duplicate key"):
+        decode(b"\x81\xa2\x61a\x02\x61a\x03")
+    with pytest.raises(DecodeError, match="duplicate key"):
+        decode(encode_keyed([(1, 2), (1, 3)]))
+    long = b"\xa3\x61a\x02\x61b\x59\x01\x2c" + b"x" * 300 + b"\x61a\x03"
+    with pytest.raises(DecodeError, match="duplicate key"):
+        decode(long)
+    assert decode(b"\xa2\x61a\x02\x61b\x03") == {"a": 2, "b": 3}
+    assert decode(encode_keyed([(1, 2), (2, 3)])) == {1: 2, 2: 3}
 
 
 def test_decode_error_is_a_protocol_error() -> None:
