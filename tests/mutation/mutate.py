@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -52,7 +51,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -396,13 +395,11 @@ class _MutantFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname != self.module:
             return None
-        return importlib.util.spec_from_loader(
-            fullname, self, origin=str(module_path(fullname))
-        )
+        return importlib.util.spec_from_loader(fullname, self, origin=str(module_path(fullname)))
 
     def exec_module(self, module: ModuleType) -> None:
         module.__file__ = str(module_path(self.module))
-        exec(self.code, module.__dict__)  # noqa: S102 - the mutant under test
+        exec(self.code, module.__dict__)
 
 
 def _pytest_args(module: str) -> list[str]:
@@ -551,8 +548,6 @@ def _expand(name: str) -> str:
         if module.rsplit(".", 1)[-1] == name or module.endswith("." + name):
             return module
     raise SystemExit(f"unknown module {name!r}; known: {', '.join(MODULES)}")
-
-
 
 
 if __name__ == "__main__":
