@@ -53,7 +53,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 
 import attrs
 
@@ -168,10 +168,14 @@ class _Mutator(ast.NodeTransformer):
             if i == 0 and _is_docstring(stmt):
                 out.append(stmt)
                 continue
-            if self.scope and isinstance(stmt, _DELETABLE) and not _is_ellipsis(stmt):
-                if self._site(stmt, f"delete {type(stmt).__name__.lower()}"):
-                    out.append(ast.copy_location(ast.Pass(), stmt))
-                    continue
+            if (
+                self.scope
+                and isinstance(stmt, _DELETABLE)
+                and not _is_ellipsis(stmt)
+                and self._site(stmt, f"delete {type(stmt).__name__.lower()}")
+            ):
+                out.append(ast.copy_location(ast.Pass(), stmt))
+                continue
             out.append(self.visit(stmt))
         return out
 
@@ -374,7 +378,7 @@ def sites(module: str) -> list[Site]:
     return mutator.sites
 
 
-def mutant_code(module: str, index: int) -> object:
+def mutant_code(module: str, index: int) -> CodeType:
     path = module_path(module)
     source = path.read_text()
     mutator = _Mutator(source.splitlines(), target=index)
@@ -386,7 +390,7 @@ def mutant_code(module: str, index: int) -> object:
 class _MutantFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Loads ``module`` from a mutated code object instead of its file."""
 
-    def __init__(self, module: str, code: object) -> None:
+    def __init__(self, module: str, code: CodeType) -> None:
         self.module = module
         self.code = code
 
@@ -411,7 +415,7 @@ def _pytest_args(module: str) -> list[str]:
     return args
 
 
-def _run_child(module: str, code: object | None) -> int:
+def _run_child(module: str, code: CodeType | None) -> int:
     """Run the module's tests in this (forked) process; never returns."""
     import pytest
 
@@ -431,7 +435,7 @@ def _run_child(module: str, code: object | None) -> int:
     os._exit(status)
 
 
-def run_tests(module: str, code: object | None, timeout: float) -> tuple[int, float]:
+def run_tests(module: str, code: CodeType | None, timeout: float) -> tuple[int, float]:
     """(exit status, seconds): the module's tests against ``code``."""
     start = time.monotonic()
     pid = os.fork()

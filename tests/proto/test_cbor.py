@@ -241,7 +241,7 @@ def test_a_final_refusal_is_not_decoded_twice() -> None:
 
     table = TagTable({7000: cbor2.shareable_decoder(lambda immutable: (None, finish))})
     decode = payload_decoder(table, default_max_depth=8)
-    with pytest.raises(DecodeError, match="^refused for good$"):
+    with pytest.raises(DecodeError, match=r"^refused for good$"):
         decode(cbor2.dumps(cbor2.CBORTag(7000, 1)))
     assert calls == [1]
     # A plain DecodeError from a tag decoder is explained by a second pass.
@@ -252,7 +252,7 @@ def test_a_final_refusal_is_not_decoded_twice() -> None:
         raise DecodeError("refused")
 
     table = TagTable({7000: cbor2.shareable_decoder(lambda immutable: (None, plain))})
-    with pytest.raises(DecodeError, match="^refused$"):
+    with pytest.raises(DecodeError, match=r"^refused$"):
         payload_decoder(table, default_max_depth=8)(cbor2.dumps(cbor2.CBORTag(7000, 1)))
     assert again == [1, 1]
 
