@@ -68,13 +68,29 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
     "trio_distribute._proto.broadcast_queue": (("tests/proto/test_broadcast_queue.py",), ""),
     "trio_distribute._proto.handshake": (("tests/proto/test_handshake.py",), ""),
     "trio_distribute.codec": (("tests/test_codec.py",), ""),
+    "trio_distribute._proto.raft": (("tests/proto/test_raft.py",), ""),
 }
 
 #: module -> the functions (qualified names, prefix match) to mutate; a
 #: module not listed is mutated whole. raft.py is mostly the election
 #: driver's logic (exercised by the simulations); its wire decoding and
 #: voter-set rules guard what peers send.
-FOCUS: dict[str, tuple[str, ...]] = {}
+FOCUS: dict[str, tuple[str, ...]] = {
+    "trio_distribute._proto.raft": (
+        "decode_message",
+        "_from_fields",
+        "_check_",
+        "_tuple",
+        "ElectionCore.quorum",
+        "ElectionCore._may_grant",
+        "ElectionCore._holds_majority",
+        "ElectionCore._round_voters",
+        "ElectionCore._round_quorum",
+        "ElectionCore.set_voters",
+        "ElectionCore._reconfigure",
+        "ElectionCore._quorum_stamp",
+    ),
+}
 
 _COMPARE_FLIPS: dict[type[ast.cmpop], type[ast.cmpop]] = {
     ast.Lt: ast.LtE,
