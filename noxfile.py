@@ -94,3 +94,16 @@ def faults(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     mode = [] if "--short" in session.posargs else ["--full"]
     session.run("python", "-m", "tests.faults.run", *mode, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def mutate(session: nox.Session) -> None:
+    """Mutation testing of the protocol kernel (_proto/) and the codec: each
+    module's mutants against its own test file; any survivor not listed in
+    tests/mutation/equivalent.txt fails. ``-- MODULE`` runs one module
+    (``-- frames``, ``-- codec``). CPU heavy (tens of minutes): not in CI;
+    see docs/mutation.rst."""
+    session.install("-e", ".[test]")
+    session.run(
+        "nice", "-n", "10", "python", "tests/mutation/mutate.py", *session.posargs, external=True
+    )

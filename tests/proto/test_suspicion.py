@@ -168,3 +168,14 @@ def test_suspicion_bounds_for_tiny_and_empty_clusters() -> None:
         suspicion_mult=4, max_timeout_mult=6, probe_interval=1.0, cluster_size=100
     )
     assert (low, high) == (8.0, 48.0)
+
+
+def test_suspicion_confirmations_are_not_a_constructor_argument() -> None:
+    # Only confirm() adds confirmations (so the source is always counted out).
+    with pytest.raises(TypeError):
+        Suspicion(  # type: ignore[call-arg]
+            source="a", k=2, minimum=1.0, maximum=2.0, started=0.0, confirmed_by={"b"}
+        )
+    timer = Suspicion(source="a", k=2, minimum=1.0, maximum=5.0, started=0.0)
+    assert timer.confirmations == 0
+    assert not timer.confirm("a")  # the source does not confirm itself
