@@ -27,13 +27,13 @@ from trio_distribute._proto._cbor import (
 from trio_distribute.errors import DecodeError
 
 PLAIN = TagTable(context="a test message")
-fast = payload_decoder(PLAIN, default_max_depth=8)
+fast = payload_decoder(PLAIN, default_max_depth=8, map_key_hint="!")
 
 Decode = Callable[[bytes], object]
 
 
 def via_one(data: bytes) -> object:
-    return decode_one(data, tags=PLAIN, max_depth=8)
+    return decode_one(data, tags=PLAIN, max_depth=8, map_key_hint="!")
 
 
 def via_fast(data: bytes) -> object:
@@ -53,7 +53,7 @@ def long(item_head: bytes, *items: bytes) -> bytes:
 def test_duplicate_keys_are_refused(decode: Decode) -> None:
     dup = b"\xa2\x61a\x01\x61a\x02"
     for data in (dup, b"\x82" + dup + PAD, b"\xa2\x41a\x01\x41a\x02"):
-        with pytest.raises(DecodeError, match="duplicate key"):
+        with pytest.raises(DecodeError, match=r"^duplicate key in a CBOR map \("):
             decode(data)
     assert decode(b"\xa2\x61a\x01\x61b\x02") == {"a": 1, "b": 2}
     assert decode(b"\xa2\x61a\x01\x41a\x02") == {"a": 1, b"a": 2}  # text and bytes differ
@@ -67,7 +67,7 @@ def test_duplicate_keys_are_refused(decode: Decode) -> None:
 )
 def test_indefinite_lengths_are_refused(decode: Decode, item: bytes) -> None:
     for data in (item, b"\x82" + item + PAD):
-        with pytest.raises(DecodeError, match="indefinite"):
+        with pytest.raises(DecodeError, match=r"^indefinite-length CBOR items are not allowed"):
             decode(data)
 
 
@@ -77,7 +77,7 @@ def test_indefinite_lengths_are_refused(decode: Decode, item: bytes) -> None:
 )
 def test_only_text_and_byte_string_map_keys(decode: Decode, key: bytes) -> None:
     for data in (b"\xa1" + key + b"\x00", b"\x82\xa1" + key + b"\x00" + PAD):
-        with pytest.raises(DecodeError, match="map key"):
+        with pytest.raises(DecodeError, match=r"^error decoding map: map key must be .*!$"):
             decode(data)
 
 
@@ -204,10 +204,10 @@ def test_max_depth_one_is_allowed() -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"\x82\x01", "truncated CBOR"),
-        (b"\x5b" + b"\xff" * 8, "truncated CBOR"),
-        (b"\xff", "malformed CBOR"),
-        (b"\x1c", "malformed CBOR"),
+        (b"\x82\x01", "^truncated CBOR: "),
+        (b"\x5b" + b"\xff" * 8, "^truncated CBOR: "),
+        (b"\xff", "^malformed CBOR: "),
+        (b"\x1c", "^malformed CBOR: "),
     ],
 )
 def test_malformed_input_is_a_decode_error(decode: Decode, data: bytes, reason: str) -> None:
@@ -216,13 +216,29 @@ def test_malformed_input_is_a_decode_error(decode: Decode, data: bytes, reason: 
             decode(payload)
 
 
-def test_reasons_quoting_peer_data_are_bounded() -> None:
-    key = cbor2.dumps("k" * 5000)
+def _duplicate_text(key_length: int) -> str:
+    key = cbor2.dumps("k" * key_length)
+    try:
+        cbor2.loads(b"\xa2" + key + b"\x01" + key + b"\x02", allow_duplicate_keys=False)
+    except cbor2.CBORDecodeError as exc:
+        return str(exc)
+    raise AssertionError("no error")
+
+
+def test_reasons_quoting_peer_data_are_bounded_exactly() -> None:
+    # cbor2's message quotes the key: cut to 300 characters (297 + "...").
+    prefix = len(_duplicate_text(0))
+    at, over = 300 - prefix, 301 - prefix
+    assert len(_duplicate_text(at)) == 300
     for decode in DECODERS:
-        with pytest.raises(DecodeError, match="duplicate key") as info:
-            decode(b"\xa2" + key + b"\x01" + key + b"\x02")
-        assert len(str(info.value)) < 400
-        assert str(info.value).endswith("...)")
+        for length, expected in (
+            (at, _duplicate_text(at)),
+            (over, _duplicate_text(over)[:297] + "..."),
+        ):
+            key = cbor2.dumps("k" * length)
+            with pytest.raises(DecodeError) as info:
+                decode(b"\xa2" + key + b"\x01" + key + b"\x02")
+            assert str(info.value) == f"duplicate key in a CBOR map ({expected})"
 
 
 def test_other_buffers_decode() -> None:
