@@ -28,6 +28,7 @@ Three rules, each checked over every module of ``trio_distribute``:
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,8 +77,13 @@ def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str
     return ".".join([*base, name] if name else base)
 
 
+@functools.cache
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
+
+
 def imports(module: str, path: Path, known: set[str]) -> Iterator[Import]:
-    tree = ast.parse(path.read_text(), str(path))
+    tree = parse(path)
     is_package = path.name == "__init__.py"
 
     def walk(nodes: list[ast.stmt], module_level: bool) -> Iterator[Import]:
@@ -116,10 +122,15 @@ def imports(module: str, path: Path, known: set[str]) -> Iterator[Import]:
     yield from walk(tree.body, True)
 
 
-def all_imports() -> list[Import]:
+@functools.cache
+def _all_imports() -> tuple[Import, ...]:
     found = modules()
     known = set(found)
-    return [imp for name, path in found.items() for imp in imports(name, path, known)]
+    return tuple(imp for name, path in found.items() for imp in imports(name, path, known))
+
+
+def all_imports() -> list[Import]:
+    return list(_all_imports())
 
 
 def service(module: str) -> str:
@@ -296,7 +307,7 @@ def module_attribute_reads() -> list[tuple[str, str, str, int]]:
     known = set(MODULE_NAMES)
     reads = []
     for module, path in modules().items():
-        tree = ast.parse(path.read_text(), str(path))
+        tree = parse(path)
         is_package = path.name == "__init__.py"
         aliases: dict[str, str] = {}
         for node in ast.walk(tree):
@@ -377,7 +388,7 @@ def collaborator_reaches(source: str, module: str) -> set[tuple[str, str, str]]:
 def test_services_use_collaborators_through_their_public_surface() -> None:
     found: set[tuple[str, str, str]] = set()
     for module, path in modules().items():
-        found |= collaborator_reaches(path.read_text(), module)
+        found |= collaborator_reaches(ast.unparse(parse(path)), module)
     assert found - KNOWN_REACHES == set(), "a service reads another object's private state"
     assert KNOWN_REACHES - found == set(), "a listed reach is gone: remove it from KNOWN_REACHES"
 
