@@ -88,7 +88,9 @@ Decisions
 How it stays fast
 -----------------
 The hot path (DESIGN 3a) is one cbor2 call per frame each way; every check
-is arranged around cbor2 6.3's costs, measured on this machine:
+is arranged around cbor2 6.3's costs, measured on this machine. Decoding is
+the protocol kernel's restricted decoder (``trio_distribute._proto._cbor``,
+shared with the handshake, raft and SWIM), given this module's tag table:
 
 * Passing ``encoders=`` to cbor2 doubles the cost of every call (even with
   an empty mapping), so it is not used. One Python walk over the value
