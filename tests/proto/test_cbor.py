@@ -240,6 +240,14 @@ def _duplicate_text(key_length: int) -> str:
     raise AssertionError("no error")
 
 
+def test_malformed_reason_quotes_cbor2_exactly() -> None:
+    expected = "malformed CBOR: break code encountered where a data item was expected"
+    for decode in DECODERS:
+        with pytest.raises(DecodeError) as info:
+            decode(b"\xff")
+        assert str(info.value) == expected
+
+
 def test_reasons_quoting_peer_data_are_bounded_exactly() -> None:
     # cbor2's message quotes the key: cut to 300 characters (297 + "...").
     prefix = len(_duplicate_text(0))
