@@ -180,8 +180,8 @@ class _Mutator(ast.NodeTransformer):
 
     def _body(self, body: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
-        for i, stmt in enumerate(body):
-            if i == 0 and _is_docstring(stmt):
+        for stmt in body:
+            if _is_docstring(stmt):  # a docstring, or an attribute's
                 out.append(stmt)
                 continue
             if (
