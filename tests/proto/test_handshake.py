@@ -1213,3 +1213,20 @@ def test_name_errors_are_cut_at_three_hundred_characters() -> None:
     assert len(message(exact)) == 300 and len(message(over)) == 301
     assert error_for(exact) == base + message(exact)
     assert error_for(over) == base + message(over)[:297] + "..."
+
+
+def test_creation_bound_is_two_to_the_sixty_three() -> None:
+    # Pinned by value: creations must fit an int64 on every implementation.
+    assert _hs.MAX_CREATION == 2**63
+    top = 2**63 - 1
+    initiator(creation=top)
+    acc = acceptor()
+    assert acc.receive_data(msg(**valid_hello(creation=top))) == []
+    with pytest.raises(ValueError, match="creation"):
+        initiator(creation=2**63)
+
+
+def test_tag_refusals_name_the_handshake() -> None:
+    acc = acceptor()
+    event = failed(acc.receive_data(frame(cbor2.dumps(cbor2.CBORTag(9999, valid_hello())))))
+    assert "unknown CBOR tag 9999 in the handshake" in str(event.error)
