@@ -1230,3 +1230,12 @@ def test_tag_refusals_name_the_handshake() -> None:
     acc = acceptor()
     event = failed(acc.receive_data(frame(cbor2.dumps(cbor2.CBORTag(9999, valid_hello())))))
     assert "unknown CBOR tag 9999 in the handshake" in str(event.error)
+
+
+def test_reject_detail_with_a_lone_surrogate_is_sent() -> None:
+    # The driver's detail may hold text that is not valid UTF-8 (a lone
+    # surrogate from a filename, say): it is replaced, never raised on.
+    acc = _deciding_acceptor()
+    (event,) = acc.reject("busy", "bad \ud800 name")
+    assert isinstance(event, HandshakeFailed) and event.reason == "busy"
+    assert reject_detail(acc) == "bad ? name"
