@@ -174,3 +174,12 @@ def test_broadcast_queue_eviction_picks_the_oldest_not_the_smallest() -> None:
     assert {"new-small", "newer", "newest"} == {
         n for n in ("new-small", "newer", "newest") if n in queue
     }
+
+
+def test_broadcast_queue_default_depth_is_4096() -> None:
+    queue = BroadcastQueue()
+    for i in range(4096):
+        queue.queue(f"m{i}", b"x")
+    assert len(queue) == 4096 and "m0" in queue
+    queue.queue("one-more", b"x")
+    assert len(queue) == 4096 and "m0" not in queue and "one-more" in queue
