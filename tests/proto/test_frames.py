@@ -357,3 +357,13 @@ def test_feed_returns_bytes_for_any_buffer() -> None:
         payloads = decoder.feed(convert(frame(b"abc") + frame(b"de")))  # type: ignore[arg-type]
         assert payloads == [b"abc", b"de"]
         assert all(type(p) is bytes for p in payloads)
+
+
+def test_mixing_feed_and_next_frame_loses_no_frame() -> None:
+    # feed() remembers how many bytes the pending frame needs; next_frame()
+    # must reset that, or a complete frame left behind would wait for more.
+    decoder = FrameDecoder(100)
+    first = frame(b"0123456789")
+    assert decoder.feed(first[:9]) == []
+    assert decoder.next_frame(first[9:] + frame(b"ab")) == b"0123456789"
+    assert decoder.feed(b"") == [b"ab"]
