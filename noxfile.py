@@ -115,3 +115,16 @@ def operations(session: nox.Session) -> None:
     scrape, then the rolling restart, which prints its table."""
     session.install("-e", ".[test]")
     session.run("pytest", "-q", "-s", "-m", "slow", "tests/test_operations.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def mutate(session: nox.Session) -> None:
+    """Mutation testing of the protocol kernel (_proto/) and the codec: each
+    module's mutants against its own test file; any survivor not listed in
+    tests/mutation/equivalent.txt fails. ``-- MODULE`` runs one module
+    (``-- frames``, ``-- codec``). CPU heavy (tens of minutes): not in CI;
+    see docs/mutation.rst."""
+    session.install("-e", ".[test]")
+    session.run(
+        "nice", "-n", "10", "python", "tests/mutation/mutate.py", *session.posargs, external=True
+    )

@@ -925,9 +925,20 @@ def test_raw_maps_with_keys_other_than_text_or_bytes_are_refused() -> None:
     assert decode(bytes.fromhex("a2616100410100")) == {"a": 0, b"\x01": 0}
 
 
-def test_duplicate_keys_keep_the_last_value() -> None:
-    assert decode(b"\xa2\x61a\x02\x61a\x03") == {"a": 3}
-    assert decode(encode_keyed([(1, 2), (1, 3)])) == {1: 3}
+def test_duplicate_keys_are_refused() -> None:
+    # Two values for one key: the kernel's decoder refuses the map, plain
+    # or keyed, at any depth, on the fast path and past _FAST_DEPTH_BYTES.
+    with pytest.raises(DecodeError, match="duplicate key"):
+        decode(b"\xa2\x61a\x02\x61a\x03")
+    with pytest.raises(DecodeError, match="duplicate key"):
+        decode(b"\x81\xa2\x61a\x02\x61a\x03")
+    with pytest.raises(DecodeError, match="duplicate key"):
+        decode(encode_keyed([(1, 2), (1, 3)]))
+    long = b"\xa3\x61a\x02\x61b\x59\x01\x2c" + b"x" * 300 + b"\x61a\x03"
+    with pytest.raises(DecodeError, match="duplicate key"):
+        decode(long)
+    assert decode(b"\xa2\x61a\x02\x61b\x03") == {"a": 2, "b": 3}
+    assert decode(encode_keyed([(1, 2), (2, 3)])) == {1: 2, 2: 3}
 
 
 def test_decode_error_is_a_protocol_error() -> None:
@@ -1256,3 +1267,114 @@ def test_threads_decoding_messages() -> None:
         thread.join()
     assert len(results) == 800
     assert all(r == results[0] for r in results)
+
+
+# ---------------------------------------------------------------------------
+# Each rule at its exact boundary (pinned so that deleting or loosening it
+# fails a test; see docs/mutation.rst)
+# ---------------------------------------------------------------------------
+
+
+class _Dict(dict[Any, Any]):
+    pass
+
+
+class _List(list[Any]):
+    pass
+
+
+def _nest(depth: int, make: Callable[[Any], Any], leaf: object = 1) -> Any:
+    value: Any = leaf
+    for _ in range(depth):
+        value = make(value)
+    return value
+
+
+def test_default_max_depth_is_64() -> None:
+    assert DEFAULT_MAX_DEPTH == 64
+    ok = encode(_nest(64, lambda v: [v]))
+    assert decode(ok) == _nest(64, lambda v: [v])
+    with pytest.raises(DecodeError, match="max_depth=64"):
+        decode(b"\x81" + ok)
+    with pytest.raises(EncodeError, match="deeper than 64"):
+        encode(_nest(65, lambda v: [v]))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: {"k": v},
+        lambda v: [v],
+        lambda v: (v,),
+        lambda v: _Dict(k=v),
+        lambda v: _List([v]),
+        lambda v: collections.OrderedDict(k=v),
+        lambda v: {1: v},
+    ],
+    ids=["dict", "list", "tuple", "dict-subclass", "list-subclass", "ordereddict", "keyed-map"],
+)
+def test_encode_depth_limit_is_exact_for_every_container(make: Callable[[Any], Any]) -> None:
+    # A keyed map costs two levels (tag and array), everything else one.
+    cost = 2 if isinstance(make(1), dict) and 1 in make(1) else 1
+    levels = 64 // cost
+    decode(encode(_nest(levels, make)))
+    with pytest.raises(EncodeError, match="deeper than"):
+        encode(_nest(levels + 1, make))
+
+
+def test_pid_and_message_depth_costs_are_exact() -> None:
+    pid = Pid("a@h", 1, 1)
+    decode(encode(_nest(62, lambda v: [v], pid)))
+    with pytest.raises(EncodeError, match="deeper than"):
+        encode(_nest(63, lambda v: [v], pid))
+
+
+@pytest.mark.parametrize("make", [lambda v: _Dict(k=v), lambda v: _List([v])], ids=["dict", "list"])
+def test_subclass_contents_are_checked(make: Callable[[Any], Any]) -> None:
+    # A dict or list subclass travels as its base type, and what it holds
+    # is checked like anything else: int range, types.
+    with pytest.raises(EncodeError, match="integers must be within"):
+        encode(make(MAX_INT + 1))
+    with pytest.raises(EncodeError, match="integers must be within"):
+        encode(make(MIN_INT - 1))
+    with pytest.raises(EncodeError, match="set"):
+        encode(make({1}))
+    assert decode(encode(make(MAX_INT))) == make(MAX_INT)
+
+
+def test_int_subclass_range_is_checked() -> None:
+    class Big(int):
+        pass
+
+    assert decode(encode(Big(MAX_INT))) == MAX_INT
+    assert decode(encode(Big(MIN_INT))) == MIN_INT
+    for bad in (Big(MAX_INT + 1), Big(MIN_INT - 1)):
+        with pytest.raises(EncodeError, match="integers must be within"):
+            encode(bad)
+
+
+@pytest.mark.parametrize("trailer", [b"\x41x", b"\x40", b"\x4f" + bytes(15), b"\x00"])
+def test_byte_string_trailers_are_refused(trailer: bytes) -> None:
+    for value in (1, {"k": "v" * 300}):
+        with pytest.raises(DecodeError, match="trailing bytes"):
+            decode(encode(value) + trailer)
+
+
+@pytest.mark.parametrize(
+    "item", [b"\x9f\x01\xff", b"\xbf\x61a\x01\xff", b"\x5f\x41a\xff", b"\x7f\x61a\xff"]
+)
+def test_indefinite_lengths_refused_on_long_payloads(item: bytes) -> None:
+    pad = encode("p" * 200)
+    for data in (item, b"\x82" + item + pad, b"\x82" + pad + item):
+        with pytest.raises(DecodeError, match="indefinite"):
+            decode(data)
+
+
+def test_long_payloads_decode_on_every_path() -> None:
+    pid = Pid("a@h", 7, 3)
+    value = {"pid": pid, "ref": Ref("a@h", 8, 3), "blob": b"x" * 5000, 1: [pid] * 50}
+    assert decode(encode(value)) == value
+    # keyed-map tag, its array, the list, a pid's tag and its array: 5
+    assert decode(encode(value), max_depth=5) == value
+    with pytest.raises(DecodeError, match="max_depth=4"):
+        decode(encode(value), max_depth=4)

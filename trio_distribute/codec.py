@@ -55,7 +55,8 @@ Decisions
   gets out). A CBOR decoder must produce hashable keys, so an array in key
   position decodes as a ``tuple`` and a message in key position is rebuilt
   from immutable field values; every key :func:`encode` accepts therefore
-  round-trips exactly. Duplicate keys in a received map keep the last value.
+  round-trips exactly. A received map with a duplicate key is refused
+  (plain or keyed), as in every decoder of the protocol.
 * **Hash flooding.** CPython hashes ints, floats and tuples without a
   secret (``hash(n) == hash(n + k * (2**61 - 1))``, and tuples of ints can
   be solved for any hash value), so a peer could send a map whose keys all
@@ -87,7 +88,9 @@ Decisions
 How it stays fast
 -----------------
 The hot path (DESIGN 3a) is one cbor2 call per frame each way; every check
-is arranged around cbor2 6.3's costs, measured on this machine:
+is arranged around cbor2 6.3's costs, measured on this machine. Decoding is
+the protocol kernel's restricted decoder (``trio_distribute._proto._cbor``,
+shared with the handshake, raft and SWIM), given this module's tag table:
 
 * Passing ``encoders=`` to cbor2 doubles the cost of every call (even with
   an empty mapping), so it is not used. One Python walk over the value
@@ -123,7 +126,6 @@ is arranged around cbor2 6.3's costs, measured on this machine:
 from __future__ import annotations
 
 import io
-import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, NoReturn, TypeVar
@@ -132,6 +134,7 @@ import attrs
 import cbor2
 
 from ._ids import Pid, Ref
+from ._proto._cbor import FinalDecodeError, PayloadDecode, TagTable, payload_decoder
 from .errors import DecodeError, EncodeError, MessageTooLargeError
 
 __all__ = [
@@ -781,10 +784,14 @@ def _finish_keyed_map(value: Any) -> dict[Any, Any]:
         ) from None
     if len(keys) - len(hashes) > MAX_EQUAL_HASH_KEYS:
         raise _CollidingKeys(_collision_refusal(len(keys), len(hashes)))
-    return dict(zip(keys, value[1::2], strict=True))  # lengths checked above
+    result = dict(zip(keys, value[1::2], strict=True))  # lengths checked above
+    if len(result) != len(keys):
+        # Two values for one key: refused like a duplicate in a plain map.
+        raise DecodeError(f"duplicate key in a keyed map ({len(keys) - len(result)} repeated)")
+    return result
 
 
-class _CollidingKeys(DecodeError):
+class _CollidingKeys(FinalDecodeError):
     """A keyed map refused for sharing too many hash values."""
 
 
@@ -803,67 +810,8 @@ def _finish_frozen(value: Any) -> object:
     raise DecodeError(f"invalid frozen key: expected an array or a message, got {value!r:.100}")
 
 
-# Descriptions of the tags cbor2 6.3 decodes natively (found by probing every
-# tag number; see tests/test_codec.py::test_decode_refuses_builtin_tags).
-_BUILTIN_TAGS: Final[dict[int, str]] = {
-    0: "date/time string",
-    1: "epoch date/time",
-    2: "positive bignum (integer beyond 64 bits)",
-    3: "negative bignum (integer beyond 64 bits)",
-    4: "decimal fraction",
-    5: "bigfloat",
-    25: "string reference",
-    28: "shareable value",
-    29: "shared reference",
-    30: "rational number",
-    35: "regular expression",
-    36: "MIME message",
-    37: "UUID",
-    52: "IPv4 address",
-    54: "IPv6 address",
-    100: "epoch date",
-    256: "string reference namespace",
-    258: "set",
-    260: "network address",
-    261: "network prefix",
-    1004: "date string",
-    43000: "complex number",
-    55799: "self-described CBOR",
-}
-
-
-def _tag_refuser(tag: int) -> Callable[[bool], Any]:
-    """A decoder for ``tag`` that refuses it before its content is read.
-
-    Decorated with ``cbor2.shareable_decoder``, cbor2 calls it when it sees
-    the tag head, not after decoding (and allocating) the content.
-    """
-    what = _BUILTIN_TAGS.get(tag)
-    if what is None:
-        reason = f"unknown CBOR tag {tag}"
-    else:
-        reason = f"CBOR tag {tag} ({what}) is not allowed"
-
-    def refuse(immutable: bool) -> Any:
-        raise DecodeError(reason)
-
-    return cbor2.shareable_decoder(refuse)
-
-
-class _TagTable(dict[int, Any]):
-    """``semantic_decoders`` for cbor2: our tags decode, every other tag is
-    refused. cbor2 consults this mapping for every tag before its own
-    built-in decoders, and ``__missing__`` catches tag numbers not listed
-    (cheaper than a ``tag_hook``, which costs one more keyword argument per
-    call and only runs after the content was decoded)."""
-
-    def __missing__(self, tag: int) -> Any:
-        return _tag_refuser(tag)
-
-
-_SEMANTIC: Final = _TagTable(
-    {tag: _tag_refuser(tag) for tag in _BUILTIN_TAGS}
-    | {
+_SEMANTIC: Final = TagTable(
+    {
         PID_TAG: _tag_start(_finish_pid),
         REF_TAG: _tag_start(_finish_ref),
         MESSAGE_TAG: _tag_start(_finish_message),
@@ -873,20 +821,18 @@ _SEMANTIC: Final = _TagTable(
 )
 
 
-# The payload is decoded as the first item of [payload, sentinel]: bytes
-# after the payload become the second item. The sentinel is a byte string
-# drawn at random when the module loads, so no peer can append it on
-# purpose (and nothing else decodes to it).
-_OPEN: Final = b"\x82"
-_SECRET: Final = os.urandom(15)
-_SENTINEL: Final = b"\x4f" + _SECRET  # major type 2 (bytes), length 15
-_WRAPPING: Final = len(_OPEN) + len(_SENTINEL)
-_FAST_DEPTH_BYTES: Final = 256  # below cbor2's own default max_depth (400)
-_loads: Final = cbor2.loads
-
-
-def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX_DEPTH) -> object:
-    """Decode one CBOR payload produced by :func:`encode`.
+decode: Final[PayloadDecode] = payload_decoder(
+    _SEMANTIC,
+    default_max_depth=DEFAULT_MAX_DEPTH,
+    map_key_hint=(
+        f": a CBOR map may only have text or byte-string keys (a dict "
+        f"with other keys travels as tag {KEYED_MAP_TAG})"
+    ),
+)
+# The kernel's decoder is a closure; present it as this module's function.
+decode.__module__ = __name__
+decode.__qualname__ = decode.__name__ = "decode"  # type: ignore[attr-defined]
+decode.__doc__ = """Decode one CBOR payload produced by :func:`encode`.
 
     Args:
         data: exactly one encoded item.
@@ -895,98 +841,9 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX
 
     Raises:
         DecodeError: the payload is malformed or truncated, has trailing
-            bytes, uses a refused tag or an indefinite length, is nested
-            deeper than ``max_depth``, names an unknown message tag or
-            version, or a message constructor rejected its fields.
+            bytes, uses a refused tag or an indefinite length, has a
+            duplicate map key, is nested deeper than ``max_depth``, names an
+            unknown message tag or version, or a message constructor
+            rejected its fields.
         ValueError: ``max_depth`` is not a positive int.
     """
-    buf = b"".join((_OPEN, data, _SENTINEL))
-    # n bytes cannot nest deeper than n levels: no limit to pass.
-    shallow = len(buf) - _WRAPPING <= max_depth <= _FAST_DEPTH_BYTES
-    if not shallow and (type(max_depth) is not int or max_depth < 1):
-        raise ValueError(f"max_depth must be a positive int, got {max_depth!r}")
-    try:
-        if shallow:
-            value, end = _loads(
-                buf, semantic_decoders=_SEMANTIC, allow_indefinite=False, strict_hashable_types=True
-            )
-        else:
-            value, end = _loads(
-                buf,
-                semantic_decoders=_SEMANTIC,
-                allow_indefinite=False,
-                strict_hashable_types=True,
-                max_depth=max_depth + 1,
-            )
-    except MemoryError:
-        raise
-    except Exception as exc:
-        # A keyed map refused for colliding keys needs no second pass to
-        # explain it (which would double the cost of a big hostile frame).
-        reason = _settled_reason(exc)
-        if reason is not None:
-            raise DecodeError(reason) from exc
-        raise _diagnose(bytes(data), max_depth) from exc
-    if type(end) is not bytes or end != _SECRET:
-        raise _diagnose(bytes(data), max_depth)
-    return value
-
-
-def _settled_reason(exc: BaseException) -> str | None:
-    """The reason for a refused keyed map (which the random sentinel after
-    the payload cannot realistically produce: it would have to hold a whole
-    keyed map), or ``None`` if :func:`_diagnose` must find the reason out."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, _CollidingKeys):
-            return str(cause)
-        cause = cause.__cause__
-    return None
-
-
-def _diagnose(data: bytes, max_depth: int) -> DecodeError:
-    """Turn a failed decode into a DecodeError with the real reason.
-
-    The first pass decoded ``[payload, sentinel]``, whose errors can be
-    misleading (a truncated payload swallows part of the sentinel; depth is
-    off by one). Decode the payload alone, strictly, to find out what is
-    wrong with it; if that works, the problem was what came after it.
-    """
-    try:
-        cbor2.loads(
-            data,
-            semantic_decoders=_SEMANTIC,
-            max_depth=max_depth,
-            allow_indefinite=False,
-            strict_hashable_types=True,
-        )
-    except MemoryError:
-        raise
-    except Exception as exc:
-        return DecodeError(_reason(exc, max_depth))
-    return DecodeError("trailing bytes after the CBOR item")
-
-
-def _reason(exc: BaseException, max_depth: int) -> str:
-    """The most specific message in an exception chain: ours if we raised
-    one inside a tag decoder, else cbor2's, reworded where it helps."""
-    cause: BaseException | None = exc
-    while cause is not None:  # cbor2 chains our errors as __cause__
-        if isinstance(cause, DecodeError):
-            return str(cause)
-        cause = cause.__cause__
-    text = str(exc) or type(exc).__name__
-    if "nesting depth" in text:
-        return f"CBOR nested deeper than max_depth={max_depth}"
-    if "map key must be" in text:
-        return (
-            f"{text}: a CBOR map may only have text or byte-string keys (a dict "
-            f"with other keys travels as tag {KEYED_MAP_TAG})"
-        )
-    if "indefinite length" in text:
-        return f"indefinite-length CBOR items are not allowed ({text})"
-    if isinstance(exc, cbor2.CBORDecodeEOF):
-        return f"truncated CBOR: {text}"
-    if isinstance(exc, cbor2.CBORDecodeError):
-        return f"malformed CBOR: {text}"
-    return f"malformed CBOR: {type(exc).__name__}: {text}"

@@ -140,3 +140,46 @@ def test_model(ops: list[tuple[str, str | int, int]]) -> None:
         assert len(queue) == len(model)
         for name, (_, transmits, _) in model.items():
             assert queue.transmits(name) == transmits
+
+
+def test_broadcast_queue_eviction_with_several_entries_per_bucket() -> None:
+    # max_depth holds however the entries are spread over transmit buckets,
+    # and the one evicted is the oldest of the most-transmitted bucket.
+    queue = BroadcastQueue(max_depth=4)
+    for name in ("a", "b", "c"):
+        queue.queue(name, name.encode() * 10)
+    assert len(queue.take(space=1000, limit=10)) == 3  # a, b, c: sent once
+    queue.queue("d", b"d" * 10)  # d in bucket 0; a, b, c in bucket 1
+    assert len(queue) == 4
+    queue.queue("e", b"e" * 10)  # over max_depth: drop the oldest sent-once
+    assert len(queue) == 4
+    assert "a" not in queue and {"b", "c", "d", "e"} <= {n for n in "bcde" if n in queue}
+    queue.queue("f", b"f" * 10)
+    assert len(queue) == 4 and "b" not in queue and "c" in queue
+    queue.queue("g", b"g" * 10)
+    assert len(queue) == 4 and "c" not in queue
+    # Bucket 1 is empty now: the oldest of bucket 0 goes next.
+    queue.queue("h", b"h" * 10)
+    assert len(queue) == 4 and "d" not in queue
+    assert [n for n in "efgh" if n in queue] == ["e", "f", "g", "h"]
+
+
+def test_broadcast_queue_eviction_picks_the_oldest_not_the_smallest() -> None:
+    queue = BroadcastQueue(max_depth=3)
+    queue.queue("old-big", b"x" * 50)
+    queue.queue("new-small", b"y")
+    queue.queue("newer", b"z" * 20)
+    queue.queue("newest", b"w" * 5)
+    assert "old-big" not in queue
+    assert {"new-small", "newer", "newest"} == {
+        n for n in ("new-small", "newer", "newest") if n in queue
+    }
+
+
+def test_broadcast_queue_default_depth_is_4096() -> None:
+    queue = BroadcastQueue()
+    for i in range(4096):
+        queue.queue(f"m{i}", b"x")
+    assert len(queue) == 4096 and "m0" in queue
+    queue.queue("one-more", b"x")
+    assert len(queue) == 4096 and "m0" not in queue and "one-more" in queue

@@ -305,3 +305,65 @@ def test_feed_accepts_other_buffers() -> None:
     decoder = FrameDecoder(100)
     assert decoder.feed(bytearray(frame(b"ab"))) == [b"ab"]  # type: ignore[arg-type]
     assert decoder.feed(memoryview(frame(b"cd"))) == [b"cd"]  # type: ignore[arg-type]
+
+
+# -- each rule pinned at its exact boundary -----------------------------------
+
+
+class _Sized:
+    """Stands in for a payload of ``size`` bytes without allocating it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __radd__(self, header: bytes) -> bytes:
+        return header + b"<payload>"
+
+
+def test_frame_length_fits_four_bytes_exactly() -> None:
+    assert frame(_Sized(2**32 - 1)) == b"\xff\xff\xff\xff<payload>"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="does not fit"):
+        frame(_Sized(2**32))  # type: ignore[arg-type]
+
+
+def test_max_frame_size_accepts_the_largest_header_value() -> None:
+    decoder = FrameDecoder(2**32 - 1)
+    assert decoder.max_frame_size == 2**32 - 1
+    assert decoder.feed(header(2**32 - 1) + b"x") == []  # announced, waiting
+    decoder.max_frame_size = 1
+    assert decoder.max_frame_size == 1
+
+
+def test_next_frame_limit_is_inclusive() -> None:
+    # next_frame (the handshake's reader) applies the limit exactly like
+    # feed(): a frame of the limit passes, one byte more is refused.
+    decoder = FrameDecoder(5)
+    assert decoder.next_frame(frame(b"12345")) == b"12345"
+    with pytest.raises(ProtocolError, match="6 bytes"):
+        decoder.next_frame(header(6))
+    assert decoder.broken
+    with pytest.raises(ProtocolError):
+        decoder.next_frame(b"")
+
+
+def test_feed_returns_bytes_for_any_buffer() -> None:
+    # Payloads are bytes whatever buffer type the driver passes (a
+    # memoryview slice would pin the receive buffer and mutate under us).
+    for convert in (bytearray, memoryview):
+        decoder = FrameDecoder(100)
+        payloads = decoder.feed(convert(frame(b"abc") + frame(b"de")))  # type: ignore[arg-type]
+        assert payloads == [b"abc", b"de"]
+        assert all(type(p) is bytes for p in payloads)
+
+
+def test_mixing_feed_and_next_frame_loses_no_frame() -> None:
+    # feed() remembers how many bytes the pending frame needs; next_frame()
+    # must reset that, or a complete frame left behind would wait for more.
+    decoder = FrameDecoder(100)
+    first = frame(b"0123456789")
+    assert decoder.feed(first[:9]) == []
+    assert decoder.next_frame(first[9:] + frame(b"ab")) == b"0123456789"
+    assert decoder.feed(b"") == [b"ab"]

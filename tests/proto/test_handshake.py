@@ -984,3 +984,258 @@ def test_a_proof_keyed_with_the_raw_cookie_is_refused(split: str) -> None:
     event = failed(run.acceptor_events)
     assert isinstance(event.error, AuthenticationError)
     assert acc.state is HandshakeState.FAILED
+
+
+# -- each protective rule, fed the input it exists for -------------------------
+
+from trio_distribute._proto import handshake as _hs  # noqa: E402
+
+
+def reject_detail(machine: HandshakeMachine) -> str:
+    (reject,) = decode_frames(machine.data_to_send())
+    detail = reject["detail"]
+    assert isinstance(detail, str)
+    return detail
+
+
+@pytest.mark.parametrize("shift", range(4))
+@pytest.mark.parametrize("char", ["é", "€", "😀"])
+def test_reject_detail_cut_never_splits_a_character(shift: int, char: str) -> None:
+    # A hello whose name is multi-byte text makes the error quote it past
+    # MAX_DETAIL_BYTES; at every alignment the cut must stay valid UTF-8
+    # and receive_data must not raise.
+    name = "x" * shift + char * 120 + "@h"
+    acc = acceptor()
+    event = failed(acc.receive_data(msg(**valid_hello(name=name))))
+    assert event.reason == "protocol"
+    detail = reject_detail(acc)
+    assert 0 < len(detail.encode()) <= _hs.MAX_DETAIL_BYTES
+    assert len(detail.encode()) > _hs.MAX_DETAIL_BYTES - 4  # cut, not dropped
+
+
+@pytest.mark.parametrize("shift", range(4))
+def test_reject_detail_from_the_driver_is_cut_at_a_character(shift: int) -> None:
+    init, acc = initiator(), acceptor()
+    run = pump(init, acc, decide=lambda m: m.reject("busy", "y" * shift + "😀" * 100))
+    assert run.acceptor_events[-1] == failed(run.acceptor_events[1:])
+    assert failed(run.acceptor_events[1:]).reason == "busy"
+    detail = failed(run.initiator_events).error
+    assert "busy" in str(detail)
+    (reject,) = [m for m in decode_frames(run.acceptor_wire) if m["m"] == "reject"]
+    assert isinstance(reject["detail"], str)
+    assert len(reject["detail"].encode()) > _hs.MAX_DETAIL_BYTES - 4
+
+
+def test_unauthenticated_emoji_message_type_never_raises() -> None:
+    acc = acceptor()
+    event = failed(acc.receive_data(msg(**valid_hello(m="😀" * 100))))
+    assert event.reason == "protocol"
+    reject_detail(acc)
+
+
+def _hello_bytes(**overrides: object) -> bytes:
+    return cbor2.dumps(valid_hello(**overrides))
+
+
+HARDENING = [
+    # Each would be a valid hello if the decoder let the rule go.
+    ("duplicate key", b"\xa6" + _hello_bytes()[1:] + b"\x64name" + cbor2.dumps(ALICE)),
+    ("indefinite map", b"\xbf" + _hello_bytes()[1:] + b"\xff"),
+    ("shareable tag 28", b"\xd8\x1c" + _hello_bytes()),
+    ("self-describe tag", b"\xd9\xd9\xf7" + _hello_bytes()),
+    ("unknown tag", cbor2.dumps(cbor2.CBORTag(9999, valid_hello()))),
+    ("tag in an extra field", _hello_bytes(extra=cbor2.CBORTag(6000, 1))),
+    ("shared reference 29", _hello_bytes(extra=[1])[:-2] + b"\xd8\x1d\x00"),
+    ("int key in an extra map", _hello_bytes(extra={1: 2})),
+    ("depth 9", _hello_bytes(extra=[[[[[[[[1]]]]]]]])),
+    ("trailing byte string", _hello_bytes() + b"\x41x"),
+]
+
+
+@pytest.mark.parametrize(("label", "payload"), HARDENING, ids=[h[0] for h in HARDENING])
+def test_handshake_decoder_safety_options(label: str, payload: bytes) -> None:
+    acc = acceptor()
+    event = failed(acc.receive_data(frame(payload)))
+    assert event.reason == "protocol", label
+    assert "undecodable" in str(event.error) or "must be" in str(event.error), label
+
+
+def test_handshake_decoder_depth_limit_is_exact() -> None:
+    acc = acceptor()
+    assert acc.receive_data(msg(**valid_hello(extra=[[[[[[[1]]]]]]]))) == []  # depth 8
+    assert acc.state is HandshakeState.AWAITING_PROOF
+
+
+def _acceptor_ack(init: HandshakeMachine, acc: HandshakeMachine) -> bytes:
+    """Run to the point where the initiator waits for ack; the ack's payload."""
+    init.initiate()
+    acc.receive_data(init.data_to_send())
+    init.receive_data(acc.data_to_send())
+    assert isinstance(acc.receive_data(init.data_to_send())[0], PeerAuthenticated)
+    acc.accept()
+    (payload,) = FrameDecoder(MAX_PREAUTH_FRAME).feed(acc.data_to_send())
+    return payload
+
+
+def test_ack_with_extra_keys_is_refused() -> None:
+    init, acc = initiator(), acceptor()
+    ack = cbor2.loads(_acceptor_ack(init, acc))
+    event = failed(init.receive_data(msg(**ack, extra=1)))
+    assert event.reason == "protocol" and "unexpected keys" in str(event.error)
+    assert init.state is HandshakeState.FAILED
+
+
+def test_ack_with_a_wrong_proof_fails_authentication() -> None:
+    init, acc = initiator(), acceptor()
+    ack = cbor2.loads(_acceptor_ack(init, acc))
+    ack["proof"] = bytes(32)
+    event = failed(init.receive_data(msg(**ack)))
+    assert event.reason == "authentication"
+    assert type(event.error) is AuthenticationError
+
+
+def test_decision_after_a_pre_auth_failure_is_a_local_error() -> None:
+    acc = acceptor()
+    failed(acc.receive_data(msg(**valid_hello(name="bad name"))))
+    with pytest.raises(LocalProtocolError):
+        acc.accept()
+    with pytest.raises(LocalProtocolError):
+        acc.reject("busy")
+
+
+def _deciding_acceptor(extra: bytes = b"") -> HandshakeMachine:
+    init, acc = initiator(), acceptor()
+    init.initiate()
+    acc.receive_data(init.data_to_send())
+    init.receive_data(acc.data_to_send())
+    events = acc.receive_data(init.data_to_send() + extra)
+    assert isinstance(events[0], PeerAuthenticated)
+    assert acc.state is HandshakeState.AWAITING_DECISION
+    return acc
+
+
+@pytest.mark.parametrize("buffered", [0, 1, 10])
+def test_held_bytes_bound_is_exact(buffered: int) -> None:
+    # While the driver decides, at most MAX_PREAUTH_FRAME bytes are kept,
+    # counting those already behind the proof in the frame decoder.
+    acc = _deciding_acceptor(b"z" * buffered)
+    assert acc.receive_data(b"h" * (MAX_PREAUTH_FRAME - buffered)) == []
+    event = failed(acc.receive_data(b"h"))
+    assert f"{MAX_PREAUTH_FRAME + 1} bytes" in str(event.error)
+    acc = _deciding_acceptor(b"z" * buffered)
+    assert acc.receive_data(b"h" * (MAX_PREAUTH_FRAME - buffered)) == []
+    (done,) = acc.accept()
+    assert isinstance(done, HandshakeCompleted)
+    assert acc.leftover() == b"z" * buffered + b"h" * (MAX_PREAUTH_FRAME - buffered)
+
+
+def test_creation_zero_and_the_largest_are_accepted() -> None:
+    for creation in (0, _hs.MAX_CREATION - 1):
+        acc = acceptor(creation=creation)
+        assert acc.receive_data(msg(**valid_hello(creation=creation))) == []
+        (challenge,) = decode_frames(acc.data_to_send())
+        assert challenge["creation"] == creation
+        initiator(creation=creation)
+    for creation in (-1, _hs.MAX_CREATION):
+        acc = acceptor()
+        assert failed(acc.receive_data(msg(**valid_hello(creation=creation)))).reason == (
+            "protocol"
+        )
+        with pytest.raises(ValueError, match="creation"):
+            initiator(creation=creation)
+
+
+def test_sixteen_versions_are_accepted_seventeen_are_not() -> None:
+    sixteen = tuple(range(1, 17))
+    initiator(versions=sixteen)
+    with pytest.raises(ValueError, match="versions"):
+        initiator(versions=(*sixteen, 17))
+    with pytest.raises(ValueError, match="versions"):
+        initiator(versions=())
+    acc = acceptor()
+    assert acc.receive_data(msg(**valid_hello(versions=list(sixteen)))) == []
+    acc = acceptor()
+    event = failed(acc.receive_data(msg(**valid_hello(versions=[*sixteen, 17]))))
+    assert "1 to 16" in str(event.error)
+
+
+@pytest.mark.parametrize("length", [1, 64])
+def test_reason_of_one_and_sixty_four_characters(length: int) -> None:
+    reason = "r" * length
+    init, acc = initiator(), acceptor()
+    run = pump(init, acc, decide=lambda m: m.reject(reason))
+    assert failed(run.initiator_events).reason == reason
+    init = initiator()
+    init.initiate()
+    assert failed(init.receive_data(msg(m="reject", reason=reason))).reason == reason
+
+
+@pytest.mark.parametrize("reason", ["", "r" * 65])
+def test_reason_out_of_bounds_is_refused(reason: str) -> None:
+    with pytest.raises(ValueError, match="reason"):
+        _deciding_acceptor().reject(reason)
+    init = initiator()
+    init.initiate()
+    assert failed(init.receive_data(msg(m="reject", reason=reason))).reason == "protocol"
+
+
+def test_short_cuts_at_sixty_characters() -> None:
+    assert _hs._short("x" * 58) == repr("x" * 58)  # 60 characters: whole
+    assert _hs._short("x" * 59) == repr("x" * 59)[:57] + "..."
+    assert len(_hs._short("x" * 1000)) == 60
+    acc = acceptor()
+    event = failed(acc.receive_data(msg(**valid_hello(m="m" * 58))))
+    assert repr("m" * 58) in str(event.error)
+
+
+def test_name_errors_are_cut_at_three_hundred_characters() -> None:
+    def error_for(name: str) -> str:
+        acc = acceptor()
+        return str(failed(acc.receive_data(msg(**valid_hello(name=name)))).error)
+
+    base = "invalid node name: "
+    for length in range(1, 400, 7):
+        text = error_for("n" * length)
+        assert text.startswith(base)
+        assert len(text) - len(base) <= 300
+    # Find a name whose validation message is exactly 300 / 301 characters.
+    from trio_distribute._ids import validate_node_name
+
+    def message(name: str) -> str:
+        try:
+            validate_node_name(name)
+        except ValueError as exc:
+            return str(exc)
+        raise AssertionError(name)
+
+    extra = 300 - len(message("n"))
+    exact, over = "n" * (1 + extra), "n" * (2 + extra)
+    assert len(message(exact)) == 300 and len(message(over)) == 301
+    assert error_for(exact) == base + message(exact)
+    assert error_for(over) == base + message(over)[:297] + "..."
+
+
+def test_creation_bound_is_two_to_the_sixty_three() -> None:
+    # Pinned by value: creations must fit an int64 on every implementation.
+    assert _hs.MAX_CREATION == 2**63
+    top = 2**63 - 1
+    initiator(creation=top)
+    acc = acceptor()
+    assert acc.receive_data(msg(**valid_hello(creation=top))) == []
+    with pytest.raises(ValueError, match="creation"):
+        initiator(creation=2**63)
+
+
+def test_tag_refusals_name_the_handshake() -> None:
+    acc = acceptor()
+    event = failed(acc.receive_data(frame(cbor2.dumps(cbor2.CBORTag(9999, valid_hello())))))
+    assert "unknown CBOR tag 9999 in the handshake" in str(event.error)
+
+
+def test_reject_detail_with_a_lone_surrogate_is_sent() -> None:
+    # The driver's detail may hold text that is not valid UTF-8 (a lone
+    # surrogate from a filename, say): it is replaced, never raised on.
+    acc = _deciding_acceptor()
+    (event,) = acc.reject("busy", "bad \ud800 name")
+    assert isinstance(event, HandshakeFailed) and event.reason == "busy"
+    assert reject_detail(acc) == "bad ? name"

@@ -990,3 +990,144 @@ def test_two_bootstraps_of_one_term_cannot_both_win() -> None:
         assert len(pump.leaders()) == 1
         leader = pump.cores[pump.leaders()[0]]
         assert leader.voters == set(pump.cores) and leader.version[1] == 1
+
+
+# -- wire rules and voter-set rules, each at its exact boundary ------------------
+
+from trio_distribute._proto.raft import MAX_NAME_LENGTH  # noqa: E402
+
+
+def raw(*fields: object) -> bytes:
+    return cbor2.dumps(list(fields))
+
+
+def test_raft_terms_bounds_are_exact() -> None:
+    for term in (0, MAX_TERM):
+        assert decode_message(raw(4, term, True)) == VoteReply(term, True)
+    for bad in (-1, MAX_TERM + 1, 1.0, True, "1"):
+        with pytest.raises(RaftDecodeError, match="bad term"):
+            decode_message(raw(4, bad, True))
+
+
+def test_raft_name_length_bounds_are_exact() -> None:
+    for length in (1, MAX_NAME_LENGTH):
+        assert decode_message(raw(7, "n" * length)) == Remove("n" * length)
+    for name in ("", "n" * (MAX_NAME_LENGTH + 1), b"n", 1, None):
+        with pytest.raises(RaftDecodeError, match="bad node name"):
+            decode_message(raw(7, name))
+
+
+def test_raft_voter_set_refuses_duplicates_and_bad_names() -> None:
+    ok = raw(5, 1, 0.5, 1, 1, ["a", "b"])
+    assert decode_message(ok) == Heartbeat(1, 0.5, (1, 1), ("a", "b"))
+    for voters in (["a", "a"], ["a", ""], "ab", None, [["a"]]):
+        with pytest.raises(RaftDecodeError):
+            decode_message(raw(5, 1, 0.5, 1, 1, voters))
+    # A proposal is a voter set or nil.
+    assert decode_message(raw(1, 1, 0, 0, None)) == PreVote(1, (0, 0), None)
+    assert decode_message(raw(3, 1, 0, 0, ["a"])) == Vote(1, (0, 0), ("a",))
+    with pytest.raises(RaftDecodeError, match="twice"):
+        decode_message(raw(3, 1, 0, 0, ["a", "a"]))
+
+
+def test_raft_flags_and_stamps() -> None:
+    with pytest.raises(RaftDecodeError, match="bad flag"):
+        decode_message(raw(4, 1, 1))
+    assert decode_message(raw(6, 1, 2, 1, 1)) == HeartbeatAck(1, 2.0, (1, 1))
+    for stamp in (math.inf, -math.inf, math.nan, "1", None):
+        with pytest.raises(RaftDecodeError, match="bad stamp"):
+            decode_message(raw(6, 1, stamp, 1, 1))
+
+
+def test_raft_message_shape() -> None:
+    for data in (raw(), raw(0, 1), raw(8, 1), raw(4, 1), raw(4, 1, True, 1), raw("4", 1, True)):
+        with pytest.raises(RaftDecodeError):
+            decode_message(data)
+    for data in (cbor2.dumps({"k": 1}), cbor2.dumps(1), cbor2.dumps(True)):
+        with pytest.raises(RaftDecodeError, match="non-empty CBOR array"):
+            decode_message(data)
+
+
+def test_raft_message_size_limit_is_exact() -> None:
+    name = "n" * 300
+    voters = [f"{i:05d}" + name for i in range(900)]
+    data = raw(5, 1, 0.5, 1, 1, voters)
+    assert len(data) > MAX_MESSAGE_SIZE
+    fits = data[:MAX_MESSAGE_SIZE]
+    with pytest.raises(RaftDecodeError, match=f"max {MAX_MESSAGE_SIZE}"):
+        decode_message(data[: MAX_MESSAGE_SIZE + 1])
+    with pytest.raises(RaftDecodeError) as info:
+        decode_message(fits)  # truncated, but not refused for its size
+    assert "max" not in str(info.value)
+
+
+def test_raft_decoder_refuses_tags_duplicates_and_trailers() -> None:
+    for data in (
+        cbor2.dumps(cbor2.CBORTag(28, [4, 1, True])),
+        raw(4, cbor2.CBORTag(2, b"\x01"), True),
+        raw(4, 1, True) + b"\x41x",
+        b"\x9f\x04\x01\xf5\xff",
+        raw(7, [[["deep"]]]),
+    ):
+        with pytest.raises(RaftDecodeError):
+            decode_message(data)
+    for buffer in (bytearray(raw(4, 1, True)), memoryview(raw(4, 1, True))):
+        assert decode_message(buffer) == VoteReply(1, True)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("size", "quorum"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4)])
+def test_quorum_is_a_strict_majority(size: int, quorum: int) -> None:
+    voters = [chr(ord("a") + i) for i in range(size)]
+    core = make("a", voters)
+    assert core.quorum == quorum
+
+
+def test_may_grant_rules() -> None:
+    core = make("a", ("a", "b", "c"))
+    v = core.version
+    assert core._may_grant("b", v, None)
+    assert not core._may_grant("z", v, None)  # not a voter
+    assert not core._may_grant("b", UNCONFIGURED, None)
+    assert not core._may_grant("b", (v[0], v[1] - 1) if v[1] else (-1, 0), None)
+    assert core._may_grant("b", (v[0], v[1] + 1), None)  # newer is fine
+    assert not core._may_grant("b", UNCONFIGURED, ("a", "b"))  # configured: no bootstrap
+    # A bootstrap: only between unconfigured nodes knowing the same members.
+    fresh = make("a", ())
+    fresh.observe(0.0, known={"a", "b"}, alive={"a", "b"})
+    assert fresh._may_grant("b", UNCONFIGURED, ("a", "b"))
+    assert not fresh._may_grant("b", UNCONFIGURED, ("a", "b", "c"))  # another proposal
+    assert not fresh._may_grant("c", UNCONFIGURED, ("a", "b"))  # proposer unknown
+    assert not fresh._may_grant("b", (1, 1), ("a", "b"))  # proposer claims a config
+    assert fresh._may_grant("b", (1, 1), None)  # a configured candidate, newer than us
+    assert fresh._may_grant("b", (0, 1), None) == (fresh.version <= (0, 1))
+
+
+def test_majority_of_acked_versions_commits() -> None:
+    core = make("a", ("a", "b", "c", "d", "e"))
+    now = fire(core)
+    for voter in ("b", "c"):
+        core.receive(now, voter, PreVoteReply(core.term, core.term + 1, granted=True))
+    for voter in ("b", "c"):
+        core.receive(now, voter, VoteReply(core.term, granted=True))
+    assert core.is_leader
+    core._acked_versions = {"b": core.version}
+    assert not core._holds_majority()  # a and b: 2 of 5
+    core._acked_versions["c"] = core.version
+    assert core._holds_majority()  # 3 of 5
+    core._acked_versions = {"b": core.version, "c": (0, 0)}
+    assert not core._holds_majority()  # c holds an older version
+
+
+def test_quorum_stamp_is_the_majoritys_oldest_ack() -> None:
+    core = make("a", ("a", "b", "c", "d", "e"))
+    now = fire(core)
+    for voter in ("b", "c"):
+        core.receive(now, voter, PreVoteReply(core.term, core.term + 1, granted=True))
+    for voter in ("b", "c"):
+        core.receive(now, voter, VoteReply(core.term, granted=True))
+    assert core.is_leader
+    core._acks = {"b": 5.0, "c": 3.0, "d": 4.0, "e": 1.0}
+    # Sorted newest first: a (inf), b 5, d 4, c 3, e 1; quorum 3 -> 4.0.
+    assert core._quorum_stamp() == 4.0
+    core._acks = {"b": 5.0}
+    assert core._quorum_stamp() == core._leader_since

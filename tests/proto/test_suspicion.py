@@ -137,3 +137,45 @@ def test_dogpile_table(peers: int, confirmations: int, expected: float) -> None:
     assert core.status_of(bad) is MemberStatus.SUSPECT
     core.tick(expected + 0.001)
     assert core.status_of(bad) is MemberStatus.DEAD
+
+
+# -- each rule pinned at its exact boundary -----------------------------------
+
+
+def test_suspicion_k_of_one_starts_at_the_maximum() -> None:
+    # k = 1 is the smallest k that shortens the timer: with no confirmation
+    # the suspicion runs for the maximum, one confirmation brings it to the
+    # minimum (k < 1 alone means "always the minimum").
+    timer = Suspicion(source="a", k=1, minimum=2.0, maximum=10.0, started=100.0)
+    assert timer.maximum == 10.0
+    assert timer.deadline() == 110.0
+    assert remaining_suspicion_time(0, 1, 0.0, 2.0, 10.0) == 10.0
+    assert timer.confirm("b")
+    assert timer.deadline() == 102.0
+    assert not timer.confirm("c")  # k reached: no news
+    zero = Suspicion(source="a", k=0, minimum=2.0, maximum=10.0, started=100.0)
+    assert zero.maximum == 2.0 and zero.deadline() == 102.0
+    assert remaining_suspicion_time(0, 0, 0.0, 2.0, 10.0) == 2.0
+
+
+def test_suspicion_bounds_for_tiny_and_empty_clusters() -> None:
+    # A cluster of 0 or 1 (a member alone) scales like 10: log10 floor of 1.
+    for n in (0, 1, 2, 10):
+        assert suspicion_bounds(
+            suspicion_mult=4, max_timeout_mult=6, probe_interval=1.0, cluster_size=n
+        ) == (4.0, 24.0)
+    low, high = suspicion_bounds(
+        suspicion_mult=4, max_timeout_mult=6, probe_interval=1.0, cluster_size=100
+    )
+    assert (low, high) == (8.0, 48.0)
+
+
+def test_suspicion_confirmations_are_not_a_constructor_argument() -> None:
+    # Only confirm() adds confirmations (so the source is always counted out).
+    with pytest.raises(TypeError):
+        Suspicion(  # type: ignore[call-arg]
+            source="a", k=2, minimum=1.0, maximum=2.0, started=0.0, confirmed_by={"b"}
+        )
+    timer = Suspicion(source="a", k=2, minimum=1.0, maximum=5.0, started=0.0)
+    assert timer.confirmations == 0
+    assert not timer.confirm("a")  # the source does not confirm itself

@@ -1062,3 +1062,18 @@ def test_a_join_not_remembered_is_not_rejoined() -> None:
     core.take_actions()
     core.tick(10.0)  # fewer alive than were: seeds would be rejoined now
     assert "passer-by" not in {s.address for s in streams(core.take_actions())}
+
+
+def test_swim_core_keeps_its_own_frozen_config() -> None:
+    import attrs as _attrs
+
+    from trio_distribute._proto.swim import SwimConfig
+
+    source = MembershipConfig.local()
+    core = SwimCore(name="me", address="me", config=source, rng=random.Random(1), now=0.0)
+    assert type(core.config) is SwimConfig
+    for field in _attrs.fields(SwimConfig):
+        assert getattr(core.config, field.name) == getattr(source, field.name)
+    with pytest.raises(_attrs.exceptions.FrozenInstanceError):
+        core.config.probe_interval = 5.0  # type: ignore[misc]
+    assert SwimConfig.of(core.config) is core.config

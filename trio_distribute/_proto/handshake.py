@@ -68,19 +68,20 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import io
 import secrets
-from collections.abc import Callable, Mapping
-from typing import Any, Final, NoReturn, TypeAlias
+from collections.abc import Callable
+from typing import Final, TypeAlias
 
 import attrs
 import cbor2
 
-from trio_distribute._cookie import cookie_keys
 from trio_distribute._ids import validate_cookie, validate_node_name
+from trio_distribute._proto._cbor import TagTable, decode_one
+from trio_distribute._proto.cookie_keys import cookie_keys
 from trio_distribute._proto.frames import MAX_PREAUTH_FRAME, FrameDecoder, frame
 from trio_distribute.errors import (
     AuthenticationError,
+    DecodeError,
     HandshakeError,
     ProtocolError,
     VersionMismatchError,
@@ -125,17 +126,9 @@ _ACCEPTOR_LABEL: Final = b"trio_distribute-handshake acceptor"
 
 _CBOR_MAX_DEPTH: Final = 8
 
-# Tag numbers cbor2 6.x decodes natively (found by decoding every tag number
-# from 0 to 69999, plus 2**32 - 1, 2**32, 2**63 and 2**64 - 1, with a
-# tag_hook that records what reaches it; these are the ones that never did).
-# They include value sharing (28/29) and string references (25/256), which
-# can build cyclic or amplified structures, and types such as regex (35) and
-# MIME (36) that have no business in a handshake. Each is overridden with a
-# decoder that refuses; every other tag reaches ``tag_hook``, which refuses too.
-_CBOR_NATIVE_TAGS: Final = (
-    0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100,
-    256, 258, 260, 261, 1004, 43000, 55799,
-)  # fmt: skip
+# Every tag is refused (a handshake message is plain data), by the kernel's
+# restricted decoder: see trio_distribute._proto._cbor.
+_NO_TAGS: Final = TagTable(context="the handshake")
 
 
 class LocalProtocolError(RuntimeError):
@@ -234,40 +227,12 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _refuse_tag(tag: cbor2.CBORTag, immutable: bool) -> NoReturn:
-    raise ValueError(f"CBOR tag {tag.tag} is not allowed in the handshake")
-
-
-def _refuse_semantic(*_args: object) -> NoReturn:
-    raise ValueError("CBOR semantic tags are not allowed in the handshake")
-
-
-_REFUSE_ALL_SEMANTIC: Final[Mapping[int, Callable[..., Any]]] = dict.fromkeys(
-    _CBOR_NATIVE_TAGS, _refuse_semantic
-)
-
-
 def _decode(payload: bytes) -> dict[str, object]:
     """Decode one handshake message, refusing anything but plain data."""
-    fp = io.BytesIO(payload)
     try:
-        value = cbor2.CBORDecoder(
-            fp,
-            tag_hook=_refuse_tag,
-            semantic_decoders=_REFUSE_ALL_SEMANTIC,
-            max_depth=_CBOR_MAX_DEPTH,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-        ).decode()
-    # The bytes are untrusted and cbor2 is a C extension: whatever it raises
-    # on them (CBORDecodeError normally, wrapping our refusals above, but we
-    # do not rely on it being the only type) is the peer's fault and must
-    # become a protocol failure rather than escape into the driver.
-    except Exception as exc:
+        value = decode_one(payload, tags=_NO_TAGS, max_depth=_CBOR_MAX_DEPTH)
+    except DecodeError as exc:
         raise _Violation(f"undecodable handshake message: {exc}") from None
-    if fp.tell() != len(payload):
-        raise _Violation("trailing bytes after the handshake message")
     if not isinstance(value, dict):
         raise _Violation(f"a handshake message must be a CBOR map, got {type(value).__name__}")
     for key in value:

@@ -147,7 +147,6 @@ requests, so a message is at most :data:`MAX_MESSAGE_SIZE` bytes.
 from __future__ import annotations
 
 import enum
-import io
 import math
 import random
 from collections.abc import Iterable
@@ -155,6 +154,10 @@ from typing import Any, Final, TypeAlias
 
 import attrs
 import cbor2
+
+from trio_distribute.errors import DecodeError
+
+from ._cbor import TagTable, decode_one
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
@@ -321,18 +324,9 @@ def encode_message(message: Message) -> bytes:
     return cbor2.dumps(fields)
 
 
-class _RefuseEveryTag(dict[int, Any]):
-    """``semantic_decoders`` that refuses every CBOR tag when its head is
-    read (raft messages contain none), before cbor2 decodes its content."""
-
-    def __missing__(self, tag: int) -> Any:
-        def refuse(immutable: bool) -> Any:
-            raise RaftDecodeError(f"CBOR tag {tag} in a raft message")
-
-        return cbor2.shareable_decoder(refuse)
-
-
-_NO_TAGS: Final = _RefuseEveryTag()
+# Raft messages carry no tags; the kernel's restricted decoder refuses
+# every tag at its head (see trio_distribute._proto._cbor).
+_NO_TAGS: Final = TagTable(context="a raft message")
 
 
 def decode_message(data: bytes) -> Message:
@@ -346,18 +340,10 @@ def decode_message(data: bytes) -> Message:
         raise RaftDecodeError(f"expected bytes, got {type(data).__name__}")
     if len(data) > MAX_MESSAGE_SIZE:
         raise RaftDecodeError(f"raft message of {len(data)} bytes (max {MAX_MESSAGE_SIZE})")
-    stream = io.BytesIO(bytes(data))
     try:
-        decoder = cbor2.CBORDecoder(
-            stream, semantic_decoders=_NO_TAGS, max_depth=3, allow_indefinite=False
-        )
-        value = decoder.decode()
-    except RaftDecodeError:
-        raise
-    except Exception as exc:
-        raise RaftDecodeError(f"malformed CBOR: {exc}") from None
-    if stream.tell() != len(data):
-        raise RaftDecodeError("trailing bytes after a raft message")
+        value = decode_one(data, tags=_NO_TAGS, max_depth=3)
+    except DecodeError as exc:
+        raise RaftDecodeError(str(exc)) from None
     return _from_fields(value)
 
 

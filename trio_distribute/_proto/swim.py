@@ -63,11 +63,10 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 
-from ..config import MembershipConfig
 from . import swim_wire as wire
 from .awareness import LocalHealth
 from .broadcast_queue import BroadcastQueue, retransmit_limit
@@ -83,8 +82,10 @@ __all__ = [
     "MemberStatus",
     "SendDatagram",
     "SendStream",
+    "SwimConfig",
     "SwimCore",
     "SwimDecodeError",
+    "SwimKnobs",
     "newer",
 ]
 
@@ -116,6 +117,64 @@ def newer(a: int, b: int) -> bool:
 def _not_older(a: int, b: int) -> bool:
     """``a`` equals ``b`` or is newer (the news about a member we act on)."""
     return a == b or newer(a, b)
+
+
+class SwimKnobs(Protocol):
+    """Anything that carries the protocol's knobs (the public
+    ``MembershipConfig`` does); :class:`SwimCore` copies them into its own
+    :class:`SwimConfig` when it is built."""
+
+    @property
+    def probe_interval(self) -> float: ...
+    @property
+    def probe_timeout(self) -> float: ...
+    @property
+    def indirect_checks(self) -> int: ...
+    @property
+    def suspicion_mult(self) -> int: ...
+    @property
+    def suspicion_max_timeout_mult(self) -> int: ...
+    @property
+    def retransmit_mult(self) -> int: ...
+    @property
+    def gossip_interval(self) -> float: ...
+    @property
+    def gossip_nodes(self) -> int: ...
+    @property
+    def push_pull_interval(self) -> float: ...
+    @property
+    def awareness_max_multiplier(self) -> int: ...
+    @property
+    def reconnect_interval(self) -> float: ...
+    @property
+    def reconnect_timeout(self) -> float: ...
+
+
+@attrs.frozen(kw_only=True)
+class SwimConfig:
+    """The core's own frozen copy of the knobs it runs on (validated by the
+    public configuration that supplies them; see :meth:`of`)."""
+
+    probe_interval: float
+    probe_timeout: float
+    indirect_checks: int
+    suspicion_mult: int
+    suspicion_max_timeout_mult: int
+    retransmit_mult: int
+    gossip_interval: float
+    gossip_nodes: int
+    push_pull_interval: float
+    awareness_max_multiplier: int
+    reconnect_interval: float
+    reconnect_timeout: float
+
+    @classmethod
+    def of(cls, knobs: SwimKnobs) -> SwimConfig:
+        """A frozen copy of ``knobs`` (returned as is if already one), so
+        the core never sees a later change to the caller's object."""
+        if isinstance(knobs, SwimConfig):
+            return knobs
+        return cls(**{name: getattr(knobs, name) for name in attrs.fields_dict(cls)})
 
 
 class MemberStatus(enum.Enum):
@@ -281,7 +340,7 @@ class SwimCore:
     Args:
         name: this member's unique name.
         address: where others reach it (datagrams and streams).
-        config: the protocol knobs.
+        config: the protocol knobs (copied into a :class:`SwimConfig`).
         rng: the only source of randomness.
         now: the current time (seconds, any monotonic origin).
         metadata: up to 512 bytes gossiped with this member.
@@ -308,7 +367,7 @@ class SwimCore:
         *,
         name: str,
         address: str,
-        config: MembershipConfig,
+        config: SwimKnobs,
         rng: random.Random,
         now: float,
         metadata: bytes = b"",
@@ -327,6 +386,7 @@ class SwimCore:
             raise ValueError(f"incarnation must be in [0, 2**63), got {incarnation}")
         self.name: Final = name
         self.address: Final = address
+        config = SwimConfig.of(config)
         self.config: Final = config
         self.lifeguard: Final = lifeguard
         self.stream_fallback: Final = stream_fallback

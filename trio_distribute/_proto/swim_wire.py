@@ -38,8 +38,8 @@ from typing import Any, Final
 import attrs
 import cbor2
 
-from ..codec import decode as _restricted_decode
 from ..errors import DecodeError
+from ._cbor import TagTable, payload_decoder
 
 __all__ = [
     "MAX_INCARNATION",
@@ -241,11 +241,16 @@ def pack(parts: Sequence[bytes]) -> bytes:
 # -- decoding -----------------------------------------------------------------
 
 
+# SWIM messages carry no tags: the kernel's restricted decoder refuses every
+# tag at its head (see trio_distribute._proto._cbor).
+_restricted_decode: Final = payload_decoder(TagTable(context="a SWIM message"), default_max_depth=4)
+
+
 def _load(payload: bytes, what: str) -> object:
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise SwimDecodeError(f"{what} must be bytes, got {type(payload).__name__}")
     try:
-        return _restricted_decode(payload, max_depth=4)
+        return _restricted_decode(payload)
     except DecodeError as exc:
         raise SwimDecodeError(f"bad {what}: {exc}") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:

@@ -1,0 +1,579 @@
+"""A small mutation tester for the protocol kernel and the codec.
+
+Usage, from the repository root (``nox -s mutate`` runs it for every module
+in :data:`MODULES`)::
+
+    python tests/mutation/mutate.py [MODULE ...] [--list] [--jobs N]
+
+For one module at a time it parses the source, makes one *mutant* per
+mutation site (a copy of the module with one small change), and runs that
+module's own test files against each mutant. A mutant the tests fail on is
+*killed*; one they pass on *survived*: either the change does not alter
+behaviour (an *equivalent* mutant, listed with its reason in
+``tests/mutation/equivalent.txt``) or a rule of the module is not pinned
+by any test. Any survivor not listed makes the run exit 1; a listed entry
+that no longer matches a surviving mutant is reported as stale (and fails
+too, so the file stays reviewed).
+
+The mutations (Python's ``ast``, so each is a real, compilable change):
+
+* comparisons flipped: ``<``/``<=``, ``>``/``>=``, ``==``/``!=``,
+  ``is``/``is not``, ``in``/``not in``;
+* ``and``/``or`` swapped; ``not x`` becomes ``x``; ``True``/``False``
+  swapped;
+* integer constants ``n`` become ``n + 1`` and ``n - 1``;
+* arithmetic: ``+``/``-``, ``*``/``//``, ``<<``/``>>``, ``&``/``|``;
+* one keyword argument of a call removed; a string argument of a method
+  call replaced (``.decode("utf-8", "ignore")`` -> ``"XXignoreXX"``);
+* one statement deleted (replaced by ``pass``): expression statements,
+  assignments, ``raise``, ``if``, ``for``, ``while``, ``continue``,
+  ``break``.
+
+Docstrings, annotations, ``__all__`` and the text of exception messages
+are left alone (a message's wording is not a rule).
+
+Each mutant runs in a forked child: the parent imports pytest and the
+heavy third-party modules once; the child installs an import hook that
+loads the mutated source in place of the module, then runs pytest with
+``-x`` (stop at the first failure) on the module's test files. A child
+that runs past a timeout (10x the clean run) counts as killed (a mutant
+that loops forever is caught).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import CodeType, ModuleType
+
+import attrs
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+EQUIVALENT_FILE = Path(__file__).resolve().parent / "equivalent.txt"
+
+#: module -> (its test files, pytest -k expression or "").
+MODULES: dict[str, tuple[tuple[str, ...], str]] = {
+    "trio_distribute._proto._cbor": (("tests/proto/test_cbor.py",), ""),
+    "trio_distribute._proto.frames": (("tests/proto/test_frames.py",), ""),
+    "trio_distribute._proto.suspicion": (("tests/proto/test_suspicion.py",), ""),
+    "trio_distribute._proto.broadcast_queue": (("tests/proto/test_broadcast_queue.py",), ""),
+    "trio_distribute._proto.handshake": (("tests/proto/test_handshake.py",), ""),
+    "trio_distribute.codec": (("tests/test_codec.py",), ""),
+    "trio_distribute._proto.raft": (("tests/proto/test_raft.py",), ""),
+}
+
+#: module -> the functions (qualified names, prefix match) to mutate; a
+#: module not listed is mutated whole. raft.py is mostly the election
+#: driver's logic (exercised by the simulations); its wire decoding and
+#: voter-set rules guard what peers send.
+FOCUS: dict[str, tuple[str, ...]] = {
+    "trio_distribute._proto.raft": (
+        "decode_message",
+        "_from_fields",
+        "_check_",
+        "_tuple",
+        "ElectionCore.quorum",
+        "ElectionCore._may_grant",
+        "ElectionCore._holds_majority",
+        "ElectionCore._round_voters",
+        "ElectionCore._round_quorum",
+        "ElectionCore.set_voters",
+        "ElectionCore._reconfigure",
+        "ElectionCore._quorum_stamp",
+    ),
+}
+
+_COMPARE_FLIPS: dict[type[ast.cmpop], type[ast.cmpop]] = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
+_BINOP_FLIPS: dict[type[ast.operator], type[ast.operator]] = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.FloorDiv,
+    ast.FloorDiv: ast.Mult,
+    ast.LShift: ast.RShift,
+    ast.RShift: ast.LShift,
+    ast.BitAnd: ast.BitOr,
+    ast.BitOr: ast.BitAnd,
+}
+_DELETABLE = (
+    ast.Expr,
+    ast.Assign,
+    ast.AugAssign,
+    ast.Raise,
+    ast.If,
+    ast.For,
+    ast.While,
+    ast.Continue,
+    ast.Break,
+)
+
+
+@attrs.frozen
+class Site:
+    """One mutation: where, what, and a key that survives unrelated edits."""
+
+    index: int
+    line: int
+    scope: str  # qualified name of the enclosing function or class
+    what: str  # e.g. "'<' -> '<='"
+    text: str  # the source line, stripped
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope} | {self.text} | {self.what}"
+
+
+class _Mutator(ast.NodeTransformer):
+    """Walks a module in a fixed order, numbering mutation sites; applies
+    the one numbered ``target`` (or none, collecting all, when -1)."""
+
+    def __init__(self, lines: Sequence[str], target: int = -1) -> None:
+        self.lines = lines
+        self.target = target
+        self.sites: list[Site] = []
+        self.scope: list[str] = []
+        self.applied = False
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _site(self, node: ast.AST, what: str) -> bool:
+        """Record a site; True if it is the one to apply."""
+        line = getattr(node, "lineno", 0)
+        text = self.lines[line - 1].strip() if line else ""
+        index = len(self.sites)
+        self.sites.append(Site(index, line, ".".join(self.scope) or "<module>", what, text))
+        if index == self.target:
+            self.applied = True
+            return True
+        return False
+
+    def _scoped(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> ast.AST:
+        self.scope.append(node.name)
+        try:
+            # Leave annotations, decorators' arguments aside: body only,
+            # plus default values (which are behaviour).
+            if not isinstance(node, ast.ClassDef):
+                node.args = self.visit(node.args)
+            node.body = self._body(node.body)
+        finally:
+            self.scope.pop()
+        return node
+
+    def _body(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for stmt in body:
+            if _is_docstring(stmt):  # a docstring, or an attribute's
+                out.append(stmt)
+                continue
+            if (
+                self.scope
+                and isinstance(stmt, _DELETABLE)
+                and not _is_ellipsis(stmt)
+                and self._site(stmt, f"delete {type(stmt).__name__.lower()}")
+            ):
+                out.append(ast.copy_location(ast.Pass(), stmt))
+                continue
+            out.append(self.visit(stmt))
+        return out
+
+    # -- structure -------------------------------------------------------------
+
+    def visit_Module(self, node: ast.Module) -> ast.AST:
+        node.body = self._body(node.body)
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        return self._scoped(node)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.AST:
+        return self._scoped(node)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        return self._scoped(node)
+
+    def visit_arg(self, node: ast.arg) -> ast.AST:
+        return node  # annotations
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        if node.value is not None:
+            node.value = self.visit(node.value)
+        return node
+
+    def visit_Assign(self, node: ast.Assign) -> ast.AST:
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return node
+        return self.generic_visit(node)
+
+    def visit_If(self, node: ast.If) -> ast.AST:
+        if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            return node
+        node.test = self.visit(node.test)
+        node.body = self._body(node.body)
+        node.orelse = self._body(node.orelse)
+        return node
+
+    def visit_For(self, node: ast.For) -> ast.AST:
+        node.iter = self.visit(node.iter)
+        node.body = self._body(node.body)
+        node.orelse = self._body(node.orelse)
+        return node
+
+    def visit_While(self, node: ast.While) -> ast.AST:
+        node.test = self.visit(node.test)
+        node.body = self._body(node.body)
+        node.orelse = self._body(node.orelse)
+        return node
+
+    def visit_With(self, node: ast.With) -> ast.AST:
+        node.items = [self.visit(item) for item in node.items]
+        node.body = self._body(node.body)
+        return node
+
+    def visit_Try(self, node: ast.Try) -> ast.AST:
+        node.body = self._body(node.body)
+        for handler in node.handlers:
+            handler.body = self._body(handler.body)
+        node.orelse = self._body(node.orelse)
+        node.finalbody = self._body(node.finalbody)
+        return node
+
+    def visit_Raise(self, node: ast.Raise) -> ast.AST:
+        return node  # the exception and its message: not a rule
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:
+        return node  # message text
+
+    def visit_Assert(self, node: ast.Assert) -> ast.AST:
+        return node
+
+    # -- mutations -------------------------------------------------------------
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        for i, op in enumerate(node.ops):
+            flipped = _COMPARE_FLIPS.get(type(op))
+            if flipped is not None and self._site(
+                node, f"{_op_text(op)!r} -> {_op_text(flipped())!r} #{i}"
+            ):
+                node.ops = [*node.ops[:i], flipped(), *node.ops[i + 1 :]]
+        return node
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        self.generic_visit(node)
+        swapped: ast.boolop = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        if self._site(node, f"{_op_text(node.op)!r} -> {_op_text(swapped)!r}"):
+            node.op = swapped
+        return node
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not) and self._site(node, "drop 'not'"):
+            return node.operand
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        flipped = _BINOP_FLIPS.get(type(node.op))
+        if flipped is not None and self._site(
+            node, f"{_op_text(node.op)!r} -> {_op_text(flipped())!r}"
+        ):
+            node.op = flipped()
+        return node
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        value = node.value
+        if isinstance(value, bool):
+            if self._site(node, f"{value} -> {not value}"):
+                return ast.copy_location(ast.Constant(not value), node)
+        elif isinstance(value, int):
+            for delta in (1, -1):
+                if self._site(node, f"{value} -> {value + delta}"):
+                    return ast.copy_location(ast.Constant(value + delta), node)
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        node.func = self.visit(node.func)
+        method = isinstance(node.func, ast.Attribute) and not _is_logger(node.func)
+        args: list[ast.expr] = []
+        for i, arg in enumerate(node.args):
+            if (
+                method
+                and isinstance(arg, ast.Constant)
+                and isinstance(arg.value, str)
+                and self._site(arg, f"argument {i} {arg.value!r} -> 'XX{arg.value}XX'")
+            ):
+                args.append(ast.copy_location(ast.Constant(f"XX{arg.value}XX"), arg))
+            else:
+                args.append(self.visit(arg))
+        node.args = args
+        keywords: list[ast.keyword] = []
+        for kw in node.keywords:
+            if kw.arg is not None and self._site(node, f"drop keyword {kw.arg}="):
+                continue
+            kw.value = self.visit(kw.value)
+            keywords.append(kw)
+        node.keywords = keywords
+        return node
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Constant)
+        and isinstance(stmt.value.value, str)
+    )
+
+
+def _is_ellipsis(stmt: ast.stmt) -> bool:
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Constant)
+        and stmt.value.value is Ellipsis
+    )
+
+
+def _is_logger(func: ast.Attribute) -> bool:
+    return isinstance(func.value, ast.Name) and func.value.id in ("logger", "log", "logging")
+
+
+def _op_text(op: ast.AST) -> str:
+    return {
+        ast.Lt: "<",
+        ast.LtE: "<=",
+        ast.Gt: ">",
+        ast.GtE: ">=",
+        ast.Eq: "==",
+        ast.NotEq: "!=",
+        ast.Is: "is",
+        ast.IsNot: "is not",
+        ast.In: "in",
+        ast.NotIn: "not in",
+        ast.And: "and",
+        ast.Or: "or",
+        ast.Add: "+",
+        ast.Sub: "-",
+        ast.Mult: "*",
+        ast.FloorDiv: "//",
+        ast.LShift: "<<",
+        ast.RShift: ">>",
+        ast.BitAnd: "&",
+        ast.BitOr: "|",
+    }[type(op)]
+
+
+def module_path(module: str) -> Path:
+    return ROOT / (module.replace(".", "/") + ".py")
+
+
+def sites(module: str) -> list[Site]:
+    source = module_path(module).read_text()
+    mutator = _Mutator(source.splitlines())
+    mutator.visit(ast.parse(source))
+    focus = FOCUS.get(module)
+    if focus:
+        return [s for s in mutator.sites if s.scope.startswith(focus)]
+    return mutator.sites
+
+
+def mutant_code(module: str, index: int) -> CodeType:
+    path = module_path(module)
+    source = path.read_text()
+    mutator = _Mutator(source.splitlines(), target=index)
+    tree = ast.fix_missing_locations(mutator.visit(ast.parse(source)))
+    assert mutator.applied, f"mutation {index} not applied"
+    return compile(tree, str(path), "exec")
+
+
+class _MutantFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Loads ``module`` from a mutated code object instead of its file."""
+
+    def __init__(self, module: str, code: CodeType) -> None:
+        self.module = module
+        self.code = code
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.module:
+            return None
+        return importlib.util.spec_from_loader(fullname, self, origin=str(module_path(fullname)))
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__file__ = str(module_path(self.module))
+        exec(self.code, module.__dict__)
+
+
+def _pytest_args(module: str) -> list[str]:
+    files, select = MODULES[module]
+    args = [*files, "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header"]
+    args += ["-o", "addopts=", "--tb=no", "--timeout=60"]
+    if select:
+        args += ["-k", select]
+    return args
+
+
+def _run_child(module: str, code: CodeType | None) -> int:
+    """Run the module's tests in this (forked) process; never returns."""
+    import pytest
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    if code is not None:
+        sys.meta_path.insert(0, _MutantFinder(module, code))
+    try:
+        status = int(pytest.main(_pytest_args(module)))
+    except BaseException:
+        import traceback
+
+        with open(os.environ.get("MUTATE_CHILD_LOG", os.devnull), "a") as log:
+            traceback.print_exc(file=log)
+        status = 99
+    os._exit(status)
+
+
+def run_tests(module: str, code: CodeType | None, timeout: float) -> tuple[int, float]:
+    """(exit status, seconds): the module's tests against ``code``."""
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.setpgid(0, 0)
+        _run_child(module, code)
+    deadline = start + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), time.monotonic() - start
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return -signal.SIGKILL, time.monotonic() - start
+        time.sleep(0.02)
+
+
+def load_equivalents() -> dict[str, dict[str, str]]:
+    """module -> {site key: reason} from the reviewed file."""
+    found: dict[str, dict[str, str]] = {}
+    for raw in EQUIVALENT_FILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        module, scope, text, what, reason = (part.strip() for part in line.split(" | ", 4))
+        if not reason:
+            raise SystemExit(f"{EQUIVALENT_FILE}: no reason given for {line!r}")
+        found.setdefault(module, {})[f"{scope} | {text} | {what}"] = reason
+    return found
+
+
+@attrs.define
+class Result:
+    module: str
+    mutants: int = 0
+    killed: int = 0
+    equivalent: int = 0
+    survivors: list[Site] = attrs.Factory(list)
+    stale: list[str] = attrs.Factory(list)
+
+    @property
+    def rate(self) -> float:
+        real = self.mutants - self.equivalent
+        return 100.0 * self.killed / real if real else 100.0
+
+
+def mutate(module: str, equivalents: dict[str, str], *, only: set[int] | None = None) -> Result:
+    all_sites = sites(module)
+    status, clean = run_tests(module, None, timeout=600)
+    if status != 0:
+        raise SystemExit(f"{module}: the tests fail on the unmutated module (status {status})")
+    timeout = max(10.0, 10 * clean)
+    result = Result(module)
+    seen_equivalent: set[str] = set()
+    print(f"{module}: {len(all_sites)} mutants, clean run {clean:.1f} s", flush=True)
+    for site in all_sites:
+        if only is not None and site.index not in only:
+            continue
+        result.mutants += 1
+        try:
+            code = mutant_code(module, site.index)
+        except SyntaxError:
+            result.killed += 1  # cannot even load
+            continue
+        status, _ = run_tests(module, code, timeout)
+        if status != 0:
+            result.killed += 1
+        elif site.key in equivalents:
+            result.equivalent += 1
+            seen_equivalent.add(site.key)
+        else:
+            result.survivors.append(site)
+            print(f"  SURVIVED #{site.index} line {site.line}: {site.key}", flush=True)
+    if only is None:
+        result.stale = sorted(set(equivalents) - seen_equivalent)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="dotted names or short names (codec, frames)")
+    parser.add_argument("--list", action="store_true", help="print the mutants and exit")
+    parser.add_argument("--only", help="comma-separated mutant numbers to run")
+    args = parser.parse_args(argv)
+    chosen = [_expand(m) for m in args.modules] or list(MODULES)
+    if args.list:
+        for module in chosen:
+            for site in sites(module):
+                print(f"{module} #{site.index} line {site.line}: {site.key}")
+        return 0
+    os.chdir(ROOT)
+    equivalents = load_equivalents()
+    only = {int(n) for n in args.only.split(",")} if args.only else None
+    results = [mutate(m, equivalents.get(m, {}), only=only) for m in chosen]
+    print()
+    print(f"{'module':40s} {'mutants':>7s} {'killed':>6s} {'real':>5s} {'equiv':>5s} {'rate':>6s}")
+    failed = False
+    for r in results:
+        print(
+            f"{r.module:40s} {r.mutants:7d} {r.killed:6d} {len(r.survivors):5d} "
+            f"{r.equivalent:5d} {r.rate:5.1f}%"
+        )
+        for key in r.stale:
+            print(f"  stale entry in equivalent.txt (no longer a surviving mutant): {key}")
+        failed |= bool(r.survivors or r.stale)
+    return 1 if failed else 0
+
+
+def _expand(name: str) -> str:
+    if name in MODULES:
+        return name
+    for module in MODULES:
+        if module.rsplit(".", 1)[-1] == name or module.endswith("." + name):
+            return module
+    raise SystemExit(f"unknown module {name!r}; known: {', '.join(MODULES)}")
+
+
+if __name__ == "__main__":
+    # Heavy imports once, in the parent, so each forked mutant starts warm.
+    import cbor2  # noqa: F401
+    import pytest  # noqa: F401
+    import trio  # noqa: F401
+
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""The package's layering, read from its source with ``ast``.
+
+Three rules, each checked over every module of ``trio_distribute``:
+
+1. **The protocol kernel is self-contained.** ``trio_distribute._proto``
+   (the sans-IO cores, wire formats and the restricted CBOR decoder)
+   imports nothing from the package outside itself except
+   ``trio_distribute.errors`` and ``trio_distribute._ids``: no config, no
+   process-wide settings, no transport, no codec.
+2. **No import cycle** among the package's modules at module level.
+   Imports under ``if TYPE_CHECKING:`` and imports inside functions are
+   left out: neither runs when the module loads.
+3. **Services keep their private names.** A *service* is a top-level module
+   of the package (``transport``, ``node``, ``registry``...) or a top-level
+   subpackage (``cluster``, ``election``, ``_proto``, ``testing``). A module
+   may import a private name (one leading underscore) only from its own
+   service: ``from ..transport import _pending`` in ``node.py`` fails, and
+   so does reading ``transport._pending`` through an imported module.
+   Private *modules* (``_ids``, ``_backend``...) are shared building
+   blocks; their public names are for everyone in the package.
+   And an object a service holds is used through its public surface: no
+   ``self.<collaborator>._name`` reads (``self.transport._task_group``),
+   except the reaches listed in ``KNOWN_REACHES``, each with the reason it
+   is still there; an entry that no longer occurs fails too, so the list
+   only shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+PACKAGE = "trio_distribute"
+ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+KERNEL = f"{PACKAGE}._proto"
+KERNEL_MAY_IMPORT = frozenset({f"{PACKAGE}.errors", f"{PACKAGE}._ids"})
+
+
+@attrs.frozen
+class Import:
+    module: str  # the importing module
+    target: str  # the module imported (for ``from X import name``: X, or X.name if a module)
+    names: tuple[str, ...]  # the names imported from ``target`` ("" for ``import X``)
+    module_level: bool  # runs at import time (not in a function, not TYPE_CHECKING-only)
+    line: int
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str:
+    """The absolute module named by a (possibly relative) import."""
+    if level == 0:
+        return name or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join([*base, name] if name else base)
+
+
+@functools.cache
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
+
+
+def imports(module: str, path: Path, known: set[str]) -> Iterator[Import]:
+    tree = parse(path)
+    is_package = path.name == "__init__.py"
+
+    def walk(nodes: list[ast.stmt], module_level: bool) -> Iterator[Import]:
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    yield Import(module, alias.name, ("",), module_level, node.lineno)
+            elif isinstance(node, ast.ImportFrom):
+                target = _resolve(module, is_package, node.level, node.module)
+                plain: list[str] = []
+                for alias in node.names:
+                    submodule = f"{target}.{alias.name}"
+                    if submodule in known:  # ``from . import swim_wire``
+                        yield Import(module, submodule, ("",), module_level, node.lineno)
+                    else:
+                        plain.append(alias.name)
+                if plain:
+                    yield Import(module, target, tuple(plain), module_level, node.lineno)
+            elif isinstance(node, ast.If) and _is_type_checking(node.test):
+                yield from walk(node.body, False)
+                yield from walk(node.orelse, module_level)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                yield from walk(node.body, False)
+            elif isinstance(node, ast.ClassDef):
+                yield from walk(node.body, module_level)
+            else:
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    inner = getattr(node, field, None)
+                    if isinstance(inner, list):
+                        stmts = [s for s in inner if isinstance(s, ast.stmt)]
+                        for handler in inner:
+                            if isinstance(handler, ast.ExceptHandler):
+                                stmts.extend(handler.body)
+                        yield from walk(stmts, module_level)
+
+    yield from walk(tree.body, True)
+
+
+@functools.cache
+def _all_imports() -> tuple[Import, ...]:
+    found = modules()
+    known = set(found)
+    return tuple(imp for name, path in found.items() for imp in imports(name, path, known))
+
+
+def all_imports() -> list[Import]:
+    return list(_all_imports())
+
+
+def service(module: str) -> str:
+    """``trio_distribute.cluster.membership`` -> ``cluster``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def in_package(target: str) -> bool:
+    return target == PACKAGE or target.startswith(PACKAGE + ".")
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+# -- rule 1 -------------------------------------------------------------------
+
+
+def kernel_violations(found: list[Import]) -> list[str]:
+    bad = []
+    for imp in found:
+        if not (imp.module == KERNEL or imp.module.startswith(KERNEL + ".")):
+            continue
+        if not in_package(imp.target):
+            continue
+        if imp.target == KERNEL or imp.target.startswith(KERNEL + "."):
+            continue
+        if imp.target in KERNEL_MAY_IMPORT:
+            continue
+        bad.append(f"{imp.module}:{imp.line} imports {imp.target}")
+    return bad
+
+
+def test_kernel_imports_nothing_outside_itself_but_errors_and_ids() -> None:
+    assert kernel_violations(all_imports()) == []
+
+
+def test_kernel_rule_catches_a_forbidden_import() -> None:
+    # The checker itself: each way a kernel module could reach outside.
+    for target in (f"{PACKAGE}.config", f"{PACKAGE}.codec", f"{PACKAGE}.settings"):
+        imp = Import(f"{KERNEL}.swim", target, ("x",), True, 1)
+        assert kernel_violations([imp]) == [f"{KERNEL}.swim:1 imports {target}"]
+    # ...including an import that only runs inside a function.
+    assert kernel_violations([Import(f"{KERNEL}.raft", f"{PACKAGE}.node", ("",), False, 3)])
+    ok = [
+        Import(f"{KERNEL}.swim", f"{PACKAGE}.errors", ("DecodeError",), True, 1),
+        Import(f"{KERNEL}.handshake", f"{PACKAGE}._ids", ("validate_node_name",), True, 1),
+        Import(f"{KERNEL}.swim", f"{KERNEL}.swim_wire", ("",), True, 1),
+        Import(f"{KERNEL}.swim", "attrs", ("",), True, 1),
+        Import(f"{PACKAGE}.node", f"{PACKAGE}.config", ("x",), True, 1),
+    ]
+    assert kernel_violations(ok) == []
+
+
+def test_relative_imports_resolve() -> None:
+    assert _resolve(f"{KERNEL}.swim", False, 2, "config") == f"{PACKAGE}.config"
+    assert _resolve(f"{KERNEL}.swim", False, 1, "swim_wire") == f"{KERNEL}.swim_wire"
+    assert _resolve(KERNEL, True, 1, "frames") == f"{KERNEL}.frames"
+    assert _resolve(f"{PACKAGE}.node", False, 1, None) == PACKAGE
+
+
+# -- rule 2 -------------------------------------------------------------------
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle in ``edges`` (module -> modules it imports), if any."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state:
+            found = visit(start)
+            if found:
+                return found
+    return None
+
+
+def module_graph(found: list[Import]) -> dict[str, set[str]]:
+    known = set(modules())
+    edges: dict[str, set[str]] = {name: set() for name in known}
+    for imp in found:
+        if not imp.module_level or imp.target not in known or imp.target == imp.module:
+            continue
+        edges[imp.module].add(imp.target)
+    # Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first.
+    for name in known:
+        for target in list(edges[name]):
+            parts = target.split(".")
+            for i in range(1, len(parts)):
+                parent = ".".join(parts[:i])
+                if parent in known and parent != name and not name.startswith(parent + "."):
+                    edges[name].add(parent)
+    return edges
+
+
+def test_no_import_cycle_at_module_level() -> None:
+    assert find_cycle(module_graph(all_imports())) is None
+
+
+def test_cycle_finder_finds_cycles() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"a"}}) == ["a", "a"]
+
+
+def test_type_checking_and_function_imports_are_not_module_level(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import trio_distribute.a\n"
+        "if TYPE_CHECKING:\n"
+        "    import trio_distribute.b\n"
+        "def f():\n"
+        "    import trio_distribute.c\n"
+        "try:\n"
+        "    import trio_distribute.d\n"
+        "except ImportError:\n"
+        "    import trio_distribute.e\n"
+    )
+    found = {imp.target: imp.module_level for imp in imports(f"{PACKAGE}.m", source, set())}
+    assert found == {
+        "typing": True,
+        f"{PACKAGE}.a": True,
+        f"{PACKAGE}.b": False,
+        f"{PACKAGE}.c": False,
+        f"{PACKAGE}.d": True,
+        f"{PACKAGE}.e": True,
+    }
+
+
+# -- rule 3 -------------------------------------------------------------------
+
+
+def private_violations(
+    found: list[Import], attribute_reads: list[tuple[str, str, str, int]]
+) -> list[str]:
+    bad = []
+    for imp in found:
+        if not in_package(imp.target) or service(imp.target) == service(imp.module):
+            continue
+        for name in imp.names:
+            if is_private(name) and f"{imp.target}.{name}" not in MODULE_NAMES:
+                bad.append(f"{imp.module}:{imp.line} imports {imp.target}.{name}")
+    for module, target, name, line in attribute_reads:
+        if (
+            service(target) != service(module)
+            and is_private(name)
+            and f"{target}.{name}" not in MODULE_NAMES
+        ):
+            bad.append(f"{module}:{line} reads {target}.{name}")
+    return bad
+
+
+MODULE_NAMES = frozenset(modules())
+
+
+def module_attribute_reads() -> list[tuple[str, str, str, int]]:
+    """``alias.name`` where ``alias`` is a package module bound by an import."""
+    known = set(MODULE_NAMES)
+    reads = []
+    for module, path in modules().items():
+        tree = parse(path)
+        is_package = path.name == "__init__.py"
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in known:
+                        aliases[alias.asname or alias.name] = alias.name
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(module, is_package, node.level, node.module)
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in known:
+                        aliases[alias.asname or alias.name] = f"{base}.{alias.name}"
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+            ):
+                reads.append((module, aliases[node.value.id], node.attr, node.lineno))
+    return reads
+
+
+def test_services_do_not_import_each_others_private_names() -> None:
+    assert private_violations(all_imports(), module_attribute_reads()) == []
+
+
+def test_private_rule_catches_a_reach_into_another_service() -> None:
+    transport, node = f"{PACKAGE}.transport", f"{PACKAGE}.node"
+    assert private_violations([Import(node, transport, ("_pending",), True, 5)], []) == [
+        f"{node}:5 imports {transport}._pending"
+    ]
+    assert private_violations([], [(node, transport, "_pending", 7)]) == [
+        f"{node}:7 reads {transport}._pending"
+    ]
+    # Within one service, and for private *modules*, it is fine.
+    membership, gossip = f"{PACKAGE}.cluster.membership", f"{PACKAGE}.cluster.gossip"
+    assert private_violations([Import(membership, gossip, ("_seal",), True, 1)], []) == []
+    assert private_violations([Import(node, PACKAGE, ("_ids",), True, 1)], []) == []
+    assert private_violations([Import(node, f"{PACKAGE}._ids", ("Pid",), True, 1)], []) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        (f"{PACKAGE}.cluster.membership", "cluster"),
+        (f"{PACKAGE}.node", "node"),
+        (f"{KERNEL}.swim", "_proto"),
+        (PACKAGE, ""),
+    ],
+)
+def test_service_of_a_module(module: str, expected: str) -> None:
+    assert service(module) == expected
+
+
+# (module, collaborator attribute, private name): reaches still in the code.
+KNOWN_REACHES = {
+    # The applier schedules slices in the transport's task group; the
+    # transport does not expose it yet (its network seam will).
+    (f"{PACKAGE}._applier", "transport", "_task_group"),
+}
+
+
+def collaborator_reaches(source: str, module: str) -> set[tuple[str, str, str]]:
+    """Every ``self.<attr>._private`` read in ``source``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Attribute)
+            and is_private(node.attr)
+            and isinstance(node.value, ast.Attribute)
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"
+        ):
+            found.add((module, node.value.attr, node.attr))
+    return found
+
+
+def test_services_use_collaborators_through_their_public_surface() -> None:
+    found: set[tuple[str, str, str]] = set()
+    for module, path in modules().items():
+        found |= collaborator_reaches(path.read_text(), module)
+    assert found - KNOWN_REACHES == set(), "a service reads another object's private state"
+    assert KNOWN_REACHES - found == set(), "a listed reach is gone: remove it from KNOWN_REACHES"
+
+
+def test_collaborator_rule_sees_reaches() -> None:
+    source = "class A:\n    def f(self):\n        return self.transport._conns, self._own, x._y\n"
+    assert collaborator_reaches(source, "m") == {("m", "transport", "_conns")}
