@@ -367,6 +367,13 @@ KNOWN_REACHES = {
     # The applier schedules slices in the transport's task group; the
     # transport does not expose it yet (its network seam will).
     (f"{PACKAGE}._applier", "transport", "_task_group"),
+    # A supervisor's children are processes it runs in its own task group:
+    # it creates and ends them through the node's process table, which has
+    # no public constructor.
+    (f"{PACKAGE}.supervisor", "node", "_processes"),
+    # The fake network's hosts and the network are one module's classes.
+    (f"{PACKAGE}.testing._fake_network", "network", "_streams"),
+    (f"{PACKAGE}.testing._fake_network", "network", "_waiters"),
 }
 
 

@@ -140,7 +140,7 @@ class Calls:
                 raise ValueError(f"process {process.pid} cannot call itself")
             # What the callee would get over the wire (a copy, tuples as
             # lists; what cannot travel raises here), as for a local send.
-            request, size = processes._local_copy(_SEND, pid, request)
+            request, size = processes.local_copy(_SEND, pid, request)
             callee = processes.lookup(pid)
             if callee is None:
                 raise ProcessDownError(ExitReason(ExitKind.NOPROC), dest)
@@ -249,7 +249,7 @@ class Calls:
         if caller.node == transport.name:
             # As over the wire: a copy, and what cannot travel raises with
             # the call still unanswered.
-            value, _ = self.processes._local_copy(_SEND, caller, value)
+            value, _ = self.processes.local_copy(_SEND, caller, value)
             call._replied = True
             pending = self._pending.get(call.ref)
             if pending is None or pending.caller != caller or pending.finished:
@@ -258,7 +258,7 @@ class Calls:
                 pending.value = value
                 pending.replied = True
                 self._settle(pending)
-            await self.processes._maybe_yield()
+            await self.processes.maybe_yield()
             return
         # Encoded first: a value that cannot travel raises with the call
         # still unanswered, so the callee can reply again with another.
@@ -278,7 +278,7 @@ class Calls:
             conn.write(data)
         # Like send: a full yield only now and then (a server replying in a
         # loop would otherwise pay a scheduler pass per reply).
-        await self.processes._maybe_yield()
+        await self.processes.maybe_yield()
 
     def _unserve(self, ref: Ref, node: str) -> None:
         entry = self._serving.get(ref)

@@ -135,6 +135,7 @@ import cbor2
 
 from ._ids import Pid, Ref
 from ._proto._cbor import FinalDecodeError, PayloadDecode, TagTable, payload_decoder
+from ._proto._sliced import SLICE_BYTES, SlicedDecoder, Steps
 from .errors import DecodeError, EncodeError, MessageTooLargeError
 
 __all__ = [
@@ -821,14 +822,84 @@ _SEMANTIC: Final = TagTable(
 )
 
 
-decode: Final[PayloadDecode] = payload_decoder(
-    _SEMANTIC,
-    default_max_depth=DEFAULT_MAX_DEPTH,
-    map_key_hint=(
-        f": a CBOR map may only have text or byte-string keys (a dict "
-        f"with other keys travels as tag {KEYED_MAP_TAG})"
-    ),
+_MAP_KEY_HINT: Final = (
+    f": a CBOR map may only have text or byte-string keys (a dict "
+    f"with other keys travels as tag {KEYED_MAP_TAG})"
 )
+
+decode: Final[PayloadDecode] = payload_decoder(
+    _SEMANTIC, default_max_depth=DEFAULT_MAX_DEPTH, map_key_hint=_MAP_KEY_HINT
+)
+
+
+def _finished(finish: Callable[[Any], object]) -> Callable[[Any], Steps]:
+    """A tag finisher as a sliced decode step (it runs in one go)."""
+
+    def steps(content: Any) -> Steps:
+        value = finish(content)
+        yield  # one pause after a tag is finished, like after any slice
+        return value
+
+    return steps
+
+
+def _finish_keyed_map_in_slices(value: Any) -> Steps:
+    """:func:`_finish_keyed_map` for a big keyed map (millions of keys):
+    the keys are hashed, and the dict built, a slice at a time."""
+    if type(value) is not list or len(value) % 2 or len(value) < 2 * _KEY_SLICE:
+        return _finish_keyed_map(value)  # small, or refused with its reason
+    keys, values = value[0::2], value[1::2]
+    hashes: set[int] = set()
+    for start in range(0, len(keys), _KEY_SLICE):
+        try:
+            hashes.update(map(hash, keys[start : start + _KEY_SLICE]))
+        except TypeError:
+            return _finish_keyed_map(value)  # refused: an unhashable key
+        yield
+    if len(keys) - len(hashes) > MAX_EQUAL_HASH_KEYS:
+        raise _CollidingKeys(_collision_refusal(len(keys), len(hashes)))
+    result: dict[Any, Any] = {}
+    for start in range(0, len(keys), _KEY_SLICE):
+        part = slice(start, start + _KEY_SLICE)
+        result.update(zip(keys[part], values[part], strict=True))
+        yield
+    if len(result) != len(keys):
+        raise DecodeError(f"duplicate key in a keyed map ({len(keys) - len(result)} repeated)")
+    return result
+
+
+_KEY_SLICE: Final = 16384
+
+_SLICED: Final = SlicedDecoder(
+    _SEMANTIC,
+    {
+        PID_TAG: _finished(_finish_pid),
+        REF_TAG: _finished(_finish_ref),
+        MESSAGE_TAG: _finished(_finish_message),
+        KEYED_MAP_TAG: _finish_keyed_map_in_slices,
+    },
+    immutable_tags=frozenset({FROZEN_TAG}),
+    default_max_depth=DEFAULT_MAX_DEPTH,
+    map_key_hint=_MAP_KEY_HINT,
+)
+
+
+def decode_steps(
+    data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, slice_bytes: int = SLICE_BYTES
+) -> Steps:
+    """:func:`decode` for a big payload, as a generator: each ``next()``
+    decodes at most ``slice_bytes`` of input, and the value comes with
+    ``StopIteration``. The result and the refusals are those of
+    :func:`decode`, except that a tuple or message dict key bigger than
+    ``slice_bytes`` is refused. ``trio_distribute`` drives it for frames
+    over ``SLICED_ABOVE`` bytes, letting other tasks run between slices.
+
+    Raises (from ``next``):
+        DecodeError: as :func:`decode`.
+    """
+    return _SLICED.steps(data, max_depth=max_depth, slice_bytes=slice_bytes)
+
+
 # The kernel's decoder is a closure; present it as this module's function.
 decode.__module__ = __name__
 decode.__qualname__ = decode.__name__ = "decode"  # type: ignore[attr-defined]

@@ -78,6 +78,12 @@ def current_process() -> Process | None:
     return _current.get()
 
 
+def become_process(process: Process) -> None:
+    """Make ``process`` the current process of the calling task's context
+    (for a task that runs a process's body itself, as a supervisor does)."""
+    _current.set(process)
+
+
 def _check_name(name: object) -> str:
     return check_label(name, "a process name", MAX_NAME_LENGTH)
 
@@ -565,13 +571,13 @@ class Processes:
                 else:
                     await self._checkpoints[1]()
                 return
-            copy, size = self._local_copy(_SEND, dest, message)
+            copy, size = self.local_copy(_SEND, dest, message)
             self._deliver(dest, copy, size)
         elif isinstance(dest, str):
             process = self._names.get(dest)
             if process is None:
                 raise NameNotFoundError(dest)
-            copy, size = self._local_copy(_SEND_NAMED, dest, message)
+            copy, size = self.local_copy(_SEND_NAMED, dest, message)
             self._put(process, copy, size)
         elif isinstance(dest, tuple) and len(dest) == 2:
             name, node = dest
@@ -581,7 +587,7 @@ class Processes:
                 return
             # Like Erlang's {Name, node()} ! Msg: no error, only a count
             # (after the same encoding check as a remote send).
-            copy, size = self._local_copy(_SEND_NAMED, _check_name(name), message)
+            copy, size = self.local_copy(_SEND_NAMED, _check_name(name), message)
             process = self._names.get(name)
             if process is None:
                 self.dropped(None, "unknown_name")
@@ -589,7 +595,7 @@ class Processes:
                 self._put(process, copy, size)
         else:
             raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
-        await self._maybe_yield()
+        await self.maybe_yield()
 
     async def _send_traced(self, dest: Pid | str | tuple[str, str], message: Any, cid: str) -> None:
         """``send`` when a correlation id is current: the message carries it
@@ -599,13 +605,13 @@ class Processes:
             if dest.node != transport.name:
                 await self._send_item(dest.node, [Kind.SEND_TRACED, dest, message, cid])
                 return
-            copy, size = self._local_copy(_SEND, dest, message, _head(len(cid)) + len(cid))
+            copy, size = self.local_copy(_SEND, dest, message, _head(len(cid)) + len(cid))
             self._deliver(dest, Traced(copy, cid), size)
         elif isinstance(dest, str):
             process = self._names.get(dest)
             if process is None:
                 raise NameNotFoundError(dest)
-            copy, size = self._local_copy(_SEND_NAMED, dest, message, _head(len(cid)) + len(cid))
+            copy, size = self.local_copy(_SEND_NAMED, dest, message, _head(len(cid)) + len(cid))
             self._put(process, Traced(copy, cid), size)
         elif isinstance(dest, tuple) and len(dest) == 2:
             name, node = dest
@@ -613,7 +619,7 @@ class Processes:
                 _check_name(name)
                 await self._send_item(node, [Kind.SEND_NAMED_TRACED, name, message, cid])
                 return
-            copy, size = self._local_copy(
+            copy, size = self.local_copy(
                 _SEND_NAMED, _check_name(name), message, _head(len(cid)) + len(cid)
             )
             process = self._names.get(name)
@@ -623,7 +629,7 @@ class Processes:
                 self._put(process, Traced(copy, cid), size)
         else:
             raise TypeError(f"send destination must be a Pid, a name or (name, node), got {dest!r}")
-        await self._maybe_yield()
+        await self.maybe_yield()
 
     async def _send_item(self, node: str, item: list[Any]) -> None:
         conn = self.transport.connections.get(node)
@@ -636,7 +642,7 @@ class Processes:
             self._since_yield = 0
         else:
             conn.write(data)
-            await self._maybe_yield()
+            await self.maybe_yield()
 
     def _frame_head(self, kind: int, dest: Pid | str) -> bytes:
         """The encoded start of ``[kind, dest, message]``, cached per dest.
@@ -673,7 +679,7 @@ class Processes:
             self._since_yield = 0
         else:
             self._write_frame(conn, kind, dest, message)
-            await self._maybe_yield()
+            await self.maybe_yield()
 
     async def connection_for(self, node: str) -> Connection:
         """The connection to ``node``, dialling it if its address is known.
@@ -692,7 +698,7 @@ class Processes:
             raise NodeDownError(node, "went down while connecting")
         return conn
 
-    async def _maybe_yield(self) -> None:
+    async def maybe_yield(self) -> None:
         self._since_yield += 1
         if self._since_yield >= _YIELD_EVERY:
             self._since_yield = 0
@@ -700,7 +706,7 @@ class Processes:
         else:
             await self._checkpoints[1]()
 
-    def _local_copy(
+    def local_copy(
         self, kind: int, dest: Pid | str, message: Any, extra: int = 0
     ) -> tuple[Any, int]:
         """What the receiver would get had ``message`` crossed the wire, and

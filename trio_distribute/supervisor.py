@@ -37,7 +37,7 @@ from . import codec
 from ._ids import Pid
 from .election.raft_lite import Leader, LeaderChanged
 from .errors import DistributionError, NameNotFoundError, NameTakenError
-from .messaging import Process, _current
+from .messaging import Process, become_process
 from .monitor import ExitKind, ExitReason
 
 if TYPE_CHECKING:
@@ -378,7 +378,7 @@ class Supervisor:
         # A child is a process of the node (pid, monitors, names, exit
         # hooks) whose task lives in this supervisor's task group.
         process = processes._new_process(spec.name)
-        _current.set(process)  # this task's own context: no reset needed
+        become_process(process)  # this task's own context: no reset needed
         run.process = process
         # Known before the body runs (on asyncio it may run before start()
         # returns): whereis_child never lags behind the child itself.
