@@ -418,16 +418,18 @@ class _Proc:
             self.lines.append(line.rstrip())
             if self.listening_at is None and " listening on " in line:
                 self.listening_at = time.time()
-            found = _LEADER_LINE.match(line.strip())
+            found = _LEADER_LINE.search(line.strip())
             if found:
-                leader = None if found["leader"] == "None" else found["leader"].strip("'")
+                leader = found["leader"]  # None for "no leader (term T)"
                 self.history.append((time.monotonic(), int(found["term"]), leader))
 
     def latest(self) -> tuple[int, str | None] | None:
         return self.history[-1][1:] if self.history else None
 
 
-_LEADER_LINE = re.compile(r"LeaderChanged\(term=(?P<term>\d+), leader=(?P<leader>None|'[^']+')\)")
+# The node command's event lines: "<timestamp> leader: NAME (term T)" and
+# "<timestamp> no leader (term T)".
+_LEADER_LINE = re.compile(r" (?:leader: (?P<leader>\S+)|no leader) \(term (?P<term>\d+)\)$")
 
 
 def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, set[str]]]:
