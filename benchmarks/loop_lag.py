@@ -29,7 +29,7 @@ import anyio
 import trio_distribute as td
 from trio_distribute import transport
 
-COOKIE = "loop-lag-measurement-cookie-0123456789"
+COOKIE = "loop-lag-8b3e5f1a9c7d2e4b6a0c8f3d1e5b7a9c"
 # Encoding a 16 MiB structure holds the sender's loop for seconds, and the
 # one-call decode does the same to the receiver: timers long enough that
 # neither declares the other dead in the middle of the measurement.
