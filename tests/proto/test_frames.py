@@ -367,3 +367,38 @@ def test_mixing_feed_and_next_frame_loses_no_frame() -> None:
     assert decoder.feed(first[:9]) == []
     assert decoder.next_frame(first[9:] + frame(b"ab")) == b"0123456789"
     assert decoder.feed(b"") == [b"ab"]
+
+
+def test_trickled_frame_is_parsed_once() -> None:
+    # A peer sending a large frame one byte at a time must cost linear
+    # work: while the pending frame is incomplete, feed() only appends.
+    from trio_distribute._proto import frames as frames_module
+
+    calls = 0
+    real = frames_module._HEADER
+
+    class Counting:
+        def unpack_from(self, data: bytes, offset: int = 0) -> tuple[int, ...]:
+            nonlocal calls
+            calls += 1
+            return real.unpack_from(data, offset)
+
+    data = frame(b"x" * 5000)
+    decoder = FrameDecoder(10_000)
+    original = frames_module._HEADER
+    frames_module._HEADER = Counting()  # type: ignore[assignment]
+    try:
+        out: list[bytes] = []
+        for i in range(len(data)):
+            out += decoder.feed(data[i : i + 1])
+    finally:
+        frames_module._HEADER = original
+    assert out == [b"x" * 5000]
+    assert calls <= 8  # header bytes, then once when complete
+
+
+def test_frame_decoder_has_no_instance_dict() -> None:
+    # One per connection: slots keep it small and catch misspelt fields.
+    decoder = FrameDecoder(10)
+    with pytest.raises(AttributeError):
+        decoder.extra = 1  # type: ignore[attr-defined]
