@@ -402,3 +402,26 @@ def test_frame_decoder_has_no_instance_dict() -> None:
     decoder = FrameDecoder(10)
     with pytest.raises(AttributeError):
         decoder.extra = 1  # type: ignore[attr-defined]
+
+
+def test_discard_drops_every_held_byte() -> None:
+    decoder = FrameDecoder(100)
+    assert decoder.feed(frame(b"0123456789")[:8]) == []
+    assert decoder.buffered == 8
+    decoder.discard()
+    assert decoder.buffered == 0
+    assert decoder.take_buffered() == b""
+    assert decoder.feed(frame(b"ok")) == [b"ok"]
+
+
+def test_an_oversized_header_frees_what_was_held() -> None:
+    # The connection is failing: nothing will read those bytes again.
+    decoder = FrameDecoder(10)
+    assert decoder.feed(b"\x00\x00") == []
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\x00\x0b" + b"x" * 5)
+    assert decoder.buffered == 0
+    decoder = FrameDecoder(10)
+    with pytest.raises(ProtocolError):
+        decoder.next_frame(b"\x00\x00\x00\x0b" + b"x" * 5)
+    assert decoder.buffered == 0
