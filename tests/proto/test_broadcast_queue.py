@@ -183,3 +183,10 @@ def test_broadcast_queue_default_depth_is_4096() -> None:
     assert len(queue) == 4096 and "m0" in queue
     queue.queue("one-more", b"x")
     assert len(queue) == 4096 and "m0" not in queue and "one-more" in queue
+
+
+@pytest.mark.parametrize("field", ["buckets", "payload", "name_of", "where", "next_id"])
+def test_broadcast_queue_state_is_not_a_constructor_argument(field: str) -> None:
+    # Only queue() fills the tables, so they always agree with each other.
+    with pytest.raises(TypeError):
+        BroadcastQueue(**{field: 0})  # type: ignore[arg-type]
