@@ -189,4 +189,4 @@ def test_broadcast_queue_default_depth_is_4096() -> None:
 def test_broadcast_queue_state_is_not_a_constructor_argument(field: str) -> None:
     # Only queue() fills the tables, so they always agree with each other.
     with pytest.raises(TypeError):
-        BroadcastQueue(**{field: 0})  # type: ignore[arg-type]
+        BroadcastQueue(**{field: 0})
