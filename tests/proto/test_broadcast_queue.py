@@ -207,3 +207,11 @@ def test_broadcast_queue_take_prefers_the_largest_that_fits() -> None:
     queue.queue("huge", b"h" * 50)
     assert queue.take(space=12, limit=10, max_count=1) == [b"l" * 10]
     assert queue.take(space=12, limit=10) == [b"s" * 5]
+
+
+def test_broadcast_queue_take_fills_the_last_byte_from_later_buckets() -> None:
+    queue = BroadcastQueue()
+    queue.queue("a", b"a")
+    assert queue.take(space=10, limit=10) == [b"a"]  # a: sent once
+    queue.queue("b", b"bb")
+    assert queue.take(space=3, limit=10) == [b"bb", b"a"]
