@@ -1256,7 +1256,7 @@ def test_a_message_that_is_not_a_map_is_a_protocol_failure() -> None:
 
 
 def test_a_hello_with_a_byte_string_key_is_refused() -> None:
-    hello: dict[object, object] = {key: value for key, value in valid_hello().items()}
+    hello: dict[object, object] = dict(valid_hello().items())
     hello[b"extra"] = 1
     acc = acceptor()
     event = failed(acc.receive_data(frame(cbor2.dumps(hello))))
