@@ -152,6 +152,7 @@ class _Mutator(ast.NodeTransformer):
         self.sites: list[Site] = []
         self.scope: list[str] = []
         self.applied = False
+        self._seen: dict[tuple[str, str, str], int] = {}
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -160,7 +161,15 @@ class _Mutator(ast.NodeTransformer):
         line = getattr(node, "lineno", 0)
         text = self.lines[line - 1].strip() if line else ""
         index = len(self.sites)
-        self.sites.append(Site(index, line, ".".join(self.scope) or "<module>", what, text))
+        scope = ".".join(self.scope) or "<module>"
+        # The same mutation of the same text in one function (two ``break``
+        # statements, three 1s on a line): number the repeats so that each
+        # key names one mutant.
+        seen = self._seen.get((scope, text, what), 0) + 1
+        self._seen[(scope, text, what)] = seen
+        if seen > 1:
+            what = f"{what} [{seen}]"
+        self.sites.append(Site(index, line, scope, what, text))
         if index == self.target:
             self.applied = True
             return True

@@ -183,3 +183,35 @@ def test_broadcast_queue_default_depth_is_4096() -> None:
     assert len(queue) == 4096 and "m0" in queue
     queue.queue("one-more", b"x")
     assert len(queue) == 4096 and "m0" not in queue and "one-more" in queue
+
+
+@pytest.mark.parametrize("field", ["buckets", "payload", "name_of", "where", "next_id"])
+def test_broadcast_queue_state_is_not_a_constructor_argument(field: str) -> None:
+    # Only queue() fills the tables, so they always agree with each other.
+    with pytest.raises(TypeError):
+        BroadcastQueue(**{field: 0})
+
+
+def test_broadcast_queue_take_caps_at_255_messages() -> None:
+    # A compound datagram holds at most 255 parts.
+    queue = BroadcastQueue()
+    for i in range(300):
+        queue.queue(f"m{i}", b"x")
+    assert len(queue.take(space=10**6, limit=10)) == 255
+
+
+def test_broadcast_queue_take_prefers_the_largest_that_fits() -> None:
+    queue = BroadcastQueue()
+    queue.queue("small", b"s" * 5)
+    queue.queue("large", b"l" * 10)
+    queue.queue("huge", b"h" * 50)
+    assert queue.take(space=12, limit=10, max_count=1) == [b"l" * 10]
+    assert queue.take(space=12, limit=10) == [b"s" * 5]
+
+
+def test_broadcast_queue_take_fills_the_last_byte_from_later_buckets() -> None:
+    queue = BroadcastQueue()
+    queue.queue("a", b"a")
+    assert queue.take(space=10, limit=10) == [b"a"]  # a: sent once
+    queue.queue("b", b"bb")
+    assert queue.take(space=3, limit=10) == [b"bb", b"a"]

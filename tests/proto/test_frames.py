@@ -367,3 +367,61 @@ def test_mixing_feed_and_next_frame_loses_no_frame() -> None:
     assert decoder.feed(first[:9]) == []
     assert decoder.next_frame(first[9:] + frame(b"ab")) == b"0123456789"
     assert decoder.feed(b"") == [b"ab"]
+
+
+def test_trickled_frame_is_parsed_once() -> None:
+    # A peer sending a large frame one byte at a time must cost linear
+    # work: while the pending frame is incomplete, feed() only appends.
+    from trio_distribute._proto import frames as frames_module
+
+    calls = 0
+    real = frames_module._HEADER
+
+    class Counting:
+        def unpack_from(self, data: bytes, offset: int = 0) -> tuple[int, ...]:
+            nonlocal calls
+            calls += 1
+            return real.unpack_from(data, offset)
+
+    data = frame(b"x" * 5000)
+    decoder = FrameDecoder(10_000)
+    original = frames_module._HEADER
+    frames_module._HEADER = Counting()  # type: ignore[assignment]
+    try:
+        out: list[bytes] = []
+        for i in range(len(data)):
+            out += decoder.feed(data[i : i + 1])
+    finally:
+        frames_module._HEADER = original
+    assert out == [b"x" * 5000]
+    assert calls <= 8  # header bytes, then once when complete
+
+
+def test_frame_decoder_has_no_instance_dict() -> None:
+    # One per connection: slots keep it small and catch misspelt fields.
+    decoder = FrameDecoder(10)
+    with pytest.raises(AttributeError):
+        decoder.extra = 1  # type: ignore[attr-defined]
+
+
+def test_discard_drops_every_held_byte() -> None:
+    decoder = FrameDecoder(100)
+    assert decoder.feed(frame(b"0123456789")[:8]) == []
+    assert decoder.buffered == 8
+    decoder.discard()
+    assert decoder.buffered == 0
+    assert decoder.take_buffered() == b""
+    assert decoder.feed(frame(b"ok")) == [b"ok"]
+
+
+def test_an_oversized_header_frees_what_was_held() -> None:
+    # The connection is failing: nothing will read those bytes again.
+    decoder = FrameDecoder(10)
+    assert decoder.feed(b"\x00\x00") == []
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\x00\x0b" + b"x" * 5)
+    assert decoder.buffered == 0
+    decoder = FrameDecoder(10)
+    with pytest.raises(ProtocolError):
+        decoder.next_frame(b"\x00\x00\x00\x0b" + b"x" * 5)
+    assert decoder.buffered == 0

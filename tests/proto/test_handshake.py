@@ -1239,3 +1239,37 @@ def test_reject_detail_with_a_lone_surrogate_is_sent() -> None:
     (event,) = acc.reject("busy", "bad \ud800 name")
     assert isinstance(event, HandshakeFailed) and event.reason == "busy"
     assert reject_detail(acc) == "bad ? name"
+
+
+def test_detail_bound_is_256_bytes() -> None:
+    assert _hs.MAX_DETAIL_BYTES == 256
+    acc = acceptor()
+    failed(acc.receive_data(msg(**valid_hello(name="x" * 400 + "@h"))))
+    assert len(reject_detail(acc).encode()) == 256  # ASCII: cut exactly
+
+
+def test_a_message_that_is_not_a_map_is_a_protocol_failure() -> None:
+    for value in ([1, 2], "hello", 7):
+        acc = acceptor()
+        event = failed(acc.receive_data(frame(cbor2.dumps(value))))
+        assert event.reason == "protocol" and "must be a CBOR map" in str(event.error)
+
+
+def test_a_hello_with_a_byte_string_key_is_refused() -> None:
+    hello: dict[object, object] = dict(valid_hello().items())
+    hello[b"extra"] = 1
+    acc = acceptor()
+    event = failed(acc.receive_data(frame(cbor2.dumps(hello))))
+    assert "keys must be text" in str(event.error)
+
+
+def test_machine_arguments_are_checked() -> None:
+    with pytest.raises(TypeError, match="role"):
+        HandshakeMachine(role="initiator", local_name=ALICE, creation=1, cookie=COOKIE)  # type: ignore[arg-type]
+    initiator(versions=(2**32 - 1,))
+    with pytest.raises(ValueError, match="versions"):
+        initiator(versions=(2**32,))
+    machine = HandshakeMachine(role=Role.INITIATOR, local_name=ALICE, creation=1, cookie=COOKIE)
+    machine.initiate()
+    (hello,) = decode_frames(machine.data_to_send())
+    assert hello["versions"] == [2]  # the current protocol version by default
