@@ -1378,3 +1378,46 @@ def test_long_payloads_decode_on_every_path() -> None:
     assert decode(encode(value), max_depth=5) == value
     with pytest.raises(DecodeError, match="max_depth=4"):
         decode(encode(value), max_depth=4)
+
+
+# ------------------------------------------------------- Ctrl-C inside cbor2
+
+_interrupt_now = [False]
+
+
+def _interrupt_if_asked(instance: Any, attribute: Any, value: Any) -> None:
+    if _interrupt_now[0]:
+        raise KeyboardInterrupt
+
+
+@message("test_codec.interruptible")
+@attrs.frozen
+class Interruptible:
+    x: int = attrs.field(validator=_interrupt_if_asked)
+
+
+def _decode_in_slices(data: bytes) -> object:
+    steps = codec.decode_steps(data, slice_bytes=256)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+@pytest.mark.parametrize("sliced", [False, True], ids=["decode", "decode_steps"])
+def test_a_keyboard_interrupt_inside_a_tag_decoder_is_not_a_bad_frame(sliced: bool) -> None:
+    """A signal can raise KeyboardInterrupt in any Python code, the message
+    constructor cbor2 calls included; cbor2 wraps it, and the decoder must
+    raise it again, not turn Ctrl-C into a dropped frame. (In slices, the
+    message fits one window, so cbor2 is the one calling its constructor.)"""
+    value = [Interruptible(1), "x" * 1000]
+    data = encode(value)
+    run = _decode_in_slices if sliced else decode
+    _interrupt_now[0] = True
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(data)
+    finally:
+        _interrupt_now[0] = False
+    assert run(data) == value

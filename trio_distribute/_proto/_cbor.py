@@ -46,6 +46,7 @@ __all__ = [
     "TagTable",
     "decode_one",
     "payload_decoder",
+    "raise_interrupt",
 ]
 
 # Descriptions of the tags cbor2 6.3 decodes natively (found by probing every
@@ -130,6 +131,21 @@ class TagTable(dict[int, Any]):
         return _tag_refuser(tag, self.context)
 
 
+def raise_interrupt(exc: BaseException) -> None:
+    """Raise again a ``KeyboardInterrupt`` (or any other exception that is
+    not an ``Exception``) found in ``exc``'s chain.
+
+    cbor2 wraps whatever a tag decoder raises in a ``CBORDecodeError``, and
+    a signal can raise ``KeyboardInterrupt`` in any Python code, a tag
+    decoder included: without this, Ctrl-C would become "a bad frame".
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if not isinstance(cause, Exception):
+            raise cause
+        cause = cause.__cause__
+
+
 def _reason(exc: BaseException, max_depth: int, map_key_hint: str) -> str:
     """The most specific message in an exception chain: ours if a tag
     decoder raised one, else cbor2's, reworded where it helps."""
@@ -186,6 +202,7 @@ def decode_one(
     # on them (CBORDecodeError normally, wrapping our refusals) is the
     # peer's fault and becomes a DecodeError.
     except Exception as exc:
+        raise_interrupt(exc)
         raise DecodeError(_reason(exc, max_depth, map_key_hint)) from exc
     if stream.tell() != len(data):
         raise DecodeError("trailing bytes after the CBOR item")
@@ -274,6 +291,7 @@ def payload_decoder(
         except MemoryError:
             raise
         except Exception as exc:
+            raise_interrupt(exc)
             settled = _settled(exc)
             if settled is not None:
                 raise DecodeError(str(settled)) from exc

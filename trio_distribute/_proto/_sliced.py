@@ -30,7 +30,7 @@ import cbor2
 
 from trio_distribute.errors import DecodeError
 
-from ._cbor import TagTable, _reason
+from ._cbor import TagTable, _reason, raise_interrupt
 
 __all__ = ["SLICED_ABOVE", "SLICE_BYTES", "Finisher", "SlicedDecoder", "Steps"]
 
@@ -120,6 +120,7 @@ class SlicedDecoder:
         except MemoryError:
             raise
         except Exception as exc:
+            raise_interrupt(exc)
             raise DecodeError(_reason(exc, depth, self.map_key_hint)) from exc
         if end != len(data):
             raise DecodeError("trailing bytes after the CBOR item")
@@ -162,6 +163,7 @@ class _Walk:
         except MemoryError:
             raise
         except Exception as exc:
+            raise_interrupt(exc)
             if _is_truncation(exc):
                 raise _Truncated from None
             if isinstance(exc, DecodeError):
@@ -222,6 +224,7 @@ class _Walk:
         except MemoryError:
             raise
         except Exception as exc:
+            raise_interrupt(exc)
             raise self._refusal(exc) from exc
         yield
         return value, self.stream.tell()
