@@ -12,6 +12,7 @@ seconds, then leaves its block (a graceful stop).
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -58,6 +59,11 @@ async def join(name: str, seed_port: int, go_at: float, hold: float) -> None:
 
 
 if __name__ == "__main__":
+    # Start as a program started from a terminal would, whatever started us
+    # (a test runner may ignore or block SIGINT, and children inherit both):
+    # Ctrl-C raises KeyboardInterrupt.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if sys.argv[1] == "seed":
         trio.run(seed, int(sys.argv[2]), int(sys.argv[3]))
     else:
