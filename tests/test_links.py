@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 from hostile_peer import hostile_peer
+from process_helpers import COOKIE, FAST, cluster, drops_at
 
 import trio_distribute as td
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.monitor import ExitKind
-from trio_distribute.testing import crash, open_cluster, start_node, wait_until
-
-COOKIE = "trio-distribute-test"
-
-
-def drops_at(node: td.Node, cause: str, n: int) -> Callable[[], bool]:
-    return lambda: node.statistics().drops.get(cause) == n
-
-
-def ended(node: td.Node, pid: td.Pid) -> Callable[[], bool]:
-    return lambda: node._processes.lookup(pid) is None
-
-
-FAST = td.NodeConfig.local()
-
-
-def cluster(
-    *names: str, config: td.NodeConfig = FAST
-) -> AbstractAsyncContextManager[list[td.Node]]:
-    return open_cluster(names, cookie=COOKIE, config=config)
+from trio_distribute.testing import crash, start_node, wait_until
 
 
 async def wait_forever(proc: td.Process) -> None:
