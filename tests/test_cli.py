@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,18 @@ from trio_distribute.__main__ import main
 from trio_distribute._cli import UserError, _ssl_contexts, build_parser
 
 COOKIE = "cli-test-cookie-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """``main()`` configures the root logger as a program should; a test that
+    calls it in-process must not leave a handler on a closed capture stream
+    for the tests that run after it in the same worker."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_demo_runs_and_tells_the_story() -> None:
