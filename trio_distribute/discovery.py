@@ -270,9 +270,9 @@ async def run_discovery(transport: Transport, strategy: Discovery) -> None:
             return True
         return not (
             name == transport.name
-            or name in transport.connections
-            or name in transport.disconnected
-            or name in transport.blocked
+            or transport.is_connected(name)
+            or transport.was_disconnected(name)
+            or transport.is_blocked(name)
         )
 
     async def join(address: str) -> None:
