@@ -41,6 +41,7 @@ import attrs
 from anyio.streams.tls import TLSStream
 
 from . import codec
+from ._addresses import parse_target
 from ._backend import running_on_trio
 from ._network import REAL_NETWORK, NodeNetwork
 from ._node_events import NodeEventBus, PeerAddress, PeerDown, PeerUp
@@ -69,7 +70,7 @@ from .errors import (
 from .monitor import NodeDownReason
 from .telemetry import ConnectFailed
 
-__all__ = ["Connection", "Kind", "Transport", "parse_target"]
+__all__ = ["Connection", "Kind", "Transport"]
 
 #: Reasons a peer may give in its goodbye frame.
 _BYE_REASONS = frozenset(
@@ -105,41 +106,6 @@ ACCEPT_BATCH = 256
 
 
 FrameHandler = Callable[["Connection", list[Any]], None]
-
-
-def parse_target(target: str) -> tuple[str | None, str | None, int | None]:
-    """Split ``"name@host:port"``, ``"host:port"`` or ``"name@host"``.
-
-    Returns ``(name, host, port)`` with ``None`` for the parts not given.
-
-    Raises:
-        ValueError: the target has none of these forms.
-    """
-    from ._ids import validate_node_name
-
-    if not isinstance(target, str) or not target:
-        raise ValueError(f"connect target must be a non-empty str, got {target!r}")
-    name: str | None = None
-    rest = target
-    if "@" in target:
-        short, _, hostport = target.partition("@")
-        host, colon, port_text = hostport.rpartition(":")
-        if not colon:
-            return validate_node_name(target), None, None
-        name = validate_node_name(f"{short}@{host}")
-        rest = hostport
-    host, colon, port_text = rest.rpartition(":")
-    if not colon or not host:
-        raise ValueError(
-            f"connect target {target!r} must be 'name@host:port', 'host:port' or a known node name"
-        )
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"connect target {target!r}: port {port_text!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"connect target {target!r}: port {port} is out of range")
-    return name, host, port
 
 
 @attrs.define(eq=False, kw_only=True)

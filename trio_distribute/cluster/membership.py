@@ -47,6 +47,7 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .._addresses import split_address
 from .._events import Subscribers
 from .._network import DatagramEndpoint
 from .._node_events import MembersChanged, NodeEventBus, PeerAddress
@@ -183,14 +184,6 @@ def save_snapshot(path: Path, members: dict[str, str]) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps({"members": members}, sort_keys=True))
     os.replace(temporary, path)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` → ``(host, port)``; ``ValueError`` if malformed."""
-    host, colon, port_text = address.rpartition(":")
-    if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"a member address is 'host:port', got {address!r}")
-    return host.strip("[]"), int(port_text)
 
 
 @attrs.define(eq=False, kw_only=True)
