@@ -364,9 +364,6 @@ def test_service_of_a_module(module: str, expected: str) -> None:
 
 # (module, collaborator attribute, private name): reaches still in the code.
 KNOWN_REACHES = {
-    # The applier schedules slices in the transport's task group; the
-    # transport does not expose it yet (its network seam will).
-    (f"{PACKAGE}._applier", "transport", "_task_group"),
     # A supervisor's children are processes it runs in its own task group:
     # it creates and ends them through the node's process table, which has
     # no public constructor.
@@ -403,3 +400,95 @@ def test_services_use_collaborators_through_their_public_surface() -> None:
 def test_collaborator_rule_sees_reaches() -> None:
     source = "class A:\n    def f(self):\n        return self.transport._conns, self._own, x._y\n"
     assert collaborator_reaches(source, "m") == {("m", "transport", "_conns")}
+
+
+TRANSPORT_TABLES = frozenset({"connections", "addresses", "blocked", "disconnected"})
+
+
+def transport_table_reads(source: str, module: str) -> set[tuple[str, int, str]]:
+    """Every ``<...>transport.<table>`` in ``source``, with its line."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Attribute) and node.attr in TRANSPORT_TABLES):
+            continue
+        holder = node.value
+        name = holder.id if isinstance(holder, ast.Name) else getattr(holder, "attr", "")
+        if name in ("transport", "_transport"):
+            found.add((module, node.lineno, node.attr))
+    return found
+
+
+def test_only_the_transport_reads_its_tables() -> None:
+    found: set[tuple[str, int, str]] = set()
+    for module, path in modules().items():
+        if module != f"{PACKAGE}.transport":
+            found |= transport_table_reads(path.read_text(), module)
+    assert found == set()
+
+
+def test_transport_table_rule_sees_reads() -> None:
+    source = (
+        "def f(self, node):\n    return self.transport.connections, node._transport.addresses\n"
+    )
+    assert transport_table_reads(source, "m") == {("m", 2, "connections"), ("m", 2, "addresses")}
+
+
+HOOK_NAMES = frozenset(
+    {
+        "exit_hooks",
+        "address_hooks",
+        "_up_hooks",
+        "_down_hooks",
+        "on_node_up",
+        "on_node_down",
+        "add_listener",
+    }
+)
+
+
+def hook_names(source: str) -> set[str]:
+    """Names of hook lists or listener registries defined or used in ``source``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in HOOK_NAMES:
+            found.add(node.attr)
+        elif isinstance(node, ast.Name) and node.id in HOOK_NAMES:
+            found.add(node.id)
+        elif isinstance(node, ast.FunctionDef) and node.name in HOOK_NAMES:
+            found.add(node.name)
+    return found
+
+
+def test_services_hear_of_each_other_only_through_the_event_bus() -> None:
+    for module, path in modules().items():
+        assert hook_names(path.read_text()) == set(), module
+
+
+def test_hook_rule_sees_hooks() -> None:
+    source = "class A:\n    exit_hooks = []\n    def f(self):\n        self.x.add_listener(g)\n"
+    assert hook_names(source) == {"exit_hooks", "add_listener"}
+
+
+def wiring_after_construction(source: str, function: str) -> list[int]:
+    """Lines in ``function`` that assign to an attribute (``a.b = c``)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return [
+                target.lineno
+                for stmt in ast.walk(node)
+                if isinstance(stmt, ast.Assign | ast.AugAssign | ast.AnnAssign)
+                for target in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
+                if isinstance(target, ast.Attribute)
+            ]
+    raise AssertionError(f"no function {function}")
+
+
+def test_the_node_is_built_without_wiring_services_together_afterwards() -> None:
+    source = (ROOT / "node.py").read_text()
+    assert wiring_after_construction(source, "_build_node") == []
+    assert "node_ref" not in source
+
+
+def test_wiring_rule_sees_assignments() -> None:
+    source = "def _build_node():\n    a = A()\n    a.b = B()\n"
+    assert wiring_after_construction(source, "_build_node") == [3]

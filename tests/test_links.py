@@ -11,6 +11,7 @@ from hostile_peer import hostile_peer
 from process_helpers import COOKIE, FAST, cluster, drops_at
 
 import trio_distribute as td
+from trio_distribute._node_events import ProcessExited
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.monitor import ExitKind
 from trio_distribute.testing import crash, start_node, wait_until
@@ -553,10 +554,10 @@ async def test_linked_processes_of_a_stopping_node_end_with_shutdown() -> None:
             second = await a.spawn(linked)
             await wait_until(lambda: a.statistics().links == 2)
 
-            def record(pid: td.Pid, reason: td.ExitReason) -> None:
-                reasons[str(pid)] = reason
+            def record(event: ProcessExited) -> None:
+                reasons[str(event.pid)] = event.reason
 
-            a._processes.exit_hooks.append(record)
+            a._events.subscribe(ProcessExited, record)
     assert reasons[str(first)].kind == ExitKind.SHUTDOWN
     assert reasons[str(second)].kind == ExitKind.SHUTDOWN
 

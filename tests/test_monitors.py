@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 import trio_distribute as td
+from trio_distribute._node_events import ProcessExited
 from trio_distribute.monitor import ExitKind
 from trio_distribute.testing import open_cluster, wait_until
 
@@ -151,7 +152,7 @@ async def test_local_processes_end_with_shutdown_when_their_node_stops() -> None
     exits: dict[td.Pid, td.ExitReason] = {}
     with anyio.fail_after(10):
         async with cluster("a") as (a,):
-            a._processes.exit_hooks.append(lambda pid, reason: exits.__setitem__(pid, reason))
+            a._events.subscribe(ProcessExited, lambda e: exits.__setitem__(e.pid, e.reason))
             target = await a.spawn(wait_forever)
         assert exits[target].kind == ExitKind.SHUTDOWN
 

@@ -67,14 +67,13 @@ class PeerWork:
                 next(work)
             except StopIteration:
                 return
-            task_group = self.transport._task_group
-            if task_group is None:  # not started (a unit test): finish now
+            if not self.transport.started:  # a unit test: finish now
                 for _ in work:
                     pass
                 return
             queue = self._queues[conn] = collections.deque()
             self._backlog[conn] = 0
-            task_group.start_soon(self._drain, conn, queue)
+            self.transport.start_soon(self._drain, conn, queue)
         elif self._backlog[conn] + size > self.max_backlog():
             # The peer sends faster than its frames can be applied: like a
             # slow consumer in reverse. Dropping a frame would leave our view
@@ -193,21 +192,21 @@ class OrderedSender:
 
     def broadcast(self, data: bytes) -> None:
         """Write ``data`` to every open connection."""
-        for conn in list(self.transport.connections.values()):
-            if not conn.closed:
+        for name in self.transport.peers():
+            conn = self.transport.connection(name)
+            if conn is not None and not conn.closed:
                 self.write(conn, data)
 
     def stream(self, conn: Connection, frames: Iterator[bytes]) -> None:
         """Send ``frames`` (encoded lazily, one at a time) to ``conn`` from a
         task that waits for socket space and yields between frames."""
-        task_group = self.transport._task_group
-        if task_group is None:  # not started (a unit test): send now
+        if not self.transport.started:  # a unit test: send now
             for data in frames:
                 conn.write(data)
             return
         self._held[conn] = []
         self._streamed[conn] = anyio.Event()
-        task_group.start_soon(self._stream, conn, frames)
+        self.transport.start_soon(self._stream, conn, frames)
 
     async def _stream(self, conn: Connection, frames: Iterator[bytes]) -> None:
         held = self._held[conn]

@@ -28,6 +28,7 @@ import attrs
 
 from ._backend import Parker, new_parker, running_on_trio
 from ._ids import Pid, Ref
+from ._node_events import NodeEventBus, PeerDown, ProcessExited
 from ._proto.kinds import Kind
 from .codec import message
 from .errors import (
@@ -91,6 +92,7 @@ class Calls:
     transport: Transport
     processes: Processes
     monitors: Monitors
+    events: NodeEventBus
     _pending: dict[Ref, _Pending] = attrs.field(factory=dict)
     _pending_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
     # Calls from other nodes to our processes, until replied, down or done:
@@ -100,6 +102,10 @@ class Calls:
     _serving_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
     _on_trio: bool = False
     _move_on_after: Callable[[float], AbstractContextManager[Any]] = anyio.move_on_after
+
+    def __attrs_post_init__(self) -> None:
+        self.events.subscribe(ProcessExited, self.process_exited)
+        self.events.subscribe(PeerDown, self.node_down)
 
     def start(self) -> None:
         # The backend's own primitives: anyio's look the backend up on every
@@ -114,7 +120,6 @@ class Calls:
         add(Kind.REPLY, self._handle_reply)
         add(Kind.CALL_DOWN, self._handle_call_down)
         add(Kind.CALL_DONE, self._handle_call_done)
-        self.processes.exit_hooks.append(self.process_exited)
 
     # ----------------------------------------------------------------- caller
 
@@ -161,9 +166,9 @@ class Calls:
             # nothing registered.
             data = transport.encode_frame([Kind.CALL, ref, process.pid, target, request])
             try:
-                conn = transport.connections.get(node)
+                conn = transport.connection(node)
                 if conn is None:
-                    conn = await processes.connection_for(node)
+                    conn = await transport.connection_for(node)
                 if conn.is_congested():
                     await conn.wait_for_space()
             except NodeDownError as exc:
@@ -227,7 +232,7 @@ class Calls:
         if not pending.settled:
             # Timed out, cancelled, or answered by a process of another
             # node: the callee's node still watches for us.
-            conn = self.transport.connections.get(pending.node)
+            conn = self.transport.connection(pending.node)
             if conn is not None and not conn.closed:
                 conn.write(self.transport.encode_frame([Kind.CALL_DONE, ref]))
 
@@ -265,7 +270,7 @@ class Calls:
         data = transport.encode_frame([Kind.REPLY, caller, call.ref, value])
         call._replied = True
         self._unserve(call.ref, caller.node)
-        conn = transport.connections.get(caller.node)
+        conn = transport.connection(caller.node)
         if conn is None or conn.closed:
             # Its node is gone (the caller got noconnection already); no
             # redial for an answer nobody waits on.
@@ -297,9 +302,10 @@ class Calls:
             if not refs:
                 del self._serving_by_node[node]
 
-    def process_exited(self, pid: Pid, reason: ExitReason) -> None:
+    def process_exited(self, event: ProcessExited) -> None:
         """A local process ended: fail the calls from other nodes it had
         not answered (local callers are told by their monitors)."""
+        pid, reason = event.pid, event.reason
         refs = self._serving_by_pid.pop(pid.id, None)
         if not refs:
             return
@@ -313,14 +319,15 @@ class Calls:
                 by_node.discard(ref)
                 if not by_node:
                     del self._serving_by_node[node]
-            conn = self.transport.connections.get(node)
+            conn = self.transport.connection(node)
             if conn is not None and not conn.closed:
                 item = [Kind.CALL_DOWN, ref, caller, reason.kind, reason.detail]
                 conn.write(self.transport.encode_frame(item))
 
-    def node_down(self, node: str, reason: str) -> None:
+    def node_down(self, event: PeerDown) -> None:
         """Fail the calls waiting on ``node``'s processes; forget the calls
         it made to ours."""
+        node, reason = event.name, event.reason
         kind = ExitKind.SHUTDOWN if reason == NodeDownReason.SHUTDOWN else ExitKind.NOCONNECTION
         down = ExitReason(kind, f"node {node} down: {reason}")
         for ref in sorted(self._pending_by_node.pop(node, ()), key=lambda r: r.id):

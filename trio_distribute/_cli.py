@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from . import __version__, _demo
+from ._addresses import parse_target
 from ._cookie import generate_cookie
 from ._ids import validate_node_name
 from .cluster.membership import MemberDown, MemberLeft, MemberSuspect, MemberUp
@@ -35,7 +36,6 @@ from .election.raft_lite import Leader, LeaderChanged
 from .errors import DistributionError
 from .monitor import NodeDown, NodeUp
 from .node import Node, open_node
-from .transport import parse_target
 
 __all__ = ["main"]
 

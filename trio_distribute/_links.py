@@ -26,6 +26,7 @@ import anyio.lowlevel
 import attrs
 
 from ._ids import Pid
+from ._node_events import NodeEventBus, PeerDown, ProcessExited
 from ._proto.kinds import Kind
 from .codec import message
 from .errors import NodeDownError
@@ -108,6 +109,7 @@ class Links:
 
     transport: Transport
     processes: Processes
+    events: NodeEventBus
     # Local pid id -> the pids (local or remote) it is linked to.
     _links: dict[int, set[Pid]] = attrs.field(factory=dict)
     # Peer node -> (local pid id, remote pid) of each link with it, so a
@@ -119,6 +121,10 @@ class Links:
     # LINK would leave the link on this side only (Erlang's unlink ids).
     _unlinking: dict[str, dict[tuple[int, Pid], int]] = attrs.field(factory=dict)
 
+    def __attrs_post_init__(self) -> None:
+        self.events.subscribe(ProcessExited, self.process_exited)
+        self.events.subscribe(PeerDown, self.node_down)
+
     def start(self) -> None:
         add = self.transport.add_handler
         add(Kind.LINK, self._handle_link)
@@ -126,7 +132,6 @@ class Links:
         add(Kind.UNLINK_ACK, self._handle_unlink_ack)
         add(Kind.LINK_EXIT, self._handle_link_exit)
         add(Kind.EXIT, self._handle_exit)
-        self.processes.exit_hooks.append(self.process_exited)
 
     # ------------------------------------------------------------ the table
 
@@ -169,10 +174,10 @@ class Links:
             if pid.node == transport.name:
                 self.link_local(process, pid)
             else:
-                conn = transport.connections.get(pid.node)
-                if conn is None and pid.node in transport.addresses:
+                conn = transport.connection(pid.node)
+                if conn is None and transport.knows_address(pid.node):
                     with contextlib.suppress(NodeDownError):  # fires noconnection below
-                        conn = await self.processes.connection_for(pid.node)
+                        conn = await self.transport.connection_for(pid.node)
                 if conn is None or conn.closed or not process.alive:
                     if process.alive:
                         reason = ExitReason(ExitKind.NOCONNECTION, f"not connected to {pid.node}")
@@ -201,7 +206,7 @@ class Links:
             if pid.node == self.transport.name:
                 self._remove(pid, process.pid)
             else:
-                conn = self.transport.connections.get(pid.node)
+                conn = self.transport.connection(pid.node)
                 if conn is not None and not conn.closed:
                     pending = self._unlinking.setdefault(pid.node, {})
                     key = (process.pid.id, pid)
@@ -243,14 +248,15 @@ class Links:
                 kind, detail = KILL, ""
             else:
                 kind, detail = signal.kind, signal.detail
-            conn = transport.connections.get(pid.node)
+            conn = transport.connection(pid.node)
             if conn is None:
-                conn = await self.processes.connection_for(pid.node)
+                conn = await self.transport.connection_for(pid.node)
             self._write(conn, [Kind.EXIT, origin, pid, kind, detail])
         await anyio.lowlevel.checkpoint()
 
-    def process_exited(self, pid: Pid, reason: ExitReason) -> None:
+    def process_exited(self, event: ProcessExited) -> None:
         """A local process ended: signal everything linked to it."""
+        pid, reason = event.pid, event.reason
         linked = self._links.pop(pid.id, None)
         if not linked:
             return
@@ -267,13 +273,14 @@ class Links:
                     pairs.discard((pid.id, other))
                     if not pairs:
                         del self._by_node[other.node]
-                conn = transport.connections.get(other.node)
+                conn = transport.connection(other.node)
                 if conn is not None:
                     self._write(conn, [Kind.LINK_EXIT, pid, other, reason.kind, reason.detail])
 
-    def node_down(self, node: str, reason: str) -> None:
+    def node_down(self, event: PeerDown) -> None:
         """The connection to ``node`` ended: every link with one of its
         processes fires (``noconnection``; ``shutdown`` if it stopped)."""
+        node, reason = event.name, event.reason
         self._unlinking.pop(node, None)
         pairs = self._by_node.pop(node, None)
         if not pairs:

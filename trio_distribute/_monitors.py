@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._ids import Pid, Ref
+from ._node_events import NodeEventBus, PeerDown, ProcessExited
 from ._proto.kinds import Kind
 from .monitor import ExitKind, ExitReason, NodeDownReason, ProcessDown
 
@@ -35,7 +36,8 @@ class Monitors:
     """Every monitor this node holds or serves."""
 
     transport: Transport
-    processes: Processes | None = None
+    processes: Processes
+    events: NodeEventBus
 
     def __repr__(self) -> str:
         return f"<Monitors of {self.transport.name}>"
@@ -49,6 +51,10 @@ class Monitors:
     # Watches this node placed on other nodes' processes.
     _remote: dict[Ref, tuple[Pid, Deliver]] = attrs.field(factory=dict)
     _remote_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.events.subscribe(ProcessExited, self.process_exited)
+        self.events.subscribe(PeerDown, self.node_down)
 
     def start(self) -> None:
         self.transport.add_handler(Kind.MONITOR, self._handle_monitor)
@@ -70,14 +76,13 @@ class Monitors:
         ref = self.new_ref()
         transport = self.transport
         if pid.node == transport.name:
-            assert self.processes is not None
             if self.processes.lookup(pid) is None:
                 deliver(ProcessDown(pid, ExitReason(ExitKind.NOPROC), ref))
             else:
                 self._watchers.setdefault(pid.id, {})[ref] = deliver
                 self._targets[ref] = pid.id
             return ref
-        conn = transport.connections.get(pid.node)
+        conn = transport.connection(pid.node)
         if conn is None or conn.closed:
             reason = ExitReason(ExitKind.NOCONNECTION, f"not connected to {pid.node}")
             deliver(ProcessDown(pid, reason, ref))
@@ -108,7 +113,7 @@ class Monitors:
             return False
         node = remote[0].node
         self._remote_by_node.get(node, set()).discard(ref)
-        conn = self.transport.connections.get(node)
+        conn = self.transport.connection(node)
         if conn is not None:
             self._send(conn, [Kind.DEMONITOR, ref])
         return True
@@ -128,8 +133,9 @@ class Monitors:
 
     # -------------------------------------------------------------- firing
 
-    def process_exited(self, pid: Pid, reason: ExitReason) -> None:
+    def process_exited(self, event: ProcessExited) -> None:
         """A local process ended: fire every watch on it."""
+        pid, reason = event.pid, event.reason
         watchers = self._watchers.pop(pid.id, None)
         if not watchers:
             return
@@ -137,15 +143,16 @@ class Monitors:
             self._targets.pop(ref, None)
             if isinstance(watcher, str):
                 self._served_by_node.get(watcher, set()).discard(ref)
-                conn = self.transport.connections.get(watcher)
+                conn = self.transport.connection(watcher)
                 if conn is not None:
                     self._send(conn, [Kind.DOWN, ref, pid, reason.kind, reason.detail])
             else:
                 watcher(ProcessDown(pid, reason, ref))
 
-    def node_down(self, node: str, reason: str) -> None:
+    def node_down(self, event: PeerDown) -> None:
         """The connection to ``node`` ended: fire our watches of its
         processes and forget the watches it held on ours."""
+        node, reason = event.name, event.reason
         kind = ExitKind.SHUTDOWN if reason == NodeDownReason.SHUTDOWN else ExitKind.NOCONNECTION
         exit_reason = ExitReason(kind, f"node {node} down: {reason}")
         for ref in sorted(self._remote_by_node.pop(node, ()), key=lambda r: r.id):
@@ -164,7 +171,6 @@ class Monitors:
             raise ValueError(f"MONITOR ref {ref!r} does not belong to {conn.peer}")
         if type(target) is not Pid or target.node != self.transport.name:
             raise ValueError(f"MONITOR target {target!r} is not a pid of this node")
-        assert self.processes is not None
         if self.processes.lookup(target) is None or ref in self._targets:
             self._send(conn, [Kind.DOWN, ref, target, ExitKind.NOPROC, ""])
             return

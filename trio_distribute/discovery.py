@@ -39,6 +39,7 @@ import anyio.lowlevel
 import attrs
 from attrs import validators as v
 
+from ._addresses import split_host_port
 from ._ratelimit import LogLimiter
 from .errors import ConnectError, HandshakeError
 from .telemetry import DiscoveryFailed, DiscoveryJoined
@@ -226,10 +227,10 @@ def parse_seed(seed: str | Discovery) -> str | Discovery:
     if not colon or rest.isdigit():
         return seed  # "host:port", including a host called "dns" or "file"
     if scheme == "dns":
-        name, colon, port = rest.rpartition(":")
-        if not colon or not name or not port.isdigit():
+        parsed = split_host_port(rest)
+        if parsed is None:
             raise ValueError(f"a DNS seed is 'dns:NAME:PORT', got {seed!r}")
-        return DnsDiscovery(name, int(port))
+        return DnsDiscovery(*parsed)
     if scheme == "dns-srv":
         return DnsSrvDiscovery(rest)
     if scheme == "file":
@@ -270,9 +271,9 @@ async def run_discovery(transport: Transport, strategy: Discovery) -> None:
             return True
         return not (
             name == transport.name
-            or name in transport.connections
-            or name in transport.disconnected
-            or name in transport.blocked
+            or transport.is_connected(name)
+            or transport.was_disconnected(name)
+            or transport.is_blocked(name)
         )
 
     async def join(address: str) -> None:

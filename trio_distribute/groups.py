@@ -31,9 +31,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._applier import OrderedSender, PeerWork, Work, frames_for
 from ._ids import Pid, check_label
+from ._node_events import NodeEventBus, PeerDown, PeerUp, ProcessExited
 from ._proto.kinds import Kind
 from .errors import NodeDownError
-from .monitor import ExitReason
 
 if TYPE_CHECKING:
     from .messaging import Processes
@@ -77,6 +77,7 @@ class Groups:
 
     transport: Transport
     processes: Processes
+    events: NodeEventBus
     # group -> pid -> number of memberships, in first-join order.
     _local: dict[str, dict[Pid, int]] = attrs.field(factory=dict)
     # The groups each local process is in, so an exit costs a lookup rather
@@ -99,12 +100,14 @@ class Groups:
             max_backlog=lambda: self.transport.config.groups.max_backlog,
         )
         self._out = OrderedSender(transport=self.transport)
+        self.events.subscribe(ProcessExited, self._process_exited)
+        self.events.subscribe(PeerUp, self.node_up)
+        self.events.subscribe(PeerDown, self.node_down)
 
     def start(self) -> None:
         self.transport.add_handler(Kind.GROUP_SYNC, self._handle_sync)
         self.transport.add_handler(Kind.GROUP_JOIN, self._handle_join)
         self.transport.add_handler(Kind.GROUP_LEAVE, self._handle_leave)
-        self.processes.exit_hooks.append(self._process_exited)
 
     # ------------------------------------------------------------ changes
 
@@ -235,11 +238,12 @@ class Groups:
     def _broadcast(self, item: list[Any]) -> None:
         self._out.broadcast(self.transport.encode_frame(item))
 
-    def node_up(self, node: str) -> None:
+    def node_up(self, event: PeerUp) -> None:
         """Send a newly connected node every local membership: one SYNC, and
         for a big view JOIN frames with the rest, each within the frame
         limit (encoded and written by a task, a frame at a time)."""
-        conn = self.transport.connections.get(node)
+        node = event.name
+        conn = self.transport.connection(node)
         if conn is None:
             return
         # A copy taken now: later changes are broadcast, and reach this peer
@@ -279,15 +283,17 @@ class Groups:
             first = False
             yield data
 
-    def node_down(self, node: str, reason: str) -> None:
+    def node_down(self, event: PeerDown) -> None:
         """Forget every member of ``node``."""
+        node = event.name
         groups = self._remote.pop(node, None)
         self._remote_counts.pop(node, None)
         for group, members in (groups or {}).items():
             if group in self._subscribers:
                 self._publish(GroupLeft(group, tuple(_expand(members))))
 
-    def _process_exited(self, pid: Pid, reason: ExitReason) -> None:
+    def _process_exited(self, event: ProcessExited) -> None:
+        pid = event.pid
         for group in sorted(self._groups_of.pop(pid, ())):
             members = self._local[group]
             count = members.pop(pid, 0)

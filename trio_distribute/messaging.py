@@ -25,23 +25,23 @@ import attrs
 
 from . import codec
 from ._backend import Checkpoints, checkpoints, new_parker, running_on_trio
+from ._calls import Calls
 from ._correlation import Traced, correlation_id
 from ._ids import Pid, Ref, check_label
+from ._links import Links
 from ._mailbox import Mailbox
+from ._monitors import Monitors
+from ._node_events import NodeEventBus, ProcessExited
 from ._proto.kinds import Kind
 from .errors import (
-    ConnectError,
     MessageTooLargeError,
     NameNotFoundError,
-    NodeDownError,
     ProcessExitError,
 )
 from .monitor import ExitKind, ExitReason, ProcessDown
 
 if TYPE_CHECKING:
-    from ._calls import Call, Calls
-    from ._links import Links
-    from ._monitors import Monitors
+    from ._calls import Call
     from .transport import Connection, Transport
 
 __all__ = ["Pid", "Process", "Processes", "current_process"]
@@ -326,7 +326,6 @@ class Process:
             TypeError: ``pid`` is not a :class:`Pid`.
             ValueError: this process has ended.
         """
-        assert self._processes.links is not None
         await self._processes.links.link(self, pid)
 
     async def unlink(self, pid: Pid) -> None:
@@ -336,7 +335,6 @@ class Process:
         Raises:
             TypeError: ``pid`` is not a :class:`Pid`.
         """
-        assert self._processes.links is not None
         await self._processes.links.unlink(self, pid)
 
     async def call(
@@ -356,7 +354,6 @@ class Process:
             ValueError: ``timeout`` is not positive, ``dest`` is this
                 process, or this process has ended.
         """
-        assert self._processes.calls is not None
         return await self._processes.calls.call(self, dest, request, timeout)
 
     async def reply(self, call: Call, value: Any) -> None:
@@ -368,7 +365,6 @@ class Process:
             AlreadyRepliedError: this call was already replied to.
             EncodeError, MessageTooLargeError: ``value`` cannot travel.
         """
-        assert self._processes.calls is not None
         await self._processes.calls.reply(call, value)
 
     def _monitor_fired(self, event: ProcessDown) -> None:
@@ -385,8 +381,13 @@ class Processes:
     """The node's process table: pids, local names, spawning and sending."""
 
     transport: Transport
-    monitors: Monitors
-    connect: Callable[[str], Awaitable[str]]
+    events: NodeEventBus
+    # A process's monitors, links and calls are parts of the process table,
+    # built with it (in this order: a process's end fires its monitors,
+    # then its links, then fails the calls it was serving).
+    monitors: Monitors = attrs.field(init=False)
+    links: Links = attrs.field(init=False)
+    calls: Calls = attrs.field(init=False)
     _task_group: anyio.abc.TaskGroup | None = None
     _table: dict[int, Process] = attrs.field(factory=dict)
     _names: dict[str, Process] = attrs.field(factory=dict)
@@ -397,9 +398,13 @@ class Processes:
     _checkpoints: Checkpoints = (anyio.lowlevel.checkpoint, anyio.lowlevel.checkpoint_if_cancelled)
     _last_drop_log: float = 0.0
     _drops_since_log: int = 0
-    exit_hooks: list[Callable[[Pid, ExitReason], None]] = attrs.field(factory=list)
-    links: Links | None = None
-    calls: Calls | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.monitors = Monitors(transport=self.transport, processes=self, events=self.events)
+        self.links = Links(transport=self.transport, processes=self, events=self.events)
+        self.calls = Calls(
+            transport=self.transport, processes=self, monitors=self.monitors, events=self.events
+        )
 
     def __repr__(self) -> str:
         return f"<Processes of {self.transport.name}: {len(self._table)} running>"
@@ -448,9 +453,7 @@ class Processes:
             # Its own monitors end with it (DEMONITOR to remote targets).
             self.monitors.unwatch_all(process._watching)
             process._watching.clear()
-        self.monitors.process_exited(process.pid, reason)
-        for hook in self.exit_hooks:
-            hook(process.pid, reason)
+        self.events.publish(ProcessExited(process.pid, reason))
 
     def _reason_for(self, exc: BaseException) -> ExitReason:
         if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -516,7 +519,6 @@ class Processes:
         if parent is not None:
             # Linked before the pid is handed out and before fn runs: the
             # child cannot end unlinked (a parent gone meanwhile: noproc).
-            assert self.links is not None
             self.links.link_local(process, parent.pid)
         task_status.started(process.pid)
         reason = ExitReason(ExitKind.NORMAL)
@@ -551,9 +553,9 @@ class Processes:
             if node != transport.name:
                 # The hot path, written out flat: every call layer here is
                 # paid once per message.
-                conn = transport.connections.get(node)
+                conn = transport.connection(node)
                 if conn is None:
-                    conn = await self.connection_for(node)
+                    conn = await self.transport.connection_for(node)
                 if conn.is_congested():
                     # Wait before writing, not after: of many senders woken
                     # together only the first writes, the others see the
@@ -632,9 +634,9 @@ class Processes:
         await self.maybe_yield()
 
     async def _send_item(self, node: str, item: list[Any]) -> None:
-        conn = self.transport.connections.get(node)
+        conn = self.transport.connection(node)
         if conn is None:
-            conn = await self.connection_for(node)
+            conn = await self.transport.connection_for(node)
         data = self.transport.encode_frame(item)
         if conn.is_congested():
             await conn.wait_for_space()  # before writing: see send()
@@ -670,9 +672,9 @@ class Processes:
         conn.write(b"".join((_LENGTH.pack(size), head, body)))
 
     async def _send_remote(self, node: str, kind: int, dest: Pid | str, message: Any) -> None:
-        conn = self.transport.connections.get(node)
+        conn = self.transport.connection(node)
         if conn is None:
-            conn = await self.connection_for(node)
+            conn = await self.transport.connection_for(node)
         if conn.is_congested():
             await conn.wait_for_space()  # before writing: see send()
             self._write_frame(conn, kind, dest, message)
@@ -680,23 +682,6 @@ class Processes:
         else:
             self._write_frame(conn, kind, dest, message)
             await self.maybe_yield()
-
-    async def connection_for(self, node: str) -> Connection:
-        """The connection to ``node``, dialling it if its address is known.
-
-        Raises:
-            NodeDownError: not connected and cannot be reached.
-        """
-        if node not in self.transport.addresses:
-            raise NodeDownError(node, "not connected and no address known")
-        try:
-            await self.connect(node)
-        except ConnectError as exc:
-            raise NodeDownError(node, f"cannot connect: {exc}") from exc
-        conn = self.transport.connections.get(node)
-        if conn is None:
-            raise NodeDownError(node, "went down while connecting")
-        return conn
 
     async def maybe_yield(self) -> None:
         self._since_yield += 1

@@ -136,7 +136,8 @@ class NodeMetrics(Collector):
             )
             for key in ("bytes_in", "bytes_out", "frames_in", "frames_out")
         }
-        for peer, conn in sorted(node.transport.connections.items()):
+        for conn in node.transport.all_connections():
+            peer = conn.peer
             for key, family in peer_families.items():
                 family.add_metric([node.name, peer], getattr(conn, key))
         yield from peer_families.values()

@@ -29,6 +29,7 @@ from ._ids import Pid, validate_cookie, validate_node_name
 from ._links import Links
 from ._monitors import Monitors
 from ._network import REAL_NETWORK, Network
+from ._node_events import NodeEventBus, PeerDown, PeerUp
 from ._proto.kinds import Kind
 from .cluster.health import Health
 from .cluster.membership import Membership, member_snapshot_file
@@ -114,9 +115,8 @@ class Node:
     election: Election
     health: Health
     telemetry: Telemetry
+    _events: NodeEventBus
     _node_monitors: Subscribers[NodeEvent]
-    _down_hooks: list[Callable[[str, str], None]] = attrs.field(factory=list)
-    _up_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
     _task_group: anyio.abc.TaskGroup | None = None
     _pings: dict[int, _PendingPing] = attrs.field(factory=dict)
     _ping_seq: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
@@ -126,7 +126,7 @@ class Node:
         # (about a megabyte, the cookie among it) into every %r log line.
         if self._transport.stopping:
             return f"<Node {self.name}: stopped>"
-        peers = len(self._transport.connections)
+        peers = len(self._transport.peers())
         return f"<Node {self.name}: {peers} peer{'' if peers == 1 else 's'}>"
 
     @property
@@ -173,7 +173,7 @@ class Node:
 
     def nodes(self) -> list[str]:
         """Names of the nodes connected now, sorted."""
-        return sorted(self._transport.connections)
+        return self._transport.peers()
 
     async def ping(self, name: str, timeout: float = 5.0) -> float:
         """Measure a round trip to ``name`` over its connection, in seconds.
@@ -185,20 +185,11 @@ class Node:
             NodeDownError: not connected (and cannot connect), went down
                 meanwhile, or no answer within ``timeout``.
         """
-        conn = self._transport.connections.get(name)
-        if conn is None:
-            if name in self._transport.disconnected:
-                raise NodeDownError(name, "disconnected on purpose")
-            if name not in self._transport.addresses:
-                raise NodeDownError(name, "not connected and no address known")
-            try:
-                with anyio.fail_after(timeout):
-                    await self._transport.connect(name)
-            except (ConnectError, TimeoutError) as exc:
-                raise NodeDownError(name, f"cannot connect: {exc}") from exc
-            conn = self._transport.connections.get(name)
-            if conn is None:
-                raise NodeDownError(name, "went down while connecting")
+        try:
+            with anyio.fail_after(timeout):
+                conn = await self._transport.connection_for(name)
+        except TimeoutError:
+            raise NodeDownError(name, f"cannot connect: timed out after {timeout}s") from None
         seq = next(self._ping_seq)
         pending = _PendingPing(conn=conn)
         self._pings[seq] = pending
@@ -243,22 +234,24 @@ class Node:
     def _publish(self, event: NodeEvent) -> None:
         self._node_monitors.publish(event)
 
-    def _node_up(self, name: str) -> None:
-        logger.info("%s: node up %s", self.name, name)
-        self._publish(NodeUp(name))
-        for hook in self._up_hooks:
-            hook(name)
+    def __attrs_post_init__(self) -> None:
+        # The node is built last, so it hears of a peer after every service
+        # has: monitors, links and calls fire before the public NodeDown, as
+        # in Erlang.
+        self._events.subscribe(PeerUp, self._node_up)
+        self._events.subscribe(PeerDown, self._node_down)
 
-    def _node_down(self, name: str, reason: str) -> None:
+    def _node_up(self, event: PeerUp) -> None:
+        logger.info("%s: node up %s", self.name, event.name)
+        self._publish(NodeUp(event.name))
+
+    def _node_down(self, event: PeerDown) -> None:
+        name, reason = event.name, event.reason
         logger.info("%s: node down %s (%s)", self.name, name, reason)
         for seq, pending in list(self._pings.items()):
             if pending.conn.peer == name:
                 pending.done.set()
                 del self._pings[seq]
-        # Monitors fire before the node-down event, as in Erlang.
-        self._monitors.node_down(name, reason)
-        for hook in self._down_hooks:
-            hook(name, reason)
         self._publish(NodeDown(name, reason))
 
     def status_report(self) -> dict[str, Any]:
@@ -299,13 +292,13 @@ class Node:
         """A frozen snapshot of traffic counters and drops."""
         transport = self._transport
         bytes_in, bytes_out, frames_in, frames_out = transport.closed_totals
-        for conn in transport.connections.values():
+        for conn in transport.all_connections():
             bytes_in += conn.bytes_in
             bytes_out += conn.bytes_out
             frames_in += conn.frames_in
             frames_out += conn.frames_out
         return NodeStatistics(
-            connections=len(transport.connections),
+            connections=len(transport.peers()),
             bytes_in=bytes_in,
             bytes_out=bytes_out,
             messages_in=frames_in,
@@ -422,11 +415,9 @@ class Node:
         if that fails the event (``noconnection``) is there at once.
         Leaving the block demonitors.
         """
-        transport = self._transport
-        unconnected = pid.node != self.name and pid.node not in transport.connections
-        if unconnected and pid.node in transport.addresses:
-            with contextlib.suppress(ConnectError):  # the watch reports noconnection
-                await self.connect(pid.node)
+        if pid.node != self.name:
+            with contextlib.suppress(NodeDownError):  # the watch reports noconnection
+                await self._transport.connection_for(pid.node)
         send, receive = anyio.create_memory_object_stream[ProcessDown](1)
         ref = self._monitors.watch(pid, send.send_nowait)
         try:
@@ -445,7 +436,7 @@ def crash(node: Node) -> None:
     For tests: :func:`trio_distribute.testing.crash`."""
     transport = node._transport
     transport.stopping = True
-    for conn in list(transport.connections.values()):
+    for conn in transport.all_connections():
         conn.close(NodeDownReason.CONNECTION_CLOSED)
     if node._task_group is not None:
         node._task_group.cancel_scope.cancel()
@@ -636,7 +627,10 @@ def _build_node(
 ) -> Node:
     attached = network.attach(name)
     creation = _fresh_creation(attached.random())
-    node_ref: list[Node] = []
+    # Built in dependency order, each service with the event bus it
+    # publishes on and subscribes to; the order of construction is the
+    # order in which services hear of a peer or a process going down.
+    events = NodeEventBus()
     transport = Transport(
         name=name,
         creation=creation,
@@ -645,35 +639,35 @@ def _build_node(
         ssl_context=ssl_context,
         client_ssl_context=client_ssl_context,
         network=attached,
-        on_node_up=lambda peer: node_ref[0]._node_up(peer),
-        on_node_down=lambda peer, reason: node_ref[0]._node_down(peer, reason),
+        events=events,
     )
-    monitors = Monitors(transport=transport)
-    processes = Processes(transport=transport, monitors=monitors, connect=transport.connect)
-    monitors.processes = processes
-    links = Links(transport=transport, processes=processes)
-    calls = Calls(transport=transport, processes=processes, monitors=monitors)
-    processes.links = links
-    processes.calls = calls
-    groups = Groups(transport=transport, processes=processes)
-    registry = Registry(transport=transport, processes=processes)
-    rpc = Rpc(transport=transport, processes=processes, allow_any_module=config.allow_any_module)
+    processes = Processes(transport=transport, events=events)
+    groups = Groups(transport=transport, processes=processes, events=events)
+    registry = Registry(transport=transport, processes=processes, events=events)
+    rpc = Rpc(
+        transport=transport,
+        processes=processes,
+        events=events,
+        allow_any_module=config.allow_any_module,
+    )
     membership = Membership(
         transport=transport,
+        events=events,
         config=config.membership,
         cookie=cookie,
         metadata=config.metadata,
         connect_all=config.connect_all,
         snapshot=None if config.state_dir is None else member_snapshot_file(config.state_dir, name),
     )
-    transport.address_hooks.append(membership.peer_address)
     election = Election(
         transport=transport,
+        events=events,
         membership=membership,
         config=config.election,
         state_dir=config.state_dir,
     )
     node = Node(
+        events=events,
         node_monitors=Subscribers[NodeEvent](
             MONITOR_BUFFER, lambda: transport.count_drop("monitor_overflow")
         ),
@@ -682,9 +676,9 @@ def _build_node(
         config=config,
         transport=transport,
         processes=processes,
-        monitors=monitors,
-        links=links,
-        calls=calls,
+        monitors=processes.monitors,
+        links=processes.links,
+        calls=processes.calls,
         groups=groups,
         registry=registry,
         rpc=rpc,
@@ -694,14 +688,6 @@ def _build_node(
         telemetry=Telemetry(transport=transport),
     )
     rpc.export(node.status_report, name="trio_distribute.status")
-    node._up_hooks.append(groups.node_up)
-    node._up_hooks.append(registry.node_up)
-    node._down_hooks.append(links.node_down)
-    node._down_hooks.append(calls.node_down)
-    node._down_hooks.append(groups.node_down)
-    node._down_hooks.append(registry.node_down)
-    node._down_hooks.append(rpc.node_down)
-    node_ref.append(node)
     transport.add_handler(Kind.PING, node._handle_ping)
     transport.add_handler(Kind.PONG, node._handle_pong)
     return node

@@ -41,11 +41,12 @@ import attrs
 
 from ._applier import OrderedSender, PeerWork, Work, frames_for
 from ._ids import Pid, check_label
+from ._node_events import NodeEventBus, PeerDown, PeerUp, ProcessExited
 from ._proto.kinds import Kind
 from ._ratelimit import LogLimiter
 from .codec import message
 from .errors import NameNotFoundError, NameTakenError
-from .monitor import ExitReason, NodeDownReason
+from .monitor import NodeDownReason
 from .telemetry import RegistryConflict
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class Registry:
 
     transport: Transport
     processes: Processes
+    events: NodeEventBus
     #: Chooses the survivor when a name was registered on both sides of a
     #: healed partition. It must give the same answer on every node for
     #: the same two pids, whatever their order.
@@ -145,6 +147,9 @@ class Registry:
             max_backlog=lambda: self.transport.config.registry.max_backlog,
         )
         self._out = OrderedSender(transport=self.transport)
+        self.events.subscribe(ProcessExited, self._process_exited)
+        self.events.subscribe(PeerUp, self.node_up)
+        self.events.subscribe(PeerDown, self.node_down)
 
     def start(self) -> None:
         add = self.transport.add_handler
@@ -154,7 +159,6 @@ class Registry:
         add(Kind.REG_RELEASE, self._handle_release)
         add(Kind.REG_UNREGISTER, self._handle_unregister)
         add(Kind.REG_SYNC, self._handle_sync)
-        self.processes.exit_hooks.append(self._process_exited)
 
     # ---------------------------------------------------------------- reads
 
@@ -219,7 +223,7 @@ class Registry:
             return "taken"
         config = self.transport.config.registry
         started = anyio.current_time()
-        peers = sorted(self.transport.connections)
+        peers = self.transport.peers()
         boss = max([me, *peers])
         granted: list[str] = []
         try:
@@ -283,7 +287,7 @@ class Registry:
         unregister that is not acknowledged in time is counted and given up
         on (``"late"``): the peer still applies it in order if it is merely
         slow, and only a broken peer's own view suffers otherwise."""
-        conn = self.transport.connections.get(node)
+        conn = self.transport.connection(node)
         if conn is None or conn.closed:
             return "down"
         request = next(self._request_ids)
@@ -341,7 +345,7 @@ class Registry:
         timeout = self.transport.config.registry.commit_timeout
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
-                for node in sorted(self.transport.connections):
+                for node in self.transport.peers():
                     tg.start_soon(self._ask, node, kind, timeout, name, pid)
 
     def _grant(self, name: str, requester: str) -> str:
@@ -407,7 +411,7 @@ class Registry:
             if lock is not None and lock.holder == me:
                 self._drop_lock(name)
             return
-        conn = self.transport.connections.get(node)
+        conn = self.transport.connection(node)
         if conn is not None and not conn.closed:
             # Like the lock it gives back, not held behind our table.
             conn.write(self.transport.encode_frame([Kind.REG_RELEASE, name]))
@@ -503,11 +507,12 @@ class Registry:
         if process is not None:
             process._deliver_down(NameConflict(name, winner))
 
-    def node_up(self, node: str) -> None:
+    def node_up(self, event: PeerUp) -> None:
         """Send a newly connected node the names of our own processes (the
         peer hears every other node's names from that node), in frames
         that each fit the frame limit, from a task."""
-        conn = self.transport.connections.get(node)
+        node = event.name
+        conn = self.transport.connection(node)
         if conn is None:
             return
         # A copy taken now; later changes reach this peer after the table.
@@ -527,9 +532,10 @@ class Registry:
         chunk = self.transport.config.registry.sync_chunk
         return frames_for(entries, chunk, encode_part, oversize)
 
-    def node_down(self, node: str, reason: str) -> None:
+    def node_down(self, event: PeerDown) -> None:
         """Forget the names of ``node``'s processes and its locks; answer
         our requests waiting on it."""
+        node = event.name
         for name in [n for n, pid in self._names.items() if pid.node == node]:
             del self._names[name]
         if self._lock_counts.get(node):
@@ -540,7 +546,8 @@ class Registry:
                 pending.answer = "down"
                 pending.done.set()
 
-    def _process_exited(self, pid: Pid, reason: ExitReason) -> None:
+    def _process_exited(self, event: ProcessExited) -> None:
+        pid = event.pid
         name = self._owned.pop(pid, None)
         if name is not None and self._names.get(name) == pid:
             del self._names[name]

@@ -40,6 +40,7 @@ import attrs
 
 from ._backend import Parker, new_parker, running_on_trio
 from ._correlation import correlation_id
+from ._node_events import NodeEventBus, PeerDown
 from ._proto.kinds import Kind
 from ._ratelimit import LogLimiter
 from .errors import (
@@ -233,6 +234,7 @@ class Rpc:
 
     transport: Transport
     processes: Processes
+    events: NodeEventBus
     allow_any_module: bool = False
     _exports: dict[str, Callable[..., Any]] = attrs.field(factory=dict)
     _is_async_cache: dict[Callable[..., Any], bool] = attrs.field(factory=dict)
@@ -267,6 +269,9 @@ class Rpc:
             0,
         )
     )
+
+    def __attrs_post_init__(self) -> None:
+        self.events.subscribe(PeerDown, self.node_down)
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -349,9 +354,9 @@ class Rpc:
         transport = self.transport
         if node == transport.name:
             return await self._call_here(function, args, kwargs, limit)
-        conn = transport.connections.get(node)
+        conn = transport.connection(node)
         if conn is None:
-            conn = await self.processes.connection_for(node)
+            conn = await self.transport.connection_for(node)
         req = next(self._ids)
         frame = transport.encode_frame(
             [_CALL, req, function, list(args), kwargs, correlation_id.get()]
@@ -443,9 +448,9 @@ class Rpc:
             transport.encode_frame(frame_item)  # the same errors as a remote cast
             self._start_cast(None, function, list(args), kwargs, correlation_id.get())
             return
-        conn = transport.connections.get(node)
+        conn = transport.connection(node)
         if conn is None:
-            conn = await self.processes.connection_for(node)
+            conn = await self.transport.connection_for(node)
         data = transport.encode_frame(frame_item)
         if conn.is_congested():
             await conn.wait_for_space()  # before writing, as Processes.send does
@@ -682,8 +687,9 @@ class Rpc:
 
     # ---------------------------------------------------------- node events
 
-    def node_down(self, name: str, reason: str) -> None:
+    def node_down(self, event: PeerDown) -> None:
         """Fail this node's calls to ``name``; cancel its calls here."""
+        name, reason = event.name, event.reason
         for call in list(self._calls.values()):
             if call.conn.peer == name and not call.done:
                 call.finish(_NODE_DOWN, reason)

@@ -31,7 +31,7 @@ import socket
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -41,8 +41,10 @@ import attrs
 from anyio.streams.tls import TLSStream
 
 from . import codec
+from ._addresses import parse_target
 from ._backend import running_on_trio
 from ._network import REAL_NETWORK, NodeNetwork
+from ._node_events import NodeEventBus, PeerAddress, PeerDown, PeerUp
 from ._proto.frames import MAX_PREAUTH_FRAME, TICK, FrameDecoder, frame
 from ._proto.handshake import (
     HandshakeCompleted,
@@ -68,7 +70,7 @@ from .errors import (
 from .monitor import NodeDownReason
 from .telemetry import ConnectFailed
 
-__all__ = ["Connection", "Kind", "Transport", "parse_target"]
+__all__ = ["Connection", "Kind", "Transport"]
 
 #: Reasons a peer may give in its goodbye frame.
 _BYE_REASONS = frozenset(
@@ -104,41 +106,6 @@ ACCEPT_BATCH = 256
 
 
 FrameHandler = Callable[["Connection", list[Any]], None]
-
-
-def parse_target(target: str) -> tuple[str | None, str | None, int | None]:
-    """Split ``"name@host:port"``, ``"host:port"`` or ``"name@host"``.
-
-    Returns ``(name, host, port)`` with ``None`` for the parts not given.
-
-    Raises:
-        ValueError: the target has none of these forms.
-    """
-    from ._ids import validate_node_name
-
-    if not isinstance(target, str) or not target:
-        raise ValueError(f"connect target must be a non-empty str, got {target!r}")
-    name: str | None = None
-    rest = target
-    if "@" in target:
-        short, _, hostport = target.partition("@")
-        host, colon, port_text = hostport.rpartition(":")
-        if not colon:
-            return validate_node_name(target), None, None
-        name = validate_node_name(f"{short}@{host}")
-        rest = hostport
-    host, colon, port_text = rest.rpartition(":")
-    if not colon or not host:
-        raise ValueError(
-            f"connect target {target!r} must be 'name@host:port', 'host:port' or a known node name"
-        )
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"connect target {target!r}: port {port_text!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"connect target {target!r}: port {port} is out of range")
-    return name, host, port
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -545,8 +512,9 @@ class Transport:
     config: NodeConfig
     ssl_context: ssl.SSLContext | None = None
     client_ssl_context: ssl.SSLContext | None = None
-    on_node_up: Callable[[str], None]
-    on_node_down: Callable[[str, str], None]
+    #: Where peers coming up, going down and telling their address are
+    #: published for the node's services.
+    events: NodeEventBus
     #: Where listening, dialling and datagrams go (the operating system's
     #: TCP/UDP unless a simulated network is given).
     network: NodeNetwork = REAL_NETWORK
@@ -569,8 +537,6 @@ class Transport:
     disconnected: dict[str, int] = attrs.field(factory=dict)
     #: Log lines a remote party can trigger: at most one per cause per second.
     log_limiter: LogLimiter = attrs.field(factory=lambda: LogLimiter(logger))
-    #: Called with a peer's name when it tells us where it listens.
-    address_hooks: list[Callable[[str], None]] = attrs.field(factory=list)
     #: Peers this node refuses to connect with (see :meth:`block`).
     blocked: set[str] = attrs.field(factory=set)
     #: Told of every counted drop, with what is known of it (telemetry).
@@ -802,8 +768,7 @@ class Transport:
         if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
             raise ValueError("INFO needs a str host and a port number")
         self.addresses[conn.peer] = (host, port)
-        for hook in self.address_hooks:
-            hook(conn.peer)
+        self.events.publish(PeerAddress(conn.peer))
 
     def _handle_bye(self, conn: Connection, item: list[Any]) -> None:
         reason = item[1]
@@ -1297,7 +1262,7 @@ class Transport:
         event = self._up_events.pop(conn.peer, None)
         if event is not None:
             event.set()
-        self.on_node_up(conn.peer)
+        self.events.publish(PeerUp(conn.peer))
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
         """Called once by a connection as it closes."""
@@ -1308,7 +1273,7 @@ class Transport:
         totals[3] += conn.frames_out
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
-            self.on_node_down(conn.peer, reason)
+            self.events.publish(PeerDown(conn.peer, reason))
 
     async def block(self, name: str) -> None:
         """Refuse every connection with ``name`` (dialled or accepted) and
@@ -1347,3 +1312,99 @@ class Transport:
     def forget(self, name: str) -> None:
         """Forget that ``name`` was disconnected (``membership.remove``)."""
         self.disconnected.pop(name, None)
+
+    # ------------------------------------------- what the node's services use
+
+    def connection(self, name: str) -> Connection | None:
+        """The connection to ``name`` if there is one now."""
+        return self.connections.get(name)
+
+    def is_connected(self, name: str) -> bool:
+        """Whether a connection to ``name`` is up now."""
+        return name in self.connections
+
+    def peers(self) -> list[str]:
+        """The names of the nodes connected now, sorted."""
+        return sorted(self.connections)
+
+    def all_connections(self) -> list[Connection]:
+        """The connections up now, sorted by peer name (statistics)."""
+        return [self.connections[name] for name in sorted(self.connections)]
+
+    def send(self, name: str, data: bytes) -> bool:
+        """Queue an encoded frame to ``name``; ``False`` if not connected
+        (nothing is dialled: callers that need the peer use
+        :meth:`connection_for`)."""
+        conn = self.connections.get(name)
+        if conn is None:
+            return False
+        conn.write(data)
+        return True
+
+    def broadcast(self, data: bytes) -> int:
+        """Queue an encoded frame to every connected node; how many."""
+        conns = list(self.connections.values())
+        for conn in conns:
+            conn.write(data)
+        return len(conns)
+
+    def knows_address(self, name: str) -> bool:
+        """Whether ``name`` has told us (or membership learned) where it listens."""
+        return name in self.addresses
+
+    def address_of(self, name: str) -> tuple[str, int] | None:
+        """Where ``name`` listens, if known."""
+        return self.addresses.get(name)
+
+    def name_listening_at(self, host: str, port: int) -> str | None:
+        """The node known to listen at ``host:port``, if any."""
+        for name, known in self.addresses.items():
+            if known == (host, port):
+                return name
+        return None
+
+    def learn_address(self, name: str, host: str, port: int) -> None:
+        """Remember where ``name`` listens (membership hears it in gossip)."""
+        self.addresses[name] = (host, port)
+
+    def was_disconnected(self, name: str) -> bool:
+        """Whether the user disconnected ``name`` (nothing redials it)."""
+        return name in self.disconnected
+
+    def is_blocked(self, name: str) -> bool:
+        """Whether connections with ``name`` are refused (:meth:`block`)."""
+        return name in self.blocked
+
+    async def connection_for(self, name: str) -> Connection:
+        """The connection to ``name``, dialling it if its address is known.
+
+        The one place a node connects on demand (a send, a link, a call, a
+        ping, a monitor). A peer the user disconnected is not dialled.
+
+        Raises:
+            NodeDownError: not connected and cannot be reached.
+        """
+        conn = self.connections.get(name)
+        if conn is not None:
+            return conn
+        if name not in self.addresses:
+            raise NodeDownError(name, "not connected and no address known")
+        try:
+            await self.connect(name)
+        except ConnectError as exc:
+            raise NodeDownError(name, f"cannot connect: {exc}") from exc
+        conn = self.connections.get(name)
+        if conn is None:
+            raise NodeDownError(name, "went down while connecting")
+        return conn
+
+    @property
+    def started(self) -> bool:
+        """Whether the node runs (it has a task group to start tasks in)."""
+        return self._task_group is not None
+
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
+        """Run ``fn(*args)`` in the node's task group (it lives as long as
+        the node)."""
+        assert self._task_group is not None, "the node is not running"
+        self._task_group.start_soon(fn, *args)

@@ -71,7 +71,7 @@ class Health:
 
     def node(self, name: str) -> NodeHealth:
         """What this node knows about ``name`` (itself included)."""
-        connected = name == self.transport.name or name in self.transport.connections
+        connected = name == self.transport.name or self.transport.is_connected(name)
         if not self.membership.enabled:
             return NodeHealth(name, None, None, None, connected)
         core = self.membership.core
@@ -87,7 +87,7 @@ class Health:
     def cluster(self) -> ClusterHealth:
         """Counts by status, quorum, leader and local health."""
         if not self.membership.enabled:
-            alive = 1 + len(self.transport.connections)
+            alive = 1 + len(self.transport.peers())
             return ClusterHealth(alive, 0, 0, 0, True, None, 0, 0)
         core = self.membership.core
         counts = core.counts()

@@ -47,8 +47,10 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .._addresses import split_address
 from .._events import Subscribers
 from .._network import DatagramEndpoint
+from .._node_events import MembersChanged, NodeEventBus, PeerAddress
 from .._proto.kinds import Kind
 from .._proto.swim import (
     DEFAULT_DATAGRAM_BUDGET,
@@ -184,19 +186,12 @@ def save_snapshot(path: Path, members: dict[str, str]) -> None:
     os.replace(temporary, path)
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` → ``(host, port)``; ``ValueError`` if malformed."""
-    host, colon, port_text = address.rpartition(":")
-    if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"a member address is 'host:port', got {address!r}")
-    return host.strip("[]"), int(port_text)
-
-
 @attrs.define(eq=False, kw_only=True)
 class Membership:
     """A node's SWIM membership: ``node.membership``."""
 
     transport: Transport
+    events: NodeEventBus
     config: MembershipConfig
     cookie: bytes = attrs.field(repr=False)
     metadata: bytes = b""
@@ -215,7 +210,6 @@ class Membership:
             takes_self=True,
         )
     )
-    _listeners: list[Callable[[MemberChange | None], None]] = attrs.field(factory=list)
     _streams_in_flight: int = 0
     _names_by_address: dict[str, str] = attrs.field(factory=dict)
     _stopped: bool = False
@@ -235,6 +229,9 @@ class Membership:
     #: belonged to before it restarted (the election counts them as voters).
     remembered: dict[str, str] = attrs.field(factory=dict)
     _snapshot_saved: dict[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.events.subscribe(PeerAddress, self._peer_address)
 
     def __repr__(self) -> str:
         if not self.enabled:
@@ -308,11 +305,6 @@ class Membership:
         else:
             logger.info("%s: rejoined through %d known member(s)", self.transport.name, reached)
 
-    def add_listener(self, listener: Callable[[MemberChange | None], None]) -> None:
-        """Call ``listener`` with every membership change, and with ``None``
-        when a member is removed (the election's voter set follows them)."""
-        self._listeners.append(listener)
-
     # ----------------------------------------------------------------- query
 
     def members(self) -> list[Member]:
@@ -374,7 +366,7 @@ class Membership:
                 with anyio.move_on_after(self.transport.config.handshake_timeout):
                     # No event marks "a connection from that address": poll.
                     while not (  # noqa: ASYNC110
-                        (peer := self._name_at(address)) and peer in self.transport.connections
+                        (peer := self._name_at(address)) and self.transport.is_connected(peer)
                     ):
                         await anyio.sleep(0.05)
                     reached += 1
@@ -414,8 +406,7 @@ class Membership:
         self.remembered.pop(name, None)
         self.transport.forget(name)
         self._redial.pop(name, None)
-        for listener in self._listeners:
-            listener(None)
+        self.events.publish(MembersChanged(None))
         if self.snapshot is not None:
             self._save_snapshot()
         self._wake()
@@ -433,15 +424,18 @@ class Membership:
 
     # ------------------------------------------------------------ node hooks
 
-    def peer_address(self, name: str) -> None:
+    def _peer_address(self, event: PeerAddress) -> None:
         """A connected node told us where it listens: exchange state with it
         unless it is already a live member (connecting joins clusters)."""
+        name = event.name
         core = self._core
-        if core is None or core.leaving or name in self.transport.blocked:
+        if core is None or core.leaving or self.transport.is_blocked(name):
             return
         if core.status_of(name) in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
             return
-        host, port = self.transport.addresses[name]
+        address = self.transport.address_of(name)
+        assert address is not None  # published just after it was stored
+        host, port = address
         # Not remembered as a seed: a passing client (the status command)
         # must not be rejoined for ever after it left.
         core.join(anyio.current_time(), [f"{host}:{port}"], remember=False)
@@ -473,7 +467,7 @@ class Membership:
         assert self._socket is not None and self._sealer is not None
         for action in core.take_actions():
             if isinstance(action, SendDatagram):
-                if self._names_by_address.get(action.address) in self.transport.blocked:
+                if self.transport.is_blocked(self._names_by_address.get(action.address, "")):
                     continue
                 try:
                     host, port = split_address(action.address)
@@ -507,12 +501,11 @@ class Membership:
         assert self._socket is not None and self._sealer is not None
         core = self.core
         sealer = self._sealer
-        blocked = self.transport.blocked
         async with self._socket:  # closed when the node stops
-            await self._receive_loop(core, sealer, blocked)
+            await self._receive_loop(core, sealer, self.transport.is_blocked)
 
     async def _receive_loop(
-        self, core: SwimCore, sealer: DatagramSealer, blocked: set[str]
+        self, core: SwimCore, sealer: DatagramSealer, is_blocked: Callable[[str], bool]
     ) -> None:
         assert self._socket is not None
         while True:
@@ -536,7 +529,8 @@ class Membership:
                 self.transport.count_drop(cause)
                 continue
             source = f"{host}:{port}"
-            if blocked and self._names_by_address.get(source) in blocked:
+            name = self._names_by_address.get(source)
+            if name is not None and is_blocked(name):
                 self.transport.count_drop("datagram_blocked")
                 continue
             try:
@@ -558,7 +552,7 @@ class Membership:
         _, payload = item
         if type(payload) is not bytes:
             raise TypeError("MEMBER_STREAM needs a bytes payload")
-        known = self.transport.addresses.get(conn.peer)
+        known = self.transport.address_of(conn.peer)
         if known is None:
             self.transport.count_drop("member_stream_unknown_address")
             return
@@ -600,24 +594,21 @@ class Membership:
         if name:
             return name
         host, port = split_address(address)
-        for peer, known in self.transport.addresses.items():
-            if known == (host, port):
-                return peer
-        return ""
+        return self.transport.name_listening_at(host, port) or ""
 
     async def _connection_to(self, address: str, *, name: str, dial: bool) -> Connection | None:
         transport = self.transport
-        conn = transport.connections.get(name) if name else None
-        if conn is not None or not dial or name in transport.blocked:
+        conn = transport.connection(name) if name else None
+        if conn is not None or not dial or transport.is_blocked(name):
             return conn
         host, port = split_address(address)
         with contextlib.suppress(ConnectError, TimeoutError, ValueError):
             if name:
-                transport.addresses[name] = (host, port)
+                transport.learn_address(name, host, port)
                 peer = await transport.connect(name)
             else:
                 peer = await transport.connect(f"{host}:{port}")
-            return transport.connections.get(peer)
+            return transport.connection(peer)
         return None
 
     # ---------------------------------------------------------------- events
@@ -643,8 +634,7 @@ class Membership:
                 self._save_snapshot()
             except OSError as exc:
                 logger.warning("cannot save the member snapshot: %s", exc)
-        for listener in self._listeners:
-            listener(change)
+        self.events.publish(MembersChanged(change))
         event = _event_for(change)
         if event is None:
             return
@@ -663,7 +653,7 @@ class Membership:
         if isinstance(event, MemberDown | MemberLeft):
             logger.info("%s: member %s is %s", transport.name, event.name, type(event).__name__)
             self._redial.pop(event.name, None)
-            if event.name in transport.connections:
+            if transport.is_connected(event.name):
                 reason = (
                     NodeDownReason.MEMBER_DEAD
                     if isinstance(event, MemberDown)
@@ -673,15 +663,15 @@ class Membership:
         elif (
             isinstance(event, MemberUp)
             and self.connect_all
-            and event.name not in transport.connections
-            and event.name not in transport.blocked
+            and not transport.is_connected(event.name)
+            and not transport.is_blocked(event.name)
         ):
             self._task_group.start_soon(self._connect_member, event.name, event.address)
 
     async def _connect_member(self, name: str, address: str) -> None:
         with contextlib.suppress(ConnectError, TimeoutError, ValueError):
             host, port = split_address(address)
-            self.transport.addresses[name] = (host, port)
+            self.transport.learn_address(name, host, port)
             await self.transport.connect(name)
 
     # ------------------------------------------------------------ full mesh
@@ -692,9 +682,9 @@ class Membership:
         return (
             name != transport.name
             and member.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)
-            and name not in transport.connections
-            and name not in transport.blocked
-            and name not in transport.disconnected
+            and not transport.is_connected(name)
+            and not transport.is_blocked(name)
+            and not transport.was_disconnected(name)
             and not transport.stopping
             and not self.core.leaving
         )
@@ -734,7 +724,7 @@ class Membership:
             await self._connect_member(name, address)
         finally:
             self._redialling.discard(name)
-        if name in self.transport.connections:
+        if self.transport.is_connected(name):
             self._redial.pop(name, None)
             return
         self.transport.count_drop("mesh_redial_failed")

@@ -44,6 +44,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._events import Subscribers
+from .._node_events import MembersChanged, NodeEventBus
 from .._proto.kinds import Kind
 from .._proto.raft import (
     ElectionCore,
@@ -53,7 +54,7 @@ from .._proto.raft import (
     decode_message,
     encode_message,
 )
-from .._proto.swim import MemberChange, MemberStatus
+from .._proto.swim import MemberStatus
 from .._ratelimit import LogLimiter
 from ..cluster.membership import Membership, safe_file_name
 from ..config import ElectionConfig
@@ -161,6 +162,7 @@ class Election:
     """A node's leader election: ``node.election``."""
 
     transport: Transport
+    events: NodeEventBus
     membership: Membership
     config: ElectionConfig
     state_dir: Path | None = None
@@ -235,7 +237,7 @@ class Election:
         self._core.hold_bootstrap(now, self._joining)
         self._observe()
         self._task_group = task_group
-        self.membership.add_listener(self._membership_changed)
+        self.events.subscribe(MembersChanged, self._membership_changed)
         self.transport.add_handler(Kind.ELECTION, self._handle_message)
         task_group.start_soon(self._drive)
 
@@ -320,7 +322,7 @@ class Election:
         self._removed -= alive  # it came back: it may vote again
         core.observe(anyio.current_time(), known=known, alive=alive, departed=left | self._removed)
 
-    def _membership_changed(self, change: MemberChange | None) -> None:
+    def _membership_changed(self, event: MembersChanged) -> None:
         if self._core is None:
             return
         removed_before = set(self._removed)
@@ -369,7 +371,7 @@ class Election:
                     # Synchronous on purpose: nothing may leave before it is durable.
                     save_state(state_file(self.state_dir, transport.name), action)
             elif isinstance(action, Send):
-                conn = transport.connections.get(action.to)
+                conn = transport.connection(action.to)
                 if conn is not None and not conn.closed:
                     conn.write(
                         transport.encode_frame([Kind.ELECTION, encode_message(action.message)])
