@@ -1273,3 +1273,55 @@ def test_machine_arguments_are_checked() -> None:
     machine.initiate()
     (hello,) = decode_frames(machine.data_to_send())
     assert hello["versions"] == [2]  # the current protocol version by default
+
+
+# -- rules found unpinned by mutation testing ------------------------------------
+
+
+def test_leftover_is_empty_before_the_handshake_ends() -> None:
+    for machine in (initiator(), acceptor()):
+        assert machine.leftover() == b""
+    acc = acceptor()
+    acc.receive_data(msg(m="nonsense"))
+    assert acc.state is HandshakeState.FAILED
+    assert acc.leftover() == b""
+
+
+def test_repr_names_the_peer_once_known() -> None:
+    acc = acceptor()
+    assert f"{BOB} peer=? " in repr(acc)
+    assert acc.receive_data(msg(**valid_hello())) == []
+    assert f"peer={ALICE} " in repr(acc)
+
+
+def test_accept_frees_the_held_bytes() -> None:
+    acc = _deciding_acceptor()
+    acc.receive_data(b"h" * 100)
+    acc.accept()
+    assert acc.leftover() == b"h" * 100
+    assert len(acc._held) == 0
+
+
+def test_failure_frees_the_held_and_buffered_bytes() -> None:
+    # While deciding: the held bytes go when the peer breaks the bound.
+    acc = _deciding_acceptor(b"z" * 10)
+    acc.receive_data(b"h" * MAX_PREAUTH_FRAME)
+    assert acc.state is HandshakeState.FAILED
+    assert len(acc._held) == 0
+    assert acc._decoder.buffered == 0
+    # Before deciding: half a frame in the decoder goes with the failure.
+    acc = acceptor()
+    acc.receive_data(msg(m="nonsense") + b"\x00\x00\x01\x00" + b"x" * 50)
+    assert acc.state is HandshakeState.FAILED
+    assert acc._decoder.buffered == 0
+
+
+def test_reject_detail_is_in_the_local_error_only_when_given() -> None:
+    acc = _deciding_acceptor()
+    (event,) = acc.reject("busy", "too many peers")
+    assert isinstance(event, HandshakeFailed)
+    assert str(event.error).endswith(": busy (too many peers)")
+    acc = _deciding_acceptor()
+    (event,) = acc.reject("busy")
+    assert isinstance(event, HandshakeFailed)
+    assert str(event.error).endswith(": busy")
