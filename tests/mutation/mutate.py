@@ -74,7 +74,10 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
     "trio_distribute.codec": (("tests/test_codec.py",), ""),
     "trio_distribute._proto.raft": (("tests/proto/test_raft.py",), ""),
     "trio_distribute._proto._sliced": (("tests/test_sliced_decode.py",), ""),
-    "trio_distribute._proto.swim_wire": (("tests/proto/test_swim_wire.py",), ""),
+    "trio_distribute._proto.swim_wire": (
+        ("tests/proto/test_swim_wire.py", "tests/proto/test_swim_wire_rules.py"),
+        "",
+    ),
     "trio_distribute._proto.swim": (("tests/proto/test_swim.py",), ""),
     "trio_distribute._proto.awareness": (
         ("tests/proto/test_awareness.py", "tests/proto/test_swim.py"),
