@@ -3,6 +3,7 @@ it exists for at its exact bound."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from trio_distribute import Pid, Ref, codec
@@ -26,3 +27,15 @@ def test_id_caches_hold_4096_entries_then_start_over(kind: str, decoded: str, en
     codec.decode(codec.encode(make("cache@rules", 4096, 7)))
     assert len(getattr(codec, decoded)) == 1
     assert len(getattr(codec, encoded)) == 1
+
+
+def test_message_version_zero_is_allowed_negative_is_not() -> None:
+    @codec.message("rules.version-zero", version=0, accepts=[0, 1])
+    @attrs.frozen
+    class VersionZero:
+        x: int
+
+    assert codec.decode(codec.encode(VersionZero(5))) == VersionZero(5)
+    for version, accepts in ((-1, None), (1, [1, -1]), (True, None)):
+        with pytest.raises(TypeError, match="non-negative int"):
+            codec.message("rules.version-negative", version=version, accepts=accepts)

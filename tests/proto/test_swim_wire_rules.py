@@ -79,9 +79,9 @@ def test_name_bound_is_255_characters_not_bytes(
 ) -> None:
     for text in ("a" * wire.MAX_NAME, EMOJI * wire.MAX_NAME):
         assert text in repr(_decode(template, text, stream))
-    for text in ("a" * (wire.MAX_NAME + 1), EMOJI * (wire.MAX_NAME + 1), b"bytes", 1):
+    for bad in ("a" * (wire.MAX_NAME + 1), EMOJI * (wire.MAX_NAME + 1), b"bytes", 1):
         with pytest.raises(SwimDecodeError, match="at most 255 characters"):
-            _decode(template, text, stream)
+            _decode(template, bad, stream)
     if may_be_empty:
         _decode(template, "", stream)
     else:
@@ -186,8 +186,8 @@ def test_push_pull_reply_flag_is_0_or_1() -> None:
         message = wire.decode_stream(dumps([18, flag, "n", "a", []]))
         assert isinstance(message, wire.PushPull)
         assert message.reply is expected
-    for flag in (2, -1, True, False, 1.0, None):
-        refused("reply flag must be 0 or 1", wire.decode_stream, [18, flag, "n", "a", []])
+    for bad_flag in (2, -1, True, False, 1.0, None):
+        refused("reply flag must be 0 or 1", wire.decode_stream, [18, bad_flag, "n", "a", []])
 
 
 def test_member_status_is_0_to_3() -> None:
@@ -195,11 +195,11 @@ def test_member_status_is_0_to_3() -> None:
         message = wire.decode_stream(dumps([18, 0, "n", "a", [["m", "b", 1, status, b""]]]))
         assert isinstance(message, wire.PushPull)
         assert message.members[0].status == status
-    for status in (-1, 4, True, "0"):
+    for bad_status in (-1, 4, True, "0"):
         refused(
             "unknown member status",
             wire.decode_stream,
-            [18, 0, "n", "a", [["m", "b", 1, status, b""]]],
+            [18, 0, "n", "a", [["m", "b", 1, bad_status, b""]]],
         )
 
 
