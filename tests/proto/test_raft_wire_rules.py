@@ -49,7 +49,7 @@ def test_every_kind_takes_its_exact_field_count() -> None:
     for kind in (0, 8, True, "1", None, 1.0):
         refused("unknown raft message kind", [kind, 1])
     for shape in ([], {"a": 1}, "x", 5):
-        refused("non-empty CBOR array", bad)
+        refused("non-empty CBOR array", shape)
 
 
 @pytest.mark.parametrize(
