@@ -48,7 +48,8 @@ def test_every_kind_takes_its_exact_field_count() -> None:
             refused(f"takes {len(message) - 1} fields", bad)
     for kind in (0, 8, True, "1", None, 1.0):
         refused("unknown raft message kind", [kind, 1])
-    for shape in ([], {"a": 1}, "x", 5):
+    shapes: list[object] = [[], {"a": 1}, "x", 5]
+    for shape in shapes:
         refused("non-empty CBOR array", shape)
 
 
