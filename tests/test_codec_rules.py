@@ -3,10 +3,14 @@ it exists for at its exact bound."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 import pytest
 
 from trio_distribute import Pid, Ref, codec
+from trio_distribute.errors import EncodeError
 
 
 @pytest.mark.parametrize(
@@ -39,3 +43,53 @@ def test_message_version_zero_is_allowed_negative_is_not() -> None:
     for version, accepts in ((-1, None), (1, [1, -1]), (True, None)):
         with pytest.raises(TypeError, match="non-negative int"):
             codec.message("rules.version-negative", version=version, accepts=accepts)
+
+
+class _Dict(dict[Any, Any]):
+    pass
+
+
+class _List(list[Any]):
+    pass
+
+
+def _nest(depth: int, make: Callable[[Any], Any], leaf: object = 1) -> Any:
+    value: Any = leaf
+    for _ in range(depth):
+        value = make(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: {"k": v},
+        lambda v: [v],
+        lambda v: (v,),
+        lambda v: _Dict(k=v),
+        lambda v: _List([v]),
+        lambda v: {_Str("k"): v},
+    ],
+    ids=["dict", "list", "tuple", "dict-subclass", "list-subclass", "str-subclass-key"],
+)
+def test_encode_depth_limit_is_exact_on_the_rewrite_path(make: Callable[[Any], Any]) -> None:
+    # A keyed map anywhere in the value sends all of it down the slower
+    # rewriting path, which must count depth exactly like the fast one:
+    # the outer list is one level, so 63 more fit and 64 do not.
+    for leaf in (1, "text", None):
+        value = [{1: 1}, _nest(63, make, leaf)]
+        assert codec.decode(codec.encode(value)) == [{1: 1}, _nest(63, _plain(make), leaf)]
+        with pytest.raises(EncodeError, match="deeper than"):
+            codec.encode([{1: 1}, _nest(64, make, leaf)])
+
+
+class _Str(str):
+    pass
+
+
+def _plain(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    # What each container decodes as: its base type (tuples as lists).
+    sample = make(0)
+    if isinstance(sample, dict):
+        return lambda v: {"k": v}
+    return lambda v: [v]

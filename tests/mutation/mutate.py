@@ -71,7 +71,10 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
     "trio_distribute._proto.suspicion": (("tests/proto/test_suspicion.py",), ""),
     "trio_distribute._proto.broadcast_queue": (("tests/proto/test_broadcast_queue.py",), ""),
     "trio_distribute._proto.handshake": (("tests/proto/test_handshake.py",), ""),
-    "trio_distribute.codec": (("tests/test_codec.py", "tests/test_codec_rules.py"), ""),
+    "trio_distribute.codec": (
+        ("tests/test_codec.py", "tests/test_codec_rules.py", "tests/test_sliced_decode.py"),
+        "",
+    ),
     "trio_distribute._proto.raft": (
         ("tests/proto/test_raft.py", "tests/proto/test_raft_wire_rules.py"),
         "",
