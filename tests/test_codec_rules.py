@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import cbor2
 import pytest
 
 from trio_distribute import Pid, Ref, codec
-from trio_distribute.errors import EncodeError
+from trio_distribute.errors import DecodeError, EncodeError
 
 
 @pytest.mark.parametrize(
@@ -93,3 +94,41 @@ def _plain(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
     if isinstance(sample, dict):
         return lambda v: {"k": v}
     return lambda v: [v]
+
+
+def _sliced(data: bytes, window: int) -> object:
+    steps = codec.decode_steps(data, slice_bytes=window)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # Distinct non-ASCII characters, as many as the sliced finisher's
+        # own threshold (two key slices) and fewer.
+        "".join(chr(0x100 + i) for i in range(2000)),
+        "".join(chr(0x100 + i) for i in range(2 * 16384)),
+        bytes(range(256)),
+        {f"k{i}": i for i in range(100)},
+        list(range(2001)),  # an odd number of items
+    ],
+    ids=["text", "long-text", "bytes", "map", "odd-array"],
+)
+def test_a_keyed_map_is_an_even_array_on_the_sliced_path_too(content: object) -> None:
+    # Big enough to be walked (bigger than the window), so the sliced
+    # finisher sees it; a string must not be read as key, value, key, ...
+    data = cbor2.dumps(cbor2.CBORTag(codec.KEYED_MAP_TAG, content))
+    assert len(data) > 256
+    for decode in (codec.decode, lambda d: _sliced(d, 64)):
+        with pytest.raises(DecodeError, match="invalid keyed map"):
+            decode(data)
+
+
+def test_a_small_keyed_map_on_the_sliced_path_decodes_like_decode() -> None:
+    value = {i: str(i) for i in range(300)}
+    data = codec.encode(value)
+    assert _sliced(data, 64) == codec.decode(data) == value
