@@ -132,3 +132,61 @@ def test_a_small_keyed_map_on_the_sliced_path_decodes_like_decode() -> None:
     value = {i: str(i) for i in range(300)}
     data = codec.encode(value)
     assert _sliced(data, 64) == codec.decode(data) == value
+
+
+# A keyed map of at least two key slices (2 * 16384 keys) is hashed and
+# built a slice at a time on the sliced path: each rule of the one-call
+# finisher must hold there too, in any slice.
+_BIG = 2 * 16384 + 5
+
+
+def _raw_keyed_map(keys: list[object]) -> bytes:
+    content: list[object] = []
+    for key in keys:
+        content += [key, 0]
+    return cbor2.dumps(cbor2.CBORTag(codec.KEYED_MAP_TAG, content))
+
+
+def _both(data: bytes) -> list[object]:
+    return [codec.decode(data), _sliced(data, 4096)]
+
+
+def test_a_big_keyed_map_decodes_in_slices_like_in_one_call() -> None:
+    for count in (_BIG, 16384, 16383):
+        value = {i: -i for i in range(count)}
+        decoded = _both(codec.encode(value))
+        assert decoded == [value, value]
+        assert all(list(d) == list(value) for d in decoded)  # type: ignore[call-overload]
+
+
+def test_a_repeated_key_is_refused_in_any_slice_of_a_big_keyed_map() -> None:
+    for repeated in (0, 16384, _BIG - 1):
+        data = _raw_keyed_map([*range(_BIG), repeated])
+        for decode in (codec.decode, lambda d: _sliced(d, 4096)):
+            with pytest.raises(DecodeError, match=r"duplicate key in a keyed map \(1 repeated\)"):
+                decode(data)
+
+
+def test_colliding_keys_bound_is_exact_in_a_big_keyed_map() -> None:
+    # In CPython (2**61 - 1) * i + 5 hashes to 5, like the key 5 already
+    # there, and its negation to -5: 7 + 1 collisions are allowed, 7 + 2 not.
+    assert codec.MAX_EQUAL_HASH_KEYS == 8
+    fives = [(2**61 - 1) * i + 5 for i in range(1, 8)]
+    minus_fives = [-((2**61 - 1) * i + 5) for i in range(3)]
+    assert {hash(k) for k in fives} == {5} and {hash(k) for k in minus_fives} == {-5}
+    value = _both(_raw_keyed_map([*range(_BIG), *fives, *minus_fives[:2]]))
+    assert all(len(v) == _BIG + 9 for v in value)  # type: ignore[arg-type]
+    data = _raw_keyed_map([*range(_BIG), *fives, *minus_fives])
+    for decode in (codec.decode, lambda d: _sliced(d, 4096)):
+        with pytest.raises(DecodeError, match="distinct hash values"):
+            decode(data)
+
+
+def test_an_unhashable_key_is_refused_in_any_slice_of_a_big_keyed_map() -> None:
+    for where in (0, 16384, _BIG):
+        keys: list[object] = list(range(_BIG))
+        keys.insert(where, [1, 2])
+        data = _raw_keyed_map(keys)
+        for decode in (codec.decode, lambda d: _sliced(d, 4096)):
+            with pytest.raises(DecodeError, match=r"unhashable key \[1, 2\]"):
+                decode(data)
