@@ -1325,3 +1325,21 @@ def test_reject_detail_is_in_the_local_error_only_when_given() -> None:
     (event,) = acc.reject("busy")
     assert isinstance(event, HandshakeFailed)
     assert str(event.error).endswith(": busy")
+
+
+def test_a_message_before_initiate_is_a_protocol_violation() -> None:
+    # Nothing is expected before the initiator speaks: even a reject is a
+    # violation then, not the peer's answer.
+    for message in (msg(m="reject", reason="busy"), msg(**valid_hello())):
+        event = failed(initiator().receive_data(message))
+        assert event.reason == "protocol"
+        assert "unexpected" in str(event.error)
+
+
+def test_a_received_reject_names_the_peer_once_known() -> None:
+    init = initiator()
+    init.initiate()
+    event = failed(init.receive_data(msg(m="reject", reason="busy")))
+    assert str(event.error) == "the peer rejected the handshake: busy"
+    run = pump(initiator(), acceptor(), decide=lambda m: m.reject("busy"))
+    assert str(failed(run.initiator_events).error).startswith(f"{BOB} rejected the handshake: busy")
