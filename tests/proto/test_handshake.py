@@ -1343,3 +1343,26 @@ def test_a_received_reject_names_the_peer_once_known() -> None:
     assert str(event.error) == "the peer rejected the handshake: busy"
     run = pump(initiator(), acceptor(), decide=lambda m: m.reject("busy"))
     assert str(failed(run.initiator_events).error).startswith(f"{BOB} rejected the handshake: busy")
+
+
+def test_proofs_bind_names_creations_nonces_and_version_in_order() -> None:
+    # Known-answer test: both sides share the code, so a transcript built in
+    # the wrong order (or missing a field) would still verify between them.
+    # Computed independently here from the documented transcript.
+    init, acc = initiator(creation=11), acceptor(creation=22)
+    init.initiate()
+    acc.receive_data(init.data_to_send())
+    init.receive_data(acc.data_to_send())
+    wire = init.data_to_send()
+    (proof,) = decode_frames(wire)
+    assert isinstance(acc.receive_data(wire)[0], PeerAuthenticated)
+    acc.accept()
+    (ack,) = decode_frames(acc.data_to_send())
+    init_nonce, acc_nonce = nonces(1)(), nonces(2)()
+    transcript = cbor2.dumps([ALICE, BOB, 11, 22, init_nonce, acc_nonce, 1])
+    key = cookie_keys(COOKIE).handshake
+    for message, label in ((proof, b"initiator"), (ack, b"acceptor")):
+        expected = hmac.new(
+            key, b"trio_distribute-handshake " + label + transcript, hashlib.sha256
+        ).digest()
+        assert message["proof"] == expected
