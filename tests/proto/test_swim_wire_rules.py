@@ -282,3 +282,19 @@ def test_decode_errors_are_typed_for_what_cbor2_raises() -> None:
             wire.decode_datagram(data)
         with pytest.raises(SwimDecodeError, match="bad stream message"):
             wire.decode_stream(data)
+
+
+def test_member_status_wire_values_are_fixed() -> None:
+    # Part of the wire format: nodes of different versions must agree.
+    assert (wire.STATUS_ALIVE, wire.STATUS_SUSPECT, wire.STATUS_DEAD, wire.STATUS_LEFT) == (
+        0,
+        1,
+        2,
+        3,
+    )
+
+
+def test_encode_refuses_what_is_not_a_swim_message() -> None:
+    for bad in (object(), None, [1, 2], wire.MemberState("n", "a", 1, 0, b"")):
+        with pytest.raises(TypeError, match="not a SWIM message"):
+            wire.encode(bad)  # type: ignore[arg-type]
