@@ -122,8 +122,8 @@ def mutate(session: nox.Session) -> None:
     """Mutation testing of the protocol kernel (_proto/) and the codec: each
     module's mutants against its own test file; any survivor not listed in
     tests/mutation/equivalent.txt fails. ``-- MODULE`` runs one module
-    (``-- frames``, ``-- codec``). CPU heavy (tens of minutes): not in CI;
-    see docs/mutation.rst."""
+    (``-- frames``, ``-- codec``). CPU heavy (hours for all modules, minutes
+    for a small one): not in CI; see docs/mutation.rst."""
     session.install("-e", ".[test]")
     session.run(
         "nice", "-n", "10", "python", "tests/mutation/mutate.py", *session.posargs, external=True

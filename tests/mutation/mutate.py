@@ -47,15 +47,19 @@ import ast
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import json
 import os
 import signal
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
-from types import CodeType, ModuleType
+from types import CodeType, FrameType, ModuleType
 
 import attrs
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EQUIVALENT_FILE = Path(__file__).resolve().parent / "equivalent.txt"
@@ -67,8 +71,25 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
     "trio_distribute._proto.suspicion": (("tests/proto/test_suspicion.py",), ""),
     "trio_distribute._proto.broadcast_queue": (("tests/proto/test_broadcast_queue.py",), ""),
     "trio_distribute._proto.handshake": (("tests/proto/test_handshake.py",), ""),
-    "trio_distribute.codec": (("tests/test_codec.py",), ""),
-    "trio_distribute._proto.raft": (("tests/proto/test_raft.py",), ""),
+    "trio_distribute.codec": (
+        ("tests/test_codec.py", "tests/test_codec_rules.py", "tests/test_sliced_decode.py"),
+        "",
+    ),
+    "trio_distribute._proto.raft": (
+        ("tests/proto/test_raft.py", "tests/proto/test_raft_wire_rules.py"),
+        "",
+    ),
+    "trio_distribute._proto._sliced": (("tests/test_sliced_decode.py",), ""),
+    "trio_distribute._proto.swim_wire": (
+        ("tests/proto/test_swim_wire.py", "tests/proto/test_swim_wire_rules.py"),
+        "",
+    ),
+    "trio_distribute._proto.swim": (("tests/proto/test_swim.py",), ""),
+    "trio_distribute._proto.awareness": (
+        ("tests/proto/test_awareness.py", "tests/proto/test_swim.py"),
+        "",
+    ),
+    "trio_distribute._proto.cookie_keys": (("tests/test_cookie.py",), ""),
 }
 
 #: module -> the functions (qualified names, prefix match) to mutate; a
@@ -89,6 +110,20 @@ FOCUS: dict[str, tuple[str, ...]] = {
         "ElectionCore.set_voters",
         "ElectionCore._reconfigure",
         "ElectionCore._quorum_stamp",
+    ),
+    # swim.py is mostly the probe/gossip scheduler (exercised by the
+    # simulations); these are the rules that judge what a peer sends:
+    # decoding, version order, and merging its news into the member table.
+    "trio_distribute._proto.swim": (
+        "newer",
+        "_not_older",
+        "_check_text",
+        "_check_metadata",
+        "SwimCore.datagram_received",
+        "SwimCore.stream_received",
+        "SwimCore._on_",
+        "SwimCore._bad_news_of_self",
+        "SwimCore._stale_news_of_self",
     ),
 }
 
@@ -440,17 +475,132 @@ def _pytest_args(module: str) -> list[str]:
     return args
 
 
-def _run_child(module: str, code: CodeType | None) -> int:
-    """Run the module's tests in this (forked) process; never returns."""
-    import pytest
+#: Hypothesis examples per property test in a mutant's run (the clean run
+#: and the confirmation of a survivor use the same): enough to hit the
+#: rules, few enough that a module's hundreds of runs take minutes.
+EXAMPLES = int(os.environ.get("MUTATE_EXAMPLES", "25"))
 
+
+class _Recorder:
+    """Pytest plugin for the clean run: which functions of the module each
+    test executes (a profile hook on calls into the module's file), which
+    ran outside any test (at import or collection), and each test's time."""
+
+    def __init__(self, module: str) -> None:
+        self.path = str(module_path(module))
+        self.outside: set[str] = set()
+        self.by_test: dict[str, set[str]] = {}
+        self.seconds: dict[str, float] = {}
+        self.current = self.outside
+
+    def profile(self, frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_filename == self.path:
+            self.current.add(frame.f_code.co_qualname.replace(".<locals>", ""))
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, None, None]:
+        self.current = self.by_test.setdefault(item.nodeid, set())
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[item.nodeid] = time.perf_counter() - start
+            self.current = self.outside
+
+    def save(self, path: str) -> None:
+        data = {
+            "outside": sorted(self.outside),
+            "tests": {test: sorted(names) for test, names in self.by_test.items()},
+            "seconds": self.seconds,
+        }
+        Path(path).write_text(json.dumps(data))
+
+
+@attrs.frozen
+class Coverage:
+    """What the clean run recorded."""
+
+    outside: frozenset[str]
+    tests: dict[str, frozenset[str]]
+    seconds: dict[str, float]
+
+    @classmethod
+    def load(cls, path: str) -> Coverage:
+        data = json.loads(Path(path).read_text())
+        tests = {test: frozenset(names) for test, names in data["tests"].items()}
+        return cls(frozenset(data["outside"]), tests, data["seconds"])
+
+    def covering(self, scope: str) -> set[str] | None:
+        """The tests that execute the function ``scope`` (or code nested in
+        it); None (run them all) for code that also runs outside any test:
+        module and class bodies, default values, anything called at import
+        or while the tests are collected."""
+        nested = scope + "."
+
+        def hit(names: frozenset[str]) -> bool:
+            return any(n == scope or n.startswith(nested) for n in names)
+
+        if scope == "<module>" or hit(self.outside):
+            return None
+        return {test for test, names in self.tests.items() if hit(names)}
+
+
+class _Select:
+    """Pytest plugin: run only ``tests`` (all if None), fastest first, so
+    that ``-x`` stops a killed mutant's run early."""
+
+    def __init__(self, tests: set[str] | None, seconds: dict[str, float]) -> None:
+        self.tests = tests
+        self.seconds = seconds
+
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        if self.tests is not None:
+            chosen = self.tests
+            config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in chosen])
+            items[:] = [item for item in items if item.nodeid in chosen]
+        items.sort(key=lambda item: self.seconds.get(item.nodeid, 0.0))
+        _cap_examples(items)
+
+
+def _cap_examples(items: list[pytest.Item]) -> None:
+    """At most :data:`EXAMPLES` examples per property test, even where the
+    test asks for more."""
+    import hypothesis
+
+    for item in items:
+        test = getattr(getattr(item, "obj", None), "__func__", getattr(item, "obj", None))
+        own = getattr(test, "_hypothesis_internal_use_settings", None)
+        if own is not None and own.max_examples > EXAMPLES:
+            test._hypothesis_internal_use_settings = hypothesis.settings(  # type: ignore[union-attr]
+                own, max_examples=EXAMPLES, derandomize=True, database=None
+            )
+
+
+def _run_child(
+    module: str, code: CodeType | None, select: _Select | None, record: str | None
+) -> int:
+    """Run the module's tests in this (forked) process; never returns."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    plugins: list[object] = []
+    recorder = None
     if code is not None:
         sys.meta_path.insert(0, _MutantFinder(module, code))
+    if select is not None:
+        plugins.append(select)
+    if record is not None:
+        recorder = _Recorder(module)
+        plugins += [recorder, _Select(None, {})]
+        sys.setprofile(recorder.profile)
+        threading.setprofile(recorder.profile)
     try:
-        status = int(pytest.main(_pytest_args(module)))
+        status = int(pytest.main(_pytest_args(module), plugins=plugins))
+        if recorder is not None and record is not None:
+            sys.setprofile(None)
+            recorder.save(record)
     except BaseException:
         import traceback
 
@@ -460,13 +610,22 @@ def _run_child(module: str, code: CodeType | None) -> int:
     os._exit(status)
 
 
-def run_tests(module: str, code: CodeType | None, timeout: float) -> tuple[int, float]:
-    """(exit status, seconds): the module's tests against ``code``."""
+def run_tests(
+    module: str,
+    code: CodeType | None,
+    timeout: float,
+    *,
+    select: _Select | None = None,
+    record: str | None = None,
+) -> tuple[int, float]:
+    """(exit status, seconds): the module's tests (those ``select`` picks)
+    against ``code``; ``record`` names a file for the clean run's
+    :class:`Coverage`."""
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.setpgid(0, 0)
-        _run_child(module, code)
+        _run_child(module, code, select, record)
     deadline = start + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -501,6 +660,7 @@ class Result:
     equivalent: int = 0
     survivors: list[Site] = attrs.Factory(list)
     stale: list[str] = attrs.Factory(list)
+    seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -510,23 +670,41 @@ class Result:
 
 def mutate(module: str, equivalents: dict[str, str], *, only: set[int] | None = None) -> Result:
     all_sites = sites(module)
-    status, clean = run_tests(module, None, timeout=600)
+    started = time.monotonic()
+    with tempfile.NamedTemporaryFile(suffix=".json") as record:
+        status, _ = run_tests(module, None, timeout=900, record=record.name)
+        if status != 0:
+            raise SystemExit(f"{module}: the tests fail on the unmutated module (status {status})")
+        coverage = Coverage.load(record.name)
+    # The clean run again, fastest test first as the mutants run them: the
+    # tests must not depend on their order, and this time (unprofiled) sets
+    # the timeout.
+    status, clean = run_tests(module, None, timeout=900, select=_Select(None, coverage.seconds))
     if status != 0:
-        raise SystemExit(f"{module}: the tests fail on the unmutated module (status {status})")
-    timeout = max(10.0, 10 * clean)
+        raise SystemExit(f"{module}: the tests fail when run fastest first (status {status})")
+    timeout = max(10.0, 4 * clean)
     result = Result(module)
     seen_equivalent: set[str] = set()
     print(f"{module}: {len(all_sites)} mutants, clean run {clean:.1f} s", flush=True)
-    for site in all_sites:
-        if only is not None and site.index not in only:
-            continue
+    chosen = [s for s in all_sites if only is None or s.index in only]
+    for done, site in enumerate(chosen):
+        if done and done % 25 == 0:
+            print(f"  ... {done}/{len(chosen)} in {time.monotonic() - started:.0f} s", flush=True)
         result.mutants += 1
         try:
             code = mutant_code(module, site.index)
         except SyntaxError:
             result.killed += 1  # cannot even load
             continue
-        status, _ = run_tests(module, code, timeout)
+        # First only the tests that execute the mutated function (fast); a
+        # survivor is confirmed against all of the module's tests (a test
+        # may depend on what another one cached).
+        tests = coverage.covering(site.scope)
+        status = 0
+        if tests is None or tests:
+            status, _ = run_tests(module, code, timeout, select=_Select(tests, coverage.seconds))
+        if status == 0 and tests is not None:
+            status, _ = run_tests(module, code, timeout, select=_Select(None, coverage.seconds))
         if status != 0:
             result.killed += 1
         elif site.key in equivalents:
@@ -537,6 +715,7 @@ def mutate(module: str, equivalents: dict[str, str], *, only: set[int] | None = 
             print(f"  SURVIVED #{site.index} line {site.line}: {site.key}", flush=True)
     if only is None:
         result.stale = sorted(set(equivalents) - seen_equivalent)
+    result.seconds = time.monotonic() - started
     return result
 
 
@@ -557,12 +736,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = {int(n) for n in args.only.split(",")} if args.only else None
     results = [mutate(m, equivalents.get(m, {}), only=only) for m in chosen]
     print()
-    print(f"{'module':40s} {'mutants':>7s} {'killed':>6s} {'real':>5s} {'equiv':>5s} {'rate':>6s}")
+    print(
+        f"{'module':40s} {'mutants':>7s} {'killed':>6s} {'real':>5s} {'equiv':>5s} "
+        f"{'rate':>6s} {'time':>6s}"
+    )
     failed = False
     for r in results:
         print(
             f"{r.module:40s} {r.mutants:7d} {r.killed:6d} {len(r.survivors):5d} "
-            f"{r.equivalent:5d} {r.rate:5.1f}%"
+            f"{r.equivalent:5d} {r.rate:5.1f}% {r.seconds / 60:5.1f}m"
         )
         for key in r.stale:
             print(f"  stale entry in equivalent.txt (no longer a surviving mutant): {key}")
@@ -582,7 +764,6 @@ def _expand(name: str) -> str:
 if __name__ == "__main__":
     # Heavy imports once, in the parent, so each forked mutant starts warm.
     import cbor2  # noqa: F401
-    import pytest  # noqa: F401
     import trio  # noqa: F401
 
     sys.exit(main())

@@ -1,0 +1,192 @@
+"""Codec rules that mutation testing showed unpinned, each fed the input
+it exists for at its exact bound."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import cbor2
+import pytest
+
+from trio_distribute import Pid, Ref, codec
+from trio_distribute.errors import DecodeError, EncodeError
+
+
+@pytest.mark.parametrize(
+    ("kind", "decoded", "encoded"),
+    [("pid", "_PID_CACHE", "_PID_BYTES"), ("ref", "_REF_CACHE", "_REF_BYTES")],
+)
+def test_id_caches_hold_4096_entries_then_start_over(kind: str, decoded: str, encoded: str) -> None:
+    # A peer can send any number of distinct pids: each cache keeps at most
+    # 4096 (its bound, exactly) and then starts over.
+    make = Pid if kind == "pid" else Ref
+    for name in (decoded, encoded):
+        cache = getattr(codec, name)
+        cache.clear()
+    for i in range(4096):
+        codec.decode(codec.encode(make("cache@rules", i, 7)))
+    assert len(getattr(codec, decoded)) == 4096
+    assert len(getattr(codec, encoded)) == 4096
+    codec.decode(codec.encode(make("cache@rules", 4096, 7)))
+    assert len(getattr(codec, decoded)) == 1
+    assert len(getattr(codec, encoded)) == 1
+
+
+def test_message_version_zero_is_allowed_negative_is_not() -> None:
+    @codec.message("rules.version-zero", version=0, accepts=[0, 1])
+    @attrs.frozen
+    class VersionZero:
+        x: int
+
+    assert codec.decode(codec.encode(VersionZero(5))) == VersionZero(5)
+    for version, accepts in ((-1, None), (1, [1, -1]), (True, None)):
+        with pytest.raises(TypeError, match="non-negative int"):
+            codec.message("rules.version-negative", version=version, accepts=accepts)
+
+
+class _Dict(dict[Any, Any]):
+    pass
+
+
+class _List(list[Any]):
+    pass
+
+
+def _nest(depth: int, make: Callable[[Any], Any], leaf: object = 1) -> Any:
+    value: Any = leaf
+    for _ in range(depth):
+        value = make(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: {"k": v},
+        lambda v: [v],
+        lambda v: (v,),
+        lambda v: _Dict(k=v),
+        lambda v: _List([v]),
+        lambda v: {_Str("k"): v},
+    ],
+    ids=["dict", "list", "tuple", "dict-subclass", "list-subclass", "str-subclass-key"],
+)
+def test_encode_depth_limit_is_exact_on_the_rewrite_path(make: Callable[[Any], Any]) -> None:
+    # A keyed map anywhere in the value sends all of it down the slower
+    # rewriting path, which must count depth exactly like the fast one:
+    # the outer list is one level, so 63 more fit and 64 do not.
+    for leaf in (1, "text", None):
+        value = [{1: 1}, _nest(63, make, leaf)]
+        assert codec.decode(codec.encode(value)) == [{1: 1}, _nest(63, _plain(make), leaf)]
+        with pytest.raises(EncodeError, match="deeper than"):
+            codec.encode([{1: 1}, _nest(64, make, leaf)])
+
+
+class _Str(str):
+    pass
+
+
+def _plain(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    # What each container decodes as: its base type (tuples as lists).
+    sample = make(0)
+    if isinstance(sample, dict):
+        return lambda v: {"k": v}
+    return lambda v: [v]
+
+
+def _sliced(data: bytes, window: int) -> object:
+    steps = codec.decode_steps(data, slice_bytes=window)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # Distinct non-ASCII characters, as many as the sliced finisher's
+        # own threshold (two key slices) and fewer.
+        "".join(chr(0x100 + i) for i in range(2000)),
+        "".join(chr(0x100 + i) for i in range(2 * 16384)),
+        bytes(range(256)),
+        {f"k{i}": i for i in range(100)},
+        list(range(2001)),  # an odd number of items
+    ],
+    ids=["text", "long-text", "bytes", "map", "odd-array"],
+)
+def test_a_keyed_map_is_an_even_array_on_the_sliced_path_too(content: object) -> None:
+    # Big enough to be walked (bigger than the window), so the sliced
+    # finisher sees it; a string must not be read as key, value, key, ...
+    data = cbor2.dumps(cbor2.CBORTag(codec.KEYED_MAP_TAG, content))
+    assert len(data) > 256
+    for decode in (codec.decode, lambda d: _sliced(d, 64)):
+        with pytest.raises(DecodeError, match="invalid keyed map"):
+            decode(data)
+
+
+def test_a_small_keyed_map_on_the_sliced_path_decodes_like_decode() -> None:
+    value = {i: str(i) for i in range(300)}
+    data = codec.encode(value)
+    assert _sliced(data, 64) == codec.decode(data) == value
+
+
+# A keyed map of at least two key slices (2 * 16384 keys) is hashed and
+# built a slice at a time on the sliced path: each rule of the one-call
+# finisher must hold there too, in any slice.
+_BIG = 2 * 16384 + 5
+
+
+def _raw_keyed_map(keys: list[object]) -> bytes:
+    content: list[object] = []
+    for key in keys:
+        content += [key, 0]
+    return cbor2.dumps(cbor2.CBORTag(codec.KEYED_MAP_TAG, content))
+
+
+def _both(data: bytes) -> list[object]:
+    return [codec.decode(data), _sliced(data, 4096)]
+
+
+def test_a_big_keyed_map_decodes_in_slices_like_in_one_call() -> None:
+    for count in (_BIG, 16384, 16383):
+        value = {i: -i for i in range(count)}
+        decoded = _both(codec.encode(value))
+        assert decoded == [value, value]
+        assert all(list(d) == list(value) for d in decoded)  # type: ignore[call-overload]
+
+
+def test_a_repeated_key_is_refused_in_any_slice_of_a_big_keyed_map() -> None:
+    for repeated in (0, 16384, _BIG - 1):
+        data = _raw_keyed_map([*range(_BIG), repeated])
+        for decode in (codec.decode, lambda d: _sliced(d, 4096)):
+            with pytest.raises(DecodeError, match=r"duplicate key in a keyed map \(1 repeated\)"):
+                decode(data)
+
+
+def test_colliding_keys_bound_is_exact_in_a_big_keyed_map() -> None:
+    # In CPython (2**61 - 1) * i + 5 hashes to 5, like the key 5 already
+    # there, and its negation to -5: 7 + 1 collisions are allowed, 7 + 2 not.
+    assert codec.MAX_EQUAL_HASH_KEYS == 8
+    fives = [(2**61 - 1) * i + 5 for i in range(1, 8)]
+    minus_fives = [-((2**61 - 1) * i + 5) for i in range(3)]
+    assert {hash(k) for k in fives} == {5} and {hash(k) for k in minus_fives} == {-5}
+    value = _both(_raw_keyed_map([*range(_BIG), *fives, *minus_fives[:2]]))
+    assert all(len(v) == _BIG + 9 for v in value)  # type: ignore[arg-type]
+    data = _raw_keyed_map([*range(_BIG), *fives, *minus_fives])
+    for decode in (codec.decode, lambda d: _sliced(d, 4096)):
+        with pytest.raises(DecodeError, match="distinct hash values"):
+            decode(data)
+
+
+def test_an_unhashable_key_is_refused_in_any_slice_of_a_big_keyed_map() -> None:
+    for where in (0, 16384, _BIG):
+        keys: list[object] = list(range(_BIG))
+        keys.insert(where, [1, 2])
+        data = _raw_keyed_map(keys)
+        for decode in (codec.decode, lambda d: _sliced(d, 4096)):
+            with pytest.raises(DecodeError, match=r"unhashable key \[1, 2\]"):
+                decode(data)
