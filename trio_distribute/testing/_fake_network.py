@@ -48,6 +48,8 @@ from typing import Any, Self, TypeVar
 import anyio
 import anyio.abc
 import attrs
+import trio
+import trio.lowlevel
 
 __all__ = [
     "FakeNetwork",
@@ -132,7 +134,7 @@ class _Signal:
     __slots__ = ("_scopes",)
 
     def __init__(self) -> None:
-        self._scopes: list[anyio.CancelScope] = []
+        self._scopes: list[anyio.CancelScope | trio.CancelScope] = []
 
     def fire(self) -> None:
         for scope in self._scopes:
@@ -146,12 +148,31 @@ class _Signal:
     async def wait(self, timeout: float) -> None:
         if timeout <= 0:
             return
+        if _on_trio():
+            # trio directly: one cancel scope and one park, where anyio's
+            # sleep_forever adds a second scope and two layers per wait (the
+            # fake network waits once per frame, so this is most of its cost).
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as trio_scope:
+                self._scopes.append(trio_scope)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._scopes.remove(trio_scope)
+            return
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
             self._scopes.append(scope)
             try:
                 await anyio.sleep_forever()
             finally:
                 self._scopes.remove(scope)
+
+
+def _on_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 class FakeNetwork:
