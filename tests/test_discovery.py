@@ -244,6 +244,7 @@ async def test_a_seed_file_is_read_up_to_its_limit(
     assert discovery.MAX_FILE_BYTES == 1 << 20
 
 
+@pytest.mark.real_network  # a real UDP socket (DNS)
 async def test_an_srv_query_nobody_answers_times_out() -> None:
     async with await anyio.create_udp_socket(local_host="127.0.0.1") as silent:
         port = silent.extra(anyio.abc.SocketAttribute.local_port)
@@ -286,6 +287,7 @@ def test_the_srv_answer_parser() -> None:
     assert parse_srv_answer(bytes(nxdomain), 7) == []
 
 
+@pytest.mark.real_network  # a DNS server on a real UDP socket
 async def test_srv_discovery_through_a_dns_server_on_loopback() -> None:
     ports: list[int] = []
     async with anyio.create_task_group() as tg:
