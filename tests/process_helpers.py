@@ -1,13 +1,15 @@
 """Helpers shared by the process-level tests (links, call/reply): a fast
-in-process cluster and conditions for ``wait_until``."""
+in-process cluster (on the test's FakeNetwork when the module uses
+tests/virtual.py) and conditions for ``wait_until``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
+from virtual import open_cluster
+
 import trio_distribute as td
-from trio_distribute.testing import open_cluster
 
 COOKIE = "trio-distribute-test"
 FAST = td.NodeConfig.local()

@@ -8,11 +8,14 @@ import anyio
 import pytest
 from hostile_peer import hostile_peer
 from process_helpers import COOKIE, FAST, cluster, drops_at, ended
+from virtual import anyio_backend, fake_network, start_node
 
 import trio_distribute as td
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.monitor import ExitKind
-from trio_distribute.testing import crash, start_node, wait_until
+from trio_distribute.testing import crash, wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 
 async def doubler(proc: td.Process) -> None:
@@ -264,6 +267,7 @@ async def test_a_cancelled_caller_leaves_nothing_behind() -> None:
 # --------------------------------------------------------------- hostile
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 async def test_hostile_replies_and_calls() -> None:
     with anyio.fail_after(10):
         async with cluster("a") as (a,):
@@ -292,6 +296,7 @@ async def test_hostile_replies_and_calls() -> None:
             assert call_tables_empty(a)
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 async def test_a_peer_may_have_at_most_max_monitors_per_peer_calls_waiting() -> None:
     config = td.NodeConfig.local(max_monitors_per_peer=3)
     with anyio.fail_after(10):
@@ -308,6 +313,7 @@ async def test_a_peer_may_have_at_most_max_monitors_per_peer_calls_waiting() -> 
             await wait_until(lambda: call_tables_empty(a))
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 async def test_the_serving_node_answers_noproc_and_forgets_finished_calls() -> None:
     with anyio.fail_after(10):
         async with cluster("a") as (a,):

@@ -14,6 +14,7 @@ import anyio
 import anyio.abc
 import attrs
 import pytest
+from virtual import anyio_backend, fake_network, open_node
 
 import trio_distribute as td
 from trio_distribute import discovery
@@ -32,6 +33,8 @@ from trio_distribute.discovery import (
 )
 from trio_distribute.telemetry import DiscoveryFailed
 from trio_distribute.testing import wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "discovery-cookie"
 CONFIG = td.NodeConfig.local(election=ElectionConfig.local(bootstrap_expect=3))
@@ -83,7 +86,7 @@ async def nodes_on(
 ) -> AsyncIterator[list[td.Node]]:
     nodes = [
         await stack.enter_async_context(
-            td.open_node(f"n{i}@{host}", cookie=COOKIE, port=port, config=CONFIG, seeds=seeds)
+            open_node(f"n{i}@{host}", cookie=COOKIE, port=port, config=CONFIG, seeds=seeds)
         )
         for i, host in enumerate(hosts)
     ]
@@ -130,7 +133,7 @@ async def test_dns_discovery_joins_every_address_and_later_ones(
                 # A node that appears later is found by everyone.
                 resolver.records["nodes.test"] = hosts
                 late = await stack.enter_async_context(
-                    td.open_node(
+                    open_node(
                         f"n3@{hosts[3]}", cookie=COOKIE, port=port, config=CONFIG, seeds=[strategy]
                     )
                 )
@@ -166,16 +169,16 @@ async def test_file_discovery_rereads_the_file_when_it_changes(tmp_path: Path) -
     with anyio.fail_after(30):
         async with AsyncExitStack() as stack:
             a = await stack.enter_async_context(
-                td.open_node("a@127.0.0.1", cookie=COOKIE, config=CONFIG, seeds=[strategy])
+                open_node("a@127.0.0.1", cookie=COOKIE, config=CONFIG, seeds=[strategy])
             )
             a.telemetry.add_sink(events.append)
             # No file yet: a failure, retried.
             await wait_until(lambda: any(isinstance(e, DiscoveryFailed) for e in events))
             b = await stack.enter_async_context(
-                td.open_node("b@127.0.0.1", cookie=COOKIE, config=CONFIG)
+                open_node("b@127.0.0.1", cookie=COOKIE, config=CONFIG)
             )
             c = await stack.enter_async_context(
-                td.open_node("c@127.0.0.1", cookie=COOKIE, config=CONFIG)
+                open_node("c@127.0.0.1", cookie=COOKIE, config=CONFIG)
             )
             seeds.write_text(
                 f"# the cluster\n\n127.0.0.1:{a.address[1]}\n127.0.0.1:{b.address[1]}\n"
@@ -197,7 +200,7 @@ async def test_addresses_beyond_max_addresses_are_counted() -> None:
             return [f"127.0.0.1:{port}" for port in (1, 2, 3, 4, 5)]
 
     assert isinstance(Many(), Discovery)
-    async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=CONFIG, seeds=[Many()]) as a:
+    async with open_node("a@127.0.0.1", cookie=COOKIE, config=CONFIG, seeds=[Many()]) as a:
         with anyio.fail_after(20):
             await wait_until(
                 lambda: a.statistics().drops.get("discovery_addresses_ignored", 0) >= 6
@@ -218,7 +221,7 @@ async def test_a_strategy_that_raises_does_not_end_the_node(
             raise RuntimeError("cloud API down")
 
     events: list[object] = []
-    async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=CONFIG, seeds=[Broken()]) as a:
+    async with open_node("a@127.0.0.1", cookie=COOKIE, config=CONFIG, seeds=[Broken()]) as a:
         a.telemetry.add_sink(events.append)
         with anyio.fail_after(20):
             await wait_until(lambda: sum(isinstance(e, DiscoveryFailed) for e in events) >= 3)
@@ -241,6 +244,7 @@ async def test_a_seed_file_is_read_up_to_its_limit(
     assert discovery.MAX_FILE_BYTES == 1 << 20
 
 
+@pytest.mark.real_network  # a real UDP socket (DNS)
 async def test_an_srv_query_nobody_answers_times_out() -> None:
     async with await anyio.create_udp_socket(local_host="127.0.0.1") as silent:
         port = silent.extra(anyio.abc.SocketAttribute.local_port)
@@ -283,6 +287,7 @@ def test_the_srv_answer_parser() -> None:
     assert parse_srv_answer(bytes(nxdomain), 7) == []
 
 
+@pytest.mark.real_network  # a DNS server on a real UDP socket
 async def test_srv_discovery_through_a_dns_server_on_loopback() -> None:
     ports: list[int] = []
     async with anyio.create_task_group() as tg:
@@ -304,9 +309,7 @@ async def test_srv_discovery_through_a_dns_server_on_loopback() -> None:
             async with AsyncExitStack() as stack:
                 nodes = [
                     await stack.enter_async_context(
-                        td.open_node(
-                            f"{n}@127.0.0.1", cookie=COOKIE, config=CONFIG, seeds=[strategy]
-                        )
+                        open_node(f"{n}@127.0.0.1", cookie=COOKIE, config=CONFIG, seeds=[strategy])
                     )
                     for n in "abc"
                 ]

@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 import attrs
 import pytest
+from virtual import anyio_backend, fake_network, open_cluster, start_node
 
 import trio_distribute as td
 from trio_distribute.election.raft_lite import (
@@ -29,7 +30,9 @@ from trio_distribute.election.raft_lite import (
     load_state,
     state_file,
 )
-from trio_distribute.testing import crash, open_cluster, partition, start_node, wait_until
+from trio_distribute.testing import crash, partition, wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "election-cookie"
 FAST = td.NodeConfig.local()

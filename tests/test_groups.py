@@ -5,12 +5,15 @@ from __future__ import annotations
 import anyio
 import anyio.abc
 import pytest
+from virtual import anyio_backend, fake_network, open_cluster, open_node
 
 import trio_distribute as td
 from trio_distribute import codec
 from trio_distribute._proto.frames import frame
 from trio_distribute._proto.kinds import Kind
-from trio_distribute.testing import open_cluster, wait_until
+from trio_distribute.testing import wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 
 async def wait_forever(proc: td.Process) -> None:
@@ -75,7 +78,7 @@ async def test_exit_and_node_down_remove_members_everywhere() -> None:
             for node in (a, b, c):
                 await wait_until(lambda n=node: n.groups.which_groups() == [])  # type: ignore[misc]
 
-            async with td.open_node("d@127.0.0.1", cookie="trio-distribute-test") as d:
+            async with open_node("d@127.0.0.1", cookie="trio-distribute-test") as d:
                 await d.connect(f"{a.name}:{a.address[1]}")
                 await d.connect(f"{c.name}:{c.address[1]}")
                 member = await d.spawn(wait_forever)

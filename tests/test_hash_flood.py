@@ -3,12 +3,16 @@ hash: the frame is refused without stalling the node's event loop.
 
 Before the codec refused such keys, a 1.8 MB frame of colliding tuple keys
 blocked the target's loop for 19.5 s (the cluster declared it dead). The
-loop-lag probe below measures the longest gap between two wake-ups of a task
-that sleeps 1 ms, while the frames arrive and are handled.
+node must carry on, and the work of refusing such a frame must be of the
+order of decoding a benign map of as many keys: compared in CPU time
+measured back to back, not against a wall-clock bound a loaded machine
+could break.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections.abc import Callable
 
@@ -42,17 +46,15 @@ def keyed_map(pairs: list[tuple[int, int]]) -> bytes:
     return cbor2.dumps(cbor2.CBORTag(codec.KEYED_MAP_TAG, flat))
 
 
-class LagProbe:
-    """The longest time the event loop took to wake a task sleeping 1 ms."""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-
-    async def run(self) -> None:
-        while True:
-            start = time.perf_counter()
-            await anyio.sleep(0.001)
-            self.worst = max(self.worst, time.perf_counter() - start - 0.001)
+def cpu_seconds(data: bytes) -> float:
+    """The least CPU time of three ``codec.decode(data)`` (refused or not)."""
+    best = math.inf
+    for _ in range(3):
+        started = time.process_time()
+        with contextlib.suppress(td.DecodeError):
+            codec.decode(data)
+        best = min(best, time.process_time() - started)
+    return best
 
 
 @pytest.mark.parametrize("shape", [raw_map, keyed_map], ids=["raw_map", "keyed_map"])
@@ -64,21 +66,20 @@ async def test_colliding_keys_do_not_stall_the_loop(
     async with td.open_node("victim@127.0.0.1", cookie=COOKIE, config=config) as node:
         async with node.open_process() as proc:
             head = b"\x83" + codec.encode(int(Kind.SEND)) + codec.encode(proc.pid)
-            probe = LagProbe()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(probe.run)
-                with anyio.fail_after(120):
-                    async with hostile_peer(node.address, cookie=COOKIE) as peer:
-                        for _ in range(3):
-                            await peer.send_raw(frame(head + attack))
-                        # The connection stays up and a legitimate frame
-                        # behind the bad ones is delivered.
-                        await peer.send([Kind.SEND, proc.pid, {1: "after"}])
-                        await proc.receive(match=lambda m: m == {1: "after"})
-                        # Generous for a loaded machine; before the fix each
-                        # frame stalled the loop for about 8 s.
-                        assert probe.worst < 1.0, f"the loop stalled for {probe.worst:.3f} s"
-                        with pytest.raises(anyio.WouldBlock):  # nothing else arrived
-                            proc.receive_nowait()
-                    await wait_until(lambda: node.statistics().drops.get("decode_error") == 3)
-                tg.cancel_scope.cancel()
+            with anyio.fail_after(120):
+                async with hostile_peer(node.address, cookie=COOKIE) as peer:
+                    for _ in range(3):
+                        await peer.send_raw(frame(head + attack))
+                    # The connection stays up and a legitimate frame
+                    # behind the bad ones is delivered.
+                    await peer.send([Kind.SEND, proc.pid, {1: "after"}])
+                    await proc.receive(match=lambda m: m == {1: "after"})
+                    with pytest.raises(anyio.WouldBlock):  # nothing else arrived
+                        proc.receive_nowait()
+                await wait_until(lambda: node.statistics().drops.get("decode_error") == 3)
+    # What the node did with each frame, measured alone: refusing the attack
+    # costs about what decoding a benign map of as many keys costs (before
+    # the fix, inserting the colliding keys took about 8 s, thousands of
+    # times more).
+    benign = keyed_map([(i, i + 1) for i in range(KEYS)])
+    assert cpu_seconds(head + attack) <= 3 * cpu_seconds(head + benign)

@@ -9,12 +9,15 @@ import anyio.lowlevel
 import pytest
 from hostile_peer import hostile_peer
 from process_helpers import COOKIE, FAST, cluster, drops_at
+from virtual import anyio_backend, fake_network, start_node
 
 import trio_distribute as td
 from trio_distribute._node_events import ProcessExited
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.monitor import ExitKind
-from trio_distribute.testing import crash, start_node, wait_until
+from trio_distribute.testing import crash, wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 
 async def wait_forever(proc: td.Process) -> None:
@@ -471,6 +474,7 @@ async def test_both_ends_linking_at_once_is_one_link() -> None:
 # --------------------------------------------------------------- hostile
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 async def test_hostile_link_frames_for_pids_not_of_the_peer_are_refused() -> None:
     with anyio.fail_after(10):
         async with cluster("a") as (a,):
@@ -499,6 +503,7 @@ async def test_hostile_link_frames_for_pids_not_of_the_peer_are_refused() -> Non
             assert link_tables_empty(a)
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 async def test_a_peer_may_hold_at_most_max_links_per_peer() -> None:
     config = td.NodeConfig.local(max_links_per_peer=5)
     with anyio.fail_after(10):
@@ -517,6 +522,7 @@ async def test_a_peer_may_hold_at_most_max_links_per_peer() -> None:
             assert alive == [targets[5]]
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 async def test_a_peer_linking_then_exiting_ends_the_target_once() -> None:
     with anyio.fail_after(10):
         async with cluster("a") as (a,):
@@ -562,6 +568,7 @@ async def test_linked_processes_of_a_stopping_node_end_with_shutdown() -> None:
     assert reasons[str(second)].kind == ExitKind.SHUTDOWN
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 async def test_a_link_crossing_an_unlink_leaves_no_half_link() -> None:
     """The peer links while our UNLINK is on its way: its LINK was sent
     before it read the UNLINK (which removes the link there), so this side

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from virtual import anyio_backend, fake_network, open_cluster
 
 import trio_distribute as td
-from trio_distribute.testing import open_cluster, wait_until
+from trio_distribute.testing import wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 
 async def test_a_metadata_update_is_not_published_as_member_up() -> None:

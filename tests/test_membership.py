@@ -1,20 +1,23 @@
-"""SWIM membership on real loopback sockets (the simulator covers scale)."""
+"""SWIM membership, whole nodes on a FakeNetwork in virtual time (tests/virtual.py;
+the simulator covers scale)."""
 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 import anyio.abc
 import pytest
+from virtual import anyio_backend, fake_network, network, open_cluster, open_node, start_node
 
 import trio_distribute as td
 from trio_distribute.cluster.gossip import DatagramSealer
 from trio_distribute.cluster.membership import MemberDown, MemberLeft, MemberStatus, MemberUp
-from trio_distribute.testing import crash, open_cluster, partition, start_node, wait_until
+from trio_distribute.testing import FakeNetwork, crash, partition, wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "membership-cookie"
 FAST = td.NodeConfig.local()
@@ -147,10 +150,12 @@ async def test_forged_and_garbage_datagrams_change_nothing() -> None:
                 ],
                 "datagram_oversized": [os.urandom(1500)],
             }
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            net = network()
+            assert isinstance(net, FakeNetwork)
+            async with await net.attach("mallory").open_datagram("127.0.0.66", 7000) as udp:
                 for datagrams in sent.values():
                     for datagram in datagrams:
-                        udp.sendto(datagram, (host, port))
+                        await udp.sendto(datagram, host, port)
             drops = target.statistics().drops
             await wait_until(
                 lambda: all(
@@ -244,9 +249,7 @@ async def test_metadata_is_gossiped_and_updates_take_precedence() -> None:
 async def test_join_reports_unreachable_seeds() -> None:
     with anyio.fail_after(10):
         async with cluster(1) as (node,):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                dead_port = s.getsockname()[1]
+            dead_port = 1  # nothing listens there on the test's network
             with pytest.raises(td.ConnectError):
                 await node.membership.join([f"127.0.0.1:{dead_port}"])
             with pytest.raises(ValueError, match="host:port"):
@@ -284,8 +287,8 @@ async def test_nodes_without_membership_or_election_drop_those_frames() -> None:
     )
     with anyio.fail_after(15):
         async with (
-            td.open_node("on@127.0.0.1", cookie=COOKIE, config=FAST) as on,
-            td.open_node("off@127.0.0.1", cookie=COOKIE, config=off) as plain,
+            open_node("on@127.0.0.1", cookie=COOKIE, config=FAST) as on,
+            open_node("off@127.0.0.1", cookie=COOKIE, config=off) as plain,
         ):
             await on.connect(f"{plain.name}:{plain.address[1]}")
             # "on" tries to join "off" (push-pull) and may send election traffic.

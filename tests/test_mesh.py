@@ -24,12 +24,15 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 from hostile_peer import hostile_peer
+from virtual import anyio_backend, fake_network, open_cluster, open_node, start_node
 
 import trio_distribute as td
 from trio_distribute._ids import Pid
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.cluster.membership import MemberStatus
-from trio_distribute.testing import open_cluster, partition, start_node, wait_until
+from trio_distribute.testing import partition, wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "trio-distribute-test"
 FAST = td.NodeConfig.local()
@@ -51,9 +54,7 @@ async def nodes_on(
     """One node per loopback address (``x@127.0.0.N``), unconnected."""
     async with AsyncExitStack() as stack:
         yield [
-            await stack.enter_async_context(
-                td.open_node(f"n{i}@{host}", cookie=COOKIE, config=config)
-            )
+            await stack.enter_async_context(open_node(f"n{i}@{host}", cookie=COOKIE, config=config))
             for i, host in enumerate(hosts)
         ]
 
@@ -111,6 +112,7 @@ async def test_a_failing_membership_receive_does_not_end_the_node() -> None:
             assert a.statistics().drops["membership_receive_failed"] >= 5
 
 
+@pytest.mark.real_network  # kernel file descriptors and a raw socket
 async def test_running_out_of_file_descriptors_on_accept_does_not_end_the_node() -> None:
     with anyio.fail_after(20):
         async with open_cluster(2, connect=False) as (a, b):
@@ -168,6 +170,7 @@ def _fill(node: td.Node, peer: str) -> None:
         conn.write(chunk)
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 @pytest.mark.parametrize("how", ["return", "cancel", "error"])
 @pytest.mark.parametrize("shutdown_timeout", [0.2, 1.5])
 async def test_leaving_is_bounded_by_shutdown_timeout_with_a_peer_that_never_reads(
@@ -189,7 +192,7 @@ async def test_leaving_is_bounded_by_shutdown_timeout_with_a_peer_that_never_rea
             left.set()
 
     async def serve(task_status: anyio.abc.TaskStatus[td.Node]) -> None:
-        async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=config) as node:
+        async with open_node("a@127.0.0.1", cookie=COOKIE, config=config) as node:
             task_status.started(node)
             await leave.wait()
             if how == "error":
@@ -217,10 +220,11 @@ async def test_leaving_is_bounded_by_shutdown_timeout_with_a_peer_that_never_rea
     assert took < shutdown_timeout + 5
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 async def test_cancelled_disconnect_is_bounded_with_a_peer_that_never_reads() -> None:
     config = td.NodeConfig.local(shutdown_timeout=0.3)
     with anyio.fail_after(10):
-        async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=config) as node:
+        async with open_node("a@127.0.0.1", cookie=COOKIE, config=config) as node:
             async with hostile_peer(node.address):
                 await wait_until(lambda: bool(node.nodes()))
                 _fill(node, "mallory@127.0.0.1")
@@ -341,9 +345,10 @@ async def test_a_disconnected_peer_that_restarts_is_connected_again() -> None:
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.real_network  # a hostile peer on a real socket
 async def test_ping_raises_node_down_when_the_connection_drops_while_it_waits() -> None:
     with anyio.fail_after(10):
-        async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=FAST) as node:
+        async with open_node("a@127.0.0.1", cookie=COOKIE, config=FAST) as node:
             async with hostile_peer(node.address) as peer:  # never answers pings
                 await wait_until(lambda: bool(node.nodes()))
 
@@ -398,13 +403,14 @@ async def test_a_member_that_leaves_the_cluster_is_reported_as_member_left() -> 
             assert a.nodes() == [b.name] and b.nodes() == [a.name]
 
 
+@pytest.mark.real_network  # writes racing a closing kernel socket
 async def test_a_graceful_leave_is_always_shutdown_even_under_traffic() -> None:
     with anyio.fail_after(120):
-        async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=FAST) as a:
+        async with open_node("a@127.0.0.1", cookie=COOKIE, config=FAST) as a:
             reasons: list[str] = []
             async with a.monitor_nodes() as events:
                 for _ in range(20):
-                    async with td.open_node("b@127.0.0.1", cookie=COOKIE, config=FAST) as b:
+                    async with open_node("b@127.0.0.1", cookie=COOKIE, config=FAST) as b:
                         await b.connect(target(a))
                         assert await events.receive() == td.NodeUp(b.name)
 
@@ -433,12 +439,12 @@ async def test_a_graceful_leave_is_always_shutdown_even_under_traffic() -> None:
 @pytest.mark.parametrize("how", ["cancel", "error"])
 async def test_a_node_left_by_cancellation_or_error_is_seen_as_shutdown(how: str) -> None:
     with anyio.fail_after(30):
-        async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=FAST) as a:
+        async with open_node("a@127.0.0.1", cookie=COOKIE, config=FAST) as a:
             async with a.monitor_nodes() as events:
                 for _ in range(5):
                     with anyio.CancelScope() as scope:
                         try:
-                            async with td.open_node("b@127.0.0.1", cookie=COOKIE, config=FAST) as b:
+                            async with open_node("b@127.0.0.1", cookie=COOKIE, config=FAST) as b:
                                 await b.connect(target(a))
                                 assert await events.receive() == td.NodeUp(b.name)
                                 if how == "cancel":
@@ -456,6 +462,7 @@ async def test_a_node_left_by_cancellation_or_error_is_seen_as_shutdown(how: str
 HOARDER = Path(__file__).resolve().parent / "slot_hoarder.py"
 
 
+@pytest.mark.real_network  # attackers in another process
 @pytest.mark.parametrize("attackers", [1, 10])
 async def test_hoarded_handshake_slots_do_not_lock_a_peer_out(attackers: int) -> None:
     """1,000 sockets that never authenticate (silent or a byte a second),
@@ -501,6 +508,7 @@ def test_loopback_aliases_exist() -> None:
         s.bind(("127.0.0.10", 0))
 
 
+@pytest.mark.real_network  # raw sockets from loopback aliases
 async def test_one_address_holds_at_most_its_share_of_pending_handshakes() -> None:
     config = td.NodeConfig.local(max_pending_handshakes_per_host=2, handshake_timeout=5.0)
     with anyio.fail_after(20):

@@ -10,14 +10,18 @@ import pytest
 
 import trio_distribute as td
 from trio_distribute.config import ElectionConfig
-from trio_distribute.testing import open_cluster, wait_until
+from trio_distribute.testing import wait_until
 
 pytest.importorskip(
     "prometheus_client", reason="prometheus_client is not installed (trio_distribute[prometheus])"
 )
 
+from virtual import anyio_backend, fake_network, open_cluster, open_node
+
 from trio_distribute import metrics
 from trio_distribute.metrics import NodeMetrics, serve_metrics
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "metrics-cookie"
 
@@ -95,7 +99,7 @@ async def test_metrics_endpoint_shows_every_family() -> None:
 
 
 async def test_the_metrics_sink_is_removed_on_close() -> None:
-    async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
+    async with open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
         metrics = NodeMetrics(a)
         assert metrics._observe in a.telemetry._sinks
         metrics.close()
@@ -115,7 +119,7 @@ def test_the_core_does_not_import_prometheus_client() -> None:
 
 async def test_an_oversized_request_is_closed_unanswered() -> None:
     assert metrics.MAX_REQUEST_BYTES == 8192 and metrics.REQUEST_TIMEOUT == 5.0
-    async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
+    async with open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
         async with anyio.create_task_group() as tg:
             port = await tg.start(serve_metrics, a, 0, "127.0.0.1")
             with anyio.fail_after(10):

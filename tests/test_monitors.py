@@ -6,11 +6,14 @@ from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
+from virtual import anyio_backend, fake_network, open_cluster, open_node
 
 import trio_distribute as td
 from trio_distribute._node_events import ProcessExited
 from trio_distribute.monitor import ExitKind
-from trio_distribute.testing import open_cluster, wait_until
+from trio_distribute.testing import wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "test-cookie"
 FAST = td.NodeConfig.local()
@@ -139,7 +142,7 @@ async def test_disconnect_fires_noconnection_and_stop_fires_shutdown() -> None:
 async def test_node_stop_fires_shutdown_for_remote_monitors() -> None:
     with anyio.fail_after(10):
         async with cluster("a") as (a,), a.open_process() as watcher:
-            async with td.open_node("c@127.0.0.1", cookie=COOKIE, config=FAST) as c:
+            async with open_node("c@127.0.0.1", cookie=COOKIE, config=FAST) as c:
                 await c.connect(f"{a.name}:{a.address[1]}")
                 target = await c.spawn(wait_forever)
                 ref = watcher.monitor(target)
@@ -173,11 +176,11 @@ async def test_monitor_of_an_unreachable_node_fires_noconnection_at_once() -> No
 async def test_monitor_of_a_previous_incarnation_of_a_node() -> None:
     with anyio.fail_after(10):
         async with cluster("a") as (a,):
-            async with td.open_node("c@127.0.0.1", cookie=COOKIE, config=FAST) as c:
+            async with open_node("c@127.0.0.1", cookie=COOKIE, config=FAST) as c:
                 old_port = c.address[1]
                 await c.connect(f"{a.name}:{a.address[1]}")
                 old = await c.spawn(wait_forever)
-            async with td.open_node("c@127.0.0.1", cookie=COOKIE, config=FAST, port=old_port) as c2:
+            async with open_node("c@127.0.0.1", cookie=COOKIE, config=FAST, port=old_port) as c2:
                 await c2.connect(f"{a.name}:{a.address[1]}")
                 assert c2.creation != old.creation
                 async with a.monitor(old) as down:

@@ -13,11 +13,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 import anyio.abc
 import pytest
+from virtual import anyio_backend, fake_network, open_node
 
 import trio_distribute as td
 from trio_distribute._proto.frames import frame
 from trio_distribute._proto.handshake import HandshakeCompleted, HandshakeMachine, Role
 from trio_distribute.testing import wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "test-cookie"
 FAST = td.NodeConfig.local(handshake_timeout=1.0)
@@ -30,7 +33,7 @@ async def started(
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(
-                td.open_node(f"{n}@127.0.0.1", cookie=cookie, config=config)
+                open_node(f"{n}@127.0.0.1", cookie=cookie, config=config)
             )
             for n in names
         ]
@@ -88,7 +91,7 @@ async def test_three_nodes_and_reconnect_by_name() -> None:
 async def test_node_stop_is_seen_as_shutdown() -> None:
     with anyio.fail_after(10):
         async with started("a") as (a,), a.monitor_nodes() as events:
-            async with td.open_node("b@127.0.0.1", cookie=COOKIE, config=FAST) as b:
+            async with open_node("b@127.0.0.1", cookie=COOKIE, config=FAST) as b:
                 await b.connect(target(a))
                 assert await next_event(events) == td.NodeUp("b@127.0.0.1")
             assert await next_event(events) == td.NodeDown("b@127.0.0.1", "shutdown")
@@ -133,10 +136,10 @@ async def test_connect_errors_are_typed() -> None:
 async def test_invalid_names_and_cookies() -> None:
     for bad in ("noat", "a@", "@host", "a b@host", "a@host:1", 5):
         with pytest.raises(ValueError, match="node name"):
-            async with td.open_node(bad, cookie=COOKIE):  # type: ignore[arg-type]
+            async with open_node(bad, cookie=COOKIE):  # type: ignore[arg-type]
                 pass
     with pytest.raises(ValueError, match="cookie"):
-        async with td.open_node("a@127.0.0.1", cookie=""):
+        async with open_node("a@127.0.0.1", cookie=""):
             pass
 
 
@@ -190,6 +193,7 @@ async def handshake_as(
             raise AssertionError(f"handshake failed: {event}")
 
 
+@pytest.mark.real_network  # raw sockets or kernel buffers
 async def test_silent_peer_is_declared_down_after_tick_timeout() -> None:
     config = td.NodeConfig.local(tick_timeout=0.4)
     with anyio.fail_after(10):
@@ -219,6 +223,7 @@ async def test_a_peer_that_ticks_stays_up() -> None:
                 events.receive_nowait()
 
 
+@pytest.mark.real_network  # raw sockets or kernel buffers
 async def test_unauthenticated_silence_times_out_and_handshakes_are_capped() -> None:
     config = td.NodeConfig.local(handshake_timeout=0.3, max_pending_handshakes=3)
     with anyio.fail_after(10):
@@ -244,6 +249,7 @@ async def test_unauthenticated_silence_times_out_and_handshakes_are_capped() -> 
                 await stream.aclose()
 
 
+@pytest.mark.real_network  # raw sockets or kernel buffers
 async def test_hostile_input_never_disturbs_an_established_connection() -> None:
     rng = random.Random(1234)
     with anyio.fail_after(20):
@@ -279,6 +285,7 @@ async def test_hostile_input_never_disturbs_an_established_connection() -> None:
             assert sum(a.statistics().drops.values()) >= len(attacks) - 2
 
 
+@pytest.mark.real_network  # raw sockets or kernel buffers
 async def test_garbage_after_authentication_closes_only_that_connection() -> None:
     with anyio.fail_after(10):
         async with started("a", "b") as (a, b), a.monitor_nodes() as events:
@@ -293,6 +300,7 @@ async def test_garbage_after_authentication_closes_only_that_connection() -> Non
             assert await b.ping("a@127.0.0.1") > 0
 
 
+@pytest.mark.real_network  # raw sockets or kernel buffers
 async def test_restarted_peer_replaces_its_stale_connection() -> None:
     with anyio.fail_after(10):
         async with started("a") as (a,), a.monitor_nodes() as events:
@@ -321,6 +329,7 @@ async def test_statistics_count_traffic() -> None:
             assert after.bytes_in > before.bytes_in
 
 
+@pytest.mark.real_network  # raw sockets or kernel buffers
 async def test_a_peer_that_stops_reading_makes_senders_wait() -> None:
     config = td.NodeConfig.local(send_buffer_size=64 * 1024, tick_timeout=30.0)
     with anyio.fail_after(10):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from virtual import anyio_backend, fake_network, open_cluster, open_node
 
 import trio_distribute as td
-from trio_distribute.testing import open_cluster, wait_until
+from trio_distribute.testing import wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "test-cookie"
 FAST = td.NodeConfig.local()
@@ -75,7 +78,7 @@ async def test_pool_bad_input_leaves_nothing_running() -> None:
         await anyio.sleep_forever()
 
     with anyio.fail_after(10):
-        async with td.open_node("pool@127.0.0.1", cookie=COOKIE, config=FAST) as node:
+        async with open_node("pool@127.0.0.1", cookie=COOKIE, config=FAST) as node:
             with pytest.raises(ValueError, match="size must be >= 1"):
                 async with td.open_pool(node, "p", 0, worker):
                     pass
@@ -108,7 +111,7 @@ async def test_pool_intensity_defaults_to_its_size() -> None:
             await anyio.sleep_forever()
 
     with anyio.fail_after(10):
-        async with td.open_node("pool@127.0.0.1", cookie=COOKIE, config=FAST) as node:
+        async with open_node("pool@127.0.0.1", cookie=COOKIE, config=FAST) as node:
             with pytest.raises(td.RestartIntensityExceeded, match="more than 2 restart"):
                 await run(node)
             # Two first runs, two restarts allowed, the third refused.

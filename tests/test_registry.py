@@ -5,11 +5,14 @@ from __future__ import annotations
 import anyio
 import pytest
 from hostile_peer import hostile_peer
+from virtual import anyio_backend, fake_network, open_cluster, open_node
 
 import trio_distribute as td
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.registry import default_resolver
-from trio_distribute.testing import open_cluster, partition, wait_until
+from trio_distribute.testing import partition, wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 
 async def wait_forever(proc: td.Process) -> None:
@@ -88,7 +91,7 @@ async def test_names_vanish_when_the_process_exits_or_the_node_stops() -> None:
             for node in (a, b, c):
                 await wait_until(lambda n=node: n.registry.whereis("short") is None)  # type: ignore[misc]
 
-            async with td.open_node("d@127.0.0.1", cookie="trio-distribute-test") as d:
+            async with open_node("d@127.0.0.1", cookie="trio-distribute-test") as d:
                 for node in (a, b, c):
                     await d.connect(f"{node.name}:{node.address[1]}")
                 pid = await d.spawn(wait_forever)
@@ -180,6 +183,7 @@ async def test_a_cancelled_registration_leaves_no_lock_behind() -> None:
                 await wait_until(lambda n=node: not n.registry._locks)  # type: ignore[misc]
 
 
+@pytest.mark.real_network  # a hostile peer speaks over a real socket
 async def test_a_process_that_exits_while_its_name_is_locked_is_never_registered() -> None:
     """The exit hook runs before the commit would: committing anyway left the
     name (pointing at a dead pid) on every node for ever."""

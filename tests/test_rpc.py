@@ -10,10 +10,13 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.lowlevel
 import pytest
+from virtual import anyio_backend, fake_network, open_cluster, open_node
 
 import trio_distribute as td
 from trio_distribute import log, remote_call
-from trio_distribute.testing import open_cluster, wait_until
+from trio_distribute.testing import wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "rpc-cookie"
 
@@ -288,7 +291,7 @@ async def test_node_stopping_mid_call_gives_node_down_not_a_hang() -> None:
             async with anyio.create_task_group() as tg:
 
                 async def run_b(*, task_status: anyio.abc.TaskStatus[td.Node]) -> None:
-                    async with td.open_node("b@127.0.0.1", cookie=COOKIE) as b:
+                    async with open_node("b@127.0.0.1", cookie=COOKIE) as b:
                         b.rpc.export(watch.sleep, name="sleep")
                         task_status.started(b)
                         await anyio.sleep_forever()

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from virtual import anyio_backend, fake_network, open_cluster, open_node, start_node
 
 import trio_distribute as td
-from trio_distribute.testing import crash, open_cluster, partition, start_node, wait_until
+from trio_distribute.testing import crash, partition, wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "test-cookie"
 CONFIG = td.NodeConfig.local(election=td.ElectionConfig.local(bootstrap_expect=3))
@@ -120,7 +123,7 @@ async def test_singleton_instance_is_supervised_on_the_leader() -> None:
     config = td.NodeConfig.local(election=td.ElectionConfig.local(bootstrap_expect=1))
     with anyio.fail_after(15):
         async with (
-            td.open_node("solo@127.0.0.1", cookie=COOKIE, config=config) as node,
+            open_node("solo@127.0.0.1", cookie=COOKIE, config=config) as node,
             td.open_singleton(node, "solo_single", flaky) as singleton,
         ):
             leader = await node.election.wait_for_leader(timeout=10)
@@ -143,7 +146,7 @@ async def test_singleton_that_keeps_crashing_ends_with_the_supervisors_error() -
             await anyio.sleep_forever()
 
     with anyio.fail_after(15):
-        async with td.open_node("solo@127.0.0.1", cookie=COOKIE, config=config) as node:
+        async with open_node("solo@127.0.0.1", cookie=COOKIE, config=config) as node:
             with pytest.raises(td.RestartIntensityExceeded):
                 await run(node)
 
@@ -159,7 +162,7 @@ async def test_a_new_instance_waits_until_the_old_ones_name_is_gone() -> None:
 
     config = td.NodeConfig.local(election=td.ElectionConfig.local(bootstrap_expect=1))
     with anyio.fail_after(15):
-        async with td.open_node("solo@127.0.0.1", cookie=COOKIE, config=config) as node:
+        async with open_node("solo@127.0.0.1", cookie=COOKIE, config=config) as node:
             await node.election.wait_for_leader(timeout=10)
 
             async def holder(proc: td.Process) -> None:  # stands for the old instance
@@ -182,7 +185,7 @@ async def test_singleton_bad_input() -> None:
         await anyio.sleep_forever()
 
     config = td.NodeConfig.local(election=td.ElectionConfig.local(bootstrap_expect=1))
-    async with td.open_node("solo@127.0.0.1", cookie=COOKIE, config=config) as node:
+    async with open_node("solo@127.0.0.1", cookie=COOKIE, config=config) as node:
         with pytest.raises(ValueError, match="intensity"):
             async with td.open_singleton(node, "x", fn, intensity=-1):
                 pass
@@ -190,7 +193,7 @@ async def test_singleton_bad_input() -> None:
             async with td.open_singleton(node, "x", "fn"):  # type: ignore[arg-type]
                 pass
     quiet = td.NodeConfig(election=td.ElectionConfig(enabled=False))
-    async with td.open_node("quiet@127.0.0.1", cookie=COOKIE, config=quiet) as node:
+    async with open_node("quiet@127.0.0.1", cookie=COOKIE, config=quiet) as node:
         with pytest.raises(ValueError, match="needs the node's election"):
             async with td.open_singleton(node, "x", fn):
                 pass

@@ -14,10 +14,13 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from virtual import anyio_backend, fake_network, open_cluster, open_node
 
 import trio_distribute as td
 from trio_distribute.monitor import ExitKind
-from trio_distribute.testing import open_cluster, wait_until
+from trio_distribute.testing import wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "test-cookie"
 FAST = td.NodeConfig.local()
@@ -26,7 +29,7 @@ Log = list[tuple[str, str]]
 
 @asynccontextmanager
 async def one_node() -> AsyncIterator[td.Node]:
-    async with td.open_node("sup@127.0.0.1", cookie=COOKIE, config=FAST) as node:
+    async with open_node("sup@127.0.0.1", cookie=COOKIE, config=FAST) as node:
         yield node
 
 

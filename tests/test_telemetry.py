@@ -8,6 +8,7 @@ from collections import Counter
 import anyio
 import attrs
 import pytest
+from virtual import anyio_backend, fake_network, open_cluster, open_node
 
 import trio_distribute as td
 from trio_distribute.config import ElectionConfig
@@ -23,7 +24,9 @@ from trio_distribute.telemetry import (
     RpcCompleted,
     RpcTimedOut,
 )
-from trio_distribute.testing import open_cluster, partition, wait_until
+from trio_distribute.testing import partition, wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "telemetry-cookie"
 
@@ -45,7 +48,7 @@ async def test_statistics_and_events_agree() -> None:
             a.telemetry.add_sink(seen.append)
             async with a.telemetry.subscribe() as events:
                 # auth_failed: a stranger with another cookie, from loopback.
-                async with td.open_node("x@127.0.0.1", cookie="another-cookie") as stranger:
+                async with open_node("x@127.0.0.1", cookie="another-cookie") as stranger:
                     with pytest.raises(td.ConnectError):
                         await stranger.connect(f"{a.name}:{a.address[1]}")
                 # mailbox_full: three messages to a mailbox of two.
@@ -97,9 +100,7 @@ async def test_member_and_leader_changes_are_events() -> None:
     with anyio.fail_after(30):
         async with open_cluster(["a"], cookie=COOKIE, connect=False) as (a,):
             a.telemetry.add_sink(seen.append)
-            async with td.open_node(
-                "b@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()
-            ) as b:
+            async with open_node("b@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as b:
                 await b.connect(f"{a.name}:{a.address[1]}")
                 await wait_until(
                     lambda: any(isinstance(e, td.MemberUp) and e.name == b.name for e in seen)
@@ -115,7 +116,7 @@ async def test_member_and_leader_changes_are_events() -> None:
     leaders: list[object] = []
     config = td.NodeConfig.local(election=ElectionConfig.local(bootstrap_expect=1))
     with anyio.fail_after(30):
-        async with td.open_node("c@127.0.0.1", cookie=COOKIE, config=config) as c:
+        async with open_node("c@127.0.0.1", cookie=COOKIE, config=config) as c:
             c.telemetry.add_sink(leaders.append)
             await c.election.wait_for_leader(timeout=20)
             await wait_until(lambda: any(isinstance(e, td.LeaderChanged) for e in leaders))
@@ -140,7 +141,7 @@ async def test_a_registry_conflict_is_an_event() -> None:
 
 
 async def test_a_subscriber_that_falls_behind_loses_newer_events_counted() -> None:
-    async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
+    async with open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
         async with a.telemetry.subscribe(buffer=2) as events:
             for _ in range(5):
                 a.transport.count_drop("test_cause")
@@ -160,7 +161,7 @@ async def test_a_failing_sink_is_counted_and_does_not_stop_the_others() -> None:
     def broken(event: object) -> None:
         raise RuntimeError("sink bug")
 
-    async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
+    async with open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
         a.telemetry.add_sink(broken)
         a.telemetry.add_sink(seen.append)
         a.transport.count_drop("test_cause")
@@ -173,7 +174,7 @@ async def test_a_failing_sink_is_counted_and_does_not_stop_the_others() -> None:
 
 
 async def test_event_counts_are_kept_without_listeners() -> None:
-    async with td.open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
+    async with open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
         for cause in ("dead_pid", "mailbox_full", "auth_failed", "handshake_refused_full"):
             a.transport.count_drop(cause)
         counts = a.telemetry.counts

@@ -34,9 +34,7 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
-import re
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -63,6 +61,7 @@ from .._proto.swim import (
     SwimDecodeError,
 )
 from .._ratelimit import LogLimiter
+from .._state_dir import read_state, safe_file_name, write_atomic
 from ..config import MembershipConfig
 from ..errors import ConnectError
 from ..monitor import NodeDownReason
@@ -149,11 +148,6 @@ def _event_for(change: MemberChange) -> MemberEvent | None:
     return MemberLeft(member.name, member.incarnation)
 
 
-def safe_file_name(name: str) -> str:
-    """``name`` with every character a file name should not hold replaced."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
 def member_snapshot_file(state_dir: Path, name: str) -> Path:
     """Where the node ``name`` keeps the addresses of the members it knows."""
     return state_dir / f"members-{safe_file_name(name)}.json"
@@ -163,10 +157,11 @@ def load_snapshot(path: Path) -> dict[str, str]:
     """``{name: address}`` of the members a previous run knew (empty if none
     or unreadable)."""
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = read_state(path)
+        if raw is None:
+            return {}
+        data = json.loads(raw)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
         logger.warning("ignoring an unreadable member snapshot %s: %s", path, exc)
         return {}
     members = data.get("members") if isinstance(data, dict) else None
@@ -179,11 +174,9 @@ def load_snapshot(path: Path) -> dict[str, str]:
 
 
 def save_snapshot(path: Path, members: dict[str, str]) -> None:
-    """Replace the snapshot atomically (a crash leaves the old or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"members": members}, sort_keys=True))
-    os.replace(temporary, path)
+    """Replace the snapshot atomically and durably (a crash leaves the old or
+    the new one)."""
+    write_atomic(path, json.dumps({"members": members}, sort_keys=True).encode())
 
 
 @attrs.define(eq=False, kw_only=True)

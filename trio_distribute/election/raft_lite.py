@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Final
@@ -56,7 +55,8 @@ from .._proto.raft import (
 )
 from .._proto.swim import MemberStatus
 from .._ratelimit import LogLimiter
-from ..cluster.membership import Membership, safe_file_name
+from .._state_dir import read_state, safe_file_name, write_atomic
+from ..cluster.membership import Membership
 from ..config import ElectionConfig
 from ..transport import Connection, Transport
 
@@ -110,10 +110,11 @@ def load_state(path: Path) -> Persist | None:
         ValueError: the file exists but does not hold a valid state.
     """
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = read_state(path)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
         raise ValueError(f"unreadable election state {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"invalid election state in {path}: {data!r}")
@@ -137,24 +138,13 @@ def load_state(path: Path) -> Persist | None:
 def save_state(path: Path, state: Persist) -> None:
     """Write ``state`` durably and atomically: a crash leaves either the old
     state or the new one, never a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
     record = {
         "term": state.term,
         "voted_for": state.voted_for,
         "version": list(state.version),
         "voters": list(state.voters),
     }
-    with open(temporary, "w") as file:
-        json.dump(record, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, json.dumps(record).encode())
 
 
 @attrs.define(eq=False, kw_only=True)

@@ -9,12 +9,14 @@ from ._cluster import start_node as start_node
 from ._cluster import wait_until as wait_until
 from ._fake_network import FakeNetwork as FakeNetwork
 from ._fake_network import LinkConditions as LinkConditions
+from ._fake_network import VirtualTimeEventLoop as VirtualTimeEventLoop
 from ._fake_network import seed_scheduler as seed_scheduler
 from ._fake_network import virtual_time as virtual_time
 
 __all__ = [
     "FakeNetwork",
     "LinkConditions",
+    "VirtualTimeEventLoop",
     "crash",
     "open_cluster",
     "partition",

@@ -34,6 +34,7 @@ loss the network causes is counted in :attr:`FakeNetwork.drops`.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import heapq
 import math
@@ -47,8 +48,16 @@ from typing import Any, Self, TypeVar
 import anyio
 import anyio.abc
 import attrs
+import trio
+import trio.lowlevel
 
-__all__ = ["FakeNetwork", "LinkConditions", "seed_scheduler", "virtual_time"]
+__all__ = [
+    "FakeNetwork",
+    "LinkConditions",
+    "VirtualTimeEventLoop",
+    "seed_scheduler",
+    "virtual_time",
+]
 
 _T = TypeVar("_T")
 
@@ -125,7 +134,7 @@ class _Signal:
     __slots__ = ("_scopes",)
 
     def __init__(self) -> None:
-        self._scopes: list[anyio.CancelScope] = []
+        self._scopes: list[anyio.CancelScope | trio.CancelScope] = []
 
     def fire(self) -> None:
         for scope in self._scopes:
@@ -139,12 +148,31 @@ class _Signal:
     async def wait(self, timeout: float) -> None:
         if timeout <= 0:
             return
+        if _on_trio():
+            # trio directly: one cancel scope and one park, where anyio's
+            # sleep_forever adds a second scope and two layers per wait (the
+            # fake network waits once per frame, so this is most of its cost).
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as trio_scope:
+                self._scopes.append(trio_scope)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._scopes.remove(trio_scope)
+            return
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
             self._scopes.append(scope)
             try:
                 await anyio.sleep_forever()
             finally:
                 self._scopes.remove(scope)
+
+
+def _on_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 class FakeNetwork:
@@ -762,16 +790,59 @@ def seed_scheduler(seed: int | str) -> None:
         rng.seed(f"trio_distribute.scheduler/{seed}")
 
 
-def virtual_time(autojump_threshold: float = 0.0) -> tuple[str, dict[str, Any]]:
-    """The ``anyio_backend`` value for tests in virtual time: trio with a
-    ``MockClock`` that jumps to the next timer as soon as every task waits.
+def virtual_time(
+    autojump_threshold: float = 0.0, *, backend: str = "trio"
+) -> tuple[str, dict[str, Any]]:
+    """The ``anyio_backend`` value for tests in virtual time.
 
-    In a test module or ``conftest.py``::
+    On ``"trio"`` (the default): trio with a ``MockClock`` that jumps to the
+    next timer as soon as every task waits (after ``autojump_threshold``
+    seconds of real time). On ``"asyncio"``: an asyncio event loop whose
+    clock does the same (:class:`VirtualTimeEventLoop`; it always jumps at
+    once). In a test module or ``conftest.py``::
 
         @pytest.fixture
         def anyio_backend():
             return trio_distribute.testing.virtual_time()
+
+    Raises:
+        ValueError: ``backend`` is neither ``"trio"`` nor ``"asyncio"``.
     """
+    if backend == "asyncio":
+        return "asyncio", {"loop_factory": VirtualTimeEventLoop}
+    if backend != "trio":
+        raise ValueError(f"virtual time runs on 'trio' or 'asyncio', got {backend!r}")
     import trio.testing
 
     return "trio", {"clock": trio.testing.MockClock(autojump_threshold=autojump_threshold)}
+
+
+class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
+    """An asyncio event loop on a virtual clock (asyncio's ``MockClock``).
+
+    ``loop.time()`` starts at 0 and stands still while callbacks run; when
+    none is ready, the clock jumps straight to the earliest timer instead of
+    waiting for it. As with trio's ``MockClock(autojump_threshold=0)``, only
+    in-process work may be waited on: a thread or a real socket whose
+    answer arrives later in real time finds the timers that should have
+    waited for it already fired. Use it with :class:`FakeNetwork`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._virtual_now = 0.0
+
+    def time(self) -> float:
+        return self._virtual_now
+
+    def _run_once(self) -> None:
+        # Internals shared by every CPython asyncio loop since 3.4: the
+        # ready queue and the heap of timers. Only a jump forward, and only
+        # when nothing can run now, so the order of events is the real one.
+        ready: Any = getattr(self, "_ready")  # noqa: B009 - private, read only
+        scheduled: Any = getattr(self, "_scheduled")  # noqa: B009
+        if not ready and scheduled and not self._stopping:  # type: ignore[attr-defined]
+            when = scheduled[0].when()
+            if when > self._virtual_now:
+                self._virtual_now = when
+        super()._run_once()  # type: ignore[misc]
