@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -24,10 +24,11 @@ import anyio.lowlevel
 import attrs
 
 from . import codec
-from ._backend import Checkpoints, checkpoints, new_parker, running_on_trio
+from ._backend import Checkpoints, checkpoints, running_on_trio
 from ._correlation import Traced, correlation_id
 from ._ids import Pid, Ref, check_label
-from ._mailbox import Mailbox
+from ._mailbox import _YIELD_EVERY as _TAKE_YIELD_EVERY
+from ._mailbox import Mailbox, MailboxSettings, _inner, _received
 from ._proto.kinds import Kind
 from .errors import (
     ConnectError,
@@ -71,6 +72,11 @@ _PLAIN_DEPTH = 32
 _INFINITIES = (float("inf"), float("-inf"))
 _ID_SIZES: dict[Pid | Ref, int] = {}
 _current_id = correlation_id.get
+
+
+_NORMAL = ExitReason(ExitKind.NORMAL)
+_SHUTDOWN = ExitReason(ExitKind.SHUTDOWN, "the node stopped")
+_CANCELLED = ExitReason(ExitKind.EXCEPTION, "Cancelled: the process's task was cancelled")
 
 
 def current_process() -> Process | None:
@@ -201,26 +207,69 @@ def _plain_copy(value: Any, depth: int) -> tuple[Any, int]:
     raise _Unusual
 
 
-@attrs.define(eq=False, kw_only=True)
+class _Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _Scope(_Cancellable, Protocol):
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc_info: Any) -> bool | None: ...
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _local_pid(node: str, id: int, creation: int) -> Pid:
+    """``Pid(node, id, creation)`` without its validators, for this node's
+    own new pids (the name and creation were checked when it started, the
+    id comes from a counter): a spawn pays for no regular expression."""
+    pid = _new_object(Pid)
+    _set_attribute(pid, "node", node)
+    _set_attribute(pid, "id", id)
+    _set_attribute(pid, "creation", creation)
+    _set_attribute(pid, "_attrs_cached_hash", None)
+    return pid
+
+
 class Process:
     """A mailbox with a pid. Get one from ``Node.open_process`` or ``Node.spawn``."""
 
-    pid: Pid
-    name: str | None
-    _processes: Processes
-    _mailbox: Mailbox
-    alive: bool = True
-    # The refs of this process's own monitors that have not fired: they are
-    # removed when it ends (here and, for remote targets, on the target's
-    # node), so a short-lived process leaves nothing behind on either side.
-    _watching: set[Ref] = attrs.field(factory=set)
-    #: ``True``: exit signals arrive as ``ExitSignal`` messages instead of
-    #: ending this process (all but ``kill``). Erlang's ``trap_exit`` flag.
-    trap_exits: bool = False
-    # Cancelled to end the process on an exit signal (see _links).
-    _scope: anyio.CancelScope | None = None
-    # Why an exit signal ended it; overrides what its task raised.
-    _exit_reason: ExitReason | None = None
+    # Slots and nothing made before it is needed: a node may hold a million
+    # idle processes (docs/internals/processes.rst).
+    __slots__ = (
+        "_exit_reason",
+        "_mailbox",
+        "_processes",
+        "_scope",
+        "_watching",
+        "alive",
+        "name",
+        "pid",
+        "trap_exits",
+    )
+
+    def __init__(
+        self, pid: Pid, name: str | None, processes: Processes, mailbox: Mailbox
+    ) -> None:
+        self.pid = pid
+        self.name = name
+        self._processes = processes
+        self._mailbox = mailbox
+        self.alive = True
+        # The refs of this process's own monitors that have not fired: they
+        # are removed when it ends (here and, for remote targets, on the
+        # target's node), so a short-lived process leaves nothing behind on
+        # either side. None until it monitors something.
+        self._watching: set[Ref] | None = None
+        #: ``True``: exit signals arrive as ``ExitSignal`` messages instead of
+        #: ending this process (all but ``kill``). Erlang's ``trap_exit`` flag.
+        self.trap_exits = False
+        # Cancelled to end the process on an exit signal (see _links).
+        self._scope: _Cancellable | None = None
+        # Why an exit signal ended it; overrides what its task raised.
+        self._exit_reason: ExitReason | None = None
 
     def __repr__(self) -> str:
         name = "" if self.name is None else f" {self.name!r}"
@@ -239,8 +288,43 @@ class Process:
         Raises:
             TimeoutError: nothing (matching) arrived within ``timeout``.
         """
-        if timeout is None:
-            return await self._mailbox.take(match)
+        if timeout is not None:
+            return await self._receive_within(timeout, match)
+        # Mailbox.take, written out: an idle process waits here, and a frame
+        # less per waiting process is ~10% of what it costs (a million of
+        # them fit on a node). Keep the two in step.
+        mailbox = self._mailbox
+        settings = mailbox._settings
+        mailbox._since_yield += 1
+        if mailbox._since_yield >= _TAKE_YIELD_EVERY:
+            mailbox._since_yield = 0
+            await settings.checkpoint()
+        else:
+            await settings.checkpoint_if_cancelled()
+        scanned = 0
+        while True:
+            queue = mailbox._queue
+            if queue is not None:
+                if match is None:
+                    message = queue.popleft()
+                    mailbox._bytes -= queue.popleft()
+                    if not queue:
+                        mailbox._queue = None
+                    if type(message) is Traced or _current_id() is not None:
+                        return _received(message)
+                    return message
+                # Only messages that arrived since the last scan can match.
+                for index in range(scanned, len(queue) >> 1):
+                    if match(_inner(queue[index << 1])):
+                        return _received(mailbox._remove(index))
+                scanned = len(queue) >> 1
+            if settings.on_trio:
+                await settings.wait_task_rescheduled(mailbox.park_task())
+            else:
+                await mailbox.event().wait()
+            mailbox._since_yield = 0
+
+    async def _receive_within(self, timeout: float, match: Callable[[Any], bool] | None) -> Any:
         try:
             with anyio.fail_after(timeout):
                 return await self._mailbox.take(match)
@@ -287,6 +371,8 @@ class Process:
             return monitors.new_ref()
         ref = monitors.watch(pid, self._monitor_fired)
         if monitors.active(ref):  # not fired at once (noproc, noconnection)
+            if self._watching is None:
+                self._watching = set()
             self._watching.add(ref)
         return ref
 
@@ -298,9 +384,11 @@ class Process:
         the mailbox is removed too (Erlang's ``demonitor(Ref, [flush])``).
         """
         # Only this process's own monitors: another's ref is left alone.
-        active = ref in self._watching
+        watching = self._watching
+        active = watching is not None and ref in watching
         if active:
-            self._watching.discard(ref)
+            assert watching is not None
+            watching.discard(ref)
             self._processes.monitors.unwatch(ref)
         if flush:
             while True:
@@ -372,7 +460,8 @@ class Process:
         await self._processes.calls.reply(call, value)
 
     def _monitor_fired(self, event: ProcessDown) -> None:
-        self._watching.discard(event.ref)
+        if self._watching is not None:
+            self._watching.discard(event.ref)
         self._deliver_down(event)
 
     def _deliver_down(self, event: object) -> None:
@@ -400,6 +489,12 @@ class Processes:
     exit_hooks: list[Callable[[Pid, ExitReason], None]] = attrs.field(factory=list)
     links: Links | None = None
     calls: Calls | None = None
+    # Bound at start() to the running backend (see there).
+    _start_soon: Callable[..., object] | None = None
+    _new_scope: Callable[[], _Scope] = anyio.CancelScope
+    _cancelled: type[BaseException] = BaseException
+    _mailbox_settings: MailboxSettings | None = None
+    _spawns_since_yield: int = 0
 
     def __repr__(self) -> str:
         return f"<Processes of {self.transport.name}: {len(self._table)} running>"
@@ -408,10 +503,30 @@ class Processes:
         self._task_group = task_group
         self._checkpoints = checkpoints()
         self._on_trio = running_on_trio()
+        self._cancelled = anyio.get_cancelled_exc_class()
+        self._start_soon = task_group.start_soon
+        if self._on_trio:
+            import trio
+
+            self._new_scope = trio.CancelScope
+            # anyio's start_soon gives every task a handle with a cancel
+            # scope and an event of its own (about 1.2 KB, and a third of
+            # a spawn's time); a process needs neither, so on trio it is
+            # started in the task group's nursery itself.
+            nursery = getattr(task_group, "_nursery", None)
+            if isinstance(nursery, trio.Nursery):
+                self._start_soon = nursery.start_soon
+        self._mailbox_settings = self._new_mailbox_settings()
         self.transport.add_handler(Kind.SEND, self._handle_send)
         self.transport.add_handler(Kind.SEND_NAMED, self._handle_send_named)
         self.transport.add_handler(Kind.SEND_TRACED, self._handle_send_traced)
         self.transport.add_handler(Kind.SEND_NAMED_TRACED, self._handle_send_named_traced)
+
+    def _new_mailbox_settings(self) -> MailboxSettings:
+        config = self.transport.config
+        return MailboxSettings(
+            config.max_mailbox, self._checkpoints, config.max_mailbox_bytes, self._on_trio
+        )
 
     # ------------------------------------------------------------- lifecycle
 
@@ -420,20 +535,15 @@ class Processes:
             _check_name(name)
             if name in self._names:
                 raise ValueError(f"the name {name!r} is already registered on this node")
+        settings = self._mailbox_settings
+        if settings is None:
+            settings = self._mailbox_settings = self._new_mailbox_settings()
         transport = self.transport
-        pid = Pid(transport.name, next(self._ids), transport.creation)
+        id = next(self._ids)
         process = Process(
-            pid=pid,
-            name=name,
-            processes=self,
-            mailbox=Mailbox(
-                transport.config.max_mailbox,
-                self._checkpoints,
-                new_parker(self._on_trio),
-                transport.config.max_mailbox_bytes,
-            ),
+            _local_pid(transport.name, id, transport.creation), name, self, Mailbox(settings)
         )
-        self._table[pid.id] = process
+        self._table[id] = process
         if name is not None:
             self._names[name] = process
         return process
@@ -441,22 +551,23 @@ class Processes:
     def _exit(self, process: Process, reason: ExitReason) -> None:
         process.alive = False
         process._mailbox.close()
-        self._table.pop(process.pid.id, None)
-        if process.name is not None and self._names.get(process.name) is process:
-            del self._names[process.name]
-        if process._watching:
+        pid = process.pid
+        self._table.pop(pid.id, None)
+        name = process.name
+        if name is not None and self._names.get(name) is process:
+            del self._names[name]
+        watching = process._watching
+        if watching:
             # Its own monitors end with it (DEMONITOR to remote targets).
-            self.monitors.unwatch_all(process._watching)
-            process._watching.clear()
-        self.monitors.process_exited(process.pid, reason)
+            self.monitors.unwatch_all(watching)
+            watching.clear()
+        self.monitors.process_exited(pid, reason)
         for hook in self.exit_hooks:
-            hook(process.pid, reason)
+            hook(pid, reason)
 
     def _reason_for(self, exc: BaseException) -> ExitReason:
-        if isinstance(exc, anyio.get_cancelled_exc_class()):
-            if self.transport.stopping:
-                return ExitReason(ExitKind.SHUTDOWN, "the node stopped")
-            return ExitReason(ExitKind.EXCEPTION, "Cancelled: the process's task was cancelled")
+        if isinstance(exc, self._cancelled):
+            return _SHUTDOWN if self.transport.stopping else _CANCELLED
         return ExitReason.from_exception(exc)
 
     @asynccontextmanager
@@ -464,8 +575,8 @@ class Processes:
         """See :meth:`Node.open_process`."""
         process = self._new_process(name)
         token = _current.set(process)
-        scope = process._scope = anyio.CancelScope()
-        reason = ExitReason(ExitKind.NORMAL)
+        scope = process._scope = self._new_scope()
+        reason = _NORMAL
         try:
             with scope:  # an exit signal cancels it
                 yield process
@@ -490,7 +601,9 @@ class Processes:
         link: bool = False,
     ) -> Pid:
         """See :meth:`Node.spawn`."""
-        assert self._task_group is not None
+        start_soon = self._start_soon
+        if start_soon is None:
+            raise RuntimeError("the node has not started")
         parent = None
         if link:
             parent = _current.get()
@@ -498,39 +611,51 @@ class Processes:
                 raise RuntimeError("spawn(link=True) must be called from within a process")
             if not parent.alive:
                 raise RuntimeError(f"spawn(link=True): the calling process {parent.pid} has ended")
-        pid: Pid = await self._task_group.start(self._run_spawned, fn, args, name, parent)
-        return pid
-
-    async def _run_spawned(
-        self,
-        fn: Callable[..., Awaitable[object]],
-        args: tuple[Any, ...],
-        name: str | None,
-        parent: Process | None = None,
-        *,
-        task_status: anyio.abc.TaskStatus[Pid] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
+        # The process exists (pid, table entry, name) before its task does:
+        # messages sent to it meanwhile wait in its mailbox, and an exit
+        # signal meanwhile ends it before fn runs (see _run_spawned).
         process = self._new_process(name)
-        _current.set(process)  # this task's own context: no reset needed
-        scope = process._scope = anyio.CancelScope()
         if parent is not None:
             # Linked before the pid is handed out and before fn runs: the
             # child cannot end unlinked (a parent gone meanwhile: noproc).
             assert self.links is not None
             self.links.link_local(process, parent.pid)
-        task_status.started(process.pid)
-        reason = ExitReason(ExitKind.NORMAL)
+        try:
+            start_soon(self._run_spawned, process, fn, args)
+        except BaseException:
+            # The task group is closed (the node is stopping): no task will
+            # ever end this process, so it ends here.
+            self._exit(process, _SHUTDOWN)
+            raise
+        # Not a scheduler pass per spawn (that is what made spawning slow),
+        # but one every _YIELD_EVERY, as for sends; a cancelled caller stops
+        # here.
+        self._spawns_since_yield += 1
+        if self._spawns_since_yield >= _YIELD_EVERY:
+            self._spawns_since_yield = 0
+            await self._checkpoints[0]()
+        else:
+            await self._checkpoints[1]()
+        return process.pid
+
+    async def _run_spawned(
+        self, process: Process, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...]
+    ) -> None:
+        # Few locals: this frame lives as long as the process does.
+        _current.set(process)  # this task's own context: no reset needed
+        scope = process._scope = self._new_scope()
+        reason = _NORMAL
         try:
             with scope:  # an exit signal cancels it
                 if process._exit_reason is None:
                     await fn(process, *args)
-        except anyio.get_cancelled_exc_class() as exc:
+        except self._cancelled as exc:
             reason = self._reason_for(exc)
             raise
         except Exception as exc:
             # A crashing process is reported to its monitors and logged; it
             # does not take the node down.
-            reason = self._reason_for(exc)
+            reason = ExitReason.from_exception(exc)
             logger.exception("process %s crashed", process.pid)
         finally:
             if process._exit_reason is not None:
