@@ -279,14 +279,14 @@ class Mailbox:
         task = self._settings.current_task()
         if self._waiter is None:
             self._waiter = task
-            return self._abort_waiter
+            return self  # see __call__
         others = self._others
         if others is None:
             others = self._others = []
         others.append(task)
 
         def abort(_: object) -> Any:
-            if self._waiter is task:  # promoted by _abort_waiter
+            if self._waiter is task:  # promoted by __call__
                 self._promote()
             elif self._others is not None and task in self._others:
                 self._others.remove(task)
@@ -294,9 +294,10 @@ class Mailbox:
 
         return abort
 
-    def _abort_waiter(self, _: object) -> Any:
-        # A bound method, not a closure: the usual single waiter costs no
-        # function object of its own while it waits.
+    def __call__(self, _: object) -> Any:
+        """(trio) The abort function of the task in the waiter slot: the
+        mailbox itself, so that the usual single waiter costs no function
+        object (a closure or a bound method) while it waits."""
         self._promote()
         return _abort_succeeded()
 

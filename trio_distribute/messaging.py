@@ -28,7 +28,7 @@ from ._backend import Checkpoints, checkpoints, running_on_trio
 from ._correlation import Traced, correlation_id
 from ._ids import Pid, Ref, check_label
 from ._mailbox import _YIELD_EVERY as _TAKE_YIELD_EVERY
-from ._mailbox import Mailbox, MailboxSettings, _inner, _received
+from ._mailbox import Mailbox, MailboxSettings, _received
 from ._proto.kinds import Kind
 from .errors import (
     ConnectError,
@@ -74,6 +74,9 @@ _ID_SIZES: dict[Pid | Ref, int] = {}
 _current_id = correlation_id.get
 
 
+#: The name of every spawned process's task (a name made per task from
+#: the function, as trio and anyio do, costs ~100 bytes per process).
+_TASK_NAME = "trio_distribute.process"
 _NORMAL = ExitReason(ExitKind.NORMAL)
 _SHUTDOWN = ExitReason(ExitKind.SHUTDOWN, "the node stopped")
 _CANCELLED = ExitReason(ExitKind.EXCEPTION, "Cancelled: the process's task was cancelled")
@@ -267,7 +270,7 @@ class Process:
         #: ending this process (all but ``kill``). Erlang's ``trap_exit`` flag.
         self.trap_exits = False
         # Cancelled to end the process on an exit signal (see _links).
-        self._scope: _Cancellable | None = None
+        self._scope: Any = None
         # Why an exit signal ended it; overrides what its task raised.
         self._exit_reason: ExitReason | None = None
 
@@ -290,36 +293,31 @@ class Process:
         """
         if timeout is not None:
             return await self._receive_within(timeout, match)
-        # Mailbox.take, written out: an idle process waits here, and a frame
-        # less per waiting process is ~10% of what it costs (a million of
-        # them fit on a node). Keep the two in step.
+        if match is not None:
+            return await self._mailbox.take(match)
+        # Mailbox.take without a match, written out: an idle process waits
+        # here, and a frame less (and few locals) per waiting process is
+        # ~10% of what it costs (a million of them fit on a node). Keep the
+        # two in step.
         mailbox = self._mailbox
-        settings = mailbox._settings
         mailbox._since_yield += 1
         if mailbox._since_yield >= _TAKE_YIELD_EVERY:
             mailbox._since_yield = 0
-            await settings.checkpoint()
+            await mailbox._settings.checkpoint()
         else:
-            await settings.checkpoint_if_cancelled()
-        scanned = 0
+            await mailbox._settings.checkpoint_if_cancelled()
         while True:
             queue = mailbox._queue
             if queue is not None:
-                if match is None:
-                    message = queue.popleft()
-                    mailbox._bytes -= queue.popleft()
-                    if not queue:
-                        mailbox._queue = None
-                    if type(message) is Traced or _current_id() is not None:
-                        return _received(message)
-                    return message
-                # Only messages that arrived since the last scan can match.
-                for index in range(scanned, len(queue) >> 1):
-                    if match(_inner(queue[index << 1])):
-                        return _received(mailbox._remove(index))
-                scanned = len(queue) >> 1
-            if settings.on_trio:
-                await settings.wait_task_rescheduled(mailbox.park_task())
+                message = queue.popleft()
+                mailbox._bytes -= queue.popleft()
+                if not queue:
+                    mailbox._queue = None
+                if type(message) is Traced or _current_id() is not None:
+                    return _received(message)
+                return message
+            if mailbox._settings.on_trio:
+                await mailbox._settings.wait_task_rescheduled(mailbox.park_task())
             else:
                 await mailbox.event().wait()
             mailbox._since_yield = 0
@@ -621,7 +619,7 @@ class Processes:
             assert self.links is not None
             self.links.link_local(process, parent.pid)
         try:
-            start_soon(self._run_spawned, process, fn, args)
+            start_soon(self._run_spawned, process, fn, args, name=_TASK_NAME)
         except BaseException:
             # The task group is closed (the node is stopping): no task will
             # ever end this process, so it ends here.
@@ -641,26 +639,41 @@ class Processes:
     async def _run_spawned(
         self, process: Process, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...]
     ) -> None:
-        # Few locals: this frame lives as long as the process does.
+        # This frame lives as long as the process does, so it keeps few
+        # locals, and enters its scope by hand: a ``with`` statement would
+        # hold the scope's bound ``__exit__`` for the whole wait.
         _current.set(process)  # this task's own context: no reset needed
-        scope = process._scope = self._new_scope()
-        reason = _NORMAL
+        process._scope = self._new_scope()
         try:
-            with scope:  # an exit signal cancels it
+            process._scope.__enter__()  # an exit signal cancels it
+            try:
                 if process._exit_reason is None:
                     await fn(process, *args)
-        except self._cancelled as exc:
+            except BaseException as exc:
+                if not process._scope.__exit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                process._scope.__exit__(None, None, None)
+        except BaseException as exc:
+            if self._ended(process, exc):
+                raise
+        else:
+            self._exit(process, _NORMAL if process._exit_reason is None else process._exit_reason)
+
+    def _ended(self, process: Process, exc: BaseException) -> bool:
+        """End ``process``, whose function raised ``exc`` (its scope did not
+        take it); ``True``: the caller re-raises it (a cancellation from
+        outside, or worse)."""
+        reraise = not isinstance(exc, Exception) or isinstance(exc, self._cancelled)
+        if reraise:
             reason = self._reason_for(exc)
-            raise
-        except Exception as exc:
+        else:
             # A crashing process is reported to its monitors and logged; it
             # does not take the node down.
             reason = ExitReason.from_exception(exc)
-            logger.exception("process %s crashed", process.pid)
-        finally:
-            if process._exit_reason is not None:
-                reason = process._exit_reason
-            self._exit(process, reason)
+            logger.exception("process %s crashed", process.pid, exc_info=exc)
+        self._exit(process, reason if process._exit_reason is None else process._exit_reason)
+        return reraise
 
     # --------------------------------------------------------------- sending
 
