@@ -277,6 +277,12 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
+def _save_partial(path: Path | None, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """What has been measured so far (a long run can be cut short)."""
+    if path is not None:
+        path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+
+
 def measure(
     count: int,
     sends: int,
@@ -285,6 +291,8 @@ def measure(
     rounds: int,
     compare: Path | None,
     log: Any = print,
+    raw_big: bool = True,
+    partial: Path | None = None,
 ) -> dict[str, Any]:
     """Run every child (alternating the revisions each round) and gather
     the medians per (revision, kind, backend, count)."""
@@ -293,7 +301,7 @@ def measure(
         revisions["base"] = compare
     raw_kinds = {"trio": ["raw"], "asyncio": ["raw", "raw_asyncio"]}
     runs: dict[str, list[dict[str, Any]]] = {}
-    big = [n for n in send_counts if n > count]
+    big = [n for n in send_counts if n > count] if raw_big else []
     for round_no in range(rounds):
         for backend in backends:
             for n in (count, *big):
@@ -315,6 +323,7 @@ def measure(
                     key = f"{label}/{backend}/{n}"
                     log(f"round {round_no + 1}: {key}", file=sys.stderr)
                     runs.setdefault(key, []).append(_run_child(root, "td", backend, n, sends, True))
+                    _save_partial(partial, runs)
     return {key: _median_of(values) for key, values in runs.items()}
 
 
@@ -389,6 +398,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--output", type=Path, default=ROOT / "benchmarks" / "results" / "processes.json"
     )
+    parser.add_argument(
+        "--raw-million",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="raw tasks at a million too",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-sends", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -402,7 +417,16 @@ def main(argv: list[str] | None = None) -> None:
     send_counts = [10]
     if args.million and not args.quick:
         send_counts.append(1_000_000)
-    results = measure(args.count, args.sends, backends, send_counts, args.rounds, args.compare)
+    results = measure(
+        args.count,
+        args.sends,
+        backends,
+        send_counts,
+        args.rounds,
+        args.compare,
+        raw_big=args.raw_million,
+        partial=args.output.with_suffix(".partial.json"),
+    )
     table = _table(results, args.count, backends, send_counts)
     print(table)
     load = os.getloadavg()

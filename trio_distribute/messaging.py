@@ -242,6 +242,7 @@ class Process:
     # Slots and nothing made before it is needed: a node may hold a million
     # idle processes (docs/internals/processes.rst).
     __slots__ = (
+        "__weakref__",  # as the attrs class it was had
         "_exit_reason",
         "_mailbox",
         "_processes",
