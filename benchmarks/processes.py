@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         + "\n"
     )
+    args.output.with_suffix(".partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -93,9 +93,7 @@ class MailboxSettings:
 
             self.current_task: Callable[[], Any] = trio.lowlevel.current_task
             self.reschedule: Callable[[Any], None] = trio.lowlevel.reschedule
-            self.wait_task_rescheduled: Callable[[Any], Any] = (
-                trio.lowlevel.wait_task_rescheduled
-            )
+            self.wait_task_rescheduled: Callable[[Any], Any] = trio.lowlevel.wait_task_rescheduled
 
 
 _SUCCEEDED: Any = None

@@ -254,9 +254,7 @@ class Process:
         "trap_exits",
     )
 
-    def __init__(
-        self, pid: Pid, name: str | None, processes: Processes, mailbox: Mailbox
-    ) -> None:
+    def __init__(self, pid: Pid, name: str | None, processes: Processes, mailbox: Mailbox) -> None:
         self.pid = pid
         self.name = name
         self._processes = processes
