@@ -1,7 +1,7 @@
-"""A process mailbox: a deque and one wake-up.
+"""A process mailbox: a queue and one wake-up.
 
 A burst of messages costs the receiving task one wake-up, and selective
-receive scans the deque in place; a memory channel per message could do
+receive scans the queue in place; a memory channel per message could do
 neither (DESIGN 3a). The mailbox is bounded: when it is full a new message
 is refused (the caller counts and logs the drop), so a slow process never
 blocks the connection reader that feeds it, and messages to other processes
@@ -12,7 +12,13 @@ of the frame that carried it (its encoded size, which the reader knows for
 free; a local send encodes the message too, and counts the frame it would
 have had); the node's own notifications (``ProcessDown`` and the like)
 count 0 bytes. The byte total needs each message's size again when it is
-taken, so sizes ride in a deque parallel to the messages.
+taken, so each message's size rides right behind it in the queue.
+
+A node may hold a million idle processes, so an idle mailbox is kept
+small: the queue (a deque, 760 bytes even when empty) exists only while
+messages wait, the limits and the backend's primitives live in one
+:class:`MailboxSettings` per node, and a waiting task is remembered in a
+slot instead of a parker object of its own.
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ from typing import Any
 
 import anyio
 
-from ._backend import Checkpoints, Parker
+from ._backend import Checkpoints, running_on_trio
 from ._correlation import Traced, correlation_id
 
-__all__ = ["Mailbox"]
+__all__ = ["Mailbox", "MailboxSettings"]
 
 _current_id = correlation_id.get
 
@@ -56,44 +62,85 @@ def _inner(message: Any) -> Any:
 _YIELD_EVERY = 4096
 
 
-class Mailbox:
-    """Messages queued for one process, oldest first."""
+class MailboxSettings:
+    """What every mailbox of a node shares: its limits and the running
+    backend's scheduling primitives (looked up once, at node start)."""
 
     __slots__ = (
-        "_byte_limit",
-        "_bytes",
-        "_checkpoint",
-        "_checkpoint_if_cancelled",
-        "_closed",
-        "_limit",
-        "_messages",
-        "_parker",
-        "_since_yield",
-        "_sizes",
-        "refusal",
+        "byte_limit",
+        "checkpoint",
+        "checkpoint_if_cancelled",
+        "current_task",
+        "limit",
+        "on_trio",
+        "reschedule",
+        "wait_task_rescheduled",
     )
 
     def __init__(
         self,
         limit: int,
         checkpoints: Checkpoints,
-        parker: Parker,
         byte_limit: int = 2**63,
+        on_trio: bool | None = None,
     ) -> None:
-        self._checkpoint, self._checkpoint_if_cancelled = checkpoints
-        self._parker = parker
-        self._messages: deque[Any] = deque()
-        self._sizes: deque[int] = deque()
-        self._limit = limit
-        self._byte_limit = byte_limit
+        self.limit = limit
+        self.byte_limit = byte_limit
+        self.checkpoint, self.checkpoint_if_cancelled = checkpoints
+        self.on_trio = running_on_trio() if on_trio is None else on_trio
+        if self.on_trio:
+            import trio
+
+            self.current_task: Callable[[], Any] = trio.lowlevel.current_task
+            self.reschedule: Callable[[Any], None] = trio.lowlevel.reschedule
+            self.wait_task_rescheduled: Callable[[Any], Any] = trio.lowlevel.wait_task_rescheduled
+
+
+_SUCCEEDED: Any = None
+
+
+def _abort_succeeded() -> Any:
+    global _SUCCEEDED
+    if _SUCCEEDED is None:
+        import trio
+
+        _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
+    return _SUCCEEDED
+
+
+class Mailbox:
+    """Messages queued for one process, oldest first."""
+
+    __slots__ = (
+        "_bytes",
+        "_closed",
+        "_others",
+        "_queue",
+        "_settings",
+        "_since_yield",
+        "_waiter",
+        "refusal",
+    )
+
+    def __init__(self, settings: MailboxSettings) -> None:
+        self._settings = settings
+        # message, size, message, size, ... (None while empty: see above).
+        self._queue: deque[Any] | None = None
         self._bytes = 0
         self._since_yield = 0
         self._closed = False
+        # On trio the task waiting in take (the usual one waiter); on
+        # asyncio the event every waiter waits on.
+        self._waiter: Any = None
+        # On trio, further tasks waiting at the same time (rare: two tasks
+        # of one process receiving at once).
+        self._others: list[Any] | None = None
         #: Why the last refused ``put`` was refused (a drop cause).
         self.refusal = "mailbox_full"
 
     def __len__(self) -> int:
-        return len(self._messages)
+        queue = self._queue
+        return 0 if queue is None else len(queue) >> 1
 
     @property
     def queued_bytes(self) -> int:
@@ -109,33 +156,60 @@ class Mailbox:
         any single message fits an empty one, so a byte limit below
         ``max_message_size`` cannot make a message undeliverable for ever.
         """
-        if self._closed or len(self._messages) >= self._limit:
+        queue = self._queue
+        if queue is None:
+            if self._closed:
+                self.refusal = "mailbox_full"
+                return False
+            queue = self._queue = deque()
+        elif len(queue) >= self._settings.limit << 1:
             self.refusal = "mailbox_full"
             return False
         if size:
             held = self._bytes
-            if held and held + size > self._byte_limit:
+            if held and held + size > self._settings.byte_limit:
                 self.refusal = "mailbox_bytes"
                 return False
             self._bytes = held + size
-        self._messages.append(message)
-        self._sizes.append(size)
-        self._parker.unpark_all()
+        queue.append(message)
+        queue.append(size)
+        if self._waiter is not None:
+            self._wake()
         return True
+
+    def _wake(self) -> None:
+        """Wake every task waiting in ``take``."""
+        waiter = self._waiter
+        self._waiter = None
+        settings = self._settings
+        if not settings.on_trio:
+            waiter.set()
+            return
+        reschedule = settings.reschedule
+        reschedule(waiter)
+        others = self._others
+        if others is not None:
+            self._others = None
+            for task in others:
+                reschedule(task)
 
     def close(self) -> None:
         """Refuse further messages (the process has exited)."""
         self._closed = True
-        self._messages.clear()
-        self._sizes.clear()
+        self._queue = None
         self._bytes = 0
 
     def _remove(self, index: int) -> Any:
         """Remove and return the message at ``index`` (selective receive)."""
-        message = self._messages[index]
-        del self._messages[index]
-        self._bytes -= self._sizes[index]
-        del self._sizes[index]
+        queue = self._queue
+        assert queue is not None
+        at = index << 1
+        message = queue[at]
+        del queue[at]
+        self._bytes -= queue[at]
+        del queue[at]
+        if not queue:
+            self._queue = None
         return message
 
     def take_nowait(self, match: Callable[[Any], bool] | None = None) -> Any:
@@ -144,14 +218,17 @@ class Mailbox:
         Raises:
             anyio.WouldBlock: nothing (matching) is queued.
         """
-        messages = self._messages
-        if match is None:
-            if messages:
-                self._bytes -= self._sizes.popleft()
-                return _received(messages.popleft())
+        queue = self._queue
+        if queue is None:
             raise anyio.WouldBlock
-        for index, message in enumerate(messages):
-            if match(_inner(message)):
+        if match is None:
+            message = queue.popleft()
+            self._bytes -= queue.popleft()
+            if not queue:
+                self._queue = None
+            return _received(message)
+        for index in range(len(queue) >> 1):
+            if match(_inner(queue[index << 1])):
                 return _received(self._remove(index))
         raise anyio.WouldBlock
 
@@ -159,29 +236,84 @@ class Mailbox:
         """Wait for, remove and return the oldest (matching) message.
 
         Non-matching messages stay queued in their order. Cancellation
-        leaves the mailbox untouched.
+        leaves the mailbox untouched. (``Process.receive`` has this loop
+        written out, so that an idle process waits one frame shallower.)
         """
+        settings = self._settings
         self._since_yield += 1
         if self._since_yield >= _YIELD_EVERY:
             self._since_yield = 0
-            await self._checkpoint()
+            await settings.checkpoint()
         else:
-            await self._checkpoint_if_cancelled()
-        messages = self._messages
+            await settings.checkpoint_if_cancelled()
         scanned = 0
         while True:
-            if match is None:
-                if messages:
-                    message = messages.popleft()
-                    self._bytes -= self._sizes.popleft()
+            queue = self._queue
+            if queue is not None:
+                if match is None:
+                    message = queue.popleft()
+                    self._bytes -= queue.popleft()
+                    if not queue:
+                        self._queue = None
                     if type(message) is Traced or _current_id() is not None:
                         return _received(message)
                     return message
-            else:
                 # Only messages that arrived since the last scan can match.
-                for index in range(scanned, len(messages)):
-                    if match(_inner(messages[index])):
+                for index in range(scanned, len(queue) >> 1):
+                    if match(_inner(queue[index << 1])):
                         return _received(self._remove(index))
-                scanned = len(messages)
-            await self._parker.park()
+                scanned = len(queue) >> 1
+            if settings.on_trio:
+                await settings.wait_task_rescheduled(self.park_task())
+            else:
+                await self.event().wait()
             self._since_yield = 0
+
+    # Waiting, in two halves so that a caller can await in its own frame.
+
+    def park_task(self) -> Callable[[Any], Any]:
+        """(trio) Register the running task as waiting; returns the abort
+        function to pass to ``trio.lowlevel.wait_task_rescheduled``."""
+        task = self._settings.current_task()
+        if self._waiter is None:
+            self._waiter = task
+            return self  # see __call__
+        others = self._others
+        if others is None:
+            others = self._others = []
+        others.append(task)
+
+        def abort(_: object) -> Any:
+            if self._waiter is task:  # promoted by __call__
+                self._promote()
+            elif self._others is not None and task in self._others:
+                self._others.remove(task)
+            return _abort_succeeded()
+
+        return abort
+
+    def __call__(self, _: object) -> Any:
+        """(trio) The abort function of the task in the waiter slot: the
+        mailbox itself, so that the usual single waiter costs no function
+        object (a closure or a bound method) while it waits."""
+        self._promote()
+        return _abort_succeeded()
+
+    def _promote(self) -> None:
+        # The waiter slot is what ``put`` looks at: another waiting task
+        # takes it.
+        others = self._others
+        if others:
+            self._waiter = others.pop(0)
+            if not others:
+                self._others = None
+        else:
+            self._waiter = None
+            self._others = None
+
+    def event(self) -> anyio.Event:
+        """(asyncio) The event the next ``put`` sets."""
+        event = self._waiter
+        if event is None:
+            event = self._waiter = anyio.Event()
+        return event  # type: ignore[no-any-return]

@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -24,12 +24,13 @@ import anyio.lowlevel
 import attrs
 
 from . import codec
-from ._backend import Checkpoints, checkpoints, new_parker, running_on_trio
+from ._backend import Checkpoints, checkpoints, running_on_trio
 from ._calls import Calls
 from ._correlation import Traced, correlation_id
 from ._ids import Pid, Ref, check_label
 from ._links import Links
-from ._mailbox import Mailbox
+from ._mailbox import _YIELD_EVERY as _TAKE_YIELD_EVERY
+from ._mailbox import Mailbox, MailboxSettings, _received
 from ._monitors import Monitors
 from ._node_events import NodeEventBus, ProcessExited
 from ._proto.kinds import Kind
@@ -71,6 +72,14 @@ _PLAIN_DEPTH = 32
 _INFINITIES = (float("inf"), float("-inf"))
 _ID_SIZES: dict[Pid | Ref, int] = {}
 _current_id = correlation_id.get
+
+
+#: The name of every spawned process's task (a name made per task from
+#: the function, as trio and anyio do, costs ~100 bytes per process).
+_TASK_NAME = "trio_distribute.process"
+_NORMAL = ExitReason(ExitKind.NORMAL)
+_SHUTDOWN = ExitReason(ExitKind.SHUTDOWN, "the node stopped")
+_CANCELLED = ExitReason(ExitKind.EXCEPTION, "Cancelled: the process's task was cancelled")
 
 
 def current_process() -> Process | None:
@@ -201,26 +210,68 @@ def _plain_copy(value: Any, depth: int) -> tuple[Any, int]:
     raise _Unusual
 
 
-@attrs.define(eq=False, kw_only=True)
+class _Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _Scope(_Cancellable, Protocol):
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc_info: Any) -> bool | None: ...
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _local_pid(node: str, id: int, creation: int) -> Pid:
+    """``Pid(node, id, creation)`` without its validators, for this node's
+    own new pids (the name and creation were checked when it started, the
+    id comes from a counter): a spawn pays for no regular expression."""
+    pid = _new_object(Pid)
+    _set_attribute(pid, "node", node)
+    _set_attribute(pid, "id", id)
+    _set_attribute(pid, "creation", creation)
+    _set_attribute(pid, "_attrs_cached_hash", None)
+    return pid
+
+
 class Process:
     """A mailbox with a pid. Get one from ``Node.open_process`` or ``Node.spawn``."""
 
-    pid: Pid
-    name: str | None
-    _processes: Processes
-    _mailbox: Mailbox
-    alive: bool = True
-    # The refs of this process's own monitors that have not fired: they are
-    # removed when it ends (here and, for remote targets, on the target's
-    # node), so a short-lived process leaves nothing behind on either side.
-    _watching: set[Ref] = attrs.field(factory=set)
-    #: ``True``: exit signals arrive as ``ExitSignal`` messages instead of
-    #: ending this process (all but ``kill``). Erlang's ``trap_exit`` flag.
-    trap_exits: bool = False
-    # Cancelled to end the process on an exit signal (see _links).
-    _scope: anyio.CancelScope | None = None
-    # Why an exit signal ended it; overrides what its task raised.
-    _exit_reason: ExitReason | None = None
+    # Slots and nothing made before it is needed: a node may hold a million
+    # idle processes (docs/internals/processes.rst).
+    __slots__ = (
+        "__weakref__",  # as the attrs class it was had
+        "_exit_reason",
+        "_mailbox",
+        "_processes",
+        "_scope",
+        "_watching",
+        "alive",
+        "name",
+        "pid",
+        "trap_exits",
+    )
+
+    def __init__(self, pid: Pid, name: str | None, processes: Processes, mailbox: Mailbox) -> None:
+        self.pid = pid
+        self.name = name
+        self._processes = processes
+        self._mailbox = mailbox
+        self.alive = True
+        # The refs of this process's own monitors that have not fired: they
+        # are removed when it ends (here and, for remote targets, on the
+        # target's node), so a short-lived process leaves nothing behind on
+        # either side. None until it monitors something.
+        self._watching: set[Ref] | None = None
+        #: ``True``: exit signals arrive as ``ExitSignal`` messages instead of
+        #: ending this process (all but ``kill``). Erlang's ``trap_exit`` flag.
+        self.trap_exits = False
+        # Cancelled to end the process on an exit signal (see _links).
+        self._scope: Any = None
+        # Why an exit signal ended it; overrides what its task raised.
+        self._exit_reason: ExitReason | None = None
 
     def __repr__(self) -> str:
         name = "" if self.name is None else f" {self.name!r}"
@@ -239,8 +290,38 @@ class Process:
         Raises:
             TimeoutError: nothing (matching) arrived within ``timeout``.
         """
-        if timeout is None:
+        if timeout is not None:
+            return await self._receive_within(timeout, match)
+        if match is not None:
             return await self._mailbox.take(match)
+        # Mailbox.take without a match, written out: an idle process waits
+        # here, and a frame less (and few locals) per waiting process is
+        # ~10% of what it costs (a million of them fit on a node). Keep the
+        # two in step.
+        mailbox = self._mailbox
+        mailbox._since_yield += 1
+        if mailbox._since_yield >= _TAKE_YIELD_EVERY:
+            mailbox._since_yield = 0
+            await mailbox._settings.checkpoint()
+        else:
+            await mailbox._settings.checkpoint_if_cancelled()
+        while True:
+            queue = mailbox._queue
+            if queue is not None:
+                message = queue.popleft()
+                mailbox._bytes -= queue.popleft()
+                if not queue:
+                    mailbox._queue = None
+                if type(message) is Traced or _current_id() is not None:
+                    return _received(message)
+                return message
+            if mailbox._settings.on_trio:
+                await mailbox._settings.wait_task_rescheduled(mailbox.park_task())
+            else:
+                await mailbox.event().wait()
+            mailbox._since_yield = 0
+
+    async def _receive_within(self, timeout: float, match: Callable[[Any], bool] | None) -> Any:
         try:
             with anyio.fail_after(timeout):
                 return await self._mailbox.take(match)
@@ -287,6 +368,8 @@ class Process:
             return monitors.new_ref()
         ref = monitors.watch(pid, self._monitor_fired)
         if monitors.active(ref):  # not fired at once (noproc, noconnection)
+            if self._watching is None:
+                self._watching = set()
             self._watching.add(ref)
         return ref
 
@@ -298,9 +381,11 @@ class Process:
         the mailbox is removed too (Erlang's ``demonitor(Ref, [flush])``).
         """
         # Only this process's own monitors: another's ref is left alone.
-        active = ref in self._watching
+        watching = self._watching
+        active = watching is not None and ref in watching
         if active:
-            self._watching.discard(ref)
+            assert watching is not None
+            watching.discard(ref)
             self._processes.monitors.unwatch(ref)
         if flush:
             while True:
@@ -368,7 +453,8 @@ class Process:
         await self._processes.calls.reply(call, value)
 
     def _monitor_fired(self, event: ProcessDown) -> None:
-        self._watching.discard(event.ref)
+        if self._watching is not None:
+            self._watching.discard(event.ref)
         self._deliver_down(event)
 
     def _deliver_down(self, event: object) -> None:
@@ -398,6 +484,12 @@ class Processes:
     _checkpoints: Checkpoints = (anyio.lowlevel.checkpoint, anyio.lowlevel.checkpoint_if_cancelled)
     _last_drop_log: float = 0.0
     _drops_since_log: int = 0
+    # Bound at start() to the running backend (see there).
+    _start_soon: Callable[..., object] | None = None
+    _new_scope: Callable[[], _Scope] = anyio.CancelScope
+    _cancelled: type[BaseException] = BaseException
+    _mailbox_settings: MailboxSettings | None = None
+    _spawns_since_yield: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.monitors = Monitors(transport=self.transport, processes=self, events=self.events)
@@ -413,10 +505,30 @@ class Processes:
         self._task_group = task_group
         self._checkpoints = checkpoints()
         self._on_trio = running_on_trio()
+        self._cancelled = anyio.get_cancelled_exc_class()
+        self._start_soon = task_group.start_soon
+        if self._on_trio:
+            import trio
+
+            self._new_scope = trio.CancelScope
+            # anyio's start_soon gives every task a handle with a cancel
+            # scope and an event of its own (about 1.2 KB, and a third of
+            # a spawn's time); a process needs neither, so on trio it is
+            # started in the task group's nursery itself.
+            nursery = getattr(task_group, "_nursery", None)
+            if isinstance(nursery, trio.Nursery):
+                self._start_soon = nursery.start_soon
+        self._mailbox_settings = self._new_mailbox_settings()
         self.transport.add_handler(Kind.SEND, self._handle_send)
         self.transport.add_handler(Kind.SEND_NAMED, self._handle_send_named)
         self.transport.add_handler(Kind.SEND_TRACED, self._handle_send_traced)
         self.transport.add_handler(Kind.SEND_NAMED_TRACED, self._handle_send_named_traced)
+
+    def _new_mailbox_settings(self) -> MailboxSettings:
+        config = self.transport.config
+        return MailboxSettings(
+            config.max_mailbox, self._checkpoints, config.max_mailbox_bytes, self._on_trio
+        )
 
     # ------------------------------------------------------------- lifecycle
 
@@ -425,20 +537,15 @@ class Processes:
             _check_name(name)
             if name in self._names:
                 raise ValueError(f"the name {name!r} is already registered on this node")
+        settings = self._mailbox_settings
+        if settings is None:
+            settings = self._mailbox_settings = self._new_mailbox_settings()
         transport = self.transport
-        pid = Pid(transport.name, next(self._ids), transport.creation)
+        id = next(self._ids)
         process = Process(
-            pid=pid,
-            name=name,
-            processes=self,
-            mailbox=Mailbox(
-                transport.config.max_mailbox,
-                self._checkpoints,
-                new_parker(self._on_trio),
-                transport.config.max_mailbox_bytes,
-            ),
+            _local_pid(transport.name, id, transport.creation), name, self, Mailbox(settings)
         )
-        self._table[pid.id] = process
+        self._table[id] = process
         if name is not None:
             self._names[name] = process
         return process
@@ -446,20 +553,21 @@ class Processes:
     def _exit(self, process: Process, reason: ExitReason) -> None:
         process.alive = False
         process._mailbox.close()
-        self._table.pop(process.pid.id, None)
-        if process.name is not None and self._names.get(process.name) is process:
-            del self._names[process.name]
-        if process._watching:
+        pid = process.pid
+        self._table.pop(pid.id, None)
+        name = process.name
+        if name is not None and self._names.get(name) is process:
+            del self._names[name]
+        watching = process._watching
+        if watching:
             # Its own monitors end with it (DEMONITOR to remote targets).
-            self.monitors.unwatch_all(process._watching)
-            process._watching.clear()
-        self.events.publish(ProcessExited(process.pid, reason))
+            self.monitors.unwatch_all(watching)
+            watching.clear()
+        self.events.publish(ProcessExited(pid, reason))
 
     def _reason_for(self, exc: BaseException) -> ExitReason:
-        if isinstance(exc, anyio.get_cancelled_exc_class()):
-            if self.transport.stopping:
-                return ExitReason(ExitKind.SHUTDOWN, "the node stopped")
-            return ExitReason(ExitKind.EXCEPTION, "Cancelled: the process's task was cancelled")
+        if isinstance(exc, self._cancelled):
+            return _SHUTDOWN if self.transport.stopping else _CANCELLED
         return ExitReason.from_exception(exc)
 
     @asynccontextmanager
@@ -467,8 +575,8 @@ class Processes:
         """See :meth:`Node.open_process`."""
         process = self._new_process(name)
         token = _current.set(process)
-        scope = process._scope = anyio.CancelScope()
-        reason = ExitReason(ExitKind.NORMAL)
+        scope = process._scope = self._new_scope()
+        reason = _NORMAL
         try:
             with scope:  # an exit signal cancels it
                 yield process
@@ -493,7 +601,9 @@ class Processes:
         link: bool = False,
     ) -> Pid:
         """See :meth:`Node.spawn`."""
-        assert self._task_group is not None
+        start_soon = self._start_soon
+        if start_soon is None:
+            raise RuntimeError("the node has not started")
         parent = None
         if link:
             parent = _current.get()
@@ -501,43 +611,70 @@ class Processes:
                 raise RuntimeError("spawn(link=True) must be called from within a process")
             if not parent.alive:
                 raise RuntimeError(f"spawn(link=True): the calling process {parent.pid} has ended")
-        pid: Pid = await self._task_group.start(self._run_spawned, fn, args, name, parent)
-        return pid
-
-    async def _run_spawned(
-        self,
-        fn: Callable[..., Awaitable[object]],
-        args: tuple[Any, ...],
-        name: str | None,
-        parent: Process | None = None,
-        *,
-        task_status: anyio.abc.TaskStatus[Pid] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
+        # The process exists (pid, table entry, name) before its task does:
+        # messages sent to it meanwhile wait in its mailbox, and an exit
+        # signal meanwhile ends it before fn runs (see _run_spawned).
         process = self._new_process(name)
-        _current.set(process)  # this task's own context: no reset needed
-        scope = process._scope = anyio.CancelScope()
         if parent is not None:
             # Linked before the pid is handed out and before fn runs: the
             # child cannot end unlinked (a parent gone meanwhile: noproc).
             self.links.link_local(process, parent.pid)
-        task_status.started(process.pid)
-        reason = ExitReason(ExitKind.NORMAL)
         try:
-            with scope:  # an exit signal cancels it
+            start_soon(self._run_spawned, process, fn, args, name=_TASK_NAME)
+        except BaseException:
+            # The task group is closed (the node is stopping): no task will
+            # ever end this process, so it ends here.
+            self._exit(process, _SHUTDOWN)
+            raise
+        # Not a scheduler pass per spawn (that is what made spawning slow),
+        # but one every _YIELD_EVERY, as for sends; a cancelled caller stops
+        # here.
+        self._spawns_since_yield += 1
+        if self._spawns_since_yield >= _YIELD_EVERY:
+            self._spawns_since_yield = 0
+            await self._checkpoints[0]()
+        else:
+            await self._checkpoints[1]()
+        return process.pid
+
+    async def _run_spawned(
+        self, process: Process, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...]
+    ) -> None:
+        # This frame lives as long as the process does, so it keeps few
+        # locals, and enters its scope by hand: a ``with`` statement would
+        # hold the scope's bound ``__exit__`` for the whole wait.
+        _current.set(process)  # this task's own context: no reset needed
+        process._scope = self._new_scope()
+        try:
+            process._scope.__enter__()  # an exit signal cancels it
+            try:
                 if process._exit_reason is None:
                     await fn(process, *args)
-        except anyio.get_cancelled_exc_class() as exc:
+            except BaseException as exc:
+                if not process._scope.__exit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                process._scope.__exit__(None, None, None)
+        except BaseException as exc:
+            if self._ended(process, exc):
+                raise
+        else:
+            self._exit(process, _NORMAL if process._exit_reason is None else process._exit_reason)
+
+    def _ended(self, process: Process, exc: BaseException) -> bool:
+        """End ``process``, whose function raised ``exc`` (its scope did not
+        take it); ``True``: the caller re-raises it (a cancellation from
+        outside, or worse)."""
+        reraise = not isinstance(exc, Exception) or isinstance(exc, self._cancelled)
+        if reraise:
             reason = self._reason_for(exc)
-            raise
-        except Exception as exc:
+        else:
             # A crashing process is reported to its monitors and logged; it
             # does not take the node down.
-            reason = self._reason_for(exc)
-            logger.exception("process %s crashed", process.pid)
-        finally:
-            if process._exit_reason is not None:
-                reason = process._exit_reason
-            self._exit(process, reason)
+            reason = ExitReason.from_exception(exc)
+            logger.exception("process %s crashed", process.pid, exc_info=exc)
+        self._exit(process, reason if process._exit_reason is None else process._exit_reason)
+        return reraise
 
     # --------------------------------------------------------------- sending
 
