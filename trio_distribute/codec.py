@@ -885,7 +885,7 @@ _SLICED: Final = SlicedDecoder(
 
 
 def decode_steps(
-    data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, slice_bytes: int = SLICE_BYTES
+    data: bytes | bytearray, *, max_depth: int = DEFAULT_MAX_DEPTH, slice_bytes: int = SLICE_BYTES
 ) -> Steps:
     """:func:`decode` for a big payload, as a generator: each ``next()``
     decodes at most ``slice_bytes`` of input, and the value comes with
