@@ -32,6 +32,7 @@ import struct
 import time
 from typing import Any
 
+import anyio
 import cbor2
 import trio
 
@@ -310,9 +311,9 @@ async def run_calls(
             await call(seq)
 
     start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:  # trio or asyncio
         for _ in range(in_flight):
-            nursery.start_soon(worker)
+            tasks.start_soon(worker)
     elapsed = time.perf_counter() - start
     return {
         "workload": "w3a" if in_flight == 1 else "w3b",

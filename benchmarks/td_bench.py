@@ -38,7 +38,7 @@ import sys
 import time
 from typing import Any
 
-import trio
+import anyio
 
 import trio_distribute as td
 
@@ -150,7 +150,7 @@ def add(a: int, b: int) -> int:
 
 async def serve(port: int, timeout: float) -> None:
     """Run node a until the client's node has come and gone."""
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         async with (
             td.open_node(SERVER_NODE, cookie=COOKIE, port=port, config=CONFIG) as node,
             node.monitor_nodes() as events,
@@ -206,7 +206,7 @@ async def client_w1(node: td.Node, duration: float) -> dict[str, Any]:
         reply: Any = None
         for _ in range(DONE_ATTEMPTS):
             await send(sink_pid, "done")
-            with trio.move_on_after(DONE_WAIT):
+            with anyio.move_on_after(DONE_WAIT):
                 reply = await me.receive()
             if reply is not None:
                 break
@@ -324,7 +324,7 @@ async def client_w3(node: td.Node, count: int, warmup: int, in_flight: int) -> d
 
 
 async def run_client(args: argparse.Namespace) -> dict[str, Any]:
-    with trio.fail_after(args.timeout):
+    with anyio.fail_after(args.timeout):
         async with td.open_node(CLIENT_NODE, cookie=COOKIE, port=0, config=CONFIG) as node:
             peer = await node.connect(f"{SERVER_NODE}:{args.port}")
             if args.workload == "w1":
@@ -348,6 +348,7 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.td_bench")
     parser.add_argument("--timeout", type=float, default=60.0, help="hard limit, seconds")
+    parser.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     sub = parser.add_subparsers(dest="role", required=True)
     server = sub.add_parser("server")
     server.add_argument("port", type=int, help="0 picks a free port")
@@ -366,10 +367,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     if args.role == "server":
-        trio.run(serve, args.port, args.timeout)
+        anyio.run(serve, args.port, args.timeout, backend=args.backend)
     else:
-        result = trio.run(run_client, args)
-        emit_result({"system": "trio_distribute", **result})
+        result = anyio.run(run_client, args, backend=args.backend)
+        system = "trio_distribute" if args.backend == "trio" else "td_asyncio"
+        emit_result({"system": system, **result})
 
 
 if __name__ == "__main__":
