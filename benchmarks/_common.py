@@ -14,10 +14,10 @@ from typing import Any
 __all__ = [
     "BODY",
     "BULK_SIZE",
-    "bulk_result",
     "HOST",
     "READY",
     "RESULT",
+    "bulk_result",
     "emit_ready",
     "emit_result",
     "latency_summary",

@@ -432,8 +432,7 @@ def render_table(
             f" W3a {_fmt(ratios['w3a_asyncio_over_raw'], '.2f')}x"
         )
     lines.append(
-        "trio_distribute call p50 / its W2 p50:"
-        f" {_fmt(ratios['w2call_p50_over_w2_p50'], '.2f')}x"
+        f"trio_distribute call p50 / its W2 p50: {_fmt(ratios['w2call_p50_over_w2_p50'], '.2f')}x"
     )
     if lossy:
         lines.append("* messages were lost in at least one W1 run (see the notes)")

@@ -354,9 +354,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     server.add_argument("port", type=int, help="0 picks a free port")
     client = sub.add_parser("client")
     client.add_argument("port", type=int)
-    client.add_argument(
-        "workload", choices=["w1", "w2", "ping", "w2call", "w3a", "w3b", "bulk"]
-    )
+    client.add_argument("workload", choices=["w1", "w2", "ping", "w2call", "w3a", "w3b", "bulk"])
     client.add_argument("--duration", type=float, default=2.5, help="W1 seconds")
     client.add_argument("--count", type=int, default=5000, help="W2/ping/call round trips")
     client.add_argument("--warmup", type=int, default=300, help="W2/ping unrecorded round trips")

@@ -40,6 +40,11 @@ from .errors import (
 from .monitor import ExitKind, ExitReason, NodeDownReason, ProcessDown
 
 _SEND = int(Kind.SEND)  # a local request or reply is sized as a SEND frame
+# Plain ints: the frame encoder writes them from a table.
+_CALL = int(Kind.CALL)
+_REPLY = int(Kind.REPLY)
+_CALL_DOWN = int(Kind.CALL_DOWN)
+_CALL_DONE = int(Kind.CALL_DONE)
 
 if TYPE_CHECKING:
     from ._monitors import Monitors
@@ -91,13 +96,16 @@ class Calls:
     transport: Transport
     processes: Processes
     monitors: Monitors
+    # Calls waiting, by ref. (A node going down scans them for its own: a
+    # per-node index would cost every call two more set operations.)
     _pending: dict[Ref, _Pending] = attrs.field(factory=dict)
-    _pending_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
     # Calls from other nodes to our processes, until replied, down or done:
     # ref -> (callee pid id, caller's node, caller).
     _serving: dict[Ref, tuple[int, str, Pid]] = attrs.field(factory=dict)
     _serving_by_pid: dict[int, set[Ref]] = attrs.field(factory=dict)
-    _serving_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
+    # How many calls each node has waiting here (max_monitors_per_peer);
+    # a node going down scans _serving for its calls.
+    _serving_by_node: dict[str, int] = attrs.field(factory=dict)
     _on_trio: bool = False
     _move_on_after: Callable[[float], AbstractContextManager[Any]] = anyio.move_on_after
 
@@ -159,7 +167,7 @@ class Calls:
             ref = self.monitors.new_ref()
             # Encoded first: a request that cannot travel fails here, with
             # nothing registered.
-            data = transport.encode_frame([Kind.CALL, ref, process.pid, target, request])
+            data = transport.encode_id_frame([_CALL, ref, process.pid, target, request])
             try:
                 conn = transport.connections.get(node)
                 if conn is None:
@@ -175,7 +183,6 @@ class Calls:
                 caller=process.pid, dest=dest, node=node, parker=new_parker(self._on_trio)
             )
             self._pending[ref] = pending
-            self._pending_by_node.setdefault(node, set()).add(ref)
             conn.write(data)
             watch = None
         try:
@@ -219,17 +226,12 @@ class Calls:
         if watch is not None:
             self.monitors.unwatch(watch)
             return
-        refs = self._pending_by_node.get(pending.node)
-        if refs is not None:
-            refs.discard(ref)
-            if not refs:
-                del self._pending_by_node[pending.node]
         if not pending.settled:
             # Timed out, cancelled, or answered by a process of another
             # node: the callee's node still watches for us.
             conn = self.transport.connections.get(pending.node)
             if conn is not None and not conn.closed:
-                conn.write(self.transport.encode_frame([Kind.CALL_DONE, ref]))
+                conn.write(self.transport.encode_id_frame([_CALL_DONE, ref]))
 
     def _settle(self, pending: _Pending) -> None:
         if not pending.finished:
@@ -262,7 +264,7 @@ class Calls:
             return
         # Encoded first: a value that cannot travel raises with the call
         # still unanswered, so the callee can reply again with another.
-        data = transport.encode_frame([Kind.REPLY, caller, call.ref, value])
+        data = transport.encode_id_frame([_REPLY, caller, call.ref, value])
         call._replied = True
         self._unserve(call.ref, caller.node)
         conn = transport.connections.get(caller.node)
@@ -291,11 +293,14 @@ class Calls:
             refs.discard(ref)
             if not refs:
                 del self._serving_by_pid[pid_id]
-        refs = self._serving_by_node.get(node)
-        if refs is not None:
-            refs.discard(ref)
-            if not refs:
-                del self._serving_by_node[node]
+        self._served_one_less(node)
+
+    def _served_one_less(self, node: str) -> None:
+        left = self._serving_by_node.get(node, 0) - 1
+        if left > 0:
+            self._serving_by_node[node] = left
+        else:
+            self._serving_by_node.pop(node, None)
 
     def process_exited(self, pid: Pid, reason: ExitReason) -> None:
         """A local process ended: fail the calls from other nodes it had
@@ -308,28 +313,30 @@ class Calls:
             if entry is None:
                 continue
             _, node, caller = entry
-            by_node = self._serving_by_node.get(node)
-            if by_node is not None:
-                by_node.discard(ref)
-                if not by_node:
-                    del self._serving_by_node[node]
+            self._served_one_less(node)
             conn = self.transport.connections.get(node)
             if conn is not None and not conn.closed:
-                item = [Kind.CALL_DOWN, ref, caller, reason.kind, reason.detail]
-                conn.write(self.transport.encode_frame(item))
+                item = [_CALL_DOWN, ref, caller, reason.kind, reason.detail]
+                conn.write(self.transport.encode_id_frame(item))
 
     def node_down(self, node: str, reason: str) -> None:
         """Fail the calls waiting on ``node``'s processes; forget the calls
         it made to ours."""
         kind = ExitKind.SHUTDOWN if reason == NodeDownReason.SHUTDOWN else ExitKind.NOCONNECTION
         down = ExitReason(kind, f"node {node} down: {reason}")
-        for ref in sorted(self._pending_by_node.pop(node, ()), key=lambda r: r.id):
+        waiting = sorted(
+            (ref for ref, pending in self._pending.items() if pending.node == node),
+            key=lambda r: r.id,
+        )
+        for ref in waiting:
             pending = self._pending.get(ref)
             if pending is not None and not pending.finished:
                 pending.settled = True
                 pending.down = down
                 self._settle(pending)
-        for ref in self._serving_by_node.pop(node, ()):
+        if self._serving_by_node.pop(node, None) is None:
+            return
+        for ref in [ref for ref, entry in self._serving.items() if entry[1] == node]:
             entry = self._serving.pop(ref, None)
             if entry is not None:
                 refs = self._serving_by_pid.get(entry[0])
@@ -365,17 +372,17 @@ class Calls:
             raise TypeError(f"CALL to {dest!r}: not a pid or a name")
         if callee is None:
             conn.write(
-                self.transport.encode_frame([Kind.CALL_DOWN, ref, caller, ExitKind.NOPROC, ""])
+                self.transport.encode_id_frame([_CALL_DOWN, ref, caller, ExitKind.NOPROC, ""])
             )
             return
         if ref in self._serving:
             raise ValueError(f"CALL reuses the ref {ref!r} of a call in progress")
-        served = self._serving_by_node.setdefault(peer, set())
-        if len(served) >= self.transport.config.max_monitors_per_peer:
+        served = self._serving_by_node.get(peer, 0)
+        if served >= self.transport.config.max_monitors_per_peer:
             # Each call waiting here is memory the peer makes us hold.
             self.transport.count_drop("call_limit")
-            raise ValueError(f"{peer} has {len(served)} calls waiting here (max_monitors_per_peer)")
-        served.add(ref)
+            raise ValueError(f"{peer} has {served} calls waiting here (max_monitors_per_peer)")
+        self._serving_by_node[peer] = served + 1
         self._serving[ref] = (callee.pid.id, peer, caller)
         self._serving_by_pid.setdefault(callee.pid.id, set()).add(ref)
         processes._put(callee, Call(request, caller, ref), conn.frame_size)
@@ -423,8 +430,7 @@ class Calls:
         """The size of each table, for statistics and leak checks."""
         return {
             "pending": len(self._pending),
-            "pending_by_node": sum(len(refs) for refs in self._pending_by_node.values()),
             "serving": len(self._serving),
             "serving_by_pid": sum(len(refs) for refs in self._serving_by_pid.values()),
-            "serving_by_node": sum(len(refs) for refs in self._serving_by_node.values()),
+            "serving_by_node": sum(self._serving_by_node.values()),
         }

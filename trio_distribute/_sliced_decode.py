@@ -28,7 +28,10 @@ slices only.)"""
 
 
 async def decode_sliced(
-    data: bytes | bytearray, *, max_depth: int = codec.DEFAULT_MAX_DEPTH, slice_bytes: int = SLICE_BYTES
+    data: bytes | bytearray,
+    *,
+    max_depth: int = codec.DEFAULT_MAX_DEPTH,
+    slice_bytes: int = SLICE_BYTES,
 ) -> object:
     """Decode one payload like :func:`trio_distribute.codec.decode`, letting
     other tasks run at least every :data:`YIELD_AFTER` seconds of work.

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -62,6 +63,7 @@ from .errors import (
     ConnectError,
     DecodeError,
     HandshakeError,
+    MessageTooLargeError,
     NodeDownError,
     ProtocolError,
 )
@@ -90,6 +92,7 @@ PROTOCOL_VERSIONS = (2,)
 DIRECT_WRITE_GAP = 50e-6
 _monotonic = time.monotonic
 _RECEIVE_SIZE = 65536
+_LENGTH = struct.Struct(">I")
 #: A frame whose body is at least this big is read straight into one buffer
 #: of its size (``recv_into``), not in 64 KiB chunks joined afterwards: the
 #: payload is copied once by the kernel and never again by the reader.
@@ -266,7 +269,12 @@ class Connection:
                     sent = 0
                 if sent == len(data):
                     return
-                data = memoryview(data)[sent:]
+                # The rest waits for the writer, uncopied.
+                self._queue(memoryview(data)[sent:] if sent else data)
+                return
+        self._queue(data)
+
+    def _queue(self, data: bytes | memoryview) -> None:
         self._out.append(data)
         self._out_bytes += len(data)
         if self._out_bytes + self._in_flight > self._queue_limit:
@@ -440,9 +448,9 @@ class Connection:
                     since = now
                 await self.transport.wait_writable(sock)
 
-    async def _send_all(self, data: bytes) -> None:
+    async def _send_all(self, data: bytes | memoryview) -> None:
         if self.sock is None:
-            await self.stream.send(data)
+            await self.stream.send(data if type(data) is bytes else bytes(data))
             return
         view = memoryview(data)
         while view:
@@ -495,12 +503,12 @@ class Connection:
                 if decoder.pending_frame >= BULK_READ_ABOVE:
                     # A big frame: its body is read straight into a buffer
                     # of its size, then decoded like any other big frame.
-                    payload = await self._receive_bulk()
-                    if payload is None:
+                    big = await self._receive_bulk()
+                    if big is None:
                         return
                     self.frames_in += 1
-                    self.frame_size = len(payload)
-                    await self.transport.dispatch_sliced(self, payload)
+                    self.frame_size = len(big)
+                    await self.transport.dispatch_sliced(self, big)
                     if self.closed:
                         return
                     data = b""
@@ -900,6 +908,22 @@ class Transport:
         payload = codec.encode(item)
         codec.encoded_size_ok(payload, self.config.max_message_size)
         return frame(payload)
+
+    def encode_id_frame(self, item: list[Any]) -> bytes:
+        """:meth:`encode_frame` for a frame that starts with pids and refs
+        (calls, replies): the same bytes, with those taken from caches
+        (see :func:`trio_distribute.codec.encode_items`).
+
+        Raises:
+            EncodeError: a value in ``item`` cannot travel.
+            MessageTooLargeError: the frame is over ``max_message_size``.
+        """
+        parts = codec.encode_items(item)
+        size = sum(map(len, parts))
+        limit = self.config.max_message_size
+        if size > limit:
+            raise MessageTooLargeError(size, limit)
+        return b"".join((_LENGTH.pack(size), *parts))
 
     def dispatch(self, conn: Connection, payload: bytes) -> None:
         """Decode one frame and run its handler (in the reader task)."""

@@ -234,11 +234,11 @@ class _Walk:
         if major not in (_BYTES, _TEXT):
             # A scalar (at most 9 bytes) over a tiny test window.
             try:
-                value, used = self._loads(bytes(self.data[pos : pos + 9]), 1)
+                scalar, used = self._loads(bytes(self.data[pos : pos + 9]), 1)
             except _Truncated:
                 raise DecodeError("truncated CBOR: premature end of stream") from None
             yield
-            return value, pos + used
+            return scalar, pos + used
         end = start + arg
         if end > len(self.data):
             raise DecodeError("truncated CBOR: premature end of stream")
@@ -249,7 +249,8 @@ class _Walk:
                 try:
                     value = str(view[start:end], "utf-8")
                 except UnicodeDecodeError as exc:
-                    raise DecodeError(f"malformed CBOR: invalid UTF-8 in a text string: {exc}") from None
+                    reason = f"malformed CBOR: invalid UTF-8 in a text string: {exc}"
+                    raise DecodeError(reason) from None
         yield
         return value, end
 
