@@ -45,9 +45,9 @@ def test_benchmarks_run_quickly_and_report_ratios(tmp_path: Path) -> None:
 def test_erlang_is_skipped_with_its_reason_where_erl_is_missing(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from benchmarks import erlang_peer, run
+    from benchmarks import run
 
-    monkeypatch.setattr(erlang_peer.shutil, "which", lambda tool: None)
+    monkeypatch.setattr("shutil.which", lambda tool: None)
     assert run._available(["raw_trio", "erlang", "trio_distribute"]) == [
         "raw_trio",
         "trio_distribute",

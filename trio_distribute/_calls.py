@@ -98,7 +98,9 @@ class Calls:
     monitors: Monitors
     # Calls waiting, by ref. (A node going down scans them for its own: a
     # per-node index would cost every call two more set operations.)
-    _pending: dict[Ref, _Pending] = attrs.field(factory=dict)
+    # Keyed by the ref's id: every ref here is this node's own (a Ref does
+    # not cache its hash, and a call would hash it three times).
+    _pending: dict[int, _Pending] = attrs.field(factory=dict)
     # Calls from other nodes to our processes, until replied, down or done:
     # ref -> (callee pid id, caller's node, caller).
     _serving: dict[Ref, tuple[int, str, Pid]] = attrs.field(factory=dict)
@@ -160,7 +162,7 @@ class Calls:
                 parker=new_parker(self._on_trio),
                 settled=True,
             )
-            self._pending[ref] = pending
+            self._pending[ref.id] = pending
             watch = self.monitors.watch(pid, lambda event: self._local_down(ref, event))
             processes._put(callee, Call(request, process.pid, ref), size)
         else:
@@ -182,7 +184,7 @@ class Calls:
             pending = _Pending(
                 caller=process.pid, dest=dest, node=node, parker=new_parker(self._on_trio)
             )
-            self._pending[ref] = pending
+            self._pending[ref.id] = pending
             conn.write(data)
             watch = None
         try:
@@ -216,13 +218,13 @@ class Calls:
         raise TypeError(f"call destination must be a Pid, a name or (name, node), got {dest!r}")
 
     def _local_down(self, ref: Ref, event: ProcessDown) -> None:
-        pending = self._pending.get(ref)
+        pending = self._pending.get(ref.id)
         if pending is not None and not pending.finished:
             pending.down = event.reason
             self._settle(pending)
 
     def _forget(self, ref: Ref, pending: _Pending, watch: Ref | None) -> None:
-        self._pending.pop(ref, None)
+        self._pending.pop(ref.id, None)
         if watch is not None:
             self.monitors.unwatch(watch)
             return
@@ -253,7 +255,9 @@ class Calls:
             # the call still unanswered.
             value, _ = self.processes.local_copy(_SEND, caller, value)
             call._replied = True
-            pending = self._pending.get(call.ref)
+            ref = call.ref
+            own = ref.node == transport.name and ref.creation == transport.creation
+            pending = self._pending.get(ref.id) if own else None
             if pending is None or pending.caller != caller or pending.finished:
                 transport.count_drop("late_reply")
             else:
@@ -324,12 +328,9 @@ class Calls:
         it made to ours."""
         kind = ExitKind.SHUTDOWN if reason == NodeDownReason.SHUTDOWN else ExitKind.NOCONNECTION
         down = ExitReason(kind, f"node {node} down: {reason}")
-        waiting = sorted(
-            (ref for ref, pending in self._pending.items() if pending.node == node),
-            key=lambda r: r.id,
-        )
-        for ref in waiting:
-            pending = self._pending.get(ref)
+        waiting = sorted(ident for ident, pending in self._pending.items() if pending.node == node)
+        for ident in waiting:
+            pending = self._pending.get(ident)
             if pending is not None and not pending.finished:
                 pending.settled = True
                 pending.down = down
@@ -392,7 +393,7 @@ class Calls:
         ref = self._own_ref(ref, "REPLY")
         if type(caller) is not Pid or caller.node != self.transport.name:
             raise ValueError(f"REPLY to {caller!r}, which is not a pid of this node")
-        pending = self._pending.get(ref)
+        pending = self._pending.get(ref.id)
         if pending is None or pending.caller != caller or pending.finished:
             self.transport.count_drop("late_reply")
             return
@@ -408,7 +409,7 @@ class Calls:
         if not isinstance(kind, str) or not isinstance(detail, str) or type(caller) is not Pid:
             raise TypeError("CALL_DOWN needs a ref, a pid, a str kind and a str detail")
         reason = ExitReason(kind, detail)
-        pending = self._pending.get(ref)
+        pending = self._pending.get(ref.id)
         if pending is None:
             return  # the caller stopped waiting meanwhile
         if pending.node != conn.peer or pending.caller != caller:

@@ -526,6 +526,12 @@ def _id_bytes(head: bytes, cache: dict[tuple[str, int, int], bytes], value: Pid 
         if len(cache) >= _CACHE_SIZE:
             cache.clear()
         cache[key] = data
+        # The decode cache too: what goes out (a call's ref) often comes
+        # back (in its reply), and is then not validated again.
+        decoded: dict[Any, Any] = _PID_CACHE if cache is _PID_BYTES else _REF_CACHE
+        if len(decoded) >= _CACHE_SIZE:
+            decoded.clear()
+        decoded[key] = value
     return data
 
 
