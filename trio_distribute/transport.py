@@ -508,7 +508,10 @@ class Connection:
                         return
                     self.frames_in += 1
                     self.frame_size = len(big)
-                    await self.transport.dispatch_sliced(self, big)
+                    if len(big) > SLICED_ABOVE:
+                        await self.transport.dispatch_sliced(self, big)
+                    else:  # only where slicing is turned off (loop_lag's comparison)
+                        dispatch(self, big)
                     if self.closed:
                         return
                     data = b""
@@ -925,7 +928,7 @@ class Transport:
             raise MessageTooLargeError(size, limit)
         return b"".join((_LENGTH.pack(size), *parts))
 
-    def dispatch(self, conn: Connection, payload: bytes) -> None:
+    def dispatch(self, conn: Connection, payload: bytes | bytearray) -> None:
         """Decode one frame and run its handler (in the reader task)."""
         try:
             item = codec.decode(payload)
