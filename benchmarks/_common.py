@@ -13,9 +13,11 @@ from typing import Any
 
 __all__ = [
     "BODY",
+    "BULK_SIZE",
     "HOST",
     "READY",
     "RESULT",
+    "bulk_result",
     "emit_ready",
     "emit_result",
     "latency_summary",
@@ -25,6 +27,8 @@ __all__ = [
 HOST = "127.0.0.1"
 #: The W1/W2 message body: 16 bytes, as in the anchors.
 BODY = b"x" * 16
+#: The bulk workload's message: 16 MiB of bytes.
+BULK_SIZE = 16 * 1024 * 1024
 READY = "READY"
 RESULT = "RESULT"
 
@@ -87,4 +91,19 @@ def w1_result(
         "sender_cpu_s": send_cpu,
         "sender_msgs_per_s": sent / send_elapsed,
         "lost": sent - count,
+    }
+
+
+def bulk_result(size: int, samples_ns: Sequence[int]) -> dict[str, Any]:
+    """The bulk record both systems report: each sample is the time from
+    starting to send one ``size``-byte message to receiving the receiver's
+    small acknowledgement (it has decoded the whole message)."""
+    summary = latency_summary(samples_ns)
+    return {
+        "workload": "bulk",
+        "size": size,
+        "p50_ms": summary["p50_us"] / 1000.0,
+        "min_ms": summary["min_us"] / 1000.0,
+        "gb_per_s": size / (summary["p50_us"] * 1e-6) / 1e9,
+        "best_gb_per_s": size / (summary["min_us"] * 1e-6) / 1e9,
     }

@@ -17,7 +17,11 @@ message. W2: the server decodes every frame and sends it back, re-encoded.
 W3 (the RPC baseline): the server answers ``[seq, a, b]`` with
 ``[seq, a + b]``; W3a makes the calls one at a time, W3b from 64 tasks that
 share the stream under a ``trio.Lock`` held for each request and its reply
-(as ``reference/performance-anchors.md`` measured it).
+(as ``reference/performance-anchors.md`` measured it). Bulk: the client
+sends CBOR byte strings of 16 MiB (the length prefix and the payload in two
+``send_all`` calls, so the payload is not copied to join them); the server
+collects each frame in a ``bytearray`` from reads of up to 1 MiB, decodes
+it and answers with its length.
 """
 
 from __future__ import annotations
@@ -28,10 +32,20 @@ import struct
 import time
 from typing import Any
 
+import anyio
 import cbor2
 import trio
 
-from ._common import BODY, HOST, emit_ready, emit_result, latency_summary, w1_result
+from ._common import (
+    BODY,
+    BULK_SIZE,
+    HOST,
+    bulk_result,
+    emit_ready,
+    emit_result,
+    latency_summary,
+    w1_result,
+)
 
 __all__ = ["W3B_IN_FLIGHT", "FrameReader", "encode_frame", "main", "run_calls"]
 
@@ -74,6 +88,47 @@ class FrameReader:
         return out
 
 
+class BulkReader:
+    """:class:`FrameReader` for big frames: bytes collect in a bytearray
+    (appending is amortised linear, where ``bytes + bytes`` is quadratic)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        buf = self._buf
+        buf += data
+        out: list[Any] = []
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            stop = pos + 4 + size
+            if stop > len(buf):
+                break
+            with memoryview(buf) as view:
+                out.append(cbor2.loads(view[pos + 4 : stop]))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        return out
+
+
+_BULK_RECEIVE_SIZE = 1024 * 1024
+
+
+async def _serve_bulk(stream: trio.SocketStream, reader: FrameReader) -> None:
+    bulk = BulkReader()
+    data = reader._buf  # what came after the mode frame
+    while True:
+        for message in bulk.feed(data):
+            await stream.send_all(encode_frame(len(message)))
+        data = await stream.receive_some(_BULK_RECEIVE_SIZE)
+        if not data:
+            return
+
+
 async def _receive_one(stream: trio.SocketStream, reader: FrameReader) -> Any:
     while True:
         data = await stream.receive_some(_RECEIVE_SIZE)
@@ -103,6 +158,9 @@ async def _handle(stream: trio.SocketStream) -> None:
             for message in reader.feed(data):
                 if mode is None:
                     mode = str(message)
+                    if mode == "bulk":
+                        await _serve_bulk(stream, reader)
+                        return
                 elif mode == "w2":
                     await stream.send_all(encode_frame(message))
                 elif mode == "w3":
@@ -191,6 +249,30 @@ async def client_w2(port: int, count: int, warmup: int) -> dict[str, Any]:
     return {"workload": "w2", **latency_summary(samples)}
 
 
+async def client_bulk(port: int, count: int, warmup: int) -> dict[str, Any]:
+    """Send ``warmup`` + ``count`` 16 MiB byte strings, one at a time, each
+    acknowledged by the server once decoded."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    samples: list[int] = []
+    data = b"\xab" * BULK_SIZE
+    clock = time.perf_counter_ns
+    async with stream:
+        await stream.send_all(encode_frame("bulk"))
+        reader = FrameReader()
+        for index in range(warmup + count):
+            t0 = clock()
+            payload: bytes = cbor2.dumps(data)
+            await stream.send_all(_HEADER.pack(len(payload)))
+            await stream.send_all(payload)
+            ack = await _receive_one(stream, reader)
+            t1 = clock()
+            if ack != BULK_SIZE:
+                raise RuntimeError(f"the server received {ack!r} bytes, not {BULK_SIZE}")
+            if index >= warmup:
+                samples.append(t1 - t0)
+    return bulk_result(BULK_SIZE, samples)
+
+
 async def client_w3(port: int, count: int, warmup: int, in_flight: int) -> dict[str, Any]:
     """``add`` requests from ``in_flight`` tasks sharing one stream under a
     lock; calls per second over ``count`` calls after ``warmup``."""
@@ -229,9 +311,9 @@ async def run_calls(
             await call(seq)
 
     start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:  # trio or asyncio
         for _ in range(in_flight):
-            nursery.start_soon(worker)
+            tasks.start_soon(worker)
     elapsed = time.perf_counter() - start
     return {
         "workload": "w3a" if in_flight == 1 else "w3b",
@@ -250,6 +332,8 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
             return await client_w3(args.port, args.count, args.warmup, 1)
         if args.workload == "w3b":
             return await client_w3(args.port, args.count, args.warmup, W3B_IN_FLIGHT)
+        if args.workload == "bulk":
+            return await client_bulk(args.port, args.count, args.warmup)
         return await client_w2(args.port, args.count, args.warmup)
 
 
@@ -261,7 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     server.add_argument("port", type=int, help="0 picks a free port")
     client = sub.add_parser("client")
     client.add_argument("port", type=int)
-    client.add_argument("workload", choices=["w1", "w2", "w3a", "w3b"])
+    client.add_argument("workload", choices=["w1", "w2", "w3a", "w3b", "bulk"])
     client.add_argument("--duration", type=float, default=2.5, help="W1 seconds")
     client.add_argument("--count", type=int, default=5000, help="W2 round trips")
     client.add_argument("--warmup", type=int, default=300, help="W2 unrecorded round trips")

@@ -49,12 +49,16 @@ __all__ = ["main"]
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: system name -> (module, workloads it runs)
-SYSTEMS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "raw_trio": ("benchmarks.raw_trio", ("w1", "w2", "w3a", "w3b")),
-    "trio_distribute": ("benchmarks.td_bench", ("w1", "w2", "ping", "w2call", "w3a", "w3b")),
+_TD_WORKLOADS = ("w1", "w2", "ping", "w2call", "w3a", "w3b", "bulk")
+#: system name -> (module, workloads it runs, options before the role)
+SYSTEMS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "raw_trio": ("benchmarks.raw_trio", ("w1", "w2", "w3a", "w3b", "bulk"), ()),
+    "trio_distribute": ("benchmarks.td_bench", _TD_WORKLOADS, ()),
+    "td_asyncio": ("benchmarks.td_bench", _TD_WORKLOADS, ("--backend", "asyncio")),
+    # Optional: skipped, with the reason printed, where Erlang is missing.
+    "erlang": ("benchmarks.erlang_peer", ("w1", "w2", "w2call", "w3a", "w3b", "bulk"), ()),
 }
-WORKLOADS = ("w1", "w2", "ping", "w2call", "w3a", "w3b")
+WORKLOADS = ("w1", "w2", "ping", "w2call", "w3a", "w3b", "bulk")
 
 #: Seconds a server gets to print READY (interpreter start + imports).
 READY_TIMEOUT = 20.0
@@ -81,15 +85,20 @@ class Settings:
     count: int  # W2 / ping recorded round trips
     warmup: int  # W2 / ping / W3 round trips before recording
     w3b_calls: int  # W3b calls (64 in flight)
+    bulk_count: int  # bulk: 16 MiB messages recorded (after 2 unrecorded)
 
 
-FULL = Settings(duration=2.5, count=5000, warmup=300, w3b_calls=20000)
-QUICK = Settings(duration=0.5, count=500, warmup=100, w3b_calls=2000)
+FULL = Settings(duration=2.5, count=5000, warmup=300, w3b_calls=20000, bulk_count=20)
+QUICK = Settings(duration=0.5, count=500, warmup=100, w3b_calls=2000, bulk_count=4)
+#: Bulk messages sent before recording.
+BULK_WARMUP = 2
 
 
 def _client_budget(workload: str, settings: Settings) -> float:
     if workload == "w1":
         return settings.duration + SETUP_ALLOWANCE
+    if workload == "bulk":  # even at 20 MB/s
+        return (settings.bulk_count + BULK_WARMUP) * 0.8 + SETUP_ALLOWANCE
     # Even at 1 ms per round trip (10x the expected) this is generous.
     count = settings.w3b_calls if workload == "w3b" else settings.count
     return (count + settings.warmup) * 0.001 + SETUP_ALLOWANCE
@@ -98,6 +107,8 @@ def _client_budget(workload: str, settings: Settings) -> float:
 def _client_args(workload: str, settings: Settings) -> list[str]:
     if workload == "w1":
         return ["--duration", str(settings.duration)]
+    if workload == "bulk":
+        return ["--count", str(settings.bulk_count), "--warmup", str(BULK_WARMUP)]
     count = settings.w3b_calls if workload == "w3b" else settings.count
     return ["--count", str(count), "--warmup", str(settings.warmup)]
 
@@ -127,9 +138,11 @@ def _line_reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
 
 
 @contextlib.contextmanager
-def _server(module: str, timeout: float, log: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+def _server(
+    module: str, options: tuple[str, ...], timeout: float, log: Path
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     """Start ``module``'s server; yield (port, process); always clean up."""
-    command = [sys.executable, "-m", module, "--timeout", str(timeout), "server", "0"]
+    command = [sys.executable, "-m", module, "--timeout", str(timeout), *options, "server", "0"]
     with log.open("w") as stderr:
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True
@@ -208,16 +221,17 @@ def measure(system: str, workload: str, settings: Settings, scratch: Path) -> di
 
 
 def _measure(system: str, workload: str, settings: Settings, scratch: Path) -> dict[str, Any]:
-    module = SYSTEMS[system][0]
+    module, _, options = SYSTEMS[system]
     budget = _client_budget(workload, settings)
     server_log = scratch / f"{system}-{workload}-server.log"
-    with _server(module, budget + READY_TIMEOUT, server_log) as (port, server):
+    with _server(module, options, budget + READY_TIMEOUT, server_log) as (port, server):
         command = [
             sys.executable,
             "-m",
             module,
             "--timeout",
             str(budget),
+            *options,
             "client",
             str(port),
             workload,
@@ -273,6 +287,8 @@ METRICS = (
     ("w3a_calls_per_s", "w3a", "calls_per_s"),
     ("w3a_p50_us", "w3a", "p50_us"),
     ("w3b_calls_per_s", "w3b", "calls_per_s"),
+    ("bulk_gb_per_s", "bulk", "gb_per_s"),
+    ("bulk_p50_ms", "bulk", "p50_ms"),
 )
 
 
@@ -297,7 +313,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _ratios(medians: dict[str, dict[str, float]]) -> dict[str, float | None]:
     td = medians.get("trio_distribute", {})
     raw = medians.get("raw_trio", {})
+    aio = medians.get("td_asyncio", {})
+    erl = medians.get("erlang", {})
     return {
+        "w2call_p50_over_w2_p50": _ratio(td.get("call_p50_us"), td.get("w2_p50_us")),
+        "bulk_td_over_raw": _ratio(td.get("bulk_gb_per_s"), raw.get("bulk_gb_per_s")),
+        # against Erlang: W1/W3/bulk higher is better, W2/call lower is better
+        "w1_td_over_erlang": _ratio(td.get("w1_msgs_per_s"), erl.get("w1_msgs_per_s")),
+        "w2_p50_td_over_erlang": _ratio(td.get("w2_p50_us"), erl.get("w2_p50_us")),
+        "call_p50_td_over_erlang": _ratio(td.get("call_p50_us"), erl.get("call_p50_us")),
+        "w3a_td_over_erlang": _ratio(td.get("w3a_calls_per_s"), erl.get("w3a_calls_per_s")),
+        "w3b_td_over_erlang": _ratio(td.get("w3b_calls_per_s"), erl.get("w3b_calls_per_s")),
+        "bulk_td_over_erlang": _ratio(td.get("bulk_gb_per_s"), erl.get("bulk_gb_per_s")),
+        # asyncio against raw trio
+        "w1_asyncio_over_raw": _ratio(aio.get("w1_msgs_per_s"), raw.get("w1_msgs_per_s")),
+        "w2_p50_asyncio_over_raw": _ratio(aio.get("w2_p50_us"), raw.get("w2_p50_us")),
+        "w3a_asyncio_over_raw": _ratio(aio.get("w3a_calls_per_s"), raw.get("w3a_calls_per_s")),
         # higher is better
         "w1_td_over_raw": _ratio(td.get("w1_msgs_per_s"), raw.get("w1_msgs_per_s")),
         # lower is better
@@ -327,7 +358,7 @@ def render_table(
     )
     lines = [header, "-" * len(header)]
     lossy = False
-    for system in SYSTEMS:
+    for system in runs:
         row = medians.get(system, {})
         w1 = _fmt(row.get("w1_msgs_per_s"), ",.0f")
         if any(r.get("lost") for r in runs.get(system, {}).get("w1", [])):
@@ -353,7 +384,7 @@ def render_table(
     lines.append("")
     header3 = f"{'system':<18}{'W3a calls/s':>13}{'W3a p50 µs':>12}{'W3b calls/s':>13}"
     lines += [header3, "-" * len(header3)]
-    for system in SYSTEMS:
+    for system in runs:
         row = medians.get(system, {})
         lines.append(
             f"{system:<18}{_fmt(row.get('w3a_calls_per_s'), ',.0f'):>13}"
@@ -368,15 +399,52 @@ def render_table(
         f"(W3 ratios: higher is better; td W3b over raw W3a:"
         f" {_fmt(ratios['w3b_td_over_raw_w3a'], '.2f')}x)"
     )
+    lines.append("")
+    header4 = f"{'system':<18}{'bulk GB/s':>11}{'bulk p50 ms':>13}"
+    lines += [header4, "-" * len(header4)]
+    for system in runs:
+        row = medians.get(system, {})
+        if "bulk_gb_per_s" in row:
+            lines.append(
+                f"{system:<18}{_fmt(row.get('bulk_gb_per_s'), '.2f'):>11}"
+                f"{_fmt(row.get('bulk_p50_ms'), '.1f'):>13}"
+            )
+    lines.append(
+        f"(bulk: one 16 MiB bytes message, sent and acknowledged; td / raw:"
+        f" {_fmt(ratios['bulk_td_over_raw'], '.2f')}x)"
+    )
+    if medians.get("erlang"):
+        lines.append("")
+        lines.append(
+            "trio_distribute / erlang:"
+            f" W1 {_fmt(ratios['w1_td_over_erlang'], '.2f')}x (higher is better),"
+            f" W2 p50 {_fmt(ratios['w2_p50_td_over_erlang'], '.2f')}x (lower is better),"
+            f" call p50 {_fmt(ratios['call_p50_td_over_erlang'], '.2f')}x,"
+            f" W3a {_fmt(ratios['w3a_td_over_erlang'], '.2f')}x,"
+            f" W3b {_fmt(ratios['w3b_td_over_erlang'], '.2f')}x,"
+            f" bulk {_fmt(ratios['bulk_td_over_erlang'], '.2f')}x"
+        )
+    if medians.get("td_asyncio"):
+        lines.append(
+            "td_asyncio / raw_trio:"
+            f" W1 {_fmt(ratios['w1_asyncio_over_raw'], '.2f')}x,"
+            f" W2 p50 {_fmt(ratios['w2_p50_asyncio_over_raw'], '.2f')}x,"
+            f" W3a {_fmt(ratios['w3a_asyncio_over_raw'], '.2f')}x"
+        )
+    lines.append(
+        f"trio_distribute call p50 / its W2 p50: {_fmt(ratios['w2call_p50_over_w2_p50'], '.2f')}x"
+    )
     if lossy:
         lines.append("* messages were lost in at least one W1 run (see the notes)")
     lines.append("")
     lines.append("per run:")
-    for system in SYSTEMS:
+    for system in runs:
         for column, workload, key in METRICS:
             values = [r[key] for r in runs.get(system, {}).get(workload, [])]
             if values:
                 spec = ",.0f" if workload == "w1" or column.endswith("per_s") else ".1f"
+                if workload == "bulk":
+                    spec = ".2f"
                 shown = " / ".join(format(v, spec) for v in values)
                 lines.append(f"  {system:<16} {column:<14} {shown}")
     return "\n".join(lines)
@@ -389,7 +457,7 @@ def _notes(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
         for workload, results in by_workload.items():
             for index, result in enumerate(results, 1):
                 where = f"{system} {workload} run {index}"
-                if workload == "w1" and result["sent"] != result["received"]:
+                if workload == "w1" and result.get("sent") != result.get("received"):
                     notes.append(
                         f"{where}: sent {result['sent']:,} but received {result['received']:,}"
                         f" (lost {result['sent'] - result['received']:,});"
@@ -459,10 +527,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke test: ~0.5 s W1, 500 round trips"
     )
     parser.add_argument("--output", type=Path, default=None, help="where to write the JSON")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated systems to run (default: all of {', '.join(SYSTEMS)})",
+    )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated workloads to run (default: all of {', '.join(WORKLOADS)})",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    args.systems = [name for name in args.systems.split(",") if name]
+    args.workloads = [name for name in args.workloads.split(",") if name]
+    for name in args.systems:
+        if name not in SYSTEMS:
+            parser.error(f"unknown system {name!r}")
+    for name in args.workloads:
+        if name not in WORKLOADS:
+            parser.error(f"unknown workload {name!r}")
     return args
+
+
+def _available(systems: list[str]) -> list[str]:
+    """The systems that can run here; each one skipped is said why."""
+    from .erlang_peer import available
+
+    chosen = []
+    for system in systems:
+        if system == "erlang":
+            reason = available()
+            if reason is not None:
+                print(f"skipping erlang: {reason}", flush=True)
+                continue
+        chosen.append(system)
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,14 +580,15 @@ def main(argv: list[str] | None = None) -> int:
             " machine skews the numbers",
             flush=True,
         )
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in SYSTEMS}
+    systems = _available(args.systems)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in systems}
     failures: list[str] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="td-bench-") as scratch_dir:
         scratch = Path(scratch_dir)
         for run in range(args.runs):
-            order = list(SYSTEMS) if run % 2 == 0 else list(reversed(SYSTEMS))
-            for workload in WORKLOADS:
+            order = systems if run % 2 == 0 else list(reversed(systems))
+            for workload in args.workloads:
                 for system in order:
                     if workload not in SYSTEMS[system][1]:
                         continue
@@ -500,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs[system].setdefault(workload, []).append(result)
                     if workload == "w1":
                         shown = f"{result['msgs_per_s']:,.0f} msg/s"
+                    elif workload == "bulk":
+                        shown = f"{result['gb_per_s']:.2f} GB/s, p50 {result['p50_ms']:.1f} ms"
                     elif workload.startswith("w3"):
                         shown = (
                             f"{result['calls_per_s']:,.0f} calls/s, p50 {result['p50_us']:.1f} µs"
@@ -537,7 +641,13 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": load_after,
             **_versions(),
         },
-        "settings": {"runs": args.runs, "quick": args.quick, **dataclasses.asdict(settings)},
+        "settings": {
+            "runs": args.runs,
+            "quick": args.quick,
+            "systems": systems,
+            "workloads": args.workloads,
+            **dataclasses.asdict(settings),
+        },
         "median": medians,
         "ratios": ratios,
         "runs": runs,

@@ -23,6 +23,8 @@ The server (node ``a@127.0.0.1``) spawns two named processes, ``sink`` and
 * W2-call: sequential ``await me.call(("responder", a), msg)``: the W2 round
   trip through ``Process.call`` / ``Process.reply`` (the callee monitored
   for each call, the reply matched by ref), with the W2 message.
+* Bulk: ``node.send`` of a 16 MiB ``bytes`` to the ``bulk`` process, which
+  answers with its length once it has it; one message at a time.
 * W3a: sequential ``await node.rpc.call(a, "add", i, 1)`` (``add`` is a
   plain function exported by the server). W3b: the same from 64 tasks, so
   64 calls are in flight on the one connection.
@@ -36,11 +38,20 @@ import sys
 import time
 from typing import Any
 
-import trio
+import anyio
 
 import trio_distribute as td
 
-from ._common import BODY, HOST, emit_ready, emit_result, latency_summary, w1_result
+from ._common import (
+    BODY,
+    BULK_SIZE,
+    HOST,
+    bulk_result,
+    emit_ready,
+    emit_result,
+    latency_summary,
+    w1_result,
+)
 from .raw_trio import W3B_IN_FLIGHT, run_calls
 
 __all__ = ["main"]
@@ -49,6 +60,8 @@ COOKIE = "benchmark-4f9c1e7a2b6d8053c1e9a7f4b2d6c8e0"  # strong enough not to be
 SERVER_NODE = f"a@{HOST}"
 CLIENT_NODE = f"b@{HOST}"
 _SETUP_TIMEOUT = 10.0
+#: Room for the bulk workload's 16 MiB payload plus its frame's head.
+CONFIG = td.NodeConfig(max_message_size=32 * 1024 * 1024)
 #: W1: how many times the client says "done", and how long it waits each time.
 DONE_ATTEMPTS = 5
 DONE_WAIT = 2.0
@@ -110,6 +123,18 @@ async def echo(proc: td.Process, node: td.Node) -> None:
             await node.send(peer, message)
 
 
+async def bulk(proc: td.Process, node: td.Node) -> None:
+    """Answer every bytes message with its length."""
+    while True:
+        peer = await _wait_hello(proc)
+        await node.send(peer, {"pid": proc.pid})
+        while True:
+            message = await proc.receive()
+            if message == "done":
+                break
+            await node.send(peer, len(message))
+
+
 async def responder(proc: td.Process) -> None:
     """Answer every call with its request (the W2-call server)."""
     reply = proc.reply
@@ -125,15 +150,16 @@ def add(a: int, b: int) -> int:
 
 async def serve(port: int, timeout: float) -> None:
     """Run node a until the client's node has come and gone."""
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         async with (
-            td.open_node(SERVER_NODE, cookie=COOKIE, port=port, config=td.NodeConfig()) as node,
+            td.open_node(SERVER_NODE, cookie=COOKIE, port=port, config=CONFIG) as node,
             node.monitor_nodes() as events,
         ):
             node.rpc.export(add)
             await node.spawn(sink, node, name="sink")
             await node.spawn(echo, node, name="echo")
             await node.spawn(responder, name="responder")
+            await node.spawn(bulk, node, name="bulk")
             emit_ready(node.address[1])
             try:
                 async for event in events:
@@ -180,7 +206,7 @@ async def client_w1(node: td.Node, duration: float) -> dict[str, Any]:
         reply: Any = None
         for _ in range(DONE_ATTEMPTS):
             await send(sink_pid, "done")
-            with trio.move_on_after(DONE_WAIT):
+            with anyio.move_on_after(DONE_WAIT):
                 reply = await me.receive()
             if reply is not None:
                 break
@@ -215,6 +241,26 @@ async def client_w2(node: td.Node, count: int, warmup: int) -> dict[str, Any]:
                 samples.append(t1 - t0)
         await send(echo_pid, "done")
     return {"workload": "w2", **latency_summary(samples)}
+
+
+async def client_bulk(node: td.Node, count: int, warmup: int) -> dict[str, Any]:
+    """16 MiB ``bytes`` messages, one at a time, each acknowledged."""
+    samples: list[int] = []
+    data = b"\xab" * BULK_SIZE
+    async with node.open_process() as me:
+        bulk_pid = await _hello(node, me, "bulk")
+        clock = time.perf_counter_ns
+        for index in range(warmup + count):
+            t0 = clock()
+            await node.send(bulk_pid, data)
+            ack = await me.receive()
+            t1 = clock()
+            if ack != BULK_SIZE:
+                raise RuntimeError(f"the bulk process received {ack!r} bytes, not {BULK_SIZE}")
+            if index >= warmup:
+                samples.append(t1 - t0)
+        await node.send(bulk_pid, "done")
+    return bulk_result(BULK_SIZE, samples)
 
 
 async def client_w2call(node: td.Node, count: int, warmup: int) -> dict[str, Any]:
@@ -278,13 +324,15 @@ async def client_w3(node: td.Node, count: int, warmup: int, in_flight: int) -> d
 
 
 async def run_client(args: argparse.Namespace) -> dict[str, Any]:
-    with trio.fail_after(args.timeout):
-        async with td.open_node(CLIENT_NODE, cookie=COOKIE, port=0, config=td.NodeConfig()) as node:
+    with anyio.fail_after(args.timeout):
+        async with td.open_node(CLIENT_NODE, cookie=COOKIE, port=0, config=CONFIG) as node:
             peer = await node.connect(f"{SERVER_NODE}:{args.port}")
             if args.workload == "w1":
                 result = await client_w1(node, args.duration)
             elif args.workload == "w2":
                 result = await client_w2(node, args.count, args.warmup)
+            elif args.workload == "bulk":
+                result = await client_bulk(node, args.count, args.warmup)
             elif args.workload == "w2call":
                 result = await client_w2call(node, args.count, args.warmup)
             elif args.workload in ("w3a", "w3b"):
@@ -300,12 +348,13 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.td_bench")
     parser.add_argument("--timeout", type=float, default=60.0, help="hard limit, seconds")
+    parser.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     sub = parser.add_subparsers(dest="role", required=True)
     server = sub.add_parser("server")
     server.add_argument("port", type=int, help="0 picks a free port")
     client = sub.add_parser("client")
     client.add_argument("port", type=int)
-    client.add_argument("workload", choices=["w1", "w2", "ping", "w2call", "w3a", "w3b"])
+    client.add_argument("workload", choices=["w1", "w2", "ping", "w2call", "w3a", "w3b", "bulk"])
     client.add_argument("--duration", type=float, default=2.5, help="W1 seconds")
     client.add_argument("--count", type=int, default=5000, help="W2/ping/call round trips")
     client.add_argument("--warmup", type=int, default=300, help="W2/ping unrecorded round trips")
@@ -316,10 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     if args.role == "server":
-        trio.run(serve, args.port, args.timeout)
+        anyio.run(serve, args.port, args.timeout, backend=args.backend)
     else:
-        result = trio.run(run_client, args)
-        emit_result({"system": "trio_distribute", **result})
+        result = anyio.run(run_client, args, backend=args.backend)
+        system = "trio_distribute" if args.backend == "trio" else "td_asyncio"
+        emit_result({"system": system, **result})
 
 
 if __name__ == "__main__":

@@ -8,13 +8,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_benchmarks_run_quickly_and_report_ratios(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--runs", "1", "--output", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--runs",
+            "1",
+            "--systems",
+            "raw_trio,trio_distribute",
+            "--output",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -25,3 +38,18 @@ def test_benchmarks_run_quickly_and_report_ratios(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert set(data["median"]) == {"raw_trio", "trio_distribute"}
     assert data["failures"] == []
+    assert data["median"]["trio_distribute"]["bulk_gb_per_s"] > 0
+    assert data["median"]["raw_trio"]["bulk_gb_per_s"] > 0
+
+
+def test_erlang_is_skipped_with_its_reason_where_erl_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import run
+
+    monkeypatch.setattr("shutil.which", lambda tool: None)
+    assert run._available(["raw_trio", "erlang", "trio_distribute"]) == [
+        "raw_trio",
+        "trio_distribute",
+    ]
+    assert "skipping erlang: erl not found" in capsys.readouterr().out

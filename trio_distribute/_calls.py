@@ -41,6 +41,11 @@ from .errors import (
 from .monitor import ExitKind, ExitReason, NodeDownReason, ProcessDown
 
 _SEND = int(Kind.SEND)  # a local request or reply is sized as a SEND frame
+# Plain ints: the frame encoder writes them from a table.
+_CALL = int(Kind.CALL)
+_REPLY = int(Kind.REPLY)
+_CALL_DOWN = int(Kind.CALL_DOWN)
+_CALL_DONE = int(Kind.CALL_DONE)
 
 if TYPE_CHECKING:
     from ._monitors import Monitors
@@ -93,13 +98,18 @@ class Calls:
     processes: Processes
     monitors: Monitors
     events: NodeEventBus
-    _pending: dict[Ref, _Pending] = attrs.field(factory=dict)
-    _pending_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
+    # Calls waiting, by ref. (A node going down scans them for its own: a
+    # per-node index would cost every call two more set operations.)
+    # Keyed by the ref's id: every ref here is this node's own (a Ref does
+    # not cache its hash, and a call would hash it three times).
+    _pending: dict[int, _Pending] = attrs.field(factory=dict)
     # Calls from other nodes to our processes, until replied, down or done:
     # ref -> (callee pid id, caller's node, caller).
     _serving: dict[Ref, tuple[int, str, Pid]] = attrs.field(factory=dict)
     _serving_by_pid: dict[int, set[Ref]] = attrs.field(factory=dict)
-    _serving_by_node: dict[str, set[Ref]] = attrs.field(factory=dict)
+    # How many calls each node has waiting here (max_monitors_per_peer);
+    # a node going down scans _serving for its calls.
+    _serving_by_node: dict[str, int] = attrs.field(factory=dict)
     _on_trio: bool = False
     _move_on_after: Callable[[float], AbstractContextManager[Any]] = anyio.move_on_after
 
@@ -157,14 +167,14 @@ class Calls:
                 parker=new_parker(self._on_trio),
                 settled=True,
             )
-            self._pending[ref] = pending
+            self._pending[ref.id] = pending
             watch = self.monitors.watch(pid, lambda event: self._local_down(ref, event))
             processes._put(callee, Call(request, process.pid, ref), size)
         else:
             ref = self.monitors.new_ref()
             # Encoded first: a request that cannot travel fails here, with
             # nothing registered.
-            data = transport.encode_frame([Kind.CALL, ref, process.pid, target, request])
+            data = transport.encode_id_frame([_CALL, ref, process.pid, target, request])
             try:
                 conn = transport.connection(node)
                 if conn is None:
@@ -179,8 +189,7 @@ class Calls:
             pending = _Pending(
                 caller=process.pid, dest=dest, node=node, parker=new_parker(self._on_trio)
             )
-            self._pending[ref] = pending
-            self._pending_by_node.setdefault(node, set()).add(ref)
+            self._pending[ref.id] = pending
             conn.write(data)
             watch = None
         try:
@@ -214,27 +223,22 @@ class Calls:
         raise TypeError(f"call destination must be a Pid, a name or (name, node), got {dest!r}")
 
     def _local_down(self, ref: Ref, event: ProcessDown) -> None:
-        pending = self._pending.get(ref)
+        pending = self._pending.get(ref.id)
         if pending is not None and not pending.finished:
             pending.down = event.reason
             self._settle(pending)
 
     def _forget(self, ref: Ref, pending: _Pending, watch: Ref | None) -> None:
-        self._pending.pop(ref, None)
+        self._pending.pop(ref.id, None)
         if watch is not None:
             self.monitors.unwatch(watch)
             return
-        refs = self._pending_by_node.get(pending.node)
-        if refs is not None:
-            refs.discard(ref)
-            if not refs:
-                del self._pending_by_node[pending.node]
         if not pending.settled:
             # Timed out, cancelled, or answered by a process of another
             # node: the callee's node still watches for us.
             conn = self.transport.connection(pending.node)
             if conn is not None and not conn.closed:
-                conn.write(self.transport.encode_frame([Kind.CALL_DONE, ref]))
+                conn.write(self.transport.encode_id_frame([_CALL_DONE, ref]))
 
     def _settle(self, pending: _Pending) -> None:
         if not pending.finished:
@@ -256,7 +260,9 @@ class Calls:
             # the call still unanswered.
             value, _ = self.processes.local_copy(_SEND, caller, value)
             call._replied = True
-            pending = self._pending.get(call.ref)
+            ref = call.ref
+            own = ref.node == transport.name and ref.creation == transport.creation
+            pending = self._pending.get(ref.id) if own else None
             if pending is None or pending.caller != caller or pending.finished:
                 transport.count_drop("late_reply")
             else:
@@ -267,7 +273,7 @@ class Calls:
             return
         # Encoded first: a value that cannot travel raises with the call
         # still unanswered, so the callee can reply again with another.
-        data = transport.encode_frame([Kind.REPLY, caller, call.ref, value])
+        data = transport.encode_id_frame([_REPLY, caller, call.ref, value])
         call._replied = True
         self._unserve(call.ref, caller.node)
         conn = transport.connection(caller.node)
@@ -296,11 +302,14 @@ class Calls:
             refs.discard(ref)
             if not refs:
                 del self._serving_by_pid[pid_id]
-        refs = self._serving_by_node.get(node)
-        if refs is not None:
-            refs.discard(ref)
-            if not refs:
-                del self._serving_by_node[node]
+        self._served_one_less(node)
+
+    def _served_one_less(self, node: str) -> None:
+        left = self._serving_by_node.get(node, 0) - 1
+        if left > 0:
+            self._serving_by_node[node] = left
+        else:
+            self._serving_by_node.pop(node, None)
 
     def process_exited(self, event: ProcessExited) -> None:
         """A local process ended: fail the calls from other nodes it had
@@ -314,15 +323,11 @@ class Calls:
             if entry is None:
                 continue
             _, node, caller = entry
-            by_node = self._serving_by_node.get(node)
-            if by_node is not None:
-                by_node.discard(ref)
-                if not by_node:
-                    del self._serving_by_node[node]
+            self._served_one_less(node)
             conn = self.transport.connection(node)
             if conn is not None and not conn.closed:
-                item = [Kind.CALL_DOWN, ref, caller, reason.kind, reason.detail]
-                conn.write(self.transport.encode_frame(item))
+                item = [_CALL_DOWN, ref, caller, reason.kind, reason.detail]
+                conn.write(self.transport.encode_id_frame(item))
 
     def node_down(self, event: PeerDown) -> None:
         """Fail the calls waiting on ``node``'s processes; forget the calls
@@ -330,13 +335,16 @@ class Calls:
         node, reason = event.name, event.reason
         kind = ExitKind.SHUTDOWN if reason == NodeDownReason.SHUTDOWN else ExitKind.NOCONNECTION
         down = ExitReason(kind, f"node {node} down: {reason}")
-        for ref in sorted(self._pending_by_node.pop(node, ()), key=lambda r: r.id):
-            pending = self._pending.get(ref)
+        waiting = sorted(ident for ident, pending in self._pending.items() if pending.node == node)
+        for ident in waiting:
+            pending = self._pending.get(ident)
             if pending is not None and not pending.finished:
                 pending.settled = True
                 pending.down = down
                 self._settle(pending)
-        for ref in self._serving_by_node.pop(node, ()):
+        if self._serving_by_node.pop(node, None) is None:
+            return
+        for ref in [ref for ref, entry in self._serving.items() if entry[1] == node]:
             entry = self._serving.pop(ref, None)
             if entry is not None:
                 refs = self._serving_by_pid.get(entry[0])
@@ -372,17 +380,17 @@ class Calls:
             raise TypeError(f"CALL to {dest!r}: not a pid or a name")
         if callee is None:
             conn.write(
-                self.transport.encode_frame([Kind.CALL_DOWN, ref, caller, ExitKind.NOPROC, ""])
+                self.transport.encode_id_frame([_CALL_DOWN, ref, caller, ExitKind.NOPROC, ""])
             )
             return
         if ref in self._serving:
             raise ValueError(f"CALL reuses the ref {ref!r} of a call in progress")
-        served = self._serving_by_node.setdefault(peer, set())
-        if len(served) >= self.transport.config.max_monitors_per_peer:
+        served = self._serving_by_node.get(peer, 0)
+        if served >= self.transport.config.max_monitors_per_peer:
             # Each call waiting here is memory the peer makes us hold.
             self.transport.count_drop("call_limit")
-            raise ValueError(f"{peer} has {len(served)} calls waiting here (max_monitors_per_peer)")
-        served.add(ref)
+            raise ValueError(f"{peer} has {served} calls waiting here (max_monitors_per_peer)")
+        self._serving_by_node[peer] = served + 1
         self._serving[ref] = (callee.pid.id, peer, caller)
         self._serving_by_pid.setdefault(callee.pid.id, set()).add(ref)
         processes._put(callee, Call(request, caller, ref), conn.frame_size)
@@ -392,7 +400,7 @@ class Calls:
         ref = self._own_ref(ref, "REPLY")
         if type(caller) is not Pid or caller.node != self.transport.name:
             raise ValueError(f"REPLY to {caller!r}, which is not a pid of this node")
-        pending = self._pending.get(ref)
+        pending = self._pending.get(ref.id)
         if pending is None or pending.caller != caller or pending.finished:
             self.transport.count_drop("late_reply")
             return
@@ -408,7 +416,7 @@ class Calls:
         if not isinstance(kind, str) or not isinstance(detail, str) or type(caller) is not Pid:
             raise TypeError("CALL_DOWN needs a ref, a pid, a str kind and a str detail")
         reason = ExitReason(kind, detail)
-        pending = self._pending.get(ref)
+        pending = self._pending.get(ref.id)
         if pending is None:
             return  # the caller stopped waiting meanwhile
         if pending.node != conn.peer or pending.caller != caller:
@@ -430,8 +438,7 @@ class Calls:
         """The size of each table, for statistics and leak checks."""
         return {
             "pending": len(self._pending),
-            "pending_by_node": sum(len(refs) for refs in self._pending_by_node.values()),
             "serving": len(self._serving),
             "serving_by_pid": sum(len(refs) for refs in self._serving_by_pid.values()),
-            "serving_by_node": sum(len(refs) for refs in self._serving_by_node.values()),
+            "serving_by_node": sum(self._serving_by_node.values()),
         }

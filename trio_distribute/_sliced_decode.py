@@ -28,10 +28,16 @@ slices only.)"""
 
 
 async def decode_sliced(
-    data: bytes, *, max_depth: int = codec.DEFAULT_MAX_DEPTH, slice_bytes: int = SLICE_BYTES
+    data: bytes | bytearray,
+    *,
+    max_depth: int = codec.DEFAULT_MAX_DEPTH,
+    slice_bytes: int = SLICE_BYTES,
 ) -> object:
     """Decode one payload like :func:`trio_distribute.codec.decode`, letting
     other tasks run at least every :data:`YIELD_AFTER` seconds of work.
+
+    A ``bytearray`` is decoded in place (not copied first): the caller hands
+    it over and must not change it afterwards.
 
     ``slice_bytes`` (the input of one cbor2 call) is smaller in tests, to
     walk every path on small payloads.

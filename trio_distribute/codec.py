@@ -152,6 +152,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_frame",
+    "encode_items",
     "encoded_size_ok",
     "message",
     "registered_messages",
@@ -525,6 +526,12 @@ def _id_bytes(head: bytes, cache: dict[tuple[str, int, int], bytes], value: Pid 
         if len(cache) >= _CACHE_SIZE:
             cache.clear()
         cache[key] = data
+        # The decode cache too: what goes out (a call's ref) often comes
+        # back (in its reply), and is then not validated again.
+        decoded: dict[Any, Any] = _PID_CACHE if cache is _PID_BYTES else _REF_CACHE
+        if len(decoded) >= _CACHE_SIZE:
+            decoded.clear()
+        decoded[key] = value
     return data
 
 
@@ -594,7 +601,49 @@ def _encode_checked(obj: object) -> bytes:
         raise
 
 
-_UINT_BYTES: Final = tuple(bytes([n]) for n in range(24))  # CBOR uints 0-23: one byte
+#: CBOR uints 0-255 (one byte below 24, two from 24), for frame kinds and
+#: other small numbers written without cbor2.
+_UINT_BYTES: Final = tuple(cbor2.dumps(n) for n in range(256))
+_ARRAY_HEADS: Final = tuple(bytes((0x80 | n,)) for n in range(24))
+_TEXT_HEADS: Final = tuple(bytes((0x60 | n,)) for n in range(24))
+
+
+def encode_items(items: list[Any] | tuple[Any, ...]) -> list[bytes]:
+    """The encoding of the array ``items`` as pieces to join: the same bytes
+    as ``encode(list(items))``, faster for frames that start with pids or
+    refs (cbor2 reaches our hook for them only after a chain of isinstance
+    checks): the leading items (a kind number, pids, refs, short strings,
+    small ints) are written from tables and caches, and from the first
+    other item on, the rest goes through cbor2 in one call. For frames of
+    numbers and strings only, :func:`encode` is as fast.
+
+    Raises:
+        EncodeError: as :func:`encode`.
+    """
+    n = len(items)
+    if n >= 24:
+        return [encode(list(items))]
+    parts = [_ARRAY_HEADS[n]]
+    append = parts.append
+    for index, item in enumerate(items):
+        cls = type(item)
+        if cls is Pid:
+            append(_id_bytes(_PID_HEAD, _PID_BYTES, item))
+        elif cls is Ref:
+            append(_id_bytes(_REF_HEAD, _REF_BYTES, item))
+        elif (cls is int or (cls is not bool and isinstance(item, int))) and 0 <= item < 256:
+            # Plain ints, and frame kinds (an IntEnum travels as its int).
+            append(_UINT_BYTES[item])
+        elif cls is str and len(item) < 24 and item.isascii():
+            append(_TEXT_HEADS[len(item)] + item.encode())
+        elif item is None:
+            append(b"\xf6")
+        else:
+            # CBOR items concatenate: the rest as an array, minus its head
+            # (one byte: fewer than 24 items), is the rest of this array.
+            append(encode(list(items[index:]))[1:])
+            break
+    return parts
 
 
 def encode_frame(kind: object, dest: object, payload: object) -> bytes:
@@ -885,7 +934,7 @@ _SLICED: Final = SlicedDecoder(
 
 
 def decode_steps(
-    data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, slice_bytes: int = SLICE_BYTES
+    data: bytes | bytearray, *, max_depth: int = DEFAULT_MAX_DEPTH, slice_bytes: int = SLICE_BYTES
 ) -> Steps:
     """:func:`decode` for a big payload, as a generator: each ``next()``
     decodes at most ``slice_bytes`` of input, and the value comes with

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
@@ -45,7 +46,7 @@ from ._addresses import parse_target
 from ._backend import running_on_trio
 from ._network import REAL_NETWORK, NodeNetwork
 from ._node_events import NodeEventBus, PeerAddress, PeerDown, PeerUp
-from ._proto.frames import MAX_PREAUTH_FRAME, TICK, FrameDecoder, frame
+from ._proto.frames import HEADER_SIZE, MAX_PREAUTH_FRAME, TICK, FrameDecoder, frame
 from ._proto.handshake import (
     HandshakeCompleted,
     HandshakeEvent,
@@ -64,6 +65,7 @@ from .errors import (
     ConnectError,
     DecodeError,
     HandshakeError,
+    MessageTooLargeError,
     NodeDownError,
     ProtocolError,
 )
@@ -92,6 +94,21 @@ PROTOCOL_VERSIONS = (2,)
 DIRECT_WRITE_GAP = 50e-6
 _monotonic = time.monotonic
 _RECEIVE_SIZE = 65536
+_LENGTH = struct.Struct(">I")
+#: A frame whose body is at least this big is read straight into one buffer
+#: of its size (``recv_into``), not in 64 KiB chunks joined afterwards: the
+#: payload is copied once by the kernel and never again by the reader.
+BULK_READ_ABOVE = 1024 * 1024
+#: Most bytes one ``recv_into`` of a big frame asks for.
+_BULK_CHUNK = 4 * 1024 * 1024
+#: A frame part at least this big is written from the caller's buffer with
+#: scatter-gather (``sendmsg``), never joined with the frames around it.
+GATHER_ABOVE = 64 * 1024
+#: Most buffers one ``sendmsg`` call is given (Linux's IOV_MAX is 1024).
+_IOV_MAX = 512
+#: Reading or writing a big frame lets other tasks run after this many
+#: seconds of copying, as a sliced decode does.
+_BULK_YIELD_AFTER = 0.004
 #: After a write fails, the reader gets this long to read what the peer sent
 #: before the failure (its goodbye, above all), so a peer's graceful stop is
 #: reported as ``shutdown`` and not as a broken socket.
@@ -106,6 +123,20 @@ ACCEPT_BATCH = 256
 
 
 FrameHandler = Callable[["Connection", list[Any]], None]
+
+
+def _advance(parts: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
+    """``parts`` without their first ``sent`` bytes (no payload is copied)."""
+    index = 0
+    while sent:
+        size = len(parts[index])
+        if sent < size:
+            rest = parts[index:]
+            rest[0] = memoryview(rest[0])[sent:]
+            return rest
+        sent -= size
+        index += 1
+    return parts[index:] if index else parts
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -146,7 +177,9 @@ class Connection:
     #: Bytes of an incomplete incoming frame drawn from the node-wide budget.
     frame_buffer_drawn: int = 0
 
-    _out: list[bytes] = attrs.field(factory=list)
+    _out: list[bytes | memoryview] = attrs.field(factory=list)
+    # A part of at least GATHER_ABOVE bytes is queued: write with sendmsg.
+    _gather: bool = False
     _out_bytes: int = 0
     # The batch the writer is handing to the kernel: still held in memory.
     _in_flight: int = 0
@@ -203,9 +236,51 @@ class Connection:
                     sent = 0
                 if sent == len(data):
                     return
-                data = data[sent:]
+                # The rest waits for the writer, uncopied.
+                self._queue(memoryview(data)[sent:] if sent else data)
+                return
+        self._queue(data)
+
+    def _queue(self, data: bytes | memoryview) -> None:
         self._out.append(data)
         self._out_bytes += len(data)
+        if self._out_bytes + self._in_flight > self._queue_limit:
+            self._slow_consumer()
+            return
+        self._wake_writer()
+
+    def write_parts(self, head: bytes, body: bytes) -> None:
+        """Send one frame made of ``head`` and then ``body`` (a big payload),
+        without joining them: ``body`` goes to the kernel from the caller's
+        own buffer (scatter-gather), so a big payload is never copied in
+        this process. ``body`` must not change afterwards (it is ``bytes``).
+
+        Raises:
+            NodeDownError: the connection is closed.
+        """
+        if self.closed:
+            raise NodeDownError(self.peer, self.down_reason or "connection closed")
+        size = len(head) + len(body)
+        self.sent_since_tick = True
+        self.frames_out += 1
+        self.bytes_out += size
+        parts: list[bytes | memoryview] = [head, body]
+        if not self._out and not self._writing and self.sock is not None:
+            # No coalescing to win for a frame this big: write it now.
+            self._last_direct = _monotonic()
+            try:
+                sent = self.sock.sendmsg(parts)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                logger.debug("write to %s failed: %r", self.peer, exc)
+                sent = 0
+            if sent == size:
+                return
+            parts = _advance(parts, sent)
+        self._out += parts
+        self._out_bytes += sum(len(p) for p in parts)
+        self._gather = True
         if self._out_bytes + self._in_flight > self._queue_limit:
             self._slow_consumer()
             return
@@ -279,6 +354,17 @@ class Connection:
             self._wake_pending = False
             self._writing = True
             while self._out:
+                if self._gather:
+                    # A big payload is queued: hand the kernel the parts as
+                    # they are (joining them would copy the payload).
+                    parts, self._out = self._out, []
+                    self._gather = False
+                    self._in_flight = self._out_bytes
+                    self._out_bytes = 0
+                    self._notify_space()
+                    await self._send_parts(parts)
+                    self._in_flight = 0
+                    continue
                 data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
                 self._out.clear()
                 self._out_bytes = 0
@@ -298,9 +384,40 @@ class Connection:
             self._space.set()
             self._space = None
 
-    async def _send_all(self, data: bytes) -> None:
+    async def _send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Write ``parts`` in order; big ones straight from their buffers."""
+        sock = self.sock
+        if sock is None:
+            small: list[bytes | memoryview] = []
+            for part in parts:
+                if len(part) < GATHER_ABOVE:
+                    small.append(part)
+                    continue
+                if small:
+                    await self.stream.send(b"".join(small))
+                    small = []
+                await self.stream.send(part)  # type: ignore[arg-type]
+            if small:
+                await self.stream.send(b"".join(small))
+            return
+        since = _monotonic()
+        while parts:
+            try:
+                sent = sock.sendmsg(parts[:_IOV_MAX])
+            except BlockingIOError:
+                sent = 0
+            parts = _advance(parts, sent)
+            if parts:
+                if sent:
+                    now = _monotonic()
+                    if now - since < _BULK_YIELD_AFTER:
+                        continue
+                    since = now
+                await self.transport.wait_writable(sock)
+
+    async def _send_all(self, data: bytes | memoryview) -> None:
         if self.sock is None:
-            await self.stream.send(data)
+            await self.stream.send(data if type(data) is bytes else bytes(data))
             return
         view = memoryview(data)
         while view:
@@ -350,6 +467,22 @@ class Connection:
                     if self.closed:
                         return
             try:
+                if decoder.pending_frame >= BULK_READ_ABOVE:
+                    # A big frame: its body is read straight into a buffer
+                    # of its size, then decoded like any other big frame.
+                    big = await self._receive_bulk()
+                    if big is None:
+                        return
+                    self.frames_in += 1
+                    self.frame_size = len(big)
+                    if len(big) > SLICED_ABOVE:
+                        await self.transport.dispatch_sliced(self, big)
+                    else:  # only where slicing is turned off (loop_lag's comparison)
+                        dispatch(self, big)
+                    if self.closed:
+                        return
+                    data = b""
+                    continue
                 if self.sock is not None:
                     data = await self._receive_raw(
                         self.sock, bool(payloads), len(data) < _RECEIVE_SIZE
@@ -364,6 +497,52 @@ class Connection:
                 self.transport.count_drop("socket_read_failed")
                 self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
                 return
+
+    async def _receive_bulk(self) -> bytearray | None:
+        """Read the rest of the decoder's incomplete big frame into one
+        buffer of the frame's size and return its payload (``None`` if the
+        frame does not fit the node's budget: the connection is closed).
+
+        The whole frame is drawn from ``max_frame_buffers`` before its body
+        is read, as it would be once it had arrived in pieces; the buffer's
+        pages are only touched as bytes arrive.
+        """
+        decoder = self.decoder
+        need = decoder.pending_frame
+        if need > self.transport.config.frame_buffer_reserve and not self._draw_frame_buffer(need):
+            return None
+        held = decoder.take_buffered()
+        size = need - HEADER_SIZE
+        payload = bytearray(size)
+        with memoryview(payload) as view:
+            pos = len(held) - HEADER_SIZE
+            view[:pos] = memoryview(held)[HEADER_SIZE:]
+            del held
+            sock = self.sock
+            since = _monotonic()
+            while pos < size:
+                if sock is not None:
+                    try:
+                        got = sock.recv_into(view[pos:], min(size - pos, _BULK_CHUNK))
+                    except BlockingIOError:
+                        await self.transport.wait_readable(sock)
+                        since = _monotonic()
+                        continue
+                    if not got:
+                        raise anyio.EndOfStream
+                    now = _monotonic()
+                    if now - since >= _BULK_YIELD_AFTER:
+                        await self.transport.checkpoint()
+                        since = now
+                else:
+                    chunk = await self.stream.receive(min(size - pos, _BULK_CHUNK))
+                    got = len(chunk)
+                    view[pos : pos + got] = chunk
+                pos += got
+                self.bytes_in += got
+                self.received_since_tick = True
+        self.frame_buffer_drawn = 0
+        return payload
 
     def _draw_frame_buffer(self, held: int) -> bool:
         """Account an incomplete frame of ``held`` bytes against the node's
@@ -450,6 +629,7 @@ class Connection:
         self.frame_buffer_drawn = 0
         self.decoder.discard()
         self._out.clear()
+        self._gather = False
         self._out_bytes = 0
         self._cancel_scope.cancel()
         self._notify_space()
@@ -698,7 +878,23 @@ class Transport:
         codec.encoded_size_ok(payload, self.config.max_message_size)
         return frame(payload)
 
-    def dispatch(self, conn: Connection, payload: bytes) -> None:
+    def encode_id_frame(self, item: list[Any]) -> bytes:
+        """:meth:`encode_frame` for a frame that starts with pids and refs
+        (calls, replies): the same bytes, with those taken from caches
+        (see :func:`trio_distribute.codec.encode_items`).
+
+        Raises:
+            EncodeError: a value in ``item`` cannot travel.
+            MessageTooLargeError: the frame is over ``max_message_size``.
+        """
+        parts = codec.encode_items(item)
+        size = sum(map(len, parts))
+        limit = self.config.max_message_size
+        if size > limit:
+            raise MessageTooLargeError(size, limit)
+        return b"".join((_LENGTH.pack(size), *parts))
+
+    def dispatch(self, conn: Connection, payload: bytes | bytearray) -> None:
         """Decode one frame and run its handler (in the reader task)."""
         try:
             item = codec.decode(payload)
@@ -718,7 +914,7 @@ class Transport:
         except (TypeError, ValueError, IndexError, KeyError) as exc:
             self._protocol_violation(conn, f"malformed frame of kind {item[0]}: {exc!r}")
 
-    async def dispatch_sliced(self, conn: Connection, payload: bytes) -> None:
+    async def dispatch_sliced(self, conn: Connection, payload: bytes | bytearray) -> None:
         """:meth:`dispatch` for a big frame, decoded in slices that yield."""
         try:
             item = await decode_sliced(payload)

@@ -49,6 +49,8 @@ Steps = Generator[None, None, Any]
 Finisher = Callable[[Any], Steps]
 """Turns a tag's decoded content into its value, in slices if it is big."""
 
+_BYTES: Final = 2
+_TEXT: Final = 3
 _ARRAY: Final = 4
 _MAP: Final = 5
 _TAG: Final = 6
@@ -104,15 +106,24 @@ class SlicedDecoder:
         self.map_key_hint = map_key_hint
 
     def steps(
-        self, data: bytes, *, max_depth: int | None = None, slice_bytes: int = SLICE_BYTES
+        self,
+        data: bytes | bytearray,
+        *,
+        max_depth: int | None = None,
+        slice_bytes: int = SLICE_BYTES,
     ) -> Steps:
         """Decode ``data`` (exactly one item), pausing after every slice.
+
+        A ``bytearray`` is read in place, not copied: the caller must not
+        change it until the decode is over.
 
         Raises (from ``next``):
             DecodeError: as the one-call decoder.
         """
         depth = self.default_max_depth if max_depth is None else max_depth
-        walk = _Walk(self, bytes(data), depth, slice_bytes)
+        if type(data) is not bytes and type(data) is not bytearray:
+            data = bytes(data)
+        walk = _Walk(self, data, depth, slice_bytes)
         try:
             value, end = yield from walk.item(0, 0)
         except DecodeError:
@@ -130,12 +141,13 @@ class SlicedDecoder:
 class _Walk:
     """One sliced decode: the payload and the position bookkeeping."""
 
-    def __init__(self, decoder: SlicedDecoder, data: bytes, max_depth: int, window: int) -> None:
+    def __init__(
+        self, decoder: SlicedDecoder, data: bytes | bytearray, max_depth: int, window: int
+    ) -> None:
         self.decoder = decoder
         self.data = data
         self.max_depth = max_depth
         self.window = window
-        self.stream = io.BytesIO(data)  # shares ``data``'s memory
         self.options: dict[str, Any] = {
             "semantic_decoders": decoder.tags,
             "allow_indefinite": False,
@@ -175,7 +187,7 @@ class _Walk:
         """``prefix`` and the next window of the payload from ``pos``, and
         whether that window reaches the payload's end."""
         end = pos + self.window
-        return prefix + self.data[pos:end], end >= len(self.data)
+        return prefix + bytes(self.data[pos:end]), end >= len(self.data)
 
     def _parse_head(self, pos: int) -> tuple[int, int, int]:
         """Major type, argument and the position after the head at ``pos``."""
@@ -217,17 +229,30 @@ class _Walk:
             return (yield from self._run(start, depth + 1, major, arg))
         if major == _TAG:
             return (yield from self._tagged(pos, start, depth, arg))
-        # A long text or byte string: one copy, linear in its length.
-        self.stream.seek(pos)
-        try:
-            value = cbor2.CBORDecoder(self.stream, **self.options).decode()
-        except MemoryError:
-            raise
-        except Exception as exc:
-            raise_interrupt(exc)
-            raise self._refusal(exc) from exc
+        # A long text or byte string (nothing else outgrows a window): cut
+        # straight out of the payload, one copy, linear in its length.
+        if major not in (_BYTES, _TEXT):
+            # A scalar (at most 9 bytes) over a tiny test window.
+            try:
+                scalar, used = self._loads(bytes(self.data[pos : pos + 9]), 1)
+            except _Truncated:
+                raise DecodeError("truncated CBOR: premature end of stream") from None
+            yield
+            return scalar, pos + used
+        end = start + arg
+        if end > len(self.data):
+            raise DecodeError("truncated CBOR: premature end of stream")
+        with memoryview(self.data) as view:
+            if major == _BYTES:
+                value: Any = bytes(view[start:end])
+            else:
+                try:
+                    value = str(view[start:end], "utf-8")
+                except UnicodeDecodeError as exc:
+                    reason = f"malformed CBOR: invalid UTF-8 in a text string: {exc}"
+                    raise DecodeError(reason) from None
         yield
-        return value, self.stream.tell()
+        return value, end
 
     def _run(
         self, pos: int, depth: int, major: int, count: int

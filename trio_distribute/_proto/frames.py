@@ -116,6 +116,14 @@ class FrameDecoder:
         return len(self._buf)
 
     @property
+    def pending_frame(self) -> int:
+        """Header and payload bytes of the incomplete frame whose header has
+        been read (0 if none): what a reader must hold to complete it. A
+        driver may read a big frame's body itself, straight into one buffer
+        of this size, after :meth:`take_buffered`."""
+        return self._need if self._need > HEADER_SIZE and self._buf else 0
+
+    @property
     def broken(self) -> bool:
         """True once an oversized frame was announced; every later call raises."""
         return self._failure is not None
