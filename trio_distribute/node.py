@@ -701,6 +701,7 @@ def _build_node(
     node._down_hooks.append(groups.node_down)
     node._down_hooks.append(registry.node_down)
     node._down_hooks.append(rpc.node_down)
+    node._down_hooks.append(membership.mesh_changed)
     node_ref.append(node)
     transport.add_handler(Kind.PING, node._handle_ping)
     transport.add_handler(Kind.PONG, node._handle_pong)

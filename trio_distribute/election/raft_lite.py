@@ -169,6 +169,14 @@ class Election:
     _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
     _changed: anyio.Event = attrs.field(factory=anyio.Event)
     _joining: bool = False
+    #: Membership changed since the core last heard: the driver tells it
+    #: once per wake-up, not once per change (a join storm brings many, and
+    #: each look costs the whole member table).
+    _dirty: bool = False
+    #: When the driver will next wake on its own (``-inf`` while it runs):
+    #: a handler that leaves the core's deadline later than this need not
+    #: wake it (a follower's heartbeat only pushes its timer back).
+    _sleeping_until: float = -math.inf
     _seen: set[str] = attrs.field(factory=set)
     _removed: set[str] = attrs.field(factory=set)
     _log_limiter: LogLimiter = attrs.field(factory=lambda: LogLimiter(logger))
@@ -323,12 +331,19 @@ class Election:
     def _membership_changed(self, change: MemberChange | None) -> None:
         if self._core is None:
             return
+        self._dirty = True
+        self._wakeup.set()
+
+    def _catch_up(self) -> None:
+        """Tell the core what membership knows now (if it changed)."""
+        if not self._dirty:
+            return
+        self._dirty = False
         removed_before = set(self._removed)
         self._observe()
         now = anyio.current_time()
         for name in self._removed - removed_before:
-            self._core.request_removal(now, name)
-        self._wakeup.set()
+            self.core.request_removal(now, name)
 
     def _ignore_message(self, conn: Connection, item: list[Any]) -> None:
         self.transport.count_drop("election_disabled")
@@ -345,19 +360,34 @@ class Election:
                 "election_malformed", "malformed election message from %s: %s", conn.peer, exc
             )
             return
-        self.core.receive(anyio.current_time(), conn.peer, message)
-        self._wakeup.set()
+        core = self.core
+        self._catch_up()
+        core.receive(anyio.current_time(), conn.peer, message)
+        # Answer here rather than in the driver: a heartbeat and its ack
+        # cost no task switch, and the driver wakes only if the core now
+        # needs it sooner than it planned (the usual heartbeat only pushes
+        # the election timer back).
+        self._flush()
+        deadline = core.next_deadline()
+        if deadline is not None and deadline < self._sleeping_until:
+            self._wakeup.set()
 
     async def _drive(self) -> None:
         core = self.core
         while True:
+            self._catch_up()
             self._flush()
             deadline = core.next_deadline()
             wait = math.inf if deadline is None else deadline - anyio.current_time()
             if wait > 0:
-                with anyio.move_on_after(wait):
-                    await self._wakeup.wait()
+                self._sleeping_until = math.inf if deadline is None else deadline
+                try:
+                    with anyio.move_on_after(wait):
+                        await self._wakeup.wait()
+                finally:
+                    self._sleeping_until = -math.inf
             self._wakeup = anyio.Event()
+            self._catch_up()
             core.tick(anyio.current_time())
 
     def _flush(self) -> None:
