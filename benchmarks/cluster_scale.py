@@ -101,6 +101,7 @@ def _cpu_seconds() -> float:
 
 
 async def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    import attrs
     import trio
 
     import trio_distribute as td
@@ -117,6 +118,8 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
         config = td.NodeConfig.local(connect_all=connect_all)
     else:
         config = td.NodeConfig(connect_all=connect_all)
+    if not spec["election"]:
+        config = attrs.evolve(config, election=td.ElectionConfig(enabled=False))
     seed_count: int = spec["seeds"]
     nodes: dict[int, Any] = {}
     sockets: dict[int, _CountingSocket] = {}
@@ -125,6 +128,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
     # When each part of convergence was first seen, per node.
     parts: dict[str, dict[int, float]] = {"members": {}, "mesh": {}, "leader": {}}
     stop = trio.Event()
+    started_at: dict[int, float] = {}
     steps = [0]
 
     class StepCounter(trio.abc.Instrument):  # type: ignore[misc]
@@ -151,6 +155,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
         async with td.open_node(
             node_name(index), cookie=COOKIE, port=port, config=config, seeds=seeds
         ) as node:
+            started_at[index] = time.time() - go_at
             membership = node.membership
             counting = _CountingSocket(membership._socket)
             membership._socket = counting
@@ -198,11 +203,20 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
         }
 
     result: dict[str, Any] = {}
+    # Imports are done: how late this child is for the common start (a
+    # late child would make convergence look slower than it is).
+    late = time.time() - go_at
     with trio.move_on_after(spec["deadline"] - time.time()):
         async with trio.open_nursery() as nursery:
             for index in indexes:
                 nursery.start_soon(run_node, index)
             await trio.sleep(max(0.0, go_at - time.time()))
+            profiler = None
+            if spec["profile"] and spec["profile_phase"] == "warmup":
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
             # Convergence: polled finely until every node of ours converged.
             window_start = go_at + warmup
             while time.time() < window_start:
@@ -210,8 +224,11 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
                 for index, node in list(nodes.items()):
                     check(index, node, now)
                 await trio.sleep(0.05 if len(converged) < len(indexes) else 0.5)
-            profiler = None
-            if spec["profile"]:
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(spec["profile"])
+                profiler = None
+            if spec["profile"] and spec["profile_phase"] == "steady":
                 import cProfile
 
                 profiler = cProfile.Profile()
@@ -250,7 +267,13 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
                         "drops": dict(node.statistics().drops),
                     }
                 )
-            result = {"before": before, "after": after, "nodes": per_node}
+            result = {
+                "before": before,
+                "after": after,
+                "nodes": per_node,
+                "late": late,
+                "started_at": max(started_at.values(), default=None),
+            }
             stop.set()
     return result
 
@@ -291,7 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total, procs = args.nodes, args.procs
     hosts = [node_host(i) for i in range(total)]
     port = args.port or _free_port(hosts)
-    start_margin = 2.0 + 0.05 * procs  # time for the children to import
+    start_margin = 4.0 + 0.3 * procs  # time for the children to import
     go_at = time.time() + start_margin
     deadline = go_at + args.warmup + args.duration + args.grace
     env = dict(os.environ)
@@ -313,6 +336,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "connect_all": args.connect_all,
                 "timers": args.timers,
                 "seeds": args.seeds,
+                "election": args.election,
+                "profile_phase": args.profile_phase,
                 "count_steps": args.count_steps,
                 "profile": str(RESULTS / f"cluster_scale_child{p}.prof")
                 if args.profile_child == p
@@ -369,11 +394,16 @@ def summarise(
         for cause, count in n["drops"].items():
             drops[cause] = drops.get(cause, 0) + count
     summary = {
+        "children_late_s": max((r["late"] for r in results), default=None),
+        "last_node_started_s": max(
+            (r["started_at"] for r in results if r["started_at"] is not None), default=None
+        ),
         "label": args.label,
         "nodes": args.nodes,
         "procs": args.procs,
         "connect_all": args.connect_all,
         "timers": args.timers,
+        "election": args.election,
         "warmup_s": args.warmup,
         "duration_s": args.duration,
         "started": len(started),
@@ -389,6 +419,8 @@ def summarise(
         },
         "leaders": sorted(str(x) for x in leaders),
         "min_alive_seen": min((n["alive"] for n in started), default=0),
+        "alive_seen": sorted(n["alive"] for n in started),
+        "connections_per_node": sorted(n["connections"] for n in started),
         "connections_total": sum(n["connections"] for n in started),
         "false_suspicions_raised": sum(n["suspicions_raised"] for n in started),
         "suspect_events": sum(n["suspect_events"] for n in started),
@@ -414,7 +446,10 @@ def table(summary: dict[str, Any]) -> str:
 
     rows = [
         ("nodes x procs", f"{summary['nodes']} in {summary['procs']} processes"),
-        ("connect_all / timers", f"{summary['connect_all']} / {summary['timers']}"),
+        (
+            "connect_all / timers / election",
+            f"{summary['connect_all']} / {summary['timers']} / {summary['election']}",
+        ),
         ("started / converged", f"{summary['started']} / {summary['converged_nodes']}"),
         ("convergence (s)", fmt(summary["convergence_s"], ".2f")),
         (
@@ -422,6 +457,11 @@ def table(summary: dict[str, Any]) -> str:
             " / ".join(
                 fmt(summary["convergence_parts_s"][p], ".2f") for p in ("members", "mesh", "leader")
             ),
+        ),
+        (
+            "  child late / last node up (s)",
+            f"{fmt(summary['children_late_s'], '.2f')} / "
+            f"{fmt(summary['last_node_started_s'], '.2f')}",
         ),
         ("leaders seen", ", ".join(summary["leaders"]) or "-"),
         ("connections (sum)", str(summary["connections_total"])),
@@ -471,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
         "--connect-all", action=argparse.BooleanOptionalAction, default=True, help="full mesh"
     )
     parser.add_argument("--timers", choices=["lan", "local"], default="lan")
+    parser.add_argument(
+        "--election", action=argparse.BooleanOptionalAction, default=True, help="run the election"
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument(
         "--seeds", type=int, default=3, help="node i joins through node i mod SEEDS"
@@ -478,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="")
     parser.add_argument("--td-path", default="", help="directory holding trio_distribute")
     parser.add_argument("--profile-child", type=int, default=-1)
+    parser.add_argument("--profile-phase", choices=["warmup", "steady"], default="steady")
     parser.add_argument("--count-steps", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "cluster_scale.json")
     args = parser.parse_args(argv)

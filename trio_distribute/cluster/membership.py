@@ -188,6 +188,19 @@ def save_snapshot(path: Path, members: dict[str, str]) -> None:
     os.replace(temporary, path)
 
 
+def dials_first(own: str, other: str) -> bool:
+    """Of the nodes ``own`` and ``other``, is ``own`` the one that dials when
+    the full mesh needs a connection between them? Exactly one of the two
+    does (both compute the same answer); the other dials only if no
+    connection came after ``handshake_timeout``. Two nodes that meet then
+    make one handshake instead of two crossing ones, and in a join storm
+    each node dials about half of the others (the choice is a hash of the
+    two names, not their order, which would leave one node all the work)."""
+    low, high = (own, other) if own < other else (other, own)
+    flip = zlib.crc32(f"{low}\0{high}".encode()) & 1
+    return own == (low if flip else high)
+
+
 def split_address(address: str) -> tuple[str, int]:
     """``"host:port"`` → ``(host, port)``; ``ValueError`` if malformed."""
     host, colon, port_text = address.rpartition(":")
@@ -223,10 +236,11 @@ class Membership:
     _streams_in_flight: int = 0
     _names_by_address: dict[str, str] = attrs.field(factory=dict)
     _stopped: bool = False
-    #: When the driver next wakes on its own (``-inf`` while it runs), and
-    #: whether a flush is under way: the receiver answers a datagram itself
-    #: and wakes the driver only if the core needs it sooner than planned.
-    _sleeping_until: float = -math.inf
+    #: The driver's sleep while it waits for the core's next deadline (None
+    #: while it runs), and whether a flush is under way: the receiver
+    #: answers a datagram itself and moves that sleep's deadline to the
+    #: core's new one, so the driver wakes only when a timer is due.
+    _sleep: anyio.CancelScope | None = None
     _sending: bool = False
     #: Where the addresses of known members are kept (``state_dir``), so a
     #: restarted node rejoins its cluster without being given seeds.
@@ -472,14 +486,12 @@ class Membership:
         core = self.core
         while True:
             deadline = core.next_deadline()
-            wait = math.inf if deadline is None else deadline - anyio.current_time()
-            if wait > 0:
-                self._sleeping_until = math.inf if deadline is None else deadline
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as sleep:
+                self._sleep = sleep
                 try:
-                    with anyio.move_on_after(wait):
-                        await self._wakeup.wait()
+                    await self._wakeup.wait()
                 finally:
-                    self._sleeping_until = -math.inf
+                    self._sleep = None
             self._wakeup = anyio.Event()
             core.tick(anyio.current_time())
             await self._flush()
@@ -502,13 +514,17 @@ class Membership:
 
     async def _answer(self) -> None:
         """After a datagram: send what the core queued from the receiving
-        task, and wake the driver only if the core's next deadline moved
-        before the one it sleeps until. A datagram then costs one task
-        wake-up instead of two."""
+        task, and move the driver's sleep to the core's next deadline
+        (earlier or later: an ack cancels the probe's timeout). A datagram
+        then costs one task wake-up instead of two, and the driver wakes
+        only when a timer is due."""
         await self._flush()
-        deadline = self.core.next_deadline()
-        if self._stopped or (deadline is not None and deadline < self._sleeping_until):
+        sleep = self._sleep
+        if self._stopped:
             self._wake()
+        elif sleep is not None:
+            deadline = self.core.next_deadline()
+            sleep.deadline = math.inf if deadline is None else deadline
 
     async def _flush_actions(self) -> bool:
         """One batch of actions and events; False if there was none."""
@@ -749,17 +765,35 @@ class Membership:
     # ------------------------------------------------------------ full mesh
 
     def dials_first(self, name: str) -> bool:
-        """Of this node and ``name``, is this node the one that dials when
-        the mesh needs a connection between them? Exactly one of the two
-        does (both compute the same answer); the other only dials if no
-        connection came after ``handshake_timeout``. Two nodes that met
-        dial each other once instead of twice, and a join storm makes half
-        the handshakes and no crossed ones. The choice is a hash of the two
-        names, so each node dials about half of the others."""
-        own = self.transport.name
-        low, high = (own, name) if own < name else (name, own)
-        flip = zlib.crc32(f"{low}\0{high}".encode()) & 1
-        return own == (low if flip else high)
+        """Whether this node, not ``name``, dials when the mesh needs a
+        connection between them (see :func:`dials_first`)."""
+        return dials_first(self.transport.name, name)
+
+    def connect_on_demand(self, name: str) -> None:
+        """Start connecting to the live member ``name`` in the background if
+        this node is not connected to it (without ``connect_all`` the
+        election reaches its voters this way). One attempt at a time per
+        member; a member the user disconnected or blocked is left alone."""
+        transport = self.transport
+        address = self._live_members.get(name)
+        if (
+            address is None
+            or self._task_group is None
+            or name in self._redialling
+            or name in transport.connections
+            or name in transport.blocked
+            or name in transport.disconnected
+            or transport.stopping
+        ):
+            return
+        self._redialling.add(name)
+        self._task_group.start_soon(self._dial_on_demand, name, address)
+
+    async def _dial_on_demand(self, name: str, address: str) -> None:
+        try:
+            await self._connect_member(name, address)
+        finally:
+            self._redialling.discard(name)
 
     def mesh_changed(self, name: str = "", reason: str = "") -> None:
         """Something the mesh depends on changed (a connection was lost):

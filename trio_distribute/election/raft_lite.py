@@ -173,10 +173,10 @@ class Election:
     #: once per wake-up, not once per change (a join storm brings many, and
     #: each look costs the whole member table).
     _dirty: bool = False
-    #: When the driver will next wake on its own (``-inf`` while it runs):
-    #: a handler that leaves the core's deadline later than this need not
-    #: wake it (a follower's heartbeat only pushes its timer back).
-    _sleeping_until: float = -math.inf
+    #: The driver's sleep until the core's next deadline (None while it
+    #: runs): a handler moves its deadline instead of waking it (a
+    #: follower's heartbeat only pushes its election timer back).
+    _sleep: anyio.CancelScope | None = None
     _seen: set[str] = attrs.field(factory=set)
     _removed: set[str] = attrs.field(factory=set)
     _log_limiter: LogLimiter = attrs.field(factory=lambda: LogLimiter(logger))
@@ -368,9 +368,10 @@ class Election:
         # needs it sooner than it planned (the usual heartbeat only pushes
         # the election timer back).
         self._flush()
-        deadline = core.next_deadline()
-        if deadline is not None and deadline < self._sleeping_until:
-            self._wakeup.set()
+        sleep = self._sleep
+        if sleep is not None:
+            deadline = core.next_deadline()
+            sleep.deadline = math.inf if deadline is None else deadline
 
     async def _drive(self) -> None:
         core = self.core
@@ -378,14 +379,12 @@ class Election:
             self._catch_up()
             self._flush()
             deadline = core.next_deadline()
-            wait = math.inf if deadline is None else deadline - anyio.current_time()
-            if wait > 0:
-                self._sleeping_until = math.inf if deadline is None else deadline
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as sleep:
+                self._sleep = sleep
                 try:
-                    with anyio.move_on_after(wait):
-                        await self._wakeup.wait()
+                    await self._wakeup.wait()
                 finally:
-                    self._sleeping_until = -math.inf
+                    self._sleep = None
             self._wakeup = anyio.Event()
             self._catch_up()
             core.tick(anyio.current_time())
@@ -406,9 +405,11 @@ class Election:
                     )
                 else:
                     # Membership redials a live member it is not connected
-                    # to (connect_all); until then the message is lost, as
-                    # on a lossy network, and raft's timers cope.
+                    # to (connect_all), or connects now on demand (without
+                    # it); until then the message is lost, as on a lossy
+                    # network, and raft's timers cope.
                     transport.count_drop("election_not_connected")
+                    self.membership.connect_on_demand(action.to)
         for change in core.take_events():
             logger.info("%s: leader is %s in term %d", transport.name, change.leader, change.term)
             event = LeaderChanged(change.term, change.leader)
