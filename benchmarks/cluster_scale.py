@@ -131,7 +131,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
     started_at: dict[int, float] = {}
     steps = [0]
 
-    class StepCounter(trio.abc.Instrument):  # type: ignore[misc]
+    class StepCounter(trio.abc.Instrument):
         def before_task_step(self, task: Any) -> None:
             steps[0] += 1
 
@@ -202,6 +202,12 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
             "steps": steps[0],
         }
 
+    # Stretch the cookie (scrypt, about a second of CPU, once per process)
+    # before the start: ten processes sharing two cores would otherwise
+    # spend the first seconds on it, where real hosts each have their own.
+    from trio_distribute._cookie import cookie_keys
+
+    cookie_keys(COOKIE.encode())
     result: dict[str, Any] = {}
     # Imports are done: how late this child is for the common start (a
     # late child would make convergence look slower than it is).
@@ -244,7 +250,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(spec["profile"])
-            per_node = []
+            per_node: list[dict[str, Any]] = []
             for index in indexes:
                 node = nodes.get(index)
                 if node is None:
@@ -297,7 +303,7 @@ def _free_port(hosts: list[str]) -> int:
     for _ in range(200):
         with socket.socket() as probe:
             probe.bind((hosts[0], 0))
-            port = probe.getsockname()[1]
+            port = int(probe.getsockname()[1])
         try:
             with contextlib.ExitStack() as stack:
                 for host in hosts:
