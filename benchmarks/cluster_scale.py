@@ -225,10 +225,16 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
                 profiler.enable()
             # Convergence: polled finely until every node of ours converged.
             window_start = go_at + warmup
+            settled_at = None
             while time.time() < window_start:
                 now = time.time()
                 for index, node in list(nodes.items()):
                     check(index, node, now)
+                if spec["settle"] and settled_at is None and len(converged) == len(indexes):
+                    # --settle: the window starts 5 s after this child's
+                    # nodes all converged (at most --warmup after the start).
+                    settled_at = now
+                    window_start = min(window_start, now + 5.0)
                 await trio.sleep(0.05 if len(converged) < len(indexes) else 0.5)
             if profiler is not None:
                 profiler.disable()
@@ -342,6 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "connect_all": args.connect_all,
                 "timers": args.timers,
                 "seeds": args.seeds,
+                "settle": args.settle,
                 "election": args.election,
                 "profile_phase": args.profile_phase,
                 "count_steps": args.count_steps,
@@ -527,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="")
     parser.add_argument("--td-path", default="", help="directory holding trio_distribute")
     parser.add_argument("--profile-child", type=int, default=-1)
+    parser.add_argument(
+        "--settle",
+        action="store_true",
+        help="start each child's window 5 s after its nodes converged (--warmup is the cap)",
+    )
     parser.add_argument("--profile-phase", choices=["warmup", "steady"], default="steady")
     parser.add_argument("--count-steps", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "cluster_scale.json")

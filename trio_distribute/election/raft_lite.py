@@ -47,6 +47,7 @@ from .._events import Subscribers
 from .._proto.kinds import Kind
 from .._proto.raft import (
     ElectionCore,
+    HeartbeatAck,
     Persist,
     RaftDecodeError,
     Send,
@@ -369,7 +370,10 @@ class Election:
         # the election timer back).
         self._flush()
         sleep = self._sleep
-        if sleep is not None:
+        if sleep is not None and not (type(message) is HeartbeatAck and core.is_leader):
+            # An ack that leaves us leader only moves the lease expiry later
+            # (a wake at the old deadline is harmless), and the leader's
+            # deadline costs a sort of the voters: not once per ack.
             deadline = core.next_deadline()
             sleep.deadline = math.inf if deadline is None else deadline
 
