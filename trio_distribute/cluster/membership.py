@@ -4,8 +4,11 @@ The protocol lives in :mod:`trio_distribute._proto.swim`; this module feeds
 it datagrams (UDP on the node's port, authenticated by
 :mod:`~trio_distribute.cluster.gossip`), stream messages (frames on the
 node's TCP connections: push-pull anti-entropy and the fallback probe) and
-the time, and carries out what it asks for. One task owns the core's
-timers and every send, so the core is never driven from two tasks at once.
+the time, and carries out what it asks for. One task runs the core's
+timers; the task that receives datagrams answers them itself (a datagram
+costs one task wake-up, not two). The core is plain synchronous code, so
+no two calls into it interleave, and one flag lets a single task send at a
+time.
 
 How membership meets the rest of the node:
 
@@ -35,6 +38,7 @@ import json
 import logging
 import math
 import random
+import zlib
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -48,7 +52,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._addresses import split_address
 from .._events import Subscribers
 from .._network import DatagramEndpoint
-from .._node_events import MembersChanged, NodeEventBus, PeerAddress
+from .._node_events import MembersChanged, NodeEventBus, PeerAddress, PeerDown
 from .._proto.kinds import Kind
 from .._proto.swim import (
     DEFAULT_DATAGRAM_BUDGET,
@@ -179,6 +183,19 @@ def save_snapshot(path: Path, members: dict[str, str]) -> None:
     write_atomic(path, json.dumps({"members": members}, sort_keys=True).encode())
 
 
+def dials_first(own: str, other: str) -> bool:
+    """Of the nodes ``own`` and ``other``, is ``own`` the one that dials when
+    the full mesh needs a connection between them? Exactly one of the two
+    does (both compute the same answer); the other dials only if no
+    connection came after ``handshake_timeout``. Two nodes that meet then
+    make one handshake instead of two crossing ones, and in a join storm
+    each node dials about half of the others (the choice is a hash of the
+    two names, not their order, which would leave one node all the work)."""
+    low, high = (own, other) if own < other else (other, own)
+    flip = zlib.crc32(f"{low}\0{high}".encode()) & 1
+    return own == (low if flip else high)
+
+
 @attrs.define(eq=False, kw_only=True)
 class Membership:
     """A node's SWIM membership: ``node.membership``."""
@@ -206,6 +223,12 @@ class Membership:
     _streams_in_flight: int = 0
     _names_by_address: dict[str, str] = attrs.field(factory=dict)
     _stopped: bool = False
+    #: The driver's sleep while it waits for the core's next deadline (None
+    #: while it runs), and whether a flush is under way: the receiver
+    #: answers a datagram itself and moves that sleep's deadline to the
+    #: core's new one, so the driver wakes only when a timer is due.
+    _sleep: anyio.CancelScope | None = None
+    _sending: bool = False
     #: Where the addresses of known members are kept (``state_dir``), so a
     #: restarted node rejoins its cluster without being given seeds.
     snapshot: Path | None = None
@@ -213,6 +236,11 @@ class Membership:
     #: members we are not connected to (``connect_all``).
     _redial: dict[str, tuple[float, float]] = attrs.field(factory=dict)
     _redialling: set[str] = attrs.field(factory=set)
+    #: ``{name: address}`` of live (alive or suspect) members other than
+    #: this node, kept from membership events: the mesh scans it without
+    #: building a snapshot of every member.
+    _live_members: dict[str, str] = attrs.field(factory=dict)
+    _mesh_wakeup: anyio.Event = attrs.field(factory=anyio.Event)
     # From the network: unpredictable on a real one, seeded on a simulated one.
     _rng: random.Random = attrs.field(
         default=attrs.Factory(lambda self: self.transport.network.random(), takes_self=True)
@@ -225,6 +253,7 @@ class Membership:
 
     def __attrs_post_init__(self) -> None:
         self.events.subscribe(PeerAddress, self._peer_address)
+        self.events.subscribe(PeerDown, self.mesh_changed)
 
     def __repr__(self) -> str:
         if not self.enabled:
@@ -399,6 +428,7 @@ class Membership:
         self.remembered.pop(name, None)
         self.transport.forget(name)
         self._redial.pop(name, None)
+        self._live_members.pop(name, None)
         self.events.publish(MembersChanged(None))
         if self.snapshot is not None:
             self._save_snapshot()
@@ -440,15 +470,16 @@ class Membership:
         self._wakeup.set()
 
     async def _drive(self) -> None:
-        """Run the core's timers and carry out its actions (the only task
-        that sends, so sends never race)."""
+        """Run the core's timers and carry out their actions."""
         core = self.core
         while True:
             deadline = core.next_deadline()
-            wait = math.inf if deadline is None else deadline - anyio.current_time()
-            if wait > 0:
-                with anyio.move_on_after(wait):
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as sleep:
+                self._sleep = sleep
+                try:
                     await self._wakeup.wait()
+                finally:
+                    self._sleep = None
             self._wakeup = anyio.Event()
             core.tick(anyio.current_time())
             await self._flush()
@@ -456,9 +487,42 @@ class Membership:
                 return
 
     async def _flush(self) -> None:
+        """Carry out what the core queued. Two tasks call this (the driver
+        and the receiver); only one sends at a time, and it goes on until
+        the core has nothing queued, so what the other queued meanwhile is
+        sent too."""
+        if self._sending:
+            return
+        self._sending = True
+        try:
+            while await self._flush_actions():
+                pass
+        finally:
+            self._sending = False
+
+    async def _answer(self) -> None:
+        """After a datagram: send what the core queued from the receiving
+        task, and move the driver's sleep to the core's next deadline
+        (earlier or later: an ack cancels the probe's timeout). A datagram
+        then costs one task wake-up instead of two, and the driver wakes
+        only when a timer is due."""
+        await self._flush()
+        sleep = self._sleep
+        if self._stopped:
+            self._wake()
+        elif sleep is not None:
+            deadline = self.core.next_deadline()
+            sleep.deadline = math.inf if deadline is None else deadline
+
+    async def _flush_actions(self) -> bool:
+        """One batch of actions and events; False if there was none."""
         core = self.core
         assert self._socket is not None and self._sealer is not None
-        for action in core.take_actions():
+        actions = core.take_actions()
+        events = core.take_events()
+        if not actions and not events:
+            return False
+        for action in actions:
             if isinstance(action, SendDatagram):
                 if self.transport.is_blocked(self._names_by_address.get(action.address, "")):
                     continue
@@ -467,7 +531,7 @@ class Membership:
                     await self._socket.sendto(self._sealer.seal(action.payload), host, port)
                 except anyio.ClosedResourceError:
                     self._stopped = True  # the node is stopping: the receiver closed the socket
-                    return
+                    return False
                 except (OSError, anyio.BrokenResourceError, ValueError) as exc:
                     # EPERM (a firewall's output rule), ENETUNREACH, ENOBUFS...
                     # (anyio wraps them as BrokenResourceError on trio): the
@@ -487,8 +551,9 @@ class Membership:
                 self._streams_in_flight += 1
                 assert self._task_group is not None
                 self._task_group.start_soon(self._send_stream, action)
-        for change in core.take_events():
+        for change in events:
             self._publish(change)
+        return True
 
     async def _receive_datagrams(self) -> None:
         assert self._socket is not None and self._sealer is not None
@@ -534,7 +599,7 @@ class Membership:
                     "datagram_malformed", "malformed membership datagram from %s: %s", source, exc
                 )
                 continue
-            self._wake()
+            await self._answer()
 
     # --------------------------------------------------------------- streams
 
@@ -622,6 +687,11 @@ class Membership:
         member = change.member
         if member.name != self.transport.name:
             self._names_by_address[member.address] = member.name
+            if member.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
+                self._live_members[member.name] = member.address
+            else:
+                self._live_members.pop(member.name, None)
+            self._mesh_wakeup.set()
         if self.snapshot is not None and change.previous is not change.member.status:
             try:
                 self._save_snapshot()
@@ -659,7 +729,16 @@ class Membership:
             and not transport.is_connected(event.name)
             and not transport.is_blocked(event.name)
         ):
-            self._task_group.start_soon(self._connect_member, event.name, event.address)
+            if self.dials_first(event.name):
+                self._task_group.start_soon(self._connect_member, event.name, event.address)
+            elif event.name not in self._redial:
+                # The other side dials; dial only if no connection came.
+                wait = self.transport.config.handshake_timeout
+                wait += self._jitter(self.config.redial_min_interval)
+                self._redial[event.name] = (
+                    anyio.current_time() + wait,
+                    self.config.redial_min_interval,
+                )
 
     async def _connect_member(self, name: str, address: str) -> None:
         with contextlib.suppress(ConnectError, TimeoutError, ValueError):
@@ -669,13 +748,46 @@ class Membership:
 
     # ------------------------------------------------------------ full mesh
 
-    def _wants_connection(self, member: Member) -> bool:
+    def dials_first(self, name: str) -> bool:
+        """Whether this node, not ``name``, dials when the mesh needs a
+        connection between them (see :func:`dials_first`)."""
+        return dials_first(self.transport.name, name)
+
+    def connect_on_demand(self, name: str) -> None:
+        """Start connecting to the live member ``name`` in the background if
+        this node is not connected to it (without ``connect_all`` the
+        election reaches its voters this way). One attempt at a time per
+        member; a member the user disconnected or blocked is left alone."""
         transport = self.transport
-        name = member.name
+        address = self._live_members.get(name)
+        if (
+            address is None
+            or self._task_group is None
+            or name in self._redialling
+            or transport.is_connected(name)
+            or transport.is_blocked(name)
+            or transport.was_disconnected(name)
+            or transport.stopping
+        ):
+            return
+        self._redialling.add(name)
+        self._task_group.start_soon(self._dial_on_demand, name, address)
+
+    async def _dial_on_demand(self, name: str, address: str) -> None:
+        try:
+            await self._connect_member(name, address)
+        finally:
+            self._redialling.discard(name)
+
+    def mesh_changed(self, event: PeerDown | None = None) -> None:
+        """Something the mesh depends on changed (a connection was lost):
+        look again now rather than at the next periodic check."""
+        self._mesh_wakeup.set()
+
+    def _wants_connection(self, name: str) -> bool:
+        transport = self.transport
         return (
-            name != transport.name
-            and member.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)
-            and not transport.is_connected(name)
+            not transport.is_connected(name)
             and not transport.is_blocked(name)
             and not transport.was_disconnected(name)
             and not transport.stopping
@@ -686,28 +798,41 @@ class Membership:
         """Redial every live member we are not connected to (``connect_all``).
 
         The first attempt after a connection is lost waits
-        ``redial_min_interval``; each failure doubles the wait up to
-        ``redial_max_interval``; a random 0-25 % is added so that the nodes
-        of a healed partition do not all dial at the same instant. It polls
-        at the shortest interval: node-down has no event here, and a scan of
-        the member table is cheap.
+        ``redial_min_interval`` (after a member comes up, the side that does
+        not dial first, see :meth:`dials_first`, waits ``handshake_timeout``
+        more); each failure doubles the wait up to ``redial_max_interval``; a
+        random 0-25 % is added so that the nodes of a healed partition do
+        not all dial at the same instant. It wakes when a membership event
+        or a lost connection says the mesh may need work, when a redial is
+        due, and otherwise every ``redial_max_interval`` (a block lifted,
+        say, has no event): an idle node in a complete mesh does not poll.
         """
         config = self.config
         while not self._stopped:
+            self._mesh_wakeup = anyio.Event()
             now = anyio.current_time()
-            wanted = {m.name: m for m in self.core.members() if self._wants_connection(m)}
+            wanted = {
+                name: address
+                for name, address in self._live_members.items()
+                if self._wants_connection(name)
+            }
             for name in list(self._redial):
                 if name not in wanted:
                     del self._redial[name]  # connected, dead, left or disconnected
             assert self._task_group is not None
-            for name, member in wanted.items():
+            next_due = now + config.redial_max_interval
+            for name, address in wanted.items():
                 due, backoff = self._redial.get(name, (None, config.redial_min_interval))
                 if due is None:
-                    self._redial[name] = (now + self._jitter(backoff), backoff)
+                    due = now + self._jitter(backoff)
+                    self._redial[name] = (due, backoff)
                 elif now >= due and name not in self._redialling:
                     self._redialling.add(name)
-                    self._task_group.start_soon(self._redial_member, name, member.address)
-            await anyio.sleep(config.redial_min_interval)
+                    self._task_group.start_soon(self._redial_member, name, address)
+                if name not in self._redialling:
+                    next_due = min(next_due, due)
+            with anyio.move_on_after(max(next_due - now, 0.0)):
+                await self._mesh_wakeup.wait()
 
     def _jitter(self, delay: float) -> float:
         return delay * (1 + 0.25 * self._rng.random())
@@ -717,6 +842,7 @@ class Membership:
             await self._connect_member(name, address)
         finally:
             self._redialling.discard(name)
+            self._mesh_wakeup.set()
         if self.transport.is_connected(name):
             self._redial.pop(name, None)
             return

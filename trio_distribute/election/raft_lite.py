@@ -47,6 +47,7 @@ from .._node_events import MembersChanged, NodeEventBus
 from .._proto.kinds import Kind
 from .._proto.raft import (
     ElectionCore,
+    HeartbeatAck,
     Persist,
     RaftDecodeError,
     Send,
@@ -161,6 +162,14 @@ class Election:
     _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
     _changed: anyio.Event = attrs.field(factory=anyio.Event)
     _joining: bool = False
+    #: Membership changed since the core last heard: the driver tells it
+    #: once per wake-up, not once per change (a join storm brings many, and
+    #: each look costs the whole member table).
+    _dirty: bool = False
+    #: The driver's sleep until the core's next deadline (None while it
+    #: runs): a handler moves its deadline instead of waking it (a
+    #: follower's heartbeat only pushes its election timer back).
+    _sleep: anyio.CancelScope | None = None
     _seen: set[str] = attrs.field(factory=set)
     _removed: set[str] = attrs.field(factory=set)
     _log_limiter: LogLimiter = attrs.field(factory=lambda: LogLimiter(logger))
@@ -315,12 +324,19 @@ class Election:
     def _membership_changed(self, event: MembersChanged) -> None:
         if self._core is None:
             return
+        self._dirty = True
+        self._wakeup.set()
+
+    def _catch_up(self) -> None:
+        """Tell the core what membership knows now (if it changed)."""
+        if not self._dirty:
+            return
+        self._dirty = False
         removed_before = set(self._removed)
         self._observe()
         now = anyio.current_time()
         for name in self._removed - removed_before:
-            self._core.request_removal(now, name)
-        self._wakeup.set()
+            self.core.request_removal(now, name)
 
     def _ignore_message(self, conn: Connection, item: list[Any]) -> None:
         self.transport.count_drop("election_disabled")
@@ -337,19 +353,36 @@ class Election:
                 "election_malformed", "malformed election message from %s: %s", conn.peer, exc
             )
             return
-        self.core.receive(anyio.current_time(), conn.peer, message)
-        self._wakeup.set()
+        core = self.core
+        self._catch_up()
+        core.receive(anyio.current_time(), conn.peer, message)
+        # Answer here rather than in the driver: a heartbeat and its ack
+        # cost no task switch, and the driver wakes only if the core now
+        # needs it sooner than it planned (the usual heartbeat only pushes
+        # the election timer back).
+        self._flush()
+        sleep = self._sleep
+        if sleep is not None and not (type(message) is HeartbeatAck and core.is_leader):
+            # An ack that leaves us leader only moves the lease expiry later
+            # (a wake at the old deadline is harmless), and the leader's
+            # deadline costs a sort of the voters: not once per ack.
+            deadline = core.next_deadline()
+            sleep.deadline = math.inf if deadline is None else deadline
 
     async def _drive(self) -> None:
         core = self.core
         while True:
+            self._catch_up()
             self._flush()
             deadline = core.next_deadline()
-            wait = math.inf if deadline is None else deadline - anyio.current_time()
-            if wait > 0:
-                with anyio.move_on_after(wait):
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as sleep:
+                self._sleep = sleep
+                try:
                     await self._wakeup.wait()
+                finally:
+                    self._sleep = None
             self._wakeup = anyio.Event()
+            self._catch_up()
             core.tick(anyio.current_time())
 
     def _flush(self) -> None:
@@ -368,9 +401,11 @@ class Election:
                     )
                 else:
                     # Membership redials a live member it is not connected
-                    # to (connect_all); until then the message is lost, as
-                    # on a lossy network, and raft's timers cope.
+                    # to (connect_all), or connects now on demand (without
+                    # it); until then the message is lost, as on a lossy
+                    # network, and raft's timers cope.
                     transport.count_drop("election_not_connected")
+                    self.membership.connect_on_demand(action.to)
         for change in core.take_events():
             logger.info("%s: leader is %s in term %d", transport.name, change.leader, change.term)
             event = LeaderChanged(change.term, change.leader)
