@@ -798,7 +798,7 @@ def virtual_time(
     On ``"trio"`` (the default): trio with a ``MockClock`` that jumps to the
     next timer as soon as every task waits (after ``autojump_threshold``
     seconds of real time). On ``"asyncio"``: an asyncio event loop whose
-    clock does the same (:class:`VirtualTimeEventLoop`; it always jumps at
+    clock does the same (:class:`~trio_distribute.testing.VirtualTimeEventLoop`; it always jumps at
     once). In a test module or ``conftest.py``::
 
         @pytest.fixture
