@@ -37,7 +37,7 @@ __all__ = ["Mailbox", "MailboxSettings"]
 _current_id = correlation_id.get
 
 
-def _received(message: Any) -> Any:
+def unwrap_received(message: Any) -> Any:
     """Unwrap a traced message, making its correlation id current; any
     other message clears the current id (as Erlang's ``seq_trace`` does),
     so a server loop never logs one request under another's id."""
@@ -59,7 +59,7 @@ def _inner(message: Any) -> Any:
 #: messages the connection reader delivers per turn (two socket reads of
 #: 64 KiB of small frames, ~3,600), so a process keeps up with the reader
 #: that fills its mailbox.
-_YIELD_EVERY = 4096
+TAKE_YIELD_EVERY = 4096
 
 
 class MailboxSettings:
@@ -226,10 +226,10 @@ class Mailbox:
             self._bytes -= queue.popleft()
             if not queue:
                 self._queue = None
-            return _received(message)
+            return unwrap_received(message)
         for index in range(len(queue) >> 1):
             if match(_inner(queue[index << 1])):
-                return _received(self._remove(index))
+                return unwrap_received(self._remove(index))
         raise anyio.WouldBlock
 
     async def take(self, match: Callable[[Any], bool] | None = None) -> Any:
@@ -241,7 +241,7 @@ class Mailbox:
         """
         settings = self._settings
         self._since_yield += 1
-        if self._since_yield >= _YIELD_EVERY:
+        if self._since_yield >= TAKE_YIELD_EVERY:
             self._since_yield = 0
             await settings.checkpoint()
         else:
@@ -256,12 +256,12 @@ class Mailbox:
                     if not queue:
                         self._queue = None
                     if type(message) is Traced or _current_id() is not None:
-                        return _received(message)
+                        return unwrap_received(message)
                     return message
                 # Only messages that arrived since the last scan can match.
                 for index in range(scanned, len(queue) >> 1):
                     if match(_inner(queue[index << 1])):
-                        return _received(self._remove(index))
+                        return unwrap_received(self._remove(index))
                 scanned = len(queue) >> 1
             if settings.on_trio:
                 await settings.wait_task_rescheduled(self.park_task())

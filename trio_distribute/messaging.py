@@ -29,8 +29,8 @@ from ._calls import Calls
 from ._correlation import Traced, correlation_id
 from ._ids import Pid, Ref, check_label
 from ._links import Links
-from ._mailbox import _YIELD_EVERY as _TAKE_YIELD_EVERY
-from ._mailbox import Mailbox, MailboxSettings, _received
+from ._mailbox import TAKE_YIELD_EVERY as _TAKE_YIELD_EVERY
+from ._mailbox import Mailbox, MailboxSettings, unwrap_received
 from ._monitors import Monitors
 from ._node_events import NodeEventBus, ProcessExited
 from ._proto.kinds import Kind
@@ -327,7 +327,7 @@ class Process:
                 if not queue:
                     mailbox._queue = None
                 if type(message) is Traced or _current_id() is not None:
-                    return _received(message)
+                    return unwrap_received(message)
                 return message
             if mailbox._settings.on_trio:
                 await mailbox._settings.wait_task_rescheduled(mailbox.park_task())
