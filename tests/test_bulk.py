@@ -39,7 +39,11 @@ async def test_big_messages_arrive_whole_and_in_order_between_small_ones() -> No
                 await a.send(("sink", b.name), message)
             received = [await sink.receive(timeout=30) for _ in sent]
     assert received == sent
-    assert not a.statistics().drops and not b.statistics().drops
+    # No message was dropped. (A mesh dial that crossed the cluster's own
+    # connect may be abandoned before its hello, which the other side counts
+    # as handshake_failed: that is about connecting, not about this data.)
+    for node in (a, b):
+        assert set(node.statistics().drops) <= {"handshake_failed"}, node.statistics().drops
 
 
 async def test_a_big_bytes_message_is_sent_without_encoding_the_payload(
