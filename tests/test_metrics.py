@@ -53,6 +53,7 @@ def sample(body: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels} in:\n{body}")
 
 
+@pytest.mark.real_network  # an HTTP scrape over real loopback TCP
 async def test_metrics_endpoint_shows_every_family() -> None:
     config = td.NodeConfig.local(election=ElectionConfig.local(bootstrap_expect=2))
     with anyio.fail_after(30):
@@ -98,6 +99,7 @@ async def test_metrics_endpoint_shows_every_family() -> None:
                 tg.cancel_scope.cancel()
 
 
+@pytest.mark.real_network  # an HTTP scrape over real loopback TCP
 async def test_the_metrics_sink_is_removed_on_close() -> None:
     async with open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:
         metrics = NodeMetrics(a)
@@ -117,6 +119,7 @@ def test_the_core_does_not_import_prometheus_client() -> None:
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.real_network  # an HTTP scrape over real loopback TCP
 async def test_an_oversized_request_is_closed_unanswered() -> None:
     assert metrics.MAX_REQUEST_BYTES == 8192 and metrics.REQUEST_TIMEOUT == 5.0
     async with open_node("a@127.0.0.1", cookie=COOKIE, config=td.NodeConfig.local()) as a:

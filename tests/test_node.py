@@ -115,6 +115,7 @@ async def test_wrong_cookie_is_rejected_on_both_sides() -> None:
                         events.receive_nowait()
 
 
+@pytest.mark.real_network  # dials a closed port on real loopback
 async def test_connect_errors_are_typed() -> None:
     with anyio.fail_after(10):
         async with started("a") as (a,):
