@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 import cbor2
 import pytest
+from codec_helpers import DictSubclass, ListSubclass, nest
 from hash_collisions import colliding_floats, colliding_int_pairs, colliding_ints
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -1301,29 +1302,14 @@ def test_threads_decoding_messages() -> None:
 # ---------------------------------------------------------------------------
 
 
-class _Dict(dict[Any, Any]):
-    pass
-
-
-class _List(list[Any]):
-    pass
-
-
-def _nest(depth: int, make: Callable[[Any], Any], leaf: object = 1) -> Any:
-    value: Any = leaf
-    for _ in range(depth):
-        value = make(value)
-    return value
-
-
 def test_default_max_depth_is_64() -> None:
     assert DEFAULT_MAX_DEPTH == 64
-    ok = encode(_nest(64, lambda v: [v]))
-    assert decode(ok) == _nest(64, lambda v: [v])
+    ok = encode(nest(64, lambda v: [v]))
+    assert decode(ok) == nest(64, lambda v: [v])
     with pytest.raises(DecodeError, match="max_depth=64"):
         decode(b"\x81" + ok)
     with pytest.raises(EncodeError, match="deeper than 64"):
-        encode(_nest(65, lambda v: [v]))
+        encode(nest(65, lambda v: [v]))
 
 
 @pytest.mark.parametrize(
@@ -1332,8 +1318,8 @@ def test_default_max_depth_is_64() -> None:
         lambda v: {"k": v},
         lambda v: [v],
         lambda v: (v,),
-        lambda v: _Dict(k=v),
-        lambda v: _List([v]),
+        lambda v: DictSubclass(k=v),
+        lambda v: ListSubclass([v]),
         lambda v: collections.OrderedDict(k=v),
         lambda v: {1: v},
     ],
@@ -1343,19 +1329,21 @@ def test_encode_depth_limit_is_exact_for_every_container(make: Callable[[Any], A
     # A keyed map costs two levels (tag and array), everything else one.
     cost = 2 if isinstance(make(1), dict) and 1 in make(1) else 1
     levels = 64 // cost
-    decode(encode(_nest(levels, make)))
+    decode(encode(nest(levels, make)))
     with pytest.raises(EncodeError, match="deeper than"):
-        encode(_nest(levels + 1, make))
+        encode(nest(levels + 1, make))
 
 
 def test_pid_and_message_depth_costs_are_exact() -> None:
     pid = Pid("a@h", 1, 1)
-    decode(encode(_nest(62, lambda v: [v], pid)))
+    decode(encode(nest(62, lambda v: [v], pid)))
     with pytest.raises(EncodeError, match="deeper than"):
-        encode(_nest(63, lambda v: [v], pid))
+        encode(nest(63, lambda v: [v], pid))
 
 
-@pytest.mark.parametrize("make", [lambda v: _Dict(k=v), lambda v: _List([v])], ids=["dict", "list"])
+@pytest.mark.parametrize(
+    "make", [lambda v: DictSubclass(k=v), lambda v: ListSubclass([v])], ids=["dict", "list"]
+)
 def test_subclass_contents_are_checked(make: Callable[[Any], Any]) -> None:
     # A dict or list subclass travels as its base type, and what it holds
     # is checked like anything else: int range, types.

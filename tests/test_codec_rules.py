@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import cbor2
 import pytest
+from codec_helpers import DictSubclass, ListSubclass, nest
 
 from trio_distribute import Pid, Ref, codec
 from trio_distribute.errors import DecodeError, EncodeError
@@ -46,29 +47,14 @@ def test_message_version_zero_is_allowed_negative_is_not() -> None:
             codec.message("rules.version-negative", version=version, accepts=accepts)
 
 
-class _Dict(dict[Any, Any]):
-    pass
-
-
-class _List(list[Any]):
-    pass
-
-
-def _nest(depth: int, make: Callable[[Any], Any], leaf: object = 1) -> Any:
-    value: Any = leaf
-    for _ in range(depth):
-        value = make(value)
-    return value
-
-
 @pytest.mark.parametrize(
     "make",
     [
         lambda v: {"k": v},
         lambda v: [v],
         lambda v: (v,),
-        lambda v: _Dict(k=v),
-        lambda v: _List([v]),
+        lambda v: DictSubclass(k=v),
+        lambda v: ListSubclass([v]),
         lambda v: {_Str("k"): v},
     ],
     ids=["dict", "list", "tuple", "dict-subclass", "list-subclass", "str-subclass-key"],
@@ -78,10 +64,10 @@ def test_encode_depth_limit_is_exact_on_the_rewrite_path(make: Callable[[Any], A
     # rewriting path, which must count depth exactly like the fast one:
     # the outer list is one level, so 63 more fit and 64 do not.
     for leaf in (1, "text", None):
-        value = [{1: 1}, _nest(63, make, leaf)]
-        assert codec.decode(codec.encode(value)) == [{1: 1}, _nest(63, _plain(make), leaf)]
+        value = [{1: 1}, nest(63, make, leaf)]
+        assert codec.decode(codec.encode(value)) == [{1: 1}, nest(63, _plain(make), leaf)]
         with pytest.raises(EncodeError, match="deeper than"):
-            codec.encode([{1: 1}, _nest(64, make, leaf)])
+            codec.encode([{1: 1}, nest(64, make, leaf)])
 
 
 class _Str(str):
