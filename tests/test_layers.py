@@ -538,3 +538,78 @@ def test_the_node_is_built_without_wiring_services_together_afterwards() -> None
 def test_wiring_rule_sees_assignments() -> None:
     source = "def _build_node():\n    a = A()\n    a.b = B()\n"
     assert wiring_after_construction(source, "_build_node") == [3]
+
+
+# -- rule 4: the transport's two halves ----------------------------------------
+
+ENGINE = f"{PACKAGE}._connection"
+#: The connection engine (framing, the write and read loops, ticks,
+#: backpressure, the bulk path) runs a connection once it exists; making
+#: one (dialling, accepting, TLS, the handshake, tie-breaks, the address
+#: book) is the transport's, and the engine knows none of it.
+ENGINE_MUST_NOT_IMPORT = frozenset(
+    {
+        f"{PACKAGE}.transport",
+        f"{PACKAGE}._tls",
+        f"{PACKAGE}._network",
+        f"{PACKAGE}._addresses",
+        f"{PACKAGE}._proto.handshake",
+        f"{PACKAGE}.node",
+    }
+)
+
+
+def engine_violations(found: list[Import]) -> list[str]:
+    """Imports of the policy side by the connection engine, at any level
+    (``TYPE_CHECKING`` and function-level imports count: a type is a
+    dependency too)."""
+    return [
+        f"{imp.module}:{imp.line} imports {imp.target}"
+        for imp in found
+        if imp.module == ENGINE and imp.target in ENGINE_MUST_NOT_IMPORT
+    ]
+
+
+def test_the_connection_engine_does_not_import_the_dial_and_accept_side() -> None:
+    assert engine_violations(all_imports()) == []
+
+
+def test_engine_rule_catches_an_import_of_the_transport() -> None:
+    transport = f"{PACKAGE}.transport"
+    assert engine_violations([Import(ENGINE, transport, ("Transport",), False, 9)]) == [
+        f"{ENGINE}:9 imports {transport}"
+    ]
+    assert engine_violations([Import(ENGINE, f"{PACKAGE}._proto.handshake", ("",), True, 2)])
+    ok = [
+        Import(ENGINE, f"{PACKAGE}._proto.frames", ("FrameDecoder",), True, 1),
+        Import(f"{PACKAGE}.transport", ENGINE, ("Connection",), True, 1),
+    ]
+    assert engine_violations(ok) == []
+
+
+def connections_built(source: str, module: str) -> set[tuple[str, int]]:
+    """Every call of ``Connection(...)`` (or ``x.Connection(...)``) in ``source``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if name == "Connection":
+                found.add((module, node.lineno))
+    return found
+
+
+def test_only_the_transport_builds_connections() -> None:
+    # A connection exists only once the transport's handshake and
+    # tie-break let it: nothing else may make one.
+    built: set[tuple[str, int]] = set()
+    for module, path in modules().items():
+        built |= connections_built(path.read_text(), module)
+    assert built, "the transport builds its connections somewhere"
+    assert {module for module, _ in built} == {f"{PACKAGE}.transport"}
+
+
+def test_connection_rule_sees_constructions() -> None:
+    source = "def f(t):\n    a = Connection(peer='x')\n    return _connection.Connection()\n"
+    assert connections_built(source, "m") == {("m", 2), ("m", 3)}
+    assert connections_built("def f(conn):\n    return conn.connection('x')\n", "m") == set()

@@ -28,22 +28,20 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import attrs
 
-from ._proto.frames import HEADER_SIZE, FrameDecoder
+from ._proto.frames import HEADER_SIZE, TICK, FrameDecoder
 from ._proto.kinds import Kind
 from ._ratelimit import LogLimiter
 from ._sliced_decode import SLICED_ABOVE
+from .config import NodeConfig
 from .errors import NodeDownError, ProtocolError
 from .monitor import NodeDownReason
-
-if TYPE_CHECKING:
-    from .transport import Transport
 
 __all__ = [
     "BROKEN_WRITE_GRACE",
@@ -51,6 +49,7 @@ __all__ = [
     "DIRECT_WRITE_GAP",
     "GATHER_ABOVE",
     "Connection",
+    "ConnectionOwner",
     "FrameHandler",
 ]
 
@@ -86,6 +85,47 @@ BROKEN_WRITE_GRACE = 0.5
 FrameHandler = Callable[["Connection", list[Any]], None]
 
 
+class ConnectionOwner(Protocol):
+    """What a connection needs of the transport that made it: its limits,
+    where decoded frames go, where drops are counted, the backend's socket
+    waits, and word of its end. (The transport is the one implementation;
+    the connection never sees its tables or its dial and accept policy.)"""
+
+    #: This node's name (for ``repr``).
+    name: str
+    config: NodeConfig
+    #: Log lines a remote party can trigger: at most one per cause per second.
+    log_limiter: LogLimiter
+    wait_readable: Callable[[socket.socket], Awaitable[None]]
+    wait_writable: Callable[[socket.socket], Awaitable[None]]
+    checkpoint: Callable[[], Awaitable[None]]
+
+    def count_drop(self, cause: str, detail: object = None) -> None:
+        """Count one dropped frame or connection under ``cause``."""
+        ...
+
+    def encode_frame(self, item: list[Any]) -> bytes:
+        """``item`` as one length-prefixed frame."""
+        ...
+
+    def dispatch(self, conn: Connection, payload: bytes | bytearray) -> None:
+        """Decode one frame and run its handler (in the reader task)."""
+        ...
+
+    async def dispatch_sliced(self, conn: Connection, payload: bytes | bytearray) -> None:
+        """:meth:`dispatch` for a big frame, decoded in slices that yield."""
+        ...
+
+    def frame_buffers_drawn(self, *, besides: Connection) -> int:
+        """Bytes of incomplete frames the node's other open connections
+        hold from ``max_frame_buffers``."""
+        ...
+
+    def connection_closed(self, conn: Connection, reason: str) -> None:
+        """Called once by a connection as it closes."""
+        ...
+
+
 def _advance(parts: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
     """``parts`` without their first ``sent`` bytes (no payload is copied)."""
     index = 0
@@ -108,7 +148,7 @@ class Connection:
     peer_creation: int
     initiated_by_me: bool
     version: int
-    transport: Transport
+    transport: ConnectionOwner
     stream: anyio.abc.ByteStream
     #: The raw socket when frames may be written to it synchronously (trio,
     #: plain TCP); ``None`` means every write goes through ``stream.send``.
@@ -553,6 +593,34 @@ class Connection:
             if not data:
                 raise anyio.EndOfStream
             return data
+
+    # --------------------------------------------------------------- liveness
+
+    def tick(self, interval: float) -> None:
+        """One tick interval passed (the transport's ticker calls this every
+        ``tick_timeout / 4`` seconds, Erlang's scheme): a connection that
+        received nothing for four intervals in a row is down
+        (``tick_timeout``), and one that sent nothing in this interval
+        sends a tick so that its peer does not take it for down."""
+        if self.received_since_tick:
+            self.received_since_tick = False
+            self.silent_ticks = 0
+        else:
+            self.silent_ticks += 1
+            if self.silent_ticks >= 4:
+                self.transport.log_limiter.log(
+                    logging.INFO,
+                    "tick_timeout",
+                    "%s did not answer for %.1fs",
+                    self.peer,
+                    interval * 4,
+                )
+                self.close(NodeDownReason.TICK_TIMEOUT)
+                return
+        if not self.sent_since_tick and not self.closed:
+            self.write(TICK)
+            self.frames_out -= 1  # a tick is not a frame the user sent
+        self.sent_since_tick = False
 
     # --------------------------------------------------------------- lifetime
 

@@ -26,15 +26,15 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-from anyio.streams.tls import TLSStream
 
+from . import _tls as tls
 from . import codec
 from ._addresses import parse_target
 from ._backend import running_on_trio
 from ._connection import GATHER_ABOVE, Connection, FrameHandler
 from ._network import REAL_NETWORK, NodeNetwork
 from ._node_events import NodeEventBus, PeerAddress, PeerDown, PeerUp
-from ._proto.frames import MAX_PREAUTH_FRAME, TICK, FrameDecoder, frame
+from ._proto.frames import MAX_PREAUTH_FRAME, FrameDecoder, frame
 from ._proto.handshake import (
     HandshakeCompleted,
     HandshakeEvent,
@@ -425,25 +425,7 @@ class Transport:
         while True:
             await anyio.sleep(interval)
             for conn in list(self.connections.values()):
-                if conn.received_since_tick:
-                    conn.received_since_tick = False
-                    conn.silent_ticks = 0
-                else:
-                    conn.silent_ticks += 1
-                    if conn.silent_ticks >= 4:
-                        self.log_limiter.log(
-                            logging.INFO,
-                            "tick_timeout",
-                            "%s did not answer for %.1fs",
-                            conn.peer,
-                            interval * 4,
-                        )
-                        conn.close(NodeDownReason.TICK_TIMEOUT)
-                        continue
-                if not conn.sent_since_tick and not conn.closed:
-                    conn.write(TICK)
-                    conn.frames_out -= 1  # a tick is not a frame the user sent
-                conn.sent_since_tick = False
+                conn.tick(interval)
 
     # ------------------------------------------------------------ connecting
 
@@ -528,18 +510,9 @@ class Transport:
                 host, port, local_host=self.address[0]
             )
             if self.ssl_context is not None:
-                plain = stream
-                try:
-                    stream = await TLSStream.wrap(
-                        plain,
-                        server_side=False,
-                        hostname=host,
-                        ssl_context=self.client_ssl_context or self.ssl_context,
-                        standard_compatible=False,
-                    )
-                except BaseException:
-                    await anyio.aclose_forcefully(plain)
-                    raise
+                stream = await tls.client_side(
+                    stream, hostname=host, context=self.client_ssl_context or self.ssl_context
+                )
         except (OSError, anyio.BrokenResourceError) as exc:
             self.on_event(ConnectFailed(f"{host}:{port}", str(exc)))
             raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
@@ -688,14 +661,9 @@ class Transport:
                 if self.ssl_context is not None:
                     # TLS inside the slot and the deadline: a socket that
                     # never completes TLS holds a slot like any other.
-                    stream = await TLSStream.wrap(
-                        plain,
-                        server_side=True,
-                        ssl_context=self.ssl_context,
-                        standard_compatible=False,
-                    )
+                    stream = await tls.server_side(plain, context=self.ssl_context)
                 done, _ = await self._handshake(stream, machine, None)
-        except (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+        except tls.TLS_HANDSHAKE_ERRORS as exc:
             self.count_drop("tls_handshake_failed")
             self.log_limiter.log(
                 logging.INFO, "tls_handshake_failed", "an incoming TLS handshake failed: %r", exc
