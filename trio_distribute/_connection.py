@@ -1,10 +1,12 @@
 """The connection engine: one authenticated stream to a peer, framed.
 
 A :class:`Connection` writes frames through a coalescing writer, reads
-frames in bulk and hands each one to its transport's dispatch, and keeps
-the counters the transport's ticker uses to notice a silent peer. Dialling,
-accepting, the handshake and which connection to keep are the transport's
-(:mod:`trio_distribute.transport`); a connection only runs once it exists.
+frames in bulk and hands each one to its transport's dispatch, and at each
+beat of the transport's ticker (:meth:`Connection.tick`) sends a tick or
+gives up on a silent peer. Dialling, accepting, TLS, the handshake and
+which connection to keep are the transport's
+(:mod:`trio_distribute.transport`); a connection only runs once it exists,
+and sees the transport only as a :class:`ConnectionOwner`.
 
 The write path is where throughput is won (DESIGN 3a). A frame is written
 straight to the socket, synchronously, when nothing else is queued: no task
