@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 
 from trio_distribute import codec
+from trio_distribute._network import NodeNetwork
 from trio_distribute._proto.frames import FrameDecoder, frame
 from trio_distribute._proto.handshake import HandshakeCompleted, HandshakeMachine, Role
 from trio_distribute.transport import PROTOCOL_VERSIONS
@@ -26,7 +27,7 @@ class HostilePeer:
     """An authenticated raw connection to one node."""
 
     def __init__(
-        self, stream: anyio.abc.SocketStream, done: HandshakeCompleted, leftover: bytes
+        self, stream: anyio.abc.ByteStream, done: HandshakeCompleted, leftover: bytes
     ) -> None:
         self.stream = stream
         self.done = done
@@ -64,9 +65,14 @@ async def hostile_peer(
     name: str = "mallory@127.0.0.1",
     cookie: str = "trio-distribute-test",
     creation: int = 7,
+    network: NodeNetwork | None = None,
 ) -> AsyncIterator[HostilePeer]:
-    """Connect to ``address`` and authenticate as ``name`` with ``cookie``."""
-    stream = await anyio.connect_tcp(address[0], address[1])
+    """Connect to ``address`` and authenticate as ``name`` with ``cookie``;
+    through ``network`` (a ``FakeNetwork`` host) if given, else over TCP."""
+    if network is None:
+        stream: anyio.abc.ByteStream = await anyio.connect_tcp(address[0], address[1])
+    else:
+        stream = await network.dial(address[0], address[1], local_host=name.partition("@")[2])
     try:
         machine = HandshakeMachine(
             role=Role.INITIATOR,

@@ -11,7 +11,7 @@ import pytest
 from hostile_peer import hostile_peer
 
 import trio_distribute as td
-from trio_distribute import codec, transport
+from trio_distribute import _connection, codec
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.testing import open_cluster, wait_until
 
@@ -31,7 +31,7 @@ async def test_big_messages_arrive_whole_and_in_order_between_small_ones() -> No
     # in parts), each between small messages whose order must hold.
     big = bytes(range(256)) * (3 * MiB // 256)
     inside = {"name": "blob", "data": big[: 2 * MiB], "n": 7}
-    assert len(big) > transport.BULK_READ_ABOVE
+    assert len(big) > _connection.BULK_READ_ABOVE
     async with open_cluster(["a", "b"], config=local()) as (a, b):
         async with b.open_process(name="sink") as sink:
             sent = ["first", big, "middle", inside, "last"]
@@ -93,13 +93,13 @@ async def test_a_big_frame_draws_its_whole_size_from_the_budget_before_its_body_
 
 def test_advance_drops_sent_bytes_without_copying() -> None:
     parts: list[bytes | memoryview] = [b"head", b"0123456789"]
-    assert transport._advance(parts, 0) is parts
-    assert [bytes(p) for p in transport._advance(parts, 2)] == [b"ad", b"0123456789"]
-    assert [bytes(p) for p in transport._advance(parts, 4)] == [b"0123456789"]
-    rest = transport._advance(parts, 7)
+    assert _connection._advance(parts, 0) is parts
+    assert [bytes(p) for p in _connection._advance(parts, 2)] == [b"ad", b"0123456789"]
+    assert [bytes(p) for p in _connection._advance(parts, 4)] == [b"0123456789"]
+    rest = _connection._advance(parts, 7)
     assert [bytes(p) for p in rest] == [b"3456789"]
     assert isinstance(rest[0], memoryview) and rest[0].obj is parts[1]
-    assert transport._advance(parts, 14) == []
+    assert _connection._advance(parts, 14) == []
 
 
 @pytest.mark.parametrize(

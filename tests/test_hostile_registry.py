@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -301,64 +301,102 @@ async def test_an_unacknowledged_commit_is_bounded_even_when_cancelled() -> None
 # --------------------------------------------------------------- loop stalls
 
 
-class LagProbe:
-    """A task that should wake every millisecond: records how late it was, and
-    how often it ran while ``partial()`` held (a frame half applied)."""
+class StepProbe:
+    """Counts the work of applying peers' frames, one entry at a time (each
+    pid checked, each name applied), and a task that runs at every pass of
+    the scheduler records the most entries done between two of its runs:
+    the longest step anything else had to wait for, in entries, not in
+    seconds (on a loaded machine seconds say nothing).
+
+    Between two runs of the probe every other task runs at most twice (once
+    per scheduler pass; trio may reverse a pass's order), and the two that
+    apply a frame (the connection's reader, which applies a frame's first
+    slice, and the node's applier) each do at most one slice per run: so
+    four slices is the most a sliced apply can show, and a frame applied in
+    one step shows all of it."""
 
     def __init__(self, partial: Callable[[], bool]) -> None:
         self.partial = partial
-        self.max_lag = 0.0
+        self.entries = 0
+        self.longest_step = 0
         self.ran_while_partial = 0
-        self.decode_seconds = 0.0
+        #: ``Pid.__eq__`` calls while the frames were applied: linear work
+        #: compares each pid a bounded number of times, quadratic work
+        #: (a list scanned per pid) about ``n * n / 2`` times.
+        self.comparisons = 0
 
     async def run(self) -> None:
         while True:
-            before = time.perf_counter()
-            await anyio.sleep(0.001)
-            self.max_lag = max(self.max_lag, time.perf_counter() - before - 0.001)
+            before = self.entries
+            await anyio.lowlevel.checkpoint()
+            self.longest_step = max(self.longest_step, self.entries - before)
             if self.partial():
                 self.ran_while_partial += 1
 
+    def counting(self, method: Callable[..., _T]) -> Callable[..., _T]:
+        def counted(*args: Any) -> _T:
+            self.entries += 1
+            return method(*args)
+
+        return counted
+
+
+_T = TypeVar("_T")
+
 
 async def probe_frames(
-    m: Mallory, frames: list[list[Any]], partial: Callable[[], bool], done: Callable[[], bool]
-) -> LagProbe:
+    m: Mallory,
+    frames: list[list[Any]],
+    partial: Callable[[], bool],
+    done: Callable[[], bool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> StepProbe:
     from trio_distribute import codec
     from trio_distribute._proto.frames import frame
+    from trio_distribute.groups import Groups
+    from trio_distribute.registry import Registry
 
-    # Encoded before the probe starts: our own encoding is not the node's stall.
-    payloads = [codec.encode(item) for item in frames]
-    data = [frame(payload) for payload in payloads]
-    probe = LagProbe(partial)
-    # Decoding a frame is one step that cannot be sliced (the codec's own
-    # bound): measure it here so the assertions are about applying it.
-    for payload in payloads:
-        started = time.perf_counter()
-        codec.decode(payload)
-        probe.decode_seconds = max(probe.decode_seconds, time.perf_counter() - started)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(probe.run)
-        await anyio.sleep(0.05)
-        for chunk in data:
-            await m.send_raw(chunk)
-        await wait_until(done)
-        await anyio.sleep(0.05)
-        tg.cancel_scope.cancel()
+    data = b"".join(frame(codec.encode(item)) for item in frames)
+    probe = StepProbe(partial)
+    with monkeypatch.context() as patch:
+        # The units of work: every pid a frame carries is checked, every
+        # name of a registry sync applied, one by one.
+        patch.setattr(Groups, "_check_own", probe.counting(Groups._check_own))
+        patch.setattr(Registry, "_check_own", probe.counting(Registry._check_own))
+        patch.setattr(Registry, "_apply", probe.counting(Registry._apply))
+        equal = td.Pid.__eq__
+
+        def compared(pid: td.Pid, other: object) -> bool:
+            probe.comparisons += 1
+            return equal(pid, other)
+
+        patch.setattr(td.Pid, "__eq__", compared)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(probe.run)
+            await m.send_raw(data)
+            await wait_until(done)
+            tg.cancel_scope.cancel()
     print(
-        f"max loop lag {probe.max_lag:.3f}s (decoding the biggest frame alone:"
-        f" {probe.decode_seconds:.3f}s), probe ran {probe.ran_while_partial} times mid-frame"
+        f"longest step {probe.longest_step} entries of {probe.entries},"
+        f" probe ran {probe.ran_while_partial} times mid-frame,"
+        f" {probe.comparisons} pid comparisons"
     )
     return probe
 
 
-def assert_sliced(probe: LagProbe) -> None:
+def assert_sliced(probe: StepProbe, apply_slice: int) -> None:
     # Other tasks ran while the frames were half applied...
     assert probe.ran_while_partial >= 2
-    # ...and no step took much longer than decoding the frame itself.
-    assert probe.max_lag < 2 * probe.decode_seconds + 1.0
+    # ...and none waited longer than a few slices of work.
+    assert 0 < probe.longest_step <= 4 * apply_slice < probe.entries
+    # Linear: each entry is compared a bounded number of times.
+    assert probe.comparisons <= 4 * probe.entries
 
 
-async def test_big_group_frames_are_linear_and_applied_in_slices() -> None:
+async def test_big_group_frames_are_linear_and_applied_in_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    step = NodeConfig.local().groups.apply_slice
     with anyio.fail_after(60):
         async with open_cluster(2) as (a, b), mallory(b) as (m, _):
             pids = [own(i) for i in range(20_000)]
@@ -373,22 +411,25 @@ async def test_big_group_frames_are_linear_and_applied_in_slices() -> None:
                 ],
                 lambda: sum(b.groups._work._backlog.values()) > 0,
                 lambda: bool(b.groups.members("end")),
+                monkeypatch,
             )
             assert b.groups.members("end") == [own(1)]
             assert len(b.groups.members("g")) == 20_000
-            assert_sliced(probe)
+            assert_sliced(probe, step)
             probe = await probe_frames(
                 m,
                 [[int(Kind.GROUP_LEAVE), "g", pids[::-1]]],
                 lambda: 0 < len(b.groups.members("g")) < 20_000,
                 lambda: not b.groups.members("g"),
+                monkeypatch,
             )
             assert b.groups.members("g") == []
-            assert_sliced(probe)
+            assert_sliced(probe, step)
             await still_served(a, b, "after-group-stall")
 
 
-async def test_a_big_registry_sync_is_applied_in_slices() -> None:
+async def test_a_big_registry_sync_is_applied_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    step = NodeConfig.local().registry.apply_slice
     with anyio.fail_after(60):
         async with open_cluster(2) as (a, b), mallory(b) as (m, _):
             n = 50_000
@@ -397,9 +438,10 @@ async def test_a_big_registry_sync_is_applied_in_slices() -> None:
                 [[int(Kind.REG_SYNC), {f"n{i}": own(i) for i in range(n)}]],
                 lambda: 0 < len(b.registry._names) < n,
                 lambda: len(b.registry._names) == n,
+                monkeypatch,
             )
             assert len(b.registry._names) == n
-            assert_sliced(probe)
+            assert_sliced(probe, step)
             await still_served(a, b, "after-registry-stall")
 
 

@@ -19,10 +19,9 @@ Three rules, each checked over every module of ``trio_distribute``:
    Private *modules* (``_ids``, ``_backend``...) are shared building
    blocks; their public names are for everyone in the package.
    And an object a service holds is used through its public surface: no
-   ``self.<collaborator>._name`` reads (``self.transport._task_group``),
-   except the reaches listed in ``KNOWN_REACHES``, each with the reason it
-   is still there; an entry that no longer occurs fails too, so the list
-   only shrinks.
+   ``self.<collaborator>._name`` reads (``self.transport._task_group``) of
+   a private name that no class of the reading module defines. There are
+   no exceptions.
 """
 
 from __future__ import annotations
@@ -362,25 +361,54 @@ def test_service_of_a_module(module: str, expected: str) -> None:
     assert service(module) == expected
 
 
-# (module, collaborator attribute, private name): reaches still in the code.
-KNOWN_REACHES = {
-    # A supervisor's children are processes it runs in its own task group:
-    # it creates and ends them through the node's process table, which has
-    # no public constructor.
-    (f"{PACKAGE}.supervisor", "node", "_processes"),
-    # The fake network's hosts and the network are one module's classes.
-    (f"{PACKAGE}.testing._fake_network", "network", "_streams"),
-    (f"{PACKAGE}.testing._fake_network", "network", "_waiters"),
-}
+def private_names_defined(tree: ast.Module) -> set[str]:
+    """Private names the classes of one module define: methods and fields
+    in a class body, ``__slots__`` entries, and ``self._x = ...``."""
+    defined = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for stmt in node.body:
+                if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+                    defined.add(stmt.name)
+                elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                    defined.add(stmt.target.id)
+                elif isinstance(stmt, ast.Assign):
+                    for target in stmt.targets:
+                        if not isinstance(target, ast.Name):
+                            continue
+                        defined.add(target.id)
+                        if target.id == "__slots__" and isinstance(stmt.value, ast.Tuple):
+                            defined |= {
+                                e.value
+                                for e in stmt.value.elts
+                                if isinstance(e, ast.Constant) and isinstance(e.value, str)
+                            }
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "self"
+                ):
+                    defined.add(target.attr)
+    return {name for name in defined if is_private(name)}
 
 
 def collaborator_reaches(source: str, module: str) -> set[tuple[str, str, str]]:
-    """Every ``self.<attr>._private`` read in ``source``."""
+    """Every ``self.<attr>._private`` read in ``source`` of a private name
+    that no class of the module defines. The classes of one module may use
+    each other's private names (a network and its streams, a process table
+    and its processes); an object from elsewhere is used through its
+    public surface."""
+    tree = ast.parse(source)
+    own = private_names_defined(tree)
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         if (
             isinstance(node, ast.Attribute)
             and is_private(node.attr)
+            and node.attr not in own
             and isinstance(node.value, ast.Attribute)
             and isinstance(node.value.value, ast.Name)
             and node.value.value.id == "self"
@@ -393,13 +421,31 @@ def test_services_use_collaborators_through_their_public_surface() -> None:
     found: set[tuple[str, str, str]] = set()
     for module, path in modules().items():
         found |= collaborator_reaches(path.read_text(), module)
-    assert found - KNOWN_REACHES == set(), "a service reads another object's private state"
-    assert KNOWN_REACHES - found == set(), "a listed reach is gone: remove it from KNOWN_REACHES"
+    assert found == set(), "a service reads another object's private state"
 
 
 def test_collaborator_rule_sees_reaches() -> None:
     source = "class A:\n    def f(self):\n        return self.transport._conns, self._own, x._y\n"
     assert collaborator_reaches(source, "m") == {("m", "transport", "_conns")}
+    # The supervisor's old reach into the node's process table is one.
+    source = "class S:\n    def f(self):\n        return self.node._processes._new_process(None)\n"
+    assert collaborator_reaches(source, "m") == {("m", "node", "_processes")}
+
+
+def test_collaborator_rule_lets_one_modules_classes_share_private_names() -> None:
+    source = (
+        "class Network:\n"
+        "    __slots__ = ('_waiters',)\n"
+        "    _streams: dict\n"
+        "    def _wake(self): ...\n"
+        "class Stream:\n"
+        "    def __init__(self):\n"
+        "        self._buffer = b''\n"
+        "    def f(self):\n"
+        "        self.network._streams, self.network._waiters, self.network._wake()\n"
+        "        return self.peer._buffer, self.network._other\n"
+    )
+    assert collaborator_reaches(source, "m") == {("m", "network", "_other")}
 
 
 TRANSPORT_TABLES = frozenset({"connections", "addresses", "blocked", "disconnected"})
@@ -492,3 +538,78 @@ def test_the_node_is_built_without_wiring_services_together_afterwards() -> None
 def test_wiring_rule_sees_assignments() -> None:
     source = "def _build_node():\n    a = A()\n    a.b = B()\n"
     assert wiring_after_construction(source, "_build_node") == [3]
+
+
+# -- rule 4: the transport's two halves ----------------------------------------
+
+ENGINE = f"{PACKAGE}._connection"
+#: The connection engine (framing, the write and read loops, ticks,
+#: backpressure, the bulk path) runs a connection once it exists; making
+#: one (dialling, accepting, TLS, the handshake, tie-breaks, the address
+#: book) is the transport's, and the engine knows none of it.
+ENGINE_MUST_NOT_IMPORT = frozenset(
+    {
+        f"{PACKAGE}.transport",
+        f"{PACKAGE}._tls",
+        f"{PACKAGE}._network",
+        f"{PACKAGE}._addresses",
+        f"{PACKAGE}._proto.handshake",
+        f"{PACKAGE}.node",
+    }
+)
+
+
+def engine_violations(found: list[Import]) -> list[str]:
+    """Imports of the policy side by the connection engine, at any level
+    (``TYPE_CHECKING`` and function-level imports count: a type is a
+    dependency too)."""
+    return [
+        f"{imp.module}:{imp.line} imports {imp.target}"
+        for imp in found
+        if imp.module == ENGINE and imp.target in ENGINE_MUST_NOT_IMPORT
+    ]
+
+
+def test_the_connection_engine_does_not_import_the_dial_and_accept_side() -> None:
+    assert engine_violations(all_imports()) == []
+
+
+def test_engine_rule_catches_an_import_of_the_transport() -> None:
+    transport = f"{PACKAGE}.transport"
+    assert engine_violations([Import(ENGINE, transport, ("Transport",), False, 9)]) == [
+        f"{ENGINE}:9 imports {transport}"
+    ]
+    assert engine_violations([Import(ENGINE, f"{PACKAGE}._proto.handshake", ("",), True, 2)])
+    ok = [
+        Import(ENGINE, f"{PACKAGE}._proto.frames", ("FrameDecoder",), True, 1),
+        Import(f"{PACKAGE}.transport", ENGINE, ("Connection",), True, 1),
+    ]
+    assert engine_violations(ok) == []
+
+
+def connections_built(source: str, module: str) -> set[tuple[str, int]]:
+    """Every call of ``Connection(...)`` (or ``x.Connection(...)``) in ``source``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if name == "Connection":
+                found.add((module, node.lineno))
+    return found
+
+
+def test_only_the_transport_builds_connections() -> None:
+    # A connection exists only once the transport's handshake and
+    # tie-break let it: nothing else may make one.
+    built: set[tuple[str, int]] = set()
+    for module, path in modules().items():
+        built |= connections_built(path.read_text(), module)
+    assert built, "the transport builds its connections somewhere"
+    assert {module for module, _ in built} == {f"{PACKAGE}.transport"}
+
+
+def test_connection_rule_sees_constructions() -> None:
+    source = "def f(t):\n    a = Connection(peer='x')\n    return _connection.Connection()\n"
+    assert connections_built(source, "m") == {("m", 2), ("m", 3)}
+    assert connections_built("def f(conn):\n    return conn.connection('x')\n", "m") == set()

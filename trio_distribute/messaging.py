@@ -476,6 +476,38 @@ class Process:
             self._processes.dropped(self.pid, self._mailbox.refusal)
 
 
+@attrs.define(eq=False)
+class HostedProcess:
+    """A process of the node whose task runs in another task group: a
+    supervisor's child. The pid, table entry, name, monitors and links are
+    the process table's; the task, and when it ends, are the host's. Made by
+    :meth:`Processes.host`, ended once with :meth:`end`."""
+
+    process: Process
+    #: Cancelled by an exit signal (a link, ``Node.exit``): the host runs
+    #: the body inside it, so a signal ends the body like a spawned one's.
+    signalled: anyio.CancelScope
+    _processes: Processes
+
+    @property
+    def exit_signal(self) -> ExitReason | None:
+        """The reason of the exit signal that ended the process, if one did."""
+        return self.process._exit_reason
+
+    def reason_for(self, exc: BaseException) -> ExitReason:
+        """The exit reason of a body that ``exc`` ended (a cancellation is
+        ``shutdown`` while the node stops)."""
+        return self._processes._reason_for(exc)
+
+    def end(self, reason: ExitReason) -> ExitReason:
+        """End the process (monitors fire, links propagate, its name is
+        freed) and return why: an exit signal's reason overrides ``reason``."""
+        if self.process._exit_reason is not None:
+            reason = self.process._exit_reason
+        self._processes._exit(self.process, reason)
+        return reason
+
+
 @attrs.define(eq=False, kw_only=True)
 class Processes:
     """The node's process table: pids, local names, spawning and sending."""
@@ -583,6 +615,17 @@ class Processes:
         if isinstance(exc, self._cancelled):
             return _SHUTDOWN if self.transport.stopping else _CANCELLED
         return ExitReason.from_exception(exc)
+
+    def host(self, name: str | None) -> HostedProcess:
+        """A new process whose task the caller runs in its own task group
+        (a supervisor's child); see :class:`HostedProcess`.
+
+        Raises:
+            ValueError: ``name`` is invalid or already registered.
+        """
+        process = self._new_process(name)
+        process._scope = scope = anyio.CancelScope()
+        return HostedProcess(process, scope, self)
 
     @asynccontextmanager
     async def open_process(self, name: str | None = None) -> AsyncIterator[Process]:

@@ -38,7 +38,7 @@ from .discovery import Discovery, run_discovery, split_seeds
 from .election.raft_lite import Election
 from .errors import ConnectError, NodeDownError
 from .groups import Groups
-from .messaging import Process, Processes, current_process
+from .messaging import HostedProcess, Process, Processes, current_process
 from .monitor import ExitReason, NodeDown, NodeDownReason, NodeEvent, NodeUp, ProcessDown
 from .registry import Registry
 from .remote_call import Rpc
@@ -615,6 +615,16 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
 
     assert node._task_group is not None
     node._task_group.start_soon(keep_trying)
+
+
+def host_process(node: Node, name: str | None) -> HostedProcess:
+    """A new process of ``node`` whose task the caller runs in its own task
+    group: what a supervisor needs of the process table to run a child.
+
+    Raises:
+        ValueError: ``name`` is invalid or already registered.
+    """
+    return node._processes.host(name)
 
 
 def _build_node(

@@ -39,6 +39,7 @@ from .election.raft_lite import Leader, LeaderChanged
 from .errors import DistributionError, NameNotFoundError, NameTakenError
 from .messaging import Process, become_process
 from .monitor import ExitKind, ExitReason
+from .node import host_process
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -374,10 +375,10 @@ class Supervisor:
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         spec = child.spec
-        processes = self.node._processes
         # A child is a process of the node (pid, monitors, names, exit
         # hooks) whose task lives in this supervisor's task group.
-        process = processes._new_process(spec.name)
+        hosted = host_process(self.node, spec.name)
+        process = hosted.process
         become_process(process)  # this task's own context: no reset needed
         run.process = process
         # Known before the body runs (on asyncio it may run before start()
@@ -385,23 +386,23 @@ class Supervisor:
         child.run = run
         reason = ExitReason(ExitKind.NORMAL)
         started = False
-        # Cancelled by an exit signal (a link, or Node.exit), like a spawned
-        # process: it then ends with the signal's reason.
-        signalled = process._scope = anyio.CancelScope()
         try:
-            with run.hard, run.soft, signalled:
+            # ``signalled`` is cancelled by an exit signal (a link, or
+            # Node.exit), like a spawned process: it then ends with the
+            # signal's reason.
+            with run.hard, run.soft, hosted.signalled:
                 if spec.global_name is not None:
                     # Before fn runs: the name is there for as long as the
                     # body is, and a failure starts nothing.
                     await self.node.registry.register(spec.global_name, process.pid)
                 started = True
                 task_status.started()
-                if process._exit_reason is None:
+                if hosted.exit_signal is None:
                     await spec.fn(process, *child.args)
             if run.stopping and (run.soft.cancelled_caught or run.hard.cancelled_caught):
                 reason = TERMINATED
         except anyio.get_cancelled_exc_class() as exc:
-            reason = processes._reason_for(exc)
+            reason = hosted.reason_for(exc)
             raise
         except Exception as exc:
             reason = ExitReason.from_exception(exc)
@@ -409,9 +410,7 @@ class Supervisor:
                 raise
             logger.exception("child %r (%s) crashed", spec.id, process.pid)
         finally:
-            if process._exit_reason is not None:
-                reason = process._exit_reason
-            processes._exit(process, reason)
+            reason = hosted.end(reason)
             run.reason = reason
             run.done.set()
             self._runs.discard(run)

@@ -1,26 +1,14 @@
-"""Connections between nodes.
+"""Connections between nodes: dialling, accepting, and which to keep.
 
-One TCP connection per peer. This module dials and accepts, drives the
-sans-IO handshake (:mod:`trio_distribute._proto.handshake`), resolves
-simultaneous connects, writes frames through a coalescing writer, reads
-frames in bulk and hands each decoded frame to a handler chosen by its kind,
-and sends ticks so that a silent peer is noticed.
-
-The write path is where throughput is won (DESIGN 3a). A frame is written
-straight to the socket, synchronously, when nothing else is queued: no task
-hop and no scheduler pass for a lone message. A frame that follows another
-direct write within ``DIRECT_WRITE_GAP`` (50 µs) is queued instead, so a
-burst of sends made before the sender yields is joined into one write by the
-writer task. While a write is pending, frames queue in a list; senders wait
-(backpressure) only when that queue is over ``send_buffer_size`` bytes.
-
-Frames answered from the reader (RPC replies, pongs) cannot wait, so a peer
-that sends requests and never reads could grow that queue without end. A
-connection holding more than ``max_send_queue`` unwritten bytes is therefore
-closed as a slow consumer (Erlang's busy distribution port, made final).
-Incoming frames are bounded too: an incomplete frame beyond
-``frame_buffer_reserve`` bytes draws on ``max_frame_buffers``, one budget for
-all connections of the node.
+One connection per peer. This module listens and dials (through the node's
+network), admits incoming connections into a bounded table of pending
+handshakes, drives the sans-IO handshake
+(:mod:`trio_distribute._proto.handshake`) with TLS around it when
+configured, resolves simultaneous connects, keeps the address book and the
+table of connections, routes each decoded frame to a handler chosen by its
+kind, and sends ticks so that a silent peer is noticed. The connection
+itself -- framing, the write and read loops, backpressure and the bulk
+path -- is :mod:`trio_distribute._connection`.
 """
 
 from __future__ import annotations
@@ -30,7 +18,6 @@ import logging
 import socket
 import ssl
 import struct
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -39,14 +26,15 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-from anyio.streams.tls import TLSStream
 
+from . import _tls as tls
 from . import codec
 from ._addresses import parse_target
 from ._backend import running_on_trio
+from ._connection import GATHER_ABOVE, Connection, FrameHandler
 from ._network import REAL_NETWORK, NodeNetwork
 from ._node_events import NodeEventBus, PeerAddress, PeerDown, PeerUp
-from ._proto.frames import HEADER_SIZE, MAX_PREAUTH_FRAME, TICK, FrameDecoder, frame
+from ._proto.frames import MAX_PREAUTH_FRAME, FrameDecoder, frame
 from ._proto.handshake import (
     HandshakeCompleted,
     HandshakeEvent,
@@ -58,7 +46,7 @@ from ._proto.handshake import (
 )
 from ._proto.kinds import Kind
 from ._ratelimit import LogLimiter
-from ._sliced_decode import SLICED_ABOVE, decode_sliced
+from ._sliced_decode import decode_sliced
 from .config import NodeConfig
 from .errors import (
     AuthenticationError,
@@ -67,12 +55,12 @@ from .errors import (
     HandshakeError,
     MessageTooLargeError,
     NodeDownError,
-    ProtocolError,
 )
 from .monitor import NodeDownReason
 from .telemetry import ConnectFailed
 
-__all__ = ["Connection", "Kind", "Transport"]
+# Connection and GATHER_ABOVE are re-exported: the services know them from here.
+__all__ = ["GATHER_ABOVE", "Connection", "Kind", "Transport"]
 
 #: Reasons a peer may give in its goodbye frame.
 _BYE_REASONS = frozenset(
@@ -85,34 +73,10 @@ _BYE_REASONS = frozenset(
 )
 
 logger = logging.getLogger("trio_distribute.transport")
-_limited = LogLimiter(logger)
 
 PROTOCOL_VERSIONS = (2,)
 
-#: A frame is written straight to the socket only if no other frame was in
-#: the last this-many seconds; closer frames are coalesced by the writer.
-DIRECT_WRITE_GAP = 50e-6
-_monotonic = time.monotonic
-_RECEIVE_SIZE = 65536
 _LENGTH = struct.Struct(">I")
-#: A frame whose body is at least this big is read straight into one buffer
-#: of its size (``recv_into``), not in 64 KiB chunks joined afterwards: the
-#: payload is copied once by the kernel and never again by the reader.
-BULK_READ_ABOVE = 1024 * 1024
-#: Most bytes one ``recv_into`` of a big frame asks for.
-_BULK_CHUNK = 4 * 1024 * 1024
-#: A frame part at least this big is written from the caller's buffer with
-#: scatter-gather (``sendmsg``), never joined with the frames around it.
-GATHER_ABOVE = 64 * 1024
-#: Most buffers one ``sendmsg`` call is given (Linux's IOV_MAX is 1024).
-_IOV_MAX = 512
-#: Reading or writing a big frame lets other tasks run after this many
-#: seconds of copying, as a sliced decode does.
-_BULK_YIELD_AFTER = 0.004
-#: After a write fails, the reader gets this long to read what the peer sent
-#: before the failure (its goodbye, above all), so a peer's graceful stop is
-#: reported as ``shutdown`` and not as a broken socket.
-BROKEN_WRITE_GRACE = 0.5
 #: Pause after the listener fails to accept (e.g. out of file descriptors),
 #: so a persistent error does not spin.
 ACCEPT_RETRY_DELAY = 0.1
@@ -120,533 +84,6 @@ ACCEPT_RETRY_DELAY = 0.1
 #: in batches drains a flooded accept queue quickly, so a real peer queued
 #: behind an attacker's sockets is reached in time.
 ACCEPT_BATCH = 256
-
-
-FrameHandler = Callable[["Connection", list[Any]], None]
-
-
-def _advance(parts: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
-    """``parts`` without their first ``sent`` bytes (no payload is copied)."""
-    index = 0
-    while sent:
-        size = len(parts[index])
-        if sent < size:
-            rest = parts[index:]
-            rest[0] = memoryview(rest[0])[sent:]
-            return rest
-        sent -= size
-        index += 1
-    return parts[index:] if index else parts
-
-
-@attrs.define(eq=False, kw_only=True)
-class Connection:
-    """An authenticated connection to one peer node."""
-
-    peer: str
-    peer_creation: int
-    initiated_by_me: bool
-    version: int
-    transport: Transport
-    stream: anyio.abc.ByteStream
-    #: The raw socket when frames may be written to it synchronously (trio,
-    #: plain TCP); ``None`` means every write goes through ``stream.send``.
-    sock: socket.socket | None
-    decoder: FrameDecoder
-    initial_data: bytes = b""
-
-    def __repr__(self) -> str:
-        state = f"closed ({self.down_reason})" if self.closed else "open"
-        return f"<Connection {self.transport.name} <-> {self.peer}: {state}>"
-
-    closed: bool = False
-    down_reason: str | None = None
-    peer_bye: str | None = None
-    # Liveness, checked by the transport's ticker (Erlang's net_ticktime).
-    sent_since_tick: bool = False
-    received_since_tick: bool = True
-    silent_ticks: int = 0
-    # Counters for statistics().
-    bytes_in: int = 0
-    bytes_out: int = 0
-    frames_in: int = 0
-    frames_out: int = 0
-    #: Payload size of the frame being dispatched, for handlers that account
-    #: memory by encoded size (mailboxes, RPC).
-    frame_size: int = 0
-    #: Bytes of an incomplete incoming frame drawn from the node-wide budget.
-    frame_buffer_drawn: int = 0
-
-    _out: list[bytes | memoryview] = attrs.field(factory=list)
-    # A part of at least GATHER_ABOVE bytes is queued: write with sendmsg.
-    _gather: bool = False
-    _out_bytes: int = 0
-    # The batch the writer is handing to the kernel: still held in memory.
-    _in_flight: int = 0
-    _queue_limit: int = attrs.field(init=False)
-    _writing: bool = False
-    _last_direct: float = -1.0
-    _writer_wake: anyio.Event = attrs.field(factory=anyio.Event)
-    _wake_pending: bool = False
-    _space: anyio.Event | None = None
-    _drained: anyio.Event | None = None
-    # Shielded: a connection ends only through close(), never because the
-    # node's task group is cancelled from outside (the user's cancel scope,
-    # Ctrl-C). The node's exit path says goodbye first (Transport.stop, with
-    # a deadline) and then closes it, so peers see "shutdown" however the
-    # node was left.
-    _cancel_scope: anyio.CancelScope = attrs.field(factory=lambda: anyio.CancelScope(shield=True))
-
-    def __attrs_post_init__(self) -> None:
-        self._queue_limit = self.transport.config.max_send_queue
-
-    # ------------------------------------------------------------------ write
-
-    def write(self, data: bytes) -> None:
-        """Send one encoded frame without blocking.
-
-        The frame is written at once if nothing is queued and no frame was
-        written directly in the last ``DIRECT_WRITE_GAP`` seconds; otherwise
-        it is queued, and the writer task sends everything queued in one
-        write as soon as the sender yields. Frames keep their order.
-
-        Raises:
-            NodeDownError: the connection is closed.
-        """
-        if self.closed:
-            raise NodeDownError(self.peer, self.down_reason or "connection closed")
-        self.sent_since_tick = True
-        self.frames_out += 1
-        self.bytes_out += len(data)
-        if not self._out and not self._writing and self.sock is not None:
-            now = _monotonic()
-            # A lone frame (a request, a reply) goes out now, with no task
-            # hop; frames following it closely are batched instead of
-            # paying a system call each.
-            if now - self._last_direct >= DIRECT_WRITE_GAP:
-                self._last_direct = now
-                try:
-                    sent = self.sock.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    # The writer retries it, fails the same way, and lets the
-                    # reader read a goodbye first (see _writer).
-                    logger.debug("write to %s failed: %r", self.peer, exc)
-                    sent = 0
-                if sent == len(data):
-                    return
-                # The rest waits for the writer, uncopied.
-                self._queue(memoryview(data)[sent:] if sent else data)
-                return
-        self._queue(data)
-
-    def _queue(self, data: bytes | memoryview) -> None:
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._out_bytes + self._in_flight > self._queue_limit:
-            self._slow_consumer()
-            return
-        self._wake_writer()
-
-    def write_parts(self, head: bytes, body: bytes) -> None:
-        """Send one frame made of ``head`` and then ``body`` (a big payload),
-        without joining them: ``body`` goes to the kernel from the caller's
-        own buffer (scatter-gather), so a big payload is never copied in
-        this process. ``body`` must not change afterwards (it is ``bytes``).
-
-        Raises:
-            NodeDownError: the connection is closed.
-        """
-        if self.closed:
-            raise NodeDownError(self.peer, self.down_reason or "connection closed")
-        size = len(head) + len(body)
-        self.sent_since_tick = True
-        self.frames_out += 1
-        self.bytes_out += size
-        parts: list[bytes | memoryview] = [head, body]
-        if not self._out and not self._writing and self.sock is not None:
-            # No coalescing to win for a frame this big: write it now.
-            self._last_direct = _monotonic()
-            try:
-                sent = self.sock.sendmsg(parts)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                logger.debug("write to %s failed: %r", self.peer, exc)
-                sent = 0
-            if sent == size:
-                return
-            parts = _advance(parts, sent)
-        self._out += parts
-        self._out_bytes += sum(len(p) for p in parts)
-        self._gather = True
-        if self._out_bytes + self._in_flight > self._queue_limit:
-            self._slow_consumer()
-            return
-        self._wake_writer()
-
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes written to this connection and not yet handed to the kernel."""
-        return self._out_bytes + self._in_flight
-
-    def _slow_consumer(self) -> None:
-        # Senders that can wait do (send_buffer_size), so only frames that
-        # cannot — answers written by the reader, control frames — get here:
-        # the peer asks faster than it reads, and holding its answers would
-        # make its misbehaviour our memory.
-        self.transport.count_drop("slow_consumer")
-        _limited.warning(
-            "slow_consumer",
-            "closing connection to %s: more than %d bytes wait to be written "
-            "(max_send_queue); the peer does not read",
-            self.peer,
-            self._queue_limit,
-        )
-        self.close(NodeDownReason.CONNECTION_CLOSED)
-
-    def is_congested(self) -> bool:
-        """True while more than ``send_buffer_size`` bytes wait to be written."""
-        return self._out_bytes >= self.transport.config.send_buffer_size
-
-    async def wait_for_space(self) -> None:
-        """Wait until the outgoing queue is below its limit (backpressure).
-
-        Raises:
-            NodeDownError: the connection closed while waiting.
-        """
-        while self.is_congested() and not self.closed:
-            if self._space is None:
-                self._space = anyio.Event()
-            await self._space.wait()
-        if self.closed:
-            raise NodeDownError(self.peer, self.down_reason or "connection closed")
-
-    async def drain(self) -> None:
-        """Wait until every queued frame has been handed to the kernel."""
-        while (self._out or self._writing) and not self.closed:
-            if self._drained is None:
-                self._drained = anyio.Event()
-            await self._drained.wait()
-
-    def _wake_writer(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._writer_wake.set()
-
-    async def _writer(self) -> None:
-        try:
-            await self._write_loop()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            logger.debug("write to %s failed: %r", self.peer, exc)
-            self.transport.count_drop("socket_write_failed")
-            # The peer may have said goodbye and closed: its BYE is read by
-            # the reader, which then closes with the right reason (and
-            # cancels this wait). Otherwise the socket is broken.
-            await anyio.sleep(BROKEN_WRITE_GRACE)
-            self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._writer_wake.wait()
-            self._writer_wake = anyio.Event()
-            self._wake_pending = False
-            self._writing = True
-            while self._out:
-                if self._gather:
-                    # A big payload is queued: hand the kernel the parts as
-                    # they are (joining them would copy the payload).
-                    parts, self._out = self._out, []
-                    self._gather = False
-                    self._in_flight = self._out_bytes
-                    self._out_bytes = 0
-                    self._notify_space()
-                    await self._send_parts(parts)
-                    self._in_flight = 0
-                    continue
-                data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-                self._out.clear()
-                self._out_bytes = 0
-                self._in_flight = len(data)
-                self._notify_space()
-                await self._send_all(data)
-                self._in_flight = 0
-            # Everything written: the next lone frame may go out directly.
-            self._writing = False
-            self._notify_space()
-            if self._drained is not None:
-                self._drained.set()
-                self._drained = None
-
-    def _notify_space(self) -> None:
-        if self._space is not None:
-            self._space.set()
-            self._space = None
-
-    async def _send_parts(self, parts: list[bytes | memoryview]) -> None:
-        """Write ``parts`` in order; big ones straight from their buffers."""
-        sock = self.sock
-        if sock is None:
-            small: list[bytes | memoryview] = []
-            for part in parts:
-                if len(part) < GATHER_ABOVE:
-                    small.append(part)
-                    continue
-                if small:
-                    await self.stream.send(b"".join(small))
-                    small = []
-                await self.stream.send(part)  # type: ignore[arg-type]
-            if small:
-                await self.stream.send(b"".join(small))
-            return
-        since = _monotonic()
-        while parts:
-            try:
-                sent = sock.sendmsg(parts[:_IOV_MAX])
-            except BlockingIOError:
-                sent = 0
-            parts = _advance(parts, sent)
-            if parts:
-                if sent:
-                    now = _monotonic()
-                    if now - since < _BULK_YIELD_AFTER:
-                        continue
-                    since = now
-                await self.transport.wait_writable(sock)
-
-    async def _send_all(self, data: bytes | memoryview) -> None:
-        if self.sock is None:
-            await self.stream.send(data if type(data) is bytes else bytes(data))
-            return
-        view = memoryview(data)
-        while view:
-            try:
-                sent = self.sock.send(view)
-            except BlockingIOError:
-                sent = 0
-            view = view[sent:]
-            if view:
-                await self.transport.wait_writable(self.sock)
-
-    # ------------------------------------------------------------------- read
-
-    async def _reader(self) -> None:
-        dispatch = self.transport.dispatch
-        decoder = self.decoder
-        reserve = self.transport.config.frame_buffer_reserve
-        data = self.initial_data
-        while True:
-            payloads: list[bytes] = []
-            if data:
-                self.received_since_tick = True
-                self.bytes_in += len(data)
-                try:
-                    payloads = decoder.feed(data)
-                except ProtocolError as exc:
-                    self.transport.log_limiter.warning(
-                        "protocol_error", "closing connection to %s: %s", self.peer, exc
-                    )
-                    self.transport.count_drop("protocol_error")
-                    self.close(NodeDownReason.PROTOCOL_ERROR)
-                    return
-                held = decoder.buffered  # the incomplete frame left over
-                if held > reserve:
-                    if not self._draw_frame_buffer(held):
-                        return
-                elif self.frame_buffer_drawn:
-                    self.frame_buffer_drawn = 0  # that frame completed
-                self.frames_in += len(payloads)
-                for payload in payloads:
-                    self.frame_size = len(payload)
-                    if len(payload) > SLICED_ABOVE:
-                        # Decoded in slices that let the loop run meanwhile.
-                        await self.transport.dispatch_sliced(self, payload)
-                    else:
-                        dispatch(self, payload)
-                    if self.closed:
-                        return
-            try:
-                if decoder.pending_frame >= BULK_READ_ABOVE:
-                    # A big frame: its body is read straight into a buffer
-                    # of its size, then decoded like any other big frame.
-                    big = await self._receive_bulk()
-                    if big is None:
-                        return
-                    self.frames_in += 1
-                    self.frame_size = len(big)
-                    if len(big) > SLICED_ABOVE:
-                        await self.transport.dispatch_sliced(self, big)
-                    else:  # only where slicing is turned off (loop_lag's comparison)
-                        dispatch(self, big)
-                    if self.closed:
-                        return
-                    data = b""
-                    continue
-                if self.sock is not None:
-                    data = await self._receive_raw(
-                        self.sock, bool(payloads), len(data) < _RECEIVE_SIZE
-                    )
-                else:
-                    data = await self.stream.receive(_RECEIVE_SIZE)
-            except anyio.EndOfStream:
-                self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
-                return
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                logger.debug("read from %s failed: %r", self.peer, exc)
-                self.transport.count_drop("socket_read_failed")
-                self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
-                return
-
-    async def _receive_bulk(self) -> bytearray | None:
-        """Read the rest of the decoder's incomplete big frame into one
-        buffer of the frame's size and return its payload (``None`` if the
-        frame does not fit the node's budget: the connection is closed).
-
-        The whole frame is drawn from ``max_frame_buffers`` before its body
-        is read, as it would be once it had arrived in pieces; the buffer's
-        pages are only touched as bytes arrive.
-        """
-        decoder = self.decoder
-        need = decoder.pending_frame
-        if need > self.transport.config.frame_buffer_reserve and not self._draw_frame_buffer(need):
-            return None
-        held = decoder.take_buffered()
-        size = need - HEADER_SIZE
-        payload = bytearray(size)
-        with memoryview(payload) as view:
-            pos = len(held) - HEADER_SIZE
-            view[:pos] = memoryview(held)[HEADER_SIZE:]
-            del held
-            sock = self.sock
-            since = _monotonic()
-            while pos < size:
-                if sock is not None:
-                    try:
-                        got = sock.recv_into(view[pos:], min(size - pos, _BULK_CHUNK))
-                    except BlockingIOError:
-                        await self.transport.wait_readable(sock)
-                        since = _monotonic()
-                        continue
-                    if not got:
-                        raise anyio.EndOfStream
-                    now = _monotonic()
-                    if now - since >= _BULK_YIELD_AFTER:
-                        await self.transport.checkpoint()
-                        since = now
-                else:
-                    chunk = await self.stream.receive(min(size - pos, _BULK_CHUNK))
-                    got = len(chunk)
-                    view[pos : pos + got] = chunk
-                pos += got
-                self.bytes_in += got
-                self.received_since_tick = True
-        self.frame_buffer_drawn = 0
-        return payload
-
-    def _draw_frame_buffer(self, held: int) -> bool:
-        """Account an incomplete frame of ``held`` bytes against the node's
-        budget; close the connection (and return ``False``) if it does not fit.
-
-        Only frames larger than the reserve get here (big messages, or a peer
-        that announces a large frame and stops), so summing over the
-        connections is cheaper than keeping a shared counter in step.
-        """
-        wanted = held - self.transport.config.frame_buffer_reserve
-        others = sum(
-            conn.frame_buffer_drawn
-            for conn in self.transport.connections.values()
-            if conn is not self and not conn.closed
-        )
-        if others + wanted > self.transport.config.max_frame_buffers:
-            self.transport.count_drop("frame_buffers_full")
-            _limited.warning(
-                "frame_buffers_full",
-                "closing connection to %s: its incomplete frame of %d bytes does not fit "
-                "the node's budget for incomplete frames (max_frame_buffers)",
-                self.peer,
-                held,
-            )
-            self.close(NodeDownReason.CONNECTION_CLOSED)
-            return False
-        self.frame_buffer_drawn = wanted
-        return True
-
-    async def _receive_raw(self, sock: socket.socket, delivered: bool, drained: bool) -> bytes:
-        """Read from the socket, waiting only if nothing is there.
-
-        If the last read did not fill the buffer, the socket is (almost
-        surely) empty: wait for it to become readable instead of spending a
-        system call to find nothing; the wait is level-triggered, so bytes
-        that came meanwhile end it at once. Otherwise, when the last read
-        delivered frames, yield once first: the processes those frames woke
-        run now, so a reply goes out before this task reads again. (trio's
-        own ``receive`` yields after every read and tries the socket first.)
-        """
-        if drained:
-            await self.transport.wait_readable(sock)
-        elif delivered:
-            await self.transport.checkpoint()
-        while True:
-            try:
-                data = sock.recv(_RECEIVE_SIZE)
-            except BlockingIOError:
-                await self.transport.wait_readable(sock)
-                continue
-            if not data:
-                raise anyio.EndOfStream
-            return data
-
-    # --------------------------------------------------------------- lifetime
-
-    async def run(self) -> None:
-        """Read and write until the connection closes; then clean up."""
-        try:
-            with self._cancel_scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._writer)
-                    await self._reader()
-                    tg.cancel_scope.cancel()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            logger.debug("connection to %s broke: %r", self.peer, exc)
-        except Exception:
-            # A bug in a frame handler must not take the node down with it.
-            self.transport.count_drop("connection_failed")
-            logger.exception("connection to %s failed unexpectedly", self.peer)
-        finally:
-            self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
-            with anyio.CancelScope(shield=True):
-                await self.stream.aclose()
-
-    def close(self, reason: str) -> None:
-        """Close now (without a goodbye) and report the node down once."""
-        if self.closed:
-            return
-        self.closed = True
-        self.down_reason = reason
-        # Nothing more is read or written: let go of the bytes now rather
-        # than when the last reference to this object goes.
-        self.frame_buffer_drawn = 0
-        self.decoder.discard()
-        self._out.clear()
-        self._gather = False
-        self._out_bytes = 0
-        self._cancel_scope.cancel()
-        self._notify_space()
-        if self._drained is not None:
-            self._drained.set()
-        self.transport.connection_closed(self, reason)
-
-    async def close_gracefully(self, reason: str, *, timeout: float = 1.0) -> None:
-        """Tell the peer why we are closing, flush (for at most ``timeout``
-        seconds, even if cancelled: a peer that does not read cannot hold us
-        longer), then close."""
-        if self.closed:
-            return
-        self.write(self.transport.encode_frame([Kind.BYE, reason]))
-        with anyio.move_on_after(timeout, shield=True):
-            await self.drain()
-        self.close(reason)
 
 
 class _LostTieBreak(Exception):
@@ -988,25 +425,7 @@ class Transport:
         while True:
             await anyio.sleep(interval)
             for conn in list(self.connections.values()):
-                if conn.received_since_tick:
-                    conn.received_since_tick = False
-                    conn.silent_ticks = 0
-                else:
-                    conn.silent_ticks += 1
-                    if conn.silent_ticks >= 4:
-                        self.log_limiter.log(
-                            logging.INFO,
-                            "tick_timeout",
-                            "%s did not answer for %.1fs",
-                            conn.peer,
-                            interval * 4,
-                        )
-                        conn.close(NodeDownReason.TICK_TIMEOUT)
-                        continue
-                if not conn.sent_since_tick and not conn.closed:
-                    conn.write(TICK)
-                    conn.frames_out -= 1  # a tick is not a frame the user sent
-                conn.sent_since_tick = False
+                conn.tick(interval)
 
     # ------------------------------------------------------------ connecting
 
@@ -1091,18 +510,9 @@ class Transport:
                 host, port, local_host=self.address[0]
             )
             if self.ssl_context is not None:
-                plain = stream
-                try:
-                    stream = await TLSStream.wrap(
-                        plain,
-                        server_side=False,
-                        hostname=host,
-                        ssl_context=self.client_ssl_context or self.ssl_context,
-                        standard_compatible=False,
-                    )
-                except BaseException:
-                    await anyio.aclose_forcefully(plain)
-                    raise
+                stream = await tls.client_side(
+                    stream, hostname=host, context=self.client_ssl_context or self.ssl_context
+                )
         except (OSError, anyio.BrokenResourceError) as exc:
             self.on_event(ConnectFailed(f"{host}:{port}", str(exc)))
             raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
@@ -1251,14 +661,9 @@ class Transport:
                 if self.ssl_context is not None:
                     # TLS inside the slot and the deadline: a socket that
                     # never completes TLS holds a slot like any other.
-                    stream = await TLSStream.wrap(
-                        plain,
-                        server_side=True,
-                        ssl_context=self.ssl_context,
-                        standard_compatible=False,
-                    )
+                    stream = await tls.server_side(plain, context=self.ssl_context)
                 done, _ = await self._handshake(stream, machine, None)
-        except (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+        except tls.TLS_HANDSHAKE_ERRORS as exc:
             self.count_drop("tls_handshake_failed")
             self.log_limiter.log(
                 logging.INFO, "tls_handshake_failed", "an incoming TLS handshake failed: %r", exc
@@ -1459,6 +864,15 @@ class Transport:
         if event is not None:
             event.set()
         self.events.publish(PeerUp(conn.peer))
+
+    def frame_buffers_drawn(self, *, besides: Connection) -> int:
+        """Bytes of incomplete frames the open connections other than
+        ``besides`` hold from the node's budget (``max_frame_buffers``)."""
+        return sum(
+            conn.frame_buffer_drawn
+            for conn in self.connections.values()
+            if conn is not besides and not conn.closed
+        )
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
         """Called once by a connection as it closes."""
