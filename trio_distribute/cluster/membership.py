@@ -92,6 +92,10 @@ SUBSCRIBER_BUFFER: Final = 1024
 #: Stream sends (push-pull, fallback pings, joins) in flight at once; more
 #: fail at once, as memberlist caps concurrent push-pulls.
 MAX_STREAMS_IN_FLIGHT: Final = 128
+#: Scheduling rounds the driver yields at most, before it runs the core's
+#: timers, for the datagrams already waiting to be read (it stops sooner,
+#: after two rounds that bring none).
+DRAIN_ROUNDS: Final = 16
 #: Pause after the membership socket fails to receive, so an error that
 #: repeats does not spin the loop.
 RECEIVE_ERROR_DELAY: Final = 0.05
@@ -590,15 +594,16 @@ class Membership:
         spell of the loop, the ack a probe waits for can sit unread in the
         socket while its timer fires in the same scheduling round, and the
         order of the two is the scheduler's choice. Yields until two rounds
-        in a row bring nothing new while the receiver waits on the socket;
-        bounded by ``stall_threshold`` (a flood of datagrams must not keep
+        in a row bring nothing new while the receiver waits on its socket,
+        at most ``DRAIN_ROUNDS`` rounds (a flood of datagrams must not keep
         the timers from running)."""
-        limit = anyio.current_time() + self._clock.threshold
         quiet = 0
-        while quiet < 2 and anyio.current_time() < limit:
+        for _ in range(DRAIN_ROUNDS):
             heard = self._heard
             await anyio.lowlevel.checkpoint()
             quiet = quiet + 1 if heard == self._heard and self._receiver_waiting else 0
+            if quiet == 2:
+                return
 
     async def _flush(self) -> None:
         """Carry out what the core queued. Two tasks call this (the driver
