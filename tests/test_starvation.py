@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import anyio
 import attrs
@@ -171,107 +166,6 @@ def test_a_stall_raises_local_health_with_lifeguard() -> None:
         core.stalled()
         assert core.health_multiplier == expected
         assert core.counters["stalls"] == 1
-
-
-# ------------------------------------------------------------- real processes
-
-_CHILD = r"""
-import sys, anyio, trio_distribute as td
-
-async def main():
-    name, seed = sys.argv[1], sys.argv[2]
-    async with td.open_node(name, cookie="stall", config=td.NodeConfig.local()) as node:
-        print(node.address[1], flush=True)
-        if seed != "-":
-            await node.connect(seed)
-        async with node.membership.subscribe() as events:
-            async for event in events:
-                print(type(event).__name__, event.name, flush=True)
-
-anyio.run(main)
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.real_network
-def test_a_stopped_process_does_not_suspect_its_peers_when_it_resumes() -> None:
-    """Three OS processes; one is stopped (SIGSTOP) for 3 s, 15 probe
-    intervals of the local timers, and resumed. Its peers may suspect it
-    (it really did not answer), but it must not suspect them."""
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        first = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, "s0@127.0.0.1", "-"],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        procs.append(first)
-        assert first.stdout is not None
-        port = first.stdout.readline().strip()
-        for i in (1, 2):
-            p = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, f"s{i}@127.0.0.1", f"s0@127.0.0.1:{port}"],
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-            procs.append(p)
-            assert p.stdout is not None
-            p.stdout.readline()
-        time.sleep(4.0)  # joined and settled
-        victim = procs[2]
-        for _ in range(3):
-            victim.send_signal(signal.SIGSTOP)
-            time.sleep(3.0)
-            victim.send_signal(signal.SIGCONT)
-            time.sleep(3.0)
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        outputs = [p.communicate(timeout=30)[0] for p in procs]
-    victim_lines = outputs[2].splitlines()
-    assert not [line for line in victim_lines if line.startswith(("MemberSuspect", "MemberDown"))]
-
-
-@pytest.mark.slow
-@pytest.mark.real_network
-async def test_cpu_bound_work_on_the_loop_does_not_kill_members() -> None:
-    """Three nodes on loopback in one process whose loop is blocked for
-    0.3 s (three local probe timeouts) every 50 ms for 10 s, while messages
-    flow: nobody is suspected, no connection closes, nothing is lost."""
-    from trio_distribute.testing import open_cluster as open_real_cluster
-
-    with anyio.fail_after(120):
-        async with open_real_cluster(3, config=FAST) as nodes:
-            a, _b, c = nodes
-            await anyio.sleep(1.0)
-            before = suspicions(nodes)
-            received: list[int] = []
-            async with c.open_process() as inbox, anyio.create_task_group() as tg:
-
-                async def hog() -> None:
-                    while True:
-                        busy_until = time.perf_counter() + 0.3
-                        while time.perf_counter() < busy_until:
-                            pass  # CPU-bound work that does not yield
-                        await anyio.sleep(0.05)
-
-                async def drain() -> None:
-                    while True:
-                        received.append(await inbox.receive())
-
-                tg.start_soon(hog)
-                tg.start_soon(drain)
-                for i in range(200):
-                    await a.send(inbox.pid, i)
-                    await anyio.sleep(0.05)
-                await anyio.sleep(1.0)
-                tg.cancel_scope.cancel()
-            assert suspicions(nodes) - before == 0
-            assert all(len(node.nodes()) == 2 for node in nodes)
-            assert received == list(range(200))
 
 
 async def test_the_drain_before_the_timers_is_bounded() -> None:

@@ -580,10 +580,16 @@ class Membership:
                 finally:
                     self._sleep = None
             self._now()  # a stall is taken off the clock before anything else
-            clock.arm(None)
             self._wakeup = anyio.Event()
+            # The drain, too, is off the clock if it takes long: on a loop
+            # where one scheduling round takes longer than stall_threshold,
+            # the rounds it waits are what lets an ack (or a peer on the
+            # same loop) through before the timers judge.
+            clock.arm(core.next_deadline())
             await self._drain()
-            core.tick(self._now())
+            now = self._now()
+            clock.arm(None)
+            core.tick(now)
             await self._flush()
             if self._stopped:
                 return
