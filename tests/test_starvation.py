@@ -18,7 +18,6 @@ import attrs
 import pytest
 import sniffio
 from virtual import anyio_backend, fake_network, open_cluster
-from virtual import network as network_
 
 import trio_distribute as td
 from trio_distribute.cluster.membership import MemberStatus, StallClock

@@ -835,7 +835,7 @@ class Membership:
         if event is None:
             return
         if member.name != self.transport.name:
-            self._act_on(event)
+            self._act_on(event, member.address)
         if change.previous is MemberStatus.ALIVE and member.status is MemberStatus.ALIVE:
             # An address or metadata update of a live member: it did not come
             # up, so subscribers hear nothing (the public events are status
@@ -843,13 +843,28 @@ class Membership:
             return
         self._subscribers.publish(event)
 
-    def _act_on(self, event: MemberEvent) -> None:
+    def _same_instance(self, name: str, address: str) -> bool:
+        """Whether the node connected as ``name`` is the member at
+        ``address``. A node restarted under the same name listens on
+        another port: a verdict about the instance that went away (it was
+        still suspected when it stopped) must not close the connection of
+        the new one, which refutes on its own once it hears it."""
+        known = self.transport.address_of(name)
+        if known is None:
+            return True
+        try:
+            port = split_address(address)[1]
+        except ValueError:
+            return True
+        return known[1] == port
+
+    def _act_on(self, event: MemberEvent, address: str = "") -> None:
         transport = self.transport
         assert self._task_group is not None
         if isinstance(event, MemberDown | MemberLeft):
             logger.info("%s: member %s is %s", transport.name, event.name, type(event).__name__)
             self._redial.pop(event.name, None)
-            if transport.is_connected(event.name):
+            if transport.is_connected(event.name) and self._same_instance(event.name, address):
                 reason = (
                     NodeDownReason.MEMBER_DEAD
                     if isinstance(event, MemberDown)
