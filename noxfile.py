@@ -128,3 +128,12 @@ def mutate(session: nox.Session) -> None:
     session.run(
         "nice", "-n", "10", "python", "tests/mutation/mutate.py", *session.posargs, external=True
     )
+
+
+@nox.session(python=PYTHON)
+def cluster_procs(session: nox.Session) -> None:
+    """100 nodes as 10 OS processes x 10 (docs/internals/cluster-processes.rst):
+    ``-- --base DIR`` compares with a worktree of another commit in one
+    sitting; ``-- --stability 600`` is the 10-minute run."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "benchmarks.cluster_procs", *session.posargs)

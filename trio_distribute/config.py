@@ -54,6 +54,10 @@ class MembershipConfig:
             live member this node is not connected to waits this long.
         redial_max_interval: each failed redial doubles the wait, up to
             this, with up to 25 % random jitter on top.
+        stall_threshold: a membership timer that fires more than this many
+            seconds late means this node's event loop was starved: the
+            time it lost does not count against the peers it was waiting
+            for, and Lifeguard's local health score rises.
     """
 
     enabled: bool = True
@@ -88,6 +92,7 @@ class MembershipConfig:
     redial_max_interval: float = attrs.field(
         default=8.0, converter=float, validator=_positive_float
     )
+    stall_threshold: float = attrs.field(default=0.05, converter=float, validator=_positive_float)
 
     def __attrs_post_init__(self) -> None:
         if self.probe_timeout >= self.probe_interval:

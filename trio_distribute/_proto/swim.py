@@ -630,6 +630,15 @@ class SwimCore:
         probes time out on their own and healing retries joins later."""
         self.counters["streams_failed"] += 1
 
+    def stalled(self) -> None:
+        """The driver's own loop was starved (it woke well after the
+        deadline it asked for). Like a missed ack, this says the slow one
+        may be us: with Lifeguard it raises the local health score, so this
+        member probes less often until its probes succeed again."""
+        self.counters["stalls"] += 1
+        if self.lifeguard:
+            self._health.apply(1)
+
     # -- time ------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:

@@ -46,6 +46,7 @@ from typing import Any, Final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -91,6 +92,10 @@ SUBSCRIBER_BUFFER: Final = 1024
 #: Stream sends (push-pull, fallback pings, joins) in flight at once; more
 #: fail at once, as memberlist caps concurrent push-pulls.
 MAX_STREAMS_IN_FLIGHT: Final = 128
+#: Scheduling rounds the driver yields at most, before it runs the core's
+#: timers, for the datagrams already waiting to be read (it stops sooner,
+#: after two rounds that bring none).
+DRAIN_ROUNDS: Final = 16
 #: Pause after the membership socket fails to receive, so an error that
 #: repeats does not spin the loop.
 RECEIVE_ERROR_DELAY: Final = 0.05
@@ -183,6 +188,67 @@ def save_snapshot(path: Path, members: dict[str, str]) -> None:
     write_atomic(path, json.dumps({"members": members}, sort_keys=True).encode())
 
 
+@attrs.define(eq=False, kw_only=True)
+class StallClock:
+    """The membership protocol's time: real time less the time the event
+    loop lost to starvation.
+
+    The driver sleeps until the core's next deadline. When it (or the
+    receiver, whichever runs first) finds itself more than ``threshold``
+    seconds past that deadline, the loop was starved (CPU-bound work, a
+    loaded machine, a stopped process): the acks its probes were waiting
+    for may sit unread in the socket, and a peer on the same starved loop
+    could not answer at all. The whole delay is then taken off the
+    protocol's clock, so the core sees its timer fire on time and every
+    window it was judging (a probe's timeout, a suspicion) gets the live
+    time it was promised. Protocol time still advances by at least one
+    deadline per wake-up, so a node that is always late judges slowly, but
+    it does judge.
+    """
+
+    threshold: float
+    #: Seconds taken off real time so far.
+    offset: float = 0.0
+    #: The protocol deadline the driver sleeps until, and the real time
+    #: that is (both inf while it runs or has no deadline): a caller later
+    #: than ``due`` by more than ``threshold`` found a stall.
+    deadline: float = math.inf
+    due: float = math.inf
+    #: Protocol time never goes back, and once a deadline has come it is
+    #: not before it (real minus offset can round below it by a hair).
+    floor: float = -math.inf
+    #: Stalls found, and the seconds they took off the clock.
+    stalls: int = 0
+    lost: float = 0.0
+
+    def now(self, real: float) -> tuple[float, bool]:
+        """Protocol time at real time ``real``, and whether a stall was
+        found (counted once: the driver re-arms)."""
+        stalled = False
+        if real >= self.due:
+            late = real - self.due
+            if late > self.threshold:
+                self.offset += late
+                self.lost += late
+                self.stalls += 1
+                stalled = True
+            self.floor = max(self.floor, self.deadline)
+            self.deadline = self.due = math.inf
+        now = max(real - self.offset, self.floor)
+        self.floor = now
+        return now, stalled
+
+    def arm(self, deadline: float | None) -> float:
+        """The driver sleeps until the protocol time ``deadline``: the real
+        time to wake at."""
+        if deadline is None:
+            self.deadline = self.due = math.inf
+        else:
+            self.deadline = deadline
+            self.due = deadline + self.offset
+        return self.due
+
+
 def dials_first(own: str, other: str) -> bool:
     """Of the nodes ``own`` and ``other``, is ``own`` the one that dials when
     the full mesh needs a connection between them? Exactly one of the two
@@ -250,6 +316,17 @@ class Membership:
     #: belonged to before it restarted (the election counts them as voters).
     remembered: dict[str, str] = attrs.field(factory=dict)
     _snapshot_saved: dict[str, str] = attrs.field(factory=dict)
+    #: Protocol time (real time less what starvation took, see StallClock).
+    _clock: StallClock = attrs.field(
+        default=attrs.Factory(
+            lambda self: StallClock(threshold=self.config.stall_threshold), takes_self=True
+        )
+    )
+    #: Datagrams and stream messages handed to the core so far, and whether
+    #: the receiver is waiting on the socket: the driver reads what is
+    #: waiting before it judges timeouts (see _drain).
+    _heard: int = 0
+    _receiver_waiting: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.events.subscribe(PeerAddress, self._peer_address)
@@ -298,7 +375,7 @@ class Membership:
             address=f"{advertise_host}:{port}",
             config=self.config,
             rng=random.Random(self._rng.getrandbits(64)),
-            now=anyio.current_time(),
+            now=self._now(),
             metadata=self.metadata,
             datagram_budget=DEFAULT_DATAGRAM_BUDGET,
         )
@@ -395,7 +472,7 @@ class Membership:
 
             for address in seeds:
                 task_group.start_soon(dial, address)
-        core.join(anyio.current_time(), seeds)
+        core.join(self._now(), seeds)
         self._wake()
         if not reached:
             raise ConnectError(f"could not reach any seed of {seeds}")
@@ -409,12 +486,12 @@ class Membership:
         node keeps running but no longer probes or answers as a member.
         """
         core = self.core
-        core.leave(anyio.current_time())
+        core.leave(self._now())
         self._wake()
         limit = 3 * self.config.probe_interval if timeout is None else timeout
         with anyio.move_on_after(limit):
             # The core has no event for "sent often enough": poll at gossip pace.
-            while not core.left_complete(anyio.current_time()):  # noqa: ASYNC110
+            while not core.left_complete(self._now()):  # noqa: ASYNC110
                 await anyio.sleep(self.config.gossip_interval / 2)
 
     async def remove(self, name: str) -> None:
@@ -424,7 +501,7 @@ class Membership:
             ValueError: ``name`` is alive or suspect (only the dead can be
                 removed) or this node itself.
         """
-        self.core.remove(anyio.current_time(), name)
+        self.core.remove(self._now(), name)
         self.remembered.pop(name, None)
         self.transport.forget(name)
         self._redial.pop(name, None)
@@ -436,7 +513,7 @@ class Membership:
 
     def update_metadata(self, metadata: bytes) -> None:
         """Gossip new metadata for this node (at most 512 bytes)."""
-        self.core.update_metadata(anyio.current_time(), metadata)
+        self.core.update_metadata(self._now(), metadata)
         self._wake()
 
     def subscribe(self) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[MemberEvent]]:
@@ -461,7 +538,7 @@ class Membership:
         host, port = address
         # Not remembered as a seed: a passing client (the status command)
         # must not be rejoined for ever after it left.
-        core.join(anyio.current_time(), [f"{host}:{port}"], remember=False)
+        core.join(self._now(), [f"{host}:{port}"], remember=False)
         self._wake()
 
     # ----------------------------------------------------------------- tasks
@@ -469,21 +546,69 @@ class Membership:
     def _wake(self) -> None:
         self._wakeup.set()
 
+    def _now(self) -> float:
+        """The protocol's time; finds a stall of the loop first (whichever
+        task runs first after one), so no input is handed to the core at a
+        time the stall made late."""
+        now, stalled = self._clock.now(anyio.current_time())
+        if stalled and self._core is not None:
+            self._core.stalled()
+            self._log_limiter.log(
+                logging.INFO,
+                "membership_stall",
+                "%s: the event loop was starved; membership timers paused for it",
+                self.transport.name,
+            )
+        return now
+
+    @property
+    def stalls(self) -> tuple[int, float]:
+        """``(count, seconds)`` of event-loop stalls membership has found
+        and taken off its clock (see ``MembershipConfig.stall_threshold``)."""
+        return self._clock.stalls, self._clock.lost
+
     async def _drive(self) -> None:
         """Run the core's timers and carry out their actions."""
         core = self.core
+        clock = self._clock
         while True:
-            deadline = core.next_deadline()
-            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as sleep:
+            deadline = clock.arm(core.next_deadline())
+            with anyio.CancelScope(deadline=deadline) as sleep:
                 self._sleep = sleep
                 try:
                     await self._wakeup.wait()
                 finally:
                     self._sleep = None
+            self._now()  # a stall is taken off the clock before anything else
             self._wakeup = anyio.Event()
-            core.tick(anyio.current_time())
+            # The drain, too, is off the clock if it takes long: on a loop
+            # where one scheduling round takes longer than stall_threshold,
+            # the rounds it waits are what lets an ack (or a peer on the
+            # same loop) through before the timers judge.
+            clock.arm(core.next_deadline())
+            await self._drain()
+            now = self._now()
+            clock.arm(None)
+            core.tick(now)
             await self._flush()
             if self._stopped:
+                return
+
+    async def _drain(self) -> None:
+        """Let the receiver (and the connections) hand the core what is
+        already waiting before the core judges its timeouts: after a busy
+        spell of the loop, the ack a probe waits for can sit unread in the
+        socket while its timer fires in the same scheduling round, and the
+        order of the two is the scheduler's choice. Yields until two rounds
+        in a row bring nothing new while the receiver waits on its socket,
+        at most ``DRAIN_ROUNDS`` rounds (a flood of datagrams must not keep
+        the timers from running)."""
+        quiet = 0
+        for _ in range(DRAIN_ROUNDS):
+            heard = self._heard
+            await anyio.lowlevel.checkpoint()
+            quiet = quiet + 1 if heard == self._heard and self._receiver_waiting else 0
+            if quiet == 2:
                 return
 
     async def _flush(self) -> None:
@@ -511,8 +636,7 @@ class Membership:
         if self._stopped:
             self._wake()
         elif sleep is not None:
-            deadline = self.core.next_deadline()
-            sleep.deadline = math.inf if deadline is None else deadline
+            sleep.deadline = self._clock.arm(self.core.next_deadline())
 
     async def _flush_actions(self) -> bool:
         """One batch of actions and events; False if there was none."""
@@ -546,7 +670,7 @@ class Membership:
                         exc,
                     )
             elif self._streams_in_flight >= MAX_STREAMS_IN_FLIGHT:
-                core.stream_failed(anyio.current_time(), action.name, action.address)
+                core.stream_failed(self._now(), action.name, action.address)
             else:
                 self._streams_in_flight += 1
                 assert self._task_group is not None
@@ -559,14 +683,19 @@ class Membership:
         assert self._socket is not None and self._sealer is not None
         core = self.core
         sealer = self._sealer
-        async with self._socket:  # closed when the node stops
-            await self._receive_loop(core, sealer, self.transport.is_blocked)
+        try:
+            async with self._socket:  # closed when the node stops
+                await self._receive_loop(core, sealer, self.transport.is_blocked)
+        finally:
+            # Nothing more will come: the driver's _drain must not wait for it.
+            self._receiver_waiting = True
 
     async def _receive_loop(
         self, core: SwimCore, sealer: DatagramSealer, is_blocked: Callable[[str], bool]
     ) -> None:
         assert self._socket is not None
         while True:
+            self._receiver_waiting = True
             try:
                 datagram, (host, port) = await self._socket.receive()
             except (OSError, anyio.BrokenResourceError) as exc:
@@ -581,6 +710,9 @@ class Membership:
                 )
                 await anyio.sleep(RECEIVE_ERROR_DELAY)
                 continue
+            finally:
+                self._receiver_waiting = False
+            self._heard += 1
             payload = sealer.open(datagram)
             if payload is None:
                 cause = "datagram_oversized" if len(datagram) > 1400 else "datagram_unauthenticated"
@@ -592,7 +724,7 @@ class Membership:
                 self.transport.count_drop("datagram_blocked")
                 continue
             try:
-                core.datagram_received(anyio.current_time(), source, payload)
+                core.datagram_received(self._now(), source, payload)
             except SwimDecodeError as exc:
                 self.transport.count_drop("datagram_malformed")
                 self._log_limiter.warning(
@@ -610,12 +742,13 @@ class Membership:
         _, payload = item
         if type(payload) is not bytes:
             raise TypeError("MEMBER_STREAM needs a bytes payload")
+        self._heard += 1
         known = self.transport.address_of(conn.peer)
         if known is None:
             self.transport.count_drop("member_stream_unknown_address")
             return
         try:
-            self.core.stream_received(anyio.current_time(), f"{known[0]}:{known[1]}", payload)
+            self.core.stream_received(self._now(), f"{known[0]}:{known[1]}", payload)
         except SwimDecodeError as exc:
             self.transport.count_drop("member_stream_malformed")
             self._log_limiter.warning(
@@ -639,7 +772,7 @@ class Membership:
             dial = not name or core.status_of(name) is MemberStatus.DEAD
             conn = await self._connection_to(action.address, name=name, dial=dial)
             if conn is None:
-                core.stream_failed(anyio.current_time(), action.name, action.address)
+                core.stream_failed(self._now(), action.name, action.address)
             else:
                 conn.write(self.transport.encode_frame([Kind.MEMBER_STREAM, action.payload]))
             self._wake()
@@ -702,7 +835,7 @@ class Membership:
         if event is None:
             return
         if member.name != self.transport.name:
-            self._act_on(event)
+            self._act_on(event, member.address)
         if change.previous is MemberStatus.ALIVE and member.status is MemberStatus.ALIVE:
             # An address or metadata update of a live member: it did not come
             # up, so subscribers hear nothing (the public events are status
@@ -710,13 +843,28 @@ class Membership:
             return
         self._subscribers.publish(event)
 
-    def _act_on(self, event: MemberEvent) -> None:
+    def _same_instance(self, name: str, address: str) -> bool:
+        """Whether the node connected as ``name`` is the member at
+        ``address``. A node restarted under the same name listens on
+        another port: a verdict about the instance that went away (it was
+        still suspected when it stopped) must not close the connection of
+        the new one, which refutes on its own once it hears it."""
+        known = self.transport.address_of(name)
+        if known is None:
+            return True
+        try:
+            port = split_address(address)[1]
+        except ValueError:
+            return True
+        return known[1] == port
+
+    def _act_on(self, event: MemberEvent, address: str = "") -> None:
         transport = self.transport
         assert self._task_group is not None
         if isinstance(event, MemberDown | MemberLeft):
             logger.info("%s: member %s is %s", transport.name, event.name, type(event).__name__)
             self._redial.pop(event.name, None)
-            if transport.is_connected(event.name):
+            if transport.is_connected(event.name) and self._same_instance(event.name, address):
                 reason = (
                     NodeDownReason.MEMBER_DEAD
                     if isinstance(event, MemberDown)
