@@ -35,6 +35,7 @@ import pstats
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -81,9 +82,7 @@ async def _measure(step: Callable[[int], Awaitable[None]], count: int) -> tuple[
     return cpu / count * 1e6, samples[len(samples) // 2] / 1000
 
 
-async def run(
-    workloads: list[str], count: int, runs: int, profile: str | None
-) -> dict[str, Any]:
+async def run(workloads: list[str], count: int, runs: int, profile: str | None) -> dict[str, Any]:
     config = td.NodeConfig.local()
     results: dict[str, Any] = {}
     async with (
@@ -128,8 +127,7 @@ async def run(
                     profiler.disable()
                     out = io.StringIO()
                     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(45)
-                    with open(f"{profile}.{name}.txt", "w") as file:
-                        file.write(out.getvalue())
+                    Path(f"{profile}.{name}.txt").write_text(out.getvalue())  # noqa: ASYNC240
     return results
 
 

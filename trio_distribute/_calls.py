@@ -18,6 +18,7 @@ processes of one node the ordinary monitors do the watching.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +31,11 @@ from ._deadlines import Deadlines, loop_clock
 from ._ids import Pid, Ref
 from ._node_events import NodeEventBus, PeerDown, ProcessExited
 from ._proto.kinds import Kind
-from .codec import message
+from .codec import encode, encode_element, encode_id, message
 from .errors import (
     AlreadyRepliedError,
     CallTimeoutError,
+    MessageTooLargeError,
     NameNotFoundError,
     NodeDownError,
     ProcessDownError,
@@ -46,6 +48,11 @@ _CALL = int(Kind.CALL)
 _REPLY = int(Kind.REPLY)
 _CALL_DOWN = int(Kind.CALL_DOWN)
 _CALL_DONE = int(Kind.CALL_DONE)
+# The fixed starts of CALL ([kind, ref, caller, dest, request]) and REPLY
+# ([kind, caller, ref, value]) frames: array head and kind.
+_CALL_START = b"\x85" + encode(_CALL)
+_REPLY_START = b"\x84" + encode(_REPLY)
+_LENGTH = struct.Struct(">I")
 
 if TYPE_CHECKING:
     from ._monitors import Monitors
@@ -228,7 +235,7 @@ class Calls:
             ref = self.monitors.new_ref()
             # Encoded first: a request that cannot travel fails here, with
             # nothing registered.
-            data = transport.encode_id_frame([_CALL, ref, process.pid, target, request])
+            data = self._call_frame(ref, process.pid, target, request)
             conn = transport.connection(node)
             try:
                 if conn is None:
@@ -295,6 +302,29 @@ class Calls:
         processes._put(callee, _new_call(request, process.pid, ref), size)
         return pending, ref, watch
 
+    def _sized(self, parts: tuple[bytes, ...]) -> bytes:
+        size = sum(map(len, parts))
+        limit = self.transport.config.max_message_size
+        if size > limit:
+            raise MessageTooLargeError(size, limit)
+        return b"".join((_LENGTH.pack(size), *parts))
+
+    def _call_frame(self, ref: Ref, caller: Pid, dest: Pid | str, request: Any) -> bytes:
+        """The CALL frame, built from cached pieces: the same bytes as
+        ``transport.encode_frame([CALL, ref, caller, dest, request])``.
+
+        Raises:
+            EncodeError, MessageTooLargeError: the request cannot travel.
+        """
+        body = encode_element(request)
+        target = encode_id(dest) if type(dest) is Pid else encode_element(dest)
+        return self._sized((_CALL_START, encode_id(ref), encode_id(caller), target, body))
+
+    def _reply_frame(self, caller: Pid, ref: Ref, value: Any) -> bytes:
+        """The REPLY frame (as :meth:`_call_frame`)."""
+        body = encode_element(value)
+        return self._sized((_REPLY_START, encode_id(caller), encode_id(ref), body))
+
     def _resolve(self, dest: Dest) -> tuple[str, Pid | str]:
         """(the callee's node, its pid or its name there)."""
         if type(dest) is Pid:
@@ -341,7 +371,7 @@ class Calls:
             # As over the wire: a copy, and what cannot travel raises with
             # the call still unanswered.
             value, _ = self.processes.local_copy(_SEND, caller, value)
-            call._replied = True
+            _set_attribute(call, "_replied", True)  # no attrs setattr hooks
             ref = call.ref
             own = ref.node == transport.name and ref.creation == transport.creation
             pending = self._pending.get(ref.id) if own else None
@@ -355,8 +385,8 @@ class Calls:
             return
         # Encoded first: a value that cannot travel raises with the call
         # still unanswered, so the callee can reply again with another.
-        data = transport.encode_id_frame([_REPLY, caller, call.ref, value])
-        call._replied = True
+        data = self._reply_frame(caller, call.ref, value)
+        _set_attribute(call, "_replied", True)
         self._unserve(call.ref, caller.node)
         conn = transport.connection(caller.node)
         if conn is None or conn.closed:
@@ -474,7 +504,11 @@ class Calls:
             raise ValueError(f"{peer} has {served} calls waiting here (max_monitors_per_peer)")
         self._serving_by_node[peer] = served + 1
         self._serving[ref] = (callee.pid.id, peer, caller)
-        self._serving_by_pid.setdefault(callee.pid.id, set()).add(ref)
+        refs = self._serving_by_pid.get(callee.pid.id)
+        if refs is None:
+            self._serving_by_pid[callee.pid.id] = {ref}
+        else:
+            refs.add(ref)
         processes._put(callee, _new_call(request, caller, ref), conn.frame_size)
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
@@ -483,7 +517,11 @@ class Calls:
         if type(caller) is not Pid or caller.node != self.transport.name:
             raise ValueError(f"REPLY to {caller!r}, which is not a pid of this node")
         pending = self._pending.get(ref.id)
-        if pending is None or pending.caller != caller or pending.finished:
+        if (
+            pending is None
+            or pending.finished
+            or (pending.caller is not caller and pending.caller != caller)
+        ):
             self.transport.count_drop("late_reply")
             return
         if conn.peer == pending.node:
@@ -523,4 +561,7 @@ class Calls:
             "serving": len(self._serving),
             "serving_by_pid": sum(len(refs) for refs in self._serving_by_pid.values()),
             "serving_by_node": sum(self._serving_by_node.values()),
+            # Calls waiting with a timeout (the heap's stale entries are
+            # reclaimed lazily and are not counted).
+            "deadlines": 0 if self.deadlines is None else self.deadlines.waiting,
         }

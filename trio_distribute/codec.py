@@ -151,7 +151,9 @@ __all__ = [
     "MessageType",
     "decode",
     "encode",
+    "encode_element",
     "encode_frame",
+    "encode_id",
     "encode_items",
     "encoded_size_ok",
     "message",
@@ -675,6 +677,26 @@ def _frame_item(item: object) -> bytes:
     except _NeedsRewrite:
         item = _rewrite(item, DEFAULT_MAX_DEPTH - 1)
     return _encode_checked(item)
+
+
+def encode_id(value: Pid | Ref) -> bytes:
+    """The encoding of a Pid or Ref, from the caches (as ``encode`` gives
+    it); a frame built by hand from pieces pastes it in."""
+    if type(value) is Pid:
+        return _id_bytes(_PID_HEAD, _PID_BYTES, value)
+    return _id_bytes(_REF_HEAD, _REF_BYTES, value)
+
+
+def encode_element(item: object) -> bytes:
+    """The encoding of ``item`` as an element of a frame's array: the bytes
+    ``encode`` gives for it, with one level of the depth limit spent on the
+    array (so a frame built by hand from pieces is refused exactly where
+    ``encode`` of the whole frame would be).
+
+    Raises:
+        EncodeError: as :func:`encode`.
+    """
+    return _frame_item(item)
 
 
 def encoded_size_ok(data: bytes, limit: int) -> None:
