@@ -27,7 +27,7 @@ import anyio.lowlevel
 import attrs
 
 from ._backend import running_on_trio
-from ._deadlines import Deadlines, loop_clock
+from ._deadlines import Deadlines, Waiter, bind_trio, loop_clock
 from ._ids import Pid, Ref
 from ._node_events import NodeEventBus, PeerDown, ProcessExited
 from ._proto.kinds import Kind
@@ -80,67 +80,25 @@ class Call:
     _replied: bool = attrs.field(default=False, init=False, eq=False, repr=False)
 
 
-_ABORT_SUCCEEDED: Any = None  # trio.lowlevel.Abort.SUCCEEDED, once on trio
-_reschedule: Callable[[Any], None] | None = None  # trio.lowlevel.reschedule
+class _Pending(Waiter):
+    """A call this node's process is waiting on (it parks the caller)."""
 
-
-class _Pending:
-    """A call this node's process is waiting on.
-
-    It parks its caller itself (on trio the task, on asyncio an event), and
-    is its own trio abort function, so a call makes one object for its
-    wait, not a parker, a task list and a closure.
-    """
-
-    __slots__ = (
-        "_event",
-        "_task",
-        "caller",
-        "dest",
-        "down",
-        "finished",
-        "node",
-        "replied",
-        "settled",
-        "value",
-    )
+    __slots__ = ("caller", "dest", "down", "node", "replied", "settled", "value")
 
     def __init__(self, caller: Pid, dest: Dest, node: str, settled: bool = False) -> None:
+        super().__init__()
         self.caller = caller
         self.dest = dest
         self.node = node  # the callee's node (this node's name for a local call)
-        self.finished = False
         self.value: Any = None
         self.replied = False
         self.down: ExitReason | None = None
         # The callee's node has forgotten the call already (it replied, or it
         # sent CALL_DOWN, or it went down): no CALL_DONE needed.
         self.settled = settled
-        self._task: Any = None
-        self._event: anyio.Event | None = None
 
-    def expire(self) -> None:
-        """Its timeout passed (:class:`Deadlines`): wake the caller, which
-        finds neither a reply nor a down reason and raises the timeout."""
-        self.finish()
-
-    def finish(self) -> None:
-        """Stop waiting: wake the caller."""
-        if self.finished:
-            return
-        self.finished = True
-        task = self._task
-        if task is not None:
-            self._task = None
-            assert _reschedule is not None
-            _reschedule(task)
-        elif self._event is not None:
-            self._event.set()
-
-    def __call__(self, _: object) -> Any:
-        # trio's abort function: the caller was cancelled while parked.
-        self._task = None
-        return _ABORT_SUCCEEDED
+    # expire(): its timeout passed; the caller wakes to find neither a
+    # reply nor a down reason, and raises the timeout.
 
 
 _new_object = object.__new__
@@ -199,13 +157,11 @@ class Calls:
     def start(self) -> None:
         # The backend's own primitives: anyio's look the backend up on every
         # use, which is most of a call's overhead on the way.
-        global _ABORT_SUCCEEDED, _reschedule
         self._on_trio = running_on_trio()
         if self._on_trio:
             import trio
 
-            _ABORT_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
-            _reschedule = trio.lowlevel.reschedule
+            bind_trio()
             self._current_task = trio.lowlevel.current_task
             self._wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
         self.deadlines = Deadlines(self.transport.start_soon, loop_clock())
@@ -261,11 +217,11 @@ class Calls:
                 wait = self._wait_task_rescheduled
                 assert current_task is not None and wait is not None
                 while not pending.finished:
-                    pending._task = current_task()
+                    pending.task = current_task()
                     await wait(pending)
             else:
                 while not pending.finished:
-                    event = pending._event = anyio.Event()
+                    event = pending.event = anyio.Event()
                     await event.wait()
         finally:
             if timeout is not None:
@@ -343,7 +299,7 @@ class Calls:
         pending = self._pending.get(ref.id)
         if pending is not None and not pending.finished:
             pending.down = event.reason
-            pending.finish()
+            pending.wake()
 
     def _forget(self, ref: Ref, pending: _Pending, watch: Ref | None) -> None:
         self._pending.pop(ref.id, None)
@@ -380,7 +336,7 @@ class Calls:
             else:
                 pending.value = value
                 pending.replied = True
-                pending.finish()
+                pending.wake()
             await self.processes.maybe_yield()
             return
         # Encoded first: a value that cannot travel raises with the call
@@ -453,7 +409,7 @@ class Calls:
             if pending is not None and not pending.finished:
                 pending.settled = True
                 pending.down = down
-                pending.finish()
+                pending.wake()
         if self._serving_by_node.pop(node, None) is None:
             return
         for ref in [ref for ref, entry in self._serving.items() if entry[1] == node]:
@@ -528,7 +484,7 @@ class Calls:
             pending.settled = True  # the serving node forgot it as it replied
         pending.value = value
         pending.replied = True
-        pending.finish()
+        pending.wake()
 
     def _handle_call_down(self, conn: Connection, item: list[Any]) -> None:
         _, ref, caller, kind, detail = item
@@ -544,7 +500,7 @@ class Calls:
         pending.settled = True
         if not pending.finished:
             pending.down = reason
-            pending.finish()
+            pending.wake()
 
     def _handle_call_done(self, conn: Connection, item: list[Any]) -> None:
         _, ref = item

@@ -35,7 +35,7 @@ import anyio
 
 from ._backend import running_on_trio
 
-__all__ = ["COMPACT_SLACK", "Deadlines", "Expiring", "loop_clock"]
+__all__ = ["COMPACT_SLACK", "Deadlines", "Expiring", "Waiter", "bind_trio", "loop_clock"]
 
 #: Stale entries tolerated beyond the number of live ones before the heap
 #: is compacted (so a heap with few live entries is not rebuilt often).
@@ -50,6 +50,67 @@ class Expiring(Protocol):
 
     def expire(self) -> None:
         """The deadline passed while it was still waiting."""
+
+
+_ABORT_SUCCEEDED: Any = None  # trio.lowlevel.Abort.SUCCEEDED, once on trio
+_reschedule: Callable[[Any], None] | None = None  # trio.lowlevel.reschedule
+
+
+def bind_trio() -> None:
+    """Look up trio's primitives that :class:`Waiter` uses (on trio only)."""
+    global _ABORT_SUCCEEDED, _reschedule
+    import trio
+
+    _ABORT_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
+    _reschedule = trio.lowlevel.reschedule
+
+
+class Waiter:
+    """One task waiting for one outcome (a call's reply).
+
+    It parks its task itself, on trio the task (it is its own abort
+    function, so a wait makes no closure), on asyncio an ``anyio.Event``:
+    a call makes this one object for its wait. The waiting loop is written
+    out where it runs (one await layer less)::
+
+        while not waiter.finished:            # trio
+            waiter.task = current_task()
+            await wait_task_rescheduled(waiter)
+
+        while not waiter.finished:            # asyncio
+            event = waiter.event = anyio.Event()
+            await event.wait()
+    """
+
+    __slots__ = ("event", "finished", "task")
+
+    def __init__(self) -> None:
+        #: True once the outcome is in (or the deadline passed).
+        self.finished = False
+        self.task: Any = None
+        self.event: anyio.Event | None = None
+
+    def expire(self) -> None:
+        """The deadline passed (see :class:`Deadlines`)."""
+        self.wake()
+
+    def wake(self) -> None:
+        """Finish waiting: reschedule the task (once)."""
+        if self.finished:
+            return
+        self.finished = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            assert _reschedule is not None
+            _reschedule(task)
+        elif self.event is not None:
+            self.event.set()
+
+    def __call__(self, _: object) -> Any:
+        # trio's abort function: the task was cancelled while parked.
+        self.task = None
+        return _ABORT_SUCCEEDED
 
 
 class Deadlines:
