@@ -525,7 +525,7 @@ class Rpc:
         _, req, function, args, kwargs, cid = item
         if type(req) is not int or not isinstance(function, str) or type(args) is not list:
             raise ValueError("RPC_CALL needs an int request id, a str function and a list of args")
-        if type(kwargs) is not dict or not all(type(key) is str for key in kwargs):
+        if type(kwargs) is not dict or (kwargs and not all(type(key) is str for key in kwargs)):
             raise ValueError("RPC_CALL needs a map of keyword arguments with str keys")
         if cid is not None and type(cid) is not str:
             raise ValueError("RPC_CALL correlation id must be a str or null")
