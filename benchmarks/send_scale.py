@@ -18,7 +18,9 @@ conditions, in the same process one after another:
 * ``random_gc_off``: as ``random`` with the collector disabled.
 
 The ``random`` / ``fixed10`` ratio is the cost the target's coldness adds;
-comparing the gc rows tells how much of it the collector is.
+comparing the gc rows tells how much of it the collector is
+(``gc_collections``: the collector's passes per generation during each
+condition, in the order above).
 """
 
 from __future__ import annotations
@@ -70,13 +72,17 @@ async def run(count: int, rounds: int) -> dict[str, Any]:
                     await receive()
                 samples = []
                 clock = time.perf_counter_ns
+                before = [g["collections"] for g in gc.get_stats()]
                 for pid in targets:
                     t = clock()
                     await send(pid, mine)
                     await receive()
                     samples.append(clock() - t)
+                after = [g["collections"] for g in gc.get_stats()]
+                collections.append([a - b for a, b in zip(after, before, strict=True)])
                 return statistics.median(samples) / 1000
 
+            collections: list[list[int]] = []
             ten = pids[:10]
             conditions = {
                 "fixed10": lambda: [rng.choice(ten) for _ in range(rounds)],
@@ -95,6 +101,8 @@ async def run(count: int, rounds: int) -> dict[str, Any]:
             gc.unfreeze()
             results["random_again"] = await p50(conditions["random"]())
             results["fixed10_again"] = await p50(conditions["fixed10"]())
+            # Collections per generation during each condition, in order.
+            results["gc_collections"] = collections
     return results
 
 

@@ -1,6 +1,7 @@
-"""The call path's cheaper pieces: call timeouts from one shared deadline
-heap, hand-built CALL/REPLY frames, refs that cache their hash and ids
-decoded without re-running the name's regex for known node names."""
+"""The message path's cheaper pieces (docs/internals/latency.rst): call
+timeouts from one shared deadline heap, hand-built CALL/REPLY frames, refs
+that cache their hash, ids decoded without re-running the name's regex for
+known node names, and a local send's frame size counted, not encoded."""
 
 from __future__ import annotations
 
@@ -200,3 +201,20 @@ def test_decoded_ids_of_a_known_node_are_still_checked(kind: type[td.Pid | td.Re
     fresh = codec.decode(cbor2.dumps(cbor2.CBORTag(tag, ["known@127.0.0.1", 99, 1])))
     assert type(fresh) is kind and fresh == kind("known@127.0.0.1", 99, 1)
     assert hash(fresh) == hash(kind("known@127.0.0.1", 99, 1))
+
+
+# -------------------------------------------------------------- local sends
+
+
+@pytest.mark.parametrize("id_", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63])
+@pytest.mark.parametrize("creation", [0, 1, 300, 2**40])
+@pytest.mark.parametrize("node", ["a@h", "n" * 64 + "@" + "h" * 200])
+def test_a_local_sends_counted_head_is_the_encoded_heads_size(
+    id_: int, creation: int, node: str
+) -> None:
+    from trio_distribute.messaging import _ARRAY_OF_3, _pid_frame_head_size
+
+    pid = td.Pid(node, id_, creation)
+    for kind in (Kind.SEND, Kind.SEND_NAMED):
+        encoded = _ARRAY_OF_3 + codec.encode(int(kind)) + codec.encode(pid)
+        assert _pid_frame_head_size(pid) == len(encoded)
