@@ -17,6 +17,7 @@ processes of one node the ordinary monitors do the watching.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from collections.abc import Awaitable, Callable
@@ -220,9 +221,10 @@ class Calls:
                     pending.task = current_task()
                     await wait(pending)
             else:
+                create_future = asyncio.get_running_loop().create_future
                 while not pending.finished:
-                    event = pending.event = anyio.Event()
-                    await event.wait()
+                    future = pending.event = create_future()
+                    await future
         finally:
             if timeout is not None:
                 deadlines.done()

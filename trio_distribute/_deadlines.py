@@ -25,6 +25,7 @@ as before (its wait is an ordinary checkpoint).
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import math
@@ -70,16 +71,18 @@ class Waiter:
 
     It parks its task itself, on trio the task (it is its own abort
     function, so a wait makes no closure), on asyncio an ``anyio.Event``:
-    a call makes this one object for its wait. The waiting loop is written
-    out where it runs (one await layer less)::
+    a call makes this one object for its wait. On asyncio it waits on a
+    bare future of the running loop (an ``anyio.Event`` wraps an
+    ``asyncio.Event``, which wraps such a future). The waiting loop is
+    written out where it runs (one await layer less)::
 
         while not waiter.finished:            # trio
             waiter.task = current_task()
             await wait_task_rescheduled(waiter)
 
         while not waiter.finished:            # asyncio
-            event = waiter.event = anyio.Event()
-            await event.wait()
+            future = waiter.event = create_future()
+            await future
     """
 
     __slots__ = ("event", "finished", "task")
@@ -88,7 +91,7 @@ class Waiter:
         #: True once the outcome is in (or the deadline passed).
         self.finished = False
         self.task: Any = None
-        self.event: anyio.Event | None = None
+        self.event: asyncio.Future[None] | None = None
 
     def expire(self) -> None:
         """The deadline passed (see :class:`Deadlines`)."""
@@ -104,8 +107,8 @@ class Waiter:
             self.task = None
             assert _reschedule is not None
             _reschedule(task)
-        elif self.event is not None:
-            self.event.set()
+        elif self.event is not None and not self.event.done():
+            self.event.set_result(None)
 
     def __call__(self, _: object) -> Any:
         # trio's abort function: the task was cancelled while parked.
@@ -193,6 +196,4 @@ def loop_clock() -> Callable[[], float]:
         import trio
 
         return trio.current_time
-    import asyncio
-
     return asyncio.get_running_loop().time

@@ -25,6 +25,7 @@ flight at once.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import itertools
@@ -402,9 +403,10 @@ class Rpc:
                     call.task = current_task()
                     await wait(call)
             else:
+                create_future = asyncio.get_running_loop().create_future
                 while not call.finished:
-                    event = call.event = anyio.Event()
-                    await event.wait()
+                    future = call.event = create_future()
+                    await future
         finally:
             if timed:
                 deadlines.done()
