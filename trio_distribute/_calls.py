@@ -17,23 +17,26 @@ processes of one node the ordinary monitors do the watching.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import struct
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 import attrs
 
-from ._backend import Parker, new_parker, running_on_trio
+from ._backend import running_on_trio
+from ._deadlines import Deadlines, Waiter, bind_trio, loop_clock
 from ._ids import Pid, Ref
 from ._node_events import NodeEventBus, PeerDown, ProcessExited
 from ._proto.kinds import Kind
-from .codec import message
+from .codec import encode, encode_element, encode_id, message
 from .errors import (
     AlreadyRepliedError,
     CallTimeoutError,
+    MessageTooLargeError,
     NameNotFoundError,
     NodeDownError,
     ProcessDownError,
@@ -46,6 +49,11 @@ _CALL = int(Kind.CALL)
 _REPLY = int(Kind.REPLY)
 _CALL_DOWN = int(Kind.CALL_DOWN)
 _CALL_DONE = int(Kind.CALL_DONE)
+# The fixed starts of CALL ([kind, ref, caller, dest, request]) and REPLY
+# ([kind, caller, ref, value]) frames: array head and kind.
+_CALL_START = b"\x85" + encode(_CALL)
+_REPLY_START = b"\x84" + encode(_REPLY)
+_LENGTH = struct.Struct(">I")
 
 if TYPE_CHECKING:
     from ._monitors import Monitors
@@ -73,21 +81,47 @@ class Call:
     _replied: bool = attrs.field(default=False, init=False, eq=False, repr=False)
 
 
-@attrs.define(eq=False, kw_only=True)
-class _Pending:
-    """A call this node's process is waiting on."""
+class _Pending(Waiter):
+    """A call this node's process is waiting on (it parks the caller)."""
 
-    caller: Pid
-    dest: Dest
-    node: str  # the callee's node (this node's name for a local call)
-    parker: Parker
-    finished: bool = False
-    value: Any = None
-    replied: bool = False
-    down: ExitReason | None = None
-    # The callee's node has forgotten the call already (it replied, or it
-    # sent CALL_DOWN, or it went down): no CALL_DONE needed.
-    settled: bool = False
+    __slots__ = ("caller", "dest", "down", "node", "replied", "settled", "value")
+
+    def __init__(self, caller: Pid, dest: Dest, node: str, settled: bool = False) -> None:
+        super().__init__()
+        self.caller = caller
+        self.dest = dest
+        self.node = node  # the callee's node (this node's name for a local call)
+        self.value: Any = None
+        self.replied = False
+        self.down: ExitReason | None = None
+        # The callee's node has forgotten the call already (it replied, or it
+        # sent CALL_DOWN, or it went down): no CALL_DONE needed.
+        self.settled = settled
+
+    # expire(): its timeout passed; the caller wakes to find neither a
+    # reply nor a down reason, and raises the timeout.
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _new_call(request: Any, caller: Pid, ref: Ref) -> Call:
+    """``Call(request, caller, ref)`` without the validators, for a caller
+    and ref whose types were checked already (once per call served)."""
+    call = _new_object(Call)
+    _set_attribute(call, "request", request)
+    _set_attribute(call, "caller", caller)
+    _set_attribute(call, "ref", ref)
+    _set_attribute(call, "_replied", False)
+    return call
+
+
+def _check_timeout(timeout: object) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if not timeout > 0 or math.isnan(timeout):
+        raise ValueError(f"timeout must be positive, got {timeout!r}")
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -111,7 +145,11 @@ class Calls:
     # a node going down scans _serving for its calls.
     _serving_by_node: dict[str, int] = attrs.field(factory=dict)
     _on_trio: bool = False
-    _move_on_after: Callable[[float], AbstractContextManager[Any]] = anyio.move_on_after
+    # Per call, (trio) the running task and the wait that parks it.
+    _current_task: Callable[[], Any] | None = None
+    _wait_task_rescheduled: Callable[[Any], Awaitable[Any]] | None = None
+    # The calls' timeouts (one task and a heap, not a cancel scope per call).
+    deadlines: Deadlines | None = None
 
     def __attrs_post_init__(self) -> None:
         self.events.subscribe(ProcessExited, self.process_exited)
@@ -124,7 +162,10 @@ class Calls:
         if self._on_trio:
             import trio
 
-            self._move_on_after = trio.move_on_after
+            bind_trio()
+            self._current_task = trio.lowlevel.current_task
+            self._wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+        self.deadlines = Deadlines(self.transport.start_soon, loop_clock())
         add = self.transport.add_handler
         add(Kind.CALL, self._handle_call)
         add(Kind.REPLY, self._handle_reply)
@@ -135,48 +176,25 @@ class Calls:
 
     async def call(self, process: Process, dest: Dest, request: Any, timeout: float | None) -> Any:
         """See :meth:`Process.call`."""
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-                raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-            if not timeout > 0 or math.isnan(timeout):
-                raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if timeout is not None and (type(timeout) is not float or not timeout > 0):
+            _check_timeout(timeout)  # raises unless a positive int or float
         if not process.alive:
             raise ValueError(f"process {process.pid} has ended: it cannot call")
         transport = self.transport
-        processes = self.processes
-        node, target = self._resolve(dest)
+        target: Pid | str
+        if type(dest) is Pid:
+            node, target = dest.node, dest
+        else:
+            node, target = self._resolve(dest)
         if node == transport.name:
-            pid = processes.whereis(target) if isinstance(target, str) else target
-            if pid is None:
-                if isinstance(dest, str):
-                    raise NameNotFoundError(dest)
-                raise ProcessDownError(ExitReason(ExitKind.NOPROC, f"no process {target}"), dest)
-            if pid == process.pid:
-                raise ValueError(f"process {process.pid} cannot call itself")
-            # What the callee would get over the wire (a copy, tuples as
-            # lists; what cannot travel raises here), as for a local send.
-            request, size = processes.local_copy(_SEND, pid, request)
-            callee = processes.lookup(pid)
-            if callee is None:
-                raise ProcessDownError(ExitReason(ExitKind.NOPROC), dest)
-            ref = self.monitors.new_ref()
-            pending = _Pending(
-                caller=process.pid,
-                dest=dest,
-                node=node,
-                parker=new_parker(self._on_trio),
-                settled=True,
-            )
-            self._pending[ref.id] = pending
-            watch = self.monitors.watch(pid, lambda event: self._local_down(ref, event))
-            processes._put(callee, Call(request, process.pid, ref), size)
+            pending, ref, watch = self._call_local(process, dest, target, request)
         else:
             ref = self.monitors.new_ref()
             # Encoded first: a request that cannot travel fails here, with
             # nothing registered.
-            data = transport.encode_id_frame([_CALL, ref, process.pid, target, request])
+            data = self._call_frame(ref, process.pid, target, request)
+            conn = transport.connection(node)
             try:
-                conn = transport.connection(node)
                 if conn is None:
                     conn = await transport.connection_for(node)
                 if conn.is_congested():
@@ -186,27 +204,84 @@ class Calls:
                 raise ProcessDownError(reason, dest) from exc
             if conn.closed:
                 raise ProcessDownError(ExitReason(ExitKind.NOCONNECTION, "connection lost"), dest)
-            pending = _Pending(
-                caller=process.pid, dest=dest, node=node, parker=new_parker(self._on_trio)
-            )
+            pending = _Pending(process.pid, dest, node)
             self._pending[ref.id] = pending
             conn.write(data)
             watch = None
+        deadlines = self.deadlines
+        assert deadlines is not None
+        if timeout is not None:
+            deadlines.add(timeout, pending)
         try:
-            if timeout is None:
+            if self._on_trio:
+                current_task = self._current_task
+                wait = self._wait_task_rescheduled
+                assert current_task is not None and wait is not None
                 while not pending.finished:
-                    await pending.parker.park()
+                    pending.task = current_task()
+                    await wait(pending)
             else:
-                with self._move_on_after(timeout):
-                    while not pending.finished:
-                        await pending.parker.park()
+                create_future = asyncio.get_running_loop().create_future
+                while not pending.finished:
+                    future = pending.event = create_future()
+                    await future
         finally:
+            if timeout is not None:
+                deadlines.done()
             self._forget(ref, pending, watch)
         if pending.replied:
             return pending.value
         if pending.down is not None:
             raise ProcessDownError(pending.down, dest)
         raise CallTimeoutError(dest, timeout)
+
+    def _call_local(
+        self, process: Process, dest: Dest, target: Pid | str, request: Any
+    ) -> tuple[_Pending, Ref, Ref]:
+        """Deliver a call to a process of this node, watched by a monitor."""
+        processes = self.processes
+        pid = processes.whereis(target) if isinstance(target, str) else target
+        if pid is None:
+            if isinstance(dest, str):
+                raise NameNotFoundError(dest)
+            raise ProcessDownError(ExitReason(ExitKind.NOPROC, f"no process {target}"), dest)
+        if pid == process.pid:
+            raise ValueError(f"process {process.pid} cannot call itself")
+        # What the callee would get over the wire (a copy, tuples as
+        # lists; what cannot travel raises here), as for a local send.
+        request, size = processes.local_copy(_SEND, pid, request)
+        callee = processes.lookup(pid)
+        if callee is None:
+            raise ProcessDownError(ExitReason(ExitKind.NOPROC), dest)
+        ref = self.monitors.new_ref()
+        pending = _Pending(process.pid, dest, self.transport.name, settled=True)
+        self._pending[ref.id] = pending
+        watch = self.monitors.watch(pid, lambda event: self._local_down(ref, event))
+        processes._put(callee, _new_call(request, process.pid, ref), size)
+        return pending, ref, watch
+
+    def _sized(self, parts: tuple[bytes, ...]) -> bytes:
+        size = sum(map(len, parts))
+        limit = self.transport.config.max_message_size
+        if size > limit:
+            raise MessageTooLargeError(size, limit)
+        return b"".join((_LENGTH.pack(size), *parts))
+
+    def _call_frame(self, ref: Ref, caller: Pid, dest: Pid | str, request: Any) -> bytes:
+        """The CALL frame, built from cached pieces: the same bytes as
+        ``transport.encode_frame([CALL, ref, caller, dest, request])``.
+
+        Raises:
+            EncodeError, MessageTooLargeError: the request cannot travel.
+        """
+        body = encode_element(request)
+        target = encode_id(dest) if type(dest) is Pid else encode_element(dest)
+        return self._sized((_CALL_START, encode_id(ref), encode_id(caller), target, body))
+
+    def _reply_frame(self, caller: Pid, ref: Ref, value: Any) -> bytes:
+        """The REPLY frame (as :meth:`_call_frame`)."""
+        body = encode_element(value)
+        return self._sized((_REPLY_START, encode_id(caller), encode_id(ref), body))
 
     def _resolve(self, dest: Dest) -> tuple[str, Pid | str]:
         """(the callee's node, its pid or its name there)."""
@@ -226,7 +301,7 @@ class Calls:
         pending = self._pending.get(ref.id)
         if pending is not None and not pending.finished:
             pending.down = event.reason
-            self._settle(pending)
+            pending.wake()
 
     def _forget(self, ref: Ref, pending: _Pending, watch: Ref | None) -> None:
         self._pending.pop(ref.id, None)
@@ -239,11 +314,6 @@ class Calls:
             conn = self.transport.connection(pending.node)
             if conn is not None and not conn.closed:
                 conn.write(self.transport.encode_id_frame([_CALL_DONE, ref]))
-
-    def _settle(self, pending: _Pending) -> None:
-        if not pending.finished:
-            pending.finished = True
-            pending.parker.unpark_all()
 
     # ----------------------------------------------------------------- callee
 
@@ -259,7 +329,7 @@ class Calls:
             # As over the wire: a copy, and what cannot travel raises with
             # the call still unanswered.
             value, _ = self.processes.local_copy(_SEND, caller, value)
-            call._replied = True
+            _set_attribute(call, "_replied", True)  # no attrs setattr hooks
             ref = call.ref
             own = ref.node == transport.name and ref.creation == transport.creation
             pending = self._pending.get(ref.id) if own else None
@@ -268,13 +338,13 @@ class Calls:
             else:
                 pending.value = value
                 pending.replied = True
-                self._settle(pending)
+                pending.wake()
             await self.processes.maybe_yield()
             return
         # Encoded first: a value that cannot travel raises with the call
         # still unanswered, so the callee can reply again with another.
-        data = transport.encode_id_frame([_REPLY, caller, call.ref, value])
-        call._replied = True
+        data = self._reply_frame(caller, call.ref, value)
+        _set_attribute(call, "_replied", True)
         self._unserve(call.ref, caller.node)
         conn = transport.connection(caller.node)
         if conn is None or conn.closed:
@@ -341,7 +411,7 @@ class Calls:
             if pending is not None and not pending.finished:
                 pending.settled = True
                 pending.down = down
-                self._settle(pending)
+                pending.wake()
         if self._serving_by_node.pop(node, None) is None:
             return
         for ref in [ref for ref, entry in self._serving.items() if entry[1] == node]:
@@ -392,8 +462,12 @@ class Calls:
             raise ValueError(f"{peer} has {served} calls waiting here (max_monitors_per_peer)")
         self._serving_by_node[peer] = served + 1
         self._serving[ref] = (callee.pid.id, peer, caller)
-        self._serving_by_pid.setdefault(callee.pid.id, set()).add(ref)
-        processes._put(callee, Call(request, caller, ref), conn.frame_size)
+        refs = self._serving_by_pid.get(callee.pid.id)
+        if refs is None:
+            self._serving_by_pid[callee.pid.id] = {ref}
+        else:
+            refs.add(ref)
+        processes._put(callee, _new_call(request, caller, ref), conn.frame_size)
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
         _, caller, ref, value = item
@@ -401,14 +475,18 @@ class Calls:
         if type(caller) is not Pid or caller.node != self.transport.name:
             raise ValueError(f"REPLY to {caller!r}, which is not a pid of this node")
         pending = self._pending.get(ref.id)
-        if pending is None or pending.caller != caller or pending.finished:
+        if (
+            pending is None
+            or pending.finished
+            or (pending.caller is not caller and pending.caller != caller)
+        ):
             self.transport.count_drop("late_reply")
             return
         if conn.peer == pending.node:
             pending.settled = True  # the serving node forgot it as it replied
         pending.value = value
         pending.replied = True
-        self._settle(pending)
+        pending.wake()
 
     def _handle_call_down(self, conn: Connection, item: list[Any]) -> None:
         _, ref, caller, kind, detail = item
@@ -424,7 +502,7 @@ class Calls:
         pending.settled = True
         if not pending.finished:
             pending.down = reason
-            self._settle(pending)
+            pending.wake()
 
     def _handle_call_done(self, conn: Connection, item: list[Any]) -> None:
         _, ref = item
@@ -441,4 +519,7 @@ class Calls:
             "serving": len(self._serving),
             "serving_by_pid": sum(len(refs) for refs in self._serving_by_pid.values()),
             "serving_by_node": sum(self._serving_by_node.values()),
+            # Calls waiting with a timeout (the heap's stale entries are
+            # reclaimed lazily and are not counted).
+            "deadlines": 0 if self.deadlines is None else self.deadlines.waiting,
         }

@@ -7,10 +7,18 @@ need them, and neither should import the other.
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 import attrs
 
-__all__ = ["Pid", "Ref", "check_label", "validate_cookie", "validate_node_name"]
+__all__ = [
+    "Pid",
+    "Ref",
+    "check_label",
+    "unchecked_id",
+    "validate_cookie",
+    "validate_node_name",
+]
 
 _SHORT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HOST = re.compile(r"[A-Za-z0-9._-]{1,253}")
@@ -98,9 +106,13 @@ class Pid:
         return f"<{self.node}.{self.id}.{self.creation}>"
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)
 class Ref:
     """A unique reference (monitor refs, request ids), unique per node run."""
+
+    # The hash is cached as Pid's is: a call's ref is a dict key on both
+    # nodes (the waiting call, the call being served) and is hashed several
+    # times per call.
 
     node: str = attrs.field(validator=_node_name)
     id: int = attrs.field(validator=_non_negative)
@@ -108,3 +120,24 @@ class Ref:
 
     def __str__(self) -> str:
         return f"#Ref<{self.node}.{self.id}.{self.creation}>"
+
+
+_Id = TypeVar("_Id", Pid, Ref)
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def unchecked_id(kind: type[_Id], node: str, id: int, creation: int) -> _Id:
+    """``kind(node, id, creation)`` without its validators, for values the
+    caller has checked already (this node's own name and a counter; a name
+    validated before and ints known to be non-negative): a fresh ref per
+    call, or a pid or ref decoded from a frame, pays for no regular
+    expression."""
+    made = _new_object(kind)
+    _set_attribute(made, "node", node)
+    _set_attribute(made, "id", id)
+    _set_attribute(made, "creation", creation)
+    _set_attribute(made, "_attrs_cached_hash", None)
+    return made

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._ids import Pid, Ref
+from ._ids import Pid, Ref, unchecked_id
 from ._node_events import NodeEventBus, PeerDown, ProcessExited
 from ._proto.kinds import Kind
 from .monitor import ExitKind, ExitReason, NodeDownReason, ProcessDown
@@ -63,7 +63,10 @@ class Monitors:
 
     def new_ref(self) -> Ref:
         """A reference unique to this run of this node."""
-        return Ref(self.transport.name, next(self._ref_ids), self.transport.creation)
+        # The name and creation were validated when the node started and
+        # the id comes from a counter: every call makes one, so no regex.
+        transport = self.transport
+        return unchecked_id(Ref, transport.name, next(self._ref_ids), transport.creation)
 
     def _send(self, conn: Connection, item: list[Any]) -> None:
         if not conn.closed:

@@ -133,7 +133,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import attrs
 import cbor2
 
-from ._ids import Pid, Ref
+from ._ids import Pid, Ref, unchecked_id
 from ._proto._cbor import FinalDecodeError, PayloadDecode, TagTable, payload_decoder
 from ._proto._sliced import SLICE_BYTES, SlicedDecoder, Steps
 from .errors import DecodeError, EncodeError, MessageTooLargeError
@@ -151,7 +151,9 @@ __all__ = [
     "MessageType",
     "decode",
     "encode",
+    "encode_element",
     "encode_frame",
+    "encode_id",
     "encode_items",
     "encoded_size_ok",
     "message",
@@ -677,6 +679,26 @@ def _frame_item(item: object) -> bytes:
     return _encode_checked(item)
 
 
+def encode_id(value: Pid | Ref) -> bytes:
+    """The encoding of a Pid or Ref, from the caches (as ``encode`` gives
+    it); a frame built by hand from pieces pastes it in."""
+    if type(value) is Pid:
+        return _id_bytes(_PID_HEAD, _PID_BYTES, value)
+    return _id_bytes(_REF_HEAD, _REF_BYTES, value)
+
+
+def encode_element(item: object) -> bytes:
+    """The encoding of ``item`` as an element of a frame's array: the bytes
+    ``encode`` gives for it, with one level of the depth limit spent on the
+    array (so a frame built by hand from pieces is refused exactly where
+    ``encode`` of the whole frame would be).
+
+    Raises:
+        EncodeError: as :func:`encode`.
+    """
+    return _frame_item(item)
+
+
 def encoded_size_ok(data: bytes, limit: int) -> None:
     """Check an encoded payload against the configured size limit.
 
@@ -693,6 +715,8 @@ def encoded_size_ok(data: bytes, limit: int) -> None:
 
 _PID_CACHE: dict[tuple[str, int, int], Pid] = {}
 _REF_CACHE: dict[tuple[str, int, int], Ref] = {}
+# Node names that passed validation (bounded like the caches above).
+_VALID_NODES: set[str] = set()
 
 
 def _make_id(kind: type[_T], cache: dict[tuple[str, int, int], _T], value: Any) -> _T:
@@ -705,10 +729,18 @@ def _make_id(kind: type[_T], cache: dict[tuple[str, int, int], _T], value: Any) 
         ) from None
     if not (type(node) is str and type(id_) is int and type(creation) is int):
         raise DecodeError(f"invalid {kind.__name__}: expected [str, int, int], got {value!r:.100}")
-    try:
-        made = kind(node, id_, creation)  # type: ignore[call-arg]
-    except (TypeError, ValueError) as exc:
-        raise DecodeError(f"invalid {kind.__name__}: {exc}") from None
+    if node in _VALID_NODES and id_ >= 0 and creation >= 0:
+        # A node name seen valid before: a fresh ref (one per call) or pid
+        # of a known node skips the name's regular expressions.
+        made = unchecked_id(kind, node, id_, creation)  # type: ignore[type-var]
+    else:
+        try:
+            made = kind(node, id_, creation)  # type: ignore[call-arg]
+        except (TypeError, ValueError) as exc:
+            raise DecodeError(f"invalid {kind.__name__}: {exc}") from None
+        if len(_VALID_NODES) >= _CACHE_SIZE:
+            _VALID_NODES.clear()
+        _VALID_NODES.add(node)
     if len(cache) >= _CACHE_SIZE:
         cache.clear()
     cache[(node, id_, creation)] = made

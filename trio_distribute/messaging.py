@@ -135,6 +135,16 @@ def _id_size(value: Pid | Ref) -> int:
     return size
 
 
+def _pid_frame_head_size(dest: Pid) -> int:
+    """``len(_frame_head(SEND, dest))``, counted rather than encoded: a
+    local send to one of many processes would miss the head cache (and
+    encode a head) every time. The array and kind bytes (2), the pid's tag
+    (3) and array (1) heads, then its fields; a node name is ASCII (its
+    validation allows nothing else), so its length is its encoded length."""
+    node = dest.node
+    return 6 + _head(len(node)) + len(node) + _head(dest.id) + _head(dest.creation)
+
+
 def _plain_copy(value: Any, depth: int) -> tuple[Any, int]:
     """``(codec.decode(codec.encode(value)), len(codec.encode(value)))``
     for plain data, without encoding: tuples become lists, containers are
@@ -924,7 +934,10 @@ class Processes:
             DecodeError: it encodes but this node would refuse it (a
                 ``@message`` class whose constructor rejects its fields).
         """
-        head = self._heads[kind].get(dest) or self._frame_head(kind, dest)
+        if type(dest) is Pid:
+            head_size = _pid_frame_head_size(dest)
+        else:
+            head_size = len(self._heads[kind].get(dest) or self._frame_head(kind, dest))
         try:
             copy, body_size = _plain_copy(message, _PLAIN_DEPTH)
         except (_Unusual, UnicodeEncodeError):
@@ -933,7 +946,7 @@ class Processes:
             copy, body_size = None, len(body)
         else:
             body = b""
-        size = len(head) + body_size + extra
+        size = head_size + body_size + extra
         limit = self.transport.config.max_message_size
         if size > limit:
             raise MessageTooLargeError(size, limit)

@@ -25,11 +25,13 @@ flight at once.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import itertools
 import logging
 import math
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -38,8 +40,9 @@ import anyio
 import anyio.abc
 import attrs
 
-from ._backend import Parker, new_parker, running_on_trio
+from ._backend import running_on_trio
 from ._correlation import correlation_id
+from ._deadlines import Waiter, bind_trio, loop_clock
 from ._node_events import NodeEventBus, PeerDown
 from ._proto.kinds import Kind
 from ._ratelimit import LogLimiter
@@ -161,23 +164,26 @@ class _Scope(Protocol):
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any, /) -> bool: ...
 
 
-class _Call:
-    """One call of this node waiting for its reply."""
+class _Call(Waiter):
+    """One call of this node waiting for its reply (it parks the caller)."""
 
-    __slots__ = ("conn", "done", "parker", "status", "value")
+    __slots__ = ("conn", "status", "timed_out", "value")
 
-    def __init__(self, conn: Connection, parker: Parker) -> None:
+    def __init__(self, conn: Connection) -> None:
+        super().__init__()
         self.conn = conn
-        self.parker = parker
-        self.done = False
         self.status = -1
         self.value: Any = None
+        self.timed_out = False
 
     def finish(self, status: int, value: Any) -> None:
-        self.done = True
         self.status = status
         self.value = value
-        self.parker.unpark_all()
+        self.wake()
+
+    def expire(self) -> None:
+        self.timed_out = True
+        self.wake()
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -248,6 +254,11 @@ class Rpc:
     _awaiting_ack: dict[int, str] = attrs.field(factory=dict)
     _task_group: anyio.abc.TaskGroup | None = None
     _on_trio: bool = False
+    # (trio) The running task and the wait that parks it, looked up once.
+    _current_task: Callable[[], Any] | None = None
+    _wait_task_rescheduled: Callable[[Any], Awaitable[Any]] | None = None
+    # The event loop's clock (call latencies, deadlines).
+    _now: Callable[[], float] = time.monotonic
 
     def __repr__(self) -> str:
         return (
@@ -284,6 +295,10 @@ class Rpc:
                 return trio.CancelScope(relative_deadline=seconds)
 
             self._move_on_after = move_on_after
+            bind_trio()
+            self._current_task = trio.lowlevel.current_task
+            self._wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+        self._now = loop_clock()
         transport = self.transport
         transport.add_handler(Kind.RPC_CALL, self._handle_call)
         transport.add_handler(Kind.RPC_CAST, self._handle_cast)
@@ -365,23 +380,41 @@ class Rpc:
             # A call can wait for space like a send; only the reply, written
             # by the serving node's reader, cannot (see max_send_queue).
             await conn.wait_for_space()
-        call = _Call(conn, new_parker(self._on_trio))
+        call = _Call(conn)
         self._calls[req] = call
-        started = anyio.current_time()
+        started = self._now()
         self._counts["calls_sent"] += 1
+        # The node's shared deadline heap, not a cancel scope per call (see
+        # _deadlines): the call's own Waiter is woken by a reply or expiry.
+        deadlines = self.processes.calls.deadlines
+        assert deadlines is not None
+        timed = limit != math.inf
+        if timed:
+            deadlines.add(limit, call)
         try:
             conn.write(frame)
             if conn.closed:
                 call.finish(_NODE_DOWN, conn.down_reason or "connection closed")
-            with self._move_on_after(limit):
-                while not call.done:
-                    await call.parker.park()
+            if self._on_trio:
+                current_task = self._current_task
+                wait = self._wait_task_rescheduled
+                assert current_task is not None and wait is not None
+                while not call.finished:
+                    call.task = current_task()
+                    await wait(call)
+            else:
+                create_future = asyncio.get_running_loop().create_future
+                while not call.finished:
+                    future = call.event = create_future()
+                    await future
         finally:
+            if timed:
+                deadlines.done()
             del self._calls[req]
-            if not call.done:
+            if not call.finished or call.timed_out:
                 # Timed out or cancelled: stop the remote task as well.
                 self._abandon(conn, req)
-        if not call.done:
+        if call.timed_out:
             self._observe(node, function, started, "timeout", limit)
             raise RpcTimeoutError(node, function, limit)
         self._observe(node, function, started, _OUTCOMES.get(call.status, "node_down"), limit)
@@ -392,7 +425,7 @@ class Rpc:
     ) -> None:
         # Telemetry: every remote call's latency; a timeout also on its own.
         emit = self.transport.on_event
-        emit(RpcCompleted(node, function, anyio.current_time() - started, outcome))
+        emit(RpcCompleted(node, function, self._now() - started, outcome))
         if outcome == "timeout":
             emit(RpcTimedOut(node, function, limit))
 
@@ -494,7 +527,7 @@ class Rpc:
         _, req, function, args, kwargs, cid = item
         if type(req) is not int or not isinstance(function, str) or type(args) is not list:
             raise ValueError("RPC_CALL needs an int request id, a str function and a list of args")
-        if type(kwargs) is not dict or not all(type(key) is str for key in kwargs):
+        if type(kwargs) is not dict or (kwargs and not all(type(key) is str for key in kwargs)):
             raise ValueError("RPC_CALL needs a map of keyword arguments with str keys")
         if cid is not None and type(cid) is not str:
             raise ValueError("RPC_CALL correlation id must be a str or null")
@@ -673,7 +706,7 @@ class Rpc:
         if status not in (OK, RAISED, BAD, CANCELLED):
             raise ValueError(f"RPC_REPLY with unknown status {status!r}")
         call = self._calls.get(req)
-        if call is not None and call.conn is conn and status != CANCELLED and not call.done:
+        if call is not None and call.conn is conn and status != CANCELLED and not call.finished:
             if status == RAISED and not (
                 type(value) is list and len(value) == 3 and all(type(v) is str for v in value)
             ):
@@ -691,7 +724,7 @@ class Rpc:
         """Fail this node's calls to ``name``; cancel its calls here."""
         name, reason = event.name, event.reason
         for call in list(self._calls.values()):
-            if call.conn.peer == name and not call.done:
+            if call.conn.peer == name and not call.finished:
                 call.finish(_NODE_DOWN, reason)
         for (conn, _), scope in list(self._serving.items()):
             if conn.peer == name:

@@ -1,0 +1,38 @@
+"""The latency benchmarks (docs/internals/latency.rst) still run end to end
+and report every condition (nothing here judges a number)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import latency_cpu, send_scale
+
+
+def _result(out: str) -> dict[str, object]:
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    data: dict[str, object] = json.loads(line[len("RESULT ") :])
+    return data
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_latency_cpu_reports_each_workload(
+    backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latency_cpu.main(["--count", "20", "--runs", "1", "--backend", backend])
+    data = _result(capsys.readouterr().out)
+    assert data["backend"] == backend
+    for workload in latency_cpu.WORKLOADS:
+        entry = data[workload]
+        assert isinstance(entry, dict) and entry["cpu_us"] > 0 and entry["wall_p50_us"] > 0
+
+
+def test_send_scale_reports_every_condition(capsys: pytest.CaptureFixture[str]) -> None:
+    send_scale.main(["--count", "50", "--rounds", "20"])
+    data = _result(capsys.readouterr().out)
+    for condition in ("fixed10", "random", "random_gc_off", "random_gc_frozen"):
+        value = data[condition]
+        assert isinstance(value, float) and value > 0
+    collections = data["gc_collections"]
+    assert isinstance(collections, list) and len(collections) == 8
