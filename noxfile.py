@@ -21,6 +21,24 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def properties(session: nox.Session) -> None:
+    """Every property test at its full example count (the hypothesis profile
+    "properties"); ``nox -s tests`` runs the correctness properties at a
+    fifth of it (docs/internals/test-suite.rst)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "-q",
+        "-m",
+        "hypothesis and not slow",
+        "-n",
+        "2",
+        "--hypothesis-profile=properties",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff")
