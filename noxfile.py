@@ -16,8 +16,30 @@ def tests(session: nox.Session) -> None:
     """The unit, simulation and loopback suites on the trio and asyncio backends."""
     session.install("-e", ".[test]")
     # Two workers: much of the suite waits on timers and sockets, so the
-    # run takes about half as long on a two-core machine.
-    session.run("pytest", "-q", "-m", "not slow", "-n", "2", *session.posargs)
+    # run takes about half as long on a two-core machine. Work stealing: a
+    # worker that runs out takes tests from the other's queue, so a few long
+    # tests at the end of one queue do not leave the other worker idle.
+    session.run(
+        "pytest", "-q", "-m", "not slow", "-n", "2", "--dist", "worksteal", *session.posargs
+    )
+
+
+@nox.session(python=PYTHON)
+def properties(session: nox.Session) -> None:
+    """Every property test at its full example count (the hypothesis profile
+    "properties"); ``nox -s tests`` runs the correctness properties at a
+    fifth of it (docs/internals/test-suite.rst)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "-q",
+        "-m",
+        "hypothesis and not slow",
+        "-n",
+        "2",
+        "--hypothesis-profile=properties",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)

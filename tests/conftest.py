@@ -1,7 +1,11 @@
-"""Shared fixtures: every async test runs on both the trio and asyncio backends."""
+"""Shared fixtures: every async test runs on both the trio and asyncio backends.
+
+Importing property_examples registers the hypothesis profile that
+``nox -s properties`` loads (full example counts)."""
 
 from __future__ import annotations
 
+import property_examples  # noqa: F401 (registers the "properties" profile)
 import pytest
 
 

@@ -5,8 +5,11 @@ leave gracefully; each prints every node event it sees.
 prints ``READY``, then ``EVENT up|down NAME REASON`` lines until it saw
 JOINERS node-downs (or 60 s passed), then ``DONE`` and leaves.
 
-``python join_storm.py join NAME SEED_PORT GO_AT HOLD``: waits until the
-wall-clock time GO_AT, joins the seed, prints its own events for HOLD
+``python join_storm.py join NAME SEED_PORT HOLD``: prints ``STARTED`` once
+its imports are done, reads the wall-clock time GO_AT from a line of its
+standard input (the test sends it when every joiner has started, so that
+they join together without guessing how long an interpreter takes to
+start), waits until then, joins the seed, prints its own events for HOLD
 seconds, then leaves its block (a graceful stop).
 """
 
@@ -46,7 +49,9 @@ async def seed(port: int, joiners: int) -> None:
         print("DONE", flush=True)
 
 
-async def join(name: str, seed_port: int, go_at: float, hold: float) -> None:
+async def join(name: str, seed_port: int, hold: float) -> None:
+    print("STARTED", flush=True)
+    go_at = float(await trio.to_thread.run_sync(sys.stdin.readline))
     await trio.sleep(max(0.0, go_at - time.time()))
     async with td.open_node(
         name,
@@ -67,4 +72,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "seed":
         trio.run(seed, int(sys.argv[2]), int(sys.argv[3]))
     else:
-        trio.run(join, sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+        trio.run(join, sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))

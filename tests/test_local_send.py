@@ -10,6 +10,7 @@ import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from property_examples import examples
 
 import trio_distribute as td
 from trio_distribute import codec
@@ -175,7 +176,7 @@ def plain_data() -> st.SearchStrategy[Any]:
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(plain_data())
 def test_the_fast_copy_is_the_codec_round_trip(value: Any) -> None:
     try:

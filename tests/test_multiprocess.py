@@ -331,7 +331,6 @@ def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdo
         try:
             assert seed.stdout is not None
             assert seed.stdout.readline().strip() == "READY"
-            go_at = time.time() + 3.0  # every interpreter started by then
             children = [
                 subprocess.Popen(
                     [
@@ -340,15 +339,24 @@ def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdo
                         "join",
                         name,
                         str(port),
-                        str(go_at),
                         "4" if index < 2 else "60",
                     ],
+                    stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,  # the KeyboardInterrupt traceback
                     text=True,
                 )
                 for index, name in enumerate(joiners)
             ]
+            # Every interpreter has started: all three join at the same instant.
+            for child in children:
+                assert child.stdout is not None and child.stdin is not None
+                assert child.stdout.readline().strip() == "STARTED"
+            go_at = time.time() + 0.2
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write(f"{go_at}\n")
+                child.stdin.flush()  # communicate() closes it
             outputs = [child.communicate(timeout=60)[0] for child in children[:2]]
             assert all(child.returncode == 0 for child in children[:2]), outputs
             children[2].send_signal(signal.SIGINT)

@@ -19,6 +19,7 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from property_examples import examples
 
 import trio_distribute as td
 from trio_distribute import codec
@@ -110,7 +111,7 @@ async def _both(data: bytes, window: int, max_depth: int = codec.DEFAULT_MAX_DEP
         assert _same(expected, got), (data.hex(), expected, got)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=_values, window=st.sampled_from([1, 2, 3, 5, 8, 13, 40, 1000]))
 def test_sliced_decode_gives_what_decode_gives(value: Any, window: int) -> None:
     anyio.run(_both, codec.encode(value), window)

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from property_examples import examples
 
 from trio_distribute._proto.broadcast_queue import BroadcastQueue, retransmit_limit
 
@@ -93,7 +94,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(operations)
 def test_model(ops: list[tuple[str, str | int, int]]) -> None:
     """Against a plain dict model: sizes fit, only queued news is sent, each

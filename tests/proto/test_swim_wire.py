@@ -8,6 +8,7 @@ import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from property_examples import examples
 
 from trio_distribute._proto import swim_wire as wire
 from trio_distribute._proto.swim_wire import SwimDecodeError
@@ -39,7 +40,7 @@ stream_messages: st.SearchStrategy[wire.StreamMessage] = st.one_of(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.lists(datagram_messages, min_size=1, max_size=30))
 def test_datagram_round_trip_and_size(messages: list[wire.DatagramMessage]) -> None:
     parts = [wire.encode(m) for m in messages]
@@ -48,7 +49,7 @@ def test_datagram_round_trip_and_size(messages: list[wire.DatagramMessage]) -> N
     assert wire.decode_datagram(payload) == messages
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(stream_messages)
 def test_stream_round_trip(message: wire.StreamMessage) -> None:
     assert wire.decode_stream(wire.encode(message)) == message

@@ -323,8 +323,9 @@ class Simulator:
             self.trace.append(TraceEntry(self.now, "drop:" + cause, source, destination))
 
     def _after_callback(self, address: str, host: SimHost) -> None:
+        send = self._send
         for item in host.take_outgoing():
-            self._send(address, item)
+            send(address, item)
         self._schedule_timer(address, host)
 
     def _schedule_timer(self, address: str, host: SimHost) -> None:
@@ -345,7 +346,8 @@ class Simulator:
 
     def _send(self, source: str, item: Outgoing) -> None:
         channel, destination, payload = item
-        stats = self.stats[source]
+        # (SimStats.__getitem__ inlined: this runs for every message.)
+        stats = self.stats.by_address.get(source) or self.stats[source]
         size = _size(payload)
         if channel == "datagram":
             stats.datagrams_sent += 1
@@ -469,11 +471,12 @@ class Simulator:
         channel = "datagram" if kind == _DATAGRAM else "stream"
         if self.trace is not None:
             self.trace.append(TraceEntry(self.now, channel, source, destination))
+        stats = self.stats.by_address.get(destination) or self.stats[destination]
         if kind == _DATAGRAM:
-            self.stats[destination].datagrams_delivered += 1
+            stats.datagrams_delivered += 1
             host.datagram_received(self.now, source, payload)
         else:
-            self.stats[destination].streams_delivered += 1
+            stats.streams_delivered += 1
             host.stream_received(self.now, source, payload)
         self._after_callback(destination, host)
         return True

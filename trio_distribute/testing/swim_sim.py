@@ -117,31 +117,41 @@ class SwimHost:
 
     def next_deadline(self) -> float | None:
         deadline = self.core.next_deadline()
-        if self._backlog and (deadline is None or self._backlog[0][0] < deadline):
-            return self._backlog[0][0]
+        backlog = self._backlog
+        if backlog and (deadline is None or backlog[0][0] < deadline):
+            return backlog[0][0]
         return deadline
 
     def take_outgoing(self) -> list[Outgoing]:
+        # Called after every event the simulator hands this host: kept to
+        # plain loops and local names (it is a good part of a run's time).
         core = self.core
-        if self.on_event is not None:
-            for change in core.take_events():
-                self.on_event(self._now, core.name, change)
-        else:
-            core.take_events()
+        on_event = self.on_event
+        events = core.take_events()
+        if on_event is not None and events:
+            now, name = self._now, core.name
+            for change in events:
+                on_event(now, name, change)
         if self.on_probe is not None:
             probe = core.current_probe
             if probe is not None and probe != self._last_probe:
                 self._last_probe = probe
                 self.on_probe(probe[1], core.name, probe[0])
+        actions = core.take_actions()
+        if not actions:
+            return []
         out: list[Outgoing] = []
-        for action in core.take_actions():
-            if isinstance(action, SendDatagram):
-                size = len(action.payload)
-                if size > self.max_datagram:
-                    self.max_datagram = size
-                out.append(Outgoing("datagram", action.address, action.payload))
+        largest = self.max_datagram
+        for action in actions:
+            payload = action.payload
+            if type(action) is SendDatagram:
+                size = len(payload)
+                if size > largest:
+                    largest = size
+                out.append(Outgoing("datagram", action.address, payload))
             else:
-                out.append(Outgoing("stream", action.address, action.payload))
+                out.append(Outgoing("stream", action.address, payload))
+        self.max_datagram = largest
         return out
 
 
@@ -162,6 +172,10 @@ class SwimCluster:
     record_events: bool = True
     probe_log: dict[tuple[str, str], list[float]] | None = None
     restarts: int = 0
+    # everyone_sees: the member that answered "no" last time, per question.
+    _witnesses: dict[tuple[str, MemberStatus, int], tuple[Sequence[str], int]] = attrs.field(
+        factory=dict, init=False
+    )
 
     @classmethod
     def converged(
@@ -256,7 +270,33 @@ class SwimCluster:
         return self.hosts[observer].core.status_of(name)
 
     def everyone_sees(self, name: str, status: MemberStatus, *, among: Iterable[str]) -> bool:
-        return all(self.hosts[o].core.status_of(name) is status for o in among if o != name)
+        """Whether every member of ``among`` (but ``name``) sees ``name`` in ``status``.
+
+        Simulations ask this after every event while they wait, and the
+        answer is mostly "no" for the same reason as last time: the member
+        that did not see it then is asked first (when ``among`` is the same
+        list or tuple), so a wait costs one look per event, not one per
+        member. The answer is the same as asking every member in order.
+        """
+        hosts = self.hosts
+        key = (name, status, id(among))
+        cached = self._witnesses.get(key)
+        if cached is not None:
+            sequence, index = cached
+            # Holding ``sequence`` keeps its id from naming another list;
+            # the index is checked because a list can change.
+            if sequence is among and index < len(sequence):
+                observer = sequence[index]
+                if observer != name and hosts[observer].core.status_of(name) is not status:
+                    return False
+        if not isinstance(among, list | tuple):
+            return all(hosts[o].core.status_of(name) is status for o in among if o != name)
+        for index, observer in enumerate(among):
+            if observer != name and hosts[observer].core.status_of(name) is not status:
+                self._witnesses[key] = (among, index)
+                return False
+        self._witnesses.pop(key, None)
+        return True
 
     def max_datagram(self) -> int:
         return max(host.max_datagram for host in self.hosts.values())
@@ -322,11 +362,16 @@ def detection_trials(
         mark = len(cluster.events)
         cluster.crash(victim)
 
-        def suspected(victim: str = victim, mark: int = mark) -> bool:
-            return any(
-                r.change.member.name == victim and r.change.member.status in (SUSPECT, DEAD)
-                for r in cluster.events[mark:]
-            )
+        def suspected(victim: str = victim, seen: list[int] = [mark]) -> bool:  # noqa: B006
+            # Events are only ever appended: look at each one once, not at
+            # every event since the crash after every step.
+            events = cluster.events
+            for index in range(seen[0], len(events)):
+                member = events[index].change.member
+                if member.name == victim and member.status in (SUSPECT, DEAD):
+                    return True
+            seen[0] = len(events)
+            return False
 
         sim.run_until_true(suspected, timeout=600.0)
         first = next(
@@ -667,12 +712,23 @@ def measure_dissemination(n: int, trials: int, loss: float, *, seed: int) -> lis
         start = sim.now
 
         def informed(
-            origin: str = origin, incarnation: int = incarnation, names: list[str] = names
+            origin: str = origin,
+            incarnation: int = incarnation,
+            names: list[str] = names,
+            witness: list[int] = [0],  # noqa: B006
         ) -> bool:
-            return all(
-                (cluster.core(o).member(origin) or _NOBODY).incarnation >= incarnation
-                for o in names
-            )
+            def behind(name: str) -> bool:
+                return (cluster.core(name).member(origin) or _NOBODY).incarnation < incarnation
+
+            # Asked after every event: the member that was behind last time
+            # is asked first (usually still behind), then everyone in order.
+            if behind(names[witness[0]]):
+                return False
+            for index, name in enumerate(names):
+                if behind(name):
+                    witness[0] = index
+                    return False
+            return True
 
         ok = sim.run_until_true(informed, timeout=4 * push_pull)
         rounds.append((sim.now - start) / interval if ok else math.inf)
