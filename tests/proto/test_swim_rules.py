@@ -1,0 +1,215 @@
+"""The rules of the SWIM core (trio_distribute._proto.swim) that judge what a
+peer sends, each pinned on both sides of its edge: text and metadata
+bounds, the serial order of incarnations, news of ourselves (forged, stale
+or conflicting), and how each kind of message changes the member table.
+
+tests/proto/test_swim.py covers the protocol's behaviour; this file holds
+the exact-boundary and hostile-input cases that mutation testing
+(tests/mutation/mutate.py) showed no other test pinned."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from trio_distribute._proto import swim_wire as wire
+from trio_distribute._proto.swim import (
+    CEILING,
+    MAX_METADATA,
+    Member,
+    MemberStatus,
+    SendDatagram,
+    SendStream,
+    SwimCore,
+)
+from trio_distribute.config import MembershipConfig
+
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberStatus.ALIVE,
+    MemberStatus.SUSPECT,
+    MemberStatus.DEAD,
+    MemberStatus.LEFT,
+)
+EMOJI = "\N{GRINNING FACE}"  # 4 bytes in UTF-8, one character
+
+CONFIG = MembershipConfig(
+    probe_interval=1.0,
+    probe_timeout=0.5,
+    indirect_checks=3,
+    suspicion_mult=4,
+    suspicion_max_timeout_mult=6,
+    push_pull_interval=1000.0,
+    reconnect_interval=1000.0,
+)
+# Probes far apart, so that the gossip ticker is the next thing due.
+QUIET = MembershipConfig(
+    probe_interval=100.0,
+    probe_timeout=50.0,
+    gossip_interval=0.2,
+    push_pull_interval=1000.0,
+    reconnect_interval=1000.0,
+)
+
+
+def make(name: str = "a", *, address: str | None = None, **kwargs: object) -> SwimCore:
+    return SwimCore(
+        name=name,
+        address=name if address is None else address,
+        config=kwargs.pop("config", CONFIG),  # type: ignore[arg-type]
+        rng=random.Random(kwargs.pop("seed", 0)),  # type: ignore[arg-type]
+        now=0.0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def datagram(*messages: wire.DatagramMessage) -> bytes:
+    return wire.pack([wire.encode(m) for m in messages])
+
+
+def decoded(action: SendDatagram | SendStream) -> list[object]:
+    if isinstance(action, SendDatagram):
+        return list(wire.decode_datagram(action.payload))
+    return [wire.decode_stream(action.payload)]
+
+
+def drain(core: SwimCore, now: float) -> None:
+    """Send everything queued (piggybacked on acks) until nothing is left."""
+    for seq in range(40):
+        core.datagram_received(now, "drain", datagram(wire.Ping(seq, core.name)))
+    core.take_actions()
+    core.datagram_received(now, "drain", datagram(wire.Ping(99, core.name)))
+    [ack] = core.take_actions()
+    assert decoded(ack) == [wire.Ack(99)]
+
+
+# -- bounds on what a member may be ------------------------------------------------
+
+
+def test_names_and_addresses_of_exactly_255_characters_are_accepted() -> None:
+    assert wire.MAX_NAME == 255
+    for text in ("x" * 255, EMOJI * 255):
+        core = make(text, address="addr")
+        assert core.member(text) is not None
+        core = make("a", address=text)
+        assert core.address == text
+        core.join(0.0, [text])  # a seed address of the same length
+    for text in ("x" * 256, EMOJI * 256, ""):
+        with pytest.raises(ValueError, match="name must be"):
+            make(text, address="addr")
+        with pytest.raises(ValueError, match="address must be"):
+            make("a", address=text)
+        with pytest.raises(ValueError, match="seed address must be"):
+            make("a").join(0.0, [text])
+
+
+def test_metadata_must_be_bytes_not_text_or_a_mutable_buffer() -> None:
+    # Text metadata would be gossiped as a CBOR string that every receiver
+    # refuses; a bytearray could change under the core after the check.
+    for bad in ("text", bytearray(b"x"), memoryview(b"x")):
+        with pytest.raises(TypeError, match="metadata must be bytes"):
+            make("a", metadata=bad)
+        core = make("a")
+        with pytest.raises(TypeError, match="metadata must be bytes"):
+            core.update_metadata(0.0, bad)  # type: ignore[arg-type]
+        assert core.metadata == b"" and core.incarnation == 0
+        with pytest.raises(TypeError, match="metadata must be bytes"):
+            core.add_known_members(
+                0.0,
+                [Member(name="b", address="b", status=ALIVE, incarnation=0, metadata=bad)],  # type: ignore[arg-type]
+            )
+        assert core.member("b") is None
+
+
+def test_metadata_of_exactly_512_bytes_is_accepted() -> None:
+    assert MAX_METADATA == 512
+    core = make("a", metadata=b"m" * 512)
+    core.update_metadata(0.0, b"n" * 512)
+    assert core.metadata == b"n" * 512
+    with pytest.raises(ValueError, match="at most 512 bytes"):
+        core.update_metadata(0.0, b"n" * 513)
+    with pytest.raises(ValueError, match="at most 512 bytes"):
+        make("b", metadata=b"m" * 513)
+
+
+# -- news heard while the gossip ticker idles ------------------------------------------
+
+
+def idle_core() -> SwimCore:
+    """A core whose queue is empty at time 0, so its gossip ticker idles
+    (its next gossip tick, 0.2, passes unobserved)."""
+    core = make("a", config=QUIET, seed=3)
+    core.datagram_received(0.0, "b", datagram(wire.Alive("b", "b", 0, b"")))
+    drain(core, 0.0)
+    deadline = core.next_deadline()
+    assert deadline is not None and deadline > 2.0  # nothing to gossip, no probe soon
+    return core
+
+
+def test_news_in_a_datagram_waits_for_the_next_gossip_tick_on_the_grid() -> None:
+    # Heard at 1.05 while idle: gossiped at 1.2 (the ticker's own grid), not
+    # at once and not at a tick long past.
+    core = idle_core()
+    core.datagram_received(1.05, "c", datagram(wire.Alive("c", "c", 0, b"")))
+    assert core.next_deadline() == pytest.approx(1.2)
+
+
+def test_news_in_a_push_pull_waits_for_the_next_gossip_tick_on_the_grid() -> None:
+    core = idle_core()
+    state = wire.PushPull(
+        reply=True,
+        name="c",
+        address="c",
+        members=(wire.MemberState("c", "c", 0, wire.STATUS_ALIVE, b""),),
+    )
+    core.stream_received(1.05, "c", wire.encode(state))
+    assert core.status_of("c") is ALIVE
+    assert core.next_deadline() == pytest.approx(1.2)
+
+
+# -- acks: only the answer to the probe running now counts -------------------------
+
+
+def probing_b() -> tuple[SwimCore, float, int]:
+    """A core that knows b and has just pinged it: (core, time, probe seq)."""
+    core = make("a")
+    core.datagram_received(0.0, "b", datagram(wire.Alive("b", "b", 0, b"")))
+    core.take_actions()
+    for _ in range(100):
+        deadline = core.next_deadline()
+        assert deadline is not None
+        core.tick(deadline)
+        for action in core.take_actions():
+            first = decoded(action)[0]
+            if isinstance(first, wire.Ping) and action.address == "b":
+                return core, deadline, first.seq
+    raise AssertionError("b was never probed")
+
+
+def finish_probe(core: SwimCore, start: float) -> None:
+    core.tick(start + CONFIG.probe_timeout)  # indirect probes (nobody to ask)
+    core.tick(start + CONFIG.probe_interval)  # the probe period ends
+
+
+def test_a_stream_ack_for_another_probe_does_not_count() -> None:
+    core, start, seq = probing_b()
+    for stale in ((seq - 1) % wire.MAX_SEQ, (seq + 1) % wire.MAX_SEQ):
+        core.stream_received(start + 0.1, "b", wire.encode(wire.StreamAck(stale)))
+    assert core.counters["stream_acks"] == 0
+    finish_probe(core, start)
+    assert core.status_of("b") is SUSPECT
+
+
+def test_the_stream_ack_of_the_running_probe_counts_once() -> None:
+    core, start, seq = probing_b()
+    core.stream_received(start + 0.7, "b", wire.encode(wire.StreamAck(seq)))
+    assert core.counters["stream_acks"] == 1
+    finish_probe(core, start)
+    assert core.status_of("b") is ALIVE
+
+
+def test_a_stream_ack_with_no_probe_running_is_ignored() -> None:
+    core = make("a")
+    core.stream_received(0.0, "b", wire.encode(wire.StreamAck(5)))
+    assert core.counters["stream_acks"] == 0
+    assert core.take_actions() == [] and core.take_events() == []
