@@ -76,7 +76,11 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
         "",
     ),
     "trio_distribute._proto.raft": (
-        ("tests/proto/test_raft.py", "tests/proto/test_raft_wire_rules.py"),
+        (
+            "tests/proto/test_raft.py",
+            "tests/proto/test_raft_wire_rules.py",
+            "tests/proto/test_raft_rules.py",
+        ),
         "",
     ),
     "trio_distribute._proto._sliced": (("tests/test_sliced_decode.py",), ""),
@@ -84,7 +88,10 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
         ("tests/proto/test_swim_wire.py", "tests/proto/test_swim_wire_rules.py"),
         "",
     ),
-    "trio_distribute._proto.swim": (("tests/proto/test_swim.py",), ""),
+    "trio_distribute._proto.swim": (
+        ("tests/proto/test_swim.py", "tests/proto/test_swim_rules.py"),
+        "",
+    ),
     "trio_distribute._proto.awareness": (
         ("tests/proto/test_awareness.py", "tests/proto/test_swim.py"),
         "",

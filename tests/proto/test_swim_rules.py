@@ -170,10 +170,18 @@ def test_news_in_a_push_pull_waits_for_the_next_gossip_tick_on_the_grid() -> Non
 # -- acks: only the answer to the probe running now counts -------------------------
 
 
-def probing_b() -> tuple[SwimCore, float, int]:
-    """A core that knows b and has just pinged it: (core, time, probe seq)."""
+def probing(
+    target: str = "b", others: str = "", *, refuted: bool = False
+) -> tuple[SwimCore, float, int]:
+    """A core that knows ``target`` (and ``others``) and has just pinged
+    ``target``: (core, time, probe seq). ``refuted``: it had to refute a
+    suspicion first (local health score 1)."""
     core = make("a")
-    core.datagram_received(0.0, "b", datagram(wire.Alive("b", "b", 0, b"")))
+    if refuted:
+        core.datagram_received(0.0, "x", datagram(wire.Suspect("a", 0, "x")))
+        assert core.health_multiplier == 1
+    for name in target + others:
+        core.datagram_received(0.0, name, datagram(wire.Alive(name, name, 0, b"")))
     core.take_actions()
     for _ in range(100):
         deadline = core.next_deadline()
@@ -181,9 +189,16 @@ def probing_b() -> tuple[SwimCore, float, int]:
         core.tick(deadline)
         for action in core.take_actions():
             first = decoded(action)[0]
-            if isinstance(first, wire.Ping) and action.address == "b":
+            if isinstance(first, wire.Ping) and action.address == target:
                 return core, deadline, first.seq
-    raise AssertionError("b was never probed")
+            # Everyone else answers at once, so only the target's probe fails.
+            if isinstance(first, wire.Ping):
+                core.datagram_received(deadline, action.address, datagram(wire.Ack(first.seq)))
+    raise AssertionError(f"{target} was never probed")
+
+
+def probing_b() -> tuple[SwimCore, float, int]:
+    return probing("b")
 
 
 def finish_probe(core: SwimCore, start: float) -> None:
@@ -213,3 +228,122 @@ def test_a_stream_ack_with_no_probe_running_is_ignored() -> None:
     core.stream_received(0.0, "b", wire.encode(wire.StreamAck(5)))
     assert core.counters["stream_acks"] == 0
     assert core.take_actions() == [] and core.take_events() == []
+
+
+def test_a_ping_for_another_name_is_counted_and_not_answered() -> None:
+    # The address now belongs to someone else (a restart under a new name).
+    core = make("a")
+    core.datagram_received(0.0, "p", datagram(wire.Ping(5, "someone-else")))
+    assert core.take_actions() == []
+    assert core.counters["pings_for_other_names"] == 1
+    core.datagram_received(0.0, "p", datagram(wire.Ping(6, "a")))
+    assert core.counters["pings_for_other_names"] == 1
+
+
+def test_only_nacks_for_the_running_probe_spare_the_local_health_score() -> None:
+    # Lifeguard: a failed probe raises the score by the helpers that did not
+    # nack (2 asked here); a nack for another probe is no nack at all.
+    for seq_offset, expected in ((1, 2), (-1, 2), (0, 0)):
+        core, start, seq = probing("d", others="bc")
+        core.tick(start + CONFIG.probe_timeout)  # ping-req to b and c
+        assert core.health_multiplier == 0
+        for helper in "bc":
+            nack = wire.Nack((seq + seq_offset) % wire.MAX_SEQ)
+            core.datagram_received(start + 0.9, helper, datagram(nack))
+        core.tick(start + CONFIG.probe_interval)
+        assert core.status_of("d") is SUSPECT
+        assert core.health_multiplier == expected, seq_offset
+
+
+def test_a_nack_with_no_probe_running_is_ignored() -> None:
+    core = make("a")
+    core.datagram_received(0.0, "b", datagram(wire.Nack(5)))
+    assert core.take_actions() == [] and core.health_multiplier == 0
+
+
+def end_probe(core: SwimCore, start: float) -> None:
+    """Tick until the probe that started at ``start`` has ended."""
+    while (probe := core.current_probe) is not None and probe[1] == start:
+        deadline = core.next_deadline()
+        assert deadline is not None
+        core.tick(deadline)
+
+
+def test_an_ack_up_to_the_probe_timeout_is_a_good_direct_probe() -> None:
+    # Lifeguard lowers the score only for an ack within probe_timeout.
+    for delay, score in ((CONFIG.probe_timeout, 0), (CONFIG.probe_timeout + 1e-6, 1)):
+        core, start, seq = probing("b", refuted=True)
+        core.datagram_received(start + delay, "b", datagram(wire.Ack(seq)))
+        end_probe(core, start)
+        assert core.status_of("b") is ALIVE
+        assert core.health_multiplier == score, delay
+
+
+def test_a_late_ack_from_the_target_measures_its_round_trip_a_relayed_one_does_not() -> None:
+    for source, rtt in (("b", 0.7), ("c", None)):
+        core, start, seq = probing("b", others="c")
+        core.tick(start + CONFIG.probe_timeout)  # ping-req to c
+        requests = [m for x in core.take_actions() for m in decoded(x)]
+        assert wire.PingReq(seq, "b", "b") in requests
+        core.datagram_received(start + 0.7, source, datagram(wire.Ack(seq)))
+        assert core.last_rtt("b") == (None if rtt is None else pytest.approx(rtt)), source
+        end_probe(core, start)
+        assert core.status_of("b") is ALIVE
+
+
+def test_a_ping_req_that_names_us_is_answered_at_once_not_relayed() -> None:
+    # Whatever target address the requester gives, we are the target.
+    core = make("a")
+    core.datagram_received(0.0, "p", datagram(wire.PingReq(41, "a", "elsewhere")))
+    [ack] = core.take_actions()
+    assert isinstance(ack, SendDatagram) and ack.address == "p"
+    assert decoded(ack)[0] == wire.Ack(41)
+    core.tick(0.45)  # no relay: no nack later either
+    assert not [x for x in core.take_actions() if x.address in ("p", "elsewhere")]
+
+
+def relayed_acks(core: SwimCore, origin: str) -> list[object]:
+    return [
+        m
+        for x in core.take_actions()
+        if x.address == origin
+        for m in decoded(x)
+        if isinstance(m, wire.Ack)
+    ]
+
+
+def test_a_helper_relays_a_late_ack_until_one_probe_interval_after_the_request() -> None:
+    # The nack goes at 0.8 x probe_timeout; an ack after it is still relayed
+    # until the relay expires one probe interval after the request.
+    for arrival, relayed in ((0.6, True), (0.99, True), (1.01, False)):
+        helper = make("h")
+        helper.datagram_received(0.0, "p", datagram(wire.PingReq(77, "t", "t")))
+        [ping] = helper.take_actions()
+        message = decoded(ping)[0]
+        assert isinstance(message, wire.Ping) and ping.address == "t"
+        helper.tick(0.4)  # the nack
+        nacks = [m for x in helper.take_actions() for m in decoded(x) if isinstance(m, wire.Nack)]
+        assert nacks == [wire.Nack(77)]
+        helper.tick(arrival - 0.005)  # past 1.0: the relay has expired
+        helper.take_actions()
+        helper.datagram_received(arrival, "t", datagram(wire.Ack(message.seq)))
+        assert relayed_acks(helper, "p") == ([wire.Ack(77)] if relayed else []), arrival
+
+
+def test_a_leaving_member_does_not_refute_news_of_itself() -> None:
+    # Refuting would undo the departure it is announcing.
+    for news in (
+        wire.Alive("a", "a", 5, b""),
+        wire.Alive("a", "a", 0, b"forged"),
+        wire.Alive("a", "elsewhere", 0, b""),
+        wire.Suspect("a", 0, "x"),
+        wire.Dead("a", 3, "x"),
+        wire.Left("a", 3),
+    ):
+        core = make("a")
+        core.leave(0.0)
+        core.take_actions()
+        core.datagram_received(0.5, "x", datagram(news))
+        assert core.incarnation == 0, news
+        assert core.counters["refutes"] == 0
+        assert core.status_of("a") is LEFT
