@@ -15,7 +15,6 @@ import pytest
 
 from trio_distribute._proto import swim_wire as wire
 from trio_distribute._proto.swim import (
-    CEILING,
     MAX_METADATA,
     Member,
     MemberStatus,
@@ -347,3 +346,263 @@ def test_a_leaving_member_does_not_refute_news_of_itself() -> None:
         assert core.incarnation == 0, news
         assert core.counters["refutes"] == 0
         assert core.status_of("a") is LEFT
+
+
+def alive_size(meta: bytes, incarnation: int = 0) -> int:
+    return len(wire.encode(wire.Alive("b", "b", incarnation, meta)))
+
+
+def test_a_newcomer_whose_alive_cannot_fit_our_datagrams_is_refused() -> None:
+    # Its news could never be gossiped within the budget (16 bytes kept for
+    # the compound header and a probe): refused exactly past that size.
+    meta = b"m" * 300
+    for budget, fits in ((alive_size(meta) + 16, True), (alive_size(meta) + 15, False)):
+        core = make("a", datagram_budget=budget)
+        core.datagram_received(0.0, "b", datagram(wire.Alive("b", "b", 0, meta)))
+        assert (core.status_of("b") is ALIVE) is fits, budget
+        assert core.counters["alive_too_large"] == (not fits)
+        assert [e.member.name for e in core.take_events()] == (["b"] if fits else [])
+
+
+def test_an_update_whose_alive_cannot_fit_our_datagrams_is_refused() -> None:
+    meta = b"m" * 300
+    for budget, fits in ((alive_size(meta, 1) + 16, True), (alive_size(meta, 1) + 15, False)):
+        core = make("a", datagram_budget=budget)
+        core.datagram_received(0.0, "b", datagram(wire.Alive("b", "b", 0, b"")))
+        core.take_events()
+        core.datagram_received(0.0, "b", datagram(wire.Alive("b", "b", 1, meta)))
+        member = core.member("b")
+        assert member is not None
+        assert (member.incarnation, member.metadata) == ((1, meta) if fits else (0, b""))
+        assert core.counters["alive_too_large"] == (not fits)
+        assert len(core.take_events()) == fits
+
+
+def test_a_single_nack_spares_one_point_of_the_local_health_score() -> None:
+    core, start, seq = probing("d", others="bc")
+    core.tick(start + CONFIG.probe_timeout)  # ping-req to b and c
+    core.datagram_received(start + 0.9, "b", datagram(wire.Nack(seq)))
+    core.tick(start + CONFIG.probe_interval)
+    assert core.health_multiplier == 1  # c did not nack
+
+
+def test_a_duplicate_ack_does_not_measure_the_round_trip_again() -> None:
+    core, start, seq = probing("b", refuted=True)
+    core.datagram_received(start + 0.1, "b", datagram(wire.Ack(seq)))
+    core.datagram_received(start + 0.8, "b", datagram(wire.Ack(seq)))  # late duplicate
+    assert core.last_rtt("b") == pytest.approx(0.1)
+    end_probe(core, start)
+    assert core.health_multiplier == 0  # still a timely direct ack
+
+
+def test_a_stream_ping_for_another_name_is_not_answered() -> None:
+    core = make("a")
+    ping = wire.StreamPing(9, "someone-else", "p", "p")
+    core.stream_received(0.0, "p", wire.encode(ping))
+    assert core.take_actions() == []
+    core.stream_received(0.0, "p", wire.encode(wire.StreamPing(9, "a", "p", "p")))
+    [ack] = core.take_actions()
+    assert isinstance(ack, SendStream) and (ack.name, ack.address) == ("p", "p")
+    assert decoded(ack) == [wire.StreamAck(9)]
+
+
+# -- the member table ------------------------------------------------------------------
+
+
+def test_status_counts_follow_every_change_heard() -> None:
+    core = make("a")
+    assert core.counts() == {ALIVE: 1, SUSPECT: 0, DEAD: 0, LEFT: 0}
+    for name in "bcd":
+        core.datagram_received(0.0, name, datagram(wire.Alive(name, name, 0, b"")))
+    assert core.counts() == {ALIVE: 4, SUSPECT: 0, DEAD: 0, LEFT: 0}
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 0, "x")))
+    core.datagram_received(0.0, "x", datagram(wire.Dead("c", 0, "x")))
+    core.datagram_received(0.0, "x", datagram(wire.Left("d", 0)))
+    assert core.counts() == {ALIVE: 1, SUSPECT: 1, DEAD: 1, LEFT: 1}
+    core.datagram_received(0.0, "x", datagram(wire.Alive("c", "c", 1, b"")))
+    assert core.counts() == {ALIVE: 2, SUSPECT: 1, DEAD: 0, LEFT: 1}
+
+
+def test_news_of_an_unknown_member_other_than_alive_is_ignored() -> None:
+    core = make("a")
+    for news in (wire.Suspect("z", 3, "x"), wire.Dead("z", 3, "x"), wire.Left("z", 3)):
+        core.datagram_received(0.0, "x", datagram(news))
+        assert core.member("z") is None
+    assert core.take_events() == []
+
+
+def probe_targets(core: SwimCore, count: int) -> list[str]:
+    """Tick ``core`` until it has started ``count`` more probes; their
+    targets (every probe acked at once)."""
+    targets: list[str] = []
+    while len(targets) < count:
+        deadline = core.next_deadline()
+        assert deadline is not None
+        core.tick(deadline)
+        for action in core.take_actions():
+            first = decoded(action)[0]
+            if isinstance(first, wire.Ping):
+                targets.append(first.target)
+                core.datagram_received(deadline, first.target, datagram(wire.Ack(first.seq)))
+    return targets
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_newcomer_is_probed_within_the_current_round(seed: int) -> None:
+    # SWIM §4.3: each member is probed once per round; a newcomer takes a
+    # random place in the rest of the round, not the next round.
+    core = make("a", seed=seed)
+    for name in "bcd":
+        core.datagram_received(0.0, name, datagram(wire.Alive(name, name, 0, b"")))
+    first = probe_targets(core, 1)
+    core.datagram_received(0.0, "e", datagram(wire.Alive("e", "e", 0, b"")))
+    rest = probe_targets(core, 3)
+    assert sorted(first + rest) == ["b", "c", "d", "e"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_newcomer_gets_gossip_within_the_current_round(seed: int) -> None:
+    config = MembershipConfig(
+        gossip_nodes=1,
+        retransmit_mult=10,
+        probe_interval=100.0,
+        probe_timeout=50.0,
+        push_pull_interval=1000.0,
+        reconnect_interval=1000.0,
+    )
+    core = make("a", config=config, seed=seed)
+    for name in "bcd":
+        core.datagram_received(0.0, name, datagram(wire.Alive(name, name, 0, b"")))
+    core.take_actions()
+    targets: list[str] = []
+    now = 0.0
+    while len(targets) < 4:
+        now += config.gossip_interval
+        core.tick(now)
+        for action in core.take_actions():
+            if isinstance(action, SendDatagram) and isinstance(decoded(action)[0], wire.Alive):
+                targets.append(action.address)
+        if len(targets) == 1 and core.member("e") is None:
+            core.datagram_received(now, "e", datagram(wire.Alive("e", "e", 0, b"")))
+    assert sorted(targets) == ["b", "c", "d", "e"]
+
+
+def broadcasts_about(core: SwimCore, name: str, now: float) -> list[object]:
+    """Queued news about ``name`` as seen in the next datagram the core sends."""
+    core.datagram_received(now, "q", datagram(wire.Ping(1, core.name)))
+    [ack] = core.take_actions()
+    return [m for m in decoded(ack) if getattr(m, "name", None) == name]
+
+
+def knows(*names: str, config: MembershipConfig = CONFIG) -> SwimCore:
+    """A core ``a`` that knows ``names`` (alive at incarnation 1), with its
+    own news already sent."""
+    core = make("a", config=config)
+    for name in names:
+        core.datagram_received(0.0, name, datagram(wire.Alive(name, name, 1, b"")))
+    drain(core, 0.0)
+    return core
+
+
+def test_a_refutation_heard_clears_the_suspicion_and_is_passed_on() -> None:
+    core = knows("b", "c", "d", "e", "f", "g")
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 1, "x")))
+    deadline = core.suspicion_deadline("b")
+    assert deadline is not None
+    core.take_actions()
+    core.datagram_received(1.0, "b", datagram(wire.Alive("b", "b", 2, b"")))
+    assert core.suspicion_deadline("b") is None
+    assert broadcasts_about(core, "b", 1.0) == [wire.Alive("b", "b", 2, b"")]
+    core.tick(deadline + 1.0)  # the old suspicion's timer is void
+    assert core.status_of("b") is ALIVE
+
+
+def test_a_suspicion_at_a_newer_incarnation_is_a_new_one_gossiped_and_checked() -> None:
+    core = knows("b", "c", "d", "e", "f", "g")
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 1, "x")))
+    drain(core, 0.0)
+    checks = core.counters["suspect_checks"]
+    core.datagram_received(3.0, "y", datagram(wire.Suspect("b", 2, "y")))
+    member = core.member("b")
+    assert member is not None and (member.status, member.incarnation) == (SUSPECT, 2)
+    # Checked: a ping to b with the suspicion attached, so b can refute.
+    [check] = [x for x in core.take_actions() if x.address == "b"]
+    assert wire.Suspect("b", 2, "a") in decoded(check)
+    assert core.counters["suspect_checks"] == checks + 1
+    assert wire.Suspect("b", 2, "y") in broadcasts_about(core, "b", 3.0)
+    deadline = core.suspicion_deadline("b")
+    assert deadline is not None and deadline > 4.0
+    core.tick(deadline)  # the new suspicion's own timer
+    assert core.status_of("b") is DEAD
+
+
+def test_an_echo_of_our_own_suspicion_is_not_checked() -> None:
+    # "Hearing someone else suspect b" is what the check is for; news that
+    # names us as its source (an echo, or a forgery) is not.
+    core = knows("b", "c", "d")
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 1, "a")))
+    assert core.status_of("b") is SUSPECT
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 2, "a")))
+    assert core.member("b").incarnation == 2  # type: ignore[union-attr]
+    assert core.counters["suspect_checks"] == 0
+    assert [x for x in core.take_actions() if x.address == "b"] == []
+
+
+def test_our_own_failed_probe_raises_a_suspicion_without_a_check() -> None:
+    # The probe itself already carried the suspicion (buddy system).
+    core, start, _ = probing("b")
+    finish_probe(core, start)
+    assert core.status_of("b") is SUSPECT
+    assert core.counters["suspect_checks"] == 0
+
+
+@pytest.mark.parametrize(
+    ("news", "status", "passed_on"),
+    [
+        (wire.Dead("b", 1, "x"), DEAD, wire.Dead("b", 1, "a")),
+        (wire.Left("b", 1), LEFT, wire.Left("b", 1)),
+    ],
+)
+def test_news_of_a_death_or_departure_ends_the_suspicion_and_is_passed_on(
+    news: wire.DatagramMessage, status: MemberStatus, passed_on: wire.DatagramMessage
+) -> None:
+    core = knows("b", "c", "d", "e", "f", "g")
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 1, "x")))
+    drain(core, 0.0)
+    core.datagram_received(1.0, "x", datagram(news))
+    assert core.status_of("b") is status
+    assert core.suspicion_deadline("b") is None
+    assert broadcasts_about(core, "b", 1.0) == [passed_on]
+
+
+def test_stale_news_of_ourselves_does_not_restart_a_refutation_still_queued() -> None:
+    # Echoes of a refuted suspicion arrive while our alive is still being
+    # sent: it is sent the usual number of times, not restarted by each.
+    core = knows("b")
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("a", 1, "x")))
+    assert core.incarnation == 2
+    refutation = wire.Alive("a", "a", 2, b"")
+    sent = 0
+    for seq in range(20):
+        if seq < 3:
+            core.datagram_received(1.0, "x", datagram(wire.Suspect("a", 1, "x")))  # the echo
+        core.datagram_received(1.0, "b", datagram(wire.Ping(seq, "a")))
+        sent += sum(refutation in decoded(x) for x in core.take_actions())
+    assert core.counters["stale_news_of_self"] == 3
+    assert sent == 4  # retransmit_mult 4 x ceil(log10(2 + 1))
+
+
+def test_a_push_pull_reports_a_departure_as_left() -> None:
+    core = knows("b")
+    state = wire.PushPull(
+        reply=True,
+        name="c",
+        address="c",
+        members=(
+            wire.MemberState("b", "b", 1, wire.STATUS_LEFT, b""),
+            wire.MemberState("c", "c", 0, wire.STATUS_ALIVE, b""),
+        ),
+    )
+    core.stream_received(1.0, "c", wire.encode(state))
+    assert core.status_of("b") is LEFT
+    assert core.status_of("c") is ALIVE
