@@ -250,3 +250,14 @@ def test_the_lease_runs_from_the_majoritys_oldest_ack_with_an_even_voter_set() -
         core.receive(now, voter, HeartbeatAck(1, sent, core.version))
     # Newest first: a (now), b, c, d; a majority of 4 is 3, so c's.
     assert core.lease_expiry() == pytest.approx(won + 0.2 + core.lease_timeout)
+
+
+def test_a_leader_whose_lease_ran_out_steps_down_on_a_set_change_without_heartbeats() -> None:
+    # No acks since it won: growing the set finds the lease gone. The
+    # deposed leader must not send heartbeats in the term it no longer leads.
+    core = make("a")
+    won = win(core, "b")
+    now = won + core.lease_timeout + 0.01
+    core.set_voters(now, ["a", "b", "c", "d"])
+    assert core.role is Role.FOLLOWER
+    assert [a for a in core.take_actions() if isinstance(a, Send)] == []
