@@ -36,8 +36,9 @@ Each mutant runs in a forked child: the parent imports pytest and the
 heavy third-party modules once; the child installs an import hook that
 loads the mutated source in place of the module, then runs pytest with
 ``-x`` (stop at the first failure) on the module's test files. A child
-that runs past a timeout (10x the clean run) counts as killed (a mutant
-that loops forever is caught).
+that uses more than four times the clean run's CPU time counts as killed
+(a mutant that loops forever is caught); the budget is CPU time, not wall
+time, so a busy machine does not turn slow survivors into kills.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
+import math
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -76,7 +79,11 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
         "",
     ),
     "trio_distribute._proto.raft": (
-        ("tests/proto/test_raft.py", "tests/proto/test_raft_wire_rules.py"),
+        (
+            "tests/proto/test_raft.py",
+            "tests/proto/test_raft_wire_rules.py",
+            "tests/proto/test_raft_rules.py",
+        ),
         "",
     ),
     "trio_distribute._proto._sliced": (("tests/test_sliced_decode.py",), ""),
@@ -84,7 +91,10 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
         ("tests/proto/test_swim_wire.py", "tests/proto/test_swim_wire_rules.py"),
         "",
     ),
-    "trio_distribute._proto.swim": (("tests/proto/test_swim.py",), ""),
+    "trio_distribute._proto.swim": (
+        ("tests/proto/test_swim.py", "tests/proto/test_swim_rules.py"),
+        "",
+    ),
     "trio_distribute._proto.awareness": (
         ("tests/proto/test_awareness.py", "tests/proto/test_swim.py"),
         "",
@@ -469,7 +479,9 @@ class _MutantFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def _pytest_args(module: str) -> list[str]:
     files, select = MODULES[module]
     args = [*files, "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header"]
-    args += ["-o", "addopts=", "--tb=no", "--timeout=60"]
+    # pytest-timeout's limit is wall time: only a backstop for a test that
+    # blocks (the CPU budget in run_tests stops a mutant that loops).
+    args += ["-o", "addopts=", "--tb=no", "--timeout=900"]
     if select:
         args += ["-k", select]
     return args
@@ -566,15 +578,24 @@ class _Select:
 
 def _cap_examples(items: list[pytest.Item]) -> None:
     """At most :data:`EXAMPLES` examples per property test, even where the
-    test asks for more."""
+    test asks for more; no per-example deadline and no speed health checks
+    for any of them. On a loaded machine (and under the clean run's profile
+    hook) an example can take longer than Hypothesis's 200 ms default: the
+    clean run then fails for no reason, or a mutant counts as killed by a
+    timing flake instead of by a test."""
     import hypothesis
 
     for item in items:
         test = getattr(getattr(item, "obj", None), "__func__", getattr(item, "obj", None))
         own = getattr(test, "_hypothesis_internal_use_settings", None)
-        if own is not None and own.max_examples > EXAMPLES:
+        if own is not None:
             test._hypothesis_internal_use_settings = hypothesis.settings(  # type: ignore[union-attr]
-                own, max_examples=EXAMPLES, derandomize=True, database=None
+                own,
+                max_examples=min(own.max_examples, EXAMPLES),
+                derandomize=True,
+                database=None,
+                deadline=None,
+                suppress_health_check=list(hypothesis.HealthCheck),
             )
 
 
@@ -618,24 +639,38 @@ def run_tests(
     select: _Select | None = None,
     record: str | None = None,
 ) -> tuple[int, float]:
-    """(exit status, seconds): the module's tests (those ``select`` picks)
-    against ``code``; ``record`` names a file for the clean run's
-    :class:`Coverage`."""
+    """(exit status, CPU seconds): the module's tests (those ``select``
+    picks) against ``code``; ``record`` names a file for the clean run's
+    :class:`Coverage`.
+
+    ``timeout`` is a budget of the child's *CPU* time (RLIMIT_CPU: the
+    kernel stops it), not of wall time: on a machine shared with other
+    work a run can take many times its clean wall time without doing more,
+    and a wall-clock limit then counts a surviving mutant as killed. A
+    mutant that loops forever still burns CPU and is stopped. A generous
+    wall-clock limit stays as a backstop for a child that blocks."""
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.setpgid(0, 0)
+        seconds = max(1, math.ceil(timeout))
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
         _run_child(module, code, select, record)
-    deadline = start + timeout
+    deadline = start + WALL_FACTOR * timeout
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status), time.monotonic() - start
+            cpu = usage.ru_utime + usage.ru_stime
+            return os.waitstatus_to_exitcode(status), cpu
         if time.monotonic() > deadline:
             os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return -signal.SIGKILL, time.monotonic() - start
+            return -signal.SIGKILL, timeout
         time.sleep(0.02)
+
+
+#: The wall-clock backstop, as a multiple of the CPU budget.
+WALL_FACTOR = 30
 
 
 def load_equivalents() -> dict[str, dict[str, str]]:
@@ -677,15 +712,15 @@ def mutate(module: str, equivalents: dict[str, str], *, only: set[int] | None = 
             raise SystemExit(f"{module}: the tests fail on the unmutated module (status {status})")
         coverage = Coverage.load(record.name)
     # The clean run again, fastest test first as the mutants run them: the
-    # tests must not depend on their order, and this time (unprofiled) sets
-    # the timeout.
+    # tests must not depend on their order, and its CPU time (unprofiled)
+    # sets each mutant's CPU budget.
     status, clean = run_tests(module, None, timeout=900, select=_Select(None, coverage.seconds))
     if status != 0:
         raise SystemExit(f"{module}: the tests fail when run fastest first (status {status})")
     timeout = max(10.0, 4 * clean)
     result = Result(module)
     seen_equivalent: set[str] = set()
-    print(f"{module}: {len(all_sites)} mutants, clean run {clean:.1f} s", flush=True)
+    print(f"{module}: {len(all_sites)} mutants, clean run {clean:.1f} s of CPU", flush=True)
     chosen = [s for s in all_sites if only is None or s.index in only]
     for done, site in enumerate(chosen):
         if done and done % 25 == 0:

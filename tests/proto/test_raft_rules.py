@@ -1,0 +1,273 @@
+"""The election core's rules on voter sets and quorums
+(trio_distribute._proto.raft), each pinned on both sides of its edge.
+
+tests/proto/test_raft.py covers the election's behaviour and
+tests/proto/test_raft_wire_rules.py the wire decoder's bounds; this file
+holds the cases that mutation testing (tests/mutation/mutate.py) showed no
+other test pinned: who may be granted a vote, what a majority is, and how
+a leader changes its voter set."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import cbor2
+import pytest
+
+from trio_distribute._proto.raft import (
+    STATIC,
+    UNCONFIGURED,
+    ElectionCore,
+    Heartbeat,
+    HeartbeatAck,
+    LeaderChange,
+    PreVote,
+    PreVoteReply,
+    Remove,
+    Role,
+    Send,
+    Version,
+    Vote,
+    VoteReply,
+    decode_message,
+    encode_message,
+)
+
+E = 1.0
+H = 0.1
+
+
+def make(
+    name: str = "a",
+    voters: Iterable[str] = ("a", "b", "c"),
+    *,
+    now: float = 0.0,
+    seed: int = 0,
+    **options: Any,
+) -> ElectionCore:
+    return ElectionCore(
+        name=name,
+        voters=voters,
+        election_timeout=E,
+        heartbeat_interval=H,
+        rng=random.Random(seed),
+        now=now,
+        **options,
+    )
+
+
+def role(core: ElectionCore) -> Role:
+    """``core.role``, read through a call so mypy does not narrow it."""
+    return core.role
+
+
+def state(core: ElectionCore) -> tuple[Version, bool]:
+    return core.version, core.configured
+
+
+def fire(core: ElectionCore) -> float:
+    """Tick the core at its next deadline; return that time."""
+    deadline = core.next_deadline()
+    assert deadline is not None
+    core.tick(deadline)
+    return deadline
+
+
+def win(core: ElectionCore, *helpers: str) -> float:
+    """Drive ``core`` to leadership with the votes of ``helpers``; the time."""
+    now = fire(core)
+    for helper in helpers:
+        core.receive(now, helper, PreVoteReply(core.term, core.term + 1, granted=True))
+    for helper in helpers:
+        core.receive(now, helper, VoteReply(core.term, granted=True))
+    assert role(core) is Role.LEADER
+    core.take_actions()
+    core.take_events()
+    return now
+
+
+# -- a static voter set ------------------------------------------------------------
+
+
+def test_a_static_voter_set_given_to_an_unconfigured_node_configures_it() -> None:
+    core = make("a", ())
+    assert state(core) == (UNCONFIGURED, False)
+    core.set_voters(0.0, [])  # an empty set configures nothing
+    assert state(core) == (UNCONFIGURED, False)
+    core.set_voters(0.0, ["a", "b", "c"])
+    assert state(core) == (STATIC, True)
+    assert core.voters == {"a", "b", "c"}
+
+
+# -- the wire: every field lands where it belongs ---------------------------------
+
+
+def test_every_field_of_every_kind_decodes_into_its_own_place() -> None:
+    # Distinct values everywhere, so a field read from the wrong position
+    # (or a version's term and index swapped) cannot go unnoticed.
+    cases: list[tuple[list[object], object]] = [
+        ([1, 11, 12, 13, ["p", "q"]], PreVote(11, (12, 13), ("p", "q"))),
+        ([1, 11, 12, 13, None], PreVote(11, (12, 13), None)),
+        ([2, 21, 22, True], PreVoteReply(21, 22, True)),
+        ([2, 21, 22, False], PreVoteReply(21, 22, False)),
+        ([3, 31, 32, 33, ["r"]], Vote(31, (32, 33), ("r",))),
+        ([3, 31, 32, 33, None], Vote(31, (32, 33), None)),
+        ([4, 41, True], VoteReply(41, True)),
+        ([4, 41, False], VoteReply(41, False)),
+        ([5, 51, 5.5, 52, 53, ["s", "t"]], Heartbeat(51, 5.5, (52, 53), ("s", "t"))),
+        ([6, 61, 6.5, 62, 63], HeartbeatAck(61, 6.5, (62, 63))),
+        ([7, "u"], Remove("u")),
+    ]
+    for fields, message in cases:
+        assert decode_message(cbor2.dumps(fields)) == message
+        assert encode_message(message) == cbor2.dumps(fields)
+
+
+def test_integer_stamps_decode_as_floats() -> None:
+    heartbeat = decode_message(cbor2.dumps([5, 1, 7, 0, 1, []]))
+    ack = decode_message(cbor2.dumps([6, 1, 7, 0, 1]))
+    assert isinstance(heartbeat, Heartbeat) and type(heartbeat.stamp) is float
+    assert isinstance(ack, HeartbeatAck) and type(ack.stamp) is float
+
+
+# -- who may be granted a vote ------------------------------------------------------
+
+
+def test_an_unconfigured_candidate_without_a_proposal_is_refused() -> None:
+    # Raft's up-to-date rule needs a real version; (0, 0) without a
+    # bootstrap proposal is neither, even to a node that is unconfigured too.
+    core = make("a", ())
+    core.observe(0.0, known=["a", "b"], alive=["a", "b"])
+    core.take_actions()
+    for message in (PreVote(1, UNCONFIGURED, None), Vote(1, UNCONFIGURED, None)):
+        core.receive(0.0, "b", message)
+        [reply] = [a for a in core.take_actions() if isinstance(a, Send)]
+        assert reply.to == "b" and reply.message.granted is False  # type: ignore[union-attr]
+    assert core.voted_for is None
+
+
+# -- a static change of the voter set during an election -----------------------------
+
+
+FIVE = ("a", "b", "c", "d", "e")
+
+
+def test_votes_of_voters_taken_out_during_the_campaign_stop_counting() -> None:
+    core = make("a", FIVE, pre_vote=False)
+    now = fire(core)
+    core.receive(now, "e", VoteReply(1, True))
+    assert role(core) is Role.CANDIDATE  # a and e: 2 of 5
+    core.set_voters(now, ["a", "b", "c"])  # e is gone: a alone is 1 of 2
+    assert role(core) is Role.CANDIDATE
+    core.receive(now, "b", VoteReply(1, True))
+    assert role(core) is Role.LEADER
+
+
+def test_pre_votes_of_voters_taken_out_stop_counting() -> None:
+    core = make("a", FIVE)
+    now = fire(core)
+    core.receive(now, "e", PreVoteReply(0, 1, True))
+    assert role(core) is Role.PRE_CANDIDATE and core.term == 0
+    core.set_voters(now, ["a", "b", "c"])
+    assert role(core) is Role.PRE_CANDIDATE and core.term == 0
+
+
+def test_a_pre_candidate_whose_pre_votes_become_a_majority_campaigns() -> None:
+    core = make("a", FIVE)
+    now = fire(core)
+    core.receive(now, "b", PreVoteReply(0, 1, True))
+    assert role(core) is Role.PRE_CANDIDATE  # 2 of 5
+    core.take_actions()
+    core.set_voters(now, ["a", "b", "c"])  # exactly 2 of 3
+    assert role(core) is Role.CANDIDATE and core.term == 1
+    assert [a.to for a in core.take_actions() if isinstance(a, Send)] == ["b", "c"]
+
+
+def test_a_candidate_whose_votes_become_a_majority_leads_and_says_so() -> None:
+    core = make("a", FIVE, pre_vote=False)
+    now = fire(core)
+    core.receive(now, "b", VoteReply(1, True))
+    core.take_events()
+    core.set_voters(now, ["a", "b", "c"])
+    assert role(core) is Role.LEADER
+    assert core.take_events() == [LeaderChange(1, "a")]
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_a_campaigner_taken_out_of_the_voter_set_stops(pre_vote: bool) -> None:
+    core = make("a", FIVE, pre_vote=pre_vote)
+    fire(core)
+    assert role(core) is (Role.PRE_CANDIDATE if pre_vote else Role.CANDIDATE)
+    core.set_voters(5.0, ["b", "c", "d"])
+    assert role(core) is Role.FOLLOWER
+    assert core.next_deadline() is None  # outside the set: never campaigns
+
+
+# -- the leader's own changes --------------------------------------------------------
+
+
+def lone_leader() -> tuple[ElectionCore, float]:
+    core = make("a", ("a",))
+    won = fire(core)
+    assert role(core) is Role.LEADER
+    core.take_actions()
+    core.take_events()
+    return core, won
+
+
+def test_the_newcomer_added_gets_the_lease_grace_not_the_one_left_waiting() -> None:
+    # Two live non-voters: b joins first; b (not c) gets a lease from now,
+    # so the leader of {a, b} does not step down before b can acknowledge.
+    core, won = lone_leader()
+    now = won + 10.0
+    core.observe(now, known=["a", "b", "c"], alive=["a", "b", "c"])
+    assert core.voters == {"a", "b"}
+    assert core.lease_expiry() == pytest.approx(now + core.lease_timeout)
+    core.tick(now + 0.01)
+    assert role(core) is Role.LEADER
+
+
+def test_departed_voters_leave_one_at_a_time_in_name_order() -> None:
+    core = make("a", FIVE)
+    now = win(core, "b", "c")
+    for voter in ("b", "c"):
+        core.receive(now, voter, HeartbeatAck(1, now, core.version))
+    assert core.committed
+    core.observe(now, known=FIVE, alive=["a", "b", "c"], departed=["e", "d"])
+    assert core.voters == {"a", "b", "c", "e"}
+    for voter in ("b", "c"):
+        core.receive(now, voter, HeartbeatAck(1, now, core.version))
+    assert core.voters == {"a", "b", "c"}
+
+
+def test_a_change_to_a_one_voter_set_commits_at_once_and_the_next_follows() -> None:
+    core = make("a", ("a", "b"))
+    now = win(core, "b")
+    core.receive(now, "b", HeartbeatAck(1, now, core.version))
+    assert core.committed and core.version == (1, 2)
+    core.observe(now, known=["a", "b", "c"], alive=["a", "c"], departed=["b"])
+    # {a} needs no acknowledgement: c is added right after b is removed.
+    assert core.voters == {"a", "c"} and core.version == (1, 4)
+
+
+def test_the_lease_runs_from_the_majoritys_oldest_ack_with_an_even_voter_set() -> None:
+    core = make("a", ("a", "b", "c", "d"))
+    won = win(core, "b", "c")
+    now = won + 0.3
+    for voter, sent in (("b", won + 0.3), ("c", won + 0.2), ("d", won + 0.1)):
+        core.receive(now, voter, HeartbeatAck(1, sent, core.version))
+    # Newest first: a (now), b, c, d; a majority of 4 is 3, so c's.
+    assert core.lease_expiry() == pytest.approx(won + 0.2 + core.lease_timeout)
+
+
+def test_a_leader_whose_lease_ran_out_steps_down_on_a_set_change_without_heartbeats() -> None:
+    # No acks since it won: growing the set finds the lease gone. The
+    # deposed leader must not send heartbeats in the term it no longer leads.
+    core = make("a")
+    won = win(core, "b")
+    now = won + core.lease_timeout + 0.01
+    core.set_voters(now, ["a", "b", "c", "d"])
+    assert role(core) is Role.FOLLOWER
+    assert [a for a in core.take_actions() if isinstance(a, Send)] == []
