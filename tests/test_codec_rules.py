@@ -3,6 +3,7 @@ it exists for at its exact bound."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -176,3 +177,72 @@ def test_an_unhashable_key_is_refused_in_any_slice_of_a_big_keyed_map() -> None:
         for decode in (codec.decode, lambda d: _sliced(d, 4096)):
             with pytest.raises(DecodeError, match=r"unhashable key \[1, 2\]"):
                 decode(data)
+
+
+class _Small(enum.IntEnum):
+    SEVEN = 7
+    BIG = 300
+
+
+_ITEM = Pid("items@rules", 5, 7)
+# The values encode_items writes itself (from tables and caches) and those
+# just past each table's end, which must go through cbor2 instead.
+_PROBES: list[object] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    23,
+    24,
+    255,
+    256,
+    -1,
+    2**64 - 1,
+    _Small.SEVEN,
+    _Small.BIG,
+    "",
+    "x" * 23,
+    "x" * 24,
+    "é",
+    "\x7f",
+    b"b",
+    1.5,
+    _ITEM,
+    Ref("items@rules", 6, 7),
+    [1],
+]
+
+
+@pytest.mark.parametrize("probe", _PROBES, ids=repr)
+def test_encode_items_writes_what_encode_writes_on_both_sides_of_each_table(
+    probe: object,
+) -> None:
+    # The probe first (read by the table path if it fits a table), then
+    # items that the table path writes, which must still come after it.
+    for items in ([probe], [probe, _ITEM, "tail", 3], [_ITEM, probe, None]):
+        data = b"".join(codec.encode_items(items))
+        assert data == codec.encode(items), (items, data.hex())
+        assert codec.decode(data) == [
+            int(v) if isinstance(v, enum.IntEnum) else v for v in items
+        ]
+
+
+@pytest.mark.parametrize("count", [0, 1, 23, 24, 25])
+def test_encode_items_writes_any_length_of_array(count: int) -> None:
+    # Up to 23 items the array head is one byte; from 24 on it is two.
+    items = [_ITEM] * count
+    assert b"".join(codec.encode_items(items)) == codec.encode(items)
+
+
+def test_a_sent_pid_is_never_received_as_a_ref_with_the_same_fields() -> None:
+    # What goes out is put in the decode cache too (a reply carries it
+    # back): a Pid in the Pid cache, a Ref in the Ref cache, never crossed.
+    for sent, other in ((Pid, Ref), (Ref, Pid)):
+        fields = (f"twin-{sent.__name__}@rules", 11, 2)
+        codec.encode(sent(*fields))
+        tag = codec.PID_TAG if other is Pid else codec.REF_TAG
+        received = codec.decode(cbor2.dumps(cbor2.CBORTag(tag, list(fields))))
+        assert type(received) is other and received == other(*fields)
+        received = codec.decode(cbor2.dumps(cbor2.CBORTag(tag ^ 3, list(fields))))
+        assert type(received) is sent

@@ -305,3 +305,31 @@ def test_the_documented_slicing_bounds() -> None:
     assert _sliced_decode.SLICED_ABOVE == 128 * 1024
     assert _sliced_decode.SLICE_BYTES == 32 * 1024
     assert _sliced_decode.YIELD_AFTER == 0.004
+
+
+# ------------------------------------------------- rules of the walk, exactly
+
+
+@pytest.mark.parametrize(
+    "count", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
+)
+@pytest.mark.parametrize("major", [4, 5], ids=["array", "map"])
+def test_a_run_head_is_the_head_cbor_writes_for_its_count(major: int, count: int) -> None:
+    """A run of children is decoded behind a made-up head: it must be the
+    (shortest) head CBOR itself writes, on both sides of every size step."""
+    import cbor2
+
+    from trio_distribute._proto._sliced import _head
+
+    expected = bytearray(cbor2.dumps(count))  # a uint's head: major type 0
+    expected[0] |= major << 5
+    assert _head(major, count) == bytes(expected)
+
+
+def test_a_walked_array_of_exactly_24_items_keeps_all_of_them() -> None:
+    """24 is the first count with a one-byte argument after the head: an
+    array of 24 one-byte items, one byte too big for the window, is walked
+    as one run of 24."""
+    data = codec.encode(list(range(24)))
+    assert len(data) == 26
+    assert anyio.run(lambda: decode_sliced(data, slice_bytes=25)) == list(range(24))
