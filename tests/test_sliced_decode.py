@@ -333,3 +333,35 @@ def test_a_walked_array_of_exactly_24_items_keeps_all_of_them() -> None:
     data = codec.encode(list(range(24)))
     assert len(data) == 26
     assert anyio.run(lambda: decode_sliced(data, slice_bytes=25)) == list(range(24))
+
+
+_interrupting = [False]
+
+
+def _interrupt_if_asked(instance: Any, attribute: Any, value: Any) -> None:
+    if _interrupting[0]:
+        raise KeyboardInterrupt
+
+
+@codec.message("test_sliced.interruptible")
+@attrs.frozen
+class Interruptible:
+    x: Any = attrs.field(validator=_interrupt_if_asked)
+
+
+@pytest.mark.parametrize("window", [4096, 64, 8])
+def test_an_interrupt_inside_a_tag_decoder_is_raised_again_in_a_sliced_decode(
+    window: int,
+) -> None:
+    """cbor2 wraps what a tag decoder raises; a KeyboardInterrupt must come
+    out of a sliced decode as itself, whether the message is decoded by a
+    cbor2 call (small) or walked and finished (bigger than the window)."""
+    for value in ([Interruptible(1), "x" * 100], [Interruptible("y" * 100)]):
+        data = codec.encode(value)
+        assert anyio.run(lambda: decode_sliced(data, slice_bytes=window)) == value
+        _interrupting[0] = True
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                anyio.run(lambda: decode_sliced(data, slice_bytes=window))
+        finally:
+            _interrupting[0] = False
