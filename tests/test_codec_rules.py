@@ -246,3 +246,67 @@ def test_a_sent_pid_is_never_received_as_a_ref_with_the_same_fields() -> None:
         assert type(received) is other and received == other(*fields)
         received = codec.decode(cbor2.dumps(cbor2.CBORTag(tag ^ 3, list(fields))))
         assert type(received) is sent
+
+
+@codec.message("rules.pair")
+@attrs.frozen
+class _Pair:
+    a: Any
+    b: Any = None
+
+
+# Leaves of every kind, each with its own depth cost: scalars, plain and
+# subclassed containers, keyed maps (tag and array), frozen keys (one more
+# tag), pids (tag and array) and messages (tag, array, field map).
+_DEPTH_LEAVES: list[object] = [
+    1,
+    "s",
+    [1],
+    (1,),
+    {"k": 1},
+    {_Str("k"): 1},
+    DictSubclass(k=1),
+    ListSubclass([1]),
+    {1: 1},
+    {1: [1]},
+    {(1, 2): 1},
+    {(1, (2,)): 1},
+    {_Pair(1, (2,)): 1},
+    Pid("depth@rules", 1, 1),
+    Ref("depth@rules", 1, 1),
+    _Pair(1),
+    _Pair([1]),
+    _Pair({1: 1}),
+    _Pair(Pid("depth@rules", 1, 1)),
+]
+
+
+@pytest.mark.parametrize("leaf", _DEPTH_LEAVES, ids=repr)
+@pytest.mark.parametrize("sibling", [None, {1: 1}], ids=["alone", "beside-a-keyed-map"])
+def test_encode_refuses_exactly_the_depths_decode_refuses(leaf: object, sibling: object) -> None:
+    # Wrapped in n lists, the leaf is encodable exactly when its bytes,
+    # wrapped in n array heads, are decodable: what one node sends, the
+    # other accepts, and nothing deeper goes out. A keyed map beside it
+    # sends the value down the rewriting path, which must agree too.
+    body = codec.encode(leaf)
+    sibling_bytes = codec.encode(sibling)
+    verdicts = []
+    for n in range(55, 66):
+        value = [sibling, nest(n, lambda v: [v], leaf)]
+        data = b"\x82" + sibling_bytes + b"\x81" * n + body
+        try:
+            codec.decode(data)
+        except DecodeError:
+            decodable = False
+        else:
+            decodable = True
+        try:
+            encoded = codec.encode(value)
+        except EncodeError:
+            encodable = False
+        else:
+            encodable = True
+            assert encoded == data
+        assert encodable == decodable, (n, encodable)
+        verdicts.append(encodable)
+    assert verdicts[0] and not verdicts[-1]
