@@ -365,3 +365,63 @@ def test_an_interrupt_inside_a_tag_decoder_is_raised_again_in_a_sliced_decode(
                 anyio.run(lambda: decode_sliced(data, slice_bytes=window))
         finally:
             _interrupting[0] = False
+
+
+# Each refused shape, as raw CBOR: the sliced decoder must refuse it with
+# the same kind of reason as decode, whether it is read by a cbor2 call
+# (fits a window) or walked (bigger than one).
+_REFUSED_ITEMS = {
+    "indefinite array": (b"\x9f\x01\xff", "indefinite"),
+    "indefinite map": (b"\xbf\x61a\x01\xff", "indefinite"),
+    "indefinite bytes": (b"\x5f\x41a\xff", "indefinite"),
+    "indefinite text": (b"\x7f\x61a\xff", "indefinite"),
+    "duplicate key": (b"\xa2\x61a\x01\x61a\x02", "duplicate key"),
+    "int map key": (b"\xa1\x01\x00", "map key must be"),
+    "unknown tag": (b"\xd9\x1b\x58\x01", "unknown CBOR tag"),
+    "shared value": (b"\xd8\x1c\x81\x01", "CBOR tag 28"),
+    "bignum": (b"\xc2\x49\x01" + bytes(8), "CBOR tag 2 "),
+    "bad utf-8": (b"\x62\xc3\x28", "text string|UTF-8"),
+    "reserved head": (b"\x1c", "invalid|malformed"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_REFUSED_ITEMS))
+@pytest.mark.parametrize("window", [1, 2, 5, 9, 64, 4096])
+def test_every_refusal_holds_on_every_path_of_a_sliced_decode(name: str, window: int) -> None:
+    item, reason = _REFUSED_ITEMS[name]
+    pad = codec.encode("p" * 100)
+    for data in (
+        item,
+        b"\x82" + item + pad,  # first in a run
+        b"\x82" + pad + item,  # after a walked string
+        b"\xa1\x61k" + item,  # a map's value
+        b"\x83\x01\x02" + item,  # inside a run of small items
+    ):
+        with pytest.raises(DecodeError, match=reason):
+            codec.decode(data)
+        # A window smaller than a tag's head (up to 9 bytes; tests only)
+        # may word the refusal differently, but refuses all the same.
+        with pytest.raises(DecodeError, match=reason if window >= 9 else None):
+            anyio.run(lambda: decode_sliced(data, slice_bytes=window))
+
+
+@pytest.mark.parametrize("window", [1, 3, 64, 4096])
+def test_any_buffer_is_decoded_as_its_bytes(window: int) -> None:
+    """decode reads any buffer as its raw bytes; so does a sliced decode,
+    whatever the buffer's item format."""
+    import array
+
+    value = [{"k": "é" * 40, "b": b"\x00" * 30}, list(range(40)), "x" * 100]
+    data = codec.encode(value)
+    if len(data) % 2:
+        value.append(None)
+        data = codec.encode(value)
+    for buffer in (
+        data,
+        bytearray(data),
+        memoryview(data),
+        memoryview(data).cast("H"),
+        array.array("B", data),
+    ):
+        assert codec.decode(buffer) == value  # type: ignore[arg-type]
+        assert anyio.run(lambda: decode_sliced(buffer, slice_bytes=window)) == value  # type: ignore[arg-type]
