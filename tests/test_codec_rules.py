@@ -281,19 +281,26 @@ _DEPTH_LEAVES: list[object] = [
 ]
 
 
+_FRAME_DEST = Pid("frame@rules", 1, 1)
+
+
 @pytest.mark.parametrize("leaf", _DEPTH_LEAVES, ids=repr)
-@pytest.mark.parametrize("sibling", [None, {1: 1}], ids=["alone", "beside-a-keyed-map"])
-def test_encode_refuses_exactly_the_depths_decode_refuses(leaf: object, sibling: object) -> None:
+@pytest.mark.parametrize("how", ["alone", "beside-a-keyed-map", "in-a-frame"])
+def test_encode_refuses_exactly_the_depths_decode_refuses(leaf: object, how: str) -> None:
     # Wrapped in n lists, the leaf is encodable exactly when its bytes,
     # wrapped in n array heads, are decodable: what one node sends, the
     # other accepts, and nothing deeper goes out. A keyed map beside it
-    # sends the value down the rewriting path, which must agree too.
+    # sends the value down the rewriting path, which must agree too, and
+    # so must encode_frame (whose array is one level of the payload's).
     body = codec.encode(leaf)
-    sibling_bytes = codec.encode(sibling)
+    sibling = None if how == "alone" else {1: 1}
+    prefix = b"\x82" + codec.encode(sibling)
+    if how == "in-a-frame":
+        prefix = b"\x83\x01" + codec.encode(_FRAME_DEST)
     verdicts = []
     for n in range(55, 66):
         value = [sibling, nest(n, lambda v: [v], leaf)]
-        data = b"\x82" + sibling_bytes + b"\x81" * n + body
+        data = prefix + b"\x81" * n + body
         try:
             codec.decode(data)
         except DecodeError:
@@ -301,7 +308,10 @@ def test_encode_refuses_exactly_the_depths_decode_refuses(leaf: object, sibling:
         else:
             decodable = True
         try:
-            encoded = codec.encode(value)
+            if how == "in-a-frame":
+                encoded = codec.encode_frame(1, _FRAME_DEST, value[1])
+            else:
+                encoded = codec.encode(value)
         except EncodeError:
             encodable = False
         else:
