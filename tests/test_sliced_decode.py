@@ -425,3 +425,21 @@ def test_any_buffer_is_decoded_as_its_bytes(window: int) -> None:
     ):
         assert codec.decode(buffer) == value  # type: ignore[arg-type]
         assert anyio.run(lambda: decode_sliced(buffer, slice_bytes=window)) == value  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("max_depth", [1, 2])
+@pytest.mark.parametrize("content", ["abc", b"abc", "x" * 40])
+def test_a_walked_tag_one_level_too_deep_is_refused_for_its_depth(
+    max_depth: int, content: object
+) -> None:
+    """A tag bigger than the window is walked; one level too deep it is
+    refused at its head, for its depth (as decode refuses it), before its
+    content reaches the tag's finisher."""
+    import cbor2
+
+    data = b"\x81" * max_depth + cbor2.dumps(cbor2.CBORTag(codec.PID_TAG, content))
+    for window in (4, 5):
+        with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+            codec.decode(data, max_depth=max_depth)
+        with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+            anyio.run(lambda: decode_sliced(data, max_depth=max_depth, slice_bytes=window))
