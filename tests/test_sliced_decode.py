@@ -438,8 +438,26 @@ def test_a_walked_tag_one_level_too_deep_is_refused_for_its_depth(
     import cbor2
 
     data = b"\x81" * max_depth + cbor2.dumps(cbor2.CBORTag(codec.PID_TAG, content))
-    for window in (4, 5):
+    # Windows that cut the tag's 3-byte head: the tag is walked.
+    for window in (1, 2, 3, 5):
         with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
             codec.decode(data, max_depth=max_depth)
         with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
             anyio.run(lambda: decode_sliced(data, max_depth=max_depth, slice_bytes=window))
+
+
+def test_a_bytearray_is_read_in_place_not_copied() -> None:
+    """The transport reads a big frame's body into one bytearray; the
+    sliced decode reads it there (a 16 MiB frame is not copied whole
+    once more), and bytes as they are."""
+    for data in (bytearray(codec.encode(["x" * 100] * 10)), codec.encode(["y" * 100] * 10)):
+        steps = codec.decode_steps(data, slice_bytes=64)
+        next(steps)
+        assert steps.gi_frame is not None
+        assert steps.gi_frame.f_locals["walk"].data is data
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                assert done.value == codec.decode(data)
+                break
