@@ -461,3 +461,40 @@ def test_a_bytearray_is_read_in_place_not_copied() -> None:
             except StopIteration as done:
                 assert done.value == codec.decode(data)
                 break
+
+
+def test_a_memory_error_in_a_tag_finisher_is_not_a_bad_payload() -> None:
+    """Running out of memory is the node's problem, not the peer's: a
+    finisher of a walked tag that raises MemoryError lets it through, where
+    anything else it raises is a refusal."""
+    import cbor2
+
+    from trio_distribute._proto._cbor import TagTable
+    from trio_distribute._proto._sliced import SlicedDecoder
+
+    raised: list[BaseException] = []
+
+    def finish(content: Any) -> Any:
+        raise raised[0]
+        yield  # a generator, like every finisher
+
+    table = TagTable({7000: cbor2.shareable_decoder(lambda immutable: (None, finish))})
+    decoder = SlicedDecoder(table, {7000: finish}, default_max_depth=8)
+    data = cbor2.dumps([cbor2.CBORTag(7000, "y" * 100)])
+    for error, expected in ((MemoryError(), MemoryError), (ValueError("bad"), DecodeError)):
+        raised[:] = [error]
+        with pytest.raises(expected):
+            for _ in decoder.steps(data, slice_bytes=8):
+                pass
+
+
+@pytest.mark.parametrize(
+    "scalar", [b"\x1b" + bytes(3), b"\xfb" + bytes(4), b"\x19\x01", b"\x3a\x00"], ids=bytes.hex
+)
+@pytest.mark.parametrize("window", [1, 2])
+def test_a_truncated_scalar_under_a_tiny_window_is_refused(scalar: bytes, window: int) -> None:
+    for data in (scalar, b"\x81" + scalar, b"\x82\x01" + scalar):
+        with pytest.raises(DecodeError, match="truncated"):
+            codec.decode(data)
+        with pytest.raises(DecodeError, match="truncated"):
+            anyio.run(lambda: decode_sliced(data, slice_bytes=window))
