@@ -489,10 +489,19 @@ def test_a_memory_error_in_a_tag_finisher_is_not_a_bad_payload() -> None:
 
 
 @pytest.mark.parametrize(
-    "scalar", [b"\x1b" + bytes(3), b"\xfb" + bytes(4), b"\x19\x01", b"\x3a\x00"], ids=bytes.hex
+    "scalar",
+    [
+        b"\x1b" + bytes(3),
+        b"\xfb" + bytes(4),
+        b"\x19\x01",
+        b"\x3a\x00",
+        b"\x78\x64" + b"t" * 50,  # a text string of 100 bytes, 50 there
+        b"\x58\x64" + b"b" * 99,  # a byte string one byte short
+    ],
+    ids=lambda b: b[:2].hex(),
 )
-@pytest.mark.parametrize("window", [1, 2])
-def test_a_truncated_scalar_under_a_tiny_window_is_refused(scalar: bytes, window: int) -> None:
+@pytest.mark.parametrize("window", [1, 2, 16])
+def test_a_truncated_scalar_or_string_is_refused_when_walked(scalar: bytes, window: int) -> None:
     for data in (scalar, b"\x81" + scalar, b"\x82\x01" + scalar):
         with pytest.raises(DecodeError, match="truncated"):
             codec.decode(data)
