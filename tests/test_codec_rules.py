@@ -223,9 +223,7 @@ def test_encode_items_writes_what_encode_writes_on_both_sides_of_each_table(
     for items in ([probe], [probe, _ITEM, "tail", 3], [_ITEM, probe, None]):
         data = b"".join(codec.encode_items(items))
         assert data == codec.encode(items), (items, data.hex())
-        assert codec.decode(data) == [
-            int(v) if isinstance(v, enum.IntEnum) else v for v in items
-        ]
+        assert codec.decode(data) == [int(v) if isinstance(v, enum.IntEnum) else v for v in items]
 
 
 @pytest.mark.parametrize("count", [0, 1, 23, 24, 25])

@@ -10,6 +10,7 @@ frame's messages still arrive whole and in order.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -310,6 +311,20 @@ def test_the_documented_slicing_bounds() -> None:
 # ------------------------------------------------- rules of the walk, exactly
 
 
+def _run_sliced(data: Any, window: int, max_depth: int = codec.DEFAULT_MAX_DEPTH) -> object:
+    decode = functools.partial(decode_sliced, data, max_depth=max_depth, slice_bytes=window)
+    return anyio.run(decode)
+
+
+def _finish(steps: Any) -> object:
+    """Run a sliced decode's remaining steps; its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
 @pytest.mark.parametrize(
     "count", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
 )
@@ -332,7 +347,7 @@ def test_a_walked_array_of_exactly_24_items_keeps_all_of_them() -> None:
     as one run of 24."""
     data = codec.encode(list(range(24)))
     assert len(data) == 26
-    assert anyio.run(lambda: decode_sliced(data, slice_bytes=25)) == list(range(24))
+    assert _run_sliced(data, 25) == list(range(24))
 
 
 _interrupting = [False]
@@ -358,11 +373,11 @@ def test_an_interrupt_inside_a_tag_decoder_is_raised_again_in_a_sliced_decode(
     cbor2 call (small) or walked and finished (bigger than the window)."""
     for value in ([Interruptible(1), "x" * 100], [Interruptible("y" * 100)]):
         data = codec.encode(value)
-        assert anyio.run(lambda: decode_sliced(data, slice_bytes=window)) == value
+        assert _run_sliced(data, window) == value
         _interrupting[0] = True
         try:
             with pytest.raises(KeyboardInterrupt):
-                anyio.run(lambda: decode_sliced(data, slice_bytes=window))
+                _run_sliced(data, window)
         finally:
             _interrupting[0] = False
 
@@ -402,7 +417,7 @@ def test_every_refusal_holds_on_every_path_of_a_sliced_decode(name: str, window:
         # A window smaller than a tag's head (up to 9 bytes; tests only)
         # may word the refusal differently, but refuses all the same.
         with pytest.raises(DecodeError, match=reason if window >= 9 else None):
-            anyio.run(lambda: decode_sliced(data, slice_bytes=window))
+            _run_sliced(data, window)
 
 
 @pytest.mark.parametrize("window", [1, 3, 64, 4096])
@@ -411,7 +426,7 @@ def test_any_buffer_is_decoded_as_its_bytes(window: int) -> None:
     whatever the buffer's item format."""
     import array
 
-    value = [{"k": "é" * 40, "b": b"\x00" * 30}, list(range(40)), "x" * 100]
+    value: list[object] = [{"k": "é" * 40, "b": b"\x00" * 30}, list(range(40)), "x" * 100]
     data = codec.encode(value)
     if len(data) % 2:
         value.append(None)
@@ -424,7 +439,7 @@ def test_any_buffer_is_decoded_as_its_bytes(window: int) -> None:
         array.array("B", data),
     ):
         assert codec.decode(buffer) == value  # type: ignore[arg-type]
-        assert anyio.run(lambda: decode_sliced(buffer, slice_bytes=window)) == value  # type: ignore[arg-type]
+        assert _run_sliced(buffer, window) == value
 
 
 @pytest.mark.parametrize("max_depth", [1, 2])
@@ -443,7 +458,7 @@ def test_a_walked_tag_one_level_too_deep_is_refused_for_its_depth(
         with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
             codec.decode(data, max_depth=max_depth)
         with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
-            anyio.run(lambda: decode_sliced(data, max_depth=max_depth, slice_bytes=window))
+            _run_sliced(data, window, max_depth)
 
 
 def test_a_bytearray_is_read_in_place_not_copied() -> None:
@@ -451,16 +466,10 @@ def test_a_bytearray_is_read_in_place_not_copied() -> None:
     sliced decode reads it there (a 16 MiB frame is not copied whole
     once more), and bytes as they are."""
     for data in (bytearray(codec.encode(["x" * 100] * 10)), codec.encode(["y" * 100] * 10)):
-        steps = codec.decode_steps(data, slice_bytes=64)
+        steps: Any = codec.decode_steps(data, slice_bytes=64)
         next(steps)
-        assert steps.gi_frame is not None
         assert steps.gi_frame.f_locals["walk"].data is data
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                assert done.value == codec.decode(data)
-                break
+        assert _finish(steps) == codec.decode(data)
 
 
 def test_a_memory_error_in_a_tag_finisher_is_not_a_bad_payload() -> None:
@@ -475,8 +484,9 @@ def test_a_memory_error_in_a_tag_finisher_is_not_a_bad_payload() -> None:
     raised: list[BaseException] = []
 
     def finish(content: Any) -> Any:
-        raise raised[0]
-        yield  # a generator, like every finisher
+        if raised:  # always; a generator, like every finisher
+            raise raised[0]
+        yield
 
     table = TagTable({7000: cbor2.shareable_decoder(lambda immutable: (None, finish))})
     decoder = SlicedDecoder(table, {7000: finish}, default_max_depth=8)
@@ -506,4 +516,4 @@ def test_a_truncated_scalar_or_string_is_refused_when_walked(scalar: bytes, wind
         with pytest.raises(DecodeError, match="truncated"):
             codec.decode(data)
         with pytest.raises(DecodeError, match="truncated"):
-            anyio.run(lambda: decode_sliced(data, slice_bytes=window))
+            _run_sliced(data, window)

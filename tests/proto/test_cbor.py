@@ -8,6 +8,7 @@ depth limit passed to cbor2) and longer ones.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from collections.abc import Callable
@@ -333,7 +334,7 @@ def test_an_interrupt_inside_a_tag_decoder_is_raised_again(
 
 def test_raise_interrupt_finds_an_interrupt_anywhere_in_the_cause_chain() -> None:
     def chain(*excs: BaseException) -> BaseException:
-        for outer, inner in zip(excs, excs[1:], strict=False):
+        for outer, inner in itertools.pairwise(excs):
             outer.__cause__ = inner
         return excs[0]
 
