@@ -396,6 +396,7 @@ _REFUSED_ITEMS = {
     "shared value": (b"\xd8\x1c\x81\x01", "CBOR tag 28"),
     "bignum": (b"\xc2\x49\x01" + bytes(8), "CBOR tag 2 "),
     "bad utf-8": (b"\x62\xc3\x28", "text string|UTF-8"),
+    "long bad utf-8": (b"\x78\x28" + b"a" * 38 + b"\xc3\x28", "text string|UTF-8"),
     "reserved head": (b"\x1c", "invalid|malformed"),
 }
 
