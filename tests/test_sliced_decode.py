@@ -518,3 +518,17 @@ def test_a_truncated_scalar_or_string_is_refused_when_walked(scalar: bytes, wind
             codec.decode(data)
         with pytest.raises(DecodeError, match="truncated"):
             _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("empty", [b"\x80", b"\xa0"], ids=["array", "map"])
+@pytest.mark.parametrize("window", [1, 2, 3, 5])
+def test_a_walked_empty_container_one_level_too_deep_is_refused(empty: bytes, window: int) -> None:
+    """Where only a scalar may sit, the walk refuses any container, even an
+    empty one (arrays and maps count one level each). cbor2 only counts a
+    level when it descends into children, so the one-call decode lets an
+    empty container one level too deep through; encode never writes one."""
+    for max_depth in (1, 2):
+        data = b"\xa1\x64kkkk" * max_depth + empty  # the value walked on its own
+        with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+            _run_sliced(data, window, max_depth)
+        assert _run_sliced(data, window, max_depth + 1) == codec.decode(data)
