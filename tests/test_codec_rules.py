@@ -3,6 +3,7 @@ it exists for at its exact bound."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -176,3 +177,144 @@ def test_an_unhashable_key_is_refused_in_any_slice_of_a_big_keyed_map() -> None:
         for decode in (codec.decode, lambda d: _sliced(d, 4096)):
             with pytest.raises(DecodeError, match=r"unhashable key \[1, 2\]"):
                 decode(data)
+
+
+class _Small(enum.IntEnum):
+    SEVEN = 7
+    BIG = 300
+
+
+_ITEM = Pid("items@rules", 5, 7)
+# The values encode_items writes itself (from tables and caches) and those
+# just past each table's end, which must go through cbor2 instead.
+_PROBES: list[object] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    23,
+    24,
+    255,
+    256,
+    -1,
+    2**64 - 1,
+    _Small.SEVEN,
+    _Small.BIG,
+    "",
+    "x" * 23,
+    "x" * 24,
+    "é",
+    "\x7f",
+    b"b",
+    1.5,
+    _ITEM,
+    Ref("items@rules", 6, 7),
+    [1],
+]
+
+
+@pytest.mark.parametrize("probe", _PROBES, ids=repr)
+def test_encode_items_writes_what_encode_writes_on_both_sides_of_each_table(
+    probe: object,
+) -> None:
+    # The probe first (read by the table path if it fits a table), then
+    # items that the table path writes, which must still come after it.
+    for items in ([probe], [probe, _ITEM, "tail", 3], [_ITEM, probe, None]):
+        data = b"".join(codec.encode_items(items))
+        assert data == codec.encode(items), (items, data.hex())
+        assert codec.decode(data) == [int(v) if isinstance(v, enum.IntEnum) else v for v in items]
+
+
+@pytest.mark.parametrize("count", [0, 1, 23, 24, 25])
+def test_encode_items_writes_any_length_of_array(count: int) -> None:
+    # Up to 23 items the array head is one byte; from 24 on it is two.
+    items = [_ITEM] * count
+    assert b"".join(codec.encode_items(items)) == codec.encode(items)
+
+
+def test_a_sent_pid_is_never_received_as_a_ref_with_the_same_fields() -> None:
+    # What goes out is put in the decode cache too (a reply carries it
+    # back): a Pid in the Pid cache, a Ref in the Ref cache, never crossed.
+    for sent, other in ((Pid, Ref), (Ref, Pid)):
+        fields = (f"twin-{sent.__name__}@rules", 11, 2)
+        codec.encode(sent(*fields))
+        tag = codec.PID_TAG if other is Pid else codec.REF_TAG
+        received = codec.decode(cbor2.dumps(cbor2.CBORTag(tag, list(fields))))
+        assert type(received) is other and received == other(*fields)
+        received = codec.decode(cbor2.dumps(cbor2.CBORTag(tag ^ 3, list(fields))))
+        assert type(received) is sent
+
+
+@codec.message("rules.pair")
+@attrs.frozen
+class _Pair:
+    a: Any
+    b: Any = None
+
+
+# Leaves of every kind, each with its own depth cost: scalars, plain and
+# subclassed containers, keyed maps (tag and array), frozen keys (one more
+# tag), pids (tag and array) and messages (tag, array, field map).
+_DEPTH_LEAVES: list[object] = [
+    1,
+    "s",
+    [1],
+    (1,),
+    {"k": 1},
+    {_Str("k"): 1},
+    DictSubclass(k=1),
+    ListSubclass([1]),
+    {1: 1},
+    {1: [1]},
+    {(1, 2): 1},
+    {(1, (2,)): 1},
+    {_Pair(1, (2,)): 1},
+    Pid("depth@rules", 1, 1),
+    Ref("depth@rules", 1, 1),
+    _Pair(1),
+    _Pair([1]),
+    _Pair({1: 1}),
+    _Pair(Pid("depth@rules", 1, 1)),
+]
+
+
+_FRAME_DEST = Pid("frame@rules", 1, 1)
+
+
+@pytest.mark.parametrize("leaf", _DEPTH_LEAVES, ids=repr)
+@pytest.mark.parametrize("how", ["alone", "beside-a-keyed-map", "in-a-frame"])
+def test_encode_refuses_exactly_the_depths_decode_refuses(leaf: object, how: str) -> None:
+    # Wrapped in n lists, the leaf is encodable exactly when its bytes,
+    # wrapped in n array heads, are decodable: what one node sends, the
+    # other accepts, and nothing deeper goes out. A keyed map beside it
+    # sends the value down the rewriting path, which must agree too, and
+    # so must encode_frame (whose array is one level of the payload's).
+    body = codec.encode(leaf)
+    sibling = None if how == "alone" else {1: 1}
+    prefix = b"\x82" + codec.encode(sibling)
+    if how == "in-a-frame":
+        prefix = b"\x83\x01" + codec.encode(_FRAME_DEST)
+    verdicts = []
+    for n in range(55, 66):
+        value = [sibling, nest(n, lambda v: [v], leaf)]
+        data = prefix + b"\x81" * n + body
+        try:
+            codec.decode(data)
+        except DecodeError:
+            decodable = False
+        else:
+            decodable = True
+        try:
+            if how == "in-a-frame":
+                encoded = codec.encode_frame(1, _FRAME_DEST, value[1])
+            else:
+                encoded = codec.encode(value)
+        except EncodeError:
+            encodable = False
+        else:
+            encodable = True
+            assert encoded == data
+        assert encodable == decodable, (n, encodable)
+        verdicts.append(encodable)
+    assert verdicts[0] and not verdicts[-1]

@@ -10,6 +10,7 @@ frame's messages still arrive whole and in order.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -306,3 +307,229 @@ def test_the_documented_slicing_bounds() -> None:
     assert _sliced_decode.SLICED_ABOVE == 128 * 1024
     assert _sliced_decode.SLICE_BYTES == 32 * 1024
     assert _sliced_decode.YIELD_AFTER == 0.004
+
+
+# ------------------------------------------------- rules of the walk, exactly
+
+
+def _run_sliced(data: Any, window: int, max_depth: int = codec.DEFAULT_MAX_DEPTH) -> object:
+    decode = functools.partial(decode_sliced, data, max_depth=max_depth, slice_bytes=window)
+    return anyio.run(decode)
+
+
+def _finish(steps: Any) -> object:
+    """Run a sliced decode's remaining steps; its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+@pytest.mark.parametrize(
+    "count", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
+)
+@pytest.mark.parametrize("major", [4, 5], ids=["array", "map"])
+def test_a_run_head_is_the_head_cbor_writes_for_its_count(major: int, count: int) -> None:
+    """A run of children is decoded behind a made-up head: it must be the
+    (shortest) head CBOR itself writes, on both sides of every size step."""
+    import cbor2
+
+    from trio_distribute._proto._sliced import _head
+
+    expected = bytearray(cbor2.dumps(count))  # a uint's head: major type 0
+    expected[0] |= major << 5
+    assert _head(major, count) == bytes(expected)
+
+
+def test_a_walked_array_of_exactly_24_items_keeps_all_of_them() -> None:
+    """24 is the first count with a one-byte argument after the head: an
+    array of 24 one-byte items, one byte too big for the window, is walked
+    as one run of 24."""
+    data = codec.encode(list(range(24)))
+    assert len(data) == 26
+    assert _run_sliced(data, 25) == list(range(24))
+
+
+_interrupting = [False]
+
+
+def _interrupt_if_asked(instance: Any, attribute: Any, value: Any) -> None:
+    if _interrupting[0]:
+        raise KeyboardInterrupt
+
+
+@codec.message("test_sliced.interruptible")
+@attrs.frozen
+class Interruptible:
+    x: Any = attrs.field(validator=_interrupt_if_asked)
+
+
+@pytest.mark.parametrize("window", [4096, 64, 8])
+def test_an_interrupt_inside_a_tag_decoder_is_raised_again_in_a_sliced_decode(
+    window: int,
+) -> None:
+    """cbor2 wraps what a tag decoder raises; a KeyboardInterrupt must come
+    out of a sliced decode as itself, whether the message is decoded by a
+    cbor2 call (small) or walked and finished (bigger than the window)."""
+    for value in ([Interruptible(1), "x" * 100], [Interruptible("y" * 100)]):
+        data = codec.encode(value)
+        assert _run_sliced(data, window) == value
+        _interrupting[0] = True
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _run_sliced(data, window)
+        finally:
+            _interrupting[0] = False
+
+
+# Each refused shape, as raw CBOR: the sliced decoder must refuse it with
+# the same kind of reason as decode, whether it is read by a cbor2 call
+# (fits a window) or walked (bigger than one).
+_REFUSED_ITEMS = {
+    "indefinite array": (b"\x9f\x01\xff", "indefinite"),
+    "indefinite map": (b"\xbf\x61a\x01\xff", "indefinite"),
+    "indefinite bytes": (b"\x5f\x41a\xff", "indefinite"),
+    "indefinite text": (b"\x7f\x61a\xff", "indefinite"),
+    "duplicate key": (b"\xa2\x61a\x01\x61a\x02", "duplicate key"),
+    "int map key": (b"\xa1\x01\x00", "map key must be"),
+    "unknown tag": (b"\xd9\x1b\x58\x01", "unknown CBOR tag"),
+    "shared value": (b"\xd8\x1c\x81\x01", "CBOR tag 28"),
+    "bignum": (b"\xc2\x49\x01" + bytes(8), "CBOR tag 2 "),
+    "bad utf-8": (b"\x62\xc3\x28", "text string|UTF-8"),
+    "long bad utf-8": (b"\x78\x28" + b"a" * 38 + b"\xc3\x28", "text string|UTF-8"),
+    "reserved head": (b"\x1c", "invalid|malformed"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_REFUSED_ITEMS))
+@pytest.mark.parametrize("window", [1, 2, 5, 9, 64, 4096])
+def test_every_refusal_holds_on_every_path_of_a_sliced_decode(name: str, window: int) -> None:
+    item, reason = _REFUSED_ITEMS[name]
+    pad = codec.encode("p" * 100)
+    for data in (
+        item,
+        b"\x82" + item + pad,  # first in a run
+        b"\x82" + pad + item,  # after a walked string
+        b"\xa1\x61k" + item,  # a map's value
+        b"\x83\x01\x02" + item,  # inside a run of small items
+    ):
+        with pytest.raises(DecodeError, match=reason):
+            codec.decode(data)
+        # A window smaller than a tag's head (up to 9 bytes; tests only)
+        # may word the refusal differently, but refuses all the same.
+        with pytest.raises(DecodeError, match=reason if window >= 9 else None):
+            _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("window", [1, 3, 64, 4096])
+def test_any_buffer_is_decoded_as_its_bytes(window: int) -> None:
+    """decode reads any buffer as its raw bytes; so does a sliced decode,
+    whatever the buffer's item format."""
+    import array
+
+    value: list[object] = [{"k": "é" * 40, "b": b"\x00" * 30}, list(range(40)), "x" * 100]
+    data = codec.encode(value)
+    if len(data) % 2:
+        value.append(None)
+        data = codec.encode(value)
+    for buffer in (
+        data,
+        bytearray(data),
+        memoryview(data),
+        memoryview(data).cast("H"),
+        array.array("B", data),
+    ):
+        assert codec.decode(buffer) == value  # type: ignore[arg-type]
+        assert _run_sliced(buffer, window) == value
+
+
+@pytest.mark.parametrize("max_depth", [1, 2])
+@pytest.mark.parametrize("content", ["abc", b"abc", "x" * 40])
+def test_a_walked_tag_one_level_too_deep_is_refused_for_its_depth(
+    max_depth: int, content: object
+) -> None:
+    """A tag bigger than the window is walked; one level too deep it is
+    refused at its head, for its depth (as decode refuses it), before its
+    content reaches the tag's finisher."""
+    import cbor2
+
+    data = b"\x81" * max_depth + cbor2.dumps(cbor2.CBORTag(codec.PID_TAG, content))
+    # Windows that cut the tag's 3-byte head: the tag is walked.
+    for window in (1, 2, 3, 5):
+        with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+            codec.decode(data, max_depth=max_depth)
+        with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+            _run_sliced(data, window, max_depth)
+
+
+def test_a_bytearray_is_read_in_place_not_copied() -> None:
+    """The transport reads a big frame's body into one bytearray; the
+    sliced decode reads it there (a 16 MiB frame is not copied whole
+    once more), and bytes as they are."""
+    for data in (bytearray(codec.encode(["x" * 100] * 10)), codec.encode(["y" * 100] * 10)):
+        steps: Any = codec.decode_steps(data, slice_bytes=64)
+        next(steps)
+        assert steps.gi_frame.f_locals["walk"].data is data
+        assert _finish(steps) == codec.decode(data)
+
+
+def test_a_memory_error_in_a_tag_finisher_is_not_a_bad_payload() -> None:
+    """Running out of memory is the node's problem, not the peer's: a
+    finisher of a walked tag that raises MemoryError lets it through, where
+    anything else it raises is a refusal."""
+    import cbor2
+
+    from trio_distribute._proto._cbor import TagTable
+    from trio_distribute._proto._sliced import SlicedDecoder
+
+    raised: list[BaseException] = []
+
+    def finish(content: Any) -> Any:
+        if raised:  # always; a generator, like every finisher
+            raise raised[0]
+        yield
+
+    table = TagTable({7000: cbor2.shareable_decoder(lambda immutable: (None, finish))})
+    decoder = SlicedDecoder(table, {7000: finish}, default_max_depth=8)
+    data = cbor2.dumps([cbor2.CBORTag(7000, "y" * 100)])
+    for error, expected in ((MemoryError(), MemoryError), (ValueError("bad"), DecodeError)):
+        raised[:] = [error]
+        with pytest.raises(expected):
+            for _ in decoder.steps(data, slice_bytes=8):
+                pass
+
+
+@pytest.mark.parametrize(
+    "scalar",
+    [
+        b"\x1b" + bytes(3),
+        b"\xfb" + bytes(4),
+        b"\x19\x01",
+        b"\x3a\x00",
+        b"\x78\x64" + b"t" * 50,  # a text string of 100 bytes, 50 there
+        b"\x58\x64" + b"b" * 99,  # a byte string one byte short
+    ],
+    ids=lambda b: b[:2].hex(),
+)
+@pytest.mark.parametrize("window", [1, 2, 16])
+def test_a_truncated_scalar_or_string_is_refused_when_walked(scalar: bytes, window: int) -> None:
+    for data in (scalar, b"\x81" + scalar, b"\x82\x01" + scalar):
+        with pytest.raises(DecodeError, match="truncated"):
+            codec.decode(data)
+        with pytest.raises(DecodeError, match="truncated"):
+            _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("empty", [b"\x80", b"\xa0"], ids=["array", "map"])
+@pytest.mark.parametrize("window", [1, 2, 3, 5])
+def test_a_walked_empty_container_one_level_too_deep_is_refused(empty: bytes, window: int) -> None:
+    """Where only a scalar may sit, the walk refuses any container, even an
+    empty one (arrays and maps count one level each). cbor2 only counts a
+    level when it descends into children, so the one-call decode lets an
+    empty container one level too deep through; encode never writes one."""
+    for max_depth in (1, 2):
+        data = b"\xa1\x64kkkk" * max_depth + empty  # the value walked on its own
+        with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+            _run_sliced(data, window, max_depth)
+        assert _run_sliced(data, window, max_depth + 1) == codec.decode(data)

@@ -8,6 +8,7 @@ depth limit passed to cbor2) and longer ones.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from collections.abc import Callable
@@ -302,3 +303,45 @@ def test_the_decoders_never_raise_anything_else() -> None:
         for decode in DECODERS:
             with pytest.raises(DecodeError):
                 decode(data)
+
+
+class _Stop(BaseException):
+    """Not an Exception, like KeyboardInterrupt and trio's Cancelled."""
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, _Stop])
+@pytest.mark.parametrize("pad", [False, True], ids=["short", "long"])
+def test_an_interrupt_inside_a_tag_decoder_is_raised_again(
+    interrupt: type[BaseException], pad: bool
+) -> None:
+    # cbor2 wraps whatever a tag decoder raises in a CBORDecodeError; a
+    # signal's KeyboardInterrupt must come out as itself (not as a refused
+    # payload), from every entry point and on both paths of the fast one.
+    def finish(value: object) -> object:
+        raise interrupt
+
+    table = TagTable({7000: cbor2.shareable_decoder(lambda immutable: (None, finish))})
+    data = cbor2.dumps(cbor2.CBORTag(7000, 1))
+    if pad:
+        data = b"\x82" + data + PAD
+    for decode in (
+        payload_decoder(table, default_max_depth=8),
+        lambda d: decode_one(d, tags=table, max_depth=8),
+    ):
+        with pytest.raises(interrupt):
+            decode(data)
+
+
+def test_raise_interrupt_finds_an_interrupt_anywhere_in_the_cause_chain() -> None:
+    def chain(*excs: BaseException) -> BaseException:
+        for outer, inner in itertools.pairwise(excs):
+            outer.__cause__ = inner
+        return excs[0]
+
+    _cbor.raise_interrupt(chain(ValueError(), TypeError(), DecodeError("x")))  # none: returns
+    stop = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt) as info:
+        _cbor.raise_interrupt(chain(ValueError(), TypeError(), stop))
+    assert info.value is stop
+    with pytest.raises(_Stop):
+        _cbor.raise_interrupt(_Stop())

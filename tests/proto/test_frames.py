@@ -425,3 +425,39 @@ def test_an_oversized_header_frees_what_was_held() -> None:
     with pytest.raises(ProtocolError):
         decoder.next_frame(b"\x00\x00\x00\x0b" + b"x" * 5)
     assert decoder.buffered == 0
+
+
+def test_pending_frame_is_the_incomplete_frame_whose_header_was_read() -> None:
+    # A driver reads a big frame's body itself once pending_frame says how
+    # big it is: 0 while no header is complete, header + payload after, 0
+    # again once the frame is out (or the buffer handed over or dropped).
+    decoder = FrameDecoder(1000)
+    assert decoder.pending_frame == 0
+    assert decoder.feed(b"\x00\x00") == []  # half a header
+    assert decoder.pending_frame == 0
+    assert decoder.feed(b"\x00\x0a" + b"x" * 3) == []
+    assert decoder.pending_frame == 14
+    assert decoder.feed(b"y" * 7) == [b"xxxyyyyyyy"]
+    assert decoder.pending_frame == 0
+    assert decoder.feed(header(1)) == []  # a whole header, no payload yet
+    assert decoder.pending_frame == 5
+    assert decoder.feed(b"z" + TICK + header(3)[:3]) == [b"z"]
+    assert decoder.pending_frame == 0  # only part of the next header
+    assert decoder.feed(header(3)[3:] + b"ab") == []
+    assert decoder.pending_frame == 7
+    assert decoder.take_buffered() == header(3) + b"ab"
+    assert decoder.pending_frame == 0
+    assert decoder.feed(header(2)) == []
+    decoder.discard()
+    assert decoder.pending_frame == 0
+
+
+def test_a_header_completed_across_chunks_yields_no_empty_payload() -> None:
+    # A pending header (4 bytes needed) is not a frame to cut out.
+    decoder = FrameDecoder(100)
+    for cut in range(1, 4):
+        assert decoder.feed(header(2)[:cut]) == []
+        assert decoder.feed(header(2)[cut:]) == []
+        assert decoder.feed(b"ok" + header(1)[:cut]) == [b"ok"]
+        assert decoder.feed(header(1)[cut:] + b"!") == [b"!"]
+        assert decoder.buffered == 0
