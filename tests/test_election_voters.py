@@ -75,8 +75,10 @@ async def test_a_capped_cluster_keeps_its_voters_and_replaces_a_dead_one() -> No
         survivors = [x for x in nodes if x is not victim]
         with anyio.fail_after(60):
             await wait_until(
-                lambda: agreed(survivors) is not None
-                and victim.name not in survivors[0].election.voters()
+                lambda: (
+                    agreed(survivors) is not None
+                    and victim.name not in survivors[0].election.voters()
+                )
             )
         after = agreed(survivors)
         assert after is not None and after.name == leader.name and after.term == leader.term

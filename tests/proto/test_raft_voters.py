@@ -8,6 +8,7 @@ one single-server change at a time. See docs/election-voters.rst.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -149,7 +150,7 @@ def test_each_change_is_one_voter_and_waits_for_the_previous_to_commit() -> None
     sets = [frozenset(p.voters) for p in _persisted(net, leader.name)]
     sets = [s for i, s in enumerate(sets) if i == 0 or s != sets[i - 1]]
     assert sets[-1] == {f"n{i}" for i in range(5)}
-    for before, after in zip(sets, sets[1:], strict=False):
+    for before, after in itertools.pairwise(sets):
         assert len(before ^ after) == 1
 
 
@@ -194,9 +195,9 @@ def test_max_voters_and_learner_interval_are_validated() -> None:
 def test_the_config_fields_default_to_five_voters_and_a_two_second_round() -> None:
     config = ElectionConfig()
     assert config.max_voters == 5 and config.learner_interval == 2.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_voters"):
         ElectionConfig(max_voters=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="learner_interval"):
         ElectionConfig(learner_interval=0)
 
 
@@ -252,9 +253,7 @@ def test_a_learner_never_campaigns_and_forgets_a_silent_leader() -> None:
     assert learner.leader is not None
     net.run_until(heard + LEARNER_SILENCE * LI + 0.01)
     assert learner.leader is None and learner.role is Role.FOLLOWER
-    assert not any(
-        isinstance(s.message, PreVote | Vote) for _, src, s in net.sent if src == "n8"
-    )
+    assert not any(isinstance(s.message, PreVote | Vote) for _, src, s in net.sent if src == "n8")
     assert LeaderChange(learner.term, None) in net.events["n8"]
 
 

@@ -584,7 +584,9 @@ class ElectionCore:
         if learner_interval is not None and not (
             math.isfinite(learner_interval) and learner_interval > 0
         ):
-            raise ValueError(f"learner_interval must be a positive number, got {learner_interval!r}")
+            raise ValueError(
+                f"learner_interval must be a positive number, got {learner_interval!r}"
+            )
         voter_set = frozenset(voters)
         version = STATIC if voter_set else UNCONFIGURED
         if isinstance(persisted, Persist):

@@ -53,6 +53,7 @@ __all__ = [
     "FormationResult",
     "Oracle",
     "RejoinResult",
+    "ReplacementResult",
     "SafetyResult",
     "StepDownResult",
     "formation_safety",
@@ -65,7 +66,6 @@ __all__ = [
     "r7_restart_safety",
     "r8_fencing",
     "run_formation",
-    "ReplacementResult",
     "run_schedule",
     "voter_replacement",
 ]
@@ -1223,7 +1223,10 @@ def voter_replacement(
             sim.run_for(rng.uniform(0.0, 3 * e))
             cluster.tell()
             kills_done += 1
-            if sim.run_until_true(lambda: _replaced(cluster, max_voters), timeout=20 * e):
+            if sim.run_until_true(
+                lambda c=cluster: _replaced(c, max_voters),  # type: ignore[misc]
+                timeout=20 * e,
+            ):
                 replaced += 1
                 times.append((sim.now - killed_at) / e)
             cluster.restart(victim)
