@@ -1130,16 +1130,19 @@ class ElectionCore:
     def _quorum_stamp(self) -> float:
         """The send time of the oldest heartbeat a majority has acknowledged
         (the leader itself counts as acknowledging everything now)."""
-        stamps = sorted(
-            (
-                math.inf if voter == self.name else self._acks.get(voter, self._leader_since)
-                for voter in self._voters
-            ),
-            reverse=True,
-        )
-        if len(stamps) < self.quorum:
+        # Called for every deadline the driver reads: a plain list of the
+        # others' stamps (at most max_voters - 1), sorted in place.
+        quorum = self.quorum
+        if len(self._voters) < quorum:
             return -math.inf
-        return stamps[self.quorum - 1]
+        acks, since, name = self._acks, self._leader_since, self.name
+        stamps = [acks.get(voter, since) for voter in self._voters if voter != name]
+        if len(stamps) < len(self._voters):
+            quorum -= 1  # the leader itself, at infinity, is the first of the order
+            if quorum == 0:
+                return math.inf
+        stamps.sort(reverse=True)
+        return stamps[quorum - 1]
 
     def _adopt_term(self, now: float, term: int, *, leader: str | None) -> None:
         self.term = term

@@ -164,6 +164,9 @@ class ElectionHost:
 
     def _drain(self, now: float) -> None:
         led = False
+        # A leader sends one heartbeat object to every voter: encode it once.
+        last: object = None
+        encoded = b""
         for action in self.core.take_actions():
             if isinstance(action, Persist):
                 if self.disk is not None:
@@ -176,7 +179,9 @@ class ElectionHost:
                 led = True
             elif isinstance(message, VoteReply) and message.granted:
                 self.oracle.vote_granted(now, self.name, message.term, action.to)
-            self._outgoing.append(Outgoing("stream", action.to, encode_message(message)))
+            if message is not last:
+                last, encoded = message, encode_message(message)
+            self._outgoing.append(Outgoing("stream", action.to, encoded))
         for event in self.core.take_events():
             self.events.append((now, event))
         if led and self.app is not None:
