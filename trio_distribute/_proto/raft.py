@@ -95,6 +95,37 @@ the new set at once with ``(term, index + 1)``, and starts the next change
 only when a majority of the *new* set acknowledged it. Crashed voters stay
 voters.
 
+Voter cap and learners
+----------------------
+With ``max_voters`` set, a leader adds live members only while the set is
+smaller than the cap; the other live members are *learners*. A learner
+holds the configuration (version and voters) like any node, but has no
+election timer, never campaigns, and never answers a heartbeat (the
+leader counts voters' acks only). The leader tells learners that it leads
+with the same :class:`Heartbeat` (its term, configuration and clock), sent
+to every learner at once on winning, to a member that becomes alive as
+soon as membership reports it, and otherwise every ``learner_interval``
+(not every ``heartbeat_interval``). A learner forgets a leader it has not
+heard from for :data:`LEARNER_SILENCE` intervals. A learner follows the
+highest term it hears, so a deposed leader cannot take it back.
+
+Voter replacement is two single-server changes made by the leader, each
+committed before the next: a voter that membership declared *failed*
+(dead, not merely suspect) is removed only when a live learner can take
+its place, and that learner is added by the following change. A crash
+therefore never shrinks a set that has no replacement (at or below the
+cap nothing changes), and every step is the raft rule above. A set above
+the cap (the cap was lowered) is shed one voter per change, unreachable
+voters first.
+
+With a cap, the bootstrap is asked for only by the members a bootstrap
+would make voters (the first ``max_voters`` names of the known set), and
+the winner installs itself and the first ``max_voters - 1`` other names of
+the proposal; everyone else in the proposal becomes a learner. The rule
+that grants a bootstrap vote is unchanged (unanimity of the proposal, equal
+known sets), so the argument below holds as it is: it only restricts who
+asks and what the winner installs, which any leader may choose.
+
 Why no term has two leaders (design note)
 -----------------------------------------
 Within one configuration history this is raft's argument: a leader of
