@@ -76,7 +76,11 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
         "",
     ),
     "trio_distribute._proto.raft": (
-        ("tests/proto/test_raft.py", "tests/proto/test_raft_wire_rules.py"),
+        (
+            "tests/proto/test_raft.py",
+            "tests/proto/test_raft_wire_rules.py",
+            "tests/proto/test_raft_voters.py",
+        ),
         "",
     ),
     "trio_distribute._proto._sliced": (("tests/test_sliced_decode.py",), ""),
@@ -110,6 +114,14 @@ FOCUS: dict[str, tuple[str, ...]] = {
         "ElectionCore.set_voters",
         "ElectionCore._reconfigure",
         "ElectionCore._quorum_stamp",
+        # The voter cap and learners.
+        "ElectionCore._capped",
+        "ElectionCore._learners",
+        "ElectionCore._tell_learners",
+        "ElectionCore._may_campaign",
+        "ElectionCore.observe",
+        "ElectionCore.tick",
+        "ElectionCore.next_deadline",
     ),
     # swim.py is mostly the probe/gossip scheduler (exercised by the
     # simulations); these are the rules that judge what a peer sends:

@@ -1221,8 +1221,8 @@ def voter_replacement(
                 cluster.wait_for_leader(20 * e)
                 leader = cluster.leader()
             assert leader is not None
-            voters = sorted(cluster.core(leader).voters - {leader})
-            victim = leader if rng.random() < 1 / 3 else rng.choice(voters)
+            followers = sorted(cluster.core(leader).voters - {leader})
+            victim = leader if rng.random() < 1 / 3 else rng.choice(followers)
             killed_at = sim.now
             sim.crash(victim)  # membership has not noticed yet
             sim.run_for(rng.uniform(0.0, 3 * e))
