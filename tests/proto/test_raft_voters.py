@@ -375,3 +375,20 @@ def test_a_capped_bootstrap_is_asked_by_the_first_names_and_installs_the_cap() -
     for core in net.cores.values():
         assert core.voters == voters and core.leader == leader and core.configured
     assert all(len(v) == 1 for v in net.leaders_by_term.values())
+
+
+def test_a_lone_voter_still_wakes_for_its_learners() -> None:
+    # One voter sends no heartbeats (no one to send them to) and never loses
+    # its quorum: only the learner round wakes it, on time.
+    net = static_cluster(3, ["n0"], max_voters=1)
+    net.tell()
+    net.run_until(20.0)
+    assert net.leader() == "n0" and net.cores["n0"].voters == {"n0"}
+    rounds = sorted(
+        {t for t, src, s in net.sent if src == "n0" and isinstance(s.message, Heartbeat)}
+    )
+    assert len(rounds) >= 9
+    gaps = {round(b - a, 9) for a, b in itertools.pairwise(rounds)}
+    assert gaps == {LI}
+    for name in ("n1", "n2"):
+        assert net.cores[name].leader == "n0"
