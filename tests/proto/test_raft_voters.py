@@ -93,6 +93,7 @@ class Net:
 
     def run_until(self, t: float) -> None:
         self.flush()
+        same_instant = 0
         while True:
             due = [
                 (d, n)
@@ -101,7 +102,11 @@ class Net:
             ]
             if not due:
                 break
-            self.now, name = min(due)
+            now, name = min(due)
+            # A deadline that a tick does not move is a core that would spin.
+            same_instant = same_instant + 1 if now == self.now else 0
+            assert same_instant < 1000, f"{name} keeps asking for a tick at {now}"
+            self.now = now
             self.cores[name].tick(self.now)
             self.flush()
         self.now = t
@@ -294,6 +299,47 @@ def test_a_member_that_comes_alive_is_told_at_once() -> None:
     net.tell()  # n7 is alive again: the leader tells it now, not at the next round
     told = [s for _, src, s in net.sent[before:] if src == leader and s.to == "n7"]
     assert told and isinstance(told[0].message, Heartbeat)
+    # Only the leader tells anyone anything about leadership.
+    assert all(src == leader for _, src, s in net.sent[before:] if isinstance(s.message, Heartbeat))
+    assert net.cores["n7"].leader == leader
+
+
+def _rounds(net: Net, leader: str, learner: str) -> list[float]:
+    return [
+        t
+        for t, src, s in net.sent
+        if src == leader and s.to == learner and isinstance(s.message, Heartbeat)
+    ]
+
+
+def test_the_first_learner_of_a_full_set_gets_every_round() -> None:
+    # Three members, three voters: no learner, no round. A fourth member
+    # comes alive: it is told at once, and from then on every interval.
+    net = static_cluster(4, ["n0", "n1", "n2"], max_voters=3)
+    net.down = {"n3"}
+    net.tell()
+    net.run_until(10.0)
+    leader = net.leader()
+    assert not any(s.to == "n3" for _, _, s in net.sent)
+    net.down = set()
+    net.tell()
+    joined = net.now
+    net.run_until(joined + 5 * LI + 0.01)
+    assert _rounds(net, leader, "n3") == [joined + i * LI for i in range(6)]
+
+
+def test_a_newcomer_does_not_postpone_the_round_of_the_others() -> None:
+    net = static_cluster(9, ["n0", "n1", "n2"], max_voters=3)
+    net.down = {"n8"}
+    net.tell()
+    net.run_until(10.0)
+    leader = net.leader()
+    last = _rounds(net, leader, "n7")[-1]
+    net.run_until(last + LI - 0.5)
+    net.down = set()
+    net.tell()  # n8 arrives half a second before the others' round
+    net.run_until(last + LI + 0.01)
+    assert _rounds(net, leader, "n7")[-1] == last + LI
 
 
 def test_a_learner_outside_the_voters_answers_a_stale_leader_with_its_term() -> None:
@@ -321,6 +367,10 @@ def test_a_dead_voter_is_replaced_by_a_live_learner() -> None:
         if name != victim:
             assert core.voters == voters
     assert all(len(v) == 1 for v in net.leaders_by_term.values())
+    # And then the set rests: no further change while nothing happens.
+    version = net.cores[leader].version
+    net.run_until(net.now + 5.0)
+    assert net.cores[leader].version == version
 
 
 def test_a_dead_leader_is_replaced_after_the_next_election() -> None:
@@ -360,6 +410,32 @@ def test_a_dead_voter_stays_when_no_learner_can_replace_it() -> None:
 
 
 # ------------------------------------------------------------ bootstrap
+
+
+def test_only_the_first_names_of_the_known_set_ask_for_a_bootstrap() -> None:
+    names = [f"n{i}" for i in range(8)]
+    for cap in (1, 3, 5):
+        cores = {
+            x: make(x, seed=i, bootstrap_expect=8, max_voters=cap) for i, x in enumerate(names)
+        }
+        askers = set()
+        for name, core in cores.items():
+            core.observe(0.0, known=names, alive=names)
+            deadline = core.next_deadline()
+            assert deadline is not None
+            core.tick(deadline)  # its first election timeout
+            if any(
+                isinstance(a, Send) and isinstance(a.message, PreVote) for a in core.take_actions()
+            ):
+                askers.add(name)
+        assert askers == set(names[:cap])
+    # Without a cap every member may ask.
+    core = make("n7", bootstrap_expect=8, max_voters=None)
+    core.observe(0.0, known=names, alive=names)
+    deadline = core.next_deadline()
+    assert deadline is not None
+    core.tick(deadline)
+    assert any(isinstance(a, Send) for a in core.take_actions())
 
 
 def test_a_capped_bootstrap_is_asked_by_the_first_names_and_installs_the_cap() -> None:

@@ -762,11 +762,11 @@ class ElectionCore:
         if self.name in departed:
             self.retire(now)
         if self.role is Role.LEADER:
+            # Newcomers learn the leader at once, not at the next round (one
+            # the leader then makes a voter hears again at once, as a voter).
+            fresh = sorted(self._alive - before - self._voters - self._departed)
+            self._tell_learners(now, fresh, everyone=False)
             self._reconfigure(now)
-            if self.role is Role.LEADER and self.learner_interval is not None:
-                # Newcomers learn the leader at once, not at the next round.
-                fresh = sorted(self._alive - before - self._voters - self._departed)
-                self._tell_learners(now, fresh, everyone=False)
         elif self._election_deadline is None:
             self._arm_election_timer(now)
         self._announce()
