@@ -56,6 +56,7 @@ __all__ = [
     "ReplacementResult",
     "SafetyResult",
     "StepDownResult",
+    "election_scale",
     "formation_safety",
     "r1_safety",
     "r2_failover",
@@ -227,11 +228,15 @@ class ElectionCluster:
     #: restart, so leaders replace dead voters.
     max_voters: int | None = None
     learner_interval: float | None = None
+    #: Run the oracle's check after every event (it looks at every node:
+    #: off for the scale runs, where the per-message oracle still runs).
+    check: bool = True
 
     def __attrs_post_init__(self) -> None:
         self.sim = Simulator(self.seed, latency=self.latency)
         self.names = [f"n{i + 1}" for i in range(self.n)]
-        self.sim.observe(self._check)
+        if self.check:
+            self.sim.observe(self._check)
 
     @property
     def e(self) -> float:
@@ -1246,3 +1251,51 @@ def voter_replacement(
         trials, kills_done, replaced, tuple(times), changes, two, double, tuple(violations),
         learner_rate, voter_rate,
     )  # fmt: skip
+
+
+def election_scale(
+    n: int, *, max_voters: int | None, seconds: float = 30.0, seed: int = 0
+) -> dict[str, float]:
+    """The election alone at ``n`` nodes (E = 1 s, heartbeats 0.1 s, learners
+    told every 2 s): virtual seconds until every node knows the leader, then
+    over ``seconds`` the messages received per second by the leader, an
+    average voter and an average learner, and the process CPU time per node
+    (% of a core; the simulator's own work included). ``max_voters=None``:
+    every node votes (the behaviour without a cap)."""
+    import time
+
+    cluster = ElectionCluster(
+        seed=seed, n=n, max_voters=max_voters,
+        learner_interval=None if max_voters is None else 2.0, check=False,
+    )  # fmt: skip
+    sim = cluster.sim
+    cpu = time.process_time()
+    cluster.start()
+
+    def everyone_knows() -> bool:
+        leader = cluster.leader()
+        return leader is not None and all(cluster.core(x).leader == leader for x in cluster.names)
+
+    known = sim.run_until_true(everyone_knows, timeout=60.0)
+    converged = sim.now if known else math.inf
+    startup_cpu = time.process_time() - cpu
+    leader = cluster.leader()
+    voters = cluster.core(leader).voters if leader else frozenset()
+    before = {x: sim.stats[x].delivered for x in cluster.names}
+    cpu = time.process_time()
+    sim.run_for(seconds)
+    cpu = time.process_time() - cpu
+    got = {x: (sim.stats[x].delivered - before[x]) / seconds for x in cluster.names}
+    followers = [x for x in voters if x != leader]
+    learners = [x for x in cluster.names if x not in voters]
+    return {
+        "nodes": n,
+        "max_voters": -1 if max_voters is None else max_voters,
+        "converged_s": converged,
+        "startup_cpu_s": startup_cpu,
+        "leader_msgs_in_per_s": got[leader] if leader else 0.0,
+        "voter_msgs_in_per_s": statistics.fmean([got[x] for x in followers]) if followers else 0.0,
+        "learner_msgs_in_per_s": statistics.fmean([got[x] for x in learners]) if learners else 0.0,
+        "cpu_pct_per_node": 100.0 * cpu / (n * seconds),
+        "leader_changes": cluster.leader_changes(cluster.names, converged + 1.0),
+    }
