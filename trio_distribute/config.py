@@ -156,12 +156,21 @@ class ElectionConfig:
             safety); 1 lets a lone node elect itself (development). The
             default, 3, is the smallest cluster that survives a failure, and
             a lone node or a pair never elects itself by accident.
+        max_voters: the most voters the leader keeps (default 5, as Consul
+            and etcd recommend: an odd number survives as many failures as
+            the next even one). Other members are learners: they never vote
+            or campaign and hear from the leader every ``learner_interval``
+            only; a voter declared dead is replaced by a live learner.
+        learner_interval: seconds between the leader's messages to learners
+            (default 2.0); a learner forgets a leader silent for three.
     """
 
     enabled: bool = True
     election_timeout: float = attrs.field(default=1.0, converter=float, validator=_positive_float)
     heartbeat_interval: float = attrs.field(default=0.1, converter=float, validator=_positive_float)
     bootstrap_expect: int = attrs.field(default=3, validator=[v.instance_of(int), _positive])
+    max_voters: int = attrs.field(default=5, validator=[v.instance_of(int), _positive])
+    learner_interval: float = attrs.field(default=2.0, converter=float, validator=_positive_float)
 
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_interval >= self.election_timeout:

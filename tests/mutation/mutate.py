@@ -80,6 +80,8 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "trio_distribute._proto.raft": (
         (
+            # The voter tests first: they are quick and kill the cap's mutants.
+            "tests/proto/test_raft_voters.py",
             "tests/proto/test_raft.py",
             "tests/proto/test_raft_wire_rules.py",
             "tests/proto/test_raft_rules.py",
@@ -120,6 +122,14 @@ FOCUS: dict[str, tuple[str, ...]] = {
         "ElectionCore.set_voters",
         "ElectionCore._reconfigure",
         "ElectionCore._quorum_stamp",
+        # The voter cap and learners.
+        "ElectionCore._capped",
+        "ElectionCore._learners",
+        "ElectionCore._tell_learners",
+        "ElectionCore._may_campaign",
+        "ElectionCore.observe",
+        "ElectionCore.tick",
+        "ElectionCore.next_deadline",
     ),
     # swim.py is mostly the probe/gossip scheduler (exercised by the
     # simulations); these are the rules that judge what a peer sends:

@@ -95,6 +95,37 @@ the new set at once with ``(term, index + 1)``, and starts the next change
 only when a majority of the *new* set acknowledged it. Crashed voters stay
 voters.
 
+Voter cap and learners
+----------------------
+With ``max_voters`` set, a leader adds live members only while the set is
+smaller than the cap; the other live members are *learners*. A learner
+holds the configuration (version and voters) like any node, but has no
+election timer, never campaigns, and never answers a heartbeat (the
+leader counts voters' acks only). The leader tells learners that it leads
+with the same :class:`Heartbeat` (its term, configuration and clock), sent
+to every learner at once on winning, to a member that becomes alive as
+soon as membership reports it, and otherwise every ``learner_interval``
+(not every ``heartbeat_interval``). A learner forgets a leader it has not
+heard from for :data:`LEARNER_SILENCE` intervals. A learner follows the
+highest term it hears, so a deposed leader cannot take it back.
+
+Voter replacement is two single-server changes made by the leader, each
+committed before the next: a voter that membership declared *failed*
+(dead, not merely suspect) is removed only when a live learner can take
+its place, and that learner is added by the following change. A crash
+therefore never shrinks a set that has no replacement (at or below the
+cap nothing changes), and every step is the raft rule above. A set above
+the cap (the cap was lowered) is shed one voter per change, unreachable
+voters first.
+
+With a cap, the bootstrap is asked for only by the members a bootstrap
+would make voters (the first ``max_voters`` names of the known set), and
+the winner installs itself and the first ``max_voters - 1`` other names of
+the proposal; everyone else in the proposal becomes a learner. The rule
+that grants a bootstrap vote is unchanged (unanimity of the proposal, equal
+known sets), so the argument below holds as it is: it only restricts who
+asks and what the winner installs, which any leader may choose.
+
 Why no term has two leaders (design note)
 -----------------------------------------
 Within one configuration history this is raft's argument: a leader of
@@ -202,6 +233,10 @@ UNCONFIGURED: Final[Version] = (0, 0)
 
 STATIC: Final[Version] = (0, 1)
 """The version of a voter set given to the core at creation."""
+
+LEARNER_SILENCE: Final = 3
+"""A learner forgets its leader after this many ``learner_interval`` without
+hearing from it (the leader may have stepped down without a successor)."""
 
 
 # --------------------------------------------------------------------- wire
@@ -497,6 +532,11 @@ class ElectionCore:
             :func:`default_lease_timeout`.
         bootstrap_expect: an unconfigured node campaigns only once it knows
             at least this many members (itself included).
+        max_voters: the most voters a leader keeps (``None``: every live
+            member votes). Other members are *learners* (see "Voter cap").
+        learner_interval: how often a leader tells learners that it leads
+            (``None``: never); a learner forgets a leader it has not heard
+            from for :data:`LEARNER_SILENCE` intervals.
     """
 
     name: str
@@ -506,6 +546,8 @@ class ElectionCore:
     pre_vote: bool
     check_quorum: bool
     bootstrap_expect: int
+    max_voters: int | None
+    learner_interval: float | None
     term: int
     voted_for: str | None
     role: Role
@@ -514,6 +556,7 @@ class ElectionCore:
     _voters: frozenset[str]
     _known: set[str]
     _alive: frozenset[str]
+    _failed: frozenset[str]
     _departed: set[str]
     _hold: bool
     _retiring: bool
@@ -522,6 +565,7 @@ class ElectionCore:
     _abstain_until: float | None
     _election_deadline: float | None
     _heartbeat_deadline: float | None
+    _learner_deadline: float | None
     _leader_since: float
     _last_leader_contact: float | None
     _acks: dict[str, float]
@@ -548,6 +592,8 @@ class ElectionCore:
         check_quorum: bool = True,
         lease_timeout: float | None = None,
         bootstrap_expect: int = 1,
+        max_voters: int | None = None,
+        learner_interval: float | None = None,
     ) -> None:
         for label, value in (
             ("election_timeout", election_timeout),
@@ -564,6 +610,14 @@ class ElectionCore:
             )
         if type(bootstrap_expect) is not int or bootstrap_expect < 1:
             raise ValueError(f"bootstrap_expect must be an int >= 1, got {bootstrap_expect!r}")
+        if max_voters is not None and (type(max_voters) is not int or max_voters < 1):
+            raise ValueError(f"max_voters must be an int >= 1 or None, got {max_voters!r}")
+        if learner_interval is not None and not (
+            math.isfinite(learner_interval) and learner_interval > 0
+        ):
+            raise ValueError(
+                f"learner_interval must be a positive number, got {learner_interval!r}"
+            )
         voter_set = frozenset(voters)
         version = STATIC if voter_set else UNCONFIGURED
         if isinstance(persisted, Persist):
@@ -583,6 +637,8 @@ class ElectionCore:
         self.pre_vote = pre_vote
         self.check_quorum = check_quorum
         self.bootstrap_expect = bootstrap_expect
+        self.max_voters = max_voters
+        self.learner_interval = None if learner_interval is None else float(learner_interval)
         self.term = term
         self.voted_for = voted_for
         self.role = Role.FOLLOWER
@@ -591,6 +647,7 @@ class ElectionCore:
         self._voters = voter_set
         self._known = {name}
         self._alive = frozenset()
+        self._failed = frozenset()
         self._departed = set()
         self._hold = False
         self._retiring = False
@@ -599,6 +656,7 @@ class ElectionCore:
         self._abstain_until = abstain_until
         self._election_deadline = None
         self._heartbeat_deadline = None
+        self._learner_deadline = None
         self._leader_since = now
         self._last_leader_contact = None
         self._acks = {}
@@ -652,11 +710,22 @@ class ElectionCore:
     def next_deadline(self) -> float | None:
         if self.role is Role.LEADER:
             deadline = self._heartbeat_deadline
-            expiry = self._quorum_stamp() + self.lease_timeout
-            if self.check_quorum and math.isfinite(expiry):
-                deadline = expiry if deadline is None else min(deadline, expiry)
+            if self._learner_deadline is not None:
+                deadline = (
+                    self._learner_deadline
+                    if deadline is None
+                    else min(deadline, self._learner_deadline)
+                )
+            if self.check_quorum:
+                expiry = self._quorum_stamp() + self.lease_timeout
+                if math.isfinite(expiry):
+                    deadline = expiry if deadline is None else min(deadline, expiry)
             return deadline
-        return self._election_deadline
+        # A voter waits for its election timer; a learner (no election
+        # timer) only for the moment it forgets a silent leader.
+        if self._election_deadline is not None:
+            return self._election_deadline
+        return self._learner_deadline
 
     def take_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
@@ -675,18 +744,28 @@ class ElectionCore:
         known: Iterable[str],
         alive: Iterable[str] = (),
         departed: Iterable[str] = (),
+        failed: Iterable[str] = (),
     ) -> None:
         """What membership knows: ``known`` members (any status but left),
-        the ``alive`` ones among them, and ``departed`` ones (left or
-        removed). Before bootstrap this grows the known set; a leader adds
-        live non-voters and removes departed voters, one at a time."""
+        the ``alive`` ones among them, ``departed`` ones (left or removed)
+        and ``failed`` ones (declared dead, not merely suspected). Before
+        bootstrap this grows the known set; a leader adds live non-voters
+        (up to ``max_voters``), removes departed voters, and replaces failed
+        voters when a live learner can take their place, one change at a
+        time; it tells learners it has not told yet that it leads."""
         departed = set(departed)
+        before = self._alive
         self._departed = (self._departed | departed) - set(alive)
         self._known = ((self._known | set(known)) - departed) | {self.name}
         self._alive = frozenset(alive)
+        self._failed = frozenset(failed)
         if self.name in departed:
             self.retire(now)
         if self.role is Role.LEADER:
+            # Newcomers learn the leader at once, not at the next round (one
+            # the leader then makes a voter hears again at once, as a voter).
+            fresh = sorted(self._alive - before - self._voters - self._departed)
+            self._tell_learners(now, fresh, everyone=False)
             self._reconfigure(now)
         elif self._election_deadline is None:
             self._arm_election_timer(now)
@@ -758,8 +837,14 @@ class ElectionCore:
                 return
             if self._heartbeat_deadline is not None and now >= self._heartbeat_deadline:
                 self._broadcast_heartbeat(now)
+            if self._learner_deadline is not None and now >= self._learner_deadline:
+                self._tell_learners(now, self._learners(), everyone=True)
         elif self._election_deadline is not None and now >= self._election_deadline:
             self._election_timeout(now)
+        elif self._learner_deadline is not None and now >= self._learner_deadline:
+            # A learner that heard nothing for LEARNER_SILENCE rounds.
+            self._learner_deadline = None
+            self.leader = None
         self._announce()
 
     def receive(self, now: float, source: str, message: Message) -> None:
@@ -895,7 +980,13 @@ class ElectionCore:
             self._persist()
         self._last_leader_contact = now
         self._arm_election_timer(now)
-        self._send(source, HeartbeatAck(self.term, message.stamp, self.version))
+        if self.name in self._voters:
+            self._learner_deadline = None
+            self._send(source, HeartbeatAck(self.term, message.stamp, self.version))
+        elif self.learner_interval is not None:
+            # A learner does not answer: the leader counts only voters' acks,
+            # and a thousand learners' acks would be its whole load.
+            self._learner_deadline = now + LEARNER_SILENCE * self.learner_interval
 
     def _on_heartbeat_ack(self, now: float, source: str, message: HeartbeatAck) -> None:
         if message.term > self.term:
@@ -920,7 +1011,13 @@ class ElectionCore:
             return False
         if self.configured:
             return self.name in self._voters
-        return not self._hold and len(self._known) >= self.bootstrap_expect
+        if self._hold or len(self._known) < self.bootstrap_expect:
+            return False
+        # With a cap, only the members a bootstrap would make voters (the
+        # first names of the known set) campaign: a thousand nodes forming a
+        # cluster send a few proposals, not a thousand. This restricts who
+        # asks, never who grants, so the bootstrap argument is unchanged.
+        return self.max_voters is None or self.name in sorted(self._known)[: self.max_voters]
 
     def _election_timeout(self, now: float) -> None:
         self._arm_election_timer(now)
@@ -956,7 +1053,7 @@ class ElectionCore:
 
     def _become_leader(self, now: float) -> None:
         if self._proposal is not None:
-            self._voters = self._proposal  # the bootstrap configuration
+            self._voters = self._capped(self._proposal)  # the bootstrap configuration
             self.version = (self.term, 1)
         else:
             # Raft's no-op entry: stamp the set with this term before any
@@ -971,9 +1068,19 @@ class ElectionCore:
         self._acked_versions = {}
         self._committed = self._holds_majority()
         self._election_deadline = None
+        self._learner_deadline = None
         self._broadcast_heartbeat(now)
+        self._tell_learners(now, self._learners(), everyone=True)
         if self._committed:
             self._reconfigure(now)
+
+    def _capped(self, proposal: frozenset[str]) -> frozenset[str]:
+        """The first voter set of a bootstrap won with ``proposal``: all of
+        it, or with a cap the winner and the first names of the rest."""
+        cap = self.max_voters
+        if cap is None or len(proposal) <= cap:
+            return proposal
+        return frozenset([self.name, *sorted(proposal - {self.name})[: cap - 1]])
 
     def _reconfigure(self, now: float) -> None:
         """Leader: one voter change, once the current set is committed."""
@@ -982,14 +1089,24 @@ class ElectionCore:
         if self.name in self._departed or self._retiring:
             self.retire(now)  # the next leader removes us
             return
+        cap = self.max_voters
         leaving = sorted(self._voters & self._departed)
         joining = sorted(self._alive - self._voters - self._departed)
         if leaving:
             voters = self._voters - {leaving[0]}
-        elif joining:
+        elif cap is not None and len(self._voters) > cap:
+            # Above the cap (it was lowered, or set after the set grew): shed
+            # one, an unreachable voter first, else the last name.
+            down = sorted(self._voters - self._alive - {self.name})
+            voters = self._voters - {down[0] if down else max(self._voters - {self.name})}
+        elif joining and (cap is None or len(self._voters) < cap):
             voters = self._voters | {joining[0]}
             # A newcomer gets the grace a fresh leader gets: a lease from now.
             self._acks[joining[0]] = now
+        elif joining and (failed := sorted((self._voters & self._failed) - {self.name})):
+            # A voter declared dead while a live learner could vote in its
+            # place: remove it; the next change adds the learner.
+            voters = self._voters - {failed[0]}
         else:
             return
         self._voters = voters
@@ -1015,6 +1132,25 @@ class ElectionCore:
         # A lone voter has no one to tell: no timer until voters are added.
         self._heartbeat_deadline = now + self.heartbeat_interval if others else None
 
+    def _learners(self) -> list[str]:
+        """Leader: the live members outside the voter set."""
+        return sorted(self._alive - self._voters - self._departed - {self.name})
+
+    def _tell_learners(self, now: float, learners: list[str], *, everyone: bool) -> None:
+        """Leader: tell ``learners`` who leads (a heartbeat they do not
+        answer); ``everyone``: they are all of them (the periodic round)."""
+        if self.learner_interval is None:
+            return
+        if learners:
+            message = Heartbeat(self.term, now, self.version, tuple(sorted(self._voters)))
+            for learner in learners:
+                self._send(learner, message)
+        if everyone:
+            # No learners: no round until one appears (observe arms it).
+            self._learner_deadline = now + self.learner_interval if learners else None
+        elif learners and self._learner_deadline is None:
+            self._learner_deadline = now + self.learner_interval
+
     def _check_quorum(self, now: float) -> bool:
         """Step down if the majority's acks are older than the lease; True if still leader."""
         if not self.check_quorum or now < self._quorum_stamp() + self.lease_timeout:
@@ -1025,16 +1161,19 @@ class ElectionCore:
     def _quorum_stamp(self) -> float:
         """The send time of the oldest heartbeat a majority has acknowledged
         (the leader itself counts as acknowledging everything now)."""
-        stamps = sorted(
-            (
-                math.inf if voter == self.name else self._acks.get(voter, self._leader_since)
-                for voter in self._voters
-            ),
-            reverse=True,
-        )
-        if len(stamps) < self.quorum:
+        # Called for every deadline the driver reads: a plain list of the
+        # others' stamps (at most max_voters - 1), sorted in place.
+        quorum = self.quorum
+        if len(self._voters) < quorum:
             return -math.inf
-        return stamps[self.quorum - 1]
+        acks, since, name = self._acks, self._leader_since, self.name
+        stamps = [acks.get(voter, since) for voter in self._voters if voter != name]
+        if len(stamps) < len(self._voters):
+            quorum -= 1  # the leader itself, at infinity, is the first of the order
+            if quorum == 0:
+                return math.inf
+        stamps.sort(reverse=True)
+        return stamps[quorum - 1]
 
     def _adopt_term(self, now: float, term: int, *, leader: str | None) -> None:
         self.term = term
@@ -1050,6 +1189,7 @@ class ElectionCore:
         self._pre_votes = set()
         self._votes = set()
         self._heartbeat_deadline = None
+        self._learner_deadline = None
         if leader is None:
             self._last_leader_contact = None
         if was_leader or self._election_deadline is None or leader is not None:

@@ -232,6 +232,8 @@ class Election:
             # lease (they restarted).
             abstain_until=now + 2 * timeout,
             bootstrap_expect=self.config.bootstrap_expect,
+            max_voters=self.config.max_voters,
+            learner_interval=self.config.learner_interval,
         )
         self._core.hold_bootstrap(now, self._joining)
         self._observe()
@@ -318,8 +320,15 @@ class Election:
         left = {m.name for m in members if m.status is MemberStatus.LEFT}
         known = (names - left) | (self.membership.remembered.keys() - names - self._removed)
         alive = {m.name for m in members if m.status is MemberStatus.ALIVE}
+        failed = {m.name for m in members if m.status is MemberStatus.DEAD}
         self._removed -= alive  # it came back: it may vote again
-        core.observe(anyio.current_time(), known=known, alive=alive, departed=left | self._removed)
+        core.observe(
+            anyio.current_time(),
+            known=known,
+            alive=alive,
+            departed=left | self._removed,
+            failed=failed,
+        )
 
     def _membership_changed(self, event: MembersChanged) -> None:
         if self._core is None:
@@ -388,6 +397,10 @@ class Election:
     def _flush(self) -> None:
         core = self.core
         transport = self.transport
+        # The leader sends one message to many (heartbeats to voters, the
+        # round to learners): encode it once.
+        last: object = None
+        frame = b""
         for action in core.take_actions():
             if isinstance(action, Persist):
                 if self.state_dir is not None:
@@ -396,9 +409,12 @@ class Election:
             elif isinstance(action, Send):
                 conn = transport.connection(action.to)
                 if conn is not None and not conn.closed:
-                    conn.write(
-                        transport.encode_frame([Kind.ELECTION, encode_message(action.message)])
-                    )
+                    if action.message is not last:
+                        last = action.message
+                        frame = transport.encode_frame(
+                            [Kind.ELECTION, encode_message(action.message)]
+                        )
+                    conn.write(frame)
                 else:
                     # Membership redials a live member it is not connected
                     # to (connect_all), or connects now on demand (without

@@ -53,8 +53,10 @@ __all__ = [
     "FormationResult",
     "Oracle",
     "RejoinResult",
+    "ReplacementResult",
     "SafetyResult",
     "StepDownResult",
+    "election_scale",
     "formation_safety",
     "r1_safety",
     "r2_failover",
@@ -66,6 +68,7 @@ __all__ = [
     "r8_fencing",
     "run_formation",
     "run_schedule",
+    "voter_replacement",
 ]
 
 NAMES: Final = ("n1", "n2", "n3", "n4", "n5")
@@ -156,8 +159,15 @@ class ElectionHost:
         out, self._outgoing = self._outgoing, []
         return out
 
+    def flush(self, now: float) -> None:
+        """Queue what the core did outside a simulator callback (``observe``)."""
+        self._drain(now)
+
     def _drain(self, now: float) -> None:
         led = False
+        # A leader sends one heartbeat object to every voter: encode it once.
+        last: object = None
+        encoded = b""
         for action in self.core.take_actions():
             if isinstance(action, Persist):
                 if self.disk is not None:
@@ -170,7 +180,9 @@ class ElectionHost:
                 led = True
             elif isinstance(message, VoteReply) and message.granted:
                 self.oracle.vote_granted(now, self.name, message.term, action.to)
-            self._outgoing.append(Outgoing("stream", action.to, encode_message(message)))
+            if message is not last:
+                last, encoded = message, encode_message(message)
+            self._outgoing.append(Outgoing("stream", action.to, encoded))
         for event in self.core.take_events():
             self.events.append((now, event))
         if led and self.app is not None:
@@ -209,11 +221,22 @@ class ElectionCluster:
     abstain: bool = True
     #: Timer granularity of every host (None: exact deadlines).
     tick: float | None = None
+    #: The voter cap (None: all ``n`` vote). With a cap the first
+    #: ``max_voters`` names start as the static voter set, the rest as
+    #: learners, and the cluster plays membership: every up core is told
+    #: who is up (``alive``) and who crashed (``failed``) at each crash and
+    #: restart, so leaders replace dead voters.
+    max_voters: int | None = None
+    learner_interval: float | None = None
+    #: Run the oracle's check after every event (it looks at every node:
+    #: off for the scale runs, where the per-message oracle still runs).
+    check: bool = True
 
     def __attrs_post_init__(self) -> None:
         self.sim = Simulator(self.seed, latency=self.latency)
         self.names = [f"n{i + 1}" for i in range(self.n)]
-        self.sim.observe(self._check)
+        if self.check:
+            self.sim.observe(self._check)
 
     @property
     def e(self) -> float:
@@ -222,6 +245,18 @@ class ElectionCluster:
     def start(self) -> None:
         for name in self.names:
             self.sim.add(name, self._host(name, persisted=None, abstain_until=None))
+        self.tell()
+
+    def tell(self) -> None:
+        """With a cap: membership's view (who is up, who crashed) to every up core."""
+        if self.max_voters is None:
+            return
+        up = frozenset(self.up())
+        failed = frozenset(self.names) - up
+        for name in sorted(up):
+            self.core(name).observe(self.sim.now, known=self.names, alive=up, failed=failed)
+            self.hosts[name].flush(self.sim.now)
+            self.sim.wake(name)
 
     def _host(
         self,
@@ -232,10 +267,14 @@ class ElectionCluster:
         voters: Iterable[str] | None = None,
         bootstrap_expect: int = 1,
     ) -> ElectionHost:
+        if voters is None:
+            voters = self.names if self.max_voters is None else self.names[: self.max_voters]
         core = ElectionCore(
             bootstrap_expect=bootstrap_expect,
+            max_voters=self.max_voters,
+            learner_interval=self.learner_interval,
             name=name,
-            voters=self.names if voters is None else voters,
+            voters=voters,
             election_timeout=self.election_timeout,
             heartbeat_interval=self.heartbeat_interval,
             rng=self.sim.spawn_rng(),
@@ -258,6 +297,7 @@ class ElectionCluster:
 
     def crash(self, name: str) -> None:
         self.sim.crash(name)
+        self.tell()
 
     def restart(self, name: str) -> None:
         if self.persist:
@@ -266,6 +306,7 @@ class ElectionCluster:
             abstain_until = self.sim.now + 2 * self.e if self.abstain else None
             host = self._host(name, persisted=None, abstain_until=abstain_until)
         self.sim.restart(name, host)
+        self.tell()
 
     def up(self) -> list[str]:
         return [name for name in self.names if self.sim.is_up(name)]
@@ -419,15 +460,20 @@ def run_schedule(
     n: int = 5,
     phases: int = 5,
     flavor: str | None = None,
+    max_voters: int | None = None,
 ) -> ElectionCluster:
-    """One seeded fault schedule; returns the cluster (its oracle has the verdict)."""
+    """One seeded fault schedule; returns the cluster (its oracle has the
+    verdict). With ``max_voters`` the cluster has learners and plays
+    membership (crashed nodes are reported failed), so voters are replaced
+    while the faults go on."""
     rng = random.Random(seed)
     flavor = flavor or FLAVORS[seed % len(FLAVORS)]
     e = 0.3
     latency = (0.0005, 0.002) if rng.random() < 0.5 else (0.001, e / 6)
     cluster = ElectionCluster(
         seed=seed, n=n, election_timeout=e, heartbeat_interval=0.05, persist=persist,
-        abstain=abstain, latency=latency,
+        abstain=abstain, latency=latency, max_voters=max_voters,
+        learner_interval=None if max_voters is None else 2 * e,
     )  # fmt: skip
     cluster.start()
     cluster.sim.run_for(rng.uniform(0.5 * e, 3 * e))
@@ -443,9 +489,17 @@ def run_schedule(
     return cluster
 
 
-def r1_safety(schedules: int, *, first_seed: int = 0, persist: bool = True) -> SafetyResult:
+def r1_safety(
+    schedules: int,
+    *,
+    first_seed: int = 0,
+    persist: bool = True,
+    n: int = 5,
+    max_voters: int | None = None,
+) -> SafetyResult:
     return _safety(
-        run_schedule(seed, persist=persist) for seed in range(first_seed, first_seed + schedules)
+        run_schedule(seed, persist=persist, n=n, max_voters=max_voters)
+        for seed in range(first_seed, first_seed + schedules)
     )
 
 
@@ -1090,3 +1144,158 @@ def formation_safety(
         count, terms, two, concurrent, double, leaderless, incomplete, tuple(times),
         tuple(violations), by_flavor,
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------ voter cap: replacement
+
+
+@attrs.frozen
+class ReplacementResult:
+    trials: int
+    kills: int
+    #: Kills after which the leader's set was back to ``max_voters`` live
+    #: members, committed and held by every up node, within 20 E.
+    replaced: int
+    #: Seconds (in E) from the kill to that state (detection delay included).
+    replacement_times: tuple[float, ...]
+    #: Terms in which the restarted former voters disrupted nothing: leader
+    #: changes seen after a former voter came back as a learner.
+    changes_after_rejoin: int
+    two_leader_terms: int
+    double_votes: int
+    violations: tuple[str, ...]
+    #: Election messages per second received by a learner and by a voter
+    #: (excluding the leader) in a quiet minute.
+    learner_msgs_per_s: float
+    voter_msgs_per_s: float
+
+
+def _replaced(cluster: ElectionCluster, cap: int) -> bool:
+    leader = cluster.acknowledged_leader()
+    if leader is None:
+        return False
+    core = cluster.core(leader)
+    voters = core.voters
+    up = set(cluster.up())
+    return (
+        len(voters) == min(cap, len(up))
+        and voters <= up
+        and core.committed
+        and all(cluster.core(x).voters == voters and cluster.core(x).leader == leader for x in up)
+    )
+
+
+def voter_replacement(
+    trials: int, *, first_seed: int = 0, n: int = 9, max_voters: int = 5, kills: int = 3
+) -> ReplacementResult:
+    """``n`` nodes with ``max_voters`` voters (E = 0.3 s): kill a voter (the
+    leader one time in three), tell membership it failed after a random
+    detection delay of up to 3 E, and wait for the leader to put a learner
+    in its place; ``kills`` times per trial, each victim restarted (with its
+    persisted state, so it still believes it votes) once replaced."""
+    e = 0.3
+    replaced = kills_done = changes = 0
+    times: list[float] = []
+    violations: list[str] = []
+    two = double = 0
+    learner_rate = voter_rate = 0.0
+    for seed in range(first_seed, first_seed + trials):
+        rng = random.Random(seed ^ 0xCA9)
+        cluster = ElectionCluster(
+            seed=seed, n=n, election_timeout=e, heartbeat_interval=0.05,
+            max_voters=max_voters, learner_interval=2 * e,
+        )  # fmt: skip
+        cluster.start()
+        sim = cluster.sim
+        cluster.wait_for_leader(20 * e)
+        sim.run_for(5 * e)
+        if seed == first_seed:
+            # Load per node in a quiet period of 200 E.
+            before = {x: sim.stats[x].delivered for x in cluster.names}
+            sim.run_for(200 * e)
+            leader = cluster.leader()
+            voters = cluster.core(leader).voters if leader else frozenset()
+            got = {x: sim.stats[x].delivered - before[x] for x in cluster.names}
+            learners = [x for x in cluster.names if x not in voters]
+            followers = [x for x in voters if x != leader]
+            learner_rate = sum(got[x] for x in learners) / len(learners) / (200 * e)
+            voter_rate = sum(got[x] for x in followers) / max(1, len(followers)) / (200 * e)
+        for _ in range(kills):
+            leader = cluster.leader()
+            if leader is None:
+                cluster.wait_for_leader(20 * e)
+                leader = cluster.leader()
+            assert leader is not None
+            followers = sorted(cluster.core(leader).voters - {leader})
+            victim = leader if rng.random() < 1 / 3 else rng.choice(followers)
+            killed_at = sim.now
+            sim.crash(victim)  # membership has not noticed yet
+            sim.run_for(rng.uniform(0.0, 3 * e))
+            cluster.tell()
+            kills_done += 1
+            if sim.run_until_true(
+                lambda c=cluster: _replaced(c, max_voters),  # type: ignore[misc]
+                timeout=20 * e,
+            ):
+                replaced += 1
+                times.append((sim.now - killed_at) / e)
+            cluster.restart(victim)
+            settled = sim.now
+            sim.run_for(10 * e)
+            changes += cluster.leader_changes(cluster.names, settled + 2 * e)
+        oracle = cluster.oracle
+        two += oracle.two_leader_terms
+        double += oracle.double_votes
+        violations += [f"seed {seed}: {v}" for v in oracle.violations]
+    return ReplacementResult(
+        trials, kills_done, replaced, tuple(times), changes, two, double, tuple(violations),
+        learner_rate, voter_rate,
+    )  # fmt: skip
+
+
+def election_scale(
+    n: int, *, max_voters: int | None, seconds: float = 30.0, seed: int = 0
+) -> dict[str, float]:
+    """The election alone at ``n`` nodes (E = 1 s, heartbeats 0.1 s, learners
+    told every 2 s): virtual seconds until every node knows the leader, then
+    over ``seconds`` the messages received per second by the leader, an
+    average voter and an average learner, and the process CPU time per node
+    (% of a core; the simulator's own work included). ``max_voters=None``:
+    every node votes (the behaviour without a cap)."""
+    import time
+
+    cluster = ElectionCluster(
+        seed=seed, n=n, max_voters=max_voters,
+        learner_interval=None if max_voters is None else 2.0, check=False,
+    )  # fmt: skip
+    sim = cluster.sim
+    cpu = time.process_time()
+    cluster.start()
+
+    def everyone_knows() -> bool:
+        leader = cluster.leader()
+        return leader is not None and all(cluster.core(x).leader == leader for x in cluster.names)
+
+    known = sim.run_until_true(everyone_knows, timeout=60.0)
+    converged = sim.now if known else math.inf
+    startup_cpu = time.process_time() - cpu
+    leader = cluster.leader()
+    voters = cluster.core(leader).voters if leader else frozenset()
+    before = {x: sim.stats[x].delivered for x in cluster.names}
+    cpu = time.process_time()
+    sim.run_for(seconds)
+    cpu = time.process_time() - cpu
+    got = {x: (sim.stats[x].delivered - before[x]) / seconds for x in cluster.names}
+    followers = [x for x in voters if x != leader]
+    learners = [x for x in cluster.names if x not in voters]
+    return {
+        "nodes": n,
+        "max_voters": -1 if max_voters is None else max_voters,
+        "converged_s": converged,
+        "startup_cpu_s": startup_cpu,
+        "leader_msgs_in_per_s": got[leader] if leader else 0.0,
+        "voter_msgs_in_per_s": statistics.fmean([got[x] for x in followers]) if followers else 0.0,
+        "learner_msgs_in_per_s": statistics.fmean([got[x] for x in learners]) if learners else 0.0,
+        "cpu_pct_per_node": 100.0 * cpu / (n * seconds),
+        "leader_changes": cluster.leader_changes(cluster.names, converged + 1.0),
+    }
