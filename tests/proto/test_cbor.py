@@ -332,6 +332,28 @@ def test_an_interrupt_inside_a_tag_decoder_is_raised_again(
             decode(data)
 
 
+@pytest.mark.parametrize("pad", [False, True], ids=["short", "long"])
+def test_a_one_shot_interrupt_is_raised_from_the_first_decode(pad: bool) -> None:
+    # A signal arrives once: the decoder must raise it from the decode it
+    # interrupted, not count on the second pass that explains a refusal to
+    # meet it again (that pass would find a clean payload).
+    calls = []
+
+    def finish(value: object) -> object:
+        calls.append(value)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return value
+
+    table = TagTable({7000: cbor2.shareable_decoder(lambda immutable: (None, finish))})
+    data = cbor2.dumps(cbor2.CBORTag(7000, 1))
+    if pad:
+        data = b"\x82" + data + PAD
+    with pytest.raises(KeyboardInterrupt):
+        payload_decoder(table, default_max_depth=8)(data)
+    assert len(calls) == 1
+
+
 def test_raise_interrupt_finds_an_interrupt_anywhere_in_the_cause_chain() -> None:
     def chain(*excs: BaseException) -> BaseException:
         for outer, inner in itertools.pairwise(excs):
