@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
 from typing import Any
 
 import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from raft_helpers import E, H, fire, make
 
 from trio_distribute._proto.raft import (
     MAX_MESSAGE_SIZE,
@@ -43,8 +43,6 @@ from trio_distribute._proto.raft import (
     encode_message,
 )
 
-E = 1.0
-H = 0.1
 ABC = ("a", "b", "c")
 
 
@@ -65,25 +63,6 @@ def hb(
 L = default_lease_timeout(E, H)
 
 
-def make(
-    name: str = "a",
-    voters: Iterable[str] = ("a", "b", "c"),
-    *,
-    now: float = 0.0,
-    seed: int = 0,
-    **options: Any,
-) -> ElectionCore:
-    return ElectionCore(
-        name=name,
-        voters=voters,
-        election_timeout=E,
-        heartbeat_interval=H,
-        rng=random.Random(seed),
-        now=now,
-        **options,
-    )
-
-
 def sends(actions: list[Persist | Send]) -> list[Send]:
     return [a for a in actions if isinstance(a, Send)]
 
@@ -91,14 +70,6 @@ def sends(actions: list[Persist | Send]) -> list[Send]:
 def leads(core: ElectionCore) -> bool:
     """``core.is_leader``, read through a call so mypy does not narrow it."""
     return core.is_leader
-
-
-def fire(core: ElectionCore) -> float:
-    """Tick the core at its next deadline; return that time."""
-    deadline = core.next_deadline()
-    assert deadline is not None
-    core.tick(deadline)
-    return deadline
 
 
 def make_leader(core: ElectionCore) -> float:

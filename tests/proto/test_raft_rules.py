@@ -9,12 +9,9 @@ a leader changes its voter set."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable
-from typing import Any
-
 import cbor2
 import pytest
+from raft_helpers import fire, make
 
 from trio_distribute._proto.raft import (
     STATIC,
@@ -35,28 +32,6 @@ from trio_distribute._proto.raft import (
     encode_message,
 )
 
-E = 1.0
-H = 0.1
-
-
-def make(
-    name: str = "a",
-    voters: Iterable[str] = ("a", "b", "c"),
-    *,
-    now: float = 0.0,
-    seed: int = 0,
-    **options: Any,
-) -> ElectionCore:
-    return ElectionCore(
-        name=name,
-        voters=voters,
-        election_timeout=E,
-        heartbeat_interval=H,
-        rng=random.Random(seed),
-        now=now,
-        **options,
-    )
-
 
 def role(core: ElectionCore) -> Role:
     """``core.role``, read through a call so mypy does not narrow it."""
@@ -65,14 +40,6 @@ def role(core: ElectionCore) -> Role:
 
 def state(core: ElectionCore) -> tuple[Version, bool]:
     return core.version, core.configured
-
-
-def fire(core: ElectionCore) -> float:
-    """Tick the core at its next deadline; return that time."""
-    deadline = core.next_deadline()
-    assert deadline is not None
-    core.tick(deadline)
-    return deadline
 
 
 def win(core: ElectionCore, *helpers: str) -> float:

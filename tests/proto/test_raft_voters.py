@@ -9,11 +9,12 @@ one single-server change at a time. See docs/election-voters.rst.
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
+import raft_helpers
+from raft_helpers import E
 
 from trio_distribute._proto.raft import (
     LEARNER_SILENCE,
@@ -29,8 +30,6 @@ from trio_distribute._proto.raft import (
 )
 from trio_distribute.config import ElectionConfig
 
-E = 1.0
-H = 0.1
 LI = 2.0
 
 
@@ -44,15 +43,7 @@ def make(
 ) -> ElectionCore:
     options.setdefault("max_voters", 3)
     options.setdefault("learner_interval", LI)
-    return ElectionCore(
-        name=name,
-        voters=voters,
-        election_timeout=E,
-        heartbeat_interval=H,
-        rng=random.Random(seed),
-        now=now,
-        **options,
-    )
+    return raft_helpers.make(name, voters, seed=seed, now=now, **options)
 
 
 class Net:
