@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from swim_helpers import ALIVE, CONFIG, DEAD, LEFT, SUSPECT
 
 from trio_distribute._proto import swim_wire as wire
 from trio_distribute._proto.suspicion import suspicion_bounds
@@ -26,23 +27,6 @@ from trio_distribute._proto.swim import (
     newer,
 )
 from trio_distribute.config import MembershipConfig
-
-ALIVE, SUSPECT, DEAD, LEFT = (
-    MemberStatus.ALIVE,
-    MemberStatus.SUSPECT,
-    MemberStatus.DEAD,
-    MemberStatus.LEFT,
-)
-
-CONFIG = MembershipConfig(
-    probe_interval=1.0,
-    probe_timeout=0.5,
-    indirect_checks=3,
-    suspicion_mult=4,
-    suspicion_max_timeout_mult=6,
-    push_pull_interval=1000.0,
-    reconnect_interval=1000.0,
-)
 
 
 def make(name: str, *, seed: int = 0, now: float = 0.0, **kwargs: object) -> SwimCore:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from swim_helpers import ALIVE, CONFIG, DEAD, LEFT, SUSPECT
 
 from trio_distribute._proto import swim_wire as wire
 from trio_distribute._proto.swim import (
@@ -24,23 +25,8 @@ from trio_distribute._proto.swim import (
 )
 from trio_distribute.config import MembershipConfig
 
-ALIVE, SUSPECT, DEAD, LEFT = (
-    MemberStatus.ALIVE,
-    MemberStatus.SUSPECT,
-    MemberStatus.DEAD,
-    MemberStatus.LEFT,
-)
 EMOJI = "\N{GRINNING FACE}"  # 4 bytes in UTF-8, one character
 
-CONFIG = MembershipConfig(
-    probe_interval=1.0,
-    probe_timeout=0.5,
-    indirect_checks=3,
-    suspicion_mult=4,
-    suspicion_max_timeout_mult=6,
-    push_pull_interval=1000.0,
-    reconnect_interval=1000.0,
-)
 # Probes far apart, so that the gossip ticker is the next thing due.
 QUIET = MembershipConfig(
     probe_interval=100.0,
