@@ -103,9 +103,15 @@ async def test_timed_calls_one_after_another_keep_the_heap_small() -> None:
                     most = max(most, len(deadlines_of(a)))
                 assert most <= 2 * 1 + COMPACT_SLACK  # one call waits at a time
                 assert deadlines_of(a).waiting == 0
-                # Once the deadlines have passed, the task empties the heap.
+                # Once the deadlines have passed, the task empties the heap
+                # and ends (the node's task count is back to its baseline).
                 await anyio.sleep(3.5)
                 assert len(deadlines_of(a)) == 0
+                assert not deadlines_of(a)._started
+                # The next timed call starts it again, and times out.
+                slow = await b.spawn(silent)
+                with pytest.raises(td.CallTimeoutError):
+                    await me.call(slow, 0, timeout=0.5)
 
 
 async def test_a_node_that_never_calls_with_a_timeout_runs_no_timer_task() -> None:

@@ -11,8 +11,10 @@ timeout error). An entry that finished before its deadline is left in the
 heap and skipped (lazy deletion); the heap is compacted when stale entries
 outnumber live ones, so it holds at most about twice the calls waiting.
 
-The task starts with the first timed call and sleeps without a deadline
-while no call waits, so an idle node pays nothing. It is woken only when a
+The task starts with the first timed call and ends once the heap is
+empty (every deadline, stale ones included, has passed), so an idle node
+runs no timer task and its task count comes back to what it was before
+the calls; the next timed call starts it again. It is woken only when a
 call's deadline is earlier than the one it sleeps until: calls with equal
 timeouts made one after another never wake it (each deadline is later
 than the last).
@@ -181,7 +183,13 @@ class Deadlines:
                 if not entry.finished:
                     entry.expire()
                 heap = self._heap  # expire() may have compacted it
-            self._next = heap[0][0] if heap else math.inf
+            if not heap:
+                # Nothing left to expire: end, and let the next timed call
+                # start a new task (add() sees _started false).
+                self._next = math.inf
+                self._started = False
+                return
+            self._next = heap[0][0]
             wake = self._wake = anyio.Event()
             # The loop's clock, as the deadlines are (``now`` is that clock).
             with anyio.CancelScope(deadline=self._next):
