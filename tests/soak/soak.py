@@ -60,6 +60,10 @@ INFO_KEYS = frozenset(
 )
 
 
+#: The longest timeout of a call or RPC the workload makes (see Worker.body).
+LONGEST_CALL_TIMEOUT = 5.0
+
+
 def rss_kb() -> int:
     """Resident set size of this process, in KiB."""
     with open("/proc/self/status") as status:
@@ -436,6 +440,10 @@ async def control(
         )
     for name in names:
         await ctl.rpc.call(name, "soak.stop", timeout=10)
+    # A node keeps one timer task while a call's deadline is pending (it
+    # ends once the last one has passed): wait out the workload's longest
+    # call timeout, so the task count is compared after its timers are due.
+    await trio.sleep(LONGEST_CALL_TIMEOUT + 1.0)
     after = await settled(ctl, names, args.settle)
     return verdict(args, names, before, warm, after)
 
