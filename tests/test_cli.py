@@ -70,9 +70,8 @@ def test_demo_runs_and_tells_the_story() -> None:
         "Ok(9)",
         "Err(BadRpcError)",
         "membership converged: everyone sees 3 alive members",
-        "elected in term 1; all three agree",
+        "; all three agree",
         "(the leader) without a goodbye",
-        "elected in term 2",
         "declared dead by both survivors",
         "quorum True",
         "go down (reason: shutdown)",
@@ -80,6 +79,13 @@ def test_demo_runs_and_tells_the_story() -> None:
         "a@127.0.0.1 <-> b@127.0.0.1: cookie proven both ways",
     ]:
         assert expected in out, expected
+    # Raft promises one leader per term, not which term: a split vote
+    # between the two survivors (likelier on a loaded machine) moves the
+    # replacement to a later term. The replacement's term must be higher.
+    first = re.search(r"elected in term (\d+); all three agree", out)
+    second = re.search(r"elected in term (\d+), [\d.]+s after the kill", out)
+    assert first is not None and second is not None, out
+    assert int(second.group(1)) > int(first.group(1)) >= 1
 
 
 def cli(*args: str) -> list[str]:
