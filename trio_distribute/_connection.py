@@ -110,6 +110,11 @@ class ConnectionOwner(Protocol):
         """``item`` as one length-prefixed frame."""
         ...
 
+    #: Frames starting with ``direct_prefix`` are offered to
+    #: ``direct_dispatch`` first; ``False`` sends them on to :meth:`dispatch`.
+    direct_prefix: bytes
+    direct_dispatch: Callable[[Connection, bytes], bool] | None
+
     def dispatch(self, conn: Connection, payload: bytes | bytearray) -> None:
         """Decode one frame and run its handler (in the reader task)."""
         ...
@@ -436,6 +441,9 @@ class Connection:
 
     async def _reader(self) -> None:
         dispatch = self.transport.dispatch
+        # SEND frames to local processes go straight to their mailbox.
+        direct = self.transport.direct_dispatch
+        prefix = self.transport.direct_prefix
         decoder = self.decoder
         reserve = self.transport.config.frame_buffer_reserve
         data = self.initial_data
@@ -461,11 +469,15 @@ class Connection:
                     self.frame_buffer_drawn = 0  # that frame completed
                 self.frames_in += len(payloads)
                 for payload in payloads:
-                    self.frame_size = len(payload)
-                    if len(payload) > SLICED_ABOVE:
+                    self.frame_size = size = len(payload)
+                    if size > SLICED_ABOVE:
                         # Decoded in slices that let the loop run meanwhile.
                         await self.transport.dispatch_sliced(self, payload)
-                    else:
+                    elif (
+                        direct is None
+                        or not payload.startswith(prefix)
+                        or not direct(self, payload)
+                    ):
                         dispatch(self, payload)
                     if self.closed:
                         return

@@ -173,12 +173,26 @@ class Transport:
 
     wait_writable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_writable
     checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+    #: See :meth:`set_direct_dispatch` (``None``: every frame is decoded).
+    direct_prefix: bytes = b""
+    direct_dispatch: Callable[[Connection, bytes], bool] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._handlers[Kind.INFO] = self._handle_info
         self._handlers[Kind.BYE] = self._handle_bye
 
     # ---------------------------------------------------------------- set-up
+
+    def set_direct_dispatch(
+        self, prefix: bytes, handler: Callable[[Connection, bytes], bool]
+    ) -> None:
+        """Offer every frame whose payload starts with ``prefix`` to
+        ``handler`` before decoding it (the readers call it in place of
+        :meth:`dispatch`); a handler that returns ``False`` leaves the frame
+        to :meth:`dispatch`. For the commonest frame, a SEND to a local
+        process, whose head the handler reads by hand."""
+        self.direct_prefix = prefix
+        self.direct_dispatch = handler
 
     def add_handler(self, kind: int, handler: FrameHandler) -> None:
         """Route frames whose first element is ``kind`` to ``handler``.
