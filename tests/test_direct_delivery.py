@@ -18,6 +18,7 @@ from trio_distribute._proto.frames import frame
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.errors import DecodeError
 from trio_distribute.testing import open_cluster, wait_until
+from trio_distribute.transport import Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -118,3 +119,107 @@ async def test_frames_the_direct_path_leaves_fare_as_before() -> None:
             assert await sink.receive(timeout=10) == "still here"
             assert drops.get("decode_error") == 4
             assert set(drops) == {"dead_pid", "decode_error"}
+
+
+# ------------------------------------------------------------------ bulk data
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def only_connection(node: td.Node) -> Any:
+    (conn,) = node._transport.connections.values()
+    return conn
+
+
+async def test_a_big_bytes_message_is_cut_out_of_its_frame_without_a_sliced_decode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = local(max_message_size=8 * MiB)
+    async with open_cluster(["a"], config=config) as (a,):
+        transport = a._transport
+        sliced: list[int] = []
+        real = Transport.dispatch_sliced
+
+        async def spy(self: Transport, conn: Any, payload: bytes | bytearray) -> None:
+            sliced.append(len(payload))
+            await real(self, conn, payload)
+
+        monkeypatch.setattr(Transport, "dispatch_sliced", spy)
+        async with a.open_process() as sink, hostile_peer(a.address) as peer:
+            head = b"\x83" + codec.encode(int(Kind.SEND)) + codec.encode(sink.pid)
+            # Read in chunks (under BULK_READ_ABOVE) and read in one buffer.
+            for size in (300 * KiB, 3 * MiB):
+                data = bytes(range(256)) * (size // 256)
+                await peer.send_raw(send_frame(sink.pid, data))
+                assert await sink.receive(timeout=30) == data
+            assert sliced == []
+            # Anything else in a big frame still takes the sliced decode,
+            # which refuses what it refused before: bytes that do not end
+            # the frame, and a big message that is not bytes arrives.
+            trailing = frame(head + cbor2.dumps(b"\x01" * (2 * MiB))[:-1])
+            await peer.send_raw(trailing)
+            big_list = [b"\x02" * KiB] * 2048
+            await peer.send_raw(send_frame(sink.pid, big_list))
+            assert await sink.receive(timeout=30) == big_list
+            assert len(sliced) == 2
+            assert transport.drops == {"decode_error": 1}
+
+
+async def test_a_stream_of_big_messages_reuses_one_receive_buffer() -> None:
+    size = 2 * MiB
+    async with open_cluster(["a", "b"], config=local(max_message_size=8 * MiB)) as (a, b):
+        async with b.open_process() as sink:
+            conn = only_connection(b)
+            buffers = []
+            for n in range(3):
+                data = bytes([n]) * size
+                await a.send(sink.pid, data)
+                assert await sink.receive(timeout=30) == data
+                buffers.append(conn._bulk_buffer)
+                # Its whole size is drawn from the node's budget.
+                assert conn.bulk_buffer_held == len(conn._bulk_buffer) > size
+            assert buffers[0] is buffers[1] is buffers[2]
+            # A big message of another size gets a buffer of its own.
+            await a.send(sink.pid, b"\x09" * (size + 1))
+            assert await sink.receive(timeout=30) == b"\x09" * (size + 1)
+            assert conn._bulk_buffer is not buffers[0]
+            # Let go of at the second tick without a big frame.
+            conn.tick(1.0)
+            assert conn.bulk_buffer_held > 0
+            conn.tick(1.0)
+            assert conn._bulk_buffer is None and conn.bulk_buffer_held == 0
+
+
+async def test_a_kept_buffer_never_costs_a_frame_its_room_in_the_budget() -> None:
+    # Budget 3 MiB: one kept 2 MiB buffer and a 2 MiB frame on another
+    # connection do not fit together; the frame wins and is delivered.
+    config = local(
+        max_message_size=8 * MiB, frame_buffer_reserve=64 * KiB, max_frame_buffers=3 * MiB
+    )
+    async with open_cluster(["a", "b"], config=config) as (a, b):
+        async with b.open_process() as sink:
+            conn = only_connection(b)
+            await a.send(sink.pid, b"\x01" * (2 * MiB))
+            assert await sink.receive(timeout=30) == b"\x01" * (2 * MiB)
+            assert conn.bulk_buffer_held > 2 * MiB
+            async with hostile_peer(b.address) as peer:
+                await peer.send_raw(send_frame(sink.pid, b"\x02" * (2 * MiB)))
+                assert await sink.receive(timeout=30) == b"\x02" * (2 * MiB)
+            assert conn.bulk_buffer_held == 0
+            assert "frame_buffers_full" not in b._transport.drops
+
+
+async def test_a_buffer_is_kept_only_if_the_budget_has_room_for_it() -> None:
+    # The 2 MiB frame fits (its size beyond the reserve is drawn); keeping
+    # its whole buffer afterwards would not.
+    config = local(
+        max_message_size=8 * MiB, frame_buffer_reserve=512 * KiB, max_frame_buffers=2 * MiB
+    )
+    async with open_cluster(["a", "b"], config=config) as (a, b):
+        async with b.open_process() as sink:
+            conn = only_connection(b)
+            await a.send(sink.pid, b"\x01" * (2 * MiB))
+            assert await sink.receive(timeout=30) == b"\x01" * (2 * MiB)
+            assert conn._bulk_buffer is None and conn.bulk_buffer_held == 0
+            assert b._transport.drops == {}

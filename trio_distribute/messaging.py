@@ -34,6 +34,7 @@ from ._mailbox import Mailbox, MailboxSettings, unwrap_received
 from ._monitors import Monitors
 from ._node_events import NodeEventBus, ProcessExited
 from ._proto.kinds import Kind
+from ._sliced_decode import SLICED_ABOVE as _SLICED_ABOVE
 from .errors import (
     DecodeError,
     MessageTooLargeError,
@@ -126,6 +127,26 @@ def _bytes_head(n: int) -> bytes:
     if n < 0x100000000:
         return b"\x5a" + n.to_bytes(4, "big")
     return b"\x5b" + n.to_bytes(8, "big")
+
+
+def _bytes_to_end(payload: bytes | bytearray, pos: int) -> bytes | None:
+    """The CBOR byte string at ``pos`` if it ends exactly where ``payload``
+    does (``None`` otherwise), copied out once."""
+    first = payload[pos]
+    if first >> 5 != 2:
+        return None
+    info = first & 31
+    if info < 24:
+        start, length = pos + 1, info
+    elif info <= 27:
+        start = pos + 1 + (1 << (info - 24))
+        length = int.from_bytes(payload[pos + 1 : start], "big")
+    else:
+        return None
+    if start + length != len(payload):
+        return None
+    with memoryview(payload) as view:
+        return bytes(view[start:])
 
 
 def _id_size(value: Pid | Ref) -> int:
@@ -996,7 +1017,7 @@ class Processes:
         self._direct_start = len(prefix)
         transport.set_direct_dispatch(prefix, self._deliver_direct)
 
-    def _deliver_direct(self, conn: Connection, payload: bytes) -> bool:
+    def _deliver_direct(self, conn: Connection, payload: bytes | bytearray) -> bool:
         """Deliver a SEND frame (``payload`` starts with the direct-delivery
         prefix) to a live local process, its head read by hand and only the
         message decoded; ``False`` leaves the frame to the full decode and
@@ -1033,12 +1054,23 @@ class Processes:
         process = self._table.get(id_)
         if process is None:
             return False
-        try:
-            message = _decode_element(payload[pos + len(creation) :])
-        except DecodeError:
-            return False
+        pos += len(creation)
+        size = len(payload)
+        message: object
+        if size > _SLICED_ABOVE:
+            # A big frame: only a byte string filling the rest of it (bulk
+            # data) is cut out here, with the one copy that makes the
+            # ``bytes``; anything else is decoded in slices by the reader.
+            message = _bytes_to_end(payload, pos)
+            if message is None:
+                return False
+        else:
+            try:
+                message = _decode_element(payload[pos:])
+            except DecodeError:
+                return False
         mailbox = process._mailbox
-        if not mailbox.put(message, len(payload)):
+        if not mailbox.put(message, size):
             self.dropped(process.pid, mailbox.refusal)
         return True
 
