@@ -93,18 +93,20 @@ async def _raw_trio_pair() -> tuple[Any, Any]:
 
     async def handle(stream: trio.SocketStream) -> None:
         reader = FrameReader()
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            for message in reader.feed(data):
-                await stream.send_all(encode_frame(message))
+        async with stream:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                for message in reader.feed(data):
+                    await stream.send_all(encode_frame(message))
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
 
     async def serve() -> None:
-        stream = await listeners[0].accept()
+        async with listeners[0]:
+            stream = await listeners[0].accept()
         await handle(stream)
 
     trio.lowlevel.spawn_system_task(serve)
@@ -195,6 +197,10 @@ async def run(workloads: list[str], count: int, runs: int, profile: str | None) 
                     out = io.StringIO()
                     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(45)
                     Path(f"{profile}.{name}.txt").write_text(out.getvalue())  # noqa: ASYNC240
+        if raw is not None:
+            # The raw server sees the end of its stream and closes its side.
+            await raw[0].aclose()
+            await anyio.sleep(0.05)
     return results
 
 
