@@ -20,6 +20,16 @@ round trip, and the wall-clock p50.
   request.
 * ``w3a``: ``node.rpc.call(a, "add", i, 1)``, one at a time.
 
+Two more workloads run only when named in ``--workloads``:
+
+* ``raw`` (trio only): the raw trio + cbor2 W2 round trip of
+  ``benchmarks/raw_trio.py`` (``send_all`` of a length-prefixed frame, the
+  echo decoding and re-encoding it), client and server in this process:
+  the baseline the ``w2`` CPU is compared with in the same run.
+* ``bulk``: one 16 MiB ``bytes`` message from ``b`` to a process on ``a``
+  that answers with its length; CPU milliseconds per message (reported in
+  the same ``cpu_us`` field, in µs) and the wall p50.
+
 The message is the W2 message (``{"seq": i, "body": 16 bytes}``).
 ``--profile PATH`` runs each workload once more under cProfile and writes
 the statistics (sorted by internal time) to ``PATH.<workload>.txt``.
@@ -42,12 +52,14 @@ import anyio
 
 import trio_distribute as td
 
-from ._common import BODY
+from ._common import BODY, BULK_SIZE
 
 __all__ = ["main"]
 
 COOKIE = "latency-cpu-benchmark-4d1f0e9a7c3b2856"
 WORKLOADS = ("w2", "w2call", "w3a")
+#: Run only when named: the raw trio baseline and the 16 MiB message.
+EXTRA_WORKLOADS = ("raw", "bulk")
 
 
 def add(a: int, b: int) -> int:
@@ -66,9 +78,45 @@ async def _responder(proc: td.Process) -> None:
         await reply(call, call.request)
 
 
+async def _bulk(proc: td.Process, node: td.Node) -> None:
+    peer = await proc.receive()  # who to answer; then bare bytes messages
+    async for payload in proc:
+        await node.send(peer, len(payload))
+
+
+async def _raw_trio_pair() -> tuple[Any, Any]:
+    """A raw trio + cbor2 echo server (a system task) and a connected
+    client stream: ``raw_trio.py``'s W2, in this process."""
+    import trio
+
+    from .raw_trio import FrameReader, encode_frame
+
+    async def handle(stream: trio.SocketStream) -> None:
+        reader = FrameReader()
+        async with stream:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                for message in reader.feed(data):
+                    await stream.send_all(encode_frame(message))
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def serve() -> None:
+        async with listeners[0]:
+            stream = await listeners[0].accept()
+        await handle(stream)
+
+    trio.lowlevel.spawn_system_task(serve)
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    return client, FrameReader()
+
+
 async def _measure(step: Callable[[int], Awaitable[None]], count: int) -> tuple[float, float]:
     """(CPU µs per round trip, wall p50 µs) over ``count`` steps."""
-    for seq in range(100):  # warm the caches
+    for seq in range(min(count, 100)):  # warm the caches
         await step(seq)
     samples: list[int] = []
     clock = time.perf_counter_ns
@@ -83,7 +131,8 @@ async def _measure(step: Callable[[int], Awaitable[None]], count: int) -> tuple[
 
 
 async def run(workloads: list[str], count: int, runs: int, profile: str | None) -> dict[str, Any]:
-    config = td.NodeConfig.local()
+    # Room for the bulk message and its frame's head (as td_bench).
+    config = td.NodeConfig.local(max_message_size=32 * 1024 * 1024)
     results: dict[str, Any] = {}
     async with (
         td.open_node("a@127.0.0.1", cookie=COOKIE, config=config) as a,
@@ -93,6 +142,11 @@ async def run(workloads: list[str], count: int, runs: int, profile: str | None) 
         await b.connect(f"a@127.0.0.1:{a.address[1]}")
         echo = await a.spawn(_echo, a)
         responder = await a.spawn(_responder)
+        bulk_pid = await a.spawn(_bulk, a)
+        raw: tuple[Any, Any] | None = None
+        if "raw" in workloads:
+            raw = await _raw_trio_pair()
+        bulk_data = b"\xab" * BULK_SIZE
         async with b.open_process() as me:
             body = BODY
 
@@ -108,7 +162,22 @@ async def run(workloads: list[str], count: int, runs: int, profile: str | None) 
             async def w3a(seq: int) -> None:
                 assert await b.rpc.call("a@127.0.0.1", "add", seq, 1) == seq + 1
 
-            steps = {"w2": w2, "w2call": w2call, "w3a": w3a}
+            async def raw_w2(seq: int) -> None:
+                from .raw_trio import _receive_one, encode_frame
+
+                assert raw is not None
+                stream, reader = raw
+                await stream.send_all(encode_frame({"seq": seq, "body": body}))
+                reply = await _receive_one(stream, reader)
+                assert reply["seq"] == seq
+
+            async def bulk(seq: int) -> None:
+                await b.send(bulk_pid, bulk_data)
+                assert await me.receive() == BULK_SIZE
+
+            if "bulk" in workloads:
+                await b.send(bulk_pid, me.pid)
+            steps = {"w2": w2, "w2call": w2call, "w3a": w3a, "raw": raw_w2, "bulk": bulk}
             for name in workloads:
                 cpus, p50s = [], []
                 for _ in range(runs):
@@ -128,6 +197,10 @@ async def run(workloads: list[str], count: int, runs: int, profile: str | None) 
                     out = io.StringIO()
                     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(45)
                     Path(f"{profile}.{name}.txt").write_text(out.getvalue())  # noqa: ASYNC240
+        if raw is not None:
+            # The raw server sees the end of its stream and closes its side.
+            await raw[0].aclose()
+            await anyio.sleep(0.05)
     return results
 
 
@@ -141,8 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     for name in workloads:
-        if name not in WORKLOADS:
-            parser.error(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+        if name not in WORKLOADS + EXTRA_WORKLOADS:
+            choices = ", ".join(WORKLOADS + EXTRA_WORKLOADS)
+            parser.error(f"unknown workload {name!r}; choose from {choices}")
+    if "raw" in workloads and args.backend != "trio":
+        parser.error("the raw workload is raw trio: run it with --backend trio")
     results = anyio.run(run, workloads, args.count, args.runs, args.profile, backend=args.backend)
     w2 = results.get("w2", {}).get("cpu_us")
     for name, result in results.items():

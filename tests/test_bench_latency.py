@@ -44,3 +44,15 @@ def test_send_scale_reports_every_condition(capsys: pytest.CaptureFixture[str]) 
         assert isinstance(value, float) and value > 0
     collections = data["gc_collections"]
     assert isinstance(collections, list) and len(collections) == 8
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_latency_cpu_runs_the_raw_baseline_and_bulk_when_named(
+    backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = "raw,bulk" if backend == "trio" else "bulk"
+    latency_cpu.main(["--count", "2", "--runs", "1", "--backend", backend, "--workloads", names])
+    data = _result(capsys.readouterr().out)
+    for workload in names.split(","):
+        entry = data[workload]
+        assert isinstance(entry, dict) and entry["cpu_us"] > 0 and entry["wall_p50_us"] > 0

@@ -110,6 +110,11 @@ class ConnectionOwner(Protocol):
         """``item`` as one length-prefixed frame."""
         ...
 
+    #: Frames starting with ``direct_prefix`` are offered to
+    #: ``direct_dispatch`` first; ``False`` sends them on to :meth:`dispatch`.
+    direct_prefix: bytes
+    direct_dispatch: Callable[[Connection, bytes | bytearray], bool] | None
+
     def dispatch(self, conn: Connection, payload: bytes | bytearray) -> None:
         """Decode one frame and run its handler (in the reader task)."""
         ...
@@ -119,8 +124,12 @@ class ConnectionOwner(Protocol):
         ...
 
     def frame_buffers_drawn(self, *, besides: Connection) -> int:
-        """Bytes of incomplete frames the node's other open connections
-        hold from ``max_frame_buffers``."""
+        """Bytes of incomplete frames (and kept bulk buffers) the node's
+        other open connections hold from ``max_frame_buffers``."""
+        ...
+
+    def release_bulk_buffers(self) -> None:
+        """Let every connection drop the bulk buffer it keeps for reuse."""
         ...
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
@@ -179,8 +188,15 @@ class Connection:
     frame_size: int = 0
     #: Bytes of an incomplete incoming frame drawn from the node-wide budget.
     frame_buffer_drawn: int = 0
+    #: Bytes of the bulk buffer kept for the next big frame (see
+    #: ``_keep_bulk_buffer``), drawn from the same budget.
+    bulk_buffer_held: int = 0
 
     _out: list[bytes | memoryview] = attrs.field(factory=list)
+    # The buffer the last big frame was read into, kept for the next one of
+    # the same size, and whether a big frame was read since the last tick.
+    _bulk_buffer: bytearray | None = None
+    _bulk_since_tick: bool = False
     # A part of at least GATHER_ABOVE bytes is queued: write with sendmsg.
     _gather: bool = False
     _out_bytes: int = 0
@@ -436,6 +452,9 @@ class Connection:
 
     async def _reader(self) -> None:
         dispatch = self.transport.dispatch
+        # SEND frames to local processes go straight to their mailbox.
+        direct = self.transport.direct_dispatch
+        prefix = self.transport.direct_prefix
         decoder = self.decoder
         reserve = self.transport.config.frame_buffer_reserve
         data = self.initial_data
@@ -462,7 +481,9 @@ class Connection:
                 self.frames_in += len(payloads)
                 for payload in payloads:
                     self.frame_size = len(payload)
-                    if len(payload) > SLICED_ABOVE:
+                    if direct is not None and payload.startswith(prefix) and direct(self, payload):
+                        pass
+                    elif len(payload) > SLICED_ABOVE:
                         # Decoded in slices that let the loop run meanwhile.
                         await self.transport.dispatch_sliced(self, payload)
                     else:
@@ -478,12 +499,16 @@ class Connection:
                         return
                     self.frames_in += 1
                     self.frame_size = len(big)
-                    if len(big) > SLICED_ABOVE:
+                    if direct is not None and big.startswith(prefix) and direct(self, big):
+                        pass
+                    elif len(big) > SLICED_ABOVE:
                         await self.transport.dispatch_sliced(self, big)
                     else:  # only where slicing is turned off (loop_lag's comparison)
                         dispatch(self, big)
                     if self.closed:
                         return
+                    # Every message was copied out of it: keep it for the next.
+                    self._keep_bulk_buffer(big)
                     data = b""
                     continue
                 if self.sock is not None:
@@ -512,11 +537,16 @@ class Connection:
         """
         decoder = self.decoder
         need = decoder.pending_frame
+        size = need - HEADER_SIZE
+        payload = self._bulk_buffer
+        self.release_bulk_buffer()  # drawn again below, as the frame
+        if payload is None or len(payload) != size:
+            payload = None
         if need > self.transport.config.frame_buffer_reserve and not self._draw_frame_buffer(need):
             return None
         held = decoder.take_buffered()
-        size = need - HEADER_SIZE
-        payload = bytearray(size)
+        if payload is None:
+            payload = bytearray(size)
         with memoryview(payload) as view:
             pos = len(held) - HEADER_SIZE
             view[:pos] = memoryview(held)[HEADER_SIZE:]
@@ -547,6 +577,29 @@ class Connection:
         self.frame_buffer_drawn = 0
         return payload
 
+    def _keep_bulk_buffer(self, buffer: bytearray) -> None:
+        """Keep the buffer a big frame was read into for the next big frame
+        of the same size, if the node's budget for incomplete frames
+        (``max_frame_buffers``) has room for it: a stream of big messages
+        then costs no allocation per message, and no page of the buffer is
+        faulted in or zeroed again (the larger part of a 16 MiB message's
+        cost on the receiving side). It is let go of at the second tick
+        without a big frame, when the connection closes, and whenever a
+        frame needs the room (:meth:`_draw_frame_buffer`).
+        """
+        config = self.transport.config
+        others = self.transport.frame_buffers_drawn(besides=self)
+        if others + len(buffer) > config.max_frame_buffers:
+            return
+        self._bulk_buffer = buffer
+        self.bulk_buffer_held = len(buffer)
+        self._bulk_since_tick = True
+
+    def release_bulk_buffer(self) -> None:
+        """Drop the bulk buffer kept for reuse, if any."""
+        self._bulk_buffer = None
+        self.bulk_buffer_held = 0
+
     def _draw_frame_buffer(self, held: int) -> bool:
         """Account an incomplete frame of ``held`` bytes against the node's
         budget; close the connection (and return ``False``) if it does not fit.
@@ -557,6 +610,10 @@ class Connection:
         """
         wanted = held - self.transport.config.frame_buffer_reserve
         others = self.transport.frame_buffers_drawn(besides=self)
+        if others + wanted > self.transport.config.max_frame_buffers:
+            # Kept bulk buffers are only a cache: an incomplete frame comes first.
+            self.transport.release_bulk_buffers()
+            others = self.transport.frame_buffers_drawn(besides=self)
         if others + wanted > self.transport.config.max_frame_buffers:
             self.transport.count_drop("frame_buffers_full")
             _limited.warning(
@@ -619,6 +676,11 @@ class Connection:
                 )
                 self.close(NodeDownReason.TICK_TIMEOUT)
                 return
+        if self._bulk_buffer is not None:
+            if self._bulk_since_tick:
+                self._bulk_since_tick = False
+            else:
+                self.release_bulk_buffer()
         if not self.sent_since_tick and not self.closed:
             self.write(TICK)
             self.frames_out -= 1  # a tick is not a frame the user sent
@@ -654,6 +716,7 @@ class Connection:
         # Nothing more is read or written: let go of the bytes now rather
         # than when the last reference to this object goes.
         self.frame_buffer_drawn = 0
+        self.release_bulk_buffer()
         self.decoder.discard()
         self._out.clear()
         self._gather = False

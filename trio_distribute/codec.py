@@ -150,6 +150,7 @@ __all__ = [
     "REF_TAG",
     "MessageType",
     "decode",
+    "decode_element",
     "encode",
     "encode_element",
     "encode_frame",
@@ -910,6 +911,15 @@ _MAP_KEY_HINT: Final = (
 
 decode: Final[PayloadDecode] = payload_decoder(
     _SEMANTIC, default_max_depth=DEFAULT_MAX_DEPTH, map_key_hint=_MAP_KEY_HINT
+)
+
+#: :func:`decode` for the encoding of one element of a frame's array (the
+#: rest of a frame whose head was read by hand): one level of the depth
+#: limit is spent on the frame's array, so an element is refused exactly
+#: where decoding the whole frame would refuse it (the counterpart of
+#: :func:`encode_element`).
+decode_element: Final[PayloadDecode] = payload_decoder(
+    _SEMANTIC, default_max_depth=DEFAULT_MAX_DEPTH - 1, map_key_hint=_MAP_KEY_HINT
 )
 
 

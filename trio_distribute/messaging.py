@@ -34,7 +34,9 @@ from ._mailbox import Mailbox, MailboxSettings, unwrap_received
 from ._monitors import Monitors
 from ._node_events import NodeEventBus, ProcessExited
 from ._proto.kinds import Kind
+from ._sliced_decode import SLICED_ABOVE as _SLICED_ABOVE
 from .errors import (
+    DecodeError,
     MessageTooLargeError,
     NameNotFoundError,
     ProcessExitError,
@@ -73,6 +75,7 @@ _PLAIN_DEPTH = 32
 _INFINITIES = (float("inf"), float("-inf"))
 _ID_SIZES: dict[Pid | Ref, int] = {}
 _current_id = correlation_id.get
+_decode_element = codec.decode_element
 
 
 #: The name of every spawned process's task (a name made per task from
@@ -124,6 +127,26 @@ def _bytes_head(n: int) -> bytes:
     if n < 0x100000000:
         return b"\x5a" + n.to_bytes(4, "big")
     return b"\x5b" + n.to_bytes(8, "big")
+
+
+def _bytes_to_end(payload: bytes | bytearray, pos: int) -> bytes | None:
+    """The CBOR byte string at ``pos`` if it ends exactly where ``payload``
+    does (``None`` otherwise), copied out once."""
+    first = payload[pos]
+    if first >> 5 != 2:
+        return None
+    info = first & 31
+    if info < 24:
+        start, length = pos + 1, info
+    elif info <= 27:
+        start = pos + 1 + (1 << (info - 24))
+        length = int.from_bytes(payload[pos + 1 : start], "big")
+    else:
+        return None
+    if start + length != len(payload):
+        return None
+    with memoryview(payload) as view:
+        return bytes(view[start:])
 
 
 def _id_size(value: Pid | Ref) -> int:
@@ -546,6 +569,9 @@ class Processes:
     _cancelled: type[BaseException] = BaseException
     _mailbox_settings: MailboxSettings | None = None
     _spawns_since_yield: int = 0
+    # Direct delivery of SEND frames (see _init_direct_delivery).
+    _direct_creation: bytes = b""
+    _direct_start: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.monitors = Monitors(transport=self.transport, processes=self, events=self.events)
@@ -576,6 +602,7 @@ class Processes:
                 self._start_soon = nursery.start_soon
         self._mailbox_settings = self._new_mailbox_settings()
         self.transport.add_handler(Kind.SEND, self._handle_send)
+        self._init_direct_delivery()
         self.transport.add_handler(Kind.SEND_NAMED, self._handle_send_named)
         self.transport.add_handler(Kind.SEND_TRACED, self._handle_send_traced)
         self.transport.add_handler(Kind.SEND_NAMED_TRACED, self._handle_send_named_traced)
@@ -972,6 +999,80 @@ class Processes:
         mailbox = process._mailbox
         if not mailbox.put(message, size):
             self.dropped(process.pid, mailbox.refusal)
+
+    def _init_direct_delivery(self) -> None:
+        """Let the connection readers hand a SEND frame to a local process
+        without decoding its head: every SEND to a pid of this node starts
+        with the same bytes (the frame's array head, the kind, the pid's tag
+        and array head, this node's name), and ends its head with the pid's
+        id and this node's creation."""
+        transport = self.transport
+        creation = codec.encode(transport.creation)
+        pid = codec.encode(Pid(transport.name, 0, transport.creation))
+        # The pid's encoding: ..., the name, the id (0: one byte), creation.
+        name_end = len(pid) - len(creation) - 1
+        assert pid[name_end] == 0 and pid.endswith(creation)
+        prefix = b"\x83" + codec.encode(_SEND) + pid[:name_end]
+        self._direct_creation = creation
+        self._direct_start = len(prefix)
+        transport.set_direct_dispatch(prefix, self._deliver_direct)
+
+    def _deliver_direct(self, conn: Connection, payload: bytes | bytearray) -> bool:
+        """Deliver a SEND frame (``payload`` starts with the direct-delivery
+        prefix) to a live local process, its head read by hand and only the
+        message decoded; ``False`` leaves the frame to the full decode and
+        :meth:`_handle_send` (a dead pid, a head in any other form, a
+        message that does not decode: whatever that path counts or
+        refuses, it does so as for any frame). What a frame delivered here
+        would have been delivered as is the same: the head matched this
+        node's name and creation byte for byte, the id names a live
+        process, and the message decodes under the same depth limit.
+        """
+        pos = self._direct_start
+        try:
+            first = payload[pos]
+            # The pid's id: a CBOR uint head of up to 4 bytes.
+            if first < 24:
+                id_ = first
+                pos += 1
+            elif first == 24:
+                id_ = payload[pos + 1]
+                pos += 2
+            elif first == 25:
+                id_ = (payload[pos + 1] << 8) | payload[pos + 2]
+                pos += 3
+            elif first == 26:
+                id_ = int.from_bytes(payload[pos + 1 : pos + 5], "big")
+                pos += 5
+            else:
+                return False
+        except IndexError:  # a truncated frame: let the full decode say so
+            return False
+        creation = self._direct_creation
+        if not payload.startswith(creation, pos):
+            return False
+        process = self._table.get(id_)
+        if process is None:
+            return False
+        pos += len(creation)
+        size = len(payload)
+        message: object
+        if size > _SLICED_ABOVE:
+            # A big frame: only a byte string filling the rest of it (bulk
+            # data) is cut out here, with the one copy that makes the
+            # ``bytes``; anything else is decoded in slices by the reader.
+            message = _bytes_to_end(payload, pos)
+            if message is None:
+                return False
+        else:
+            try:
+                message = _decode_element(payload[pos:])
+            except DecodeError:
+                return False
+        mailbox = process._mailbox
+        if not mailbox.put(message, size):
+            self.dropped(process.pid, mailbox.refusal)
+        return True
 
     def _handle_send(self, conn: Connection, item: list[Any]) -> None:
         _, dest, message = item

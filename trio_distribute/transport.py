@@ -173,12 +173,26 @@ class Transport:
 
     wait_writable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_writable
     checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+    #: See :meth:`set_direct_dispatch` (``None``: every frame is decoded).
+    direct_prefix: bytes = b""
+    direct_dispatch: Callable[[Connection, bytes | bytearray], bool] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._handlers[Kind.INFO] = self._handle_info
         self._handlers[Kind.BYE] = self._handle_bye
 
     # ---------------------------------------------------------------- set-up
+
+    def set_direct_dispatch(
+        self, prefix: bytes, handler: Callable[[Connection, bytes | bytearray], bool]
+    ) -> None:
+        """Offer every frame whose payload starts with ``prefix`` to
+        ``handler`` before decoding it (the readers call it in place of
+        :meth:`dispatch`); a handler that returns ``False`` leaves the frame
+        to :meth:`dispatch`. For the commonest frame, a SEND to a local
+        process, whose head the handler reads by hand."""
+        self.direct_prefix = prefix
+        self.direct_dispatch = handler
 
     def add_handler(self, kind: int, handler: FrameHandler) -> None:
         """Route frames whose first element is ``kind`` to ``handler``.
@@ -866,13 +880,20 @@ class Transport:
         self.events.publish(PeerUp(conn.peer))
 
     def frame_buffers_drawn(self, *, besides: Connection) -> int:
-        """Bytes of incomplete frames the open connections other than
-        ``besides`` hold from the node's budget (``max_frame_buffers``)."""
+        """Bytes of incomplete frames (and bulk buffers kept for reuse) the
+        open connections other than ``besides`` hold from the node's budget
+        (``max_frame_buffers``)."""
         return sum(
-            conn.frame_buffer_drawn
+            conn.frame_buffer_drawn + conn.bulk_buffer_held
             for conn in self.connections.values()
             if conn is not besides and not conn.closed
         )
+
+    def release_bulk_buffers(self) -> None:
+        """Let every connection drop the bulk buffer it keeps for reuse
+        (a frame needs the room in ``max_frame_buffers``)."""
+        for conn in self.connections.values():
+            conn.release_bulk_buffer()
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
         """Called once by a connection as it closes."""
