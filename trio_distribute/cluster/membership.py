@@ -909,11 +909,16 @@ class Membership:
         """Start connecting to the live member ``name`` in the background if
         this node is not connected to it (without ``connect_all`` the
         election reaches its voters this way). One attempt at a time per
-        member; a member the user disconnected or blocked is left alone."""
+        member; a member the user disconnected or blocked is left alone.
+        With ``connect_all`` the mesh dials every live member anyway, within
+        ``max_mesh_dials``: a dial here would go around that bound (the
+        election asks for each voter it cannot reach, all of them at once
+        in a join storm)."""
         transport = self.transport
         address = self._live_members.get(name)
         if (
-            address is None
+            self.connect_all
+            or address is None
             or self._task_group is None
             or name in self._redialling
             or transport.is_connected(name)
@@ -998,7 +1003,7 @@ class Membership:
             # nodes of a join storm, which learn the members in much the
             # same order, do not all dial the same few first.
             self._rng.shuffle(ready)
-            for name in ready[: config.max_mesh_dials - len(self._redialling)]:
+            for name in ready[: max(0, config.max_mesh_dials - len(self._redialling))]:
                 self._redialling.add(name)
                 self._task_group.start_soon(self._redial_member, name, wanted[name])
             with anyio.move_on_after(max(next_due - now, 0.0)):
