@@ -475,11 +475,15 @@ def summarise(
     # The children's samples, every 0.5 s from the start, summed:
     # [(seconds, connections, dials so far)].
     merged: dict[float, list[int]] = {}
-    for r in results:
-        for t, conns, dialled in r.get("timeline", []):
-            slot = merged.setdefault(round(t * 2) / 2, [0, 0])
-            slot[0] += conns
-            slot[1] += dialled
+    for step in range(int(args.warmup * 2) + 1):
+        at = step / 2
+        slot = merged.setdefault(at, [0, 0])
+        for r in results:
+            # Each child's last sample up to then (a starved child samples late).
+            seen = [x for x in r.get("timeline", []) if x[0] <= at + 0.25]
+            if seen:
+                slot[0] += seen[-1][1]
+                slot[1] += seen[-1][2]
     summary = {
         "children_late_s": max((r["late"] for r in results), default=None),
         "last_node_started_s": max(
