@@ -65,7 +65,17 @@ FIGURES: list[tuple[str, str]] = [
     ("datagrams_sent_per_node_s", ".2f"),
     ("datagrams_received_per_node_s", ".2f"),
     ("connections_total", "d"),
+    ("connections_at_5s", "d"),
+    ("connections_at_10s", "d"),
+    ("dials", "d"),
+    ("handshake_timeout", "d"),
+    ("handshake_failed", "d"),
+    ("mesh_redial_failed", "d"),
+    ("handshake_refused", "d"),
 ]
+
+#: Drop causes of a handshake that was refused or shed for want of a slot.
+REFUSED = ("handshake_refused_full", "handshake_refused_per_host", "handshake_evicted")
 
 
 def one_run(args: argparse.Namespace, td_path: str, label: str) -> dict[str, Any]:
@@ -93,6 +103,8 @@ def one_run(args: argparse.Namespace, td_path: str, label: str) -> dict[str, Any
         ]
         if td_path:
             command += ["--td-path", td_path]
+        if args.go_when_ready:
+            command.append("--go-when-ready")
         if args.profile_child >= 0:
             command += ["--profile-child", str(args.profile_child), "--profile-phase", "warmup"]
         started = time.time()
@@ -124,10 +136,24 @@ def one_run(args: argparse.Namespace, td_path: str, label: str) -> dict[str, Any
         "datagrams_received_per_node_s": summary["datagrams_received_per_node_s"],
         "connections_total": summary["connections_total"],
         "children_late_s": summary["children_late_s"],
+        "dials": summary.get("dials_total"),
+        "handshake_timeout": summary["drops"].get("handshake_timeout", 0),
+        "handshake_failed": summary["drops"].get("handshake_failed", 0),
+        "mesh_redial_failed": summary["drops"].get("mesh_redial_failed", 0),
+        "handshake_refused": sum(summary["drops"].get(cause, 0) for cause in REFUSED),
+        "timeline": summary.get("timeline"),
+        "connections_at_5s": _at(summary.get("timeline"), 5.0),
+        "connections_at_10s": _at(summary.get("timeline"), 10.0),
         "drops": summary["drops"],
         "failures": summary["failures"],
         "loadavg": summary["loadavg"],
     }
+
+
+def _at(timeline: list[list[float]] | None, seconds: float) -> int | None:
+    """Connection ends summed over the nodes ``seconds`` after the start."""
+    seen = [int(c) for t, c, _ in timeline or [] if t <= seconds]
+    return seen[-1] if seen else None
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -183,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         "--stability", type=float, default=0.0, help="one run of this tree, this many seconds"
     )
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--go-when-ready",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the nodes 1 s after the last child is ready (imports, key stretching)",
+    )
     parser.add_argument(
         "--profile-child",
         type=int,

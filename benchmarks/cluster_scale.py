@@ -95,6 +95,22 @@ class _CountingSocket:
         return getattr(self.inner, name)
 
 
+class _CountingDials:
+    """Wraps a node's network to count the streams it dials (every outgoing
+    handshake starts with one; works on any version of the package)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.dials = 0
+
+    async def dial(self, host: str, port: int, *, local_host: str) -> Any:
+        self.dials += 1
+        return await self.inner.dial(host, port, local_host=local_host)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -123,6 +139,9 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
     seed_count: int = spec["seeds"]
     nodes: dict[int, Any] = {}
     sockets: dict[int, _CountingSocket] = {}
+    dials: dict[int, _CountingDials] = {}
+    # (seconds since the start, connections, dials so far) over our nodes.
+    timeline: list[tuple[float, int, int]] = []
     events = {i: {"suspect": 0, "down": 0} for i in indexes}
     converged: dict[int, float] = {}
     # When each part of convergence was first seen, per node.
@@ -160,6 +179,8 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
             counting = _CountingSocket(membership._socket)
             membership._socket = counting
             sockets[index] = counting
+            dials[index] = _CountingDials(node.transport.network)
+            node.transport.network = dials[index]
             nodes[index] = node
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch, index, node)
@@ -208,11 +229,20 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
     from trio_distribute._cookie import cookie_keys
 
     cookie_keys(COOKIE.encode())
+    deadline = spec["deadline"]
+    if spec.get("go_when_ready"):
+        # --go-when-ready: tell the parent we are ready and take the common
+        # start from it once every child is (a loaded machine can make
+        # imports take tens of seconds, which is not what is measured).
+        print("READY", flush=True)
+        line = await trio.to_thread.run_sync(sys.stdin.readline)
+        deadline += float(line) - go_at
+        go_at = float(line)
     result: dict[str, Any] = {}
     # Imports are done: how late this child is for the common start (a
     # late child would make convergence look slower than it is).
     late = time.time() - go_at
-    with trio.move_on_after(spec["deadline"] - time.time()):
+    with trio.move_on_after(deadline - time.time()):
         async with trio.open_nursery() as nursery:
             for index in indexes:
                 nursery.start_soon(run_node, index)
@@ -226,10 +256,20 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
             # Convergence: polled finely until every node of ours converged.
             window_start = go_at + warmup
             settled_at = None
+            next_sample = go_at
             while time.time() < window_start:
                 now = time.time()
                 for index, node in list(nodes.items()):
                     check(index, node, now)
+                if now >= next_sample:
+                    next_sample += 0.5
+                    timeline.append(
+                        (
+                            round(now - go_at, 2),
+                            sum(len(n.transport.connections) for n in nodes.values()),
+                            sum(d.dials for d in dials.values()),
+                        )
+                    )
                 if spec["settle"] and settled_at is None and len(converged) == len(indexes):
                     # --settle: the window starts 5 s after this child's
                     # nodes all converged (at most --warmup after the start).
@@ -277,6 +317,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
                         "suspect_events": events[index]["suspect"],
                         "down_events": events[index]["down"],
                         "drops": dict(node.statistics().drops),
+                        "dials": dials[index].dials if index in dials else 0,
                     }
                 )
             result = {
@@ -284,6 +325,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
                 "after": after,
                 "nodes": per_node,
                 "late": late,
+                "timeline": timeline,
                 "started_at": max(started_at.values(), default=None),
             }
             stop.set()
@@ -292,6 +334,16 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_main(spec_path: str) -> None:
     import trio
+
+    if os.environ.get("CLUSTER_SCALE_LOG"):
+        # Diagnostics: the child's log (INFO and up) in FILE.<pid>.
+        import logging
+
+        logging.basicConfig(
+            filename=f"{os.environ['CLUSTER_SCALE_LOG']}.{os.getpid()}",
+            level=logging.INFO,
+            format="%(created).3f %(name)s %(message)s",
+        )
 
     spec = json.loads(Path(spec_path).read_text())
     result = trio.run(_child, spec)
@@ -352,6 +404,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "election": args.election,
                 "profile_phase": args.profile_phase,
                 "count_steps": args.count_steps,
+                "go_when_ready": args.go_when_ready,
                 "profile": str(RESULTS / f"cluster_scale_child{p}.prof")
                 if args.profile_child == p
                 else "",
@@ -361,12 +414,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             children.append(
                 subprocess.Popen(
                     [sys.executable, str(HERE), "--child", str(path)],
+                    stdin=subprocess.PIPE if args.go_when_ready else None,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
                     env=env,
                 )
             )
+        if args.go_when_ready:
+            for child in children:
+                assert child.stdout is not None and child.stdin is not None
+                while child.stdout.readline().strip() not in ("READY", ""):
+                    pass
+            shift = time.time() + 1.0 - go_at
+            go_at += shift
+            deadline += shift
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write(f"{go_at!r}\n")
+                child.stdin.flush()
         outputs = []
         hard = deadline + 15.0  # the children's own deadline plus a goodbye
         for child in children:
@@ -406,6 +472,18 @@ def summarise(
     for n in started:
         for cause, count in n["drops"].items():
             drops[cause] = drops.get(cause, 0) + count
+    # The children's samples, every 0.5 s from the start, summed:
+    # [(seconds, connections, dials so far)].
+    merged: dict[float, list[int]] = {}
+    for step in range(int(args.warmup * 2) + 1):
+        at = step / 2
+        slot = merged.setdefault(at, [0, 0])
+        for r in results:
+            # Each child's last sample up to then (a starved child samples late).
+            seen = [x for x in r.get("timeline", []) if x[0] <= at + 0.25]
+            if seen:
+                slot[0] += seen[-1][1]
+                slot[1] += seen[-1][2]
     summary = {
         "children_late_s": max((r["late"] for r in results), default=None),
         "last_node_started_s": max(
@@ -447,6 +525,8 @@ def summarise(
         "frames_out_per_node_s": delta("frames_out") / per_node_s,
         "task_steps_per_node_s": delta("steps") / per_node_s if args.count_steps else None,
         "drops": drops,
+        "dials_total": sum(n.get("dials", 0) for n in started),
+        "timeline": [[t, c, d] for t, (c, d) in sorted(merged.items())],
         "loadavg": os.getloadavg(),
         "failures": failures,
     }
@@ -541,6 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile-phase", choices=["warmup", "steady"], default="steady")
     parser.add_argument("--count-steps", action="store_true")
+    parser.add_argument(
+        "--go-when-ready",
+        action="store_true",
+        help="start the nodes 1 s after the last child finished its imports",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "cluster_scale.json")
     args = parser.parse_args(argv)
     if not args.label:

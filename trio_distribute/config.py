@@ -54,6 +54,10 @@ class MembershipConfig:
             live member this node is not connected to waits this long.
         redial_max_interval: each failed redial doubles the wait, up to
             this, with up to 25 % random jitter on top.
+        max_mesh_dials: with ``connect_all``, the most connections this
+            node dials at once to make and keep the full mesh (first dials
+            and redials); the others wait their turn. Handshakes started
+            all at once on a busy machine miss their deadline together.
         stall_threshold: a membership timer that fires more than this many
             seconds late means this node's event loop was starved: the
             time it lost does not count against the peers it was waiting
@@ -92,6 +96,10 @@ class MembershipConfig:
     redial_max_interval: float = attrs.field(
         default=8.0, converter=float, validator=_positive_float
     )
+    #: With ``connect_all``: mesh dials (first dials and redials) this node
+    #: runs at once; a join storm's handshakes then finish instead of
+    #: timing out together.
+    max_mesh_dials: int = attrs.field(default=4, validator=[v.instance_of(int), _positive])
     stall_threshold: float = attrs.field(default=0.05, converter=float, validator=_positive_float)
 
     def __attrs_post_init__(self) -> None:

@@ -22,8 +22,9 @@ How membership meets the rest of the node:
   member it is not connected to (a reset, a cut shorter than failure
   detection) is redialled with capped exponential backoff and jitter
   (``redial_min_interval`` .. ``redial_max_interval``) until connected or
-  no longer alive. A peer the user disconnected is the exception: it stays
-  disconnected until the user connects again or it restarts.
+  no longer alive; at most ``max_mesh_dials`` dials run at once. A peer
+  the user disconnected is the exception: it stays disconnected until the
+  user connects again or it restarts.
 * Streams to live members go over existing connections; membership dials
   only seed addresses and dead members (healing).
 * With ``NodeConfig.state_dir`` the addresses of known members are kept in
@@ -878,7 +879,10 @@ class Membership:
             and not transport.is_blocked(event.name)
         ):
             if self.dials_first(event.name):
-                self._task_group.start_soon(self._connect_member, event.name, event.address)
+                # Due now: _keep_mesh dials it as soon as one of the
+                # max_mesh_dials slots is free.
+                self._redial[event.name] = (anyio.current_time(), self.config.redial_min_interval)
+                self._mesh_wakeup.set()
             elif event.name not in self._redial:
                 # The other side dials; dial only if no connection came.
                 wait = self.transport.config.handshake_timeout
@@ -905,11 +909,16 @@ class Membership:
         """Start connecting to the live member ``name`` in the background if
         this node is not connected to it (without ``connect_all`` the
         election reaches its voters this way). One attempt at a time per
-        member; a member the user disconnected or blocked is left alone."""
+        member; a member the user disconnected or blocked is left alone.
+        With ``connect_all`` the mesh dials every live member anyway, within
+        ``max_mesh_dials``: a dial here would go around that bound (the
+        election asks for each voter it cannot reach, all of them at once
+        in a join storm)."""
         transport = self.transport
         address = self._live_members.get(name)
         if (
-            address is None
+            self.connect_all
+            or address is None
             or self._task_group is None
             or name in self._redialling
             or transport.is_connected(name)
@@ -926,6 +935,8 @@ class Membership:
             await self._connect_member(name, address)
         finally:
             self._redialling.discard(name)
+            # It held one of the mesh's dial slots (max_mesh_dials).
+            self._mesh_wakeup.set()
 
     def mesh_changed(self, event: PeerDown | None = None) -> None:
         """Something the mesh depends on changed (a connection was lost):
@@ -954,6 +965,12 @@ class Membership:
         or a lost connection says the mesh may need work, when a redial is
         due, and otherwise every ``redial_max_interval`` (a block lifted,
         say, has no event): an idle node in a complete mesh does not poll.
+
+        A member that comes up and that this node dials first is due at
+        once. At most ``max_mesh_dials`` dials (these and the redials, and
+        the election's dials on demand) run at once; the others wait, in
+        random order, for one to end. A dial that waits is checked again
+        when its turn comes: if the peer dialled meanwhile, it is not made.
         """
         config = self.config
         while not self._stopped:
@@ -969,16 +986,26 @@ class Membership:
                     del self._redial[name]  # connected, dead, left or disconnected
             assert self._task_group is not None
             next_due = now + config.redial_max_interval
-            for name, address in wanted.items():
+            ready: list[str] = []
+            for name in wanted:
                 due, backoff = self._redial.get(name, (None, config.redial_min_interval))
                 if due is None:
                     due = now + self._jitter(backoff)
                     self._redial[name] = (due, backoff)
-                elif now >= due and name not in self._redialling:
-                    self._redialling.add(name)
-                    self._task_group.start_soon(self._redial_member, name, address)
-                if name not in self._redialling:
+                if name in self._redialling:
+                    continue
+                if now >= due:
+                    ready.append(name)
+                else:
                     next_due = min(next_due, due)
+            # At most max_mesh_dials at once: the rest wait for a slot (a
+            # dial ending sets the wakeup). In random order, so that the
+            # nodes of a join storm, which learn the members in much the
+            # same order, do not all dial the same few first.
+            self._rng.shuffle(ready)
+            for name in ready[: max(0, config.max_mesh_dials - len(self._redialling))]:
+                self._redialling.add(name)
+                self._task_group.start_soon(self._redial_member, name, wanted[name])
             with anyio.move_on_after(max(next_due - now, 0.0)):
                 await self._mesh_wakeup.wait()
 
