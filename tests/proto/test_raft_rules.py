@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from raft_helpers import fire, make
+from raft_helpers import E, fire, make
 
 from trio_distribute._proto.raft import (
     STATIC,
@@ -20,6 +20,7 @@ from trio_distribute._proto.raft import (
     Heartbeat,
     HeartbeatAck,
     LeaderChange,
+    Persist,
     PreVote,
     PreVoteReply,
     Remove,
@@ -238,3 +239,78 @@ def test_a_leader_whose_lease_ran_out_steps_down_on_a_set_change_without_heartbe
     core.set_voters(now, ["a", "b", "c", "d"])
     assert role(core) is Role.FOLLOWER
     assert [a for a in core.take_actions() if isinstance(a, Send)] == []
+
+
+# -- what a peer's message decides ---------------------------------------------------
+
+
+ABC = ("a", "b", "c")
+
+
+def committed_leader() -> tuple[ElectionCore, float]:
+    """``a`` leading ``{a, b, c}`` with its no-op version acknowledged."""
+    core = make("a", ABC)
+    now = win(core, "b")
+    core.receive(now, "b", HeartbeatAck(1, now, core.version))
+    assert core.committed
+    core.take_actions()
+    return core, now
+
+
+def test_a_remove_counts_only_from_a_voter_and_only_at_the_leader() -> None:
+    leader, now = committed_leader()
+    leader.receive(now, "x", Remove("c"))  # not a voter: ignored
+    assert leader.voters == set(ABC) and leader.take_actions() == []
+    leader.receive(now, "b", Remove("c"))
+    assert leader.voters == {"a", "b"}
+    # A follower is not the one to act on a Remove, not even a voter's: it
+    # neither forwards it nor forgets the member.
+    follower = make("b", ABC)
+    follower.observe(now, known=ABC, alive=ABC)
+    follower.receive(now, "a", Heartbeat(1, now, STATIC, ABC))
+    follower.take_actions()
+    follower.receive(now, "c", Remove("a"))
+    assert follower.take_actions() == [] and follower.known == set(ABC)
+
+
+def test_a_vote_request_of_the_leaders_own_term_is_ignored_in_the_lease() -> None:
+    # b heard the leader of term 1 (adopting the term, so it voted for no
+    # one in it): a rival of that same term gets no answer and no vote.
+    core = make("b", ABC)
+    core.receive(0.0, "a", Heartbeat(1, 0.0, STATIC, ABC))
+    core.take_actions()
+    assert core.term == 1 and core.voted_for is None
+    core.receive(0.5, "c", Vote(1, STATIC))
+    assert core.take_actions() == [] and core.voted_for is None
+
+
+def test_a_repeated_vote_request_is_granted_again_without_another_write() -> None:
+    core = make("b", ABC)
+    core.receive(0.0, "c", Vote(1, STATIC))
+    assert [type(a) for a in core.take_actions()] == [Persist, Send]
+    core.receive(0.1, "c", Vote(1, STATIC))  # a retransmission
+    assert core.take_actions() == [Send("c", VoteReply(1, granted=True))]
+    assert core.voted_for == "c"
+
+
+@pytest.mark.parametrize("role_before", ["follower", "candidate"])
+def test_the_vote_of_a_term_survives_hearing_its_leader(role_before: str) -> None:
+    # Hearing the leader of the term we already voted in must not reset the
+    # vote: a rival of that term asking after the lease is still refused.
+    core = make("b", ABC, pre_vote=False)
+    if role_before == "candidate":
+        now = fire(core)  # b campaigns in term 1, voting for itself
+        leader, voted = "a", "b"
+    else:
+        now = 0.0
+        core.receive(now, "a", Vote(1, STATIC))
+        leader, voted = "a", "a"
+    core.take_actions()
+    assert core.term == 1 and core.voted_for == voted
+    core.receive(now, leader, Heartbeat(1, now, STATIC, ABC))
+    assert core.voted_for == voted and core.leader == leader
+    assert core.take_actions() == [Send(leader, HeartbeatAck(1, now, STATIC))]
+    later = now + 3 * E
+    core.receive(later, "c", Vote(1, STATIC))
+    assert core.take_actions() == [Send("c", VoteReply(1, granted=False))]
+    assert core.voted_for == voted
