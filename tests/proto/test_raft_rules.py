@@ -314,3 +314,19 @@ def test_the_vote_of_a_term_survives_hearing_its_leader(role_before: str) -> Non
     core.receive(later, "c", Vote(1, STATIC))
     assert core.take_actions() == [Send("c", VoteReply(1, granted=False))]
     assert core.voted_for == voted
+
+
+def test_a_new_terms_lease_runs_from_its_win_not_from_acks_of_an_earlier_term() -> None:
+    # Acks a leader got in term 1 are no evidence for term 3: a voter that
+    # acknowledged them may have voted for someone else since.
+    core = make("a", ABC, pre_vote=False)
+    won = win(core, "b")
+    core.receive(won, "b", HeartbeatAck(1, won, core.version))
+    core.receive(won, "c", HeartbeatAck(1, won, core.version))
+    core.receive(won + 0.1, "b", Heartbeat(2, won + 0.1, core.version, ABC))  # deposed
+    assert role(core) is Role.FOLLOWER
+    later = won + 10.0
+    core.tick(later)  # the election timer ran out long ago: a campaign for term 3
+    core.receive(later, "c", VoteReply(3, granted=True))
+    assert role(core) is Role.LEADER and core.term == 3
+    assert core.lease_expiry() == pytest.approx(later + core.lease_timeout)
