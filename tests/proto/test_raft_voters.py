@@ -459,3 +459,19 @@ def test_a_lone_voter_still_wakes_for_its_learners() -> None:
     assert gaps == {LI}
     for name in ("n1", "n2"):
         assert net.cores[name].leader == "n0"
+
+
+def test_a_voter_whose_name_sorts_late_still_campaigns() -> None:
+    # The first-names rule is for asking for a bootstrap only: a configured
+    # voter campaigns whatever its place in the known set (a replacement
+    # named "z" among many learners), and a bootstrap hold does not stop it.
+    names = ["a", "b", "c", "d", "z"]
+    core = make("z", ("a", "b", "z"), bootstrap_expect=9, max_voters=3)
+    core.observe(0.0, known=names, alive=names)
+    core.hold_bootstrap(0.0, True)
+    deadline = core.next_deadline()
+    assert deadline is not None
+    core.tick(deadline)
+    assert core.role is Role.PRE_CANDIDATE
+    asked = [a.to for a in core.take_actions() if isinstance(a, Send)]
+    assert asked == ["a", "b"]
