@@ -475,3 +475,15 @@ def test_a_voter_whose_name_sorts_late_still_campaigns() -> None:
     assert core.role is Role.PRE_CANDIDATE
     asked = [a.to for a in core.take_actions() if isinstance(a, Send)]
     assert asked == ["a", "b"]
+
+
+def test_a_learner_made_a_voter_keeps_no_learner_timer() -> None:
+    # Its silence timer belongs to its time as a learner: once a voter, only
+    # the election timer runs, so a static change that takes it out again
+    # leaves it with no deadline at all (as any node outside its set).
+    core = make("c", ("a", "b"))
+    core.receive(0.0, "a", Heartbeat(1, 0.0, (1, 2), ("a", "b")))
+    assert core.next_deadline() == LEARNER_SILENCE * LI  # a learner
+    core.receive(0.5, "a", Heartbeat(1, 0.5, (1, 3), ("a", "b", "c")))
+    core.set_voters(0.6, ["a", "b"])
+    assert core.next_deadline() is None and core.leader == "a"
