@@ -330,3 +330,13 @@ def test_a_new_terms_lease_runs_from_its_win_not_from_acks_of_an_earlier_term() 
     core.receive(later, "c", VoteReply(3, granted=True))
     assert role(core) is Role.LEADER and core.term == 3
     assert core.lease_expiry() == pytest.approx(later + core.lease_timeout)
+
+
+def test_a_removed_member_leaves_the_known_set_and_no_leader_means_no_request() -> None:
+    # Before any cluster exists a removal shrinks what a bootstrap would
+    # propose; with no leader known there is no one to ask (nothing sent).
+    core = make("a", ())
+    core.observe(0.0, known=ABC, alive=ABC)
+    core.request_removal(0.0, "c")
+    assert core.known == {"a", "b"}
+    assert core.take_actions() == []
