@@ -340,3 +340,27 @@ def test_a_removed_member_leaves_the_known_set_and_no_leader_means_no_request() 
     core.request_removal(0.0, "c")
     assert core.known == {"a", "b"}
     assert core.take_actions() == []
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_a_refusal_from_a_later_term_makes_a_campaigner_adopt_it(pre_vote: bool) -> None:
+    core = make("a", ABC, pre_vote=pre_vote)
+    now = fire(core)
+    core.take_actions()
+    reply = PreVoteReply(7, 1, granted=False) if pre_vote else VoteReply(7, granted=False)
+    core.receive(now, "b", reply)
+    assert role(core) is Role.FOLLOWER and core.term == 7 and core.voted_for is None
+    assert core.take_actions() == [Persist(7, None, STATIC, ABC)]
+
+
+def test_each_heartbeat_restarts_a_followers_election_timer() -> None:
+    # The leader's heartbeats keep a follower from ever timing out: each
+    # one pushes its election deadline to at least E after it.
+    core = make("b", ABC)
+    now = 0.0
+    for _ in range(30):
+        core.receive(now, "a", Heartbeat(1, now, STATIC, ABC))
+        deadline = core.next_deadline()
+        assert deadline is not None and deadline >= now + E
+        now += 0.5 * E
+    assert role(core) is Role.FOLLOWER and core.leader == "a"
