@@ -364,3 +364,13 @@ def test_each_heartbeat_restarts_a_followers_election_timer() -> None:
         assert deadline is not None and deadline >= now + E
         now += 0.5 * E
     assert role(core) is Role.FOLLOWER and core.leader == "a"
+
+
+def test_a_lone_voter_that_wins_adds_a_live_member_at_once() -> None:
+    # A one-voter set commits the moment it is won, so the first change
+    # follows at once, not at the next report from membership.
+    core = make("a", ("a",))
+    core.observe(0.0, known=["a", "b"], alive=["a", "b"])
+    assert core.voters == {"a"}
+    fire(core)
+    assert role(core) is Role.LEADER and core.voters == {"a", "b"}
