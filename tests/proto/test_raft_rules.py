@@ -374,3 +374,26 @@ def test_a_lone_voter_that_wins_adds_a_live_member_at_once() -> None:
     assert core.voters == {"a"}
     fire(core)
     assert role(core) is Role.LEADER and core.voters == {"a", "b"}
+
+
+def test_a_leader_changes_nothing_before_its_own_set_is_committed() -> None:
+    # One single-server change at a time: until a majority holds the set
+    # the leader stamped on winning, newcomers and removals wait.
+    core = make("a", ABC)
+    now = win(core, "b")
+    assert not core.committed
+    core.observe(now, known=["a", "b", "c", "d"], alive=["a", "b", "c", "d"])
+    core.request_removal(now, "c")
+    assert core.voters == set(ABC) and core.version == (1, 2)
+    core.receive(now, "b", HeartbeatAck(1, now, (1, 2)))  # committed: one change
+    assert core.voters == {"a", "b"} and core.version == (1, 3)
+
+
+def test_a_leader_asked_to_remove_itself_steps_down_instead() -> None:
+    # It never leads a set it is not in: it retires, and the next leader
+    # takes it out.
+    core, now = committed_leader()
+    core.receive(now, "b", Remove("a"))
+    assert role(core) is Role.FOLLOWER and core.leader is None
+    assert core.voters == set(ABC)
+    assert [a for a in core.take_actions() if isinstance(a, Send)] == []
