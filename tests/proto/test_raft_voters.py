@@ -27,6 +27,7 @@ from trio_distribute._proto.raft import (
     Role,
     Send,
     Vote,
+    VoteReply,
 )
 from trio_distribute.config import ElectionConfig
 
@@ -487,3 +488,16 @@ def test_a_learner_made_a_voter_keeps_no_learner_timer() -> None:
     core.receive(0.5, "a", Heartbeat(1, 0.5, (1, 3), ("a", "b", "c")))
     core.set_voters(0.6, ["a", "b"])
     assert core.next_deadline() is None and core.leader == "a"
+
+
+def test_a_capped_bootstrap_winner_installs_exactly_the_cap() -> None:
+    # Its first set, stamped (term, 1): itself and the first cap - 1 other
+    # names of the proposal, before any change of its own.
+    names = ["n0", "n1", "n2", "n3", "n4"]
+    core = make("n0", bootstrap_expect=5, max_voters=3, pre_vote=False)
+    core.observe(0.0, known=names, alive=[])
+    now = raft_helpers.fire(core)
+    for name in names[1:]:
+        core.receive(now, name, VoteReply(1, granted=True))
+    assert core.is_leader and core.version == (1, 1)
+    assert core.voters == {"n0", "n1", "n2"}
