@@ -130,6 +130,17 @@ FOCUS: dict[str, tuple[str, ...]] = {
         "ElectionCore.observe",
         "ElectionCore.tick",
         "ElectionCore.next_deadline",
+        # What a peer's messages decide: the handlers (votes, replies,
+        # heartbeats and acks, a learner's silence timer), a Remove, the
+        # stickiness and abstention that refuse votes, check-quorum and the
+        # winner's configuration (one leader per term).
+        "ElectionCore.receive",
+        "ElectionCore._on_",
+        "ElectionCore.request_removal",
+        "ElectionCore._in_lease",
+        "ElectionCore._abstaining",
+        "ElectionCore._check_quorum",
+        "ElectionCore._become_leader",
     ),
     # swim.py is mostly the probe/gossip scheduler (exercised by the
     # simulations); these are the rules that judge what a peer sends:

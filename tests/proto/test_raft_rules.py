@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from raft_helpers import fire, make
+from raft_helpers import E, fire, make
 
 from trio_distribute._proto.raft import (
     STATIC,
@@ -20,6 +20,7 @@ from trio_distribute._proto.raft import (
     Heartbeat,
     HeartbeatAck,
     LeaderChange,
+    Persist,
     PreVote,
     PreVoteReply,
     Remove,
@@ -237,4 +238,162 @@ def test_a_leader_whose_lease_ran_out_steps_down_on_a_set_change_without_heartbe
     now = won + core.lease_timeout + 0.01
     core.set_voters(now, ["a", "b", "c", "d"])
     assert role(core) is Role.FOLLOWER
+    assert [a for a in core.take_actions() if isinstance(a, Send)] == []
+
+
+# -- what a peer's message decides ---------------------------------------------------
+
+
+ABC = ("a", "b", "c")
+
+
+def committed_leader() -> tuple[ElectionCore, float]:
+    """``a`` leading ``{a, b, c}`` with its no-op version acknowledged."""
+    core = make("a", ABC)
+    now = win(core, "b")
+    core.receive(now, "b", HeartbeatAck(1, now, core.version))
+    assert core.committed
+    core.take_actions()
+    return core, now
+
+
+def test_a_remove_counts_only_from_a_voter_and_only_at_the_leader() -> None:
+    leader, now = committed_leader()
+    leader.receive(now, "x", Remove("c"))  # not a voter: ignored
+    assert leader.voters == set(ABC) and leader.take_actions() == []
+    leader.receive(now, "b", Remove("c"))
+    assert leader.voters == {"a", "b"}
+    # A follower is not the one to act on a Remove, not even a voter's: it
+    # neither forwards it nor forgets the member.
+    follower = make("b", ABC)
+    follower.observe(now, known=ABC, alive=ABC)
+    follower.receive(now, "a", Heartbeat(1, now, STATIC, ABC))
+    follower.take_actions()
+    follower.receive(now, "c", Remove("a"))
+    assert follower.take_actions() == [] and follower.known == set(ABC)
+
+
+def test_a_vote_request_of_the_leaders_own_term_is_ignored_in_the_lease() -> None:
+    # b heard the leader of term 1 (adopting the term, so it voted for no
+    # one in it): a rival of that same term gets no answer and no vote.
+    core = make("b", ABC)
+    core.receive(0.0, "a", Heartbeat(1, 0.0, STATIC, ABC))
+    core.take_actions()
+    assert core.term == 1 and core.voted_for is None
+    core.receive(0.5, "c", Vote(1, STATIC))
+    assert core.take_actions() == [] and core.voted_for is None
+
+
+def test_a_repeated_vote_request_is_granted_again_without_another_write() -> None:
+    core = make("b", ABC)
+    core.receive(0.0, "c", Vote(1, STATIC))
+    assert [type(a) for a in core.take_actions()] == [Persist, Send]
+    core.receive(0.1, "c", Vote(1, STATIC))  # a retransmission
+    assert core.take_actions() == [Send("c", VoteReply(1, granted=True))]
+    assert core.voted_for == "c"
+
+
+@pytest.mark.parametrize("role_before", ["follower", "candidate"])
+def test_the_vote_of_a_term_survives_hearing_its_leader(role_before: str) -> None:
+    # Hearing the leader of the term we already voted in must not reset the
+    # vote: a rival of that term asking after the lease is still refused.
+    core = make("b", ABC, pre_vote=False)
+    if role_before == "candidate":
+        now = fire(core)  # b campaigns in term 1, voting for itself
+        leader, voted = "a", "b"
+    else:
+        now = 0.0
+        core.receive(now, "a", Vote(1, STATIC))
+        leader, voted = "a", "a"
+    core.take_actions()
+    assert core.term == 1 and core.voted_for == voted
+    core.receive(now, leader, Heartbeat(1, now, STATIC, ABC))
+    assert core.voted_for == voted and core.leader == leader
+    assert core.take_actions() == [Send(leader, HeartbeatAck(1, now, STATIC))]
+    later = now + 3 * E
+    core.receive(later, "c", Vote(1, STATIC))
+    assert core.take_actions() == [Send("c", VoteReply(1, granted=False))]
+    assert core.voted_for == voted
+
+
+def test_a_new_terms_lease_runs_from_its_win_not_from_acks_of_an_earlier_term() -> None:
+    # Acks a leader got in term 1 are no evidence for term 3: a voter that
+    # acknowledged them may have voted for someone else since.
+    core = make("a", ABC, pre_vote=False)
+    won = win(core, "b")
+    core.receive(won, "b", HeartbeatAck(1, won, core.version))
+    core.receive(won, "c", HeartbeatAck(1, won, core.version))
+    core.receive(won + 0.1, "b", Heartbeat(2, won + 0.1, core.version, ABC))  # deposed
+    assert role(core) is Role.FOLLOWER
+    later = won + 10.0
+    core.tick(later)  # the election timer ran out long ago: a campaign for term 3
+    core.receive(later, "c", VoteReply(3, granted=True))
+    assert role(core) is Role.LEADER and core.term == 3
+    assert core.lease_expiry() == pytest.approx(later + core.lease_timeout)
+
+
+def test_a_removed_member_leaves_the_known_set_and_no_leader_means_no_request() -> None:
+    # Before any cluster exists a removal shrinks what a bootstrap would
+    # propose; with no leader known there is no one to ask (nothing sent).
+    core = make("a", ())
+    core.observe(0.0, known=ABC, alive=ABC)
+    core.request_removal(0.0, "c")
+    assert core.known == {"a", "b"}
+    assert core.take_actions() == []
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_a_refusal_from_a_later_term_makes_a_campaigner_adopt_it(pre_vote: bool) -> None:
+    core = make("a", ABC, pre_vote=pre_vote)
+    now = fire(core)
+    core.take_actions()
+    reply = PreVoteReply(7, 1, granted=False) if pre_vote else VoteReply(7, granted=False)
+    core.receive(now, "b", reply)
+    assert role(core) is Role.FOLLOWER and core.term == 7 and core.voted_for is None
+    assert core.take_actions() == [Persist(7, None, STATIC, ABC)]
+
+
+def test_each_heartbeat_restarts_a_followers_election_timer() -> None:
+    # The leader's heartbeats keep a follower from ever timing out: each
+    # one pushes its election deadline to at least E after it.
+    core = make("b", ABC)
+    now = 0.0
+    for _ in range(30):
+        core.receive(now, "a", Heartbeat(1, now, STATIC, ABC))
+        deadline = core.next_deadline()
+        assert deadline is not None and deadline >= now + E
+        now += 0.5 * E
+    assert role(core) is Role.FOLLOWER and core.leader == "a"
+
+
+def test_a_lone_voter_that_wins_adds_a_live_member_at_once() -> None:
+    # A one-voter set commits the moment it is won, so the first change
+    # follows at once, not at the next report from membership.
+    core = make("a", ("a",))
+    core.observe(0.0, known=["a", "b"], alive=["a", "b"])
+    assert core.voters == {"a"}
+    fire(core)
+    assert role(core) is Role.LEADER and core.voters == {"a", "b"}
+
+
+def test_a_leader_changes_nothing_before_its_own_set_is_committed() -> None:
+    # One single-server change at a time: until a majority holds the set
+    # the leader stamped on winning, newcomers and removals wait.
+    core = make("a", ABC)
+    now = win(core, "b")
+    assert not core.committed
+    core.observe(now, known=["a", "b", "c", "d"], alive=["a", "b", "c", "d"])
+    core.request_removal(now, "c")
+    assert core.voters == set(ABC) and core.version == (1, 2)
+    core.receive(now, "b", HeartbeatAck(1, now, (1, 2)))  # committed: one change
+    assert core.voters == {"a", "b"} and core.version == (1, 3)
+
+
+def test_a_leader_asked_to_remove_itself_steps_down_instead() -> None:
+    # It never leads a set it is not in: it retires, and the next leader
+    # takes it out.
+    core, now = committed_leader()
+    core.receive(now, "b", Remove("a"))
+    assert role(core) is Role.FOLLOWER and core.leader is None
+    assert core.voters == set(ABC)
     assert [a for a in core.take_actions() if isinstance(a, Send)] == []

@@ -27,6 +27,7 @@ from trio_distribute._proto.raft import (
     Role,
     Send,
     Vote,
+    VoteReply,
 )
 from trio_distribute.config import ElectionConfig
 
@@ -459,3 +460,44 @@ def test_a_lone_voter_still_wakes_for_its_learners() -> None:
     assert gaps == {LI}
     for name in ("n1", "n2"):
         assert net.cores[name].leader == "n0"
+
+
+def test_a_voter_whose_name_sorts_late_still_campaigns() -> None:
+    # The first-names rule is for asking for a bootstrap only: a configured
+    # voter campaigns whatever its place in the known set (a replacement
+    # named "z" among many learners), and a bootstrap hold does not stop it.
+    names = ["a", "b", "c", "d", "z"]
+    core = make("z", ("a", "b", "z"), bootstrap_expect=9, max_voters=3)
+    core.observe(0.0, known=names, alive=names)
+    core.hold_bootstrap(0.0, True)
+    deadline = core.next_deadline()
+    assert deadline is not None
+    core.tick(deadline)
+    assert core.role is Role.PRE_CANDIDATE
+    asked = [a.to for a in core.take_actions() if isinstance(a, Send)]
+    assert asked == ["a", "b"]
+
+
+def test_a_learner_made_a_voter_keeps_no_learner_timer() -> None:
+    # Its silence timer belongs to its time as a learner: once a voter, only
+    # the election timer runs, so a static change that takes it out again
+    # leaves it with no deadline at all (as any node outside its set).
+    core = make("c", ("a", "b"))
+    core.receive(0.0, "a", Heartbeat(1, 0.0, (1, 2), ("a", "b")))
+    assert core.next_deadline() == LEARNER_SILENCE * LI  # a learner
+    core.receive(0.5, "a", Heartbeat(1, 0.5, (1, 3), ("a", "b", "c")))
+    core.set_voters(0.6, ["a", "b"])
+    assert core.next_deadline() is None and core.leader == "a"
+
+
+def test_a_capped_bootstrap_winner_installs_exactly_the_cap() -> None:
+    # Its first set, stamped (term, 1): itself and the first cap - 1 other
+    # names of the proposal, before any change of its own.
+    names = ["n0", "n1", "n2", "n3", "n4"]
+    core = make("n0", bootstrap_expect=5, max_voters=3, pre_vote=False)
+    core.observe(0.0, known=names, alive=[])
+    now = raft_helpers.fire(core)
+    for name in names[1:]:
+        core.receive(now, name, VoteReply(1, granted=True))
+    assert core.is_leader and core.version == (1, 1)
+    assert core.voters == {"n0", "n1", "n2"}
