@@ -533,3 +533,29 @@ def test_a_walked_empty_container_one_level_too_deep_is_refused(empty: bytes, wi
         with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
             _run_sliced(data, window, max_depth)
         assert _run_sliced(data, window, max_depth + 1) == codec.decode(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # A map whose last key repeats an earlier one, its value missing.
+        b"\xa3\x61b\x01\x61a\x01\x61a",
+        # An array that ends on the head of a tuple or message (a dict-key tag).
+        b"\x86\x01\x02\x03\x04\x05" + FROZEN_HEAD,
+    ],
+    ids=["map ending on a repeated key", "array ending on a key tag's head"],
+)
+@pytest.mark.parametrize("window", [3, 5, 8])
+def test_a_payload_that_ends_inside_a_walked_run_is_refused_as_truncated(
+    data: bytes, window: int
+) -> None:
+    """A run's window that reaches the payload's end and still ends inside
+    the run means the payload is cut short: it is refused there, as
+    truncated (what decode says), not retried child by child until some
+    other rule trips on the incomplete tail (a key whose value never came
+    is no duplicate; a tag head with no content is no oversized key)."""
+    with pytest.raises(DecodeError, match="truncated"):
+        codec.decode(data)
+    assert len(data) > window  # the item is walked, not read in one call
+    with pytest.raises(DecodeError, match="truncated"):
+        _run_sliced(data, window)
