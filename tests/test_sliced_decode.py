@@ -521,18 +521,60 @@ def test_a_truncated_scalar_or_string_is_refused_when_walked(scalar: bytes, wind
             _run_sliced(data, window)
 
 
-@pytest.mark.parametrize("empty", [b"\x80", b"\xa0"], ids=["array", "map"])
-@pytest.mark.parametrize("window", [1, 2, 3, 5])
-def test_a_walked_empty_container_one_level_too_deep_is_refused(empty: bytes, window: int) -> None:
-    """Where only a scalar may sit, the walk refuses any container, even an
-    empty one (arrays and maps count one level each). cbor2 only counts a
-    level when it descends into children, so the one-call decode lets an
-    empty container one level too deep through; encode never writes one."""
-    for max_depth in (1, 2):
-        data = b"\xa1\x64kkkk" * max_depth + empty  # the value walked on its own
-        with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
-            _run_sliced(data, window, max_depth)
-        assert _run_sliced(data, window, max_depth + 1) == codec.decode(data)
+# An empty array or map: its shortest head, and heads padded to 1, 2, 4
+# and 8 argument bytes (a padded head bigger than a tiny window is walked).
+_EMPTIES = [
+    bytes([major << 5 | info]) + bytes(size)
+    for major in (4, 5)
+    for info, size in ((0, 0), (24, 1), (25, 2), (26, 4), (27, 8))
+]
+
+
+def _at_depth(levels: int, item: bytes) -> list[bytes]:
+    """``item`` inside ``levels`` containers, in each place a walk reads
+    it from: a map's value, an array's first, middle and last item."""
+    return [
+        b"\xa1\x64kkkk" * levels + item,
+        b"\x82" * levels + item + b"\x01" * levels,
+        b"\x83\x01" * levels + item + b"\x02" * levels,
+        b"\x82\x01" * levels + item,
+    ]
+
+
+@pytest.mark.parametrize("max_depth", [1, 2])
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 9])
+def test_an_empty_container_one_level_past_max_depth_is_taken_on_every_path(
+    max_depth: int, window: int
+) -> None:
+    """cbor2 counts a level when it descends into children, so decode takes
+    an empty array or map one level past max_depth (where only a scalar
+    could sit otherwise). A sliced decode must give the same, whether the
+    empty container is read inside a run, on its own, or walked (a padded
+    head bigger than the window); its result may not depend on the window."""
+    for empty in _EMPTIES:
+        for data in _at_depth(max_depth, empty):
+            expected = codec.decode(data, max_depth=max_depth)
+            assert _same(_run_sliced(data, window, max_depth), expected), (data.hex(), window)
+
+
+@pytest.mark.parametrize("max_depth", [1, 2])
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 9])
+def test_a_container_with_children_one_level_past_max_depth_is_refused_on_every_path(
+    max_depth: int, window: int
+) -> None:
+    """One level past max_depth a container with children is refused, even
+    when walked (bigger than the window) and its only child is a long
+    string the walk cuts out without cbor2; a long string at exactly
+    max_depth is taken."""
+    text = codec.encode("x" * 40)
+    for container in (b"\x81", b"\x82\x01", b"\xa1\x61a", b"\x98\x01", b"\xb8\x01\x61a"):
+        for data in _at_depth(max_depth, container + text):
+            with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+                codec.decode(data, max_depth=max_depth)
+            with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+                _run_sliced(data, window, max_depth)
+    for data in _at_depth(max_depth, text):
+        assert _run_sliced(data, window, max_depth) == codec.decode(data, max_depth=max_depth)
 
 
 @pytest.mark.parametrize(
