@@ -601,3 +601,31 @@ def test_a_payload_that_ends_inside_a_walked_run_is_refused_as_truncated(
     assert len(data) > window  # the item is walked, not read in one call
     with pytest.raises(DecodeError, match="truncated"):
         _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("window", [40, 64])
+def test_a_small_tuple_or_message_key_in_a_walked_keyed_map_is_decoded(window: int) -> None:
+    """A keyed map bigger than the window is decoded in runs of children;
+    a run that overruns the window is retried shorter, not walked child by
+    child: a tuple or message key that fits the window is decoded, never
+    mistaken for one bigger than the window (which the walk refuses)."""
+    value = {(i, str(i)): i for i in range(30)} | {Key(i, "k"): -i for i in range(30)}
+    data = codec.encode(value)
+    assert len(data) > 10 * window and FROZEN_HEAD in data
+    assert _run_sliced(data, window) == value == codec.decode(data)
+
+
+@pytest.mark.parametrize("window", [1, 3, 9])
+def test_a_walked_byte_string_map_key_is_decoded(window: int) -> None:
+    """A plain map's keys may be text or byte strings: a byte-string key
+    bigger than the window is walked and taken like a text one, and any
+    other key is refused (an int key must travel in a keyed map)."""
+    value = {b"b" * 40: 1, "t" * 40: 2, b"": 3}
+    data = codec.encode(value)
+    assert _run_sliced(data, window) == value == codec.decode(data)
+    for key in (b"\x1b" + bytes(8), b"\x3b" + bytes(8), b"\xf9\x00\x00"):
+        data = b"\xa1" + key + b"\x01"
+        with pytest.raises(DecodeError, match="map key must be"):
+            codec.decode(data)
+        with pytest.raises(DecodeError, match="map key must be"):
+            _run_sliced(data, window)
