@@ -609,10 +609,15 @@ def test_a_small_tuple_or_message_key_in_a_walked_keyed_map_is_decoded(window: i
     a run that overruns the window is retried shorter, not walked child by
     child: a tuple or message key that fits the window is decoded, never
     mistaken for one bigger than the window (which the walk refuses)."""
-    value = {(i, str(i)): i for i in range(30)} | {Key(i, "k"): -i for i in range(30)}
-    data = codec.encode(value)
+    many = {(i, str(i)): i for i in range(30)} | {Key(i, "k"): -i for i in range(30)}
+    data = codec.encode(many)
     assert len(data) > 10 * window and FROZEN_HEAD in data
-    assert _run_sliced(data, window) == value == codec.decode(data)
+    assert _run_sliced(data, window) == many == codec.decode(data)
+    # One pair, its value bigger than the window: the first run (key and
+    # value) overruns, and is retried with the key alone.
+    for key in ((1, "a"), Key(1, "a")):
+        one = {key: "x" * 100}
+        assert _run_sliced(codec.encode(one), window) == one
 
 
 @pytest.mark.parametrize("window", [1, 3, 9])
