@@ -375,3 +375,19 @@ def test_a_negative_id_or_creation_is_refused_for_a_known_node(
         data = cbor2.dumps(cbor2.CBORTag(tag, [node, *fields]))
         with pytest.raises(DecodeError, match=f"invalid {make.__name__}"):
             codec.decode(data)
+
+
+def test_the_valid_node_names_hold_4096_then_start_over() -> None:
+    """A peer can name any number of nodes: the names kept as checked are
+    at most 4096 (the caches' bound, exactly), then the set starts over."""
+    codec._VALID_NODES.clear()
+
+    def decode_pid(i: int) -> None:
+        data = cbor2.dumps(cbor2.CBORTag(codec.PID_TAG, [f"n{i}@names.rules", 1, 1]))
+        assert codec.decode(data) == Pid(f"n{i}@names.rules", 1, 1)
+
+    for i in range(4096):
+        decode_pid(i)
+    assert len(codec._VALID_NODES) == 4096
+    decode_pid(4096)
+    assert sorted(codec._VALID_NODES) == ["n4096@names.rules"]
