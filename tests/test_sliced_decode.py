@@ -634,3 +634,15 @@ def test_a_walked_byte_string_map_key_is_decoded(window: int) -> None:
             codec.decode(data)
         with pytest.raises(DecodeError, match="map key must be"):
             _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("window", [2, 4096])
+def test_a_map_key_refusal_says_how_such_a_dict_travels(window: int) -> None:
+    """A plain CBOR map with an int key is refused, and the reason says
+    what to send instead (a keyed map, tag 62628), on both decoders."""
+    data = b"\xa2\x61a\x01\x01\x02"
+    hint = f"dict with other keys travels as tag {codec.KEYED_MAP_TAG}"
+    with pytest.raises(DecodeError, match=hint):
+        codec.decode(data)
+    with pytest.raises(DecodeError, match=hint):
+        _run_sliced(data, window)
