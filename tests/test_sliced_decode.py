@@ -646,3 +646,28 @@ def test_a_map_key_refusal_says_how_such_a_dict_travels(window: int) -> None:
         codec.decode(data)
     with pytest.raises(DecodeError, match=hint):
         _run_sliced(data, window)
+
+
+@pytest.mark.parametrize(
+    ("tag", "reason"),
+    [(28, "CBOR tag 28 "), (2, "CBOR tag 2 "), (7000, "unknown CBOR tag 7000")],
+    ids=["shared value", "bignum", "unknown"],
+)
+@pytest.mark.parametrize("window", [1, 2, 16, 64])
+def test_a_refused_tag_bigger_than_the_window_is_refused_for_its_tag(
+    tag: int, reason: str, window: int
+) -> None:
+    """A tag with no finisher is refused at its head, with the reason decode
+    gives, also when the tag is bigger than the window, and when the window
+    is smaller than its head (tests only: then the tag is walked)."""
+    import cbor2
+
+    for content in (b"x" * 100, "y" * 100, list(range(100))):
+        for data in (
+            cbor2.dumps(cbor2.CBORTag(tag, content)),
+            cbor2.dumps([1, cbor2.CBORTag(tag, content)]),
+        ):
+            with pytest.raises(DecodeError, match=reason):
+                codec.decode(data)
+            with pytest.raises(DecodeError, match=reason):
+                _run_sliced(data, window)

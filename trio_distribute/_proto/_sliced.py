@@ -323,9 +323,10 @@ class _Walk:
                     f"a dict key over {self.window} bytes is not accepted in a frame "
                     f"over {SLICED_ABOVE} bytes"
                 )
-            # Every other tag is refused at its head: let cbor2 say so.
-            buf, _ = self._window(pos)
-            self._loads(buf, self.max_depth - depth)
+            # Every other tag is refused at its head: let cbor2 say so. The
+            # head alone (a null for content), not a window: a window that
+            # held the head would have been refused by item() already.
+            self._loads(bytes(self.data[pos:start]) + b"\xf6", self.max_depth - depth)
             raise DecodeError(f"unknown CBOR tag {tag}")  # not reached
         content, end = yield from self.item(start, depth + 1)
         value = yield from finish(content)
