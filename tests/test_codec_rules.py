@@ -377,17 +377,25 @@ def test_a_negative_id_or_creation_is_refused_for_a_known_node(
             codec.decode(data)
 
 
-def test_the_valid_node_names_hold_4096_then_start_over() -> None:
-    """A peer can name any number of nodes: the names kept as checked are
-    at most 4096 (the caches' bound, exactly), then the set starts over."""
+@pytest.mark.parametrize("make", [Pid, Ref])
+def test_decoded_ids_and_node_names_hold_4096_then_start_over(make: type[Pid] | type[Ref]) -> None:
+    """A peer can send any number of distinct pids and refs, of any number
+    of nodes: pids and refs decoded (not first sent by this node, which
+    fills the cache on its own path) are kept at most 4096, and so are the
+    node names kept as checked; then each starts over."""
+    tag = codec.PID_TAG if make is Pid else codec.REF_TAG
+    cache = codec._PID_CACHE if make is Pid else codec._REF_CACHE
+    cache.clear()
     codec._VALID_NODES.clear()
 
-    def decode_pid(i: int) -> None:
-        data = cbor2.dumps(cbor2.CBORTag(codec.PID_TAG, [f"n{i}@names.rules", 1, 1]))
-        assert codec.decode(data) == Pid(f"n{i}@names.rules", 1, 1)
+    def decode_id(i: int) -> None:
+        data = cbor2.dumps(cbor2.CBORTag(tag, [f"n{i}@names.rules", i, 1]))
+        assert codec.decode(data) == make(f"n{i}@names.rules", i, 1)
 
     for i in range(4096):
-        decode_pid(i)
+        decode_id(i)
+    assert len(cache) == 4096
     assert len(codec._VALID_NODES) == 4096
-    decode_pid(4096)
+    decode_id(4096)
+    assert list(cache) == [("n4096@names.rules", 4096, 1)]
     assert sorted(codec._VALID_NODES) == ["n4096@names.rules"]
