@@ -671,3 +671,20 @@ def test_a_refused_tag_bigger_than_the_window_is_refused_for_its_tag(
                 codec.decode(data)
             with pytest.raises(DecodeError, match=reason):
                 _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("window", [16, 64])
+def test_a_payload_that_ends_inside_an_item_the_window_holds_is_refused_as_truncated(
+    window: int,
+) -> None:
+    """An item whose window reaches the payload's end and still does not
+    end there is cut short: it is refused as truncated (what decode says),
+    not walked as if it were bigger than the window (the walk would refuse
+    a tuple key's tag for its size first)."""
+    cut_key = FROZEN_HEAD + b"\x83\x01\x02"  # a 3-tuple key with 2 items
+    long_key = codec.encode("k" * 40)  # walked: bigger than the windows
+    for data in (cut_key, b"\xa1" + long_key + cut_key):
+        with pytest.raises(DecodeError, match="truncated"):
+            codec.decode(data)
+        with pytest.raises(DecodeError, match="truncated"):
+            _run_sliced(data, window)
