@@ -318,3 +318,84 @@ def test_encode_refuses_exactly_the_depths_decode_refuses(leaf: object, how: str
         assert encodable == decodable, (n, encodable)
         verdicts.append(encodable)
     assert verdicts[0] and not verdicts[-1]
+
+
+@attrs.frozen
+class _Holder:
+    x: Any
+
+
+codec.message("rules.int-holder")(_Holder)
+
+_INT_PLACES: list[Callable[[int], object]] = [
+    lambda n: n,
+    lambda n: [n],
+    lambda n: (n,),
+    lambda n: {"k": n},
+    lambda n: {1: n},
+    lambda n: {n: "v"},
+    lambda n: {(n,): "v"},
+    lambda n: _Holder(n),
+    lambda n: [_Holder([n])],
+]
+
+
+@pytest.mark.parametrize("place", range(len(_INT_PLACES)))
+def test_the_int_range_is_exact_wherever_an_int_sits(place: int) -> None:
+    """[-2**64, 2**64 - 1] is CBOR's native range: both ends travel in every
+    place a value can sit (each place is checked by its own code), one past
+    either end is refused there."""
+    make = _INT_PLACES[place]
+    for n in (codec.MIN_INT, codec.MAX_INT):
+        value = make(n)
+        assert codec.decode(codec.encode(value)) == ([n] if isinstance(value, tuple) else value)
+        assert b"".join(codec.encode_items([value])) == codec.encode([value])
+    for n in (codec.MIN_INT - 1, codec.MAX_INT + 1):
+        with pytest.raises(EncodeError, match="integers must be within"):
+            codec.encode(make(n))
+        with pytest.raises(EncodeError, match="integers must be within"):
+            codec.encode_frame(1, None, make(n))
+
+
+@pytest.mark.parametrize("make", [Pid, Ref])
+@pytest.mark.parametrize("fields", [(-1, 1), (1, -1), (-1, -1)])
+def test_a_negative_id_or_creation_is_refused_for_a_known_node(
+    make: type[Pid] | type[Ref], fields: tuple[int, int]
+) -> None:
+    """A node name seen valid before skips the name's checks, never the
+    numbers': a negative id or creation is refused, the node known or not."""
+    tag = codec.PID_TAG if make is Pid else codec.REF_TAG
+    for node in ("known@rules", "unknown@rules"):
+        if node == "known@rules":
+            # Decoded, not from the caches encode fills: the name is checked.
+            codec._PID_CACHE.clear()
+            codec._REF_CACHE.clear()
+            assert codec.decode(cbor2.dumps(cbor2.CBORTag(tag, [node, 0, 0]))) == make(node, 0, 0)
+            assert node in codec._VALID_NODES
+        data = cbor2.dumps(cbor2.CBORTag(tag, [node, *fields]))
+        with pytest.raises(DecodeError, match=f"invalid {make.__name__}"):
+            codec.decode(data)
+
+
+@pytest.mark.parametrize("make", [Pid, Ref])
+def test_decoded_ids_and_node_names_hold_4096_then_start_over(make: type[Pid] | type[Ref]) -> None:
+    """A peer can send any number of distinct pids and refs, of any number
+    of nodes: pids and refs decoded (not first sent by this node, which
+    fills the cache on its own path) are kept at most 4096, and so are the
+    node names kept as checked; then each starts over."""
+    tag = codec.PID_TAG if make is Pid else codec.REF_TAG
+    cache = codec._PID_CACHE if make is Pid else codec._REF_CACHE
+    cache.clear()
+    codec._VALID_NODES.clear()
+
+    def decode_id(i: int) -> None:
+        data = cbor2.dumps(cbor2.CBORTag(tag, [f"n{i}@names.rules", i, 1]))
+        assert codec.decode(data) == make(f"n{i}@names.rules", i, 1)
+
+    for i in range(4096):
+        decode_id(i)
+    assert len(cache) == 4096
+    assert len(codec._VALID_NODES) == 4096
+    decode_id(4096)
+    assert list(cache) == [("n4096@names.rules", 4096, 1)]
+    assert sorted(codec._VALID_NODES) == ["n4096@names.rules"]

@@ -521,15 +521,170 @@ def test_a_truncated_scalar_or_string_is_refused_when_walked(scalar: bytes, wind
             _run_sliced(data, window)
 
 
-@pytest.mark.parametrize("empty", [b"\x80", b"\xa0"], ids=["array", "map"])
-@pytest.mark.parametrize("window", [1, 2, 3, 5])
-def test_a_walked_empty_container_one_level_too_deep_is_refused(empty: bytes, window: int) -> None:
-    """Where only a scalar may sit, the walk refuses any container, even an
-    empty one (arrays and maps count one level each). cbor2 only counts a
-    level when it descends into children, so the one-call decode lets an
-    empty container one level too deep through; encode never writes one."""
-    for max_depth in (1, 2):
-        data = b"\xa1\x64kkkk" * max_depth + empty  # the value walked on its own
-        with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
-            _run_sliced(data, window, max_depth)
-        assert _run_sliced(data, window, max_depth + 1) == codec.decode(data)
+# An empty array or map: its shortest head, and heads padded to 1, 2, 4
+# and 8 argument bytes (a padded head bigger than a tiny window is walked).
+_EMPTIES = [
+    bytes([major << 5 | info]) + bytes(size)
+    for major in (4, 5)
+    for info, size in ((0, 0), (24, 1), (25, 2), (26, 4), (27, 8))
+]
+
+
+def _at_depth(levels: int, item: bytes) -> list[bytes]:
+    """``item`` inside ``levels`` containers, in each place a walk reads
+    it from: a map's value, an array's first, middle and last item."""
+    return [
+        b"\xa1\x64kkkk" * levels + item,
+        b"\x82" * levels + item + b"\x01" * levels,
+        b"\x83\x01" * levels + item + b"\x02" * levels,
+        b"\x82\x01" * levels + item,
+    ]
+
+
+@pytest.mark.parametrize("max_depth", [1, 2])
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 9])
+def test_an_empty_container_one_level_past_max_depth_is_taken_on_every_path(
+    max_depth: int, window: int
+) -> None:
+    """cbor2 counts a level when it descends into children, so decode takes
+    an empty array or map one level past max_depth (where only a scalar
+    could sit otherwise). A sliced decode must give the same, whether the
+    empty container is read inside a run, on its own, or walked (a padded
+    head bigger than the window); its result may not depend on the window."""
+    for empty in _EMPTIES:
+        for data in _at_depth(max_depth, empty):
+            expected = codec.decode(data, max_depth=max_depth)
+            assert _same(_run_sliced(data, window, max_depth), expected), (data.hex(), window)
+
+
+@pytest.mark.parametrize("max_depth", [1, 2])
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 9])
+def test_a_container_with_children_one_level_past_max_depth_is_refused_on_every_path(
+    max_depth: int, window: int
+) -> None:
+    """One level past max_depth a container with children is refused, even
+    when walked (bigger than the window) and its only child is a long
+    string the walk cuts out without cbor2; a long string at exactly
+    max_depth is taken."""
+    text = codec.encode("x" * 40)
+    for container in (b"\x81", b"\x82\x01", b"\xa1\x61a", b"\x98\x01", b"\xb8\x01\x61a"):
+        for data in _at_depth(max_depth, container + text):
+            with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+                codec.decode(data, max_depth=max_depth)
+            with pytest.raises(DecodeError, match=f"nested deeper than max_depth={max_depth}"):
+                _run_sliced(data, window, max_depth)
+    for data in _at_depth(max_depth, text):
+        assert _run_sliced(data, window, max_depth) == codec.decode(data, max_depth=max_depth)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # A map whose last key repeats an earlier one, its value missing.
+        b"\xa3\x61b\x01\x61a\x01\x61a",
+        # An array that ends on the head of a tuple or message (a dict-key tag).
+        b"\x86\x01\x02\x03\x04\x05" + FROZEN_HEAD,
+    ],
+    ids=["map ending on a repeated key", "array ending on a key tag's head"],
+)
+@pytest.mark.parametrize("window", [3, 5, 8])
+def test_a_payload_that_ends_inside_a_walked_run_is_refused_as_truncated(
+    data: bytes, window: int
+) -> None:
+    """A run's window that reaches the payload's end and still ends inside
+    the run means the payload is cut short: it is refused there, as
+    truncated (what decode says), not retried child by child until some
+    other rule trips on the incomplete tail (a key whose value never came
+    is no duplicate; a tag head with no content is no oversized key)."""
+    with pytest.raises(DecodeError, match="truncated"):
+        codec.decode(data)
+    assert len(data) > window  # the item is walked, not read in one call
+    with pytest.raises(DecodeError, match="truncated"):
+        _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("window", [40, 64])
+def test_a_small_tuple_or_message_key_in_a_walked_keyed_map_is_decoded(window: int) -> None:
+    """A keyed map bigger than the window is decoded in runs of children;
+    a run that overruns the window is retried shorter, not walked child by
+    child: a tuple or message key that fits the window is decoded, never
+    mistaken for one bigger than the window (which the walk refuses)."""
+    many = {(i, str(i)): i for i in range(30)} | {Key(i, "k"): -i for i in range(30)}
+    data = codec.encode(many)
+    assert len(data) > 10 * window and FROZEN_HEAD in data
+    assert _run_sliced(data, window) == many == codec.decode(data)
+    # One pair, its value bigger than the window: the first run (key and
+    # value) overruns, and is retried with the key alone.
+    for key in ((1, "a"), Key(1, "a")):
+        one = {key: "x" * 100}
+        assert _run_sliced(codec.encode(one), window) == one
+
+
+@pytest.mark.parametrize("window", [1, 3, 9])
+def test_a_walked_byte_string_map_key_is_decoded(window: int) -> None:
+    """A plain map's keys may be text or byte strings: a byte-string key
+    bigger than the window is walked and taken like a text one, and any
+    other key is refused (an int key must travel in a keyed map)."""
+    value = {b"b" * 40: 1, "t" * 40: 2, b"": 3}
+    data = codec.encode(value)
+    assert _run_sliced(data, window) == value == codec.decode(data)
+    for key in (b"\x1b" + bytes(8), b"\x3b" + bytes(8), b"\xf9\x00\x00"):
+        data = b"\xa1" + key + b"\x01"
+        with pytest.raises(DecodeError, match="map key must be"):
+            codec.decode(data)
+        with pytest.raises(DecodeError, match="map key must be"):
+            _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("window", [2, 4096])
+def test_a_map_key_refusal_says_how_such_a_dict_travels(window: int) -> None:
+    """A plain CBOR map with an int key is refused, and the reason says
+    what to send instead (a keyed map, tag 62628), on both decoders."""
+    data = b"\xa2\x61a\x01\x01\x02"
+    hint = f"dict with other keys travels as tag {codec.KEYED_MAP_TAG}"
+    with pytest.raises(DecodeError, match=hint):
+        codec.decode(data)
+    with pytest.raises(DecodeError, match=hint):
+        _run_sliced(data, window)
+
+
+@pytest.mark.parametrize(
+    ("tag", "reason"),
+    [(28, "CBOR tag 28 "), (2, "CBOR tag 2 "), (7000, "unknown CBOR tag 7000")],
+    ids=["shared value", "bignum", "unknown"],
+)
+@pytest.mark.parametrize("window", [1, 2, 16, 64])
+def test_a_refused_tag_bigger_than_the_window_is_refused_for_its_tag(
+    tag: int, reason: str, window: int
+) -> None:
+    """A tag with no finisher is refused at its head, with the reason decode
+    gives, also when the tag is bigger than the window, and when the window
+    is smaller than its head (tests only: then the tag is walked)."""
+    import cbor2
+
+    for content in (b"x" * 100, "y" * 100, list(range(100))):
+        for data in (
+            cbor2.dumps(cbor2.CBORTag(tag, content)),
+            cbor2.dumps([1, cbor2.CBORTag(tag, content)]),
+        ):
+            with pytest.raises(DecodeError, match=reason):
+                codec.decode(data)
+            with pytest.raises(DecodeError, match=reason):
+                _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("window", [16, 64])
+def test_a_payload_that_ends_inside_an_item_the_window_holds_is_refused_as_truncated(
+    window: int,
+) -> None:
+    """An item whose window reaches the payload's end and still does not
+    end there is cut short: it is refused as truncated (what decode says),
+    not walked as if it were bigger than the window (the walk would refuse
+    a tuple key's tag for its size first)."""
+    cut_key = FROZEN_HEAD + b"\x83\x01\x02"  # a 3-tuple key with 2 items
+    long_key = codec.encode("k" * 40)  # walked: bigger than the windows
+    for data in (cut_key, b"\xa1" + long_key + cut_key):
+        with pytest.raises(DecodeError, match="truncated"):
+            codec.decode(data)
+        with pytest.raises(DecodeError, match="truncated"):
+            _run_sliced(data, window)

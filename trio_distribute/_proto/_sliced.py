@@ -164,11 +164,11 @@ class _Walk:
         Raises:
             _Truncated: ``buf`` ends inside the item.
         """
-        if depth_left < 1:
-            # Only a scalar may sit this deep; cbor2 counts containers only.
-            if buf and buf[0] >> 5 in (_ARRAY, _MAP, _TAG):
-                raise DecodeError(f"CBOR nested deeper than max_depth={self.max_depth}")
-            depth_left = 1
+        # depth_left is never negative (the walk refuses a container at
+        # the limit before reading its children). At 0 cbor2 takes a
+        # scalar or an empty array or map and refuses anything it would
+        # descend into, as the one-call decoder does one level past
+        # max_depth: the same limit, whatever the window.
         stream = io.BytesIO(buf)
         try:
             value = cbor2.CBORDecoder(stream, max_depth=depth_left, **self.options).decode()
@@ -223,7 +223,10 @@ class _Walk:
     def _walk(self, pos: int, depth: int) -> Generator[None, None, tuple[Any, int]]:
         """Decode the item at ``pos``, known to be bigger than the window."""
         major, arg, start = self._parse_head(pos)
-        if major in (_ARRAY, _MAP, _TAG) and depth >= self.max_depth:
+        if depth >= self.max_depth and (major == _TAG or (major in (_ARRAY, _MAP) and arg)):
+            # cbor2 counts a level when it descends into children, so an
+            # empty array or map may sit one level past max_depth, as in
+            # the one-call decoder (a walked one has a padded head).
             raise DecodeError(f"CBOR nested deeper than max_depth={self.max_depth}")
         if major in (_ARRAY, _MAP):
             return (yield from self._run(start, depth + 1, major, arg))
@@ -320,9 +323,10 @@ class _Walk:
                     f"a dict key over {self.window} bytes is not accepted in a frame "
                     f"over {SLICED_ABOVE} bytes"
                 )
-            # Every other tag is refused at its head: let cbor2 say so.
-            buf, _ = self._window(pos)
-            self._loads(buf, self.max_depth - depth)
+            # Every other tag is refused at its head: let cbor2 say so. The
+            # head alone (a null for content), not a window: a window that
+            # held the head would have been refused by item() already.
+            self._loads(bytes(self.data[pos:start]) + b"\xf6", self.max_depth - depth)
             raise DecodeError(f"unknown CBOR tag {tag}")  # not reached
         content, end = yield from self.item(start, depth + 1)
         value = yield from finish(content)
