@@ -275,6 +275,8 @@ def test_only_a_timer_that_judges_silence_awaits_an_answer() -> None:
     core.tick(deadline)  # the first probe goes out
     (ping,) = [a for a in core.take_actions() if isinstance(a, SendDatagram)]
     assert core.awaiting_answer()
-    seq = wire.decode_datagram(ping.payload)[0].seq
+    message = wire.decode_datagram(ping.payload)[0]
+    assert isinstance(message, wire.Ping)
+    seq = message.seq
     core.datagram_received(deadline, "h:2", wire.pack([wire.encode(wire.Ack(seq))]))
     assert not core.awaiting_answer()  # acknowledged: its end judges nothing

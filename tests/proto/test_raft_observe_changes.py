@@ -7,6 +7,7 @@ a leader that reconfigures as the members come and go and on a follower."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pytest
 from raft_helpers import make
@@ -57,7 +58,7 @@ def view(name: str, status: MemberStatus, removed: set[str]) -> MemberView:
     )
 
 
-def deliver_acks(core: ElectionCore, actions: list[object], now: float) -> None:
+def deliver_acks(core: ElectionCore, actions: Sequence[object], now: float) -> None:
     """Every voter answers the heartbeats it was sent."""
     for action in actions:
         if (
