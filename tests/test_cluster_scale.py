@@ -5,7 +5,6 @@ virtual time: counts of wake-ups and dials, never wall-clock bounds."""
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -243,40 +242,3 @@ async def test_the_election_hears_a_join_without_reading_the_member_table(
         with anyio.fail_after(10):
             await wait_until(lambda: reads[0] == n + 1)
         assert victim.name not in observer.election.core._known
-
-
-async def test_an_idle_member_wakes_for_its_probes_without_draining(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with cluster(4) as (_tg, nodes):
-        await anyio.sleep(3)
-        membership = nodes[0].membership
-        ticks = count_calls(monkeypatch, membership.core, "tick")
-        drains = count_calls(monkeypatch, membership, "_drain")
-        await anyio.sleep(10)
-        # The driver wakes for each probe (the last one acknowledged):
-        # nothing unread can change what it does, so it does not yield
-        # scheduling rounds for it (before: a drain per wake-up, two rounds
-        # at least, a quarter of an idle node's task steps).
-        assert ticks[0] > 20
-        assert drains[0] <= ticks[0] // 4
-
-
-def test_only_a_timer_that_judges_silence_awaits_an_answer() -> None:
-    from trio_distribute._proto import swim_wire as wire
-    from trio_distribute._proto.swim import SendDatagram, SwimCore
-
-    cfg = td.MembershipConfig()
-    core = SwimCore(name="a", address="h:1", config=cfg, rng=random.Random(1), now=0.0)
-    core.datagram_received(0.0, "h:2", wire.pack([wire.encode(wire.Alive("b", "h:2", 1, b""))]))
-    assert not core.awaiting_answer()
-    deadline = core.next_deadline()
-    assert deadline is not None
-    core.tick(deadline)  # the first probe goes out
-    (ping,) = [a for a in core.take_actions() if isinstance(a, SendDatagram)]
-    assert core.awaiting_answer()
-    message = wire.decode_datagram(ping.payload)[0]
-    assert isinstance(message, wire.Ping)
-    seq = message.seq
-    core.datagram_received(deadline, "h:2", wire.pack([wire.encode(wire.Ack(seq))]))
-    assert not core.awaiting_answer()  # acknowledged: its end judges nothing

@@ -500,17 +500,6 @@ class SwimCore:
             return None
         return record.suspicion.deadline()
 
-    def awaiting_answer(self) -> bool:
-        """Whether a timer that judges silence is pending: a probe not yet
-        acknowledged, a relayed ping, a suspicion or a suspect check. Only
-        then can an answer still unread make a difference to the next
-        :meth:`tick` (an idle member's timer is usually the next probe,
-        its previous one acknowledged)."""
-        probe = self._probe
-        return (probe is not None and not probe.acked) or bool(
-            self._relay_timers or self._suspicion_timers or self._check_timers
-        )
-
     @property
     def current_probe(self) -> tuple[str, float] | None:
         """The member being probed now and when its probe started, if any."""

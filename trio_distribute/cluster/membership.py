@@ -586,11 +586,7 @@ class Membership:
             # the rounds it waits are what lets an ack (or a peer on the
             # same loop) through before the timers judge.
             clock.arm(core.next_deadline())
-            if core.awaiting_answer():
-                # Only a timer that judges silence needs what is unread: an
-                # idle member's wake-up (its next probe, the last one
-                # acknowledged) skips the drain's scheduling rounds.
-                await self._drain()
+            await self._drain()
             now = self._now()
             clock.arm(None)
             core.tick(now)
