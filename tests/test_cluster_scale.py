@@ -16,6 +16,7 @@ import pytest
 
 import trio_distribute as td
 from trio_distribute.cluster.membership import Membership, dials_first
+from trio_distribute.election.raft_lite import Election
 from trio_distribute.testing import FakeNetwork, crash, start_node, virtual_time, wait_until
 
 COOKIE = "cluster-scale-test-cookie"
@@ -199,3 +200,45 @@ async def test_without_full_mesh_the_election_connects_on_demand() -> None:
                 )
             )
         assert len({x.election.core.leader for x in rest}) == 1
+
+
+async def test_the_election_hears_a_join_without_reading_the_member_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reading the whole member table once per wake-up of the election made
+    # each node's join cost O(N) per membership change, O(N^2) in all: the
+    # election reads it once at start (and after a removal) and is told of
+    # the members that changed otherwise.
+    reads = [0]
+    original = Election._observe
+
+    def counted(self: Election) -> None:
+        reads[0] += 1
+        original(self)
+
+    monkeypatch.setattr(Election, "_observe", counted)
+    n = 10
+    async with cluster(n, connect_all=False) as (_tg, nodes):
+        await wait_until(lambda: all(x.election.core.leader is not None for x in nodes))
+        await anyio.sleep(5)
+        assert reads[0] == n  # once per node, at start
+        for node in nodes:
+            # ... and each knows every member as the table would tell it.
+            core = node.election.core
+            assert core._alive == set(node.membership.alive())
+            assert core._known == set(node.membership.alive())
+        # A removal is the one change told by the whole table.
+        victim = nodes[-1]
+        crash(victim)
+        observer = nodes[0]
+
+        def dead() -> bool:
+            member = observer.membership.member(victim.name)
+            return member is not None and member.status is td.MemberStatus.DEAD
+
+        with anyio.fail_after(120):
+            await wait_until(dead)
+        await observer.membership.remove(victim.name)
+        with anyio.fail_after(10):
+            await wait_until(lambda: reads[0] == n + 1)
+        assert victim.name not in observer.election.core._known

@@ -199,6 +199,7 @@ __all__ = [
     "Heartbeat",
     "HeartbeatAck",
     "LeaderChange",
+    "MemberView",
     "Message",
     "Persist",
     "PreVote",
@@ -484,6 +485,21 @@ class Send:
 Action: TypeAlias = Persist | Send
 
 
+@attrs.frozen(slots=True)
+class MemberView:
+    """What membership knows of one member, for
+    :meth:`ElectionCore.observe_changes`: whether it counts as ``known``
+    (any status but left, or remembered from before a restart), is
+    ``alive`` (not suspect), has ``departed`` (left, or removed by an
+    operator) or ``failed`` (declared dead)."""
+
+    name: str
+    known: bool
+    alive: bool
+    departed: bool
+    failed: bool
+
+
 @attrs.frozen
 class LeaderChange:
     """The leader this node knows changed: ``leader`` leads ``term``, or no
@@ -555,8 +571,8 @@ class ElectionCore:
     version: Version
     _voters: frozenset[str]
     _known: set[str]
-    _alive: frozenset[str]
-    _failed: frozenset[str]
+    _alive: set[str]
+    _failed: set[str]
     _departed: set[str]
     _hold: bool
     _retiring: bool
@@ -646,8 +662,8 @@ class ElectionCore:
         self.version = version
         self._voters = voter_set
         self._known = {name}
-        self._alive = frozenset()
-        self._failed = frozenset()
+        self._alive = set()
+        self._failed = set()
         self._departed = set()
         self._hold = False
         self._retiring = False
@@ -757,14 +773,52 @@ class ElectionCore:
         before = self._alive
         self._departed = (self._departed | departed) - set(alive)
         self._known = ((self._known | set(known)) - departed) | {self.name}
-        self._alive = frozenset(alive)
-        self._failed = frozenset(failed)
+        self._alive = set(alive)
+        self._failed = set(failed)
         if self.name in departed:
             self.retire(now)
+        self._observed(now, self._alive - before)
+
+    def observe_changes(self, now: float, changes: Iterable[MemberView]) -> None:
+        """What membership knows now of the members in ``changes`` (one
+        :class:`MemberView` per member, its whole classification): the same
+        as :meth:`observe` given the full sets with these members updated,
+        at a cost proportional to the changes rather than to the cluster (a
+        join storm brings thousands of changes to every node, and a look at
+        the full sets per change made it quadratic)."""
+        became_alive: set[str] = set()
+        retire = False
+        for view in changes:
+            name = view.name
+            if view.alive:
+                if name not in self._alive:
+                    self._alive.add(name)
+                    became_alive.add(name)
+                self._departed.discard(name)
+            else:
+                self._alive.discard(name)
+                became_alive.discard(name)
+            if view.failed:
+                self._failed.add(name)
+            else:
+                self._failed.discard(name)
+            if view.departed and not view.alive:
+                self._departed.add(name)
+                if name == self.name:
+                    retire = True
+                else:
+                    self._known.discard(name)
+            elif view.known:
+                self._known.add(name)
+        if retire:
+            self.retire(now)
+        self._observed(now, became_alive)
+
+    def _observed(self, now: float, became_alive: set[str]) -> None:
         if self.role is Role.LEADER:
             # Newcomers learn the leader at once, not at the next round (one
             # the leader then makes a voter hears again at once, as a voter).
-            fresh = sorted(self._alive - before - self._voters - self._departed)
+            fresh = sorted(became_alive - self._voters - self._departed)
             self._tell_learners(now, fresh, everyone=False)
             self._reconfigure(now)
         elif self._election_deadline is None:

@@ -48,6 +48,7 @@ from .._proto.kinds import Kind
 from .._proto.raft import (
     ElectionCore,
     HeartbeatAck,
+    MemberView,
     Persist,
     RaftDecodeError,
     Send,
@@ -162,10 +163,13 @@ class Election:
     _wakeup: anyio.Event = attrs.field(factory=anyio.Event)
     _changed: anyio.Event = attrs.field(factory=anyio.Event)
     _joining: bool = False
-    #: Membership changed since the core last heard: the driver tells it
-    #: once per wake-up, not once per change (a join storm brings many, and
-    #: each look costs the whole member table).
-    _dirty: bool = False
+    #: Membership changes the core has not heard yet, ``{name: status}``:
+    #: the driver tells it once per wake-up, and only of these members (a
+    #: join storm brings thousands of changes; a look at the whole member
+    #: table per wake-up made each node's join quadratic). ``_resync``: a
+    #: member was removed, so the core is told the whole table again.
+    _pending: dict[str, MemberStatus] = attrs.field(factory=dict)
+    _resync: bool = False
     #: The driver's sleep until the core's next deadline (None while it
     #: runs): a handler moves its deadline instead of waking it (a
     #: follower's heartbeat only pushes its election timer back).
@@ -333,14 +337,42 @@ class Election:
     def _membership_changed(self, event: MembersChanged) -> None:
         if self._core is None:
             return
-        self._dirty = True
+        if event.change is None:
+            self._resync = True  # a member was removed
+        else:
+            member = event.change.member
+            self._pending[member.name] = member.status
         self._wakeup.set()
 
     def _catch_up(self) -> None:
-        """Tell the core what membership knows now (if it changed)."""
-        if not self._dirty:
+        """Tell the core what membership knows now (if it changed): the
+        members that changed, or the whole table after a removal."""
+        if self._pending and not self._resync:
+            pending, self._pending = self._pending, {}
+            views = []
+            for name, status in pending.items():
+                self._seen.add(name)
+                if status is MemberStatus.ALIVE:
+                    self._removed.discard(name)  # it came back: it may vote again
+                removed = name in self._removed
+                views.append(
+                    MemberView(
+                        name,
+                        known=status is not MemberStatus.LEFT,
+                        alive=status is MemberStatus.ALIVE,
+                        departed=removed or status is MemberStatus.LEFT,
+                        failed=status is MemberStatus.DEAD,
+                    )
+                )
+            self.core.observe_changes(anyio.current_time(), views)
+            # A member forgotten without an event (a dead one past
+            # reconnect_timeout) leaves the table smaller than what was
+            # seen: look at the whole table, which finds it removed.
+            self._resync = len(self._seen) != sum(self.membership.core.counts().values())
+        if not self._resync:
             return
-        self._dirty = False
+        self._resync = False
+        self._pending.clear()
         removed_before = set(self._removed)
         self._observe()
         now = anyio.current_time()
