@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -151,21 +153,31 @@ def test_a_port_in_use_or_an_address_not_ours_is_one_line_and_exit_2() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         env = {**os.environ, "TRIO_DISTRIBUTE_COOKIE": COOKIE}
-        in_use = subprocess.run(
-            cli("node", "--name", "x@127.0.0.1", "--port", str(port)),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=env,
-        )
+        # Both commands at once (two interpreters): neither depends on the other.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            in_use_run = pool.submit(
+                subprocess.run,
+                cli("node", "--name", "x@127.0.0.1", "--port", str(port)),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=env,
+            )
+            # 192.0.2.1 (TEST-NET-1) is no interface of this machine: bind
+            # fails at once, nothing is sent.
+            not_ours_run = pool.submit(
+                subprocess.run,
+                cli("node", "--name", "x@192.0.2.1"),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=env,
+            )
+            in_use = in_use_run.result()
+            not_ours = not_ours_run.result()
     assert in_use.returncode == 2, in_use.stderr
     assert in_use.stderr.strip().splitlines()[-1].endswith(f"127.0.0.1:{port}: the port is in use")
     assert "Traceback" not in in_use.stderr
-    # 192.0.2.1 (TEST-NET-1) is no interface of this machine: bind fails
-    # at once, nothing is sent.
-    not_ours = subprocess.run(
-        cli("node", "--name", "x@192.0.2.1"), capture_output=True, text=True, timeout=30, env=env
-    )
     assert not_ours.returncode == 2, not_ours.stderr
     assert "cannot listen on 192.0.2.1:0" in not_ours.stderr
     assert "Traceback" not in not_ours.stderr
@@ -247,29 +259,43 @@ async def test_status_command_shows_members_leader_and_health(tmp_path: Path) ->
     async with td.testing.open_cluster(2, cookie=COOKIE) as (a, b):
         with anyio.fail_after(30):
             leader = await a.election.wait_for_leader(timeout=10)
-            result = await status(a)  # the cookie from the environment
+            cookie_file = tmp_path / "cookie"
+            cookie_file.write_text(COOKIE + "\n")
+            wrong_cookie = "wrong-cookie-0123456789abcdef"
+            # The three commands are independent: they run at the same time
+            # (each is its own interpreter; a node answers several at once).
+            runs: dict[str, Any] = {}
+
+            async def run(key: str, *args: str, env_cookie: str = COOKIE) -> None:
+                runs[key] = await status(a, *args, env_cookie=env_cookie)
+
+            async with anyio.create_task_group() as commands:
+                commands.start_soon(run, "text")  # the cookie from the environment
+                # --json, the cookie from a file (which wins over the environment).
+                commands.start_soon(
+                    functools.partial(
+                        run, "json", "--json", "--cookie-file", str(cookie_file),
+                        env_cookie=wrong_cookie,
+                    )
+                )  # fmt: skip
+                commands.start_soon(run, "wrong", "--cookie", wrong_cookie)
+            result = runs["text"]
             out = result.stdout.decode()
             assert result.returncode == 0, out + result.stderr.decode()
             assert f"node {a.name}" in out
             assert f"leader {leader.name} (term {leader.term}), quorum True" in out
             assert "members: 2 alive, 0 suspect, 0 dead, 0 left" in out
             assert f"{b.name}" in out and "alive" in out
-            # The status node took no part in the cluster.
+            # The status nodes took no part in the cluster.
             assert all(not m.name.startswith("status-") for m in a.membership.members())
-            # --json, the cookie from a file (which wins over the environment).
-            cookie_file = tmp_path / "cookie"
-            cookie_file.write_text(COOKIE + "\n")
-            wrong_cookie = "wrong-cookie-0123456789abcdef"
-            as_json = await status(
-                a, "--json", "--cookie-file", str(cookie_file), env_cookie=wrong_cookie
-            )
+            as_json = runs["json"]
             assert as_json.returncode == 0, as_json.stderr.decode()
             report = json.loads(as_json.stdout)
             assert report["node"] == a.name
             assert {m["name"] for m in report["members"]} == {a.name, b.name}
             assert report["health"]["alive"] == 2
             assert report["health"]["leader"] == leader.name
-            wrong = await status(a, "--cookie", wrong_cookie)
+            wrong = runs["wrong"]
             assert wrong.returncode == 2
             assert "cookie" in wrong.stderr.decode().strip().splitlines()[-1]
 

@@ -398,10 +398,16 @@ FORMATION_BOUND = 15.0
 agree on (local() timers: abstention 0.6 s, timeouts under 0.6 s, seed
 retries capped at 1 s; the rest is room for a loaded machine)."""
 
+# Says STARTED once the package is imported, then reads the common start
+# time from its standard input and starts DELAY (argv[1]) seconds after it:
+# the test sends the time when every interpreter has started, instead of
+# guessing how long starting one takes.
 _STARTER = (
     "import sys, time\n"
     "from trio_distribute.__main__ import main\n"
-    "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+    "print('STARTED', flush=True)\n"
+    "go_at = float(sys.stdin.readline()) + float(sys.argv[1])\n"
+    "time.sleep(max(0.0, go_at - time.time()))\n"
     "sys.exit(main(sys.argv[2:]))\n"
 )
 
@@ -414,10 +420,14 @@ class _Proc:
     lines: list[str] = attrs.field(factory=list)
     reader: threading.Thread | None = None
     listening_at: float | None = None
+    started: threading.Event = attrs.field(factory=threading.Event)
 
     def read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            if line.strip() == "STARTED":
+                self.started.set()
+                continue
             self.lines.append(line.rstrip())
             if self.listening_at is None and " listening on " in line:
                 self.listening_at = time.time()
@@ -451,23 +461,35 @@ def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, s
     elif variant == "seed-last":
         delays[names[0]] = 3.0
     seed = f"{names[0]}:{ports[0]}"
-    start_at = time.time() + 2.0  # after every interpreter has imported the package
     procs: list[_Proc] = []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     try:
         for name, port in zip(names, ports, strict=True):
-            command = [sys.executable, "-c", _STARTER, str(start_at + delays[name])]
+            command = [sys.executable, "-c", _STARTER, str(delays[name])]
             command += ["node", "--name", name, "--port", str(port), "--cookie", "formation"]
             command += ["--local", "--expect", str(expect)]
             if name != names[0]:
                 command += ["--join", seed]
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
             )
             proc = _Proc(name, process)
             proc.reader = threading.Thread(target=proc.read, daemon=True)
             proc.reader.start()
             procs.append(proc)
+        # Every interpreter has imported the package: they start together.
+        for proc in procs:
+            assert proc.started.wait(60), (proc.name, proc.lines)
+        start_at = time.time() + 0.2
+        for proc in procs:
+            assert proc.process.stdin is not None
+            proc.process.stdin.write(f"{start_at}\n")
+            proc.process.stdin.close()
         # Measured from when the last node listened (a loaded machine may
         # take longer than planned to start an interpreter).
         # (Interpreters get up to a minute to start on a loaded machine.)

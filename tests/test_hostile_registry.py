@@ -7,7 +7,6 @@ peer keeps being served.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -17,12 +16,15 @@ import anyio.abc
 import pytest
 import trio.testing
 from hostile_peer import HostilePeer, hostile_peer
+from virtual import anyio_backend, fake_network, network, open_cluster
 
 import trio_distribute as td
 from trio_distribute._proto.frames import TICK
 from trio_distribute._proto.kinds import Kind
 from trio_distribute.config import NodeConfig, RegistryConfig
-from trio_distribute.testing import FakeNetwork, open_cluster, virtual_time, wait_until
+from trio_distribute.testing import wait_until
+
+__all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 MALLORY = "mallory@127.0.0.1"
 CREATION = 7  # the creation hostile_peer announces for mallory
@@ -87,7 +89,11 @@ class Mallory:
 
 @asynccontextmanager
 async def mallory(node: td.Node) -> AsyncIterator[tuple[Mallory, anyio.abc.TaskGroup]]:
-    async with hostile_peer(node.address, name=MALLORY, creation=CREATION) as peer:
+    fake = network()
+    attached = None if fake is None else fake.attach(MALLORY)
+    async with hostile_peer(
+        node.address, name=MALLORY, creation=CREATION, network=attached
+    ) as peer:
         await wait_until(lambda: MALLORY in node.nodes())
         m = Mallory(peer)
         async with anyio.create_task_group() as tg:
@@ -198,7 +204,7 @@ async def test_an_abandoned_lock_is_released_after_its_lease() -> None:
             async with mallory(b) as (m, tg):
                 tg.start_soon(m.reply_to, Kind.REG_REPLY, lambda item: None)
                 await m.send([int(Kind.REG_LOCK), 1, "x"])  # granted, never released
-                locked_at = time.monotonic()
+                locked_at = anyio.current_time()
                 # Mallory asks again and again: a repeated request neither
                 # renews the lease nor takes the lock back once it lapsed.
 
@@ -209,7 +215,7 @@ async def test_an_abandoned_lock_is_released_after_its_lease() -> None:
 
                 tg.start_soon(relock)
                 await a.registry.register("x", pa.pid)
-                waited = time.monotonic() - locked_at
+                waited = anyio.current_time() - locked_at
                 # It was the lease that let it through (not an earlier release).
                 assert waited >= lease * 0.9
                 assert b.registry.whereis("x") == pa.pid
@@ -257,9 +263,9 @@ async def test_a_peer_that_never_answers_a_lock_request_cannot_block_register() 
     with anyio.fail_after(60):
         async with open_cluster(2) as (a, b), a.open_process() as pa:
             async with mallory(a) as _:  # connected to the registering node; reads nothing
-                started = time.monotonic()
+                started = anyio.current_time()
                 await a.registry.register("x", pa.pid)
-                assert time.monotonic() - started >= timeout * 0.9
+                assert anyio.current_time() - started >= timeout * 0.9
                 assert MALLORY not in a.nodes()
             assert a.statistics().drops["registry_unanswered"] == 1
             assert b.registry.whereis("x") == pa.pid
@@ -279,7 +285,7 @@ async def test_an_unacknowledged_commit_is_bounded_even_when_cancelled() -> None
                     if item[0] == Kind.REG_LOCK:
                         return [int(Kind.REG_REPLY), item[1], "granted"]
                     if item[0] == Kind.REG_COMMIT:
-                        committed_at.append(time.monotonic())
+                        committed_at.append(anyio.current_time())
                         committing.set()
                         scope.cancel()  # the caller gives up mid-commit
                     return None  # and nothing is ever acknowledged
@@ -290,7 +296,7 @@ async def test_an_unacknowledged_commit_is_bounded_even_when_cancelled() -> None
                 assert committing.is_set()
                 # The commit went on (shielded), waiting for mallory's
                 # acknowledgement until commit_timeout, no longer.
-                waited = time.monotonic() - committed_at[0]
+                waited = anyio.current_time() - committed_at[0]
                 assert waited >= timeout * 0.9
                 assert a.statistics().drops["registry_unacknowledged"] == 1
                 assert a.registry.whereis("x") == pa.pid
@@ -393,6 +399,9 @@ def assert_sliced(probe: StepProbe, apply_slice: int) -> None:
     assert probe.comparisons <= 4 * probe.entries
 
 
+# Real time: the probe yields at every scheduler pass, so a virtual clock
+# would never find the loop idle and never move.
+@pytest.mark.real_network
 async def test_big_group_frames_are_linear_and_applied_in_slices(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -428,6 +437,9 @@ async def test_big_group_frames_are_linear_and_applied_in_slices(
             await still_served(a, b, "after-group-stall")
 
 
+# Real time: the probe yields at every scheduler pass, so a virtual clock
+# would never find the loop idle and never move.
+@pytest.mark.real_network
 async def test_a_big_registry_sync_is_applied_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     step = NodeConfig.local().registry.apply_slice
     with anyio.fail_after(60):
@@ -473,16 +485,8 @@ def test_registry_bounds_are_validated() -> None:
     assert defaults.contention_timeout == 30.0
 
 
-@pytest.mark.parametrize(
-    "anyio_backend",
-    [virtual_time(backend="trio"), virtual_time(backend="asyncio")],
-    ids=["trio", "asyncio"],
-)
 async def test_changes_made_while_the_table_is_sent_follow_it() -> None:
     from trio_distribute.config import GroupsConfig
-
-    # In virtual time on a FakeNetwork: the half second of quiet below is
-    # exact, not a guess that a loaded machine can overrun.
 
     # One entry per frame: the table takes hundreds of loop turns to send.
     config = NodeConfig.local(
@@ -490,9 +494,7 @@ async def test_changes_made_while_the_table_is_sent_follow_it() -> None:
         groups=GroupsConfig(sync_chunk=1),
     )
     with anyio.fail_after(60):
-        async with open_cluster(
-            ["a", "z"], config=config, connect=False, network=FakeNetwork(seed=0)
-        ) as (a, z):
+        async with open_cluster(["a", "z"], config=config, connect=False) as (a, z):
             stop = anyio.Event()
 
             async def member(proc: td.Process) -> None:

@@ -81,6 +81,13 @@ def parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(), str(path))
 
 
+@functools.cache
+def parse_source(source: str) -> ast.Module:
+    """A module's tree, parsed once per test run: several rules read every
+    module of the package (the trees are only read, never changed)."""
+    return ast.parse(source)
+
+
 def imports(module: str, path: Path, known: set[str]) -> Iterator[Import]:
     tree = parse(path)
     is_package = path.name == "__init__.py"
@@ -401,7 +408,7 @@ def collaborator_reaches(source: str, module: str) -> set[tuple[str, str, str]]:
     each other's private names (a network and its streams, a process table
     and its processes); an object from elsewhere is used through its
     public surface."""
-    tree = ast.parse(source)
+    tree = parse_source(source)
     own = private_names_defined(tree)
     found = set()
     for node in ast.walk(tree):
@@ -454,7 +461,7 @@ TRANSPORT_TABLES = frozenset({"connections", "addresses", "blocked", "disconnect
 def transport_table_reads(source: str, module: str) -> set[tuple[str, int, str]]:
     """Every ``<...>transport.<table>`` in ``source``, with its line."""
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_source(source)):
         if not (isinstance(node, ast.Attribute) and node.attr in TRANSPORT_TABLES):
             continue
         holder = node.value
@@ -495,7 +502,7 @@ HOOK_NAMES = frozenset(
 def hook_names(source: str) -> set[str]:
     """Names of hook lists or listener registries defined or used in ``source``."""
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_source(source)):
         if isinstance(node, ast.Attribute) and node.attr in HOOK_NAMES:
             found.add(node.attr)
         elif isinstance(node, ast.Name) and node.id in HOOK_NAMES:
@@ -517,7 +524,7 @@ def test_hook_rule_sees_hooks() -> None:
 
 def wiring_after_construction(source: str, function: str) -> list[int]:
     """Lines in ``function`` that assign to an attribute (``a.b = c``)."""
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_source(source)):
         if isinstance(node, ast.FunctionDef) and node.name == function:
             return [
                 target.lineno
@@ -590,7 +597,7 @@ def test_engine_rule_catches_an_import_of_the_transport() -> None:
 def connections_built(source: str, module: str) -> set[tuple[str, int]]:
     """Every call of ``Connection(...)`` (or ``x.Connection(...)``) in ``source``."""
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_source(source)):
         if isinstance(node, ast.Call):
             func = node.func
             name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import signal
 import socket
@@ -320,68 +321,84 @@ def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdo
     ``NodeDown`` until each leaves, and every leave is ``shutdown``, on the
     seed and on the joiners alike. The third joiner is stopped with Ctrl-C
     (SIGINT): it still says goodbye, and exits within the shutdown bound."""
+    # The trials are independent clusters (each its own seed port): they
+    # run side by side, so the suite waits for the longest one rather than
+    # for the four in a row. Sixteen interpreters starting at once also make
+    # each trial's formation a busier one than a lone trial's.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=JOIN_STORM_TRIALS) as pool:
+        trials = [pool.submit(_join_storm_trial) for _ in range(JOIN_STORM_TRIALS)]
+        for trial in trials:
+            trial.result()
+
+
+#: How many join storms the test runs (at the same time, on separate seeds).
+JOIN_STORM_TRIALS = 4
+
+
+def _join_storm_trial() -> None:
+    """One seed, three joiners at the same instant; assert what the test says."""
     joiners = [f"j{i}@127.0.0.1" for i in range(3)]
-    for _trial in range(4):
-        port = free_port()
-        seed = subprocess.Popen(
-            [sys.executable, str(JOIN_STORM), "seed", str(port), str(len(joiners))],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert seed.stdout is not None
-            assert seed.stdout.readline().strip() == "READY"
-            children = [
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(JOIN_STORM),
-                        "join",
-                        name,
-                        str(port),
-                        "4" if index < 2 else "60",
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,  # the KeyboardInterrupt traceback
-                    text=True,
-                )
-                for index, name in enumerate(joiners)
-            ]
-            # Every interpreter has started: all three join at the same instant.
-            for child in children:
-                assert child.stdout is not None and child.stdin is not None
-                assert child.stdout.readline().strip() == "STARTED"
-            go_at = time.time() + 0.2
-            for child in children:
-                assert child.stdin is not None
-                child.stdin.write(f"{go_at}\n")
-                child.stdin.flush()  # communicate() closes it
-            outputs = [child.communicate(timeout=60)[0] for child in children[:2]]
-            assert all(child.returncode == 0 for child in children[:2]), outputs
-            children[2].send_signal(signal.SIGINT)
-            interrupted = time.monotonic()
-            outputs.append(children[2].communicate(timeout=60)[0])
-            # A few seconds at most (shutdown_timeout is 0.5 s with local()),
-            # generous for a loaded machine.
-            assert time.monotonic() - interrupted < 10
-            seed_out = seed.communicate(timeout=60)[0]
-            assert seed.returncode == 0
-        finally:
-            for process in [seed, *locals().get("children", [])]:
-                if process.poll() is None:
-                    process.kill()
-        seen = _events(seed_out)
-        ups = [name for kind, name, _ in seen if kind == "up"]
-        downs = [(name, reason) for kind, name, reason in seen if kind == "down"]
-        # One NodeUp per joiner, all before any NodeDown: no flap at formation.
-        assert sorted(ups) == joiners, seen
-        assert [kind for kind, _, _ in seen] == ["up"] * 3 + ["down"] * 3, seen
-        assert sorted(downs) == [(name, "shutdown") for name in joiners], seen
-        for name, out in zip(joiners, outputs, strict=True):
-            mine = _events(out)
-            # (Connections made while joining, before the block, are not
-            # replayed to a later subscriber.) No peer comes up twice.
-            peer_ups = [n for kind, n, _ in mine if kind == "up"]
-            assert len(set(peer_ups)) == len(peer_ups), (name, mine)
-            assert all(r == "shutdown" for kind, _, r in mine if kind == "down"), (name, mine)
+    port = free_port()
+    seed = subprocess.Popen(
+        [sys.executable, str(JOIN_STORM), "seed", str(port), str(len(joiners))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    children: list[subprocess.Popen[str]] = []
+    try:
+        assert seed.stdout is not None
+        assert seed.stdout.readline().strip() == "READY"
+        children = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(JOIN_STORM),
+                    "join",
+                    name,
+                    str(port),
+                    "4" if index < 2 else "60",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,  # the KeyboardInterrupt traceback
+                text=True,
+            )
+            for index, name in enumerate(joiners)
+        ]
+        # Every interpreter has started: all three join at the same instant.
+        for child in children:
+            assert child.stdout is not None and child.stdin is not None
+            assert child.stdout.readline().strip() == "STARTED"
+        go_at = time.time() + 0.2
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(f"{go_at}\n")
+            child.stdin.flush()  # communicate() closes it
+        outputs = [child.communicate(timeout=60)[0] for child in children[:2]]
+        assert all(child.returncode == 0 for child in children[:2]), outputs
+        children[2].send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        outputs.append(children[2].communicate(timeout=60)[0])
+        # A few seconds at most (shutdown_timeout is 0.5 s with local()),
+        # generous for a loaded machine.
+        assert time.monotonic() - interrupted < 10
+        seed_out = seed.communicate(timeout=60)[0]
+        assert seed.returncode == 0
+    finally:
+        for process in [seed, *children]:
+            if process.poll() is None:
+                process.kill()
+    seen = _events(seed_out)
+    ups = [name for kind, name, _ in seen if kind == "up"]
+    downs = [(name, reason) for kind, name, reason in seen if kind == "down"]
+    # One NodeUp per joiner, all before any NodeDown: no flap at formation.
+    assert sorted(ups) == joiners, seen
+    assert [kind for kind, _, _ in seen] == ["up"] * 3 + ["down"] * 3, seen
+    assert sorted(downs) == [(name, "shutdown") for name in joiners], seen
+    for name, out in zip(joiners, outputs, strict=True):
+        mine = _events(out)
+        # (Connections made while joining, before the block, are not
+        # replayed to a later subscriber.) No peer comes up twice.
+        peer_ups = [n for kind, n, _ in mine if kind == "up"]
+        assert len(set(peer_ups)) == len(peer_ups), (name, mine)
+        assert all(r == "shutdown" for kind, _, r in mine if kind == "down"), (name, mine)
