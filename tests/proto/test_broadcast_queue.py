@@ -216,3 +216,15 @@ def test_broadcast_queue_take_fills_the_last_byte_from_later_buckets() -> None:
     assert queue.take(space=10, limit=10) == [b"a"]  # a: sent once
     queue.queue("b", b"bb")
     assert queue.take(space=3, limit=10) == [b"bb", b"a"]
+
+
+def test_broadcast_queue_take_prunes_what_a_lowered_limit_has_used_up() -> None:
+    # The cluster shrank: news already sent as often as the new limit allows
+    # is dropped unsent, not sent once more ahead of the limit's check.
+    queue = BroadcastQueue()
+    queue.queue("a", b"a")
+    for _ in range(3):
+        assert queue.take(space=100, limit=10) == [b"a"]
+    assert queue.transmits("a") == 3
+    assert queue.take(space=100, limit=2) == []
+    assert "a" not in queue and len(queue) == 0
