@@ -155,6 +155,16 @@ FOCUS: dict[str, tuple[str, ...]] = {
         "SwimCore._on_",
         "SwimCore._bad_news_of_self",
         "SwimCore._stale_news_of_self",
+        # Answering news about ourselves, refusing a member whose news could
+        # never be gossiped, and the timers that bound a relayed probe and a
+        # check of a suspect: each acts on what a peer sent.
+        "SwimCore._refute",
+        "SwimCore._bump_incarnation",
+        "SwimCore._encode_alive",
+        "SwimCore._run_relay_timers",
+        "SwimCore._check_suspect",
+        "SwimCore._send_suspect_check",
+        "SwimCore._run_check_timers",
     ),
 }
 
