@@ -85,6 +85,7 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
             "tests/proto/test_raft.py",
             "tests/proto/test_raft_wire_rules.py",
             "tests/proto/test_raft_rules.py",
+            "tests/proto/test_raft_observe_changes.py",
         ),
         "",
     ),

@@ -592,3 +592,40 @@ def test_a_push_pull_reports_a_departure_as_left() -> None:
     core.stream_received(1.0, "c", wire.encode(state))
     assert core.status_of("b") is LEFT
     assert core.status_of("c") is ALIVE
+
+
+def test_suspect_checks_go_one_probe_interval_apart_for_each_suspect() -> None:
+    # Two suspicions heard half an interval apart: each suspect is checked
+    # at once and then every probe interval, on its own schedule (the
+    # check timers are a heap: the earliest is due first, whatever is
+    # behind it). Regular probes carry the suspicion too; only checks count.
+    core = knows("b", "c", "d", "e", "f", "g")
+    checks: list[float] = []
+
+    def note(now: float) -> None:
+        checks.extend([now] * (core.counters["suspect_checks"] - len(checks)))
+        core.take_actions()
+
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 1, "x")))
+    note(0.0)
+    core.datagram_received(0.5, "x", datagram(wire.Suspect("c", 1, "x")))
+    note(0.5)
+    for tenth in range(1, 40):
+        core.tick(tenth / 10)
+        note(tenth / 10)
+    interval = CONFIG.probe_interval
+    assert checks == [0.0, 0.5, interval, 0.5 + interval, 2 * interval, 0.5 + 2 * interval]
+
+
+def test_a_relay_that_expires_without_an_ack_sends_its_one_nack_and_no_other() -> None:
+    helper = make("h")
+    helper.datagram_received(0.0, "p", datagram(wire.PingReq(77, "t", "t")))
+    helper.take_actions()
+    nacks: list[float] = []
+    for hundredth in range(1, 300):
+        now = hundredth / 100
+        helper.tick(now)
+        for action in helper.take_actions():
+            if any(isinstance(m, wire.Nack) for m in decoded(action)):
+                nacks.append(now)
+    assert nacks == [pytest.approx(0.8 * CONFIG.probe_timeout)]

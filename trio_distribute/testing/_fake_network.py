@@ -131,16 +131,28 @@ class _Signal:
     of once when they are sent and again when they arrive.
     """
 
-    __slots__ = ("_scopes",)
+    __slots__ = ("_scopes", "_parked")
 
     def __init__(self) -> None:
-        self._scopes: list[anyio.CancelScope | trio.CancelScope] = []
+        self._scopes: list[anyio.CancelScope] = []
+        #: On trio: each parked task and the scope that holds its deadline.
+        self._parked: dict[trio.lowlevel.Task, trio.CancelScope] = {}
 
     def fire(self) -> None:
+        if self._parked:
+            # Rescheduled, not cancelled: a cancellation raises and catches
+            # an exception in the waiter, and the fake network wakes a
+            # reader once per frame.
+            parked, self._parked = self._parked, {}
+            for task in parked:
+                trio.lowlevel.reschedule(task)
         for scope in self._scopes:
             scope.cancel()
 
     def wake_at(self, at: float) -> None:
+        for trio_scope in self._parked.values():
+            if at < trio_scope.deadline:
+                trio_scope.deadline = at
         for scope in self._scopes:
             if at < scope.deadline:
                 scope.deadline = at
@@ -149,15 +161,7 @@ class _Signal:
         if timeout <= 0:
             return
         if _on_trio():
-            # trio directly: one cancel scope and one park, where anyio's
-            # sleep_forever adds a second scope and two layers per wait (the
-            # fake network waits once per frame, so this is most of its cost).
-            with trio.CancelScope(deadline=trio.current_time() + timeout) as trio_scope:
-                self._scopes.append(trio_scope)
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self._scopes.remove(trio_scope)
+            await self._park(timeout)
             return
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
             self._scopes.append(scope)
@@ -165,6 +169,22 @@ class _Signal:
                 await anyio.sleep_forever()
             finally:
                 self._scopes.remove(scope)
+
+    async def _park(self, timeout: float) -> None:
+        """trio directly: park until ``fire`` reschedules this task or the
+        deadline (which ``wake_at`` may move) passes."""
+        task = trio.lowlevel.current_task()
+        parked = self._parked
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            # Cancelled (the deadline, or an outer scope): no longer parked,
+            # so a later fire does not reschedule this task twice.
+            parked.pop(task, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as trio_scope:
+            parked[task] = trio_scope
+            await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def _on_trio() -> bool:
