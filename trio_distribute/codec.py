@@ -403,11 +403,8 @@ def _rewrite(value: object, budget: int) -> object:
     if isinstance(value, dict):
         if budget < 1:
             _too_deep()
-        if all(type(key) is str or type(key) is bytes for key in value):
-            return {key: _rewrite_leaf(item, budget - 1) for key, item in value.items()}
         if all(isinstance(key, (str, bytes)) for key in value):
-            for key in value:
-                _check(key, budget - 1)  # a str or bytes subclass: travels as its base
+            # A plain map (a str or bytes subclass travels as its base).
             return {key: _rewrite_leaf(item, budget - 1) for key, item in value.items()}
         if budget < 2:  # tag and array
             _too_deep()
