@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import attrs
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -688,3 +689,49 @@ def test_a_payload_that_ends_inside_an_item_the_window_holds_is_refused_as_trunc
             codec.decode(data)
         with pytest.raises(DecodeError, match="truncated"):
             _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("window", [8, 16, 32, 4096])
+@pytest.mark.parametrize("inner", [["x" * 40, 5], {"y": "x" * 40, "z": 5}])
+def test_a_malformed_item_in_a_walked_container_is_refused_as_malformed(
+    inner: Any, window: int
+) -> None:
+    # The bad item sits in a child bigger than the window, which is walked
+    # after a run of its parent fell short: the refusal must name the bad
+    # item, as the one-call decoder does, not a truncation.
+    data = bytearray(codec.encode(["a" * 10, {"k": inner}]))
+    assert data[-1] == 5
+    data[-1] = 0x1D  # an unsigned integer with a reserved length code
+    with pytest.raises(DecodeError) as one_call:
+        codec.decode(bytes(data))
+    with pytest.raises(DecodeError) as sliced:
+        anyio.run(lambda: decode_sliced(bytes(data), slice_bytes=window))
+    assert "malformed" in str(sliced.value)
+    assert str(sliced.value) == str(one_call.value)
+
+
+def _loads_cbor(instance: object, attribute: object, value: bytes) -> None:
+    cbor2.loads(value)
+
+
+@codec.message("test_sliced.embedded")
+@attrs.frozen
+class Embedded:
+    """A message whose validator decodes CBOR of its own: a bad field makes
+    it raise cbor2's end-of-stream error, which is a refusal of the message,
+    not a frame cut short."""
+
+    blob: bytes = attrs.field(validator=_loads_cbor)
+
+
+@pytest.mark.parametrize("window", [8, 16, 32, 4096])
+def test_a_message_refused_by_its_validator_is_not_taken_for_a_truncation(window: int) -> None:
+    with attrs.validators.disabled():
+        value = ["a" * 40, Embedded(b"\x82\x01")]  # an array of two, one given
+    data = codec.encode(value)
+    with pytest.raises(DecodeError) as one_call:
+        codec.decode(data)
+    with pytest.raises(DecodeError) as sliced:
+        anyio.run(lambda: decode_sliced(data, slice_bytes=window))
+    assert "test_sliced.embedded" in str(one_call.value)
+    assert str(sliced.value) == str(one_call.value)
