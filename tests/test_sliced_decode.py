@@ -735,3 +735,45 @@ def test_a_message_refused_by_its_validator_is_not_taken_for_a_truncation(window
         anyio.run(lambda: decode_sliced(data, slice_bytes=window))
     assert "test_sliced.embedded" in str(one_call.value)
     assert str(sliced.value) == str(one_call.value)
+
+
+def _head(data: bytes) -> tuple[int, int, int]:
+    from trio_distribute._proto._sliced import _Walk
+
+    return _Walk(codec._SLICED, data, codec.DEFAULT_MAX_DEPTH, 16)._parse_head(0)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\x17", (0, 23, 1)),  # the largest argument in the head's own bits
+        (b"\x18\x18", (0, 24, 2)),  # the smallest with a 1-byte argument
+        (b"\x59\x01\x00", (2, 256, 3)),
+        (b"\x7a\x00\x01\x00\x00", (3, 65536, 5)),
+        (b"\x9b" + (2**40).to_bytes(8, "big"), (4, 2**40, 9)),
+    ],
+)
+def test_the_walks_head_parser_reads_every_argument_size(
+    data: bytes, expected: tuple[int, int, int]
+) -> None:
+    assert _head(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "truncated"),  # nothing left where an item should start
+        (b"\x1c", "invalid additional information 28"),
+        (b"\x5d", "invalid additional information 29"),
+        (b"\x7e", "invalid additional information 30"),
+        (b"\x9f", "indefinite-length"),
+        (b"\x19\x01", "truncated"),  # a 2-byte argument cut short
+        (b"\x9b" + bytes(7), "truncated"),
+    ],
+)
+def test_the_walks_head_parser_refuses_what_is_not_a_head(data: bytes, reason: str) -> None:
+    # Heads are checked by cbor2 before the walk reaches them; the walk's
+    # own parser refuses the same, so a change of call path cannot let a
+    # reserved or cut head through.
+    with pytest.raises(DecodeError, match=reason):
+        _head(data)
