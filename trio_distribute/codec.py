@@ -447,10 +447,10 @@ def _rewrite_leaf(value: object, budget: int) -> object:
 
 def _rewrite_key(key: object, budget: int) -> object:
     """A keyed map's key: a tuple or message is wrapped in
-    :data:`FROZEN_TAG` so that it decodes immutably (hashable) again."""
+    :data:`FROZEN_TAG` so that it decodes immutably (hashable) again.
+    (The tag's level needs no check of its own: the tuple or message inside
+    costs at least one more, which :func:`_rewrite` checks.)"""
     if isinstance(key, tuple) or type(key) in _BY_CLASS:
-        if budget < 1:
-            _too_deep()
         return cbor2.CBORTag(FROZEN_TAG, _rewrite(key, budget - 1))
     return _rewrite(key, budget)
 
