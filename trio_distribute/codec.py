@@ -604,8 +604,8 @@ def _encode_checked(obj: object) -> bytes:
 #: CBOR uints 0-255 (one byte below 24, two from 24), for frame kinds and
 #: other small numbers written without cbor2.
 _UINT_BYTES: Final = tuple(cbor2.dumps(n) for n in range(256))
-_ARRAY_HEADS: Final = tuple(bytes((0x80 | n,)) for n in range(24))
-_TEXT_HEADS: Final = tuple(bytes((0x60 | n,)) for n in range(24))
+_ARRAY_HEADS: Final = tuple(bytes((0x80 + n,)) for n in range(24))
+_TEXT_HEADS: Final = tuple(bytes((0x60 + n,)) for n in range(24))
 
 
 def encode_items(items: list[Any] | tuple[Any, ...]) -> list[bytes]:
