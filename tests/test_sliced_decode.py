@@ -777,3 +777,15 @@ def test_the_walks_head_parser_refuses_what_is_not_a_head(data: bytes, reason: s
     # reserved or cut head through.
     with pytest.raises(DecodeError, match=reason):
         _head(data)
+
+
+@pytest.mark.parametrize("window", [16, 64])
+def test_a_key_repeated_in_a_later_run_of_a_big_map_is_refused_and_named(window: int) -> None:
+    # The walk decodes a big map in runs of pairs; a key that comes back
+    # in a later run is a duplicate as much as one within a run.
+    pairs = [(f"k{i:03}", "v" * 8) for i in range(40)] + [("k005", "again")]
+    data = bytes([0xB8, len(pairs)]) + b"".join(cbor2.dumps(k) + cbor2.dumps(v) for k, v in pairs)
+    with pytest.raises(DecodeError, match="duplicate key"):
+        codec.decode(data)
+    with pytest.raises(DecodeError, match=r"duplicate key in a CBOR map \('k005'\)"):
+        anyio.run(lambda: decode_sliced(data, slice_bytes=window))
