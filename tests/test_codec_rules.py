@@ -399,3 +399,42 @@ def test_decoded_ids_and_node_names_hold_4096_then_start_over(make: type[Pid] | 
     decode_id(4096)
     assert list(cache) == [("n4096@names.rules", 4096, 1)]
     assert sorted(codec._VALID_NODES) == ["n4096@names.rules"]
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (ValueError("odd value"), EncodeError),
+        (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), EncodeError),
+        (EncodeError("ours"), EncodeError),
+        (MemoryError(), MemoryError),
+        (KeyboardInterrupt(), KeyboardInterrupt),
+    ],
+    ids=lambda x: type(x).__name__,
+)
+def test_an_encoder_failure_is_an_encode_error_except_memory_and_interrupts(
+    monkeypatch: pytest.MonkeyPatch, raised: BaseException, expected: type[BaseException]
+) -> None:
+    # cbor2 failing midway is reported as EncodeError (what the caller
+    # handles); running out of memory and interrupts pass through as they
+    # are. Either way the encoder that stopped midway is replaced.
+    def failing(value: object) -> bytes:
+        raise raised
+
+    monkeypatch.setattr(codec._encoder, "encode", failing)
+    with pytest.raises(expected) as caught:
+        codec.encode(["x", 1])
+    if expected is EncodeError and not isinstance(raised, EncodeError):
+        assert caught.value.__cause__ is raised
+    else:
+        assert caught.value is raised
+    assert codec._encoder.encode is not failing
+    assert codec.encode(["x", 1]) == cbor2.dumps(["x", 1])
+
+
+@pytest.mark.parametrize("value", [Pid("id@rules", 7, 2), Ref("id@rules", 7, 2)], ids=repr)
+def test_encode_id_gives_what_encode_gives(value: Pid | Ref) -> None:
+    # Frames built by hand paste these bytes in: a pid must not come out
+    # with a ref's tag, or the other way round.
+    assert codec.encode_id(value) == codec.encode(value)
+    assert codec.decode(codec.encode_id(value)) == value

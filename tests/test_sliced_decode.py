@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import attrs
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -688,3 +689,103 @@ def test_a_payload_that_ends_inside_an_item_the_window_holds_is_refused_as_trunc
             codec.decode(data)
         with pytest.raises(DecodeError, match="truncated"):
             _run_sliced(data, window)
+
+
+@pytest.mark.parametrize("window", [8, 16, 32, 4096])
+@pytest.mark.parametrize("inner", [["x" * 40, 5], {"y": "x" * 40, "z": 5}])
+def test_a_malformed_item_in_a_walked_container_is_refused_as_malformed(
+    inner: Any, window: int
+) -> None:
+    # The bad item sits in a child bigger than the window, which is walked
+    # after a run of its parent fell short: the refusal must name the bad
+    # item, as the one-call decoder does, not a truncation.
+    data = bytearray(codec.encode(["a" * 10, {"k": inner}]))
+    assert data[-1] == 5
+    data[-1] = 0x1D  # an unsigned integer with a reserved length code
+    with pytest.raises(DecodeError) as one_call:
+        codec.decode(bytes(data))
+    with pytest.raises(DecodeError) as sliced:
+        anyio.run(lambda: decode_sliced(bytes(data), slice_bytes=window))
+    assert "malformed" in str(sliced.value)
+    assert str(sliced.value) == str(one_call.value)
+
+
+def _loads_cbor(instance: object, attribute: object, value: bytes) -> None:
+    cbor2.loads(value)
+
+
+@codec.message("test_sliced.embedded")
+@attrs.frozen
+class Embedded:
+    """A message whose validator decodes CBOR of its own: a bad field makes
+    it raise cbor2's end-of-stream error, which is a refusal of the message,
+    not a frame cut short."""
+
+    blob: bytes = attrs.field(validator=_loads_cbor)
+
+
+@pytest.mark.parametrize("window", [8, 16, 32, 4096])
+def test_a_message_refused_by_its_validator_is_not_taken_for_a_truncation(window: int) -> None:
+    with attrs.validators.disabled():
+        value = ["a" * 40, Embedded(b"\x82\x01")]  # an array of two, one given
+    data = codec.encode(value)
+    with pytest.raises(DecodeError) as one_call:
+        codec.decode(data)
+    with pytest.raises(DecodeError) as sliced:
+        anyio.run(lambda: decode_sliced(data, slice_bytes=window))
+    assert "test_sliced.embedded" in str(one_call.value)
+    assert str(sliced.value) == str(one_call.value)
+
+
+def _head(data: bytes) -> tuple[int, int, int]:
+    from trio_distribute._proto._sliced import _Walk
+
+    return _Walk(codec._SLICED, data, codec.DEFAULT_MAX_DEPTH, 16)._parse_head(0)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\x17", (0, 23, 1)),  # the largest argument in the head's own bits
+        (b"\x18\x18", (0, 24, 2)),  # the smallest with a 1-byte argument
+        (b"\x59\x01\x00", (2, 256, 3)),
+        (b"\x7a\x00\x01\x00\x00", (3, 65536, 5)),
+        (b"\x9b" + (2**40).to_bytes(8, "big"), (4, 2**40, 9)),
+    ],
+)
+def test_the_walks_head_parser_reads_every_argument_size(
+    data: bytes, expected: tuple[int, int, int]
+) -> None:
+    assert _head(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "truncated"),  # nothing left where an item should start
+        (b"\x1c", "invalid additional information 28"),
+        (b"\x5d", "invalid additional information 29"),
+        (b"\x7e", "invalid additional information 30"),
+        (b"\x9f", "indefinite-length"),
+        (b"\x19\x01", "truncated"),  # a 2-byte argument cut short
+        (b"\x9b" + bytes(7), "truncated"),
+    ],
+)
+def test_the_walks_head_parser_refuses_what_is_not_a_head(data: bytes, reason: str) -> None:
+    # Heads are checked by cbor2 before the walk reaches them; the walk's
+    # own parser refuses the same, so a change of call path cannot let a
+    # reserved or cut head through.
+    with pytest.raises(DecodeError, match=reason):
+        _head(data)
+
+
+@pytest.mark.parametrize("window", [16, 64])
+def test_a_key_repeated_in_a_later_run_of_a_big_map_is_refused_and_named(window: int) -> None:
+    # The walk decodes a big map in runs of pairs; a key that comes back
+    # in a later run is a duplicate as much as one within a run.
+    pairs = [(f"k{i:03}", "v" * 8) for i in range(40)] + [("k005", "again")]
+    data = bytes([0xB8, len(pairs)]) + b"".join(cbor2.dumps(k) + cbor2.dumps(v) for k, v in pairs)
+    with pytest.raises(DecodeError, match="duplicate key"):
+        codec.decode(data)
+    with pytest.raises(DecodeError, match=r"duplicate key in a CBOR map \('k005'\)"):
+        anyio.run(lambda: decode_sliced(data, slice_bytes=window))

@@ -403,11 +403,8 @@ def _rewrite(value: object, budget: int) -> object:
     if isinstance(value, dict):
         if budget < 1:
             _too_deep()
-        if all(type(key) is str or type(key) is bytes for key in value):
-            return {key: _rewrite_leaf(item, budget - 1) for key, item in value.items()}
         if all(isinstance(key, (str, bytes)) for key in value):
-            for key in value:
-                _check(key, budget - 1)  # a str or bytes subclass: travels as its base
+            # A plain map (a str or bytes subclass travels as its base).
             return {key: _rewrite_leaf(item, budget - 1) for key, item in value.items()}
         if budget < 2:  # tag and array
             _too_deep()
@@ -450,10 +447,10 @@ def _rewrite_leaf(value: object, budget: int) -> object:
 
 def _rewrite_key(key: object, budget: int) -> object:
     """A keyed map's key: a tuple or message is wrapped in
-    :data:`FROZEN_TAG` so that it decodes immutably (hashable) again."""
+    :data:`FROZEN_TAG` so that it decodes immutably (hashable) again.
+    (The tag's level needs no check of its own: the tuple or message inside
+    costs at least one more, which :func:`_rewrite` checks.)"""
     if isinstance(key, tuple) or type(key) in _BY_CLASS:
-        if budget < 1:
-            _too_deep()
         return cbor2.CBORTag(FROZEN_TAG, _rewrite(key, budget - 1))
     return _rewrite(key, budget)
 
@@ -607,8 +604,8 @@ def _encode_checked(obj: object) -> bytes:
 #: CBOR uints 0-255 (one byte below 24, two from 24), for frame kinds and
 #: other small numbers written without cbor2.
 _UINT_BYTES: Final = tuple(cbor2.dumps(n) for n in range(256))
-_ARRAY_HEADS: Final = tuple(bytes((0x80 | n,)) for n in range(24))
-_TEXT_HEADS: Final = tuple(bytes((0x60 | n,)) for n in range(24))
+_ARRAY_HEADS: Final = tuple(bytes((0x80 + n,)) for n in range(24))
+_TEXT_HEADS: Final = tuple(bytes((0x60 + n,)) for n in range(24))
 
 
 def encode_items(items: list[Any] | tuple[Any, ...]) -> list[bytes]:

@@ -501,3 +501,43 @@ def test_a_capped_bootstrap_winner_installs_exactly_the_cap() -> None:
         core.receive(now, name, VoteReply(1, granted=True))
     assert core.is_leader and core.version == (1, 1)
     assert core.voters == {"n0", "n1", "n2"}
+
+
+def removals(net: Any, leader: str, start: int, before: tuple[str, ...]) -> list[str]:
+    """The voters the leader took out, in order, as its heartbeats from
+    ``net.sent[start:]`` show them (``before``: the set it started from)."""
+    sets = [before] + [
+        send.message.voters
+        for _, source, send in net.sent[start:]
+        if source == leader and isinstance(send.message, Heartbeat)
+    ]
+    return [
+        name
+        for earlier, later in itertools.pairwise(dict.fromkeys(sets))
+        if earlier
+        for name in sorted(set(earlier) - set(later))
+    ]
+
+
+def test_unreachable_voters_are_shed_first_in_name_order() -> None:
+    net = static_cluster(7, [f"n{i}" for i in range(7)], max_voters=3)
+    net.down = {"n4", "n2"}
+    net.tell()
+    net.run_until(10.0)
+    leader = net.cores[net.leader()]
+    assert removals(net, leader.name, 0, ())[:2] == ["n2", "n4"]
+    assert len(leader.voters) == 3
+
+
+def test_dead_voters_are_replaced_first_in_name_order() -> None:
+    net = formed(9, cap=5)
+    leader = net.leader()
+    victims = sorted(net.cores[leader].voters - {leader})[-2:]
+    net.down = set(victims)
+    start = len(net.sent)
+    before = tuple(net.cores[leader].voters)
+    net.tell(failed=victims[::-1])
+    net.run_until(net.now + 4.0)
+    assert removals(net, leader, start, before) == victims
+    voters = net.cores[leader].voters
+    assert len(voters) == 5 and not voters & set(victims)

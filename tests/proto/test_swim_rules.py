@@ -629,3 +629,46 @@ def test_a_relay_that_expires_without_an_ack_sends_its_one_nack_and_no_other() -
             if any(isinstance(m, wire.Nack) for m in decoded(action)):
                 nacks.append(now)
     assert nacks == [pytest.approx(0.8 * CONFIG.probe_timeout)]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5])
+def test_a_suspect_is_checked_exactly_suspect_checks_times(
+    monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    from trio_distribute._proto import swim
+
+    monkeypatch.setattr(swim, "SUSPECT_CHECKS", limit)
+    core = knows("b", "c", "d", "e", "f", "g")
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 1, "x")))
+    for tenth in range(1, 60):  # past every check, before the suspicion ends
+        core.tick(tenth / 10)
+    assert core.status_of("b") is SUSPECT
+    assert core.counters["suspect_checks"] == limit
+
+
+def test_a_confirmed_suspicion_ends_at_its_shortened_deadline() -> None:
+    # Independent confirmations shorten the suspicion timer (Lifeguard);
+    # the member is declared dead at the new deadline, not at the old one
+    # and not never.
+    core = knows("b", "c", "d", "e", "f", "g")
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 1, "x")))
+    first = core.suspicion_deadline("b")
+    for source in ("y", "z"):
+        core.datagram_received(0.1, source, datagram(wire.Suspect("b", 1, source)))
+    shortened = core.suspicion_deadline("b")
+    assert first is not None and shortened is not None and shortened < first
+    core.tick(shortened - 0.001)
+    assert core.status_of("b") is SUSPECT
+    core.tick(shortened)
+    assert core.status_of("b") is DEAD
+
+
+def test_an_unconfirmed_suspicion_ends_at_its_deadline() -> None:
+    core = knows("b", "c", "d", "e", "f", "g")
+    core.datagram_received(0.0, "x", datagram(wire.Suspect("b", 1, "x")))
+    deadline = core.suspicion_deadline("b")
+    assert deadline is not None
+    core.tick(deadline - 0.001)
+    assert core.status_of("b") is SUSPECT
+    core.tick(deadline)
+    assert core.status_of("b") is DEAD

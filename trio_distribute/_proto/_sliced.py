@@ -78,7 +78,9 @@ def _is_truncation(exc: BaseException) -> bool:
             return True
         if isinstance(cause, DecodeError):
             return False
-        cause = cause.__cause__ or cause.__context__
+        # cbor2 chains an error raised inside it as the cause; the context
+        # would be whatever was being handled, not what went wrong here.
+        cause = cause.__cause__
     return False
 
 
@@ -278,14 +280,18 @@ class _Walk:
                 if k > 1:
                     guess = max(1, k // 2)
                     continue
-                # One child bigger than the window: walk it.
+                chunk = None
+            if chunk is None:
+                # One child bigger than the window: walk it, outside the
+                # handler above, so that an error inside the child is not
+                # chained to this truncation and taken for one.
                 if major == _ARRAY:
                     value, pos = yield from self._walk(pos, depth)
                     result.append(value)
                 else:
                     key, pos = yield from self._key(pos, depth)
                     if key in result:
-                        raise DecodeError(f"duplicate key in a CBOR map ({key!r:.100})") from None
+                        raise DecodeError(f"duplicate key in a CBOR map ({key!r:.100})")
                     result[key], pos = yield from self.item(pos, depth)
                 left -= 1
                 guess = 1

@@ -955,10 +955,11 @@ class SwimCore:
         if not (self.lifeguard and self.suspect_check) or self._leaving:
             return
         self._send_suspect_check(record)
-        heapq.heappush(
-            self._check_timers,
-            (self._clock + self.config.probe_interval, record.name, record.incarnation, 1),
-        )
+        if SUSPECT_CHECKS > 1:
+            heapq.heappush(
+                self._check_timers,
+                (self._clock + self.config.probe_interval, record.name, record.incarnation, 1),
+            )
 
     def _send_suspect_check(self, record: _Record) -> None:
         self.counters["suspect_checks"] += 1

@@ -131,7 +131,7 @@ class _Signal:
     of once when they are sent and again when they arrive.
     """
 
-    __slots__ = ("_scopes", "_parked")
+    __slots__ = ("_parked", "_scopes")
 
     def __init__(self) -> None:
         self._scopes: list[anyio.CancelScope] = []
