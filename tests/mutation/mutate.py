@@ -470,8 +470,9 @@ def module_path(module: str) -> Path:
     return ROOT / (module.replace(".", "/") + ".py")
 
 
-def sites(module: str) -> list[Site]:
-    source = module_path(module).read_text()
+def sites(module: str, source: str | None = None) -> list[Site]:
+    if source is None:
+        source = module_path(module).read_text()
     mutator = _Mutator(source.splitlines())
     mutator.visit(ast.parse(source))
     focus = FOCUS.get(module)
@@ -480,9 +481,11 @@ def sites(module: str) -> list[Site]:
     return mutator.sites
 
 
-def mutant_code(module: str, index: int) -> CodeType:
+def mutant_code(module: str, index: int, source: str | None = None) -> CodeType:
+    """Mutant ``index`` of ``source`` (the module's file if not given)."""
     path = module_path(module)
-    source = path.read_text()
+    if source is None:
+        source = path.read_text()
     mutator = _Mutator(source.splitlines(), target=index)
     tree = ast.fix_missing_locations(mutator.visit(ast.parse(source)))
     assert mutator.applied, f"mutation {index} not applied"
@@ -736,7 +739,11 @@ class Result:
 
 
 def mutate(module: str, equivalents: dict[str, str], *, only: set[int] | None = None) -> Result:
-    all_sites = sites(module)
+    # Read once: every mutant is made from this text, so an edit of the file
+    # while the run goes on (hours for some modules) cannot make a mutant
+    # number name one change and run another.
+    source = module_path(module).read_text()
+    all_sites = sites(module, source)
     started = time.monotonic()
     with tempfile.NamedTemporaryFile(suffix=".json") as record:
         status, _ = run_tests(module, None, timeout=900, record=record.name)
@@ -759,7 +766,7 @@ def mutate(module: str, equivalents: dict[str, str], *, only: set[int] | None = 
             print(f"  ... {done}/{len(chosen)} in {time.monotonic() - started:.0f} s", flush=True)
         result.mutants += 1
         try:
-            code = mutant_code(module, site.index)
+            code = mutant_code(module, site.index, source)
         except SyntaxError:
             result.killed += 1  # cannot even load
             continue
