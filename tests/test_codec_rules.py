@@ -438,3 +438,40 @@ def test_encode_id_gives_what_encode_gives(value: Pid | Ref) -> None:
     # with a ref's tag, or the other way round.
     assert codec.encode_id(value) == codec.encode(value)
     assert codec.decode(codec.encode_id(value)) == value
+
+
+def test_a_frozen_key_inside_a_frozen_key_decodes_as_nested_tuples() -> None:
+    # Our encoder wraps only the outer key, but a peer may send the tag
+    # again inside it, where cbor2 already decodes immutably.
+    inner = cbor2.CBORTag(codec.FROZEN_TAG, [1, 2])
+    key = cbor2.CBORTag(codec.FROZEN_TAG, [inner, 3])
+    data = cbor2.dumps(cbor2.CBORTag(codec.KEYED_MAP_TAG, [key, "v"]))
+    assert codec.decode(data) == {((1, 2), 3): "v"}
+
+
+def test_decode_element_refuses_exactly_where_decoding_the_whole_frame_would() -> None:
+    head = b"\x83\x01" + codec.encode(Pid("frame@rules", 1, 1))
+    verdicts = []
+    for n in range(codec.DEFAULT_MAX_DEPTH - 3, codec.DEFAULT_MAX_DEPTH + 2):
+        element = b"\x81" * n + b"\x01"
+        outcomes = []
+        for decode, data in ((codec.decode, head + element), (codec.decode_element, element)):
+            try:
+                decode(data)
+            except DecodeError:
+                outcomes.append(False)
+            else:
+                outcomes.append(True)
+        assert outcomes[0] == outcomes[1], n
+        verdicts.append(outcomes[0])
+    assert verdicts[0] and not verdicts[-1]
+
+
+def test_decode_element_explains_a_bad_map_key_as_decode_does() -> None:
+    bad = cbor2.dumps({1: 2})  # a plain CBOR map with an int key
+    with pytest.raises(DecodeError) as whole:
+        codec.decode(bad)
+    with pytest.raises(DecodeError) as element:
+        codec.decode_element(bad)
+    assert f"travels as tag {codec.KEYED_MAP_TAG}" in str(whole.value)
+    assert str(element.value) == str(whole.value)
