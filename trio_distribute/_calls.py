@@ -186,6 +186,7 @@ class Calls:
             node, target = dest.node, dest
         else:
             node, target = self._resolve(dest)
+        conn: Connection | None = None
         if node == transport.name:
             pending, ref, watch = self._call_local(process, dest, target, request)
         else:
@@ -218,8 +219,13 @@ class Calls:
                 wait = self._wait_task_rescheduled
                 assert current_task is not None and wait is not None
                 while not pending.finished:
-                    pending.task = current_task()
-                    await wait(pending)
+                    task = current_task()
+                    if conn is not None and conn.lent_to(task):
+                        # The reply comes on this socket: wait on it here.
+                        await conn.borrow(pending)
+                    else:
+                        pending.task = task
+                        await wait(pending)
             else:
                 create_future = asyncio.get_running_loop().create_future
                 while not pending.finished:
@@ -467,7 +473,7 @@ class Calls:
             self._serving_by_pid[callee.pid.id] = {ref}
         else:
             refs.add(ref)
-        processes._put(callee, _new_call(request, caller, ref), conn.frame_size)
+        processes.put_from(conn, callee, _new_call(request, caller, ref), conn.frame_size)
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
         _, caller, ref, value = item
@@ -484,6 +490,7 @@ class Calls:
             return
         if conn.peer == pending.node:
             pending.settled = True  # the serving node forgot it as it replied
+            conn.woke = pending.task  # the caller's next call may borrow the socket
         pending.value = value
         pending.replied = True
         pending.wake()

@@ -23,20 +23,29 @@ closed as a slow consumer (Erlang's busy distribution port, made final).
 Incoming frames are bounded too: an incomplete frame beyond
 ``frame_buffer_reserve`` bytes draws on ``max_frame_buffers``, one budget for
 all connections of the node.
+
+On trio over plain TCP the reader lends its socket to the task its last read
+woke (a process that was waiting in ``receive``, a caller waiting for a
+reply): that task, coming back to wait, waits on the socket itself and reads
+and delivers the next frames, so its own message reaches it with no task
+switch and its answer leaves in the same scheduler batch (see "lending"
+below for the rules that keep the socket watched).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import attrs
 
+from ._mailbox import Mailbox
 from ._proto.frames import HEADER_SIZE, TICK, FrameDecoder
 from ._proto.kinds import Kind
 from ._ratelimit import LogLimiter
@@ -78,6 +87,9 @@ _IOV_MAX = 512
 #: Reading or writing a big frame lets other tasks run after this many
 #: seconds of copying, as a sliced decode does.
 _BULK_YIELD_AFTER = 0.004
+#: Scheduler batches a lending reader waits for its borrower to come back
+#: before it waits on the socket itself again.
+_LEND_BATCHES = 2
 #: After a write fails, the reader gets this long to read what the peer sent
 #: before the failure (its goodbye, above all), so a peer's graceful stop is
 #: reported as ``shutdown`` and not as a broken socket.
@@ -85,6 +97,29 @@ BROKEN_WRITE_GRACE = 0.5
 
 
 FrameHandler = Callable[["Connection", list[Any]], None]
+
+_trio_module: Any = None
+
+
+def _trio() -> Any:
+    """trio, imported on first use: lending exists only on trio, and an
+    asyncio node need not import it."""
+    global _trio_module
+    if _trio_module is None:
+        import trio
+
+        _trio_module = trio
+    return _trio_module
+
+
+class Borrower(Protocol):
+    """Where a task waits while it borrows a connection's socket: it holds
+    the wait's cancel scope, which whoever brings what the task waits for
+    cancels instead of rescheduling the task."""
+
+    def hold(self, scope: Any) -> None: ...
+
+    def release(self, scope: Any) -> None: ...
 
 
 class ConnectionOwner(Protocol):
@@ -215,6 +250,18 @@ class Connection:
     # a deadline) and then closes it, so peers see "shutdown" however the
     # node was left.
     _cancel_scope: anyio.CancelScope = attrs.field(factory=lambda: anyio.CancelScope(shield=True))
+    #: Who the last frame read woke: the mailbox of a process waiting in
+    #: ``receive`` (a direct delivery), or a task waiting for a call's reply;
+    #: the socket may be lent to it (see "lending" below).
+    woke: object = None
+    # Lending: the mailbox whose process may borrow the socket, the cancel
+    # scope of the borrower's wait on it, the reader task while it waits for
+    # the borrower, and the frames a borrowed read left to the reader.
+    _lent_to: object = None
+    _borrower: Any = None
+    _lender: Any = None
+    _backlog: Sequence[bytes | bytearray] | None = None
+    _reader_context: contextvars.Context | None = None
 
     def __attrs_post_init__(self) -> None:
         self._queue_limit = self.transport.config.max_send_queue
@@ -451,45 +498,35 @@ class Connection:
     # ------------------------------------------------------------------- read
 
     async def _reader(self) -> None:
-        dispatch = self.transport.dispatch
-        # SEND frames to local processes go straight to their mailbox.
-        direct = self.transport.direct_dispatch
-        prefix = self.transport.direct_prefix
         decoder = self.decoder
-        reserve = self.transport.config.frame_buffer_reserve
         data = self.initial_data
+        # The socket can be lent to a process only where it is read directly
+        # (trio, plain TCP).
+        can_lend = self.sock is not None
         while True:
             payloads: list[bytes] = []
             if data:
-                self.received_since_tick = True
-                self.bytes_in += len(data)
-                try:
-                    payloads = decoder.feed(data)
-                except ProtocolError as exc:
-                    self.transport.log_limiter.warning(
-                        "protocol_error", "closing connection to %s: %s", self.peer, exc
-                    )
-                    self.transport.count_drop("protocol_error")
-                    self.close(NodeDownReason.PROTOCOL_ERROR)
+                taken = self._take_in(data)
+                if taken is None:
                     return
-                held = decoder.buffered  # the incomplete frame left over
-                if held > reserve:
-                    if not self._draw_frame_buffer(held):
-                        return
-                elif self.frame_buffer_drawn:
-                    self.frame_buffer_drawn = 0  # that frame completed
-                self.frames_in += len(payloads)
-                for payload in payloads:
-                    self.frame_size = len(payload)
-                    if direct is not None and payload.startswith(prefix) and direct(self, payload):
-                        pass
-                    elif len(payload) > SLICED_ABOVE:
-                        # Decoded in slices that let the loop run meanwhile.
-                        await self.transport.dispatch_sliced(self, payload)
-                    else:
-                        dispatch(self, payload)
+                payloads = taken
+                await self._deliver(payloads)
+                if self.closed:
+                    return
+            delivered = bool(payloads)
+            drained = len(data) < _RECEIVE_SIZE
+            woke = self.woke
+            if woke is not None:
+                self.woke = None
+                if can_lend and drained and decoder.pending_frame < BULK_READ_ABOVE:
+                    backlog = await self._lend(woke)
+                    if backlog is not None:
+                        await self._deliver(backlog)
                     if self.closed:
                         return
+                    # The borrower's last read may have left bytes behind:
+                    # read before waiting.
+                    delivered = drained = False
             try:
                 if decoder.pending_frame >= BULK_READ_ABOVE:
                     # A big frame: its body is read straight into a buffer
@@ -499,12 +536,7 @@ class Connection:
                         return
                     self.frames_in += 1
                     self.frame_size = len(big)
-                    if direct is not None and big.startswith(prefix) and direct(self, big):
-                        pass
-                    elif len(big) > SLICED_ABOVE:
-                        await self.transport.dispatch_sliced(self, big)
-                    else:  # only where slicing is turned off (loop_lag's comparison)
-                        dispatch(self, big)
+                    await self._deliver((big,))
                     if self.closed:
                         return
                     # Every message was copied out of it: keep it for the next.
@@ -512,9 +544,7 @@ class Connection:
                     data = b""
                     continue
                 if self.sock is not None:
-                    data = await self._receive_raw(
-                        self.sock, bool(payloads), len(data) < _RECEIVE_SIZE
-                    )
+                    data = await self._receive_raw(self.sock, delivered, drained)
                 else:
                     data = await self.stream.receive(_RECEIVE_SIZE)
             except anyio.EndOfStream:
@@ -525,6 +555,198 @@ class Connection:
                 self.transport.count_drop("socket_read_failed")
                 self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
                 return
+
+    def _take_in(self, data: bytes) -> list[bytes] | None:
+        """Count ``data`` and split it into frames; ``None`` if the
+        connection was closed over it (a protocol error, or the node's
+        buffer budget for incomplete frames is spent)."""
+        self.received_since_tick = True
+        self.bytes_in += len(data)
+        decoder = self.decoder
+        try:
+            payloads = decoder.feed(data)
+        except ProtocolError as exc:
+            self.transport.log_limiter.warning(
+                "protocol_error", "closing connection to %s: %s", self.peer, exc
+            )
+            self.transport.count_drop("protocol_error")
+            self.close(NodeDownReason.PROTOCOL_ERROR)
+            return None
+        held = decoder.buffered  # the incomplete frame left over
+        if held > self.transport.config.frame_buffer_reserve:
+            if not self._draw_frame_buffer(held):
+                return None
+        elif self.frame_buffer_drawn:
+            self.frame_buffer_drawn = 0  # that frame completed
+        self.frames_in += len(payloads)
+        return payloads
+
+    def _deliver_small(self, payloads: Sequence[bytes | bytearray], start: int = 0) -> int:
+        """Hand frames to their handlers from ``start`` on, up to the first
+        one that must be decoded in slices (it awaits); returns its index,
+        or ``len(payloads)`` once every frame is delivered or the
+        connection closed."""
+        transport = self.transport
+        direct = transport.direct_dispatch
+        prefix = transport.direct_prefix
+        dispatch = transport.dispatch
+        end = len(payloads)
+        for index in range(start, end):
+            payload = payloads[index]
+            self.frame_size = len(payload)
+            if direct is not None and payload.startswith(prefix) and direct(self, payload):
+                pass
+            elif len(payload) > SLICED_ABOVE:
+                return index
+            else:
+                dispatch(self, payload)
+            if self.closed:
+                return end
+        return end
+
+    async def _deliver(self, payloads: Sequence[bytes | bytearray]) -> None:
+        """Hand every frame to its handler, in order."""
+        index = self._deliver_small(payloads)
+        while index < len(payloads):
+            # Decoded in slices that let the loop run meanwhile.
+            await self.transport.dispatch_sliced(self, payloads[index])
+            if self.closed:
+                return
+            index = self._deliver_small(payloads, index + 1)
+
+    # ---------------------------------------------------------------- lending
+    #
+    # A process that answers what it receives (an echo, a server loop) pays,
+    # per message, a scheduler batch between this reader's read and its own
+    # turn, and the reader's return to the socket first. Lending the socket
+    # to that process removes both from the message's path: the process,
+    # finding its mailbox empty, waits on the socket itself, and when bytes
+    # come it reads and delivers them as this reader would, takes its own
+    # message and replies in the same batch. This reader waits meanwhile,
+    # woken after every borrowed read, and takes the socket back as soon as
+    # the process does not come back for it within ``_LEND_BATCHES``
+    # batches: the socket is never left unwatched for longer.
+
+    def lent_to(self, borrower: object) -> bool:
+        """Whether ``borrower`` (a process's mailbox, or a task waiting for
+        a reply) may wait on the socket now (:meth:`borrow`)."""
+        return self._lent_to is borrower and self._borrower is None
+
+    async def _lend(self, to: object) -> Sequence[bytes | bytearray] | None:
+        """Lend the socket to ``to``, which this read has just woken (a
+        process's mailbox, or a task whose call it answered); return when
+        the socket is this task's again, with the frames a borrowed read
+        left to deliver, if any."""
+        # A process finds the connection lent to it through its mailbox.
+        mailbox = to if isinstance(to, Mailbox) else None
+        # Frame handlers run in this task's context, whoever reads.
+        self._reader_context = _trio().lowlevel.current_task().context
+        self._lent_to = to
+        if mailbox is not None:
+            mailbox._settings.lent[mailbox] = self
+        checkpoint = self.transport.checkpoint
+        idle = 0
+        try:
+            while self._lent_to is to:
+                if self._borrower is not None:
+                    await _trio().lowlevel.wait_task_rescheduled(self._park_lender())
+                    idle = 0
+                elif idle < _LEND_BATCHES:
+                    await checkpoint()
+                    idle += 1
+                else:
+                    break
+        finally:
+            self._lent_to = None
+            if mailbox is not None and mailbox._settings.lent.get(mailbox) is self:
+                del mailbox._settings.lent[mailbox]
+        backlog, self._backlog = self._backlog, None
+        return backlog
+
+    def _park_lender(self) -> Callable[[Any], Any]:
+        self._lender = _trio().lowlevel.current_task()
+        return self._abort_lender
+
+    def _abort_lender(self, _: object) -> Any:
+        self._lender = None
+        return _trio().lowlevel.Abort.SUCCEEDED
+
+    async def borrow(self, waiter: Borrower) -> None:
+        """Wait on the socket in the reader's place, for the task waiting
+        in ``waiter`` (which :meth:`lent_to` allows); then read and deliver
+        what came. Returns when what the task waits for may have come: read
+        from the socket, or brought by any other path, which ends the wait
+        by cancelling the cancel scope ``waiter`` holds meanwhile."""
+        trio = _trio()
+        scope = trio.CancelScope()
+        self._borrower = scope
+        waiter.hold(scope)
+        try:
+            try:
+                with scope:
+                    await self.transport.wait_readable(self.sock)  # type: ignore[arg-type]
+            finally:
+                self._borrower = None
+                waiter.release(scope)
+            if not scope.cancelled_caught:
+                # In the reader's context: a handler (a plain function served
+                # by RPC, for one) sees no current process, as in the reader.
+                context = self._reader_context
+                assert context is not None  # set by _lend
+                context.run(self._borrowed_read)
+        finally:
+            lender = self._lender
+            if lender is not None:
+                self._lender = None
+                trio.lowlevel.reschedule(lender)
+
+    def _borrowed_read(self) -> None:
+        """The reader's step, run by a borrower: one read, and every frame
+        in it delivered. A frame that must be decoded in slices (it awaits)
+        is left, with those after it, to the reader, which then takes the
+        socket back."""
+        sock = self.sock
+        assert sock is not None
+        try:
+            data = sock.recv(_RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            logger.debug("read from %s failed: %r", self.peer, exc)
+            self.transport.count_drop("socket_read_failed")
+            self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
+            return
+        if not data:
+            self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
+            return
+        payloads = self._take_in(data)
+        if payloads is None:
+            return
+        try:
+            index = self._deliver_small(payloads)
+        except Exception:
+            # Not the borrowing process's error: as in run().
+            self._handler_failed()
+            self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
+            return
+        finally:
+            # Whom this read woke is the reader's to know only for its own reads.
+            self.woke = None
+        if index < len(payloads):
+            self._backlog = payloads[index:]
+            self._lent_to = None
+        elif self.decoder.pending_frame >= BULK_READ_ABOVE:
+            self._lent_to = None  # a big frame's body: read by the reader
+
+    def _stop_lending(self) -> None:
+        self._lent_to = None
+        if self._borrower is not None:
+            self._borrower.cancel()
+
+    def _handler_failed(self) -> None:
+        # A bug in a frame handler must not take the node down with it.
+        self.transport.count_drop("connection_failed")
+        logger.exception("connection to %s failed unexpectedly", self.peer)
 
     async def _receive_bulk(self) -> bytearray | None:
         """Read the rest of the decoder's incomplete big frame into one
@@ -699,9 +921,7 @@ class Connection:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             logger.debug("connection to %s broke: %r", self.peer, exc)
         except Exception:
-            # A bug in a frame handler must not take the node down with it.
-            self.transport.count_drop("connection_failed")
-            logger.exception("connection to %s failed unexpectedly", self.peer)
+            self._handler_failed()
         finally:
             self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
             with anyio.CancelScope(shield=True):
@@ -721,6 +941,7 @@ class Connection:
         self._out.clear()
         self._gather = False
         self._out_bytes = 0
+        self._stop_lending()
         self._cancel_scope.cancel()
         self._notify_space()
         if self._drained is not None:

@@ -59,13 +59,19 @@ _ABORT_SUCCEEDED: Any = None  # trio.lowlevel.Abort.SUCCEEDED, once on trio
 _reschedule: Callable[[Any], None] | None = None  # trio.lowlevel.reschedule
 
 
+#: trio's CancelScope, once on trio: a waiter holding one waits on a lent
+#: socket (``Connection.borrow``).
+_CancelScope: Any = None
+
+
 def bind_trio() -> None:
     """Look up trio's primitives that :class:`Waiter` uses (on trio only)."""
-    global _ABORT_SUCCEEDED, _reschedule
+    global _ABORT_SUCCEEDED, _reschedule, _CancelScope
     import trio
 
     _ABORT_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
     _reschedule = trio.lowlevel.reschedule
+    _CancelScope = trio.CancelScope
 
 
 class Waiter:
@@ -107,10 +113,23 @@ class Waiter:
         task = self.task
         if task is not None:
             self.task = None
-            assert _reschedule is not None
-            _reschedule(task)
+            if type(task) is _CancelScope:
+                task.cancel()  # the task waits on a lent socket
+            else:
+                assert _reschedule is not None
+                _reschedule(task)
         elif self.event is not None and not self.event.done():
             self.event.set_result(None)
+
+    def hold(self, scope: Any) -> None:
+        """(trio) The task waits on a lent socket: :meth:`wake` cancels
+        ``scope`` (see ``Connection.borrow``)."""
+        self.task = scope
+
+    def release(self, scope: Any) -> None:
+        """(trio) The wait under ``scope`` ended."""
+        if self.task is scope:
+            self.task = None
 
     def __call__(self, _: object) -> Any:
         # trio's abort function: the task was cancelled while parked.

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._backend import Checkpoints, running_on_trio
 from ._correlation import Traced, correlation_id
+
+if TYPE_CHECKING:
+    from ._connection import Connection
 
 __all__ = ["Mailbox", "MailboxSettings"]
 
@@ -71,6 +74,7 @@ class MailboxSettings:
         "checkpoint",
         "checkpoint_if_cancelled",
         "current_task",
+        "lent",
         "limit",
         "on_trio",
         "reschedule",
@@ -88,15 +92,23 @@ class MailboxSettings:
         self.byte_limit = byte_limit
         self.checkpoint, self.checkpoint_if_cancelled = checkpoints
         self.on_trio = running_on_trio() if on_trio is None else on_trio
+        #: (trio) The connection whose socket each mailbox's process may
+        #: wait on while its mailbox is empty (``Connection.borrow``).
+        self.lent: dict[Mailbox, Connection] = {}
         if self.on_trio:
             import trio
 
             self.current_task: Callable[[], Any] = trio.lowlevel.current_task
             self.reschedule: Callable[[Any], None] = trio.lowlevel.reschedule
             self.wait_task_rescheduled: Callable[[Any], Any] = trio.lowlevel.wait_task_rescheduled
+            global _CancelScope
+            _CancelScope = trio.CancelScope
 
 
 _SUCCEEDED: Any = None
+#: trio's CancelScope once a node runs on trio (a waiter of that type is a
+#: process waiting on a lent socket); never matches before.
+_CancelScope: Any = None
 
 
 def _abort_succeeded() -> Any:
@@ -186,7 +198,10 @@ class Mailbox:
             waiter.set()
             return
         reschedule = settings.reschedule
-        reschedule(waiter)
+        if type(waiter) is _CancelScope:
+            waiter.cancel()  # the process waits on a lent socket
+        else:
+            reschedule(waiter)
         others = self._others
         if others is not None:
             self._others = None
@@ -264,12 +279,37 @@ class Mailbox:
                         return unwrap_received(self._remove(index))
                 scanned = len(queue) >> 1
             if settings.on_trio:
-                await settings.wait_task_rescheduled(self.park_task())
+                lender = self.lender()
+                if lender is not None:
+                    await lender.borrow(self)
+                else:
+                    await settings.wait_task_rescheduled(self.park_task())
             else:
                 await self.event().wait()
             self._since_yield = 0
 
     # Waiting, in two halves so that a caller can await in its own frame.
+
+    def hold(self, scope: Any) -> None:
+        """(trio) The process waits on a lent socket: a ``put`` cancels
+        ``scope`` (see ``Connection.borrow``)."""
+        self._waiter = scope
+
+    def release(self, scope: Any) -> None:
+        """(trio) The wait under ``scope`` ended."""
+        if self._waiter is scope:
+            self._promote()
+
+    def lender(self) -> Connection | None:
+        """(trio) The connection whose socket this mailbox's process may
+        wait on now instead of parking (``Connection.borrow``), if any."""
+        lent = self._settings.lent
+        if not lent:
+            return None
+        conn = lent.get(self)
+        if conn is None or self._waiter is not None or not conn.lent_to(self):
+            return None
+        return conn
 
     def park_task(self) -> Callable[[Any], Any]:
         """(trio) Register the running task as waiting; returns the abort

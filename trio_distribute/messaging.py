@@ -362,8 +362,13 @@ class Process:
                 if type(message) is Traced or _current_id() is not None:
                     return unwrap_received(message)
                 return message
-            if mailbox._settings.on_trio:
-                await mailbox._settings.wait_task_rescheduled(mailbox.park_task())
+            settings = mailbox._settings
+            if settings.on_trio:
+                lender = mailbox.lender()
+                if lender is not None:
+                    await lender.borrow(mailbox)
+                else:
+                    await settings.wait_task_rescheduled(mailbox.park_task())
             else:
                 await mailbox.event().wait()
             mailbox._since_yield = 0
@@ -1000,6 +1005,16 @@ class Processes:
         if not mailbox.put(message, size):
             self.dropped(process.pid, mailbox.refusal)
 
+    def put_from(self, conn: Connection, process: Process, message: Any, size: int) -> None:
+        """:meth:`_put` for a message ``conn``'s reader brought: if it wakes
+        the process, the connection may lend it its socket."""
+        mailbox = process._mailbox
+        waiting = mailbox._waiter is not None
+        if not mailbox.put(message, size):
+            self.dropped(process.pid, mailbox.refusal)
+        elif waiting:
+            conn.woke = mailbox
+
     def _init_direct_delivery(self) -> None:
         """Let the connection readers hand a SEND frame to a local process
         without decoding its head: every SEND to a pid of this node starts
@@ -1069,9 +1084,7 @@ class Processes:
                 message = _decode_element(payload[pos:])
             except DecodeError:
                 return False
-        mailbox = process._mailbox
-        if not mailbox.put(message, size):
-            self.dropped(process.pid, mailbox.refusal)
+        self.put_from(conn, process, message, size)
         return True
 
     def _handle_send(self, conn: Connection, item: list[Any]) -> None:
@@ -1083,8 +1096,8 @@ class Processes:
         process = self._table.get(dest.id) if dest.creation == transport.creation else None
         if process is None:
             self.dropped(dest, "dead_pid")
-        elif not process._mailbox.put(message, conn.frame_size):
-            self.dropped(dest, process._mailbox.refusal)
+        else:
+            self.put_from(conn, process, message, conn.frame_size)
 
     def _handle_send_named(self, conn: Connection, item: list[Any]) -> None:
         _, name, message = item

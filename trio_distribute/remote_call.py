@@ -400,8 +400,13 @@ class Rpc:
                 wait = self._wait_task_rescheduled
                 assert current_task is not None and wait is not None
                 while not call.finished:
-                    call.task = current_task()
-                    await wait(call)
+                    task = current_task()
+                    if conn.lent_to(task):
+                        # The reply comes on this socket: wait on it here.
+                        await conn.borrow(call)
+                    else:
+                        call.task = task
+                        await wait(call)
             else:
                 create_future = asyncio.get_running_loop().create_future
                 while not call.finished:
@@ -711,6 +716,7 @@ class Rpc:
                 type(value) is list and len(value) == 3 and all(type(v) is str for v in value)
             ):
                 raise ValueError("RPC_REPLY of a raised call needs [type, message, traceback]")
+            conn.woke = call.task  # the caller's next call may borrow the socket
             call.finish(status, value)
             return
         if status == CANCELLED and self._awaiting_ack.pop(req, None) is not None:

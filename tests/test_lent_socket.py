@@ -1,0 +1,397 @@
+"""A connection lends its socket to the process it just woke (trio, plain
+TCP): that process, back in ``receive`` with an empty mailbox, waits on the
+socket itself and reads and delivers what comes, so a reply leaves with no
+task switch. What must hold whatever the lending does: every message
+arrives once and in order, a message from any other path wakes the
+borrowing process, the socket is never left unwatched when the process does
+something else, and a closed connection or a cancelled wait leaves nothing
+behind."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pytest
+import trio
+
+import trio_distribute as td
+from trio_distribute._connection import Connection
+from trio_distribute._proto.kinds import Kind
+from trio_distribute.testing import open_cluster, wait_until
+
+pytestmark = pytest.mark.anyio
+
+#: Lending exists only where the reader waits on the socket itself.
+trio_only = pytest.mark.parametrize("anyio_backend", ["trio"])
+
+
+def local() -> td.NodeConfig:
+    return td.NodeConfig.local(tick_timeout=120.0)
+
+
+def conn(node: td.Node, peer: td.Node) -> Connection:
+    found = node._transport.connection(peer.name)
+    assert found is not None
+    return found
+
+
+@pytest.fixture
+def borrowed_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """Borrowed reads that found bytes, by the reading node's name."""
+    counts: collections.Counter[str] = collections.Counter()
+    real = Connection._borrowed_read
+
+    def counting(self: Connection) -> None:
+        before = self.bytes_in
+        real(self)
+        if self.bytes_in > before:
+            counts[self.transport.name] += 1
+
+    monkeypatch.setattr(Connection, "_borrowed_read", counting)
+    return counts
+
+
+async def echo(proc: td.Process, node: td.Node) -> None:
+    while True:
+        message = await proc.receive()
+        if message == "stop":
+            return
+        await node.send(message["from"], message)
+
+
+@trio_only
+async def test_round_trips_go_through_the_borrowing_process_in_order(
+    borrowed_reads: collections.Counter[str],
+) -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        async with trio.open_nursery() as nursery:
+            server = await b.spawn(echo, b)
+            async with a.open_process() as me:
+                for seq in range(200):
+                    await a.send(server, {"from": me.pid, "seq": seq})
+                    with trio.fail_after(10):
+                        reply = await me.receive()
+                    assert reply == {"from": me.pid, "seq": seq}
+                await a.send(server, "stop")
+            nursery.cancel_scope.cancel()
+    # Both sides read nearly every message themselves (the first of each
+    # side went through the reader, which then lent the socket).
+    assert borrowed_reads[b.name] >= 190
+    assert borrowed_reads[a.name] >= 190
+
+
+@trio_only
+async def test_a_selective_receive_with_a_timeout_borrows_too(
+    borrowed_reads: collections.Counter[str],
+) -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        async with trio.open_nursery() as nursery:
+            server = await b.spawn(echo, b)
+            async with a.open_process() as me:
+                for seq in range(100):
+                    await a.send(server, {"from": me.pid, "seq": seq})
+                    reply = await me.receive(match=lambda m: m["seq"] == seq, timeout=10)
+                    assert reply == {"from": me.pid, "seq": seq}
+                await a.send(server, "stop")
+            nursery.cancel_scope.cancel()
+    assert borrowed_reads[a.name] >= 95
+
+
+@trio_only
+async def test_a_local_send_wakes_a_process_waiting_on_a_lent_socket() -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        link = conn(b, a)
+        async with b.open_process() as me, trio.open_nursery() as nursery:
+            await a.send(me.pid, "from a")
+            assert await me.receive() == "from a"
+
+            async def local_sender() -> None:
+                with trio.fail_after(10):
+                    await wait_until(lambda: link._borrower is not None)
+                await b.send(me.pid, "from b")
+
+            nursery.start_soon(local_sender)
+            with trio.fail_after(10):
+                assert await me.receive() == "from b"
+            # The socket is still lent: the next remote message comes the
+            # borrowed way too.
+            await a.send(me.pid, "again from a")
+            with trio.fail_after(10):
+                assert await me.receive() == "again from a"
+
+
+@trio_only
+async def test_a_borrower_delivers_what_the_socket_brings_for_other_processes() -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        link = conn(b, a)
+        async with b.open_process() as me, trio.open_nursery() as nursery:
+            other_got: list[Any] = []
+
+            async def other_process() -> None:
+                async with b.open_process() as proc:
+                    other_pid.append(proc.pid)
+                    other_got.append(await proc.receive())
+
+            other_pid: list[td.Pid] = []
+            nursery.start_soon(other_process)
+            with trio.fail_after(10):
+                await wait_until(lambda: bool(other_pid))
+            await a.send(me.pid, "first")
+            assert await me.receive() == "first"
+
+            async def remote_sends() -> None:
+                with trio.fail_after(10):
+                    await wait_until(lambda: link._borrower is not None)
+                for n in range(5):
+                    await a.send(other_pid[0], n)
+                await a.send(me.pid, "last")
+
+            nursery.start_soon(remote_sends)
+            with trio.fail_after(10):
+                assert await me.receive() == "last"
+                await wait_until(lambda: bool(other_got))
+            assert other_got == [0]
+
+
+@trio_only
+async def test_a_process_busy_elsewhere_does_not_hold_the_socket() -> None:
+    """The process that was lent the socket waits on something else: the
+    reader takes the socket back, and frames for other processes and the
+    peer's pings still get through."""
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        link = conn(b, a)
+        others_done = trio.Event()
+        async with b.open_process() as me, b.open_process() as other:
+            await a.send(me.pid, "first")
+            assert await me.receive() == "first"
+            assert link._lent_to is not None  # lent to this process
+
+            async def other_receives() -> None:
+                with trio.fail_after(10):
+                    assert await other.receive() == "for other"
+                    await a.ping(b.name)
+                others_done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other_receives)
+                await a.send(other.pid, "for other")
+                # This process waits on the event, not on its mailbox: if
+                # the socket stayed lent to it, nothing would read it.
+                with trio.fail_after(10):
+                    await others_done.wait()
+            assert link._lent_to is None
+
+
+@trio_only
+async def test_a_cancelled_borrower_hands_the_socket_back() -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        link = conn(b, a)
+        async with b.open_process() as me, b.open_process() as other:
+            await a.send(me.pid, "first")
+            assert await me.receive() == "first"
+            with trio.CancelScope() as scope:
+
+                async def cancel_when_borrowing() -> None:
+                    with trio.fail_after(10):
+                        await wait_until(lambda: link._borrower is not None)
+                    scope.cancel()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cancel_when_borrowing)
+                    await me.receive()
+            assert scope.cancelled_caught
+            assert link._borrower is None
+            await a.send(other.pid, "for other")
+            with trio.fail_after(10):
+                assert await other.receive() == "for other"
+            await a.send(me.pid, "second")
+            with trio.fail_after(10):
+                assert await me.receive() == "second"
+
+
+@trio_only
+async def test_a_connection_lost_under_a_borrower_leaves_the_process_receiving() -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        link = conn(b, a)
+        async with b.open_process() as me, trio.open_nursery() as nursery:
+            await a.send(me.pid, "first")
+            assert await me.receive() == "first"
+
+            async def drop_the_connection() -> None:
+                with trio.fail_after(10):
+                    await wait_until(lambda: link._borrower is not None)
+                await b.disconnect(a.name)
+                with trio.fail_after(10):
+                    await wait_until(lambda: link.closed)
+                await b.send(me.pid, "after")
+
+            nursery.start_soon(drop_the_connection)
+            with trio.fail_after(10):
+                assert await me.receive() == "after"
+            assert link._borrower is None and link._lent_to is None
+
+
+@trio_only
+@pytest.mark.parametrize(
+    "big",
+    [list(range(60_000)), b"\x07" * (2 * 1024 * 1024)],
+    ids=["decoded-in-slices", "bulk-bytes"],
+)
+async def test_a_big_frame_during_a_borrowed_read_is_left_to_the_reader(
+    big: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bulk_reads: list[Connection] = []
+    real_receive_bulk = Connection._receive_bulk
+
+    async def receive_bulk(self: Connection) -> bytearray | None:
+        bulk_reads.append(self)
+        return await real_receive_bulk(self)
+
+    monkeypatch.setattr(Connection, "_receive_bulk", receive_bulk)
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        link = conn(b, a)
+        async with b.open_process() as me:
+            await a.send(me.pid, "first")
+            assert await me.receive() == "first"
+
+            async def send_big() -> None:
+                with trio.fail_after(10):
+                    await wait_until(lambda: link._borrower is not None)
+                await a.send(me.pid, big)
+                await a.send(me.pid, "after big")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_big)
+                with trio.fail_after(20):
+                    assert await me.receive() == big
+                    assert await me.receive() == "after big"
+    # A big frame's body is read into a buffer of its size by the reader,
+    # not in 64 KiB reads by the borrower.
+    assert (link in bulk_reads) == isinstance(big, bytes)
+
+
+@trio_only
+async def test_a_failing_frame_handler_closes_the_connection_not_the_borrower(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        link = conn(b, a)
+
+        def broken(conn: Connection, item: list[Any]) -> None:
+            raise RuntimeError("a bug in a handler")
+
+        async with b.open_process() as me, trio.open_nursery() as nursery:
+            await a.send(me.pid, "first")
+            assert await me.receive() == "first"
+
+            async def break_and_ping() -> None:
+                with trio.fail_after(10):
+                    await wait_until(lambda: link._borrower is not None)
+                monkeypatch.setitem(b._transport._handlers, Kind.PING, broken)
+                with pytest.raises(td.NodeDownError):
+                    await a.ping(b.name)
+                assert link.closed
+                await b.send(me.pid, "still receiving")
+
+            nursery.start_soon(break_and_ping)
+            with trio.fail_after(10):
+                assert await me.receive() == "still receiving"
+            assert b.statistics().drops.get("connection_failed") == 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+async def sleep_for(seconds: float) -> None:
+    await trio.sleep(seconds)
+
+
+@trio_only
+async def test_sequential_calls_wait_for_their_replies_on_the_socket(
+    borrowed_reads: collections.Counter[str],
+) -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        b.rpc.export(add)
+        for n in range(100):
+            assert await a.rpc.call(b.name, "add", n, 1) == n + 1
+    assert borrowed_reads[a.name] >= 95
+
+
+@trio_only
+async def test_a_call_that_times_out_while_borrowing_the_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    borrows: list[object] = []
+    real_borrow = Connection.borrow
+
+    async def spy(self: Connection, waiter: Any) -> None:
+        borrows.append(waiter)
+        await real_borrow(self, waiter)
+
+    monkeypatch.setattr(Connection, "borrow", spy)
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        b.rpc.export(add)
+        b.rpc.export(sleep_for)
+        assert await a.rpc.call(b.name, "add", 1, 1) == 2
+        with pytest.raises(td.RpcTimeoutError):
+            await a.rpc.call(b.name, "sleep_for", 30, timeout=0.2)
+        # The timed-out call waited on the socket (more than once if other
+        # frames came meanwhile).
+        assert borrows and all(waiter is borrows[0] for waiter in borrows)
+        link = conn(a, b)
+        assert link._borrower is None
+        # The socket is watched again: the next call is answered.
+        with trio.fail_after(10):
+            assert await a.rpc.call(b.name, "add", 2, 2) == 4
+
+
+async def responder(proc: td.Process) -> None:
+    while True:
+        call = await proc.receive()
+        await proc.reply(call, call.request)
+
+
+@trio_only
+async def test_sequential_process_calls_wait_for_their_replies_on_the_socket(
+    borrowed_reads: collections.Counter[str],
+) -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        server = await b.spawn(responder)
+        async with a.open_process() as me:
+            for n in range(100):
+                assert await me.call(server, n, timeout=10) == n
+        await b.exit(server, "done")
+    assert borrowed_reads[a.name] >= 95
+    assert borrowed_reads[b.name] >= 95
+
+
+def served_in_a_process() -> bool:
+    return td.current_process() is not None
+
+
+@trio_only
+async def test_frames_read_by_a_borrower_are_handled_as_by_the_reader() -> None:
+    """A plain function served by RPC runs in whichever task reads its
+    request: read by a borrowing process, it still runs outside any
+    process, as it does in the reader."""
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        b.rpc.export(served_in_a_process)
+        link = conn(b, a)
+        assert await a.rpc.call(b.name, "served_in_a_process") is False
+        async with b.open_process() as me, trio.open_nursery() as nursery:
+            await a.send(me.pid, "first")
+            assert await me.receive() == "first"
+            answers: list[bool] = []
+
+            async def call_while_borrowed() -> None:
+                with trio.fail_after(10):
+                    await wait_until(lambda: link._borrower is not None)
+                answers.append(await a.rpc.call(b.name, "served_in_a_process"))
+                await a.send(me.pid, "done")
+
+            nursery.start_soon(call_while_borrowed)
+            with trio.fail_after(10):
+                assert await me.receive() == "done"
+        assert answers == [False]
