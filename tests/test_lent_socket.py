@@ -395,3 +395,69 @@ async def test_frames_read_by_a_borrower_are_handled_as_by_the_reader() -> None:
             with trio.fail_after(10):
                 assert await me.receive() == "done"
         assert answers == [False]
+
+
+@trio_only
+async def test_many_waiters_on_one_connection_all_get_their_answers() -> None:
+    """Processes and callers of one node, all waiting on the same
+    connection at once: whoever reads, each answer reaches its waiter."""
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        b.rpc.export(add)
+        server = await b.spawn(echo, b)
+        responder_pid = await b.spawn(responder)
+        done: list[str] = []
+
+        async def messages(name: str) -> None:
+            async with a.open_process() as me:
+                for seq in range(30):
+                    await a.send(server, {"from": me.pid, "seq": seq, "name": name})
+                    reply = await me.receive()
+                    assert reply == {"from": me.pid, "seq": seq, "name": name}
+            done.append(name)
+
+        async def calls(name: str) -> None:
+            async with a.open_process() as me:
+                for seq in range(30):
+                    assert await me.call(responder_pid, [name, seq], timeout=10) == [name, seq]
+            done.append(name)
+
+        async def rpcs(name: str, start: int) -> None:
+            for n in range(start, start + 30):
+                assert await a.rpc.call(b.name, "add", n, 1) == n + 1
+            done.append(name)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for k in range(4):
+                    nursery.start_soon(messages, f"m{k}")
+                    nursery.start_soon(calls, f"c{k}")
+                    nursery.start_soon(rpcs, f"r{k}", 100 * k)
+        assert len(done) == 12
+        await a.send(server, "stop")
+        await b.exit(responder_pid, "done")
+
+
+@trio_only
+async def test_without_a_socket_wait_the_socket_stays_the_readers(
+    monkeypatch: pytest.MonkeyPatch, borrowed_reads: collections.Counter[str]
+) -> None:
+    """Where the wait cannot be made (no epoll or eventfd, no descriptors
+    left), nothing is lent and every message still arrives."""
+    from trio_distribute import _connection
+
+    tries: list[object] = []
+
+    def cannot(sock: object) -> None:
+        tries.append(sock)
+
+    monkeypatch.setattr(_connection, "socket_wait_for", cannot)
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        server = await b.spawn(echo, b)
+        async with a.open_process() as me:
+            for seq in range(50):
+                await a.send(server, {"from": me.pid, "seq": seq})
+                with trio.fail_after(10):
+                    assert await me.receive() == {"from": me.pid, "seq": seq}
+        await a.send(server, "stop")
+    assert borrowed_reads == {}
+    assert len(tries) == 2  # one try per connection end, not one per message

@@ -490,7 +490,7 @@ class Calls:
             return
         if conn.peer == pending.node:
             pending.settled = True  # the serving node forgot it as it replied
-            conn.woke = pending.task  # the caller's next call may borrow the socket
+            conn.woke(pending.task)  # the caller's next call may borrow the socket
         pending.value = value
         pending.replied = True
         pending.wake()

@@ -50,6 +50,7 @@ from ._proto.frames import HEADER_SIZE, TICK, FrameDecoder
 from ._proto.kinds import Kind
 from ._ratelimit import LogLimiter
 from ._sliced_decode import SLICED_ABOVE
+from ._socket_wait import SocketWait, socket_wait_for
 from .config import NodeConfig
 from .errors import NodeDownError, ProtocolError
 from .monitor import NodeDownReason
@@ -99,6 +100,8 @@ BROKEN_WRITE_GRACE = 0.5
 FrameHandler = Callable[["Connection", list[Any]], None]
 
 _trio_module: Any = None
+#: A read woke more than one waiter: the socket is not lent.
+_SEVERAL = object()
 
 
 def _trio() -> Any:
@@ -114,12 +117,12 @@ def _trio() -> Any:
 
 class Borrower(Protocol):
     """Where a task waits while it borrows a connection's socket: it holds
-    the wait's cancel scope, which whoever brings what the task waits for
-    cancels instead of rescheduling the task."""
+    the socket's wait, which whoever brings what the task waits for kicks
+    instead of rescheduling the task."""
 
-    def hold(self, scope: Any) -> None: ...
+    def hold(self, wait: SocketWait) -> None: ...
 
-    def release(self, scope: Any) -> None: ...
+    def release(self, wait: SocketWait) -> None: ...
 
 
 class ConnectionOwner(Protocol):
@@ -250,15 +253,16 @@ class Connection:
     # a deadline) and then closes it, so peers see "shutdown" however the
     # node was left.
     _cancel_scope: anyio.CancelScope = attrs.field(factory=lambda: anyio.CancelScope(shield=True))
-    #: Who the last frame read woke: the mailbox of a process waiting in
-    #: ``receive`` (a direct delivery), or a task waiting for a call's reply;
-    #: the socket may be lent to it (see "lending" below).
-    woke: object = None
-    # Lending: the mailbox whose process may borrow the socket, the cancel
-    # scope of the borrower's wait on it, the reader task while it waits for
-    # the borrower, and the frames a borrowed read left to the reader.
+    # Who the frames of the last read woke (see woke()).
+    _woke: object = None
+    # Lending: the mailbox (or task) that may borrow the socket, the wait a
+    # borrower is in, the reader task while it waits for the borrower, the
+    # frames a borrowed read left to the reader, and the wait borrowers use
+    # (made on the first lend).
     _lent_to: object = None
-    _borrower: Any = None
+    _borrower: SocketWait | None = None
+    _socket_wait: SocketWait | None = None
+    _lendable: bool = True
     _lender: Any = None
     _backlog: Sequence[bytes | bytearray] | None = None
     _reader_context: contextvars.Context | None = None
@@ -515,10 +519,16 @@ class Connection:
                     return
             delivered = bool(payloads)
             drained = len(data) < _RECEIVE_SIZE
-            woke = self.woke
+            woke = self._woke
             if woke is not None:
-                self.woke = None
-                if can_lend and drained and decoder.pending_frame < BULK_READ_ABOVE:
+                self._woke = None
+                if (
+                    woke is not _SEVERAL
+                    and can_lend
+                    and self._lendable
+                    and drained
+                    and decoder.pending_frame < BULK_READ_ABOVE
+                ):
                     backlog = await self._lend(woke)
                     if backlog is not None:
                         await self._deliver(backlog)
@@ -627,6 +637,13 @@ class Connection:
     # the process does not come back for it within ``_LEND_BATCHES``
     # batches: the socket is never left unwatched for longer.
 
+    def woke(self, waiter: object) -> None:
+        """A frame this connection read woke ``waiter``: the mailbox of a
+        process waiting in ``receive``, or a task waiting for a call's
+        reply. If it is the only one its read woke, the socket may be lent
+        to it; a read that wakes several (many calls in flight) keeps it."""
+        self._woke = waiter if self._woke is None else _SEVERAL
+
     def lent_to(self, borrower: object) -> bool:
         """Whether ``borrower`` (a process's mailbox, or a task waiting for
         a reply) may wait on the socket now (:meth:`borrow`)."""
@@ -637,6 +654,12 @@ class Connection:
         process's mailbox, or a task whose call it answered); return when
         the socket is this task's again, with the frames a borrowed read
         left to deliver, if any."""
+        if self._socket_wait is None:
+            assert self.sock is not None
+            self._socket_wait = socket_wait_for(self.sock)
+            if self._socket_wait is None:
+                self._lendable = False  # not here: the socket stays the reader's
+                return None
         # A process finds the connection lent to it through its mailbox.
         mailbox = to if isinstance(to, Mailbox) else None
         # Frame handlers run in this task's context, whoever reads.
@@ -676,19 +699,21 @@ class Connection:
         in ``waiter`` (which :meth:`lent_to` allows); then read and deliver
         what came. Returns when what the task waits for may have come: read
         from the socket, or brought by any other path, which ends the wait
-        by cancelling the cancel scope ``waiter`` holds meanwhile."""
-        trio = _trio()
-        scope = trio.CancelScope()
-        self._borrower = scope
-        waiter.hold(scope)
+        with a kick of the :class:`SocketWait` that ``waiter`` holds
+        meanwhile."""
+        wait = self._socket_wait
+        assert wait is not None  # made by _lend
+        self._borrower = wait
+        waiter.hold(wait)
         try:
             try:
-                with scope:
-                    await self.transport.wait_readable(self.sock)  # type: ignore[arg-type]
+                await wait.wait()
+            except _trio().ClosedResourceError:
+                return  # the connection closed under the wait
             finally:
                 self._borrower = None
-                waiter.release(scope)
-            if not scope.cancelled_caught:
+                waiter.release(wait)
+            if not self.closed:
                 # In the reader's context: a handler (a plain function served
                 # by RPC, for one) sees no current process, as in the reader.
                 context = self._reader_context
@@ -698,7 +723,7 @@ class Connection:
             lender = self._lender
             if lender is not None:
                 self._lender = None
-                trio.lowlevel.reschedule(lender)
+                _trio().lowlevel.reschedule(lender)
 
     def _borrowed_read(self) -> None:
         """The reader's step, run by a borrower: one read, and every frame
@@ -731,7 +756,7 @@ class Connection:
             return
         finally:
             # Whom this read woke is the reader's to know only for its own reads.
-            self.woke = None
+            self._woke = None
         if index < len(payloads):
             self._backlog = payloads[index:]
             self._lent_to = None
@@ -741,7 +766,7 @@ class Connection:
     def _stop_lending(self) -> None:
         self._lent_to = None
         if self._borrower is not None:
-            self._borrower.cancel()
+            self._borrower.kick()
 
     def _handler_failed(self) -> None:
         # A bug in a frame handler must not take the node down with it.
@@ -926,6 +951,8 @@ class Connection:
             self.close(self.peer_bye or NodeDownReason.CONNECTION_CLOSED)
             with anyio.CancelScope(shield=True):
                 await self.stream.aclose()
+            if self._socket_wait is not None:
+                self._socket_wait.close()
 
     def close(self, reason: str) -> None:
         """Close now (without a goodbye) and report the node down once."""

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import anyio
 
 from ._backend import running_on_trio
+from ._socket_wait import SocketWait
 
 __all__ = ["COMPACT_SLACK", "Deadlines", "Expiring", "Waiter", "bind_trio", "loop_clock"]
 
@@ -59,19 +60,13 @@ _ABORT_SUCCEEDED: Any = None  # trio.lowlevel.Abort.SUCCEEDED, once on trio
 _reschedule: Callable[[Any], None] | None = None  # trio.lowlevel.reschedule
 
 
-#: trio's CancelScope, once on trio: a waiter holding one waits on a lent
-#: socket (``Connection.borrow``).
-_CancelScope: Any = None
-
-
 def bind_trio() -> None:
     """Look up trio's primitives that :class:`Waiter` uses (on trio only)."""
-    global _ABORT_SUCCEEDED, _reschedule, _CancelScope
+    global _ABORT_SUCCEEDED, _reschedule
     import trio
 
     _ABORT_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
     _reschedule = trio.lowlevel.reschedule
-    _CancelScope = trio.CancelScope
 
 
 class Waiter:
@@ -113,22 +108,22 @@ class Waiter:
         task = self.task
         if task is not None:
             self.task = None
-            if type(task) is _CancelScope:
-                task.cancel()  # the task waits on a lent socket
+            if type(task) is SocketWait:
+                task.kick()  # the task waits on a lent socket
             else:
                 assert _reschedule is not None
                 _reschedule(task)
         elif self.event is not None and not self.event.done():
             self.event.set_result(None)
 
-    def hold(self, scope: Any) -> None:
-        """(trio) The task waits on a lent socket: :meth:`wake` cancels
-        ``scope`` (see ``Connection.borrow``)."""
-        self.task = scope
+    def hold(self, wait: SocketWait) -> None:
+        """(trio) The task waits on a lent socket: :meth:`wake` kicks
+        ``wait`` (see ``Connection.borrow``)."""
+        self.task = wait
 
-    def release(self, scope: Any) -> None:
-        """(trio) The wait under ``scope`` ended."""
-        if self.task is scope:
+    def release(self, wait: SocketWait) -> None:
+        """(trio) That wait ended."""
+        if self.task is wait:
             self.task = None
 
     def __call__(self, _: object) -> Any:

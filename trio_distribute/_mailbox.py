@@ -31,6 +31,7 @@ import anyio
 
 from ._backend import Checkpoints, running_on_trio
 from ._correlation import Traced, correlation_id
+from ._socket_wait import SocketWait
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -101,14 +102,9 @@ class MailboxSettings:
             self.current_task: Callable[[], Any] = trio.lowlevel.current_task
             self.reschedule: Callable[[Any], None] = trio.lowlevel.reschedule
             self.wait_task_rescheduled: Callable[[Any], Any] = trio.lowlevel.wait_task_rescheduled
-            global _CancelScope
-            _CancelScope = trio.CancelScope
 
 
 _SUCCEEDED: Any = None
-#: trio's CancelScope once a node runs on trio (a waiter of that type is a
-#: process waiting on a lent socket); never matches before.
-_CancelScope: Any = None
 
 
 def _abort_succeeded() -> Any:
@@ -198,8 +194,8 @@ class Mailbox:
             waiter.set()
             return
         reschedule = settings.reschedule
-        if type(waiter) is _CancelScope:
-            waiter.cancel()  # the process waits on a lent socket
+        if type(waiter) is SocketWait:
+            waiter.kick()  # the process waits on a lent socket
         else:
             reschedule(waiter)
         others = self._others
@@ -290,14 +286,14 @@ class Mailbox:
 
     # Waiting, in two halves so that a caller can await in its own frame.
 
-    def hold(self, scope: Any) -> None:
-        """(trio) The process waits on a lent socket: a ``put`` cancels
-        ``scope`` (see ``Connection.borrow``)."""
-        self._waiter = scope
+    def hold(self, wait: SocketWait) -> None:
+        """(trio) The process waits on a lent socket: a ``put`` kicks
+        ``wait`` (see ``Connection.borrow``)."""
+        self._waiter = wait
 
-    def release(self, scope: Any) -> None:
-        """(trio) The wait under ``scope`` ended."""
-        if self._waiter is scope:
+    def release(self, wait: SocketWait) -> None:
+        """(trio) That wait ended."""
+        if self._waiter is wait:
             self._promote()
 
     def lender(self) -> Connection | None:

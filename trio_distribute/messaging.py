@@ -1013,7 +1013,7 @@ class Processes:
         if not mailbox.put(message, size):
             self.dropped(process.pid, mailbox.refusal)
         elif waiting:
-            conn.woke = mailbox
+            conn.woke(mailbox)
 
     def _init_direct_delivery(self) -> None:
         """Let the connection readers hand a SEND frame to a local process

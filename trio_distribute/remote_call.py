@@ -716,7 +716,7 @@ class Rpc:
                 type(value) is list and len(value) == 3 and all(type(v) is str for v in value)
             ):
                 raise ValueError("RPC_REPLY of a raised call needs [type, message, traceback]")
-            conn.woke = call.task  # the caller's next call may borrow the socket
+            conn.woke(call.task)  # the caller's next call may borrow the socket
             call.finish(status, value)
             return
         if status == CANCELLED and self._awaiting_ack.pop(req, None) is not None:
