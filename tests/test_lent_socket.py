@@ -90,8 +90,12 @@ async def test_a_selective_receive_with_a_timeout_borrows_too(
             server = await b.spawn(echo, b)
             async with a.open_process() as me:
                 for seq in range(100):
+
+                    def is_reply(message: Any, seq: int = seq) -> bool:
+                        return bool(message["seq"] == seq)
+
                     await a.send(server, {"from": me.pid, "seq": seq})
-                    reply = await me.receive(match=lambda m, seq=seq: m["seq"] == seq, timeout=10)
+                    reply = await me.receive(match=is_reply, timeout=10)
                     assert reply == {"from": me.pid, "seq": seq}
                 await a.send(server, "stop")
             nursery.cancel_scope.cancel()
