@@ -12,12 +12,14 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+import anyio.abc
 import pytest
 import trio
 
 import trio_distribute as td
 from trio_distribute._connection import Connection
 from trio_distribute._proto.kinds import Kind
+from trio_distribute._socket_wait import SocketWait
 from trio_distribute.testing import open_cluster, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -103,7 +105,17 @@ async def test_a_selective_receive_with_a_timeout_borrows_too(
 
 
 @trio_only
-async def test_a_local_send_wakes_a_process_waiting_on_a_lent_socket() -> None:
+async def test_a_local_send_wakes_a_process_waiting_on_a_lent_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kicks: list[SocketWait] = []
+    real_kick = SocketWait.kick
+
+    def kick(self: SocketWait) -> None:
+        kicks.append(self)
+        real_kick(self)
+
+    monkeypatch.setattr(SocketWait, "kick", kick)
     async with open_cluster(["a", "b"], config=local()) as (a, b):
         link = conn(b, a)
         async with b.open_process() as me, trio.open_nursery() as nursery:
@@ -118,6 +130,9 @@ async def test_a_local_send_wakes_a_process_waiting_on_a_lent_socket() -> None:
             nursery.start_soon(local_sender)
             with trio.fail_after(10):
                 assert await me.receive() == "from b"
+            # Woken by the send itself, not by the next frame on the socket
+            # (the election's heartbeats come every 50 ms).
+            assert kicks == [link._socket_wait]
             # The socket is still lent: the next remote message comes the
             # borrowed way too.
             await a.send(me.pid, "again from a")
@@ -302,6 +317,7 @@ async def test_a_failing_frame_handler_closes_the_connection_not_the_borrower(
             with trio.fail_after(10):
                 assert await me.receive() == "still receiving"
             assert b.statistics().drops.get("connection_failed") == 1
+            assert link.down_reason == td.NodeDownReason.CONNECTION_CLOSED
 
 
 def add(x: int, y: int) -> int:
@@ -465,3 +481,183 @@ async def test_without_a_socket_wait_the_socket_stays_the_readers(
         await a.send(server, "stop")
     assert borrowed_reads == {}
     assert len(tries) == 2  # one try per connection end, not one per message
+
+
+@pytest.mark.parametrize("borrowed", [False, True], ids=["reader", "borrower"])
+@trio_only
+async def test_a_frame_too_big_to_accept_closes_the_connection_once(borrowed: bool) -> None:
+    """A header announcing more than ``max_message_size`` is a protocol
+    error whoever reads it: the connection closes, counted once, and the
+    process that was waiting goes on receiving."""
+    from hostile_peer import hostile_peer
+
+    from trio_distribute import codec
+    from trio_distribute._proto.frames import frame
+
+    async with open_cluster(["a"], config=local()) as (a,):
+        async with a.open_process() as sink, hostile_peer(a.address) as peer:
+            link = a._transport.connection("mallory@127.0.0.1")
+            assert link is not None
+            got_first = trio.Event()
+
+            async def peer_sends() -> None:
+                # Once the process waits: the read that delivers it lends.
+                await wait_until(lambda: sink._mailbox._waiter is not None)
+                await peer.send_raw(frame(codec.encode([int(Kind.SEND), sink.pid, "first"])))
+                await got_first.wait()
+                with trio.fail_after(10):
+                    if borrowed:
+                        await wait_until(lambda: link._borrower is not None)
+                    else:  # the process does not come back: the reader reads
+                        await wait_until(lambda: link._lent_to is None)
+                too_big = a.config.max_message_size + 1
+                await peer.send_raw(too_big.to_bytes(4, "big") + b"\x00" * 16)
+                with trio.fail_after(10):
+                    await wait_until(lambda: link.closed)
+                await a.send(sink.pid, "after")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer_sends)
+                with trio.fail_after(10):
+                    assert await sink.receive() == "first"
+                    got_first.set()
+                    if not borrowed:
+                        await wait_until(lambda: link.closed)
+                    assert await sink.receive() == "after"
+            assert dict(a.statistics().drops) == {"protocol_error": 1}
+
+
+@trio_only
+async def test_nothing_is_left_lent_once_the_processes_are_gone() -> None:
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        server = await b.spawn(echo, b)
+        settings = b._processes._mailbox_settings
+        assert settings is not None
+        server_lent = settings.lent
+        async with a.open_process() as me:
+            lent = me._mailbox._settings.lent
+            for seq in range(20):
+                await a.send(server, {"from": me.pid, "seq": seq})
+                with trio.fail_after(10):
+                    await me.receive()
+            assert list(lent) == [me._mailbox]  # lent to this process now
+        await a.send(server, "stop")
+        # Once nobody comes back for the sockets, both readers have them.
+        with trio.fail_after(10):
+            await wait_until(lambda: not lent and not server_lent)
+
+
+@trio_only
+async def test_a_reset_under_a_borrower_is_a_failed_read() -> None:
+    import socket as socket_module
+    import struct
+
+    from hostile_peer import hostile_peer
+
+    from trio_distribute import codec
+    from trio_distribute._proto.frames import frame
+
+    async with open_cluster(["a"], config=local()) as (a,):
+        async with a.open_process() as sink, hostile_peer(a.address) as peer:
+            link = a._transport.connection("mallory@127.0.0.1")
+            assert link is not None
+            got_first = trio.Event()
+
+            async def peer_sends() -> None:
+                await wait_until(lambda: sink._mailbox._waiter is not None)
+                await peer.send_raw(frame(codec.encode([int(Kind.SEND), sink.pid, "first"])))
+                await got_first.wait()
+                with trio.fail_after(10):
+                    await wait_until(lambda: link._borrower is not None)
+                raw = peer.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                # Linger 0: close sends a reset, not a goodbye.
+                raw.setsockopt(
+                    socket_module.SOL_SOCKET, socket_module.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                await peer.stream.aclose()
+                with trio.fail_after(10):
+                    await wait_until(lambda: link.closed)
+                await a.send(sink.pid, "after")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer_sends)
+                with trio.fail_after(10):
+                    assert await sink.receive() == "first"
+                    got_first.set()
+                    assert await sink.receive() == "after"
+            assert dict(a.statistics().drops) == {"socket_read_failed": 1}
+            assert link.down_reason == td.NodeDownReason.CONNECTION_CLOSED
+
+
+@trio_only
+async def test_a_lent_socket_is_taken_back_after_two_batches_without_a_borrower() -> None:
+    """The bound on an unwatched socket: when the process it was lent to
+    does not come back to wait on it, the reader takes it back in the
+    second scheduler batch after the last read (it waits that long for the
+    process, and no longer), after its own read and a borrowed one alike.
+    The process counts from the batch it runs in: the one after the
+    reader's read, or the borrowed read's own."""
+    async with open_cluster(["a", "b"], config=local()) as (a, b):
+        link = conn(b, a)
+        after_reader: list[int] = []
+        after_borrower: list[int] = []
+
+        async def batches_until_taken_back() -> int:
+            batches = 0
+            while link._lent_to is not None:
+                await trio.lowlevel.checkpoint()  # one batch
+                batches += 1
+            return batches
+
+        async with b.open_process() as me:
+            for _ in range(50):
+                await a.send(me.pid, "read by the reader")
+                with trio.fail_after(10):
+                    await me.receive()
+                after_reader.append(await batches_until_taken_back())
+                await a.send(me.pid, "first")
+                await me.receive()  # lent again
+                await a.send(me.pid, "read by the borrower")
+                with trio.fail_after(10):
+                    assert await me.receive() == "read by the borrower"
+                after_borrower.append(await batches_until_taken_back())
+    assert max(after_reader) == 2
+    assert max(after_borrower) == 3
+
+
+@trio_only
+async def test_the_peer_closing_under_a_borrower_closes_the_connection() -> None:
+    import socket as socket_module
+
+    from hostile_peer import hostile_peer
+
+    from trio_distribute import codec
+    from trio_distribute._proto.frames import frame
+
+    async with open_cluster(["a"], config=local()) as (a,):
+        async with a.open_process() as sink, hostile_peer(a.address) as peer:
+            link = a._transport.connection("mallory@127.0.0.1")
+            assert link is not None
+            got_first = trio.Event()
+
+            async def peer_sends_then_leaves() -> None:
+                await wait_until(lambda: sink._mailbox._waiter is not None)
+                await peer.send_raw(frame(codec.encode([int(Kind.SEND), sink.pid, "first"])))
+                await got_first.wait()
+                with trio.fail_after(10):
+                    await wait_until(lambda: link._borrower is not None)
+                # No goodbye: the end of the stream (a FIN, not a reset).
+                raw = peer.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                raw.shutdown(socket_module.SHUT_WR)
+                with trio.fail_after(10):
+                    await wait_until(lambda: link.closed)
+                await a.send(sink.pid, "after")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer_sends_then_leaves)
+                with trio.fail_after(10):
+                    assert await sink.receive() == "first"
+                    got_first.set()
+                    assert await sink.receive() == "after"
+            assert link.down_reason == td.NodeDownReason.CONNECTION_CLOSED
+            assert dict(a.statistics().drops) == {}

@@ -136,3 +136,20 @@ def test_no_wait_is_made_without_descriptors(
     before = len(os.listdir("/proc/self/fd"))
     assert socket_wait_for(a) is None
     assert len(os.listdir("/proc/self/fd")) == before  # the epoll set was closed
+
+
+def test_the_kick_descriptor_never_blocks_and_is_not_inherited(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    import fcntl
+
+    a, _ = pair
+
+    async def main() -> None:
+        wait = SocketWait(a)
+        kick_fd = wait._kick_fd
+        assert fcntl.fcntl(kick_fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        assert not os.get_inheritable(kick_fd)
+        wait.close()
+
+    run(main)

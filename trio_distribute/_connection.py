@@ -88,8 +88,8 @@ _IOV_MAX = 512
 #: Reading or writing a big frame lets other tasks run after this many
 #: seconds of copying, as a sliced decode does.
 _BULK_YIELD_AFTER = 0.004
-#: Scheduler batches a lending reader waits for its borrower to come back
-#: before it waits on the socket itself again.
+#: Scheduler batches after the last read a lending reader waits for its
+#: borrower to come back before it waits on the socket itself again.
 _LEND_BATCHES = 2
 #: After a write fails, the reader gets this long to read what the peer sent
 #: before the failure (its goodbye, above all), so a peer's graceful stop is
@@ -633,9 +633,9 @@ class Connection:
     # finding its mailbox empty, waits on the socket itself, and when bytes
     # come it reads and delivers them as this reader would, takes its own
     # message and replies in the same batch. This reader waits meanwhile,
-    # woken after every borrowed read, and takes the socket back as soon as
-    # the process does not come back for it within ``_LEND_BATCHES``
-    # batches: the socket is never left unwatched for longer.
+    # woken after every borrowed read, and takes the socket back when the
+    # process has not come back for it by the ``_LEND_BATCHES``-th batch
+    # after the last read: the socket is never left unwatched for longer.
 
     def woke(self, waiter: object) -> None:
         """A frame this connection read woke ``waiter``: the mailbox of a
@@ -673,7 +673,9 @@ class Connection:
             while self._lent_to is to:
                 if self._borrower is not None:
                     await _trio().lowlevel.wait_task_rescheduled(self._park_lender())
-                    idle = 0
+                    # Woken after a borrowed read: this batch is the first
+                    # the socket may go unwatched.
+                    idle = 1
                 elif idle < _LEND_BATCHES:
                     await checkpoint()
                     idle += 1

@@ -103,6 +103,21 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
         "",
     ),
     "trio_distribute._proto.cookie_keys": (("tests/test_cookie.py",), ""),
+    # The lending of a connection's socket (focused, see FOCUS).
+    "trio_distribute._connection": (
+        (
+            "tests/test_lent_socket.py",
+            "tests/test_direct_delivery.py",
+            "tests/test_bulk.py",
+            "tests/test_hostile_memory.py",
+        ),
+        # The read path is the same on both backends; lending is trio's.
+        "trio",
+    ),
+    "trio_distribute._socket_wait": (
+        ("tests/test_socket_wait.py", "tests/test_lent_socket.py"),
+        "",
+    ),
 }
 
 #: module -> the functions (qualified names, prefix match) to mutate; a
@@ -110,6 +125,18 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
 #: driver's logic (exercised by the simulations); its wire decoding and
 #: voter-set rules guard what peers send.
 FOCUS: dict[str, tuple[str, ...]] = {
+    # Lending only: the read path it shares with the reader is pinned by
+    # the whole suite, not by these test files.
+    "trio_distribute._connection": (
+        "Connection.woke",
+        "Connection.lent_to",
+        "Connection._lend",
+        "Connection._park_lender",
+        "Connection._abort_lender",
+        "Connection.borrow",
+        "Connection._borrowed_read",
+        "Connection._stop_lending",
+    ),
     "trio_distribute._proto.raft": (
         "decode_message",
         "_from_fields",
