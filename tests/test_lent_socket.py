@@ -10,14 +10,20 @@ behind."""
 from __future__ import annotations
 
 import collections
+import socket
+import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.abc
 import pytest
 import trio
+from hostile_peer import HostilePeer, hostile_peer
 
 import trio_distribute as td
+from trio_distribute import codec
 from trio_distribute._connection import Connection
+from trio_distribute._proto.frames import frame
 from trio_distribute._proto.kinds import Kind
 from trio_distribute._socket_wait import SocketWait
 from trio_distribute.testing import open_cluster, wait_until
@@ -483,17 +489,15 @@ async def test_without_a_socket_wait_the_socket_stays_the_readers(
     assert len(tries) == 2  # one try per connection end, not one per message
 
 
-@pytest.mark.parametrize("borrowed", [False, True], ids=["reader", "borrower"])
-@trio_only
-async def test_a_frame_too_big_to_accept_closes_the_connection_once(borrowed: bool) -> None:
-    """A header announcing more than ``max_message_size`` is a protocol
-    error whoever reads it: the connection closes, counted once, and the
-    process that was waiting goes on receiving."""
-    from hostile_peer import hostile_peer
-
-    from trio_distribute import codec
-    from trio_distribute._proto.frames import frame
-
+async def peer_misbehaves_after_a_lend(
+    misbehave: Callable[[HostilePeer, td.Node], Awaitable[None]], *, borrowed: bool = True
+) -> tuple[td.Node, Connection]:
+    """A raw peer sends a message to a waiting process (the read that
+    delivers it lends the socket to the process), then, once the process
+    waits on the socket (or, with ``borrowed`` false, once it has not come
+    back and the reader has the socket again), does ``misbehave``; the
+    connection must close and the process go on receiving. Returns the
+    node (stopped) and the connection."""
     async with open_cluster(["a"], config=local()) as (a,):
         async with a.open_process() as sink, hostile_peer(a.address) as peer:
             link = a._transport.connection("mallory@127.0.0.1")
@@ -508,10 +512,9 @@ async def test_a_frame_too_big_to_accept_closes_the_connection_once(borrowed: bo
                 with trio.fail_after(10):
                     if borrowed:
                         await wait_until(lambda: link._borrower is not None)
-                    else:  # the process does not come back: the reader reads
+                    else:
                         await wait_until(lambda: link._lent_to is None)
-                too_big = a.config.max_message_size + 1
-                await peer.send_raw(too_big.to_bytes(4, "big") + b"\x00" * 16)
+                await misbehave(peer, a)
                 with trio.fail_after(10):
                     await wait_until(lambda: link.closed)
                 await a.send(sink.pid, "after")
@@ -521,10 +524,24 @@ async def test_a_frame_too_big_to_accept_closes_the_connection_once(borrowed: bo
                 with trio.fail_after(10):
                     assert await sink.receive() == "first"
                     got_first.set()
-                    if not borrowed:
+                    if not borrowed:  # does not come back to the socket
                         await wait_until(lambda: link.closed)
                     assert await sink.receive() == "after"
-            assert dict(a.statistics().drops) == {"protocol_error": 1}
+    return a, link
+
+
+@pytest.mark.parametrize("borrowed", [False, True], ids=["reader", "borrower"])
+@trio_only
+async def test_a_frame_too_big_to_accept_closes_the_connection_once(borrowed: bool) -> None:
+    """A header announcing more than ``max_message_size`` is a protocol
+    error whoever reads it: the connection closes, counted once."""
+
+    async def announce_too_much(peer: HostilePeer, node: td.Node) -> None:
+        too_big = node.config.max_message_size + 1
+        await peer.send_raw(too_big.to_bytes(4, "big") + b"\x00" * 16)
+
+    a, _ = await peer_misbehaves_after_a_lend(announce_too_much, borrowed=borrowed)
+    assert dict(a.statistics().drops) == {"protocol_error": 1}
 
 
 @trio_only
@@ -549,44 +566,15 @@ async def test_nothing_is_left_lent_once_the_processes_are_gone() -> None:
 
 @trio_only
 async def test_a_reset_under_a_borrower_is_a_failed_read() -> None:
-    import socket as socket_module
-    import struct
+    async def reset(peer: HostilePeer, node: td.Node) -> None:
+        raw = peer.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        # Linger 0: close sends a reset, not a goodbye.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await peer.stream.aclose()
 
-    from hostile_peer import hostile_peer
-
-    from trio_distribute import codec
-    from trio_distribute._proto.frames import frame
-
-    async with open_cluster(["a"], config=local()) as (a,):
-        async with a.open_process() as sink, hostile_peer(a.address) as peer:
-            link = a._transport.connection("mallory@127.0.0.1")
-            assert link is not None
-            got_first = trio.Event()
-
-            async def peer_sends() -> None:
-                await wait_until(lambda: sink._mailbox._waiter is not None)
-                await peer.send_raw(frame(codec.encode([int(Kind.SEND), sink.pid, "first"])))
-                await got_first.wait()
-                with trio.fail_after(10):
-                    await wait_until(lambda: link._borrower is not None)
-                raw = peer.stream.extra(anyio.abc.SocketAttribute.raw_socket)
-                # Linger 0: close sends a reset, not a goodbye.
-                raw.setsockopt(
-                    socket_module.SOL_SOCKET, socket_module.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-                await peer.stream.aclose()
-                with trio.fail_after(10):
-                    await wait_until(lambda: link.closed)
-                await a.send(sink.pid, "after")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(peer_sends)
-                with trio.fail_after(10):
-                    assert await sink.receive() == "first"
-                    got_first.set()
-                    assert await sink.receive() == "after"
-            assert dict(a.statistics().drops) == {"socket_read_failed": 1}
-            assert link.down_reason == td.NodeDownReason.CONNECTION_CLOSED
+    a, link = await peer_misbehaves_after_a_lend(reset)
+    assert dict(a.statistics().drops) == {"socket_read_failed": 1}
+    assert link.down_reason == td.NodeDownReason.CONNECTION_CLOSED
 
 
 @trio_only
@@ -627,37 +615,11 @@ async def test_a_lent_socket_is_taken_back_after_two_batches_without_a_borrower(
 
 @trio_only
 async def test_the_peer_closing_under_a_borrower_closes_the_connection() -> None:
-    import socket as socket_module
+    async def end_of_stream(peer: HostilePeer, node: td.Node) -> None:
+        # No goodbye: the end of the stream (a FIN, not a reset).
+        raw = peer.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        raw.shutdown(socket.SHUT_WR)
 
-    from hostile_peer import hostile_peer
-
-    from trio_distribute import codec
-    from trio_distribute._proto.frames import frame
-
-    async with open_cluster(["a"], config=local()) as (a,):
-        async with a.open_process() as sink, hostile_peer(a.address) as peer:
-            link = a._transport.connection("mallory@127.0.0.1")
-            assert link is not None
-            got_first = trio.Event()
-
-            async def peer_sends_then_leaves() -> None:
-                await wait_until(lambda: sink._mailbox._waiter is not None)
-                await peer.send_raw(frame(codec.encode([int(Kind.SEND), sink.pid, "first"])))
-                await got_first.wait()
-                with trio.fail_after(10):
-                    await wait_until(lambda: link._borrower is not None)
-                # No goodbye: the end of the stream (a FIN, not a reset).
-                raw = peer.stream.extra(anyio.abc.SocketAttribute.raw_socket)
-                raw.shutdown(socket_module.SHUT_WR)
-                with trio.fail_after(10):
-                    await wait_until(lambda: link.closed)
-                await a.send(sink.pid, "after")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(peer_sends_then_leaves)
-                with trio.fail_after(10):
-                    assert await sink.receive() == "first"
-                    got_first.set()
-                    assert await sink.receive() == "after"
-            assert link.down_reason == td.NodeDownReason.CONNECTION_CLOSED
-            assert dict(a.statistics().drops) == {}
+    a, link = await peer_misbehaves_after_a_lend(end_of_stream)
+    assert link.down_reason == td.NodeDownReason.CONNECTION_CLOSED
+    assert dict(a.statistics().drops) == {}
