@@ -60,6 +60,13 @@ def borrowed_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
     return counts
 
 
+async def arrives(sender: td.Node, proc: td.Process, message: object) -> None:
+    """``sender`` sends ``message`` to ``proc``, which receives it next."""
+    await sender.send(proc.pid, message)
+    with trio.fail_after(10):
+        assert await proc.receive() == message
+
+
 async def echo(proc: td.Process, node: td.Node) -> None:
     while True:
         message = await proc.receive()
@@ -125,8 +132,7 @@ async def test_a_local_send_wakes_a_process_waiting_on_a_lent_socket(
     async with open_cluster(["a", "b"], config=local()) as (a, b):
         link = conn(b, a)
         async with b.open_process() as me, trio.open_nursery() as nursery:
-            await a.send(me.pid, "from a")
-            assert await me.receive() == "from a"
+            await arrives(a, me, "from a")
 
             async def local_sender() -> None:
                 with trio.fail_after(10):
@@ -141,9 +147,7 @@ async def test_a_local_send_wakes_a_process_waiting_on_a_lent_socket(
             assert kicks == [link._socket_wait]
             # The socket is still lent: the next remote message comes the
             # borrowed way too.
-            await a.send(me.pid, "again from a")
-            with trio.fail_after(10):
-                assert await me.receive() == "again from a"
+            await arrives(a, me, "again from a")
 
 
 @trio_only
@@ -162,8 +166,7 @@ async def test_a_borrower_delivers_what_the_socket_brings_for_other_processes() 
             nursery.start_soon(other_process)
             with trio.fail_after(10):
                 await wait_until(lambda: bool(other_pid))
-            await a.send(me.pid, "first")
-            assert await me.receive() == "first"
+            await arrives(a, me, "first")
 
             async def remote_sends() -> None:
                 with trio.fail_after(10):
@@ -188,8 +191,7 @@ async def test_a_process_busy_elsewhere_does_not_hold_the_socket() -> None:
         link = conn(b, a)
         others_done = trio.Event()
         async with b.open_process() as me, b.open_process() as other:
-            await a.send(me.pid, "first")
-            assert await me.receive() == "first"
+            await arrives(a, me, "first")
             assert link._lent_to is not None  # lent to this process
 
             async def other_receives() -> None:
@@ -213,8 +215,7 @@ async def test_a_cancelled_borrower_hands_the_socket_back() -> None:
     async with open_cluster(["a", "b"], config=local()) as (a, b):
         link = conn(b, a)
         async with b.open_process() as me, b.open_process() as other:
-            await a.send(me.pid, "first")
-            assert await me.receive() == "first"
+            await arrives(a, me, "first")
             with trio.CancelScope() as scope:
 
                 async def cancel_when_borrowing() -> None:
@@ -227,12 +228,8 @@ async def test_a_cancelled_borrower_hands_the_socket_back() -> None:
                     await me.receive()
             assert scope.cancelled_caught
             assert link._borrower is None
-            await a.send(other.pid, "for other")
-            with trio.fail_after(10):
-                assert await other.receive() == "for other"
-            await a.send(me.pid, "second")
-            with trio.fail_after(10):
-                assert await me.receive() == "second"
+            await arrives(a, other, "for other")
+            await arrives(a, me, "second")
 
 
 @trio_only
@@ -240,8 +237,7 @@ async def test_a_connection_lost_under_a_borrower_leaves_the_process_receiving()
     async with open_cluster(["a", "b"], config=local()) as (a, b):
         link = conn(b, a)
         async with b.open_process() as me, trio.open_nursery() as nursery:
-            await a.send(me.pid, "first")
-            assert await me.receive() == "first"
+            await arrives(a, me, "first")
 
             async def drop_the_connection() -> None:
                 with trio.fail_after(10):
@@ -277,8 +273,7 @@ async def test_a_big_frame_during_a_borrowed_read_is_left_to_the_reader(
     async with open_cluster(["a", "b"], config=local()) as (a, b):
         link = conn(b, a)
         async with b.open_process() as me:
-            await a.send(me.pid, "first")
-            assert await me.receive() == "first"
+            await arrives(a, me, "first")
 
             async def send_big() -> None:
                 with trio.fail_after(10):
@@ -307,8 +302,7 @@ async def test_a_failing_frame_handler_closes_the_connection_not_the_borrower(
             raise RuntimeError("a bug in a handler")
 
         async with b.open_process() as me, trio.open_nursery() as nursery:
-            await a.send(me.pid, "first")
-            assert await me.receive() == "first"
+            await arrives(a, me, "first")
 
             async def break_and_ping() -> None:
                 with trio.fail_after(10):
@@ -407,8 +401,7 @@ async def test_frames_read_by_a_borrower_are_handled_as_by_the_reader() -> None:
         link = conn(b, a)
         assert await a.rpc.call(b.name, "served_in_a_process") is False
         async with b.open_process() as me, trio.open_nursery() as nursery:
-            await a.send(me.pid, "first")
-            assert await me.receive() == "first"
+            await arrives(a, me, "first")
             answers: list[bool] = []
 
             async def call_while_borrowed() -> None:
@@ -605,9 +598,7 @@ async def test_a_lent_socket_is_taken_back_after_two_batches_without_a_borrower(
                 after_reader.append(await batches_until_taken_back())
                 await a.send(me.pid, "first")
                 await me.receive()  # lent again
-                await a.send(me.pid, "read by the borrower")
-                with trio.fail_after(10):
-                    assert await me.receive() == "read by the borrower"
+                await arrives(a, me, "read by the borrower")
                 after_borrower.append(await batches_until_taken_back())
     assert max(after_reader) == 2
     assert max(after_borrower) == 3
