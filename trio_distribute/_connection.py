@@ -262,13 +262,16 @@ class Connection:
     _lent_to: object = None
     _borrower: SocketWait | None = None
     _socket_wait: SocketWait | None = None
-    _lendable: bool = True
+    # The socket can be lent only where it is read directly (trio, plain
+    # TCP), and once the wait for it could be made.
+    _lendable: bool = False
     _lender: Any = None
     _backlog: Sequence[bytes | bytearray] | None = None
     _reader_context: contextvars.Context | None = None
 
     def __attrs_post_init__(self) -> None:
         self._queue_limit = self.transport.config.max_send_queue
+        self._lendable = self.sock is not None
 
     # ------------------------------------------------------------------ write
 
@@ -504,9 +507,6 @@ class Connection:
     async def _reader(self) -> None:
         decoder = self.decoder
         data = self.initial_data
-        # The socket can be lent to a process only where it is read directly
-        # (trio, plain TCP).
-        can_lend = self.sock is not None
         while True:
             payloads: list[bytes] = []
             if data:
@@ -524,7 +524,6 @@ class Connection:
                 self._woke = None
                 if (
                     woke is not _SEVERAL
-                    and can_lend
                     and self._lendable
                     and drained
                     and decoder.pending_frame < BULK_READ_ABOVE
