@@ -220,3 +220,22 @@ def test_node_events_must_be_honest() -> None:
     assert "'shutdown'" in h.check_node_events(killed_as_shutdown, tl).detail
     disconnect = History(files={"a@x": [[event(7, "b@x", False, "disconnect")]]})
     assert "nobody disconnected" in h.check_node_events(disconnect, tl).detail
+
+
+def test_a_down_seen_within_the_record_resolution_of_a_kill_counts() -> None:
+    # A peer may see the socket close the moment the kernel tears the victim
+    # down; its record, rounded, may then carry a time just before the kill.
+    tl = timeline(names=["a@x", "b@x"], fault_start=5.0, killed=[("b@x", 6.00004)])
+    seen_at_once = History(
+        files={
+            "a@x": [
+                [
+                    event(1, "b@x", True),
+                    event(6.0, "b@x", False, "connection_closed"),
+                    event(7, "b@x", True),
+                    event(9, "b@x", False, "shutdown"),
+                ]
+            ]
+        }
+    )
+    assert h.check_node_events(seen_at_once, tl).status == h.PASS

@@ -58,6 +58,10 @@ INVARIANTS = (
 #: What a node killed with SIGKILL may be reported as (it said no goodbye).
 KILLED_REASONS = frozenset({"connection_closed", "tick_timeout", "member_dead", "replaced"})
 
+#: Nodes write event times rounded to this (see ``node.py``): an event just
+#: after a kill may carry a time up to half of it before the kill.
+RECORD_RESOLUTION = 1e-4
+
 
 @attrs.frozen
 class Cut:
@@ -428,7 +432,10 @@ def check_node_events(history: History, timeline: Timeline) -> Result:
             downs = [
                 r
                 for r in history.records(name)
-                if r["k"] == "ne" and not r["up"] and r["peer"] == victim and r["t"] >= at
+                if r["k"] == "ne"
+                and not r["up"]
+                and r["peer"] == victim
+                and r["t"] >= at - RECORD_RESOLUTION
             ]
             if downs and downs[0]["reason"] not in KILLED_REASONS:
                 problems.append(

@@ -78,7 +78,7 @@ class Recorder:
         self._file: IO[str] = path.open("a", buffering=1)
 
     def write(self, kind: str, **fields: Any) -> None:
-        fields["t"] = round(time.time(), 4)
+        fields["t"] = round(time.time(), 4)  # RECORD_RESOLUTION in history.py
         fields["k"] = kind
         self._file.write(json.dumps(fields, separators=(",", ":")) + "\n")
 

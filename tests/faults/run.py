@@ -104,8 +104,13 @@ class Cluster:
             self.start(i, start_at)
         self.timeline.started = start_at
 
-    def kill(self, i: int) -> None:
+    def kill(self, i: int) -> float:
+        """SIGKILL node ``i``; returns the moment just before the signal.
+
+        Peers may see the socket close before ``wait`` returns here, so the
+        kill moment is taken before the signal, not after."""
         proc = self.procs.pop(i)
+        at = time.time()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         self.exits.append(
@@ -117,6 +122,7 @@ class Cluster:
                 killed_on_purpose=True,
             )
         )
+        return at
 
     def signal(self, i: int, signum: int) -> None:
         self.procs[i].send_signal(signum)
@@ -423,8 +429,7 @@ def scenario_kill_restart(ctx: Ctx) -> None:
             time.sleep(5)
             leader = ctx.cluster.leader()
             victim = ctx.rng.choice([j for j in range(1, N + 1) if j != leader])
-        ctx.cluster.kill(victim)
-        killed = time.time()
+        killed = ctx.cluster.kill(victim)
         ctx.timeline.killed.append((name_of(victim), killed))
         ctx.note(f"SIGKILL {name_of(victim)}")
         time.sleep(1.0)
