@@ -1447,3 +1447,37 @@ def test_a_keyboard_interrupt_inside_a_tag_decoder_is_not_a_bad_frame(sliced: bo
     finally:
         _interrupt_now[0] = False
     assert run(data) == value
+
+
+# ------------------------------------------------------- heads read by hand
+
+
+@pytest.mark.parametrize("n", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+def test_read_uint_reads_what_encode_wrote_and_says_where_it_ends(n: int) -> None:
+    data = b"\x01" + cbor2.dumps(n) + b"\xff"
+    assert codec.read_uint(data, 1) == (n, len(data) - 1)
+
+
+@pytest.mark.parametrize("value", [-1, "x", b"x", [1], 1.5, None])
+def test_read_uint_refuses_anything_but_an_unsigned_integer(value: object) -> None:
+    with pytest.raises(ValueError, match="not a CBOR unsigned integer"):
+        codec.read_uint(cbor2.dumps(value), 0)
+
+
+@pytest.mark.parametrize("n", [24, 256, 65536, 2**32])
+def test_read_uint_refuses_an_integer_cut_short(n: int) -> None:
+    with pytest.raises(IndexError):
+        codec.read_uint(cbor2.dumps(n)[:-1], 0)
+
+
+def test_id_head_is_how_every_pid_and_ref_of_a_node_starts() -> None:
+    for kind in (Pid, Ref):
+        made = kind("a@h", 2**33, 7)
+        encoded = codec.encode(made)
+        head = codec.id_head(kind, "a@h")
+        assert encoded.startswith(head)
+        assert encoded.startswith(codec.id_head(kind))
+        assert head.startswith(codec.id_head(kind))
+        ident, end = codec.read_uint(encoded, len(head))
+        assert (ident, codec.read_uint(encoded, end)) == (2**33, (7, len(encoded)))
+    assert codec.id_head(Pid, "a@h") != codec.id_head(Ref, "a@h")

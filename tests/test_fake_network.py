@@ -97,11 +97,13 @@ def statuses(node: td.Node) -> dict[str, td.MemberStatus]:
 # ------------------------------------------------------------ the network
 
 
-async def pair(net: FakeNetwork) -> tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]:
-    a, b = net.attach("a@h"), net.attach("b@h")
+async def pair(
+    net: FakeNetwork, a_name: str = "a@h", b_name: str = "b@h", port: int = 20000
+) -> tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]:
+    a, b = net.attach(a_name), net.attach(b_name)
     listener = await b.listen("10.0.0.2", 0)
-    assert listener.extra(anyio.abc.SocketAttribute.local_address) == ("10.0.0.2", 20000)
-    client = await a.dial("10.0.0.2", 20000, local_host="10.0.0.1")
+    assert listener.extra(anyio.abc.SocketAttribute.local_address) == ("10.0.0.2", port)
+    client = await a.dial("10.0.0.2", port, local_host="10.0.0.1")
     server = await listener.accept()
     return client, server
 
@@ -269,6 +271,34 @@ async def test_the_send_buffer_bound_makes_a_sender_wait() -> None:
     net.resume("b@h")
     await server.receive()
     await client.send(b"y")
+
+
+async def test_send_nowait_takes_bytes_only_while_the_stream_can() -> None:
+    net = FakeNetwork(seed=1, stream_buffer=1000)
+    client, server = await pair(net)
+    send_nowait = client.send_nowait  # type: ignore[attr-defined]
+    net.pause("b@h")
+    assert send_nowait(b"x" * 999)
+    assert send_nowait(b"y")  # taken whole while the buffer held less
+    assert not send_nowait(b"z")  # full: nothing taken
+    net.resume("b@h")
+    received = b""
+    while len(received) < 1000:
+        received += await server.receive()
+    assert received == b"x" * 999 + b"y"
+    assert send_nowait(b"after")
+    assert await server.receive() == b"after"
+    await server.aclose()
+    assert not send_nowait(b"to nobody")
+    ended, _ = await pair(net, "c@h", "d@h", 20001)
+    await ended.send_eof()
+    assert not ended.send_nowait(b"after the end")  # type: ignore[attr-defined]
+    closed, _ = await pair(net, "e@h", "f@h", 20002)
+    await closed.aclose()
+    assert not closed.send_nowait(b"closed")  # type: ignore[attr-defined]
+    reset, _ = await pair(net, "g@h", "i@h", 20003)
+    net.reset("g@h")
+    assert not reset.send_nowait(b"reset")  # type: ignore[attr-defined]
 
 
 def test_link_conditions_are_validated() -> None:

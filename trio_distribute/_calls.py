@@ -29,13 +29,23 @@ import attrs
 
 from ._backend import running_on_trio
 from ._deadlines import Deadlines, Waiter, bind_trio, loop_clock
-from ._ids import Pid, Ref
+from ._ids import Pid, Ref, unchecked_id
 from ._node_events import NodeEventBus, PeerDown, ProcessExited
 from ._proto.kinds import Kind
-from .codec import encode, encode_element, encode_id, message
+from ._sliced_decode import SLICED_ABOVE
+from .codec import (
+    decode_element,
+    encode,
+    encode_element,
+    encode_id,
+    id_head,
+    message,
+    read_uint,
+)
 from .errors import (
     AlreadyRepliedError,
     CallTimeoutError,
+    DecodeError,
     MessageTooLargeError,
     NameNotFoundError,
     NodeDownError,
@@ -53,6 +63,9 @@ _CALL_DONE = int(Kind.CALL_DONE)
 # ([kind, caller, ref, value]) frames: array head and kind.
 _CALL_START = b"\x85" + encode(_CALL)
 _REPLY_START = b"\x84" + encode(_REPLY)
+# A CALL's ref is the caller node's: its tag and array head come next.
+_CALL_REF_START = _CALL_START + id_head(Ref)
+_PID_ID_HEAD = id_head(Pid)
 _LENGTH = struct.Struct(">I")
 
 if TYPE_CHECKING:
@@ -150,6 +163,11 @@ class Calls:
     _wait_task_rescheduled: Callable[[Any], Awaitable[Any]] | None = None
     # The calls' timeouts (one task and a heap, not a cancel scope per call).
     deadlines: Deadlines | None = None
+    # Set by start() for the frames read by hand (see _reply_direct): this
+    # node's pid and ref heads and creation, encoded.
+    _own_pid_head: bytes = b""
+    _own_ref_head: bytes = b""
+    _own_creation: bytes = b""
 
     def __attrs_post_init__(self) -> None:
         self.events.subscribe(ProcessExited, self.process_exited)
@@ -171,6 +189,12 @@ class Calls:
         add(Kind.REPLY, self._handle_reply)
         add(Kind.CALL_DOWN, self._handle_call_down)
         add(Kind.CALL_DONE, self._handle_call_done)
+        transport = self.transport
+        self._own_pid_head = id_head(Pid, transport.name)
+        self._own_ref_head = id_head(Ref, transport.name)
+        self._own_creation = encode(transport.creation)
+        transport.add_direct_dispatch(_REPLY_START + self._own_pid_head, self._reply_direct)
+        transport.add_direct_dispatch(_CALL_REF_START, self._call_direct)
 
     # ----------------------------------------------------------------- caller
 
@@ -466,14 +490,74 @@ class Calls:
             # Each call waiting here is memory the peer makes us hold.
             self.transport.count_drop("call_limit")
             raise ValueError(f"{peer} has {served} calls waiting here (max_monitors_per_peer)")
+        self._serve(conn, ref, caller, callee, request, served)
+
+    def _serve(
+        self, conn: Connection, ref: Ref, caller: Pid, callee: Process, request: Any, served: int
+    ) -> None:
+        """Watch the call for its caller (``served``: how many its node
+        has waiting here already) and deliver it."""
+        peer = conn.peer
+        callee_id = callee.pid.id
         self._serving_by_node[peer] = served + 1
-        self._serving[ref] = (callee.pid.id, peer, caller)
-        refs = self._serving_by_pid.get(callee.pid.id)
+        self._serving[ref] = (callee_id, peer, caller)
+        refs = self._serving_by_pid.get(callee_id)
         if refs is None:
-            self._serving_by_pid[callee.pid.id] = {ref}
+            self._serving_by_pid[callee_id] = {ref}
         else:
             refs.add(ref)
-        processes.put_from(conn, callee, _new_call(request, caller, ref), conn.frame_size)
+        self.processes.put_from(conn, callee, _new_call(request, caller, ref), conn.frame_size)
+
+    def _call_direct(self, conn: Connection, payload: bytes | bytearray) -> bool:
+        """Serve a CALL frame to a live local pid with its head read by hand
+        and only the request decoded (as ``Processes._deliver_direct`` does
+        for SEND). ``False`` leaves the frame to the full decode and
+        :meth:`_handle_call`: a callee named or gone, a head in any other
+        form, a reused ref, a peer over its limit, a request that does not
+        decode: whatever that path answers, refuses or counts, it does so
+        as for any frame. The head matched the peer's name and this node's
+        byte for byte, so the ref and the caller are the peer's and the
+        callee is ours, as the full path checks."""
+        if len(payload) > SLICED_ABOVE:
+            return False
+        peer = conn.peer
+        peer_name = encode(peer)
+        own_pid_head = self._own_pid_head
+        try:
+            pos = len(_CALL_REF_START)
+            if not payload.startswith(peer_name, pos):
+                return False
+            ref_id, pos = read_uint(payload, pos + len(peer_name))
+            ref_creation, pos = read_uint(payload, pos)
+            if not payload.startswith(_PID_ID_HEAD, pos):
+                return False
+            pos += len(_PID_ID_HEAD)
+            if not payload.startswith(peer_name, pos):
+                return False
+            caller_id, pos = read_uint(payload, pos + len(peer_name))
+            caller_creation, pos = read_uint(payload, pos)
+            if not payload.startswith(own_pid_head, pos):
+                return False
+            callee_id, pos = read_uint(payload, pos + len(own_pid_head))
+        except (IndexError, ValueError):
+            return False
+        creation = self._own_creation
+        if not payload.startswith(creation, pos):
+            return False
+        callee = self.processes.local(callee_id)
+        if callee is None:
+            return False
+        ref = unchecked_id(Ref, peer, ref_id, ref_creation)
+        served = self._serving_by_node.get(peer, 0)
+        if ref in self._serving or served >= self.transport.config.max_monitors_per_peer:
+            return False
+        try:
+            request = decode_element(payload[pos + len(creation) :])
+        except DecodeError:
+            return False
+        caller = unchecked_id(Pid, peer, caller_id, caller_creation)
+        self._serve(conn, ref, caller, callee, request, served)
+        return True
 
     def _handle_reply(self, conn: Connection, item: list[Any]) -> None:
         _, caller, ref, value = item
@@ -488,12 +572,48 @@ class Calls:
         ):
             self.transport.count_drop("late_reply")
             return
+        self._replied(conn, pending, value)
+
+    def _replied(self, conn: Connection, pending: _Pending, value: Any) -> None:
         if conn.peer == pending.node:
             pending.settled = True  # the serving node forgot it as it replied
             conn.woke(pending.task)  # the caller's next call may borrow the socket
         pending.value = value
         pending.replied = True
         pending.wake()
+
+    def _reply_direct(self, conn: Connection, payload: bytes | bytearray) -> bool:
+        """Hand a REPLY frame to the call waiting for it with its head read
+        by hand and only the value decoded; ``False`` leaves the frame to
+        the full decode and :meth:`_handle_reply` (a late reply, a head in
+        any other form, a value that does not decode). The caller's pid and
+        the ref matched this node's name and creation byte for byte, so
+        both are this node's, as the full path checks."""
+        if len(payload) > SLICED_ABOVE:
+            return False
+        creation = self._own_creation
+        ref_head = self._own_ref_head
+        try:
+            caller_id, pos = read_uint(payload, len(_REPLY_START) + len(self._own_pid_head))
+            if not payload.startswith(creation, pos):
+                return False
+            pos += len(creation)
+            if not payload.startswith(ref_head, pos):
+                return False
+            ref_id, pos = read_uint(payload, pos + len(ref_head))
+        except (IndexError, ValueError):
+            return False
+        if not payload.startswith(creation, pos):
+            return False
+        pending = self._pending.get(ref_id)
+        if pending is None or pending.finished or pending.caller.id != caller_id:
+            return False
+        try:
+            value = decode_element(payload[pos + len(creation) :])
+        except DecodeError:
+            return False
+        self._replied(conn, pending, value)
+        return True
 
     def _handle_call_down(self, conn: Connection, item: list[Any]) -> None:
         _, ref, caller, kind, detail = item

@@ -98,6 +98,8 @@ BROKEN_WRITE_GRACE = 0.5
 
 
 FrameHandler = Callable[["Connection", list[Any]], None]
+#: Takes a frame's payload undecoded; ``False``: decode it as any other.
+DirectHandler = Callable[["Connection", bytes | bytearray], bool]
 
 _trio_module: Any = None
 #: A read woke more than one waiter: the socket is not lent.
@@ -148,10 +150,11 @@ class ConnectionOwner(Protocol):
         """``item`` as one length-prefixed frame."""
         ...
 
-    #: Frames starting with ``direct_prefix`` are offered to
-    #: ``direct_dispatch`` first; ``False`` sends them on to :meth:`dispatch`.
-    direct_prefix: bytes
-    direct_dispatch: Callable[[Connection, bytes | bytearray], bool] | None
+    #: A frame that starts with one of ``direct_prefixes`` is offered to the
+    #: handler of that prefix in ``direct_handlers`` first; ``False`` sends it
+    #: on to :meth:`dispatch`.
+    direct_prefixes: tuple[bytes, ...]
+    direct_handlers: tuple[tuple[bytes, DirectHandler], ...]
 
     def dispatch(self, conn: Connection, payload: bytes | bytearray) -> None:
         """Decode one frame and run its handler (in the reader task)."""
@@ -268,10 +271,15 @@ class Connection:
     _lender: Any = None
     _backlog: Sequence[bytes | bytearray] | None = None
     _reader_context: contextvars.Context | None = None
+    _send_now: Callable[[bytes], bool] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._queue_limit = self.transport.config.max_send_queue
         self._lendable = self.sock is not None
+        if self.sock is None:
+            # A stream that can take bytes without waiting (the simulated
+            # network's) is written to directly, as a socket is.
+            self._send_now = getattr(self.stream, "send_nowait", None)
 
     # ------------------------------------------------------------------ write
 
@@ -291,26 +299,30 @@ class Connection:
         self.sent_since_tick = True
         self.frames_out += 1
         self.bytes_out += len(data)
-        if not self._out and not self._writing and self.sock is not None:
-            now = _monotonic()
-            # A lone frame (a request, a reply) goes out now, with no task
-            # hop; frames following it closely are batched instead of
-            # paying a system call each.
-            if now - self._last_direct >= DIRECT_WRITE_GAP:
-                self._last_direct = now
-                try:
-                    sent = self.sock.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    # The writer retries it, fails the same way, and lets the
-                    # reader read a goodbye first (see _writer).
-                    logger.debug("write to %s failed: %r", self.peer, exc)
-                    sent = 0
-                if sent == len(data):
+        if not self._out and not self._writing:
+            if self.sock is not None:
+                now = _monotonic()
+                # A lone frame (a request, a reply) goes out now, with no task
+                # hop; frames following it closely are batched instead of
+                # paying a system call each.
+                if now - self._last_direct >= DIRECT_WRITE_GAP:
+                    self._last_direct = now
+                    try:
+                        sent = self.sock.send(data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError as exc:
+                        # The writer retries it, fails the same way, and lets the
+                        # reader read a goodbye first (see _writer).
+                        logger.debug("write to %s failed: %r", self.peer, exc)
+                        sent = 0
+                    if sent == len(data):
+                        return
+                    # The rest waits for the writer, uncopied.
+                    self._queue(memoryview(data)[sent:] if sent else data)
                     return
-                # The rest waits for the writer, uncopied.
-                self._queue(memoryview(data)[sent:] if sent else data)
+            elif self._send_now is not None and self._send_now(data):
+                # An in-memory stream took it at once (a simulated network).
                 return
         self._queue(data)
 
@@ -596,14 +608,21 @@ class Connection:
         or ``len(payloads)`` once every frame is delivered or the
         connection closed."""
         transport = self.transport
-        direct = transport.direct_dispatch
-        prefix = transport.direct_prefix
+        prefixes = transport.direct_prefixes
+        direct = transport.direct_handlers
         dispatch = transport.dispatch
         end = len(payloads)
         for index in range(start, end):
             payload = payloads[index]
             self.frame_size = len(payload)
-            if direct is not None and payload.startswith(prefix) and direct(self, payload):
+            handled = False
+            if prefixes and payload.startswith(prefixes):
+                # The handler of the prefix it starts with (they do not overlap).
+                for prefix, handler in direct:
+                    if payload.startswith(prefix):
+                        handled = handler(self, payload)
+                        break
+            if handled:
                 pass
             elif len(payload) > SLICED_ABOVE:
                 return index

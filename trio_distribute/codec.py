@@ -157,7 +157,9 @@ __all__ = [
     "encode_id",
     "encode_items",
     "encoded_size_ok",
+    "id_head",
     "message",
+    "read_uint",
     "registered_messages",
 ]
 
@@ -683,6 +685,36 @@ def encode_id(value: Pid | Ref) -> bytes:
     if type(value) is Pid:
         return _id_bytes(_PID_HEAD, _PID_BYTES, value)
     return _id_bytes(_REF_HEAD, _REF_BYTES, value)
+
+
+def id_head(kind: type[Pid] | type[Ref], node: str | None = None) -> bytes:
+    """The bytes every encoded Pid (or Ref) of ``node`` starts with: its
+    tag, its array head and the node's name (of any Pid or Ref: the tag and
+    array head). Its id and creation follow, each a CBOR unsigned integer
+    (see :func:`read_uint`)."""
+    head = (_PID_HEAD if kind is Pid else _REF_HEAD) + b"\x83"
+    return head if node is None else head + cbor2.dumps(node)
+
+
+def read_uint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
+    """The CBOR unsigned integer at ``pos`` in ``data``, and where it ends:
+    for a frame's head read by hand (ids and creations).
+
+    Raises:
+        ValueError: what starts at ``pos`` is not an unsigned integer.
+        IndexError: ``data`` ends before it does.
+    """
+    first = data[pos]
+    if first < 24:
+        return first, pos + 1
+    if first == 24:
+        return data[pos + 1], pos + 2
+    if 25 <= first <= 27:
+        end = pos + 1 + (1 << (first - 24))
+        if end > len(data):
+            raise IndexError("data ends inside an unsigned integer")
+        return int.from_bytes(data[pos + 1 : end], "big"), end
+    raise ValueError(f"not a CBOR unsigned integer: initial byte {first:#x}")
 
 
 def encode_element(item: object) -> bytes:

@@ -1030,7 +1030,7 @@ class Processes:
         prefix = b"\x83" + codec.encode(_SEND) + pid[:name_end]
         self._direct_creation = creation
         self._direct_start = len(prefix)
-        transport.set_direct_dispatch(prefix, self._deliver_direct)
+        transport.add_direct_dispatch(prefix, self._deliver_direct)
 
     def _deliver_direct(self, conn: Connection, payload: bytes | bytearray) -> bool:
         """Deliver a SEND frame (``payload`` starts with the direct-delivery
@@ -1151,6 +1151,10 @@ class Processes:
         if pid.node != self.transport.name or pid.creation != self.transport.creation:
             return None
         return self._table.get(pid.id)
+
+    def local(self, id_: int) -> Process | None:
+        """The live local process with this id (of this run of the node)."""
+        return self._table.get(id_)
 
     def whereis(self, name: str) -> Pid | None:
         """The pid registered locally under ``name``."""

@@ -31,7 +31,7 @@ from . import _tls as tls
 from . import codec
 from ._addresses import parse_target
 from ._backend import running_on_trio
-from ._connection import GATHER_ABOVE, Connection, FrameHandler
+from ._connection import GATHER_ABOVE, Connection, DirectHandler, FrameHandler
 from ._network import REAL_NETWORK, NodeNetwork
 from ._node_events import NodeEventBus, PeerAddress, PeerDown, PeerUp
 from ._proto.frames import MAX_PREAUTH_FRAME, FrameDecoder, frame
@@ -173,9 +173,9 @@ class Transport:
 
     wait_writable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_writable
     checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
-    #: See :meth:`set_direct_dispatch` (``None``: every frame is decoded).
-    direct_prefix: bytes = b""
-    direct_dispatch: Callable[[Connection, bytes | bytearray], bool] | None = None
+    #: See :meth:`add_direct_dispatch` (empty: every frame is decoded).
+    direct_prefixes: tuple[bytes, ...] = ()
+    direct_handlers: tuple[tuple[bytes, DirectHandler], ...] = ()
 
     def __attrs_post_init__(self) -> None:
         self._handlers[Kind.INFO] = self._handle_info
@@ -183,16 +183,17 @@ class Transport:
 
     # ---------------------------------------------------------------- set-up
 
-    def set_direct_dispatch(
-        self, prefix: bytes, handler: Callable[[Connection, bytes | bytearray], bool]
-    ) -> None:
+    def add_direct_dispatch(self, prefix: bytes, handler: DirectHandler) -> None:
         """Offer every frame whose payload starts with ``prefix`` to
         ``handler`` before decoding it (the readers call it in place of
         :meth:`dispatch`); a handler that returns ``False`` leaves the frame
-        to :meth:`dispatch`. For the commonest frame, a SEND to a local
-        process, whose head the handler reads by hand."""
-        self.direct_prefix = prefix
-        self.direct_dispatch = handler
+        to :meth:`dispatch`. For the commonest frames (a SEND to a local
+        process, a call's request and its reply), whose heads the handlers
+        read by hand. The first handler added is offered its frames first."""
+        if any(prefix.startswith(p) or p.startswith(prefix) for p in self.direct_prefixes):
+            raise ValueError(f"direct-dispatch prefix {prefix!r} overlaps another")
+        self.direct_prefixes = (*self.direct_prefixes, prefix)
+        self.direct_handlers = (*self.direct_handlers, (prefix, handler))
 
     def add_handler(self, kind: int, handler: FrameHandler) -> None:
         """Route frames whose first element is ``kind`` to ``handler``.

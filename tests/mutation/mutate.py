@@ -118,6 +118,11 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
         ("tests/test_socket_wait.py", "tests/test_lent_socket.py"),
         "",
     ),
+    # CALL and REPLY frames read by hand (focused, see FOCUS).
+    "trio_distribute._calls": (
+        ("tests/test_call_frames.py", "tests/test_call.py", "tests/test_lent_socket.py"),
+        "",
+    ),
 }
 
 #: module -> the functions (qualified names, prefix match) to mutate; a
@@ -125,6 +130,14 @@ MODULES: dict[str, tuple[tuple[str, ...], str]] = {
 #: driver's logic (exercised by the simulations); its wire decoding and
 #: voter-set rules guard what peers send.
 FOCUS: dict[str, tuple[str, ...]] = {
+    # The heads read by hand: the rest of the module is pinned by the call
+    # tests as a whole.
+    "trio_distribute._calls": (
+        "Calls._call_direct",
+        "Calls._reply_direct",
+        "Calls._replied",
+        "Calls._serve",
+    ),
     # Lending only: the read path it shares with the reader is pinned by
     # the whole suite, not by these test files.
     "trio_distribute._connection": (

@@ -611,6 +611,23 @@ class _FakeStream(anyio.abc.ByteStream):
         if item:
             self._enqueue(bytes(item))
 
+    def send_nowait(self, data: bytes) -> bool:
+        """Send ``data`` without waiting, as a socket's non-blocking send
+        would, if the stream can take it all now; ``False`` (nothing sent):
+        it is full, closed or broken, and :meth:`send` waits or raises."""
+        pipe = self._out
+        if (
+            self._closed
+            or self._eof_sent
+            or self.broken
+            or pipe.receiver_closed
+            or pipe.buffered >= self.network.stream_buffer
+        ):
+            return False
+        if data:
+            self._enqueue(data)
+        return True
+
     async def send_eof(self) -> None:
         await anyio.lowlevel.checkpoint()
         if not self._eof_sent and not self._closed and not self.broken:
