@@ -15,13 +15,17 @@ out. The kernel's work (the same ``send``, ``recv`` and ``epoll`` calls for
 every workload here) is not counted.
 
 Wall-clock and CPU-time benchmarks on a shared machine swing by tens of
-per cent between runs; this count repeats within a fraction of a per cent,
-so two commits (``--td-path`` runs the children on another checkout) or
-two workloads compare directly, as a ratio. It is a proxy: a change that
-saves instructions but misses caches more would look better here than on
-the clock, so claims about speed still come from ``benchmarks.run`` on a
-quiet machine. Needs ``valgrind`` on the ``PATH``; each run takes about a
-minute (the program runs some 50 times slower under it).
+per cent between runs. This count does not depend on the machine's load,
+but it is not exact either: what a round trip does still depends a little
+on timing (whether a reply's bytes are already there when the socket is
+read, which writes are batched), and under valgrind every program runs
+some 50 times slower. Three runs of one commit gave 567k, 578k and 594k
+instructions per call round trip: differences under about 5 % are noise
+(run it several times, ``--td-path`` runs the children on another
+checkout). It is a proxy: a change that saves instructions but misses
+caches more would look better here than on the clock, so claims about
+speed still come from ``benchmarks.run`` on a quiet machine. Needs
+``valgrind`` on the ``PATH``; each workload takes a minute or two.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 def count_instructions(tree: Path, workload: str, round_trips: int) -> int:
     """User-space instructions of one ``latency_cpu`` run of ``workload``."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # A fixed hash seed: the same dict and set layouts on every run.
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     done = subprocess.run(
         [
             "valgrind",

@@ -66,6 +66,9 @@ _REPLY_START = b"\x84" + encode(_REPLY)
 # A CALL's ref is the caller node's: its tag and array head come next.
 _CALL_REF_START = _CALL_START + id_head(Ref)
 _PID_ID_HEAD = id_head(Pid)
+#: Encoded node names kept for reading CALL heads (one per node that calls
+#: here; cleared if ever that many).
+_NAMES_KEPT = 4096
 _LENGTH = struct.Struct(">I")
 
 if TYPE_CHECKING:
@@ -168,6 +171,7 @@ class Calls:
     _own_pid_head: bytes = b""
     _own_ref_head: bytes = b""
     _own_creation: bytes = b""
+    _names: dict[str, bytes] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self.events.subscribe(ProcessExited, self.process_exited)
@@ -296,6 +300,15 @@ class Calls:
         if size > limit:
             raise MessageTooLargeError(size, limit)
         return b"".join((_LENGTH.pack(size), *parts))
+
+    def _name_bytes(self, node: str) -> bytes:
+        """``node`` encoded, as it appears in its pids and refs."""
+        data = self._names.get(node)
+        if data is None:
+            if len(self._names) >= _NAMES_KEPT:
+                self._names.clear()
+            data = self._names[node] = encode(node)
+        return data
 
     def _call_frame(self, ref: Ref, caller: Pid, dest: Pid | str, request: Any) -> bytes:
         """The CALL frame, built from cached pieces: the same bytes as
@@ -521,7 +534,7 @@ class Calls:
         if len(payload) > SLICED_ABOVE:
             return False
         peer = conn.peer
-        peer_name = encode(peer)
+        peer_name = self._name_bytes(peer)
         own_pid_head = self._own_pid_head
         try:
             pos = len(_CALL_REF_START)
