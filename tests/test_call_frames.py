@@ -110,7 +110,8 @@ async def test_a_reply_reaches_its_call_only_with_its_ref_and_caller() -> None:
             assert MALLORY in a.nodes()
 
 
-async def test_a_reply_for_a_ref_of_an_earlier_run_closes_the_connection() -> None:
+@pytest.mark.parametrize("whose", ["an earlier run", "another node"])
+async def test_a_reply_for_a_ref_this_node_never_made_closes_the_connection(whose: str) -> None:
     with anyio.fail_after(30):
         async with cluster("a") as (a,), mallory(a) as peer, a.open_process() as me:
             async with anyio.create_task_group() as tg:
@@ -124,7 +125,10 @@ async def test_a_reply_for_a_ref_of_an_earlier_run_closes_the_connection() -> No
 
                 tg.start_soon(call)
                 _, ref, caller, _, _ = await next_of(peer, Kind.CALL)
-                stale = td.Ref(ref.node, ref.id, ref.creation ^ 1)
+                if whose == "an earlier run":
+                    stale = td.Ref(ref.node, ref.id, ref.creation ^ 1)
+                else:  # a name as long as ours, the same id and creation
+                    stale = td.Ref(ref.node.replace("a@", "b@"), ref.id, ref.creation)
                 await peer.send([Kind.REPLY, caller, stale, "x"])
                 await wait_until(drops_at(a, "protocol_error", 1))
                 await wait_until(lambda: bool(failed))
@@ -162,6 +166,56 @@ async def test_calls_the_head_reading_does_not_take_are_served_as_any_frame() ->
             await peer.send([Kind.CALL, ref3, caller3, pid, "again"])
             await wait_until(drops_at(a, "protocol_error", 1))
             await wait_until(lambda: MALLORY not in a.nodes())
+
+
+#: A name as long as the peer's: a head that differs from the peer's in the
+#: name alone still lines up byte for byte after it.
+LOOKALIKE = "mallorz@127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["ref of another node", "caller of another node", "caller a ref", "callee of another node"],
+)
+async def test_a_call_whose_ids_are_not_the_peers_and_ours_closes_the_connection(
+    what: str,
+) -> None:
+    with anyio.fail_after(30):
+        async with cluster("a") as (a,):
+            pid = await a.spawn(keeper)
+            ref: object = td.Ref(MALLORY, 1, CREATION)
+            caller: object = CALLER
+            callee: object = pid
+            if what == "ref of another node":
+                ref = td.Ref(LOOKALIKE, 1, CREATION)
+            elif what == "caller of another node":
+                caller = td.Pid(LOOKALIKE, 1, CREATION)
+            elif what == "caller a ref":
+                caller = td.Ref(MALLORY, 1, CREATION)
+            else:
+                callee = td.Pid(a.name.replace("a@", "b@"), pid.id, a.creation)
+            async with mallory(a) as peer:
+                await peer.send([Kind.CALL, ref, caller, callee, "q"])
+                await wait_until(drops_at(a, "protocol_error", 1))
+            assert a.statistics().calls == 0
+
+
+async def test_every_call_a_process_ends_with_gets_its_call_down() -> None:
+    async def ends_on_third(proc: td.Process) -> None:
+        for _ in range(3):
+            await proc.receive()
+
+    with anyio.fail_after(30):
+        async with cluster("a") as (a,), mallory(a) as peer:
+            pid = await a.spawn(ends_on_third)
+            refs = [td.Ref(MALLORY, i, CREATION) for i in (1, 2, 3)]
+            for ref in refs:
+                await peer.send([Kind.CALL, ref, CALLER, pid, "q"])
+            # The third call ends the process with the first two unanswered.
+            downs = [await next_of(peer, Kind.CALL_DOWN) for _ in range(3)]
+            assert sorted(down[1].id for down in downs) == [1, 2, 3]
+            assert {down[3] for down in downs} == {"normal"}
+            await wait_until(lambda: a.statistics().calls == 0)
 
 
 async def test_an_honest_call_and_its_reply_are_read_without_a_full_decode(
