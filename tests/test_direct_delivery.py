@@ -223,3 +223,20 @@ async def test_a_buffer_is_kept_only_if_the_budget_has_room_for_it() -> None:
             assert await sink.receive(timeout=30) == b"\x01" * (2 * MiB)
             assert conn._bulk_buffer is None and conn.bulk_buffer_held == 0
             assert b._transport.drops == {}
+
+
+async def test_direct_dispatch_prefixes_are_told_apart_by_their_first_byte() -> None:
+    async with open_cluster(["a"], config=local()) as (a,):
+        transport = a._transport
+        # SEND, REPLY and CALL frames: three, four and five elements.
+        assert sorted(transport.direct_handlers) == [0x83, 0x84, 0x85]
+
+        def never(conn: object, payload: bytes | bytearray) -> bool:
+            return False
+
+        with pytest.raises(ValueError, match="is taken"):
+            transport.add_direct_dispatch(b"\x83\x00", never)
+        with pytest.raises(ValueError, match="must not be empty"):
+            transport.add_direct_dispatch(b"", never)
+        transport.add_direct_dispatch(b"\x86\x00", never)
+        assert transport.direct_handlers[0x86] == (b"\x86\x00", never)

@@ -150,11 +150,10 @@ class ConnectionOwner(Protocol):
         """``item`` as one length-prefixed frame."""
         ...
 
-    #: A frame that starts with one of ``direct_prefixes`` is offered to the
-    #: handler of that prefix in ``direct_handlers`` first; ``False`` sends it
+    #: By a frame's first byte, a prefix and its handler: a frame that starts
+    #: with the prefix is offered to the handler first; ``False`` sends it
     #: on to :meth:`dispatch`.
-    direct_prefixes: tuple[bytes, ...]
-    direct_handlers: tuple[tuple[bytes, DirectHandler], ...]
+    direct_handlers: dict[int, tuple[bytes, DirectHandler]]
 
     def dispatch(self, conn: Connection, payload: bytes | bytearray) -> None:
         """Decode one frame and run its handler (in the reader task)."""
@@ -608,21 +607,15 @@ class Connection:
         or ``len(payloads)`` once every frame is delivered or the
         connection closed."""
         transport = self.transport
-        prefixes = transport.direct_prefixes
-        direct = transport.direct_handlers
+        direct = transport.direct_handlers.get
         dispatch = transport.dispatch
         end = len(payloads)
         for index in range(start, end):
             payload = payloads[index]
             self.frame_size = len(payload)
-            handled = False
-            if prefixes and payload.startswith(prefixes):
-                # The handler of the prefix it starts with (they do not overlap).
-                for prefix, handler in direct:
-                    if payload.startswith(prefix):
-                        handled = handler(self, payload)
-                        break
-            if handled:
+            # (A frame is never empty: the frame decoder refuses those.)
+            entry = direct(payload[0])
+            if entry is not None and payload.startswith(entry[0]) and entry[1](self, payload):
                 pass
             elif len(payload) > SLICED_ABOVE:
                 return index

@@ -174,8 +174,7 @@ class Transport:
     wait_writable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_writable
     checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
     #: See :meth:`add_direct_dispatch` (empty: every frame is decoded).
-    direct_prefixes: tuple[bytes, ...] = ()
-    direct_handlers: tuple[tuple[bytes, DirectHandler], ...] = ()
+    direct_handlers: dict[int, tuple[bytes, DirectHandler]] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self._handlers[Kind.INFO] = self._handle_info
@@ -189,11 +188,19 @@ class Transport:
         :meth:`dispatch`); a handler that returns ``False`` leaves the frame
         to :meth:`dispatch`. For the commonest frames (a SEND to a local
         process, a call's request and its reply), whose heads the handlers
-        read by hand. The first handler added is offered its frames first."""
-        if any(prefix.startswith(p) or p.startswith(prefix) for p in self.direct_prefixes):
-            raise ValueError(f"direct-dispatch prefix {prefix!r} overlaps another")
-        self.direct_prefixes = (*self.direct_prefixes, prefix)
-        self.direct_handlers = (*self.direct_handlers, (prefix, handler))
+        read by hand.
+
+        The prefixes are told apart by their first byte, the frame's array
+        head (one lookup per frame): frames of one length share a handler.
+
+        Raises:
+            ValueError: a prefix with that first byte is taken.
+        """
+        if not prefix:
+            raise ValueError("a direct-dispatch prefix must not be empty")
+        if prefix[0] in self.direct_handlers:
+            raise ValueError(f"a direct-dispatch prefix starting with {prefix[:1]!r} is taken")
+        self.direct_handlers[prefix[0]] = (prefix, handler)
 
     def add_handler(self, kind: int, handler: FrameHandler) -> None:
         """Route frames whose first element is ``kind`` to ``handler``.
