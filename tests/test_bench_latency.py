@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import latency_cpu, send_scale  # noqa: E402
+from benchmarks import frame_cost, instructions, latency_cpu, send_scale  # noqa: E402
 
 
 def _result(out: str) -> dict[str, object]:
@@ -56,3 +56,29 @@ def test_latency_cpu_runs_the_raw_baseline_and_bulk_when_named(
     for workload in names.split(","):
         entry = data[workload]
         assert isinstance(entry, dict) and entry["cpu_us"] > 0 and entry["wall_p50_us"] > 0
+
+
+def test_frame_cost_reports_both_paths_for_each_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    frame_cost.main(["--count", "50", "--rounds", "1"])
+    data = _result(capsys.readouterr().out)
+    assert set(data) == {"SEND", "CALL", "REPLY"}
+    for paths in data.values():
+        assert isinstance(paths, dict) and set(paths) == {"by hand", "full decode"}
+        assert all(value > 0 for value in paths.values())
+
+
+def test_instructions_per_round_trip_is_the_difference_over_the_extra_round_trips(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counts = {200: 1_000_000 + 200 * 450_000, 1200: 1_000_000 + 1200 * 450_000}
+    monkeypatch.setattr(instructions, "count_instructions", lambda tree, w, n: counts[n])
+    assert instructions.per_round_trip(ROOT, "w2", (200, 1200)) == 450_000
+
+
+def test_instructions_says_so_where_valgrind_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("shutil.which", lambda tool: None)
+    with pytest.raises(SystemExit):
+        instructions.main(["--workloads", "w2"])
+    assert "valgrind is not installed" in capsys.readouterr().err

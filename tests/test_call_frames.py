@@ -10,18 +10,18 @@ answers, refuses or counts each as the full decode does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import pytest
-from hostile_peer import HostilePeer, hostile_peer
+from hostile_peer import HostilePeer
 from process_helpers import cluster, drops_at
-from virtual import anyio_backend, fake_network, network
+from virtual import anyio_backend, fake_network, hostile_member
 
 import trio_distribute as td
 from trio_distribute import codec
+from trio_distribute._calls import _NAMES_KEPT
 from trio_distribute._proto._sliced import SLICED_ABOVE
 from trio_distribute._proto.frames import frame
 from trio_distribute._proto.kinds import Kind
@@ -48,15 +48,8 @@ async def keeper(proc: td.Process) -> None:
         await proc.receive()
 
 
-@asynccontextmanager
-async def mallory(node: td.Node) -> AsyncIterator[HostilePeer]:
-    fake = network()
-    attached = None if fake is None else fake.attach(MALLORY)
-    async with hostile_peer(
-        node.address, name=MALLORY, creation=CREATION, network=attached
-    ) as peer:
-        await wait_until(lambda: MALLORY in node.nodes())
-        yield peer
+def mallory(node: td.Node) -> AbstractAsyncContextManager[HostilePeer]:
+    return hostile_member(node, name=MALLORY, creation=CREATION)
 
 
 async def next_of(peer: HostilePeer, kind: int) -> list[Any]:
@@ -314,3 +307,13 @@ async def test_a_peers_count_of_calls_waiting_follows_each_call() -> None:
             await served(0)
             assert MALLORY not in a._calls._serving_by_node
             assert MALLORY in a.nodes()
+
+
+async def test_the_names_kept_for_reading_calls_are_bounded() -> None:
+    async with cluster("a") as (a,):
+        calls = a._calls
+        names = [f"n{i}@127.0.0.1" for i in range(_NAMES_KEPT + 1)]
+        for name in names:
+            assert calls._name_bytes(name) == codec.encode(name)
+            assert len(calls._names) <= _NAMES_KEPT
+        assert names[-1] in calls._names

@@ -15,8 +15,8 @@ import anyio
 import anyio.abc
 import pytest
 import trio.testing
-from hostile_peer import HostilePeer, hostile_peer
-from virtual import anyio_backend, fake_network, network, open_cluster
+from hostile_peer import HostilePeer
+from virtual import anyio_backend, fake_network, hostile_member, open_cluster
 
 import trio_distribute as td
 from trio_distribute._proto.frames import TICK
@@ -89,12 +89,7 @@ class Mallory:
 
 @asynccontextmanager
 async def mallory(node: td.Node) -> AsyncIterator[tuple[Mallory, anyio.abc.TaskGroup]]:
-    fake = network()
-    attached = None if fake is None else fake.attach(MALLORY)
-    async with hostile_peer(
-        node.address, name=MALLORY, creation=CREATION, network=attached
-    ) as peer:
-        await wait_until(lambda: MALLORY in node.nodes())
+    async with hostile_member(node, name=MALLORY, creation=CREATION) as peer:
         m = Mallory(peer)
         async with anyio.create_task_group() as tg:
             tg.start_soon(m.tick)

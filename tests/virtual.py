@@ -17,12 +17,13 @@ sockets (raw sockets, a hostile peer, TLS, another process) is marked
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio.abc
 import pytest
+from hostile_peer import HostilePeer, hostile_peer
 
 import trio_distribute as td
 from trio_distribute._network import Network
@@ -30,7 +31,15 @@ from trio_distribute.testing import FakeNetwork, seed_scheduler, virtual_time
 from trio_distribute.testing import open_cluster as _open_cluster
 from trio_distribute.testing import start_node as _start_node
 
-__all__ = ["anyio_backend", "fake_network", "network", "open_cluster", "open_node", "start_node"]
+__all__ = [
+    "anyio_backend",
+    "fake_network",
+    "hostile_member",
+    "network",
+    "open_cluster",
+    "open_node",
+    "start_node",
+]
 
 _current: FakeNetwork | None = None
 
@@ -82,3 +91,18 @@ async def start_node(task_group: anyio.abc.TaskGroup, name: str, **options: Any)
     """:func:`trio_distribute.testing.start_node` on the test's network."""
     options.setdefault("network", _current)
     return await _start_node(task_group, name, **options)
+
+
+@asynccontextmanager
+async def hostile_member(
+    node: td.Node, *, name: str = "mallory@127.0.0.1", creation: int = 7
+) -> AsyncIterator[HostilePeer]:
+    """:func:`hostile_peer` to ``node`` on the test's network, as ``name``,
+    once ``node`` counts it among its connected nodes."""
+    from trio_distribute.testing import wait_until
+
+    fake = network()
+    attached = None if fake is None else fake.attach(name)
+    async with hostile_peer(node.address, name=name, creation=creation, network=attached) as peer:
+        await wait_until(lambda: name in node.nodes())
+        yield peer

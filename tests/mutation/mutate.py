@@ -133,6 +133,7 @@ FOCUS: dict[str, tuple[str, ...]] = {
     # The heads read by hand: the rest of the module is pinned by the call
     # tests as a whole.
     "trio_distribute._calls": (
+        "Calls._name_bytes",
         "Calls._call_direct",
         "Calls._reply_direct",
         "Calls._replied",
