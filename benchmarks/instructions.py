@@ -16,16 +16,15 @@ every workload here) is not counted.
 
 Wall-clock and CPU-time benchmarks on a shared machine swing by tens of
 per cent between runs. This count does not depend on the machine's load,
-but it is not exact either: what a round trip does still depends a little
-on timing (whether a reply's bytes are already there when the socket is
-read, which writes are batched), and under valgrind every program runs
-some 50 times slower. Three runs of one commit gave 567k, 578k and 594k
-instructions per call round trip: differences under about 5 % are noise
-(run it several times, ``--td-path`` runs the children on another
-checkout). It is a proxy: a change that saves instructions but misses
-caches more would look better here than on the clock, so claims about
-speed still come from ``benchmarks.run`` on a quiet machine. Needs
-``valgrind`` on the ``PATH``; each workload takes a minute or two.
+but it is far from exact: what a round trip does still depends on timing
+(whether a reply's bytes are already there when the socket is read, which
+writes are batched, whether the socket is lent), and under valgrind every
+program runs some 50 times slower, which moves all of these. Runs of one
+commit spread by up to 15 %: it separates changes of 20 % and more
+(``--td-path`` runs the children on another checkout; run each side
+several times). It is a proxy: a change that saves instructions but misses
+caches more would look better here than on the clock. Needs ``valgrind``
+on the ``PATH``; each workload takes a minute or two.
 """
 
 from __future__ import annotations
