@@ -286,9 +286,10 @@ class Connection:
         """Send one encoded frame without blocking.
 
         The frame is written at once if nothing is queued and no frame was
-        written directly in the last ``DIRECT_WRITE_GAP`` seconds; otherwise
-        it is queued, and the writer task sends everything queued in one
-        write as soon as the sender yields. Frames keep their order.
+        written directly in the last ``DIRECT_WRITE_GAP`` seconds (to a
+        simulated stream: whenever nothing is queued and it has room);
+        otherwise it is queued, and the writer task sends everything queued
+        in one write as soon as the sender yields. Frames keep their order.
 
         Raises:
             NodeDownError: the connection is closed.
@@ -613,7 +614,7 @@ class Connection:
         for index in range(start, end):
             payload = payloads[index]
             self.frame_size = len(payload)
-            # (A frame is never empty: the frame decoder refuses those.)
+            # (Never empty: a zero length is a tick, which the decoder drops.)
             entry = direct(payload[0])
             if entry is not None and payload.startswith(entry[0]) and entry[1](self, payload):
                 pass
