@@ -75,46 +75,52 @@ async def echo(proc: td.Process, node: td.Node) -> None:
         await node.send(message["from"], message)
 
 
-@trio_only
-async def test_round_trips_go_through_the_borrowing_process_in_order(
-    borrowed_reads: collections.Counter[str],
-) -> None:
+async def echo_round_trips(
+    count: int, receive: Callable[[td.Process, int], Awaitable[Any]]
+) -> tuple[str, str]:
+    """``count`` round trips from a process of node ``a`` to an echo process
+    of node ``b``, each reply taken with ``receive(me, seq)`` and checked;
+    returns the two nodes' names."""
     async with open_cluster(["a", "b"], config=local()) as (a, b):
         async with trio.open_nursery() as nursery:
             server = await b.spawn(echo, b)
             async with a.open_process() as me:
-                for seq in range(200):
+                for seq in range(count):
                     await a.send(server, {"from": me.pid, "seq": seq})
-                    with trio.fail_after(10):
-                        reply = await me.receive()
+                    reply = await receive(me, seq)
                     assert reply == {"from": me.pid, "seq": seq}
                 await a.send(server, "stop")
             nursery.cancel_scope.cancel()
+    return a.name, b.name
+
+
+@trio_only
+async def test_round_trips_go_through_the_borrowing_process_in_order(
+    borrowed_reads: collections.Counter[str],
+) -> None:
+    async def next_message(me: td.Process, seq: int) -> Any:
+        with trio.fail_after(10):
+            return await me.receive()
+
+    a, b = await echo_round_trips(200, next_message)
     # Both sides read nearly every message themselves (the first of each
     # side went through the reader, which then lent the socket).
-    assert borrowed_reads[b.name] >= 190
-    assert borrowed_reads[a.name] >= 190
+    assert borrowed_reads[b] >= 190
+    assert borrowed_reads[a] >= 190
 
 
 @trio_only
 async def test_a_selective_receive_with_a_timeout_borrows_too(
     borrowed_reads: collections.Counter[str],
 ) -> None:
-    async with open_cluster(["a", "b"], config=local()) as (a, b):
-        async with trio.open_nursery() as nursery:
-            server = await b.spawn(echo, b)
-            async with a.open_process() as me:
-                for seq in range(100):
+    async def the_reply(me: td.Process, seq: int) -> Any:
+        def is_reply(message: Any) -> bool:
+            return bool(message["seq"] == seq)
 
-                    def is_reply(message: Any, seq: int = seq) -> bool:
-                        return bool(message["seq"] == seq)
+        return await me.receive(match=is_reply, timeout=10)
 
-                    await a.send(server, {"from": me.pid, "seq": seq})
-                    reply = await me.receive(match=is_reply, timeout=10)
-                    assert reply == {"from": me.pid, "seq": seq}
-                await a.send(server, "stop")
-            nursery.cancel_scope.cancel()
-    assert borrowed_reads[a.name] >= 95
+    a, _ = await echo_round_trips(100, the_reply)
+    assert borrowed_reads[a] >= 95
 
 
 @trio_only
