@@ -149,10 +149,13 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
     stop = trio.Event()
     started_at: dict[int, float] = {}
     steps = [0]
+    # Task steps by the task's name (its function), for the breakdown.
+    steps_by_task: dict[str, int] = {}
 
     class StepCounter(trio.abc.Instrument):
         def before_task_step(self, task: Any) -> None:
             steps[0] += 1
+            steps_by_task[task.name] = steps_by_task.get(task.name, 0) + 1
 
     if spec["count_steps"]:
         trio.lowlevel.add_instrument(StepCounter())
@@ -221,6 +224,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
             "frames_in": frames_in,
             "frames_out": frames_out,
             "steps": steps[0],
+            "steps_by_task": dict(steps_by_task),
         }
 
     # Stretch the cookie (scrypt, about a second of CPU, once per process)
@@ -303,7 +307,8 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
                     per_node.append({"index": index, "started": False})
                     continue
                 core = node.membership.core
-                leader = node.election.core.leader if node.election.enabled else None
+                election = node.election.core if node.election.enabled else None
+                leader = election.leader if election is not None else None
                 per_node.append(
                     {
                         "index": index,
@@ -313,6 +318,16 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
                         "alive": core.alive_count(),
                         "connections": len(node.transport.connections),
                         "leader": leader,
+                        # Why a cluster formed no leader: a bootstrap needs
+                        # every member's known set equal to the proposal.
+                        "election": None
+                        if election is None
+                        else {
+                            "role": election.role.name,
+                            "term": election.term,
+                            "configured": election.configured,
+                            "known": sorted(election.known),
+                        },
                         "suspicions_raised": core.counters["suspicions_raised"],
                         "suspect_events": events[index]["suspect"],
                         "down_events": events[index]["down"],
@@ -454,6 +469,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summarise(args, results, failures)
 
 
+def steps_by_task(results: list[dict[str, Any]], per_node_s: float) -> dict[str, float]:
+    """Task steps per node per second in the window, by task name (the
+    function the task runs), largest first."""
+    merged: dict[str, int] = {}
+    for r in results:
+        before = r["before"].get("steps_by_task", {})
+        for name, count in r["after"].get("steps_by_task", {}).items():
+            merged[name] = merged.get(name, 0) + count - before.get(name, 0)
+    ranked = sorted(merged.items(), key=lambda item: -item[1])
+    return {name: round(count / per_node_s, 3) for name, count in ranked if count}
+
+
 def summarise(
     args: argparse.Namespace, results: list[dict[str, Any]], failures: list[str]
 ) -> dict[str, Any]:
@@ -524,13 +551,42 @@ def summarise(
         "frames_in_per_node_s": delta("frames_in") / per_node_s,
         "frames_out_per_node_s": delta("frames_out") / per_node_s,
         "task_steps_per_node_s": delta("steps") / per_node_s if args.count_steps else None,
+        "task_steps_by_task_per_node_s": steps_by_task(results, per_node_s),
         "drops": drops,
         "dials_total": sum(n.get("dials", 0) for n in started),
         "timeline": [[t, c, d] for t, (c, d) in sorted(merged.items())],
         "loadavg": os.getloadavg(),
         "failures": failures,
+        "election_state": election_summary(started),
     }
     return summary
+
+
+def election_summary(started: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """At the end: the election's roles and terms, and whether every node
+    knows the same members (a bootstrap needs that)."""
+    views = [n["election"] for n in started if n.get("election") is not None]
+    if not views:
+        return None
+    known_sets = {tuple(v["known"]) for v in views}
+    everyone = set().union(*(set(k) for k in known_sets))
+    return {
+        "roles": dict(sorted(_count(v["role"] for v in views).items())),
+        "terms": [min(v["term"] for v in views), max(v["term"] for v in views)],
+        "configured": sum(1 for v in views if v["configured"]),
+        "distinct_known_sets": len(known_sets),
+        "known_sizes": dict(sorted(_count(len(v["known"]) for v in views).items())),
+        "missing_somewhere": sorted(
+            name for name in everyone if any(name not in k for k in known_sets)
+        )[:20],
+    }
+
+
+def _count(items: Any) -> dict[Any, int]:
+    counts: dict[Any, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -576,6 +632,17 @@ def table(summary: dict[str, Any]) -> str:
             f"{summary['frames_out_per_node_s']:.2f} / {summary['frames_in_per_node_s']:.2f}",
         ),
         ("task steps/s per node", fmt(summary["task_steps_per_node_s"], ".1f")),
+        *[
+            (f"  {name}", f"{rate:.2f}")
+            for name, rate in list(summary["task_steps_by_task_per_node_s"].items())[:8]
+        ],
+        (
+            "election at the end",
+            "-"
+            if summary["election_state"] is None
+            else "{roles}, terms {terms[0]}-{terms[1]}, {configured} configured, "
+            "{distinct_known_sets} distinct known sets".format(**summary["election_state"]),
+        ),
         ("steady window (s)", f"{summary['duration_s']:.0f} after {summary['warmup_s']:.0f}"),
         ("load average", " ".join(f"{x:.2f}" for x in summary["loadavg"])),
     ]

@@ -194,3 +194,29 @@ async def test_the_drain_before_the_timers_is_bounded() -> None:
             module.anyio.lowlevel.checkpoint = original  # type: ignore[attr-defined]
         assert rounds == module.DRAIN_ROUNDS
         membership._receiver_waiting = True
+
+
+async def test_an_ack_waiting_when_its_probe_is_judged_is_read_first(
+    fake_network: FakeNetwork,
+) -> None:
+    """A busy spell shorter than ``stall_threshold`` (so real time, not taken
+    off the clock) during which the ack arrived and the probe's end fell
+    due: both are ready in the same scheduling round, and the ack must be
+    read before the probe is judged, whichever the scheduler runs first."""
+    async with open_cluster(2, config=FAST) as nodes:
+        a, b = nodes
+        await wait_until(lambda: len(a.membership.alive()) == 2 == len(b.membership.alive()))
+        # 90 ms each way: the ack is back 180 ms after the ping, after the
+        # probe's timeout (0.1 s; with no other member to ask, a late ack
+        # still counts) and 20 ms before the probe interval (0.2 s) ends.
+        fake_network.set_link(a.name, b.name, latency=0.09)
+        await anyio.sleep(1.0)
+        failures = a.membership.core.counters["probe_failures"]
+        for _ in range(20):
+            # Busy from 170 ms to 210 ms into a's probe: the ack (at 180 ms)
+            # and the probe's end (at 200 ms) are both due when it returns.
+            await until_probe_phase(a, 0.17)
+            stall(0.04)
+            await anyio.sleep(0.05)
+        assert a.membership.core.counters["probe_failures"] == failures
+        assert a.membership.stalls == (0, 0.0)  # real time throughout
