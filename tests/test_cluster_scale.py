@@ -242,3 +242,29 @@ async def test_the_election_hears_a_join_without_reading_the_member_table(
         with anyio.fail_after(10):
             await wait_until(lambda: reads[0] == n + 1)
         assert victim.name not in observer.election.core._known
+
+
+async def test_without_full_mesh_the_periodic_push_pull_reaches_its_peer() -> None:
+    """Nodes that connect on demand hold few connections; the full-state
+    exchange goes to one of them (a push-pull to any other member failed,
+    and a member whose news was lost to a node stayed unknown to it)."""
+    async with cluster(10, connect_all=False) as (_tg, nodes):
+        await wait_until(lambda: all(x.election.core.leader is not None for x in nodes))
+        await anyio.sleep(5)
+
+        def counts(node: td.Node) -> tuple[int, int]:
+            counters = node.membership.core.counters
+            return counters["push_pulls_sent"], counters["streams_failed"]
+
+        before = [counts(x) for x in nodes]
+        # A member this node never heard of (the gossip of its join lost):
+        # only a full-state exchange tells of it again.
+        forgetful, missing = nodes[5], nodes[7]
+        core = forgetful.membership.core
+        core._forget(core._members[missing.name])
+        assert core.status_of(missing.name) is None
+        await anyio.sleep(20)  # ten push-pull intervals (2 s)
+        for node, (sent, failed) in zip(nodes, before, strict=True):
+            assert counts(node) >= (sent + 5, failed)
+            assert counts(node)[1] == failed
+        assert core.status_of(missing.name) is td.MemberStatus.ALIVE

@@ -672,3 +672,57 @@ def test_an_unconfirmed_suspicion_ends_at_its_deadline() -> None:
     assert core.status_of("b") is SUSPECT
     core.tick(deadline)
     assert core.status_of("b") is DEAD
+
+
+# -- the periodic push-pull and the members a stream can reach ------------------
+
+
+def push_pull_targets(core: SwimCore, rounds: int, since: float = 0.0) -> list[str]:
+    """Where the next ``rounds`` periodic push-pulls after ``since`` go."""
+    targets: list[str] = []
+    now = since
+    for _ in range(rounds):
+        now += 2 * PUSH_PULL.push_pull_interval  # past the (jittered) next one
+        core.tick(now)
+        for action in core.take_actions():
+            if isinstance(action, SendStream):
+                [message] = decoded(action)
+                if isinstance(message, wire.PushPull) and not message.reply:
+                    targets.append(action.name)
+    return targets
+
+
+# Push-pull every 10 s; probes and reconnects far apart.
+PUSH_PULL = MembershipConfig(
+    probe_interval=100.0,
+    probe_timeout=50.0,
+    push_pull_interval=10.0,
+    reconnect_interval=1000.0,
+)
+
+
+def test_the_periodic_push_pull_goes_to_a_member_a_stream_reaches() -> None:
+    """Where nodes connect on demand, a push-pull to a member the node is
+    not connected to fails: it picks among the reachable members."""
+    names = [f"m{i}" for i in range(20)]
+    reachable = {"m3", "m17"}
+    core = knows(*names, config=PUSH_PULL)
+    core._stream_reachable = reachable.__contains__
+    targets = push_pull_targets(core, 30)
+    assert len(targets) == 30 and set(targets) == reachable
+    # A reachable member that is suspect is not asked (only alive ones are).
+    now = 30 * 2 * PUSH_PULL.push_pull_interval
+    core.datagram_received(now, "x", datagram(wire.Suspect("m3", 1, "x")))
+    assert core.status_of("m3") is SUSPECT
+    assert push_pull_targets(core, 10, since=now) == ["m17"] * 10
+
+
+def test_with_no_member_reachable_the_push_pull_goes_to_any_alive_member() -> None:
+    names = [f"m{i}" for i in range(20)]
+    core = knows(*names, config=PUSH_PULL)
+    core._stream_reachable = lambda name: False
+    targets = push_pull_targets(core, 30)
+    assert len(targets) == 30 and len(set(targets)) > 5
+    # Without the predicate (every member reachable): any alive member too.
+    core = knows(*names, config=PUSH_PULL)
+    assert len(set(push_pull_targets(core, 30))) > 5

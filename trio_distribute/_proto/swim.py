@@ -360,6 +360,12 @@ class SwimCore:
             someone else suspect it, with the suspicion attached, so it can
             refute to us directly (up to SUSPECT_CHECKS times, one probe
             interval apart, while it stays suspect; see :meth:`_check_suspect`).
+        stream_reachable: whether a stream to the named member can go out
+            now (the driver holds a connection to it). The periodic
+            push-pull picks among the alive members it names first, so the
+            full-state exchange works where nodes connect to each other only
+            on demand (a push-pull to a member the driver will not dial fails
+            and repairs nothing). None: every member is reachable.
     """
 
     def __init__(
@@ -378,6 +384,7 @@ class SwimCore:
         seeds: Sequence[str] = (),
         stream_fallback: bool = True,
         suspect_check: bool = True,
+        stream_reachable: Callable[[str], bool] | None = None,
     ) -> None:
         _check_text(name, "name")
         _check_text(address, "address")
@@ -391,6 +398,7 @@ class SwimCore:
         self.lifeguard: Final = lifeguard
         self.stream_fallback: Final = stream_fallback
         self.suspect_check: Final = suspect_check
+        self._stream_reachable = stream_reachable
         self.datagram_budget: Final = datagram_budget
         if gossip_to_the_dead_time is None:
             gossip_to_the_dead_time = config.push_pull_interval
@@ -1262,6 +1270,20 @@ class SwimCore:
         self.counters["push_pulls_sent"] += 1
 
     def _periodic_push_pull(self) -> None:
+        reachable = self._stream_reachable
+        if reachable is not None:
+            # A scan of the live members, once per push-pull interval (at
+            # least 30 s on LAN timers); the common on-demand case is a few
+            # reachable among many, which sampling would mostly miss.
+            candidates = [
+                name
+                for name in self._live
+                if self._members[name].status is MemberStatus.ALIVE and reachable(name)
+            ]
+            if candidates:
+                record = self._members[self._rng.choice(candidates)]
+                self._send_push_pull(record.name, record.address, reply=False)
+                return
         peers = self._random_live(1, alive_only=True)
         if peers:
             self._send_push_pull(peers[0].name, peers[0].address, reply=False)

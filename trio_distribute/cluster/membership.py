@@ -379,6 +379,10 @@ class Membership:
             now=self._now(),
             metadata=self.metadata,
             datagram_budget=DEFAULT_DATAGRAM_BUDGET,
+            # The periodic push-pull goes to a member we hold a connection
+            # to (without connect_all, most members are not: a stream to
+            # them would fail, and anti-entropy would repair nothing).
+            stream_reachable=self.transport.is_connected,
         )
         self._task_group = task_group
         self.transport.add_handler(Kind.MEMBER_STREAM, self._handle_stream)
