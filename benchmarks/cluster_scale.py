@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 RESULTS = Path(__file__).parent / "results"
 COOKIE = "cluster-scale-benchmark-cookie"
@@ -143,6 +143,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
     # (seconds since the start, connections, dials so far) over our nodes.
     timeline: list[tuple[float, int, int]] = []
     events = {i: {"suspect": 0, "down": 0} for i in indexes}
+    suspected: list[tuple[float, str]] = []
     converged: dict[int, float] = {}
     # When each part of convergence was first seen, per node.
     parts: dict[str, dict[int, float]] = {"members": {}, "mesh": {}, "leader": {}}
@@ -165,6 +166,8 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
             async for event in stream:
                 if isinstance(event, MemberSuspect):
                     events[index]["suspect"] += 1
+                    if len(suspected) < 10_000:  # who, and when (s since the start)
+                        suspected.append((round(time.time() - go_at, 2), event.name))
                 elif isinstance(event, MemberDown):
                     events[index]["down"] += 1
 
@@ -341,6 +344,7 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
                 "nodes": per_node,
                 "late": late,
                 "timeline": timeline,
+                "suspected": suspected,
                 "started_at": max(started_at.values(), default=None),
             }
             stop.set()
@@ -402,6 +406,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
     children = []
+    logs: list[IO[str]] = []
+    log_lines: list[int] = []
     with tempfile.TemporaryDirectory() as scratch:
         for p in range(procs):
             spec = {
@@ -426,12 +432,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             path = Path(scratch) / f"spec{p}.json"
             path.write_text(json.dumps(spec))
+            # A child's log goes to a file: a pipe read only once the child
+            # exits fills up (64 KiB), and a child blocked writing its log
+            # stops its event loop, so its nodes stop answering and the
+            # others suspect them (and log more).
+            logs.append(open(Path(scratch) / f"child{p}.log", "w+"))  # noqa: SIM115
             children.append(
                 subprocess.Popen(
                     [sys.executable, str(HERE), "--child", str(path)],
                     stdin=subprocess.PIPE if args.go_when_ready else None,
                     stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
+                    stderr=logs[-1],
                     text=True,
                     env=env,
                 )
@@ -448,16 +459,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 assert child.stdin is not None
                 child.stdin.write(f"{go_at!r}\n")
                 child.stdin.flush()
-        outputs = []
+        outputs: list[tuple[int | None, str, str]] = []
         hard = deadline + 15.0  # the children's own deadline plus a goodbye
-        for child in children:
+        for child, log in zip(children, logs, strict=True):
             try:
-                out, err = child.communicate(timeout=max(1.0, hard - time.time()))
+                out, _ = child.communicate(timeout=max(1.0, hard - time.time()))
+                err = ""
             except subprocess.TimeoutExpired:
                 child.kill()
-                out, err = child.communicate()
-                err += "\n[killed: overstayed its hard timeout]"
+                out, _ = child.communicate()
+                err = "\n[killed: overstayed its hard timeout]"
+            log.seek(0)
+            err = log.read() + err
+            log.close()
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                (args.logs / f"child{len(outputs)}.log").write_text(err)
             outputs.append((child.returncode, out, err))
+            log_lines.append(err.count("\n"))
     results = []
     failures = []
     for p, (code, out, err) in enumerate(outputs):
@@ -466,7 +485,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             failures.append(f"child {p} (exit {code}): {err.strip()[-2000:]}")
             continue
         results.append(json.loads(line[7:]))
-    return summarise(args, results, failures)
+    summary = summarise(args, results, failures)
+    summary["log_lines_per_child"] = log_lines
+    return summary
 
 
 def steps_by_task(results: list[dict[str, Any]], per_node_s: float) -> dict[str, float]:
@@ -558,8 +579,29 @@ def summarise(
         "loadavg": os.getloadavg(),
         "failures": failures,
         "election_state": election_summary(started),
+        "suspected": suspected_summary(results, args.procs),
     }
     return summary
+
+
+def suspected_summary(results: list[dict[str, Any]], procs: int) -> dict[str, Any]:
+    """Who was suspected, by the child process that runs it (node ``i``
+    runs in child ``i mod procs``: a stalled child's nodes are suspected
+    together), and when (seconds since the start)."""
+    seen = [(at, name) for r in results for at, name in r.get("suspected", [])]
+    by_child: dict[int, int] = {}
+    for _, name in seen:
+        index = int(name.split("@")[0][1:])
+        by_child[index % procs] = by_child.get(index % procs, 0) + 1
+    times = sorted(at for at, _ in seen)
+    return {
+        "events_by_child": dict(sorted(by_child.items())),
+        "first_s": times[0] if times else None,
+        "last_s": times[-1] if times else None,
+        "most_suspected": sorted(_count(name for _, name in seen).items(), key=lambda x: -x[1])[
+            :10
+        ],
+    }
 
 
 def election_summary(started: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -643,6 +685,11 @@ def table(summary: dict[str, Any]) -> str:
             else "{roles}, terms {terms[0]}-{terms[1]}, {configured} configured, "
             "{distinct_known_sets} distinct known sets".format(**summary["election_state"]),
         ),
+        (
+            "suspect events by child",
+            " ".join(f"{k}:{v}" for k, v in summary["suspected"]["events_by_child"].items()) or "-",
+        ),
+        ("log lines per child", " ".join(str(n) for n in summary.get("log_lines_per_child", []))),
         ("steady window (s)", f"{summary['duration_s']:.0f} after {summary['warmup_s']:.0f}"),
         ("load average", " ".join(f"{x:.2f}" for x in summary["loadavg"])),
     ]
@@ -694,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         help="start the nodes 1 s after the last child finished its imports",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "cluster_scale.json")
+    parser.add_argument("--logs", type=Path, default=None, help="keep each child's log here")
     args = parser.parse_args(argv)
     if not args.label:
         mesh = "mesh" if args.connect_all else "on-demand"
