@@ -207,6 +207,9 @@ FOCUS: dict[str, tuple[str, ...]] = {
         "SwimCore._check_suspect",
         "SwimCore._send_suspect_check",
         "SwimCore._run_check_timers",
+        # Which member the full-state exchange goes to (one this node can
+        # reach with a stream, where nodes connect on demand).
+        "SwimCore._periodic_push_pull",
     ),
 }
 
