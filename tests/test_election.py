@@ -329,6 +329,34 @@ async def test_a_node_started_before_its_seed_keeps_trying_and_joins() -> None:
             tg.cancel_scope.cancel()
 
 
+async def test_a_node_joined_by_others_before_its_seed_was_up_still_joins_its_seed() -> None:
+    """Nodes started together: ``early``'s seed is not listening yet and
+    ``other`` joins through ``early``. Being joined is not joining the seed:
+    ``early`` keeps trying it, so once the seed is up the three are one
+    cluster (it stopped trying, and the two clusters stayed apart for good)."""
+    port = _free_port()
+    config = expecting(2)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            early = await start_node(
+                tg, "early@127.0.0.1", cookie=COOKIE, config=config,
+                seeds=[f"seed@127.0.0.1:{port}"],
+            )  # fmt: skip
+            other = await start_node(
+                tg, "other@127.0.0.1", cookie=COOKIE, config=config,
+                seeds=[f"127.0.0.1:{early.address[1]}"],
+            )  # fmt: skip
+            await wait_until(lambda: len(early.membership.alive()) == 2)
+            await anyio.sleep(4 * E)  # early's retries find it joined by other
+            seed = await start_node(tg, "seed@127.0.0.1", cookie=COOKIE, config=config, port=port)
+            nodes = [early, other, seed]
+            await wait_until(lambda: all(len(n.membership.alive()) == 3 for n in nodes))
+            # One election too: the seed, alone below bootstrap_expect, is
+            # added by the leader the other two elected.
+            await wait_until(lambda: agreed_leader(nodes) is not None)
+            tg.cancel_scope.cancel()
+
+
 async def test_a_late_node_is_added_by_the_leader_without_a_new_term() -> None:
     with anyio.fail_after(40):
         async with anyio.create_task_group() as tg, cluster(3) as nodes:

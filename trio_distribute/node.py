@@ -594,6 +594,7 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
     rng = node.transport.network.random()
 
     async def keep_trying() -> None:
+        held = True  # the election waits for the join (see above)
         delay = cap / 32
         while True:
             # Full jitter in [delay/2, delay): nodes started together do not
@@ -601,13 +602,20 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
             wait = rng.uniform(delay / 2, delay)
             logger.info("%s: retrying seeds %s in %.2f s", node.name, pending, wait)
             await anyio.sleep(wait)
-            if node.membership.enabled and len(node.membership.core.members()) > 1:
-                # Someone joined us meanwhile: we are part of a cluster.
-                pending.clear()
-                if election.enabled:
+            membership = node.membership
+            if membership.enabled and len(membership.core.members()) > 1:
+                # Someone joined us meanwhile: we are part of a cluster, and
+                # may bootstrap with it. But it may not be the seeds' cluster
+                # (nodes started together: our seed was not up yet when we
+                # tried, and others joined through us), so the seeds are
+                # tried until one of them is a member we know.
+                if election.enabled and held:
                     election.joining(False)
-                logger.info("%s: joined by another member", node.name)
-                return
+                    held = False
+                    logger.info("%s: joined by another member", node.name)
+                if any(membership.knows_address(seed) for seed in pending):
+                    pending.clear()
+                    return
             if await attempt():
                 logger.info("%s: joined through the seeds", node.name)
                 return

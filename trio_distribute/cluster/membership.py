@@ -429,6 +429,13 @@ class Membership:
         live = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
         return [m.name for m in self.members() if m.status in live]
 
+    def knows_address(self, address: str) -> bool:
+        """Whether a live member other than this node listens at
+        ``address`` (``"host:port"`` or ``"name@host:port"``, as a seed is
+        given)."""
+        name = self._names_by_address.get(address.rpartition("@")[2])
+        return name is not None and name in self._live_members
+
     def current_leader(self) -> str | None:
         """The lexicographically greatest live name: the seed library's
         leader. Not partition safe; use ``node.election`` for that."""
