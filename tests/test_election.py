@@ -309,15 +309,21 @@ async def test_a_lone_node_never_elects_itself_below_bootstrap_expect() -> None:
             tg.cancel_scope.cancel()
 
 
+async def start_before_seed(
+    tg: anyio.abc.TaskGroup, config: td.NodeConfig, seed_port: int
+) -> td.Node:
+    """``early``, whose seed (``seed`` on ``seed_port``) is not listening."""
+    return await start_node(
+        tg, "early@127.0.0.1", cookie=COOKIE, config=config, seeds=[f"seed@127.0.0.1:{seed_port}"]
+    )
+
+
 async def test_a_node_started_before_its_seed_keeps_trying_and_joins() -> None:
     port = _free_port()
     config = expecting(2)
     with anyio.fail_after(40):
         async with anyio.create_task_group() as tg:
-            early = await start_node(
-                tg, "early@127.0.0.1", cookie=COOKIE, config=config,
-                seeds=[f"seed@127.0.0.1:{port}"],
-            )  # fmt: skip
+            early = await start_before_seed(tg, config, port)
             await anyio.sleep(4 * E)  # its first attempts fail: nobody listens
             assert early.election.leader == NoLeader()
             seed = await start_node(tg, "seed@127.0.0.1", cookie=COOKIE, config=config, port=port)
@@ -338,10 +344,7 @@ async def test_a_node_joined_by_others_before_its_seed_was_up_still_joins_its_se
     config = expecting(2)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            early = await start_node(
-                tg, "early@127.0.0.1", cookie=COOKIE, config=config,
-                seeds=[f"seed@127.0.0.1:{port}"],
-            )  # fmt: skip
+            early = await start_before_seed(tg, config, port)
             other = await start_node(
                 tg, "other@127.0.0.1", cookie=COOKIE, config=config,
                 seeds=[f"127.0.0.1:{early.address[1]}"],
