@@ -347,6 +347,12 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
                 "suspected": suspected,
                 "started_at": max(started_at.values(), default=None),
             }
+            # Every child's window ends by then (a window starts at the
+            # latest --warmup after the start). A child that stopped its
+            # nodes at the end of its own, earlier window would have them
+            # suspected, rightly, inside the others' windows, and counted
+            # there as false suspicions.
+            await trio.sleep(max(0.0, go_at + warmup + duration - time.time()))
             stop.set()
     return result
 
