@@ -594,7 +594,7 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
     rng = node.transport.network.random()
 
     async def keep_trying() -> None:
-        held = True  # the election waits for the join (see above)
+        held = True  # not yet part of any cluster: the election waits (see above)
         delay = cap / 32
         while True:
             # Full jitter in [delay/2, delay): nodes started together do not
@@ -609,9 +609,10 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
                 # (nodes started together: our seed was not up yet when we
                 # tried, and others joined through us), so the seeds are
                 # tried until one of them is a member we know.
-                if election.enabled and held:
-                    election.joining(False)
+                if held:
                     held = False
+                    if election.enabled:
+                        election.joining(False)
                     logger.info("%s: joined by another member", node.name)
                 if any(membership.knows_address(seed) for seed in pending):
                     pending.clear()
