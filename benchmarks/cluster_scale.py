@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import resource
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -360,6 +361,10 @@ async def _child(spec: dict[str, Any]) -> dict[str, Any]:
 def child_main(spec_path: str) -> None:
     import trio
 
+    # benchmarks/_gc.py beside this file, by path: a child runs this file as
+    # a script, and with --td-path its import path leads to another checkout.
+    runpy.run_path(str(HERE.with_name("_gc.py")))["apply_policy_from_environment"]()
+
     if os.environ.get("CLUSTER_SCALE_LOG"):
         # Diagnostics: the child's log (INFO and up) in FILE.<pid>.
         import logging
@@ -544,6 +549,7 @@ def summarise(
             (r["started_at"] for r in results if r["started_at"] is not None), default=None
         ),
         "label": args.label,
+        "gc": os.environ.get("BENCH_GC", "") or "default",
         "nodes": args.nodes,
         "procs": args.procs,
         "connect_all": args.connect_all,

@@ -22,7 +22,10 @@ of the machine's load:
 * **CPU seconds** the process spent until the full mesh (the work a real
   machine must find room for: on two cores, 10 CPU seconds cannot take
   less than 5 s of wall time);
-* the most outgoing dials any one node had in flight at once.
+* the most outgoing dials any one node had in flight at once;
+* how long CPython's cyclic garbage collector paused the process until then
+  (``gc_s``, of which full collections ``gc_full_s``; ``BENCH_GC=held`` or
+  ``off`` changes the collector's setting: ``benchmarks/_gc.py``).
 
 Prints one line of JSON.
 """
@@ -57,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     import trio
     import trio.testing
 
+    from ._gc import apply_policy_from_environment
+
+    apply_policy_from_environment()
+
     if args.real:
         result = trio.run(_run, args)
     else:
@@ -70,6 +77,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     import trio_distribute as td
     from trio_distribute.testing import FakeNetwork, start_node
+
+    from ._gc import GcPauses
 
     n = args.nodes
     net: Any = FakeNetwork(seed=1)
@@ -126,6 +135,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from trio_distribute._cookie import cookie_keys
 
     cookie_keys(b"storm")  # once per process, not part of the storm
+    pauses = GcPauses()
+    pauses.start()
     cpu0 = time.process_time()
     wall0 = time.monotonic()
     nodes: list[Any] = [None] * n
@@ -158,6 +169,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             await anyio.sleep(0.01)
         cpu = time.process_time() - cpu0
+        pauses.stop()
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
@@ -170,6 +182,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             "members_s": members_at,
             "mesh_s": mesh_at,
             "cpu_s": round(cpu, 2),
+            **pauses.summary(),
             "wall_s": round(time.monotonic() - wall0, 2),
             "dials": dialled[0],
             "most_dials_in_flight_per_node": most[0],

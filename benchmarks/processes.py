@@ -26,7 +26,10 @@ its wait), stop time (raw: cancelling the nursery until it has exited; td:
 leaving the node's block until it has returned, which cancels and ends every
 process), and for td the cost of a local send to one of ``count`` processes
 picked at random: a one-way send (``sends`` sends, until all are received,
-per message) and a round trip p50 (the target answers the sender). The send
+per message) and a round trip p50 (the target answers the sender). ``gc_s``
+is how long CPython's cyclic garbage collector paused the child in all
+(``benchmarks/_gc.py``; ``BENCH_GC=held`` or ``off`` in the environment
+changes its setting for every child). The send
 children run at 10, at ``count`` and at 1,000,000 processes (``--quick``: 10
 and ``count``).
 
@@ -39,10 +42,10 @@ before/after table. Nothing here judges a number.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import random
+import runpy
 import statistics
 import subprocess
 import sys
@@ -55,6 +58,9 @@ __all__ = ["main"]
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = "RESULT "
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+# benchmarks/_gc.py beside this file, by path: a child runs this file as a
+# script, and with --compare its import path leads to another checkout.
+_GC = runpy.run_path(str(Path(__file__).with_name("_gc.py")))
 
 
 def _rss() -> int:
@@ -63,8 +69,13 @@ def _rss() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
+#: The collector's pauses in this child (the ``gc.collect()`` of a
+#: settled RSS is not one).
+_PAUSES = _GC["GcPauses"]()
+
+
 def _settled_rss() -> int:
-    gc.collect()
+    _PAUSES.collect()
     return _rss()
 
 
@@ -225,14 +236,17 @@ async def _child_td(count: int, sends: int, measure_sends: bool) -> dict[str, An
 def _child(kind: str, backend: str, count: int, sends: int, measure_sends: bool) -> None:
     import anyio
 
-    if kind == "raw":
-        fn: Any = _child_raw_trio if backend == "trio" else _child_raw_anyio
-        result = anyio.run(fn, count, backend=backend)
-    elif kind == "raw_asyncio":
-        result = anyio.run(_child_raw_asyncio, count, backend="asyncio")
-    else:
-        result = anyio.run(_child_td, count, sends, measure_sends, backend=backend)
+    _GC["apply_policy_from_environment"]()
+    with _PAUSES:
+        if kind == "raw":
+            fn: Any = _child_raw_trio if backend == "trio" else _child_raw_anyio
+            result = anyio.run(fn, count, backend=backend)
+        elif kind == "raw_asyncio":
+            result = anyio.run(_child_raw_asyncio, count, backend="asyncio")
+        else:
+            result = anyio.run(_child_td, count, sends, measure_sends, backend=backend)
     result["peak_rss_mb"] = _peak_rss_mb()
+    result.update(_PAUSES.summary())
     print(RESULT + json.dumps(result), flush=True)
 
 
@@ -341,6 +355,7 @@ def _table(results: dict[str, Any], count: int, backends: list[str], send_counts
             ("rss_per_unit", "B", 1.0),
             ("spawn_s", "s", 1.0),
             ("stop_s", "s", 1.0),
+            ("gc_s", "s", 1.0),
         ):
             row = f"{metric + ' (' + unit + ')':>14} {raw[metric] * scale:>10.3f}"
             if unit == "B":
@@ -348,7 +363,8 @@ def _table(results: dict[str, Any], count: int, backends: list[str], send_counts
             for label in labels:
                 value = results[f"{label}/{backend}/{count}"][metric]
                 shown = f"{value:>10.0f}" if unit == "B" else f"{value:>10.3f}"
-                row += f" {shown} {value / raw[metric]:>9.2f}x"
+                ratio = f"{value / raw[metric]:>9.2f}x" if raw[metric] else f"{'-':>10}"
+                row += f" {shown} {ratio}"
             lines.append(row)
         if backend == "asyncio" and f"raw_asyncio/{backend}/{count}" in results:
             plain = results[f"raw_asyncio/{backend}/{count}"]
