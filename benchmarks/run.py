@@ -49,7 +49,7 @@ __all__ = ["main"]
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
-_TD_WORKLOADS = ("w1", "w2", "ping", "w2call", "w3a", "w3b", "bulk")
+_TD_WORKLOADS = ("w1", "w2", "ping", "w2call", "w2callpid", "w3a", "w3b", "bulk")
 #: system name -> (module, workloads it runs, options before the role)
 SYSTEMS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "raw_trio": ("benchmarks.raw_trio", ("w1", "w2", "w3a", "w3b", "bulk"), ()),
@@ -58,7 +58,7 @@ SYSTEMS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     # Optional: skipped, with the reason printed, where Erlang is missing.
     "erlang": ("benchmarks.erlang_peer", ("w1", "w2", "w2call", "w3a", "w3b", "bulk"), ()),
 }
-WORKLOADS = ("w1", "w2", "ping", "w2call", "w3a", "w3b", "bulk")
+WORKLOADS = ("w1", "w2", "ping", "w2call", "w2callpid", "w3a", "w3b", "bulk")
 
 #: Seconds a server gets to print READY (interpreter start + imports).
 READY_TIMEOUT = 20.0
@@ -284,6 +284,7 @@ METRICS = (
     ("ping_p99_us", "ping", "p99_us"),
     ("call_p50_us", "w2call", "p50_us"),
     ("call_p99_us", "w2call", "p99_us"),
+    ("call_pid_p50_us", "w2callpid", "p50_us"),
     ("w3a_calls_per_s", "w3a", "calls_per_s"),
     ("w3a_p50_us", "w3a", "p50_us"),
     ("w3b_calls_per_s", "w3b", "calls_per_s"),
@@ -317,6 +318,7 @@ def _ratios(medians: dict[str, dict[str, float]]) -> dict[str, float | None]:
     erl = medians.get("erlang", {})
     return {
         "w2call_p50_over_w2_p50": _ratio(td.get("call_p50_us"), td.get("w2_p50_us")),
+        "w2callpid_p50_over_w2_p50": _ratio(td.get("call_pid_p50_us"), td.get("w2_p50_us")),
         "bulk_td_over_raw": _ratio(td.get("bulk_gb_per_s"), raw.get("bulk_gb_per_s")),
         # against Erlang: W1/W3/bulk higher is better, W2/call lower is better
         "w1_td_over_erlang": _ratio(td.get("w1_msgs_per_s"), erl.get("w1_msgs_per_s")),
@@ -433,6 +435,7 @@ def render_table(
         )
     lines.append(
         f"trio_distribute call p50 / its W2 p50: {_fmt(ratios['w2call_p50_over_w2_p50'], '.2f')}x"
+        f" by name, {_fmt(ratios['w2callpid_p50_over_w2_p50'], '.2f')}x by pid"
     )
     if lossy:
         lines.append("* messages were lost in at least one W1 run (see the notes)")

@@ -7,6 +7,7 @@ Usage (the orchestrator ``benchmarks.run`` starts these)::
     python -m benchmarks.td_bench client PORT w2 --count 5000 --warmup 300
     python -m benchmarks.td_bench client PORT ping --count 5000 --warmup 300
     python -m benchmarks.td_bench client PORT w2call --count 5000 --warmup 300
+    python -m benchmarks.td_bench client PORT w2callpid --count 5000 --warmup 300
 
 The server (node ``a@127.0.0.1``) spawns two named processes, ``sink`` and
 ``echo``, and exits when the client's node goes down. A client (node
@@ -22,7 +23,9 @@ The server (node ``a@127.0.0.1``) spawns two named processes, ``sink`` and
 * W2-ping: sequential ``await node.ping(peer)``, frame level, no processes.
 * W2-call: sequential ``await me.call(("responder", a), msg)``: the W2 round
   trip through ``Process.call`` / ``Process.reply`` (the callee monitored
-  for each call, the reply matched by ref), with the W2 message.
+  for each call, the reply matched by ref), with the W2 message. W2-call-pid:
+  the same calls to the responder's pid (asked for once), as W2 sends to a
+  pid.
 * Bulk: ``node.send`` of a 16 MiB ``bytes`` to the ``bulk`` process, which
   answers with its length once it has it; one message at a time.
 * W3a: sequential ``await node.rpc.call(a, "add", i, 1)`` (``add`` is a
@@ -136,11 +139,12 @@ async def bulk(proc: td.Process, node: td.Node) -> None:
 
 
 async def responder(proc: td.Process) -> None:
-    """Answer every call with its request (the W2-call server)."""
+    """Answer every call with its request (the W2-call server); the request
+    ``"pid"`` with this process's pid."""
     reply = proc.reply
     async for call in proc:
         if isinstance(call, td.Call):
-            await reply(call, call.request)
+            await reply(call, proc.pid if call.request == "pid" else call.request)
 
 
 def add(a: int, b: int) -> int:
@@ -263,12 +267,18 @@ async def client_bulk(node: td.Node, count: int, warmup: int) -> dict[str, Any]:
     return bulk_result(BULK_SIZE, samples)
 
 
-async def client_w2call(node: td.Node, count: int, warmup: int) -> dict[str, Any]:
-    """Sequential ``Process.call`` round trips to the responder."""
+async def client_w2call(
+    node: td.Node, count: int, warmup: int, *, by_pid: bool = False
+) -> dict[str, Any]:
+    """Sequential ``Process.call`` round trips to the responder, by name (as
+    Erlang's ``gen_server:call({responder, Node}, ...)``) or by its pid (as
+    W2 sends)."""
     samples: list[int] = []
-    dest = ("responder", SERVER_NODE)
+    dest: td.Pid | tuple[str, str] = ("responder", SERVER_NODE)
     async with node.open_process() as me:
         call = me.call
+        if by_pid:
+            dest = await call(dest, "pid")
         body = BODY
         clock = time.perf_counter_ns
         for seq in range(warmup + count):
@@ -279,7 +289,7 @@ async def client_w2call(node: td.Node, count: int, warmup: int) -> dict[str, Any
                 raise RuntimeError(f"call answered out of order: sent {seq}, got {reply['seq']}")
             if seq >= warmup:
                 samples.append(t1 - t0)
-    return {"workload": "w2call", **latency_summary(samples)}
+    return {"workload": "w2callpid" if by_pid else "w2call", **latency_summary(samples)}
 
 
 async def client_ping(node: td.Node, peer: str, count: int, warmup: int) -> dict[str, Any]:
@@ -333,8 +343,9 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
                 result = await client_w2(node, args.count, args.warmup)
             elif args.workload == "bulk":
                 result = await client_bulk(node, args.count, args.warmup)
-            elif args.workload == "w2call":
-                result = await client_w2call(node, args.count, args.warmup)
+            elif args.workload in ("w2call", "w2callpid"):
+                by_pid = args.workload == "w2callpid"
+                result = await client_w2call(node, args.count, args.warmup, by_pid=by_pid)
             elif args.workload in ("w3a", "w3b"):
                 in_flight = 1 if args.workload == "w3a" else W3B_IN_FLIGHT
                 result = await client_w3(node, args.count, args.warmup, in_flight)
@@ -354,7 +365,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     server.add_argument("port", type=int, help="0 picks a free port")
     client = sub.add_parser("client")
     client.add_argument("port", type=int)
-    client.add_argument("workload", choices=["w1", "w2", "ping", "w2call", "w3a", "w3b", "bulk"])
+    client.add_argument(
+        "workload", choices=["w1", "w2", "ping", "w2call", "w2callpid", "w3a", "w3b", "bulk"]
+    )
     client.add_argument("--duration", type=float, default=2.5, help="W1 seconds")
     client.add_argument("--count", type=int, default=5000, help="W2/ping/call round trips")
     client.add_argument("--warmup", type=int, default=300, help="W2/ping unrecorded round trips")

@@ -40,6 +40,10 @@ def test_benchmarks_run_quickly_and_report_ratios(tmp_path: Path) -> None:
     assert data["failures"] == []
     assert data["median"]["trio_distribute"]["bulk_gb_per_s"] > 0
     assert data["median"]["raw_trio"]["bulk_gb_per_s"] > 0
+    # Calls by name and by pid are both measured.
+    assert data["median"]["trio_distribute"]["call_p50_us"] > 0
+    assert data["median"]["trio_distribute"]["call_pid_p50_us"] > 0
+    assert " by pid" in result.stdout
 
 
 def test_erlang_is_skipped_with_its_reason_where_erl_is_missing(
