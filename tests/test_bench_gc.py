@@ -4,11 +4,19 @@ the pauses it records."""
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from benchmarks._gc import GcPauses, apply_policy_from_environment
+# The benchmarks live beside the package, not in it: import them from the
+# checkout (the suite runs against the installed package).
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._gc import GcPauses, apply_policy_from_environment  # noqa: E402
 
 
 @pytest.fixture
