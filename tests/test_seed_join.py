@@ -70,6 +70,30 @@ def timeline() -> Any:
     logger.setLevel(previous)
 
 
+async def joined_by_another(
+    tg: Any, net: FakeNetwork, cfg: td.NodeConfig
+) -> tuple[td.Node, td.Node]:
+    """``early``, whose seed is down, and ``other``, which joins through
+    ``early``; once ``early``'s election is released."""
+    early = await start_node(
+        tg, "early@h1", cookie=COOKIE, config=cfg, network=net, seeds=[f"seed@h0:{SEED_PORT}"]
+    )
+    other = await start_node(
+        tg, "other@h2", cookie=COOKIE, config=cfg, network=net,
+        seeds=[f"early@h1:{early.address[1]}"],
+    )  # fmt: skip
+    await wait_until(lambda: not held(early))
+    return early, other
+
+
+async def assert_retries_ended(timeline: Timeline, cfg: td.NodeConfig) -> None:
+    """``early`` has stopped trying its seeds (within two retries)."""
+    await anyio.sleep(2 * cfg.membership.reconnect_interval)
+    retries = len(timeline.times("early@h1: retrying seeds"))
+    await anyio.sleep(2 * cfg.membership.reconnect_interval)
+    assert len(timeline.times("early@h1: retrying seeds")) == retries
+
+
 async def test_a_node_without_seeds_is_never_held() -> None:
     net = FakeNetwork(seed=3)
     with anyio.fail_after(60):
@@ -204,16 +228,8 @@ async def test_joined_by_another_releases_the_election_and_the_seed_is_still_joi
     cfg = config(2, reconnect_interval=2.0)
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
-            early = await start_node(
-                tg, "early@h1", cookie=COOKIE, config=cfg, network=net,
-                seeds=[f"seed@h0:{SEED_PORT}"],
-            )  # fmt: skip
-            other = await start_node(
-                tg, "other@h2", cookie=COOKIE, config=cfg, network=net,
-                seeds=[f"early@h1:{early.address[1]}"],
-            )  # fmt: skip
+            early, other = await joined_by_another(tg, net, cfg)
             await wait_until(lambda: len(early.membership.alive()) == 2)
-            await wait_until(lambda: not held(early))
             await wait_until(lambda: isinstance(early.election.leader, Leader))
             await anyio.sleep(20)
             # The seed starts alone and knows nobody.
@@ -223,10 +239,7 @@ async def test_joined_by_another_releases_the_election_and_the_seed_is_still_joi
             nodes = [early, other, seed]
             await wait_until(lambda: all(len(n.membership.alive()) == 3 for n in nodes))
             # The seed is a member early knows: its retries end.
-            await anyio.sleep(2 * cfg.membership.reconnect_interval)
-            retries = len(timeline.times("early@h1: retrying seeds"))
-            await anyio.sleep(10)
-            assert len(timeline.times("early@h1: retrying seeds")) == retries
+            await assert_retries_ended(timeline, cfg)
             # Released once, said once, however many retries it took.
             assert len(timeline.times("early@h1: joined by another member")) == 1
             tg.cancel_scope.cancel()
@@ -242,15 +255,7 @@ async def test_a_seed_heard_of_through_the_cluster_is_not_joined_again(
     cfg = config(2, reconnect_interval=30.0)
     with anyio.fail_after(300):
         async with anyio.create_task_group() as tg:
-            early = await start_node(
-                tg, "early@h1", cookie=COOKIE, config=cfg, network=net,
-                seeds=[f"seed@h0:{SEED_PORT}"],
-            )  # fmt: skip
-            other = await start_node(
-                tg, "other@h2", cookie=COOKIE, config=cfg, network=net,
-                seeds=[f"early@h1:{early.address[1]}"],
-            )  # fmt: skip
-            await wait_until(lambda: not held(early))
+            early, other = await joined_by_another(tg, net, cfg)
             # early's retries are seconds apart by now: gossip comes first.
             await anyio.sleep(40)
             tried = len(timeline.times("early@h1: could not join any seed"))
@@ -259,10 +264,7 @@ async def test_a_seed_heard_of_through_the_cluster_is_not_joined_again(
                 seeds=[f"other@h2:{other.address[1]}"],
             )  # fmt: skip
             await wait_until(lambda: early.membership.knows_address(f"seed@h0:{SEED_PORT}"))
-            await anyio.sleep(2 * cfg.membership.reconnect_interval)
-            retries = len(timeline.times("early@h1: retrying seeds"))
-            await anyio.sleep(2 * cfg.membership.reconnect_interval)
-            assert len(timeline.times("early@h1: retrying seeds")) == retries
+            await assert_retries_ended(timeline, cfg)
             assert len(timeline.times("early@h1: could not join any seed")) == tried
             assert not timeline.times("early@h1: joined through the seeds")
             assert early.membership.core.status_of(seed.name) is td.MemberStatus.ALIVE
