@@ -17,6 +17,7 @@ as an opaque label.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -31,7 +32,24 @@ import anyio.abc
 
 from ._backend import running_on_trio
 
-__all__ = ["REAL_NETWORK", "DatagramEndpoint", "Network", "NodeNetwork", "RealNetwork"]
+__all__ = [
+    "DATAGRAM_RECEIVE_BUFFER",
+    "REAL_NETWORK",
+    "DatagramEndpoint",
+    "Network",
+    "NodeNetwork",
+    "RealNetwork",
+]
+
+#: Bytes of kernel buffer asked for the membership socket's incoming
+#: datagrams (as memberlist does). The default (about 208 KiB on Linux)
+#: holds some 50-90 datagrams; a process whose event loop is busy for a
+#: few seconds (many nodes starting on a loaded machine) overflowed it,
+#: the kernel dropped acks and refutations, and the suspicions that
+#: followed made more traffic: a storm that outlived its cause. The
+#: kernel caps the request at ``net.core.rmem_max``. It is memory held only
+#: while datagrams wait unread.
+DATAGRAM_RECEIVE_BUFFER = 2 * 1024 * 1024
 
 
 class DatagramEndpoint(Protocol):
@@ -120,12 +138,23 @@ class RealNetwork:
 
     async def open_datagram(self, host: str, port: int) -> DatagramEndpoint:
         udp = await anyio.create_udp_socket(local_host=host, local_port=port)
+        _ask_receive_buffer(udp.extra(anyio.abc.SocketAttribute.raw_socket))
         if running_on_trio():
             return QuickSendDatagram(udp)
         return udp
 
     def random(self) -> random.Random:
         return random.Random(secrets.randbits(64))
+
+
+def _ask_receive_buffer(sock: Any) -> None:
+    """Ask for :data:`DATAGRAM_RECEIVE_BUFFER` (never shrink the buffer:
+    a system whose default is larger keeps it). ``sock`` is the kernel
+    socket, or on asyncio the event loop's wrapper of it."""
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= DATAGRAM_RECEIVE_BUFFER:
+        return
+    with contextlib.suppress(OSError):  # not allowed here: the default stays
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DATAGRAM_RECEIVE_BUFFER)
 
 
 #: The network every node uses unless given another.
