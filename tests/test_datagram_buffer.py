@@ -14,7 +14,13 @@ from typing import Any
 import anyio
 import pytest
 
-from trio_distribute._network import DATAGRAM_RECEIVE_BUFFER, REAL_NETWORK, _ask_receive_buffer
+import trio_distribute as td
+from trio_distribute._network import (
+    DATAGRAM_RECEIVE_BUFFER,
+    REAL_NETWORK,
+    _ask_receive_buffer,
+    datagrams_dropped,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -79,3 +85,41 @@ def test_a_larger_buffer_is_never_shrunk() -> None:
         assert larger > DATAGRAM_RECEIVE_BUFFER
         _ask_receive_buffer(sock)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == larger
+
+
+async def test_what_the_kernel_drops_for_a_full_buffer_is_counted() -> None:
+    endpoint = await REAL_NETWORK.open_datagram("127.0.0.1", 0)
+    async with endpoint:
+        raw = _raw(endpoint)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # room for a few
+        assert datagrams_dropped(endpoint) == 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(50):
+                sender.sendto(b"x" * SIZE, raw.getsockname())
+        received = 0
+        with anyio.move_on_after(0.5):
+            while True:
+                await endpoint.receive()
+                received += 1
+        assert 0 < received < 50
+        assert datagrams_dropped(endpoint) == 50 - received
+
+
+async def test_a_node_reports_the_kernels_drops_among_its_own() -> None:
+    async with td.open_node(
+        "a@127.0.0.1", cookie="buffer-cookie", config=td.NodeConfig.local()
+    ) as node:
+        assert "datagram_receive_buffer_full" not in node.statistics().drops
+        raw = _raw(node.membership._socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # A busy loop: nothing reads while the datagrams arrive.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(50):
+                sender.sendto(b"x" * SIZE, raw.getsockname())
+        dropped = node.statistics().drops["datagram_receive_buffer_full"]
+        assert 0 < dropped <= 50
+        assert dropped == node.membership.datagrams_dropped_by_kernel
+
+
+def test_a_simulated_endpoint_has_no_kernel_to_drop_anything() -> None:
+    assert datagrams_dropped(object()) == 0

@@ -13,7 +13,9 @@ import attrs
 import pytest
 
 import trio_distribute as td
+from trio_distribute.cluster.membership import Membership
 from trio_distribute.election.raft_lite import Leader, NoLeader
+from trio_distribute.errors import ConnectError
 from trio_distribute.testing import FakeNetwork, start_node, virtual_time, wait_until
 
 COOKIE = "seed-join-cookie"
@@ -305,3 +307,42 @@ async def test_retries_wait_with_jitter_doubling_up_to_the_cap(timeline: Timelin
         later = [t for t in attempts if t > at]
         if later:
             assert later[0] - at >= wait - 0.005
+
+
+async def test_joined_by_another_a_seed_reached_but_not_learned_is_tried_again(
+    timeline: Timeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``early`` was joined by ``other`` while its seed was down. When the
+    seed is up, ``early`` reaches it but the state exchange is lost (a
+    seed too busy to answer): ``early`` knows members, but not the seed's
+    cluster, so it must try again, or the two clusters never meet."""
+    net = FakeNetwork(seed=3)
+    cfg = config(2, reconnect_interval=2.0)
+    real_join = Membership.join
+    lost: list[float] = []
+    seed_up = False
+
+    async def join_losing_the_first_exchanges(membership: Membership, addresses: list[str]) -> int:
+        if membership.transport.name == "early@h1" and len(lost) < 3:
+            await anyio.sleep(0.01)
+            if not seed_up:
+                raise ConnectError(f"could not reach any seed of {addresses}")
+            lost.append(anyio.current_time())  # reached, and nothing came of it
+            return 1
+        return await real_join(membership, addresses)
+
+    monkeypatch.setattr(Membership, "join", join_losing_the_first_exchanges)
+    with anyio.fail_after(300):
+        async with anyio.create_task_group() as tg:
+            early, other = await joined_by_another(tg, net, cfg)
+            await wait_until(lambda: len(early.membership.alive()) == 2)
+            seed_up = True
+            seed = await start_node(
+                tg, "seed@h0", cookie=COOKIE, config=config(1), network=net, port=SEED_PORT
+            )
+            nodes = [early, other, seed]
+            await wait_until(lambda: all(len(n.membership.alive()) == 3 for n in nodes))
+            assert len(lost) == 3
+            assert len(timeline.times("early@h1: reached a seed of")) == 3
+            await assert_retries_ended(timeline, cfg)
+            tg.cancel_scope.cancel()

@@ -24,6 +24,7 @@ import os
 import random
 import secrets
 import socket
+import sys
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -39,6 +40,7 @@ __all__ = [
     "Network",
     "NodeNetwork",
     "RealNetwork",
+    "datagrams_dropped",
 ]
 
 #: Bytes of kernel buffer asked for the membership socket's incoming
@@ -155,6 +157,30 @@ def _ask_receive_buffer(sock: Any) -> None:
         return
     with contextlib.suppress(OSError):  # not allowed here: the default stays
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DATAGRAM_RECEIVE_BUFFER)
+
+
+# Linux's SO_MEMINFO: the socket's memory counters, the ninth of which
+# (SK_MEMINFO_DROPS) counts what the kernel dropped for it.
+_SO_MEMINFO = 55
+
+
+def datagrams_dropped(endpoint: object) -> int:
+    """Datagrams the kernel dropped on their way to ``endpoint`` because
+    its receive buffer was full (Linux; 0 where the kernel does not say,
+    and for a simulated network)."""
+    if isinstance(endpoint, QuickSendDatagram):
+        sock: Any = endpoint._sock
+    elif isinstance(endpoint, anyio.abc.UDPSocket):
+        sock = endpoint.extra(anyio.abc.SocketAttribute.raw_socket)
+    else:
+        return 0
+    try:
+        counters = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 64)
+    except OSError:  # not Linux, or the socket is closed
+        return 0
+    if len(counters) < 36:
+        return 0
+    return int.from_bytes(counters[32:36], sys.byteorder)
 
 
 #: The network every node uses unless given another.

@@ -303,7 +303,7 @@ class Node:
             bytes_out=bytes_out,
             messages_in=frames_in,
             messages_out=frames_out,
-            drops=dict(transport.drops),
+            drops=self._drops(),
             pending_handshakes=transport.pending_handshakes,
             processes=self._processes.count(),
             monitors=self._monitors.count(),
@@ -311,6 +311,15 @@ class Node:
             links=self._links.count(),
             calls=self._calls.sizes()["pending"] + self._calls.sizes()["serving"],
         )
+
+    def _drops(self) -> dict[str, int]:
+        drops = dict(self._transport.drops)
+        # Counted by the kernel, read when asked: datagrams it had no room
+        # for while the event loop was busy.
+        kernel = self.membership.datagrams_dropped_by_kernel
+        if kernel:
+            drops["datagram_receive_buffer_full"] = kernel
+        return drops
 
     # ------------------------------------------------------------- processes
 
@@ -558,19 +567,33 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
     pending = list(seeds)
 
     async def attempt() -> bool:
-        if node.membership.enabled:
+        membership = node.membership
+        if membership.enabled:
+            # Joined by others already (their seed: us), the members we know
+            # say nothing of the seeds' cluster: only a seed known will do.
+            # (Two clusters of hundreds formed that way when the exchange
+            # with the seed was lost under load, and never met.)
+            if len(membership.core.members()) > 1:
+
+                def joined() -> bool:
+                    return any(membership.knows_address(seed) for seed in pending)
+            else:
+
+                def joined() -> bool:
+                    return len(membership.core.members()) > 1
+
             try:
-                await node.membership.join(pending)
+                await membership.join(pending)
             except (ConnectError, ValueError) as exc:
                 logger.warning("%s: could not join any seed of %s: %s", node.name, pending, exc)
                 return False
             # Reaching a seed is not joining: the state exchange can be lost
             # with a connection that closes at once (two nodes dialling each
-            # other). Joined means membership knows someone else.
+            # other, or a seed too busy to answer).
             with anyio.move_on_after(node.transport.config.handshake_timeout):
-                while len(node.membership.core.members()) < 2:  # noqa: ASYNC110
+                while not joined():  # noqa: ASYNC110
                     await anyio.sleep(node.transport.config.membership.gossip_interval)
-            if len(node.membership.core.members()) < 2:
+            if not joined():
                 logger.warning("%s: reached a seed of %s but learned no member", node.name, pending)
                 return False
             pending.clear()

@@ -53,7 +53,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._addresses import split_address
 from .._events import Subscribers
-from .._network import DatagramEndpoint
+from .._network import DatagramEndpoint, datagrams_dropped
 from .._node_events import MembersChanged, NodeEventBus, PeerAddress, PeerDown
 from .._proto.kinds import Kind
 from .._proto.swim import (
@@ -572,6 +572,13 @@ class Membership:
                 self.transport.name,
             )
         return now
+
+    @property
+    def datagrams_dropped_by_kernel(self) -> int:
+        """Datagrams for this node that the kernel dropped because the
+        socket's receive buffer was full (the event loop did not read them
+        in time); 0 where the kernel does not say."""
+        return 0 if self._socket is None else datagrams_dropped(self._socket)
 
     @property
     def stalls(self) -> tuple[int, float]:
