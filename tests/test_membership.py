@@ -298,3 +298,21 @@ async def test_nodes_without_membership_or_election_drop_those_frames() -> None:
             await wait_until(lambda: plain.statistics().drops.get("election_disabled", 0) >= 1)
             assert plain.name in on.nodes() and on.name in plain.nodes()
             assert plain.name not in on.membership.alive()
+
+
+@pytest.mark.real_network  # the system resolver names the seed's host another way
+async def test_a_seed_named_by_another_host_name_is_known_once_it_answered() -> None:
+    """A seed given as ``localhost:port`` advertises ``127.0.0.1:port``:
+    the node that joined through it must still know the seed is a member
+    (a node joined by others keeps trying its seeds until it does)."""
+    async with (
+        open_node("seed@127.0.0.1", cookie=COOKIE, config=FAST) as seed,
+        open_node("b@127.0.0.1", cookie=COOKIE, config=FAST) as b,
+    ):
+        alias = f"localhost:{seed.address[1]}"
+        assert not b.membership.knows_address(alias)
+        await b.membership.join([alias])
+        with anyio.fail_after(30):  # a guard against hanging, not a bound
+            await wait_until(lambda: b.membership.knows_address(alias))
+        assert b.membership.knows_address(f"seed@{alias}")
+        assert not b.membership.knows_address(f"localhost:{b.address[1]}")  # itself

@@ -289,6 +289,9 @@ class Membership:
     )
     _streams_in_flight: int = 0
     _names_by_address: dict[str, str] = attrs.field(factory=dict)
+    # Who answered at each address given to join(), as given (one entry
+    # per seed the user named).
+    _seed_names: dict[str, str] = attrs.field(factory=dict)
     _stopped: bool = False
     #: The driver's sleep while it waits for the core's next deadline (None
     #: while it runs), and whether a flush is under way: the receiver
@@ -432,8 +435,10 @@ class Membership:
     def knows_address(self, address: str) -> bool:
         """Whether a live member other than this node listens at
         ``address`` (``"host:port"`` or ``"name@host:port"``, as a seed is
-        given)."""
-        name = self._names_by_address.get(address.rpartition("@")[2])
+        given; a host name given to :meth:`join` counts for the member that
+        answered there)."""
+        hostport = address.rpartition("@")[2]
+        name = self._names_by_address.get(hostport) or self._seed_names.get(hostport)
         return name is not None and name in self._live_members
 
     def current_leader(self) -> str | None:
@@ -469,7 +474,11 @@ class Membership:
             async def dial(address: str) -> None:
                 nonlocal reached
                 name = self._name_at(address)
-                if await self._connection_to(address, name=name, dial=True) is not None:
+                conn = await self._connection_to(address, name=name, dial=True)
+                if conn is not None:
+                    # The seed may listen under another name for its host
+                    # (a DNS name, "localhost"): remember who answered here.
+                    self._seed_names[address] = conn.peer
                     reached += 1
                     return
                 # Our dial may have lost to the peer dialling us at the same
