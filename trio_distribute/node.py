@@ -569,18 +569,13 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
     async def attempt() -> bool:
         membership = node.membership
         if membership.enabled:
-            # Joined by others already (their seed: us), the members we know
-            # say nothing of the seeds' cluster: only a seed known will do.
-            # (Two clusters of hundreds formed that way when the exchange
-            # with the seed was lost under load, and never met.)
-            if len(membership.core.members()) > 1:
-
-                def joined() -> bool:
-                    return any(membership.knows_address(seed) for seed in pending)
-            else:
-
-                def joined() -> bool:
-                    return len(membership.core.members()) > 1
+            # Joined means a seed is a member we know. Not "we know someone":
+            # once others joined through us, those we know say nothing of
+            # the seeds' cluster (two clusters of hundreds formed that way
+            # when the exchange with the seed was lost under load, and
+            # never met).
+            def joined() -> bool:
+                return any(membership.knows_address(seed) for seed in pending)
 
             try:
                 await membership.join(pending)
