@@ -554,11 +554,11 @@ def _advertised_host(name: str, bound: str) -> str:
 
 
 async def _join_seeds(node: Node, seeds: list[str]) -> None:
-    """Join through ``seeds``: once now, then, if no seed answered, again in
-    the background with exponential backoff and jitter (from 1/32 of
-    ``membership.reconnect_interval`` doubling up to it) until one does, for
-    the node's lifetime. Start order does not matter. Until it has joined,
-    the node does not bootstrap an election of its own."""
+    """Join through ``seeds``: once now, then, until a seed is a member
+    this node knows, again in the background with exponential backoff and
+    jitter (from 1/32 of ``membership.reconnect_interval`` doubling up to
+    it). Start order does not matter. Until it has joined (or others joined
+    it), the node does not bootstrap an election of its own."""
     if not seeds:
         return
     election = node.election
