@@ -68,10 +68,9 @@ async def test_the_buffer_asked_for_is_granted_up_to_the_systems_cap() -> None:
     assert granted >= min(DATAGRAM_RECEIVE_BUFFER, cap)
 
 
-def _raw(endpoint: object) -> Any:
+def _raw(endpoint: Any) -> Any:
     """The kernel socket (on asyncio, the loop's wrapper of it)."""
-    inner: Any = getattr(endpoint, "_inner", endpoint)
-    return inner.extra(anyio.abc.SocketAttribute.raw_socket)
+    return endpoint.extra(anyio.abc.SocketAttribute.raw_socket)
 
 
 @pytest.mark.skipif(

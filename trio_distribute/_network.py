@@ -168,12 +168,9 @@ def datagrams_dropped(endpoint: object) -> int:
     """Datagrams the kernel dropped on their way to ``endpoint`` because
     its receive buffer was full (Linux; 0 where the kernel does not say,
     and for a simulated network)."""
-    if isinstance(endpoint, QuickSendDatagram):
-        sock: Any = endpoint._sock
-    elif isinstance(endpoint, anyio.abc.UDPSocket):
-        sock = endpoint.extra(anyio.abc.SocketAttribute.raw_socket)
-    else:
+    if not isinstance(endpoint, QuickSendDatagram | anyio.abc.UDPSocket):
         return 0
+    sock = endpoint.extra(anyio.abc.SocketAttribute.raw_socket)
     try:
         counters = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 64)
     except OSError:  # not Linux, or the socket is closed
@@ -230,6 +227,10 @@ class QuickSendDatagram:
 
     async def receive(self) -> tuple[bytes, tuple[str, int]]:
         return await self._inner.receive()
+
+    def extra(self, attribute: Any, *default: Any) -> Any:
+        """anyio's typed attributes of the socket (its raw socket...)."""
+        return self._inner.extra(attribute, *default)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

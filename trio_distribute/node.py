@@ -566,17 +566,16 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
         election.joining(True)
     pending = list(seeds)
 
+    def seed_known() -> bool:
+        """Joined: a seed is a member we know. Not "we know someone": once
+        others joined through us, those we know say nothing of the seeds'
+        cluster (two clusters of hundreds formed that way when the exchange
+        with the seed was lost under load, and never met)."""
+        return any(node.membership.knows_address(seed) for seed in pending)
+
     async def attempt() -> bool:
         membership = node.membership
         if membership.enabled:
-            # Joined means a seed is a member we know. Not "we know someone":
-            # once others joined through us, those we know say nothing of
-            # the seeds' cluster (two clusters of hundreds formed that way
-            # when the exchange with the seed was lost under load, and
-            # never met).
-            def joined() -> bool:
-                return any(membership.knows_address(seed) for seed in pending)
-
             try:
                 await membership.join(pending)
             except (ConnectError, ValueError) as exc:
@@ -586,9 +585,9 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
             # with a connection that closes at once (two nodes dialling each
             # other, or a seed too busy to answer).
             with anyio.move_on_after(node.transport.config.handshake_timeout):
-                while not joined():  # noqa: ASYNC110
+                while not seed_known():  # noqa: ASYNC110
                     await anyio.sleep(node.transport.config.membership.gossip_interval)
-            if not joined():
+            if not seed_known():
                 logger.warning("%s: reached a seed of %s but learned no member", node.name, pending)
                 return False
             pending.clear()
@@ -632,7 +631,7 @@ async def _join_seeds(node: Node, seeds: list[str]) -> None:
                     if election.enabled:
                         election.joining(False)
                     logger.info("%s: joined by another member", node.name)
-                if any(membership.knows_address(seed) for seed in pending):
+                if seed_known():
                     pending.clear()
                     return
             if await attempt():
