@@ -178,6 +178,8 @@ FOCUS: dict[str, tuple[str, ...]] = {
         "ElectionCore._learners",
         "ElectionCore._tell_learners",
         "ElectionCore._may_campaign",
+        # Who may start a round, and that a round it may not run ends.
+        "ElectionCore._election_timeout",
         "ElectionCore.observe",
         "ElectionCore.tick",
         "ElectionCore.next_deadline",

@@ -24,6 +24,7 @@ from trio_distribute._proto.raft import (
     LeaderChange,
     Persist,
     PreVote,
+    PreVoteReply,
     Role,
     Send,
     Vote,
@@ -541,3 +542,27 @@ def test_dead_voters_are_replaced_first_in_name_order() -> None:
     assert removals(net, leader, start, before) == victims
     voters = net.cores[leader].voters
     assert len(voters) == 5 and not voters & set(victims)
+
+
+def test_a_member_no_longer_among_the_first_names_drops_its_round() -> None:
+    # n2 is among the first three names of n0..n3 and asks for a bootstrap;
+    # then a0 and a1 join, n2 is no longer among the first three, and its
+    # next election timeout must end the round it started: a grant of that
+    # round arriving late must not make it campaign.
+    names = ["n0", "n1", "n2", "n3"]
+    core = make("n2", bootstrap_expect=4)
+    core.observe(0.0, known=names, alive=names)
+    now = raft_helpers.fire(core)
+    assert core.role is Role.PRE_CANDIDATE
+    asked = [a for a in core.take_actions() if isinstance(a, Send)]
+    assert {a.to for a in asked} == {"n0", "n1", "n3"}
+    grown = ["a0", "a1", *names]
+    core.observe(now, known=grown, alive=grown)
+    core.take_actions()
+    now = raft_helpers.fire(core)
+    assert core.role is Role.FOLLOWER
+    assert not [a for a in core.take_actions() if isinstance(a, Send)]
+    for voter in ("n0", "n1", "n3"):  # every grant the bootstrap round asked for
+        core.receive(now, voter, PreVoteReply(0, 1, granted=True))
+    assert core.role is Role.FOLLOWER and core.term == 0
+    assert not [a for a in core.take_actions() if isinstance(a, Send | Persist)]

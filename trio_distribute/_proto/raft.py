@@ -1078,6 +1078,11 @@ class ElectionCore:
         if self.leader is not None:
             self.leader = None  # silent for a whole timeout: no longer known
         if self._abstaining(now) or not self._may_campaign():
+            if self.role is not Role.FOLLOWER:
+                # The round it started is over and it may not start another
+                # (its name no longer sorts among the first of a grown known
+                # set, or it abstains): a late grant must not make it campaign.
+                self._become_follower(now, leader=None)
             return
         self._proposal = None if self.configured else frozenset(self._known)
         proposal = None if self._proposal is None else tuple(sorted(self._proposal))
