@@ -89,7 +89,7 @@ class Settings:
 
 
 FULL = Settings(duration=2.5, count=5000, warmup=300, w3b_calls=20000, bulk_count=20)
-QUICK = Settings(duration=0.5, count=500, warmup=100, w3b_calls=2000, bulk_count=4)
+QUICK = Settings(duration=0.2, count=200, warmup=50, w3b_calls=500, bulk_count=2)
 #: Bulk messages sent before recording.
 BULK_WARMUP = 2
 
@@ -527,7 +527,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per system and workload")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke test: ~0.5 s W1, 500 round trips"
+        "--quick", action="store_true", help="smoke test: 0.2 s W1, 200 round trips"
     )
     parser.add_argument("--output", type=Path, default=None, help="where to write the JSON")
     parser.add_argument(
