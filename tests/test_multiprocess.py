@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import random
 import signal
 import socket
 import subprocess
@@ -277,13 +278,33 @@ async def test_sigkilled_node_fires_noconnection_on_links_and_calls() -> None:
             await child.aclose()
 
 
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive ports free for TCP and UDP now.
+
+    Chosen below the kernel's ephemeral range: a port inside it can be taken
+    at any moment by an outgoing connection of another test (the restarted
+    member of an example binds its port again a few seconds later)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except OSError:
+        ephemeral_low = 32768
+    while True:
+        base = random.randrange(10000, ephemeral_low - count)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+
+
 def run_orchestrated(script: str) -> str:
     """Run an example that starts and kills three members of its own, on
     three consecutive ports."""
-    with socket.socket() as s:  # a free block of three ports, probably
-        s.bind(("127.0.0.1", 0))
-        base = s.getsockname()[1]
-    return run_example(script, 20000 + base % 20000, timeout=90)
+    return run_example(script, free_port_block(3), timeout=90)
 
 
 def test_swim_cluster_example_sigkill_and_restart() -> None:
