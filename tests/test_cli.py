@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from free_ports import free_port
 from test_tls import Pki, pki  # noqa: F401 (the fixture)
 
 import trio_distribute as td
@@ -301,9 +302,7 @@ async def test_status_command_shows_members_leader_and_health(tmp_path: Path) ->
 
 
 def test_the_two_nodes_client_without_a_server_says_so_in_one_line() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # free once closed: nobody listens there
+    port = free_port()  # nobody listens there
     example = Path(__file__).resolve().parent.parent / "examples" / "two_nodes.py"
     result = subprocess.run(
         [sys.executable, str(example), "client", str(port)],

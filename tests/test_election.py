@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 import attrs
 import pytest
+from free_ports import free_port
 from virtual import anyio_backend, fake_network, open_cluster, start_node
 
 import trio_distribute as td
@@ -290,13 +291,6 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_a_lone_node_never_elects_itself_below_bootstrap_expect() -> None:
     assert td.ElectionConfig().bootstrap_expect == 3  # the documented default
     with anyio.fail_after(20):
@@ -319,7 +313,7 @@ async def start_before_seed(
 
 
 async def test_a_node_started_before_its_seed_keeps_trying_and_joins() -> None:
-    port = _free_port()
+    port = free_port()
     config = expecting(2)
     with anyio.fail_after(40):
         async with anyio.create_task_group() as tg:
@@ -340,7 +334,7 @@ async def test_a_node_joined_by_others_before_its_seed_was_up_still_joins_its_se
     ``other`` joins through ``early``. Being joined is not joining the seed:
     ``early`` keeps trying it, so once the seed is up the three are one
     cluster (it stopped trying, and the two clusters stayed apart for good)."""
-    port = _free_port()
+    port = free_port()
     config = expecting(2)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
@@ -484,7 +478,7 @@ def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, s
     from the last start to one agreed leader, and every leader claimed per
     term in any node's output (the caller checks one per term)."""
     names = [f"f{i}@127.0.0.1" for i in range(5)]
-    ports = [_free_port() for _ in names]
+    ports = [free_port() for _ in names]
     expect = 3 if variant == "late" else 5
     delays = dict.fromkeys(names, 0.0)
     if variant == "late":
@@ -608,7 +602,7 @@ async def test_seed_retries_back_off_with_jitter_up_to_reconnect_interval(
     caplog.set_level(logging.INFO, logger="trio_distribute.node")
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
-            seeds = [f"nobody@127.0.0.1:{_free_port()}"]
+            seeds = [f"nobody@127.0.0.1:{free_port()}"]
             await start_node(tg, "eager@127.0.0.1", cookie=COOKIE, config=config, seeds=seeds)
             await anyio.sleep(4.0)
             tg.cancel_scope.cancel()

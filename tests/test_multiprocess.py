@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +12,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from free_ports import free_port, free_port_block
 
 import trio_distribute as td
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def run_example(script: str, port: int | None = None, timeout: float = 60) -> str:
@@ -276,29 +268,6 @@ async def test_sigkilled_node_fires_noconnection_on_links_and_calls() -> None:
             child.kill()
         with anyio.fail_after(10):
             await child.aclose()
-
-
-def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive ports free for TCP and UDP now.
-
-    Chosen below the kernel's ephemeral range: a port inside it can be taken
-    at any moment by an outgoing connection of another test (the restarted
-    member of an example binds its port again a few seconds later)."""
-    try:
-        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except OSError:
-        ephemeral_low = 32768
-    while True:
-        base = random.randrange(10000, ephemeral_low - count)
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count):
-                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
-                        sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
 
 
 def run_orchestrated(script: str) -> str:

@@ -3,7 +3,6 @@ intensity, nested trees, shutdown order and timeouts, names, bad input."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +13,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from free_ports import free_port_block
 from virtual import anyio_backend, fake_network, open_cluster, open_node
 
 import trio_distribute as td
@@ -517,9 +517,7 @@ async def test_bad_input_is_refused_with_nothing_half_started() -> None:
 def test_supervised_service_example_across_os_processes() -> None:
     """The example's ``both`` mode: three server processes, a worker crash,
     the SIGKILL of the singleton's node (about 10-15 s: slow)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port_block(3)  # the example's three members
     example = Path(__file__).parent.parent / "examples" / "supervised_service.py"
     result = subprocess.run(
         [sys.executable, str(example), "both", str(port)],

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 
 import anyio
 import attrs
 import pytest
+from free_ports import free_port
 from virtual import anyio_backend, fake_network, open_cluster, open_node
 
 import trio_distribute as td
@@ -29,13 +29,6 @@ from trio_distribute.testing import partition, wait_until
 __all__ = ["anyio_backend", "fake_network"]  # fixtures
 
 COOKIE = "telemetry-cookie"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_statistics_and_events_agree() -> None:
@@ -65,7 +58,7 @@ async def test_statistics_and_events_agree() -> None:
                     await a.rpc.call(b.name, "sleep", timeout=0.2)
                 assert await a.rpc.call(b.name, "one") == 1
                 with pytest.raises(td.ConnectError):
-                    await a.connect(f"127.0.0.1:{_free_port()}")
+                    await a.connect(f"127.0.0.1:{free_port()}")
                 await wait_until(lambda: a.statistics().drops.get("auth_failed", 0) >= 1)
 
                 drops = a.statistics().drops
