@@ -15,26 +15,21 @@ it says otherwise (the comment is invisible in the rendered page):
 Each block runs in a process of its own, as a reader would run it, so that
 module-level registrations (message tags, exported RPC names) of one block
 cannot affect another. The process is forked from a warm interpreter that
-has already imported trio and trio_distribute (tests/block_runner.py):
+has already imported trio and trio_distribute (tests/fork_server.py):
 importing them is most of what a fresh interpreter would spend on a block.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import select
-import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import pytest
+from forked import ForkServer
 
 import trio_distribute as td
 
@@ -133,72 +128,8 @@ def test_the_documents_have_blocks_of_every_mode() -> None:
     assert readme and all(block.mode == "run" for block in readme)
 
 
-class BlockRunner:
-    """The client of one tests/block_runner.py server (one per test worker)."""
-
-    def __init__(self) -> None:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("block_runner.py"))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-            env=env,
-        )
-        self._buffer = b""
-
-    def _reply(self, deadline: float) -> dict[str, int] | None:
-        """The server's next answer, or None if none came by ``deadline``."""
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                raise RuntimeError(f"block runner ended: {self.process.wait()}")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        reply: dict[str, int] = json.loads(line)
-        return reply
-
-    def run(self, script: Path, timeout: float) -> tuple[int | None, str, str]:
-        """(return code or None on timeout, stdout, stderr) of the program."""
-        assert self.process.stdin is not None
-        cwd = script.parent
-        out, err = cwd / "stdout.txt", cwd / "stderr.txt"
-        request = {"script": str(script), "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
-        self.process.stdin.write(json.dumps(request).encode() + b"\n")
-        self.process.stdin.flush()
-        started = self._reply(time.monotonic() + timeout)
-        assert started is not None, "the block runner did not start the block"
-        done = self._reply(time.monotonic() + timeout)
-        if done is None:
-            os.kill(started["pid"], signal.SIGKILL)
-            self._reply(time.monotonic() + timeout)
-        code = None if done is None else done["status"]
-        return code, out.read_text(encoding="utf-8"), err.read_text(encoding="utf-8")
-
-    def close(self) -> None:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.close()  # the server ends at the end of its input
-        self.process.wait(timeout=BLOCK_TIMEOUT)
-        self.process.stdout.close()
-
-
-@pytest.fixture(scope="module")
-def block_runner() -> Iterator[BlockRunner]:
-    runner = BlockRunner()
-    yield runner
-    runner.close()
-
-
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda block: block.id)
-def test_python_block(block: Block, tmp_path: Path, block_runner: BlockRunner) -> None:
+def test_python_block(block: Block, tmp_path: Path, fork_server: ForkServer) -> None:
     assert block.mode in MODES, f"{block.id}: unknown check mode {block.mode!r}"
     code = program(block)
     compile(code, block.id, "exec")
@@ -207,9 +138,17 @@ def test_python_block(block: Block, tmp_path: Path, block_runner: BlockRunner) -
         return
     script = tmp_path / "block.py"
     script.write_text(code, encoding="utf-8")
-    returncode, stdout, stderr = block_runner.run(script, BLOCK_TIMEOUT)
-    assert returncode is not None, f"{block.id} still running after {BLOCK_TIMEOUT} s"
-    assert returncode == 0, f"{block.id} failed:\n{stdout}\n{stderr}"
+    try:
+        result = fork_server.run(
+            [sys.executable, script],
+            capture_output=True,
+            text=True,
+            timeout=BLOCK_TIMEOUT,
+            cwd=tmp_path,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{block.id} still running after {BLOCK_TIMEOUT} s")
+    assert result.returncode == 0, f"{block.id} failed:\n{result.stdout}\n{result.stderr}"
 
 
 def test_readme_commands_are_the_ones_ci_runs() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import signal
 import socket
@@ -20,6 +19,7 @@ import anyio
 import anyio.abc
 import attrs
 import pytest
+from forked import ForkedProcess, ForkServer
 from free_ports import free_port
 from virtual import anyio_backend, fake_network, open_cluster, start_node
 
@@ -440,7 +440,7 @@ _STARTER = (
 @attrs.define
 class _Proc:
     name: str
-    process: subprocess.Popen[str]
+    process: ForkedProcess
     history: list[tuple[float, int, str | None]] = attrs.field(factory=list)
     lines: list[str] = attrs.field(factory=list)
     reader: threading.Thread | None = None
@@ -470,9 +470,12 @@ class _Proc:
 _LEADER_LINE = re.compile(r" (?:leader: (?P<leader>\S+)|no leader) \(term (?P<term>\d+)\)$")
 
 
-def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, set[str]]]:
-    """Start five ``python -m trio_distribute node`` processes at one moment
-    (loopback, distinct ports, every node but the seed joins the seed);
+def formation_trial(
+    fork_server: ForkServer, variant: str, *, trial: int = 0
+) -> tuple[float, dict[int, set[str]]]:
+    """Start five processes of the ``trio_distribute node`` command at one
+    moment (forked from the warm interpreter of tests/fork_server.py;
+    loopback, distinct ports, every node but the seed joins the seed);
     ``"late"``: one of them 3 s later (bootstrap_expect 3); ``"seed-last"``:
     the seed 3 s after the others (they keep retrying). Returns the seconds
     from the last start to one agreed leader, and every leader claimed per
@@ -487,7 +490,6 @@ def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, s
         delays[names[0]] = 3.0
     seed = f"{names[0]}:{ports[0]}"
     procs: list[_Proc] = []
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     try:
         for name, port in zip(names, ports, strict=True):
             command = [sys.executable, "-c", _STARTER, str(delays[name])]
@@ -495,13 +497,12 @@ def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, s
             command += ["--local", "--expect", str(expect)]
             if name != names[0]:
                 command += ["--join", seed]
-            process = subprocess.Popen(
+            process = fork_server.popen(
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
-                env=env,
             )
             proc = _Proc(name, process)
             proc.reader = threading.Thread(target=proc.read, daemon=True)
@@ -559,8 +560,10 @@ def formation_trial(variant: str, *, trial: int = 0) -> tuple[float, dict[int, s
 
 
 @pytest.mark.parametrize("variant", ["together", "seed-last"])
-def test_five_processes_started_together_agree_on_one_leader_per_term(variant: str) -> None:
-    agreed_after, leaders = formation_trial(variant)
+def test_five_processes_started_together_agree_on_one_leader_per_term(
+    fork_server: ForkServer, variant: str
+) -> None:
+    agreed_after, leaders = formation_trial(fork_server, variant)
     print(f"{variant}: one agreed leader {agreed_after:.2f} s after the last start; {leaders}")
     assert all(len(claimants) == 1 for claimants in leaders.values()), leaders
     assert agreed_after <= FORMATION_BOUND
@@ -569,13 +572,13 @@ def test_five_processes_started_together_agree_on_one_leader_per_term(variant: s
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("variant", ["together", "late", "seed-last"])
-def test_formation_20_trials(variant: str) -> None:
+def test_formation_20_trials(fork_server: ForkServer, variant: str) -> None:
     times: list[float] = []
     two_leader_terms = 0
     failures: list[str] = []
     for trial in range(20):
         try:
-            agreed_after, leaders = formation_trial(variant, trial=trial)
+            agreed_after, leaders = formation_trial(fork_server, variant, trial=trial)
         except AssertionError as exc:
             failures.append(f"trial {trial}: {exc}")
             continue

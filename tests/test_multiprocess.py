@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from forked import ForkedProcess, ForkServer
 from free_ports import free_port, free_port_block
 
 import trio_distribute as td
@@ -19,22 +20,25 @@ import trio_distribute as td
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_example(script: str, port: int | None = None, timeout: float = 60) -> str:
+def run_example(
+    fork_server: ForkServer, script: str, port: int | None = None, timeout: float = 60
+) -> str:
     """Run an example in ``both`` mode (it starts its own OS processes);
     return its output."""
     port = free_port() if port is None else port
-    result = subprocess.run(
+    result = fork_server.run(
         [sys.executable, str(EXAMPLES / script), "both", str(port)],
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    output: str = result.stdout
+    return output
 
 
-def test_two_nodes_example_in_two_processes() -> None:
-    out = run_example("two_nodes.py")
+def test_two_nodes_example_in_two_processes(fork_server: ForkServer) -> None:
+    out = run_example(fork_server, "two_nodes.py")
     assert "[client] 'hello' came back" in out
     assert "[client] reply: 2" in out
     assert "[client] echo process went down: normal" in out
@@ -108,8 +112,8 @@ async def test_sigkilled_node_mid_traffic_fires_noconnection() -> None:
             await child.aclose()
 
 
-def test_groups_chat_example_in_two_processes() -> None:
-    out = run_example("groups_chat.py")
+def test_groups_chat_example_in_two_processes(fork_server: ForkServer) -> None:
+    out = run_example(fork_server, "groups_chat.py")
     assert "[client] lobby says: {'welcome':" in out
     assert "[client] broadcast reached 2 members" in out
     assert "[server] heard 'hello, room'" in out
@@ -118,8 +122,8 @@ def test_groups_chat_example_in_two_processes() -> None:
     assert "[server] done" in out
 
 
-def test_rpc_example_in_two_processes() -> None:
-    out = run_example("rpc.py")
+def test_rpc_example_in_two_processes(fork_server: ForkServer) -> None:
+    out = run_example(fork_server, "rpc.py")
     assert "[client] 2 + 3 = 5" in out
     assert "same id: True" in out
     assert "timed out after 0.5s" in out
@@ -270,14 +274,14 @@ async def test_sigkilled_node_fires_noconnection_on_links_and_calls() -> None:
             await child.aclose()
 
 
-def run_orchestrated(script: str) -> str:
+def run_orchestrated(fork_server: ForkServer, script: str) -> str:
     """Run an example that starts and kills three members of its own, on
     three consecutive ports."""
-    return run_example(script, free_port_block(3), timeout=90)
+    return run_example(fork_server, script, free_port_block(3), timeout=90)
 
 
-def test_swim_cluster_example_sigkill_and_restart() -> None:
-    out = run_orchestrated("swim_cluster.py")
+def test_swim_cluster_example_sigkill_and_restart(fork_server: ForkServer) -> None:
+    out = run_orchestrated(fork_server, "swim_cluster.py")
     assert "[main] 3 processes converged" in out
     assert "[main] n0 declared n2 dead" in out and "[main] n1 declared n2 dead" in out
     assert "[main] n0 sees n2 alive again with incarnation" in out
@@ -285,8 +289,8 @@ def test_swim_cluster_example_sigkill_and_restart() -> None:
     assert "[main] the restarted n2 sees everyone alive; done" in out
 
 
-def test_leader_election_example_sigkill_leader_and_restart() -> None:
-    out = run_orchestrated("leader_election.py")
+def test_leader_election_example_sigkill_leader_and_restart(fork_server: ForkServer) -> None:
+    out = run_orchestrated(fork_server, "leader_election.py")
     assert "[main] all three agree:" in out
     assert "[main] SIGKILLed the leader" in out
     assert "after the kill" in out
@@ -305,7 +309,9 @@ def _events(output: str) -> list[tuple[str, str, str]]:
     ]
 
 
-def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdown() -> None:
+def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdown(
+    fork_server: ForkServer,
+) -> None:
     """Three OS processes join one seed at the same instant, several times
     over: the seed sees exactly one ``NodeUp`` per joiner and no
     ``NodeDown`` until each leaves, and every leave is ``shutdown``, on the
@@ -316,7 +322,7 @@ def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdo
     # for the four in a row. Sixteen interpreters starting at once also make
     # each trial's formation a busier one than a lone trial's.
     with concurrent.futures.ThreadPoolExecutor(max_workers=JOIN_STORM_TRIALS) as pool:
-        trials = [pool.submit(_join_storm_trial) for _ in range(JOIN_STORM_TRIALS)]
+        trials = [pool.submit(_join_storm_trial, fork_server) for _ in range(JOIN_STORM_TRIALS)]
         for trial in trials:
             trial.result()
 
@@ -325,21 +331,21 @@ def test_three_processes_joining_one_seed_at_once_never_flap_and_leave_as_shutdo
 JOIN_STORM_TRIALS = 4
 
 
-def _join_storm_trial() -> None:
+def _join_storm_trial(fork_server: ForkServer) -> None:
     """One seed, three joiners at the same instant; assert what the test says."""
     joiners = [f"j{i}@127.0.0.1" for i in range(3)]
     port = free_port()
-    seed = subprocess.Popen(
+    seed = fork_server.popen(
         [sys.executable, str(JOIN_STORM), "seed", str(port), str(len(joiners))],
         stdout=subprocess.PIPE,
         text=True,
     )
-    children: list[subprocess.Popen[str]] = []
+    children: list[ForkedProcess] = []
     try:
         assert seed.stdout is not None
         assert seed.stdout.readline().strip() == "READY"
         children = [
-            subprocess.Popen(
+            fork_server.popen(
                 [
                     sys.executable,
                     str(JOIN_STORM),

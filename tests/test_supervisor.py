@@ -3,7 +3,6 @@ intensity, nested trees, shutdown order and timeouts, names, bad input."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +12,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from forked import ForkServer
 from free_ports import free_port_block
 from virtual import anyio_backend, fake_network, open_cluster, open_node
 
@@ -514,12 +514,12 @@ async def test_bad_input_is_refused_with_nothing_half_started() -> None:
 
 
 @pytest.mark.slow
-def test_supervised_service_example_across_os_processes() -> None:
+def test_supervised_service_example_across_os_processes(fork_server: ForkServer) -> None:
     """The example's ``both`` mode: three server processes, a worker crash,
     the SIGKILL of the singleton's node (about 10-15 s: slow)."""
     port = free_port_block(3)  # the example's three members
     example = Path(__file__).parent.parent / "examples" / "supervised_service.py"
-    result = subprocess.run(
+    result = fork_server.run(
         [sys.executable, str(example), "both", str(port)],
         capture_output=True,
         text=True,
