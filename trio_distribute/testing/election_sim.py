@@ -34,6 +34,7 @@ from trio_distribute._proto.raft import (
     ElectionCore,
     Heartbeat,
     LeaderChange,
+    Message,
     Persist,
     Role,
     Send,
@@ -42,6 +43,9 @@ from trio_distribute._proto.raft import (
     encode_message,
 )
 from trio_distribute.testing.simulator import Outgoing, Simulator
+
+#: How many decoded messages the hosts of one cluster keep (then start over).
+_DECODED_KEPT: Final = 4096
 
 __all__ = [
     "FLAVORS",
@@ -133,6 +137,10 @@ class ElectionHost:
     #: If set, timers fire only on multiples of this (a driver that ticks
     #: the core periodically, as etcd's does), not at the exact deadline.
     tick: float | None = None
+    #: Messages already decoded, by their bytes, shared by the cluster's
+    #: hosts: a leader sends the same heartbeat bytes to every voter, and
+    #: decoding is a pure function of the bytes (the messages are frozen).
+    decoded: dict[bytes, Message] = attrs.field(factory=dict)
     decode_errors: int = 0
     _outgoing: list[Outgoing] = attrs.field(factory=list)
 
@@ -141,7 +149,12 @@ class ElectionHost:
 
     def stream_received(self, now: float, source: str, payload: object) -> None:
         assert isinstance(payload, bytes)
-        self.core.receive(now, source, decode_message(payload))
+        message = self.decoded.get(payload)
+        if message is None:
+            if len(self.decoded) >= _DECODED_KEPT:
+                self.decoded.clear()
+            message = self.decoded[payload] = decode_message(payload)
+        self.core.receive(now, source, message)
         self._drain(now)
 
     def timer(self, now: float) -> None:
@@ -231,6 +244,7 @@ class ElectionCluster:
     #: Run the oracle's check after every event (it looks at every node:
     #: off for the scale runs, where the per-message oracle still runs).
     check: bool = True
+    _decoded: dict[bytes, Message] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.sim = Simulator(self.seed, latency=self.latency)
@@ -288,6 +302,7 @@ class ElectionCluster:
             name=name,
             core=core,
             oracle=self.oracle,
+            decoded=self._decoded,
             disk=self.disk if self.persist else None,
             app=f"{name}/app" if self.with_apps else None,
             tick=self.tick,
